@@ -1,0 +1,176 @@
+"""Runtime overhead: raw ``session.run`` vs ``outpost predict`` in-process vs the agent over HTTP
+vs Ultralytics ``predict``, on one ONNX model and one image, at 320 and 640 px.
+
+Prints p50 latencies (ms) and each path's ratio to raw, side by side, in one run on one machine.
+Goals: in-process ≤ 1.05× raw and agent ≤ 1.15× raw at 640.
+
+    .venv/bin/python benchmarks/runtime_overhead.py [--runs 50] [--sizes 320,640]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from runtimes.offline import apply_offline_env  # noqa: E402
+
+
+def p50(fn, runs: int, warmup: int = 5) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return float(np.median(times))
+
+
+def build_package(workdir: Path, imgsz: int) -> tuple[Path, Path]:
+    """yolo11n (80 classes, from its YAML) exported to ONNX at ``imgsz`` and packaged."""
+    from ultralytics import YOLO
+
+    from exporters.base import ExportRequest, try_export
+    from exporters.package import build_package as build
+    from exporters.registry import default_registry
+
+    ckpt = workdir / f"yolo11n-{imgsz}.pt"
+    model = YOLO("yolo11n.yaml")
+    model.save(str(ckpt))
+    out = workdir / f"export-{imgsz}"
+    artifact = try_export(
+        default_registry().get("onnx"),
+        ExportRequest(
+            checkpoint=ckpt,
+            framework="ultralytics",
+            task="detect",
+            imgsz=imgsz,
+            out_dir=out,
+            options={"config_dir": str(workdir / "cfg")},
+        ),
+    )
+    onnx_copy = workdir / f"model-{imgsz}.onnx"
+    onnx_copy.write_bytes(artifact.model_file.read_bytes())
+    package = workdir / f"bench-{imgsz}.outpost.zip"
+    build(
+        artifact,
+        name=f"bench{imgsz}",
+        version="1",
+        out_path=package,
+        framework="ultralytics",
+        task="detect",
+        provenance={},
+    )
+    return package, onnx_copy
+
+
+class Agent:
+    def __init__(self, data_dir: Path) -> None:
+        cmd = [
+            sys.executable,
+            "-m",
+            "device_agent",
+            "serve",
+            "--interface",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--data-dir",
+            str(data_dir),
+        ]
+        self.proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+        )  # noqa: S603
+        for line in self.proc.stdout:  # type: ignore[union-attr]
+            obj = json.loads(line)
+            if obj.get("event") == "ready":
+                self.url = obj["url"]
+                break
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(timeout=15)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=50)
+    parser.add_argument("--sizes", default="320,640")
+    parser.add_argument(
+        "--image", type=Path, default=None, help="default: ultralytics/assets/bus.jpg"
+    )
+    args = parser.parse_args()
+
+    workdir = Path(tempfile.mkdtemp(prefix="outpost-bench-"))
+    apply_offline_env(workdir / "cfg")
+    import onnxruntime as ort
+    import ultralytics
+    from ultralytics import YOLO
+
+    from device_agent.client import AgentClient
+    from runtimes.predictor import Predictor
+    from runtimes.preprocess import letterbox, read_image, to_tensor
+
+    image_path = args.image or Path(ultralytics.__file__).parent / "assets" / "bus.jpg"
+    image_bytes = image_path.read_bytes()
+    img = read_image(image_path)
+    print(
+        f"machine: {os.cpu_count()} CPU threads, onnxruntime {ort.__version__}, ultralytics {ultralytics.__version__}"
+    )
+    print(
+        f"image: {image_path.name} {img.shape[1]}x{img.shape[0]}, model: yolo11n (80 classes), {args.runs} timed runs after 5 warm-up runs, p50 ms"
+    )
+    rows = []
+    agent = Agent(workdir / "agent")
+    try:
+        client = AgentClient(agent.url, timeout=60)
+        for size in [int(s) for s in args.sizes.split(",")]:
+            package, onnx_file = build_package(workdir, size)
+
+            session = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+            name = session.get_inputs()[0].name
+            tensor = to_tensor(letterbox(img, (size, size))[0])
+            raw = p50(lambda: session.run(None, {name: tensor}), args.runs)  # noqa: B023
+
+            predictor = Predictor.from_path(package)
+            ours = p50(lambda: predictor.predict(img), args.runs)  # noqa: B023
+            ours_bytes = p50(lambda: predictor.predict_bytes(image_bytes), args.runs)  # noqa: B023
+            predictor.close()
+
+            model_name = client.upload_package(package)["name"]
+            over_http = p50(lambda: client.infer(image_bytes, model=model_name), args.runs)  # noqa: B023
+
+            yolo = YOLO(str(onnx_file), task="detect")
+            theirs = p50(lambda: yolo.predict(img, imgsz=size, verbose=False), args.runs)  # noqa: B023
+            rows.append((size, raw, ours, ours_bytes, over_http, theirs))
+    finally:
+        agent.stop()
+
+    header = f"{'imgsz':>5} | {'raw session.run':>15} | {'outpost in-process':>18} | {'+ JPEG decode':>13} | {'agent over HTTP':>15} | {'ultralytics predict':>19}"
+    print(header)
+    print("-" * len(header))
+    for size, raw, ours, ours_bytes, over_http, theirs in rows:
+        print(
+            f"{size:>5} | {raw:>10.2f} 1.00x | {ours:>11.2f} {ours / raw:>5.2f}x | {ours_bytes:>6.2f} {ours_bytes / raw:>5.2f}x"
+            f" | {over_http:>8.2f} {over_http / raw:>5.2f}x | {theirs:>12.2f} {theirs / raw:>5.2f}x"
+        )
+    print("in-process = letterbox + tensor + session.run + decode/NMS/rescale on a decoded image;")
+    print(
+        "agent = HTTP upload of the JPEG + decode + the same path + JSON reply, measured at the client."
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,474 @@
+"""``outpost``: every desktop operation, headless. Each command takes --workspace and --json."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from runtimes.errors import OutpostError
+
+Handler = Callable[[argparse.Namespace], Any]
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("outpost")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+def _common() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument(
+        "--workspace",
+        type=Path,
+        default=None,
+        help="workspace folder (default: $OUTPOST_WORKSPACE or the user data dir)",
+    )
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    return p
+
+
+def _open_ws(args: argparse.Namespace) -> Any:
+    from desktop_app.core.workspace import Workspace, default_workspace_dir
+
+    return Workspace.open(args.workspace or default_workspace_dir())
+
+
+def _say(args: argparse.Namespace, text: str) -> None:
+    """Human progress: stdout normally, stderr under --json so stdout stays one JSON document."""
+    print(text, file=sys.stderr if args.json else sys.stdout, flush=True)
+
+
+def _table(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
+    if not rows:
+        return "(none)"
+    cells = [
+        [
+            (
+                ""
+                if r.get(c) is None
+                else f"{r[c]:.3f}"
+                if isinstance(r.get(c), float)
+                else str(r[c])
+            )
+            for c in columns
+        ]
+        for r in rows
+    ]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
+    return "\n".join(lines)
+
+
+# --- workspace ---------------------------------------------------------------------------
+
+
+def cmd_workspace_init(args: argparse.Namespace) -> Any:
+    ws = _open_ws(args)
+    return {"workspace": str(ws.root), "database": str(ws.root / "outpost.db")}
+
+
+def cmd_workspace_check(args: argparse.Namespace) -> Any:
+    ws = _open_ws(args)
+    report = ws.check()
+    result = {"ok": report.ok, "problems": report.problems, "counts": report.counts}
+    if not report.ok:
+        args.exit_code = 1
+    return result
+
+
+def cmd_workspace_backup(args: argparse.Namespace) -> Any:
+    ws = _open_ws(args)
+    dest = ws.backup(args.out)
+    return {"backup": str(dest)}
+
+
+# --- datasets ----------------------------------------------------------------------------
+
+
+def cmd_dataset_sample(args: argparse.Namespace) -> Any:
+    from desktop_app.core.datasets import write_sample_dataset
+
+    summary = write_sample_dataset(args.out, seed=args.seed, count=args.count)
+    return (
+        summary
+        if isinstance(summary, dict)
+        else getattr(summary, "__dict__", {"out": str(args.out)})
+    )
+
+
+def cmd_dataset_import(args: argparse.Namespace) -> Any:
+    from desktop_app.core.datasets import import_yolo
+
+    if args.format != "yolo":
+        raise OutpostError(f"format {args.format!r} is not supported yet; use --format yolo")
+    ws = _open_ws(args)
+    return import_yolo(ws, args.path, args.name, val_fraction=args.val_fraction, seed=args.seed)
+
+
+def cmd_dataset_list(args: argparse.Namespace) -> Any:
+    from desktop_app.core.datasets import list_datasets
+
+    return list_datasets(_open_ws(args))
+
+
+def cmd_dataset_show(args: argparse.Namespace) -> Any:
+    from desktop_app.core.datasets import dataset_summary
+
+    return dataset_summary(_open_ws(args), args.name)
+
+
+# --- training ----------------------------------------------------------------------------
+
+
+def cmd_train(args: argparse.Namespace) -> Any:
+    from desktop_app.core.training import TrainOptions, run_training
+
+    ws = _open_ws(args)
+    opts = TrainOptions(
+        dataset=args.dataset,
+        version=args.version,
+        model=args.model,
+        epochs=args.epochs,
+        imgsz=args.imgsz,
+        batch=args.batch,
+        device=args.device,
+        workers=args.workers,
+        seed=args.seed,
+    )
+
+    def progress(event: dict[str, Any]) -> None:
+        kind = event["event"]
+        if kind == "train_start":
+            _say(
+                args,
+                f"training on {event.get('device')} ({event.get('threads')} threads), {event.get('epochs')} epochs",
+            )
+        elif kind == "epoch_end":
+            m = event.get("metrics") or {}
+            shown = "  ".join(
+                f"{label}={m[key]:.4f}"
+                for label, key in (
+                    ("box_loss", "train/box_loss"),
+                    ("cls_loss", "train/cls_loss"),
+                    ("P", "metrics/precision(B)"),
+                    ("R", "metrics/recall(B)"),
+                    ("mAP50", "metrics/mAP50(B)"),
+                    ("mAP50-95", "metrics/mAP50-95(B)"),
+                )
+                if m.get(key) is not None
+            )
+            _say(args, f"epoch {event['epoch']}/{event['epochs']}  {shown}")
+
+    summary = run_training(ws, opts, on_event=progress)
+    if args.json:
+        return {
+            k: summary[k]
+            for k in (
+                "id",
+                "status",
+                "final_metrics",
+                "best_checkpoint",
+                "mlflow_run_id",
+                "device",
+                "run_dir",
+            )
+        }
+    m = summary["final_metrics"]
+    return f"run {summary['id']} completed: mAP50={m.get('metrics/mAP50(B)', 0):.4f}  best={summary['best_checkpoint']}"
+
+
+def cmd_runs_list(args: argparse.Namespace) -> Any:
+    from desktop_app.core.training import list_runs
+
+    rows = list_runs(_open_ws(args))
+    return (
+        rows
+        if args.json
+        else _table(
+            rows, ["id", "status", "model", "epochs", "imgsz", "mAP50", "mAP50-95", "created_at"]
+        )
+    )
+
+
+def cmd_runs_show(args: argparse.Namespace) -> Any:
+    from desktop_app.core.training import resolve_run, run_summary
+
+    ws = _open_ws(args)
+    return run_summary(ws, resolve_run(ws, args.run).id)
+
+
+# --- export / predict --------------------------------------------------------------------
+
+
+def cmd_export(args: argparse.Namespace) -> Any:
+    if args.capabilities:
+        from exporters.registry import default_registry
+
+        caps = [c.__dict__ for c in default_registry().capabilities()]
+        return (
+            caps
+            if args.json
+            else _table(caps, ["key", "title", "frameworks", "tasks", "precisions", "runtime"])
+        )
+    if not args.run:
+        raise OutpostError("name the run to export (or 'latest'); see outpost runs list")
+    from desktop_app.core.exports import export_run
+
+    formats = [f.strip() for f in args.format.split(",") if f.strip()]
+    results = export_run(_open_ws(args), args.run, formats, imgsz=args.imgsz)
+    if any(r["status"] != "completed" for r in results):
+        args.exit_code = 1
+    return results if args.json else _table(results, ["id", "format", "status", "package", "error"])
+
+
+def cmd_exports_list(args: argparse.Namespace) -> Any:
+    from desktop_app.core.exports import list_exports
+
+    rows = list_exports(_open_ws(args))
+    return rows if args.json else _table(rows, ["id", "run_id", "format", "status", "package"])
+
+
+def cmd_predict(args: argparse.Namespace) -> Any:
+    from runtimes.predictor import Predictor
+    from runtimes.preprocess import read_image
+
+    predictor = Predictor.from_path(args.package, runtime=args.runtime)
+    try:
+        results = []
+        for image in args.images:
+            dets, timing = predictor.predict(read_image(image), conf=args.conf, iou=args.iou)
+            results.append(
+                {"image": str(image), "detections": dets.to_list(), "timing_ms": timing.as_dict()}
+            )
+    finally:
+        predictor.close()
+    if args.json:
+        return {"package": str(args.package), "runtime": predictor.backend.key, "results": results}
+    lines = []
+    for r in results:
+        lines.append(
+            f"{r['image']}: {len(r['detections'])} detections ({r['timing_ms']['total']:.1f} ms)"
+        )
+        for d in r["detections"]:
+            lines.append(f"  {d['class_name']:<12} {d['confidence']:.3f}  {d['xyxy']}")
+    return "\n".join(lines)
+
+
+# --- devices -----------------------------------------------------------------------------
+
+
+def cmd_devices_list(args: argparse.Namespace) -> Any:
+    from desktop_app.core.devices import discover, list_devices
+
+    ws = _open_ws(args)
+    if args.known:
+        rows = list_devices(ws)
+    else:
+        rows = discover(ws, args.interface, timeout=args.timeout)
+    return (
+        rows
+        if args.json
+        else _table(rows, ["id", "name", "address", "port", "platform", "arch", "version"])
+    )
+
+
+def cmd_deploy(args: argparse.Namespace) -> Any:
+    from desktop_app.core.devices import deploy
+
+    result = deploy(_open_ws(args), args.export, args.device, args.interface)
+    return (
+        result
+        if args.json
+        else f"deployed {result['model']} ({result['export']}) to {result['device']}"
+    )
+
+
+def cmd_usage(args: argparse.Namespace) -> Any:
+    from desktop_app.core.devices import pull_usage
+
+    rows = pull_usage(_open_ws(args), args.device, args.interface)
+    return (
+        rows
+        if args.json
+        else _table(
+            rows,
+            ["device_name", "model", "format", "runtime", "requests", "p50_ms", "p90_ms", "p99_ms"],
+        )
+    )
+
+
+# --- demo / worker -----------------------------------------------------------------------
+
+
+def cmd_demo(args: argparse.Namespace) -> Any:
+    from desktop_app.core.demo import DemoOptions, run_demo
+
+    summary = run_demo(
+        DemoOptions(
+            workspace=args.workspace,
+            epochs=args.epochs,
+            imgsz=args.imgsz,
+            count=args.count,
+            seed=args.seed,
+        ),
+        say=lambda text: _say(args, text),
+    )
+    return summary if args.json else None
+
+
+def cmd_worker(args: argparse.Namespace) -> Any:
+    import importlib
+
+    module = importlib.import_module(f"trainers.{args.framework}.cli")
+    args.exit_code = module.main(["train", "--spec", str(args.spec)])
+    return None
+
+
+# --- parser ------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _common()
+    parser = argparse.ArgumentParser(
+        prog="outpost", description="Outpost: datasets, training, export and edge deployment."
+    )
+    parser.add_argument("--version", action="version", version=f"outpost {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(parent: Any, name: str, handler: Handler, help_text: str) -> argparse.ArgumentParser:
+        p = parent.add_parser(name, parents=[common], help=help_text, description=help_text)
+        p.set_defaults(handler=handler)
+        return p
+
+    ws = sub.add_parser("workspace", help="workspace maintenance").add_subparsers(
+        dest="sub", required=True
+    )
+    add(ws, "init", cmd_workspace_init, "create (or migrate) a workspace")
+    add(ws, "check", cmd_workspace_check, "check the database and every stored file")
+    p = add(ws, "backup", cmd_workspace_backup, "make a consistent copy of the workspace")
+    p.add_argument("--out", type=Path, required=True)
+
+    ds = sub.add_parser("dataset", help="datasets").add_subparsers(dest="sub", required=True)
+    p = add(ds, "sample", cmd_dataset_sample, "write a small labelled sample dataset (YOLO layout)")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--count", type=int, default=64)
+    p = add(ds, "import", cmd_dataset_import, "validate a dataset and store it as version v1")
+    p.add_argument("path", type=Path)
+    p.add_argument("--format", default="yolo", choices=["yolo"])
+    p.add_argument("--name", required=True)
+    p.add_argument("--val-fraction", type=float, default=0.2)
+    p.add_argument("--seed", type=int, default=42)
+    add(ds, "list", cmd_dataset_list, "list datasets")
+    p = add(ds, "show", cmd_dataset_show, "show one dataset and its versions")
+    p.add_argument("name")
+
+    p = add(sub, "train", cmd_train, "train a model on a dataset version")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--version", default=None, help="dataset version (default: latest)")
+    p.add_argument(
+        "--model", default="yolo11n.yaml", help="model YAML (from scratch) or weights file"
+    )
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--imgsz", type=int, default=320)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--device", default="auto", help="auto (GPU when present), cpu, or a CUDA index")
+    p.add_argument("--workers", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+
+    runs = sub.add_parser("runs", help="training runs").add_subparsers(dest="sub", required=True)
+    add(runs, "list", cmd_runs_list, "list training runs")
+    p = add(
+        runs,
+        "show",
+        cmd_runs_show,
+        "one run: status, per-epoch metrics, best checkpoint, MLflow id",
+    )
+    p.add_argument("run", help="run id or 'latest'")
+
+    p = add(sub, "export", cmd_export, "export a run to edge formats as .outpost.zip packages")
+    p.add_argument("run", nargs="?", help="run id or 'latest'")
+    p.add_argument("--format", default="onnx", help="comma-separated formats")
+    p.add_argument("--imgsz", type=int, default=None, help="input size (default: the run's)")
+    p.add_argument("--capabilities", action="store_true", help="print the format capability matrix")
+    exports = sub.add_parser("exports", help="exports").add_subparsers(dest="sub", required=True)
+    add(exports, "list", cmd_exports_list, "list exports")
+
+    p = add(sub, "predict", cmd_predict, "run a package locally on images")
+    p.add_argument("package", type=Path)
+    p.add_argument("images", type=Path, nargs="+")
+    p.add_argument("--conf", type=float, default=None)
+    p.add_argument("--iou", type=float, default=None)
+    p.add_argument("--runtime", default=None, help="runtime backend (default: the best available)")
+
+    dev = sub.add_parser("devices", help="device agents").add_subparsers(dest="sub", required=True)
+    p = add(dev, "list", cmd_devices_list, "discover agents on the LAN (mDNS) and record them")
+    p.add_argument(
+        "--interface",
+        action="append",
+        default=None,
+        help="browse only on this interface address (repeatable)",
+    )
+    p.add_argument("--timeout", type=float, default=3.0)
+    p.add_argument("--known", action="store_true", help="list recorded devices without browsing")
+
+    p = add(sub, "deploy", cmd_deploy, "install an export's package on a device")
+    p.add_argument("export", help="export id or 'latest'")
+    p.add_argument("--device", required=True)
+    p.add_argument("--interface", action="append", default=None)
+
+    p = add(sub, "usage", cmd_usage, "pull a device's latency and usage into the workspace")
+    p.add_argument("--device", required=True)
+    p.add_argument("--interface", action="append", default=None)
+
+    p = add(sub, "demo", cmd_demo, "the whole loop on a sample dataset, headless")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--imgsz", type=int, default=160)
+    p.add_argument("--count", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+
+    p = add(sub, "worker", cmd_worker, "run a job in this process (used by the desktop app)")
+    p.add_argument("job", choices=["train"])
+    p.add_argument("--framework", default="ultralytics")
+    p.add_argument("--spec", type=Path, required=True)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from runtimes import netaudit
+
+    netaudit.install_from_env()
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.exit_code = 0
+    try:
+        result = args.handler(args)
+    except OutpostError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    if args.json:
+        print(json.dumps(result, indent=2, default=str))
+    elif isinstance(result, str):
+        print(result)
+    elif result is not None:
+        print(json.dumps(result, indent=2, default=str))
+    sys.stdout.flush()
+    return int(args.exit_code)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Checkpoint → edge format plugins, their capability records, and the package builder."""

@@ -1,0 +1,48 @@
+"""The interface every runtime backend implements."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class BackendInfo:
+    """What a backend is and whether this machine can run it."""
+
+    key: str
+    formats: tuple[str, ...]
+    available: bool
+    version: str | None = None
+    providers: tuple[str, ...] = ()
+    reason: str | None = None  # why it is unavailable
+    extras: dict[str, str] = field(default_factory=dict)
+
+
+class Backend(ABC):
+    """Runs one model file. Created by the registry with the model path and options."""
+
+    key: str = ""
+    formats: tuple[str, ...] = ()
+
+    @classmethod
+    @abstractmethod
+    def probe(cls) -> BackendInfo:
+        """Report availability without raising (a missing library makes it unavailable)."""
+
+    @abstractmethod
+    def __init__(
+        self, model_path: Path, *, threads: int | None = None, providers: list[str] | None = None
+    ) -> None: ...
+
+    @property
+    @abstractmethod
+    def active_providers(self) -> list[str]:
+        """The execution providers the loaded model actually runs on."""
+
+    @abstractmethod
+    def run(self, tensor: np.ndarray) -> np.ndarray:
+        """Run one input tensor; return the first output."""

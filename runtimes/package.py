@@ -1,0 +1,326 @@
+"""Package format v1 (``*.outpost.zip``): manifest schema, writer and verifying reader.
+
+A package is a zip holding ``manifest.json`` and the files it lists, each with its sha256
+and size. The reader refuses anything it cannot verify: an unknown schema version, a file
+whose digest differs, an entry outside the package root, a link, or sizes beyond limits.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import stat
+import tempfile
+import zipfile
+from datetime import datetime, timezone
+from pathlib import Path, PurePosixPath
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from runtimes.errors import PackageError
+from runtimes.fileio import CHUNK, atomic_writer, fsync_dir, sha256_bytes
+
+SCHEMA_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+PACKAGE_SUFFIX = ".outpost.zip"
+MAX_TOTAL_BYTES = 8 << 30  # 8 GiB uncompressed
+MAX_ENTRIES = 10_000
+MAX_RATIO = 200  # uncompressed / compressed, per entry
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class InputSpec(_Model):
+    name: str
+    shape: list[int] = Field(min_length=4, max_length=4)
+    dtype: Literal["float32", "float16", "uint8"] = "float32"
+    layout: Literal["NCHW", "NHWC"] = "NCHW"
+
+    @property
+    def height(self) -> int:
+        return self.shape[2] if self.layout == "NCHW" else self.shape[1]
+
+    @property
+    def width(self) -> int:
+        return self.shape[3] if self.layout == "NCHW" else self.shape[2]
+
+
+class Preprocessing(_Model):
+    resize: Literal["letterbox"] = "letterbox"
+    pad_value: int = 114
+    scale: float = 1 / 255.0
+    color: Literal["RGB", "BGR"] = "RGB"
+
+
+class Postprocessing(_Model):
+    kind: Literal["yolo_detect"] = "yolo_detect"
+    nms_included: bool = False
+    output_layout: Literal["xywh_classes", "xyxy_score_class"] = "xywh_classes"
+    box_units: Literal["pixels", "normalized"] = "pixels"
+    conf_threshold: float = Field(0.25, ge=0.0, le=1.0)
+    iou_threshold: float = Field(0.7, ge=0.0, le=1.0)
+    max_det: int = Field(300, ge=1)
+    agnostic_nms: bool = False
+
+
+class ModelSpec(_Model):
+    framework: str
+    task: Literal["detect"] = "detect"
+    architecture: str
+    class_names: list[str] = Field(min_length=1)
+    input: InputSpec
+    preprocessing: Preprocessing = Preprocessing()
+    postprocessing: Postprocessing = Postprocessing()
+    precision: Literal["fp32", "fp16", "int8"] = "fp32"
+
+
+class FormatSpec(_Model):
+    key: str
+    file: str
+    runtime: str
+    details: dict[str, Any] = Field(default_factory=dict)
+
+
+class Provenance(_Model):
+    dataset: str | None = None
+    dataset_version: str | None = None
+    dataset_hash: str | None = None
+    run_id: str | None = None
+    metrics: dict[str, float] = Field(default_factory=dict)
+    tools: dict[str, str] = Field(default_factory=dict)
+
+
+class FileEntry(_Model):
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    size: int = Field(ge=0)
+
+
+class Manifest(_Model):
+    schema_version: int
+    name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    version: str = Field(min_length=1, max_length=64)
+    created_at: str
+    model: ModelSpec
+    format: FormatSpec
+    provenance: Provenance = Provenance()
+    files: dict[str, FileEntry]
+
+    def to_json(self) -> str:
+        return json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def parse(cls, raw: bytes) -> Manifest:
+        try:
+            data = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise PackageError(
+                f"manifest.json is not valid JSON ({exc.msg if hasattr(exc, 'msg') else exc}); rebuild the package"
+            ) from None
+        if not isinstance(data, dict):
+            raise PackageError("manifest.json must be a JSON object; rebuild the package")
+        version = data.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise PackageError(
+                f"unknown package schema version {version!r} (this build reads {SCHEMA_VERSION}); "
+                "update Outpost or re-export the model"
+            )
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            raise PackageError(
+                f"manifest.json is invalid at {where}: {first['msg']}; re-export the model"
+            ) from None
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _check_member_name(name: str) -> PurePosixPath:
+    path = PurePosixPath(name)
+    if (
+        not name
+        or name.startswith("/")
+        or "\\" in name
+        or path.is_absolute()
+        or any(part in ("..", "") for part in path.parts)
+        or ":" in path.parts[0]
+    ):
+        raise PackageError(f"package entry {name!r} points outside the package; refusing it")
+    return path
+
+
+def write_package(
+    out_path: Path,
+    manifest_fields: dict[str, Any],
+    files: dict[str, Path],
+) -> Manifest:
+    """Write a package zip from a manifest (without ``files``) and the files to embed.
+
+    Digests are computed here, so a manifest can never disagree with its files.
+    """
+    entries: dict[str, FileEntry] = {}
+    for arcname, src in files.items():
+        _check_member_name(arcname)
+        data = Path(src).read_bytes()
+        entries[arcname] = FileEntry(sha256=sha256_bytes(data), size=len(data))
+    manifest = Manifest.model_validate(
+        {**manifest_fields, "schema_version": SCHEMA_VERSION, "files": entries}
+    )
+    with atomic_writer(Path(out_path)) as fh, zipfile.ZipFile(fh, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr(MANIFEST_NAME, manifest.to_json())
+        for arcname, src in files.items():
+            zf.write(src, arcname)
+    return manifest
+
+
+class PackageReader:
+    """Opens a package zip (path or bytes) and verifies it before anything is used."""
+
+    def __init__(self, source: Path | bytes, *, max_total_bytes: int = MAX_TOTAL_BYTES) -> None:
+        try:
+            self._zip = zipfile.ZipFile(io.BytesIO(source) if isinstance(source, bytes) else source)
+        except (zipfile.BadZipFile, OSError) as exc:
+            raise PackageError(f"not a package zip ({exc}); export the model again") from None
+        self.max_total_bytes = max_total_bytes
+        self.manifest = self._read_manifest()
+        self._check_entries()
+
+    def close(self) -> None:
+        self._zip.close()
+
+    def __enter__(self) -> PackageReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _read_manifest(self) -> Manifest:
+        try:
+            info = self._zip.getinfo(MANIFEST_NAME)
+        except KeyError:
+            raise PackageError(
+                "package has no manifest.json; it is not an Outpost package"
+            ) from None
+        if info.file_size > 4 << 20:
+            raise PackageError("manifest.json is larger than 4 MiB; refusing the package")
+        return Manifest.parse(self._zip.read(info))
+
+    def _check_entries(self) -> None:
+        infos = self._zip.infolist()
+        if len(infos) > MAX_ENTRIES:
+            raise PackageError(
+                f"package has {len(infos)} entries (limit {MAX_ENTRIES}); refusing it"
+            )
+        total = 0
+        names = set()
+        for info in infos:
+            _check_member_name(info.filename)
+            mode = info.external_attr >> 16
+            if stat.S_ISLNK(mode):
+                raise PackageError(f"package entry {info.filename!r} is a link; refusing it")
+            if info.is_dir():
+                continue
+            total += info.file_size
+            if (
+                info.compress_size
+                and info.file_size / info.compress_size > MAX_RATIO
+                and info.file_size > 1 << 20
+            ):
+                raise PackageError(
+                    f"package entry {info.filename!r} expands suspiciously; refusing it"
+                )
+            names.add(info.filename)
+        if total > self.max_total_bytes:
+            raise PackageError(
+                f"package expands to {total} bytes (limit {self.max_total_bytes}); refusing it"
+            )
+        listed = set(self.manifest.files)
+        missing = sorted(listed - names)
+        if missing:
+            raise PackageError(
+                f"package is missing {missing[0]} listed in its manifest; re-export it"
+            )
+        extra = sorted(names - listed - {MANIFEST_NAME})
+        if extra:
+            raise PackageError(
+                f"package holds {extra[0]} which its manifest does not list; refusing it"
+            )
+        if self.manifest.format.file not in listed:
+            raise PackageError(
+                f"model file {self.manifest.format.file} is not listed in the manifest"
+            )
+        for name, entry in self.manifest.files.items():
+            if self._zip.getinfo(name).file_size != entry.size:
+                raise PackageError(
+                    f"{name} has the wrong size for its manifest entry; re-export it"
+                )
+
+    def verify(self) -> None:
+        """Check every listed file against its sha256 (streamed, no extraction)."""
+        import hashlib
+
+        for name, entry in self.manifest.files.items():
+            digest = hashlib.sha256()
+            with self._zip.open(name) as fh:
+                while chunk := fh.read(CHUNK):
+                    digest.update(chunk)
+            if digest.hexdigest() != entry.sha256:
+                raise PackageError(f"sha256 mismatch for {name}: the package is corrupt or altered")
+
+    def extract(self, dest: Path) -> Path:
+        """Verify, then extract into a new folder ``dest`` via a temp folder and a rename."""
+        dest = Path(dest)
+        if dest.exists():
+            raise PackageError(f"{dest} already exists; refusing to overwrite it")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+        try:
+            written = 0
+            for name in [MANIFEST_NAME, *self.manifest.files]:
+                target = tmp.joinpath(*PurePosixPath(name).parts)
+                if not target.resolve().is_relative_to(tmp.resolve()):
+                    raise PackageError(f"package entry {name!r} points outside the package")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                import hashlib
+
+                digest = hashlib.sha256()
+                with self._zip.open(name) as src, open(target, "wb") as out:
+                    while chunk := src.read(CHUNK):
+                        written += len(chunk)
+                        if written > self.max_total_bytes:
+                            raise PackageError("package expands beyond its size limit; refusing it")
+                        digest.update(chunk)
+                        out.write(chunk)
+                    out.flush()
+                    os.fsync(out.fileno())
+                entry = self.manifest.files.get(name)
+                if entry is not None and digest.hexdigest() != entry.sha256:
+                    raise PackageError(
+                        f"sha256 mismatch for {name}: the package is corrupt or altered"
+                    )
+            os.replace(tmp, dest)
+            fsync_dir(dest.parent)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return dest
+
+
+def read_manifest_dir(folder: Path) -> Manifest:
+    """Read the manifest of an extracted package folder."""
+    path = Path(folder) / MANIFEST_NAME
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise PackageError(
+            f"{folder} has no manifest.json; it is not an extracted package"
+        ) from None
+    return Manifest.parse(raw)

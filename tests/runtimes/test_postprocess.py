@@ -1,0 +1,124 @@
+"""Pre/post-processing agree with Ultralytics' own functions, bit for bit where it matters."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from runtimes.detections import Detections
+from runtimes.postprocess import decode_yolo_detect, nms, scale_boxes, xywh2xyxy
+from runtimes.preprocess import decode_image, letterbox, to_tensor
+
+torch = pytest.importorskip("torch")
+torchvision = pytest.importorskip("torchvision")
+
+
+@pytest.mark.parametrize(
+    "hw", [(480, 640), (640, 480), (1080, 810), (37, 1000), (160, 160), (1, 300)]
+)
+@pytest.mark.parametrize("target", [(320, 320), (640, 640), (256, 384)])
+def test_letterbox_matches_ultralytics(hw: tuple[int, int], target: tuple[int, int]) -> None:
+    from ultralytics.data.augment import LetterBox
+
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 255, (*hw, 3), dtype=np.uint8)
+    ours, info = letterbox(img, target)
+    theirs = LetterBox(target, auto=False, stride=32)(image=img)
+    assert ours.shape == theirs.shape == (*target, 3)
+    assert np.array_equal(ours, theirs)
+    assert info.orig_hw == hw
+
+
+def test_to_tensor_matches_ultralytics_division() -> None:
+    rng = np.random.default_rng(1)
+    img = rng.integers(0, 255, (64, 48, 3), dtype=np.uint8)
+    ours = to_tensor(img)
+    theirs = (
+        torch.from_numpy(img).unsqueeze(0).permute(0, 3, 1, 2).flip(1).float().div_(255).numpy()
+    )
+    assert ours.shape == (1, 3, 64, 48) and ours.dtype == np.float32
+    assert np.array_equal(ours, theirs)
+
+
+@pytest.mark.parametrize("hw", [(480, 640), (1080, 810), (37, 1000)])
+def test_scale_boxes_matches_ultralytics(hw: tuple[int, int]) -> None:
+    from ultralytics.utils.ops import scale_boxes as ul_scale_boxes
+
+    rng = np.random.default_rng(2)
+    img = np.zeros((*hw, 3), np.uint8)
+    _, info = letterbox(img, (320, 320))
+    xy = rng.uniform(0, 300, (50, 2)).astype(np.float32)
+    boxes = np.concatenate([xy, xy + rng.uniform(1, 60, (50, 2)).astype(np.float32)], axis=1)
+    theirs = ul_scale_boxes((320, 320), torch.from_numpy(boxes.copy()), hw).numpy()
+    ours = scale_boxes(boxes, info)
+    np.testing.assert_allclose(ours, theirs, atol=1e-4)
+
+
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("iou", [0.45, 0.7])
+def test_nms_matches_torchvision(seed: int, iou: float) -> None:
+    rng = np.random.default_rng(seed)
+    n = 400
+    xy = rng.uniform(0, 200, (n, 2)).astype(np.float32)
+    boxes = np.concatenate([xy, xy + rng.uniform(5, 80, (n, 2)).astype(np.float32)], axis=1)
+    scores = rng.uniform(0, 1, n).astype(np.float32)
+    ours = nms(boxes, scores, iou)
+    theirs = torchvision.ops.nms(torch.from_numpy(boxes), torch.from_numpy(scores), iou).numpy()
+    assert ours.tolist() == theirs.tolist()
+
+
+def test_nms_empty() -> None:
+    assert nms(np.zeros((0, 4), np.float32), np.zeros((0,), np.float32), 0.5).size == 0
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_decode_matches_ultralytics_nms(seed: int) -> None:
+    from ultralytics.utils.nms import non_max_suppression
+
+    rng = np.random.default_rng(seed)
+    nc, anchors = 3, 2100
+    xywh = np.concatenate(
+        [rng.uniform(0, 320, (anchors, 2)), rng.uniform(4, 90, (anchors, 2))], axis=1
+    )
+    scores = rng.uniform(0, 1, (anchors, nc)) ** 6
+    raw = np.concatenate([xywh, scores], axis=1).T[None].astype(np.float32)  # (1, 4 + nc, anchors)
+    boxes, conf, cls = decode_yolo_detect(raw, conf_threshold=0.25, iou_threshold=0.7, max_det=300)
+    ref = non_max_suppression(torch.from_numpy(raw), 0.25, 0.7, max_det=300)[0].numpy()
+    assert len(boxes) == len(ref)
+    np.testing.assert_allclose(boxes, ref[:, :4], atol=1e-4)
+    np.testing.assert_allclose(conf, ref[:, 4], atol=1e-6)
+    assert cls.tolist() == ref[:, 5].astype(int).tolist()
+
+
+def test_decode_end_to_end_layout() -> None:
+    rows = np.array([[[10, 10, 50, 50, 0.9, 1], [5, 5, 9, 9, 0.1, 0]]], np.float32)
+    boxes, conf, cls = decode_yolo_detect(
+        rows, conf_threshold=0.25, iou_threshold=0.7, max_det=300, layout="xyxy_score_class"
+    )
+    assert boxes.tolist() == [[10, 10, 50, 50]] and cls.tolist() == [1]
+    assert conf.tolist() == pytest.approx([0.9])
+
+
+def test_xywh2xyxy() -> None:
+    out = xywh2xyxy(np.array([[10, 20, 4, 6]], np.float32))
+    assert out.tolist() == [[8, 17, 12, 23]]
+
+
+def test_detections_validate_shapes() -> None:
+    with pytest.raises(ValueError):
+        Detections(np.zeros((2, 3)), np.zeros(2), np.zeros(2, np.int64))
+    d = Detections(
+        np.array([[1, 2, 3, 4]], np.float32), np.array([0.5], np.float32), np.array([1]), ("a", "b")
+    )
+    assert d.to_list() == [
+        {"class_id": 1, "class_name": "b", "confidence": 0.5, "xyxy": [1.0, 2.0, 3.0, 4.0]}
+    ]
+
+
+def test_decode_image_errors() -> None:
+    from runtimes.errors import ImageDecodeError
+
+    with pytest.raises(ImageDecodeError, match="empty"):
+        decode_image(b"")
+    with pytest.raises(ImageDecodeError, match="could not be decoded"):
+        decode_image(b"\xff\xd8\xff garbage")
