@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -444,6 +445,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@contextlib.contextmanager
+def _stdout_reserved(reserve: bool) -> Iterator[Any]:
+    """Under --json keep stdout for the one JSON document: anything else printed meanwhile
+    (libraries, native code) goes to stderr. Restored on exit."""
+    if not reserve:
+        yield sys.stdout
+        return
+    sys.stdout.flush()
+    saved_fd, saved_stdout = os.dup(1), sys.stdout
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    out = os.fdopen(os.dup(saved_fd), "w", encoding="utf-8")
+    try:
+        yield out
+    finally:
+        out.close()
+        sys.stderr.flush()
+        os.dup2(saved_fd, 1)
+        os.close(saved_fd)
+        sys.stdout = saved_stdout
+
+
 def main(argv: list[str] | None = None) -> int:
     from runtimes import netaudit
 
@@ -451,17 +474,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.exit_code = 0
-    try:
-        result = args.handler(args)
-    except OutpostError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    if args.json:
-        print(json.dumps(result, indent=2, default=str))
-    elif isinstance(result, str):
+    with _stdout_reserved(args.json) as out:
+        try:
+            result = args.handler(args)
+        except OutpostError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            return 130
+        if args.json:
+            out.write(json.dumps(result, indent=2, default=str) + "\n")
+            out.flush()
+            return int(args.exit_code)
+    if isinstance(result, str):
         print(result)
     elif result is not None:
         print(json.dumps(result, indent=2, default=str))

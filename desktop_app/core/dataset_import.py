@@ -1,0 +1,220 @@
+"""Import a YOLO detection dataset into a workspace as version v1 of a new dataset."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from desktop_app.core.blobs import register_blobs
+from desktop_app.core.dataset_split import (
+    check_val_fraction,
+    content_hash,
+    dominant_class,
+    stratified_split,
+)
+from desktop_app.core.dataset_yolo import Progress, ScannedDataset, ScannedImage, scan_yolo
+from desktop_app.core.errors import (
+    AlreadyExistsError,
+    DatasetFormatError,
+    InvalidArgumentError,
+    WorkspaceError,
+)
+from desktop_app.core.models import Blob, Dataset, DatasetItem, DatasetVersion
+
+if TYPE_CHECKING:
+    from desktop_app.core.workspace import Workspace
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def check_dataset_name(name: str) -> str:
+    """Return ``name`` when it is a valid dataset name, else raise InvalidArgumentError."""
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        raise InvalidArgumentError(
+            f"dataset name {name!r} is not valid; use 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit"
+        )
+    return name
+
+
+def import_yolo(
+    ws: Workspace,
+    path: Path | str,
+    name: str,
+    val_fraction: float = 0.2,
+    seed: int = 42,
+    *,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Import a YOLO detection dataset as version v1 of a new dataset.
+
+    Everything is validated before anything is written. Then the images are stored as blobs
+    and one transaction creates the dataset, its version, the blob rows and the items; if
+    that fails, the blobs this import added are removed again.
+
+    The split comes from the source when it has both train and val folders
+    (``split_method="source"``); otherwise it is drawn with ``seed``, stratified by each
+    image's dominant class (``split_method="auto"``), keeping any source test split.
+
+    Args:
+        ws: The open workspace.
+        path: The dataset folder (holding ``images/`` and ``labels/``).
+        name: The new dataset's name.
+        val_fraction: Share of images for val when Outpost draws the split.
+        seed: Seed of the split.
+        progress: Called as ``progress(stage, done, total)`` with stage "validate" or "store".
+
+    Returns:
+        ``{"dataset", "version", "task", "classes", "splits": {"train", "val", "test"},
+        "images", "annotations", "content_hash", "split_method", "source"}``.
+
+    Raises:
+        DatasetFormatError: the folder is not a valid YOLO dataset (one line naming the file).
+        AlreadyExistsError: a dataset with this name exists.
+        InvalidArgumentError: the name or ``val_fraction`` is invalid.
+    """
+    check_dataset_name(name)
+    vf = check_val_fraction(val_fraction)
+    _refuse_existing(ws, name)
+    scanned = scan_yolo(Path(path), progress)
+    splits, method = _assign_splits(scanned, vf, seed)
+    items = [
+        (img.file_name, img.sha256, [list(b) for b in img.boxes], split)
+        for img, split in zip(scanned.images, splits, strict=True)
+    ]
+    digest = content_hash(scanned.class_names, items)
+    project_id = ws.default_project_id()
+    created: list[str] = []
+    try:
+        _store_blobs(ws, scanned.images, created, progress)
+        with ws.session() as s:
+            _create_rows(s, project_id, name, scanned, splits, method, seed, vf, digest)
+    except IntegrityError as exc:
+        _discard_blobs(ws, created)
+        _refuse_existing(ws, name)  # another process took the name meanwhile
+        reason = str(exc.orig).splitlines()[0] if exc.orig else "constraint failed"
+        raise WorkspaceError(
+            f"importing {name!r} failed in the database ({reason}); run a workspace check"
+        ) from None
+    except BaseException:
+        _discard_blobs(ws, created)
+        raise
+    counts = Counter(splits)
+    return {
+        "dataset": name,
+        "version": "v1",
+        "task": "detect",
+        "classes": list(scanned.class_names),
+        "splits": {k: counts.get(k, 0) for k in ("train", "val", "test")},
+        "images": len(scanned.images),
+        "annotations": sum(len(img.boxes) for img in scanned.images),
+        "content_hash": digest,
+        "split_method": method,
+        "source": str(scanned.root),
+    }
+
+
+def _refuse_existing(ws: Workspace, name: str) -> None:
+    with ws.session() as s:
+        if s.scalar(select(Dataset.id).where(Dataset.name == name)) is not None:
+            raise AlreadyExistsError(
+                f"a dataset named {name!r} already exists; choose another name"
+            )
+
+
+def _assign_splits(scanned: ScannedDataset, vf: float, seed: int) -> tuple[list[str], str]:
+    """Keep the source's train/val split when it has both; otherwise draw one."""
+    images = scanned.images
+    source = [img.source_split for img in images]
+    if scanned.has_source_split and "train" in source and "val" in source:
+        return [str(s) for s in source], "source"
+    pool = [i for i, img in enumerate(images) if img.source_split != "test"]
+    drawn = stratified_split([dominant_class(images[i].boxes) for i in pool], vf, seed)
+    out = ["test"] * len(images)
+    for i, split in zip(pool, drawn, strict=True):
+        out[i] = split
+    return out, "auto"
+
+
+def _store_blobs(
+    ws: Workspace, images: tuple[ScannedImage, ...], created: list[str], progress: Progress | None
+) -> None:
+    """Copy every image into the blob store, recording the blobs this call created."""
+    total = len(images)
+    for i, img in enumerate(images, start=1):
+        stored = ws.blobs.ingest_file(img.path)
+        if stored.created:
+            created.append(stored.sha256)
+        if stored.sha256 != img.sha256:
+            raise DatasetFormatError(
+                f"{img.path} changed while it was imported; run the import again"
+            )
+        if progress is not None:
+            progress("store", i, total)
+
+
+def _create_rows(
+    s: Session,
+    project_id: int,
+    name: str,
+    scanned: ScannedDataset,
+    splits: list[str],
+    method: str,
+    seed: int,
+    vf: float,
+    digest: str,
+) -> None:
+    names = list(scanned.class_names)
+    dataset = Dataset(
+        project_id=project_id, name=name, task="detect", class_names=names, source_format="yolo"
+    )
+    version = DatasetVersion(
+        dataset=dataset,
+        number=1,
+        content_hash=digest,
+        class_names=names,
+        split_method=method,
+        split_seed=seed,
+        val_fraction=vf,
+        num_images=len(scanned.images),
+        num_annotations=sum(len(img.boxes) for img in scanned.images),
+    )
+    s.add_all([dataset, version])
+    register_blobs(s, {img.sha256: img.size for img in scanned.images})
+    s.flush()
+    s.add_all(
+        DatasetItem(
+            version_id=version.id,
+            file_name=img.file_name,
+            image_sha256=img.sha256,
+            width=img.width,
+            height=img.height,
+            split=split,
+            label_status="labelled",
+            boxes=[list(b) for b in img.boxes],
+        )
+        for img, split in zip(scanned.images, splits, strict=True)
+    )
+
+
+def _discard_blobs(ws: Workspace, shas: list[str]) -> None:
+    """Remove blobs this import created, unless another transaction registered them meanwhile."""
+    if not shas:
+        return
+    keep: set[str] = set()
+    try:
+        with ws.session() as s:
+            for i in range(0, len(shas), 500):
+                keep.update(
+                    s.scalars(select(Blob.sha256).where(Blob.sha256.in_(shas[i : i + 500])))
+                )
+    except Exception:  # the database itself failed: the blobs are ours, remove them all
+        keep = set()
+    for sha in shas:
+        if sha not in keep:
+            ws.blobs.delete(sha)

@@ -1,0 +1,337 @@
+"""Datasets of a workspace: import, query, and write a training-ready copy of a version.
+
+The functions the CLI and the GUI call live here (imports and the sample generator are
+re-exported from their modules).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import tempfile
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from desktop_app.core.dataset_import import check_dataset_name, import_yolo
+from desktop_app.core.dataset_sample import SampleSummary, write_sample_dataset
+from desktop_app.core.errors import DestinationNotEmptyError, InvalidArgumentError, NotFoundError
+from desktop_app.core.models import Dataset, DatasetItem, DatasetVersion
+from runtimes.fileio import atomic_write_text
+
+if TYPE_CHECKING:
+    from desktop_app.core.workspace import Workspace
+
+__all__ = [
+    "SampleSummary",
+    "VersionInfo",
+    "check_dataset_name",
+    "dataset_summary",
+    "get_version",
+    "import_yolo",
+    "list_datasets",
+    "materialize_yolo",
+    "parse_version",
+    "write_sample_dataset",
+]
+
+MATERIALIZED_MARKER = ".outpost-materialized.json"
+_VERSION_RE = re.compile(r"^[vV]?(\d+)$")
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    """A dataset version, detached from the database session."""
+
+    id: int
+    dataset_id: int
+    dataset: str
+    number: int
+    task: str
+    content_hash: str
+    class_names: tuple[str, ...]
+    split_method: str
+    split_seed: int
+    val_fraction: float
+    num_images: int
+    num_annotations: int
+    created_at: datetime
+    splits: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        return f"v{self.number}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "dataset": self.dataset,
+            "version": self.label,
+            "task": self.task,
+            "content_hash": self.content_hash,
+            "classes": list(self.class_names),
+            "split_method": self.split_method,
+            "split_seed": self.split_seed,
+            "val_fraction": self.val_fraction,
+            "images": self.num_images,
+            "annotations": self.num_annotations,
+            "splits": dict(self.splits),
+            "created_at": _iso(self.created_at),
+        }
+
+
+def parse_version(version: str | int | None) -> int | None:
+    """``"v3"``, ``"3"`` or ``3`` → 3; None → None (the latest).
+
+    Raises:
+        InvalidArgumentError: anything else.
+    """
+    if version is None:
+        return None
+    if isinstance(version, bool):
+        raise InvalidArgumentError(f"version {version!r} is not valid; use v1, v2, ...")
+    if isinstance(version, int):
+        number = version
+    else:
+        m = _VERSION_RE.match(str(version).strip())
+        if not m:
+            raise InvalidArgumentError(f"version {version!r} is not valid; use v1, v2, ...")
+        number = int(m.group(1))
+    if number < 1:
+        raise InvalidArgumentError(f"version {version!r} is not valid; versions start at v1")
+    return number
+
+
+def list_datasets(ws: Workspace) -> list[dict[str, Any]]:
+    """Every dataset with its latest version, sorted by name."""
+    with ws.session() as s:
+        datasets = s.scalars(select(Dataset).order_by(Dataset.name)).all()
+        out = []
+        for d in datasets:
+            latest = d.versions[-1] if d.versions else None
+            out.append(
+                {
+                    "name": d.name,
+                    "task": d.task,
+                    "classes": list(d.class_names),
+                    "source_format": d.source_format,
+                    "versions": len(d.versions),
+                    "latest": latest.label if latest else None,
+                    "images": latest.num_images if latest else 0,
+                    "annotations": latest.num_annotations if latest else 0,
+                    "content_hash": latest.content_hash if latest else None,
+                    "created_at": _iso(d.created_at),
+                }
+            )
+    return out
+
+
+def get_version(ws: Workspace, name: str, version: str | int | None = None) -> VersionInfo:
+    """A dataset version: ``"v1"``, ``1``, or None for the latest.
+
+    Raises:
+        NotFoundError: no such dataset or version.
+    """
+    with ws.session() as s:
+        dataset, row = find_version(s, name, version)
+        return _info(s, dataset, row)
+
+
+def find_version(
+    session: Session, name: str, version: str | int | None = None
+) -> tuple[Dataset, DatasetVersion]:
+    """The dataset and version rows, inside the caller's session (for callers that write)."""
+    number = parse_version(version)
+    dataset = session.scalar(select(Dataset).where(Dataset.name == name))
+    if dataset is None:
+        raise NotFoundError(f"no dataset named {name!r}; list datasets with `outpost dataset list`")
+    query = select(DatasetVersion).where(DatasetVersion.dataset_id == dataset.id)
+    if number is None:
+        row = session.scalar(query.order_by(DatasetVersion.number.desc()).limit(1))
+    else:
+        row = session.scalar(query.where(DatasetVersion.number == number))
+    if row is None:
+        which = f"version v{number}" if number is not None else "versions"
+        raise NotFoundError(
+            f"dataset {name!r} has no {which}; list them with `outpost dataset versions {name}`"
+        )
+    return dataset, row
+
+
+def dataset_summary(ws: Workspace, name: str) -> dict[str, Any]:
+    """A dataset, all its versions, and per-class and per-split counts of its latest version.
+
+    Raises:
+        NotFoundError: no such dataset.
+    """
+    with ws.session() as s:
+        dataset, latest = find_version(s, name)
+        versions = [_info(s, dataset, v).to_dict() for v in dataset.versions]
+        items = s.execute(
+            select(DatasetItem.split, DatasetItem.boxes).where(DatasetItem.version_id == latest.id)
+        ).all()
+    names = list(latest.class_names)
+    boxes_per_class = {n: 0 for n in names}
+    boxes_per_split: Counter[str] = Counter()
+    background = 0
+    for split, boxes in items:
+        background += not boxes
+        boxes_per_split[split] += len(boxes)
+        for b in boxes:
+            boxes_per_class[names[int(b[0])]] += 1
+    return {
+        "name": dataset.name,
+        "task": dataset.task,
+        "classes": list(dataset.class_names),
+        "source_format": dataset.source_format,
+        "created_at": _iso(dataset.created_at),
+        "latest": versions[-1],
+        "versions": versions,
+        "boxes_per_class": boxes_per_class,
+        "boxes_per_split": dict(boxes_per_split),
+        "background_images": background,
+    }
+
+
+def materialize_yolo(
+    ws: Workspace,
+    name: str,
+    version: str | int | None = None,
+    out_dir: Path | str | None = None,
+) -> Path:
+    """Write a training-ready YOLO folder for a dataset version (latest by default).
+
+    Layout: ``images/{train,val}``, ``labels/{train,val}`` (and ``test`` when the version has
+    test images), ``data.yaml``. Images are copies of the blobs, never links, so a trainer
+    cannot alter stored data; each copy is checked against its sha256. The folder is built
+    under a temp name and renamed into place. A folder this function wrote before is
+    replaced; any other non-empty folder is refused.
+
+    Args:
+        ws: The open workspace.
+        name: The dataset's name.
+        version: ``"v2"``, ``2``, or None for the latest.
+        out_dir: The folder to write (required).
+
+    Returns:
+        The path of the written ``data.yaml``.
+
+    Raises:
+        InvalidArgumentError: no ``out_dir`` was given.
+        NotFoundError: no such dataset or version.
+        DestinationNotEmptyError: ``out_dir`` is not empty and was not written by this function.
+        BlobIntegrityError: a stored image is missing or corrupt.
+    """
+    if out_dir is None:
+        raise InvalidArgumentError("materialize_yolo needs out_dir; pass the folder to write")
+    out = Path(out_dir).expanduser().resolve()
+    _check_destination(out)
+    with ws.session() as s:
+        dataset, row = find_version(s, name, version)
+        info = _info(s, dataset, row)
+        items = s.execute(
+            select(
+                DatasetItem.file_name,
+                DatasetItem.image_sha256,
+                DatasetItem.split,
+                DatasetItem.boxes,
+            )
+            .where(DatasetItem.version_id == row.id)
+            .order_by(DatasetItem.file_name)
+        ).all()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        for file_name, sha, split, boxes in items:
+            ws.blobs.copy_to(sha, tmp / "images" / split / file_name)
+            label = (tmp / "labels" / split / file_name).with_suffix(".txt")
+            label.parent.mkdir(parents=True, exist_ok=True)
+            label.write_text("".join(_label_line(b) for b in boxes), encoding="utf-8")
+        splits = {split for _, _, split, _ in items} | {"train", "val"}
+        for split in splits:
+            (tmp / "images" / split).mkdir(parents=True, exist_ok=True)
+            (tmp / "labels" / split).mkdir(parents=True, exist_ok=True)
+        _write_data_yaml(tmp, out, info)
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out / "data.yaml"
+
+
+def _check_destination(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise DestinationNotEmptyError(f"{out} is a file; choose a new or empty folder")
+    if out.is_dir() and any(out.iterdir()) and not (out / MATERIALIZED_MARKER).is_file():
+        raise DestinationNotEmptyError(
+            f"{out} is not empty; choose a new or empty folder for the dataset copy"
+        )
+
+
+def _write_data_yaml(tmp: Path, out: Path, info: VersionInfo) -> None:
+    has_val = info.splits.get("val", 0) > 0
+    data: dict[str, Any] = {
+        "path": str(out),
+        "train": "images/train",
+        "val": "images/val" if has_val else "images/train",
+    }
+    if info.splits.get("test", 0) > 0:
+        data["test"] = "images/test"
+    data["nc"] = len(info.class_names)
+    data["names"] = dict(enumerate(info.class_names))
+    header = (
+        f"# {info.dataset} {info.label} (content hash {info.content_hash}), written by Outpost\n"
+    )
+    atomic_write_text(
+        tmp / "data.yaml", header + yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+    )
+    marker = {"dataset": info.dataset, "version": info.label, "content_hash": info.content_hash}
+    atomic_write_text(tmp / MATERIALIZED_MARKER, json.dumps(marker, sort_keys=True) + "\n")
+
+
+def _label_line(box: list[Any]) -> str:
+    cls, cx, cy, w, h = box
+    return f"{int(cls)} {float(cx):.6f} {float(cy):.6f} {float(w):.6f} {float(h):.6f}\n"
+
+
+def _info(s: Session, dataset: Dataset, row: DatasetVersion) -> VersionInfo:
+    counts = s.execute(
+        select(DatasetItem.split, func.count())
+        .where(DatasetItem.version_id == row.id)
+        .group_by(DatasetItem.split)
+    ).all()
+    splits = {"train": 0, "val": 0, "test": 0}
+    splits.update({split: n for split, n in counts})
+    return VersionInfo(
+        id=row.id,
+        dataset_id=dataset.id,
+        dataset=dataset.name,
+        number=row.number,
+        task=dataset.task,
+        content_hash=row.content_hash,
+        class_names=tuple(row.class_names),
+        split_method=row.split_method,
+        split_seed=row.split_seed,
+        val_fraction=row.val_fraction,
+        num_images=row.num_images,
+        num_annotations=row.num_annotations,
+        created_at=_utc(row.created_at),
+        splits=splits,
+    )
+
+
+def _utc(dt: datetime) -> datetime:
+    """SQLite returns naive datetimes; they were written in UTC."""
+    return dt.replace(tzinfo=timezone.utc) if dt.tzinfo is None else dt
+
+
+def _iso(dt: datetime) -> str:
+    return _utc(dt).isoformat(timespec="seconds")

@@ -1,0 +1,173 @@
+"""``outpost-agent``: run the agent in the foreground, or show its identity.
+
+``serve`` prints one JSON line on stdout once it answers (``{"event": "ready", ...}``);
+everything else goes to stderr. Bad input ends with a one-line reason and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import ipaddress
+import json
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn
+
+from device_agent import PROTOCOL_VERSION, __version__
+from device_agent.identity import load_or_create_identity
+from device_agent.paths import default_data_dir
+from runtimes.errors import OutpostError
+
+if TYPE_CHECKING:
+    from device_agent.service import AgentService
+
+DEFAULT_PORT = 8765
+log = logging.getLogger("device_agent")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but usage errors are one line on stderr and exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message}; see {self.prog} --help\n")
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be 0..65535 (0 = any free port), got {value}")
+    return value
+
+
+def _ipv4(text: str) -> str:
+    try:
+        return str(ipaddress.IPv4Address(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"must be an IPv4 address of this machine (e.g. 192.168.1.20), got {text!r}"
+        ) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="outpost-agent",
+        description="Outpost device agent: serves models pushed from the desktop.",
+    )
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"outpost-agent {__version__} (protocol {PROTOCOL_VERSION})",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    serve = sub.add_parser("serve", help="run the agent in the foreground until SIGINT/SIGTERM")
+    serve.add_argument(
+        "--interface", type=_ipv4, help="listen and advertise on this address only (default: all)"
+    )
+    serve.add_argument(
+        "--port",
+        type=_port,
+        default=DEFAULT_PORT,
+        help=f"TCP port (default {DEFAULT_PORT}; 0 = any free)",
+    )
+    serve.add_argument("--data-dir", type=Path, help=f"state folder (default {default_data_dir()})")
+    serve.add_argument(
+        "--no-mdns",
+        action="store_true",
+        help="do not advertise by mDNS (reach the agent by address)",
+    )
+    serve.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    info = sub.add_parser("info", help="print this agent's id (created on first use)")
+    info.add_argument("--data-dir", type=Path, help=f"state folder (default {default_data_dir()})")
+    info.add_argument("--json", action="store_true", help="print id, name and data folder as JSON")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_usage(sys.stderr)
+        return 2
+    try:
+        if args.command == "serve":
+            return _serve(args)
+        return _info(args)
+    except OutpostError as exc:
+        print(f"outpost-agent: {exc}", file=sys.stderr, flush=True)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _info(args: argparse.Namespace) -> int:
+    data_dir = args.data_dir or default_data_dir()
+    identity = load_or_create_identity(data_dir)
+    if args.json:
+        print(
+            json.dumps(
+                {"agent_id": identity.agent_id, "name": identity.name, "data_dir": str(data_dir)}
+            )
+        )
+    else:
+        print(identity.agent_id)
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=args.log_level,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    from device_agent.service import AgentService  # aiohttp, zeroconf, onnxruntime: only to serve
+
+    interface = args.interface if args.interface not in (None, "0.0.0.0") else None
+    service = AgentService(
+        args.data_dir or default_data_dir(),
+        host=interface or "0.0.0.0",
+        port=args.port,
+        interfaces=[interface] if interface else None,
+        advertise=not args.no_mdns,
+    )
+    asyncio.run(_run_until_signalled(service))
+    return 0
+
+
+async def _run_until_signalled(service: AgentService) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    installed: list[signal.Signals] = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+            installed.append(sig)
+        except (NotImplementedError, RuntimeError):  # Windows: no loop signal handlers
+            signal.signal(sig, lambda *_: loop.call_soon_threadsafe(stop.set))
+    try:
+        await service.async_start()
+        ready = {
+            "event": "ready",
+            "agent_id": service.identity.agent_id,
+            "name": service.identity.name,
+            "host": service.host,
+            "port": service.port,
+            "url": service.url,
+            "mdns": service.advertised,
+            "data_dir": str(service.data_dir),
+        }
+        print(json.dumps(ready), flush=True)
+        await stop.wait()
+        log.info("stopping")
+    finally:
+        await service.async_stop()
+        for sig in installed:
+            with contextlib.suppress(Exception):
+                loop.remove_signal_handler(sig)

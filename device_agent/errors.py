@@ -1,0 +1,60 @@
+"""Typed errors of the agent and of its client. Each message is one line that says what to do."""
+
+from __future__ import annotations
+
+from runtimes.errors import OutpostError
+
+
+def one_line(text: object, limit: int = 300) -> str:
+    """Collapse a (possibly multi-line, third-party) message to one bounded line."""
+    line = " ".join(str(text).split())
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+class AgentError(OutpostError):
+    """Base of the errors the agent reports."""
+
+
+class IdentityError(AgentError):
+    """The agent's identity file cannot be read or written."""
+
+
+class InstallError(AgentError):
+    """A verified package could not be installed (it does not load, or the disk refused it)."""
+
+
+class NoModelError(AgentError):
+    """Inference was asked of an agent that has no model installed."""
+
+
+class ModelNotFoundError(AgentError):
+    """The requested model is not installed on this agent."""
+
+
+class AmbiguousModelError(AgentError):
+    """Several models are installed and the request did not name one."""
+
+
+class RollbackError(AgentError):
+    """There is no previous version to roll back to."""
+
+
+class AgentUnreachableError(OutpostError):
+    """The client could not talk to the agent at all (refused, timed out, bad address)."""
+
+
+class AgentRejectedError(OutpostError):
+    """The agent answered with an error; ``message`` is the agent's own one-line reason."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"agent refused the request (HTTP {status}): {message}")
+        self.status = status
+        self.message = message
+
+
+class AdvertiseError(AgentError):
+    """The mDNS advertisement could not be started."""
+
+
+class DiscoveryError(OutpostError):
+    """Browsing the LAN for agents could not start (no usable interface, port 5353 refused)."""

@@ -1,0 +1,148 @@
+"""The agent service: HTTP API first, then the mDNS advertisement; stopped in reverse."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TypeVar
+
+from aiohttp import web
+
+from device_agent import PROTOCOL_VERSION, __version__
+from device_agent.errors import AdvertiseError, AgentError, one_line
+from device_agent.http_api import build_app
+from device_agent.identity import load_or_create_identity
+from device_agent.mdns import ALL_HOSTS, Advertiser
+from device_agent.platform_info import host_facts, probe_runtimes
+from device_agent.stats import UsageStats
+from device_agent.store import ModelStore
+from runtimes.backends import BackendRegistry
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+SHUTDOWN_TIMEOUT_S = 5.0
+
+
+class AgentService:
+    """One agent: identity, model store, usage stats, HTTP server and mDNS advertisement.
+
+    Args:
+        data_dir: where the identity and the installed models live.
+        host: address to listen on (``0.0.0.0`` for every interface).
+        port: TCP port; 0 picks a free one (read it back from :attr:`port` after start).
+        interfaces: IP addresses to advertise on; None advertises on every interface.
+        advertise: False serves HTTP only (tests, or a device reached by address).
+    """
+
+    def __init__(
+        self,
+        data_dir: Path,
+        host: str = "0.0.0.0",
+        port: int = 8765,
+        interfaces: list[str] | None = None,
+        *,
+        advertise: bool = True,
+        registry: BackendRegistry | None = None,
+    ) -> None:
+        self.data_dir = Path(data_dir)
+        self.host = host
+        self.port = port
+        self.interfaces = interfaces
+        self.advertise = advertise
+        self.identity = load_or_create_identity(self.data_dir)
+        self.store = ModelStore(self.data_dir, registry=registry)
+        self.stats = UsageStats()
+        self.runtimes = probe_runtimes(registry)
+        self.facts = host_facts()
+        self.tmp_dir = self.data_dir / "tmp"
+        self.install_lock = asyncio.Lock()
+        self.advertised = False
+        self.app = build_app(self)
+        self._install_executor = ThreadPoolExecutor(1, thread_name_prefix="outpost-install")
+        workers = max(2, min(8, os.cpu_count() or 2))
+        self._infer_executor = ThreadPoolExecutor(workers, thread_name_prefix="outpost-infer")
+        self._runner: web.AppRunner | None = None
+        self._advertiser: Advertiser | None = None
+
+    @property
+    def url(self) -> str:
+        """A URL for this agent; the loopback address when it listens on every interface."""
+        host = "127.0.0.1" if self.host in ALL_HOSTS else self.host
+        return f"http://{host}:{self.port}"
+
+    def txt_properties(self) -> dict[str, str]:
+        facts = self.facts
+        return {
+            "id": self.identity.agent_id,
+            "proto": str(PROTOCOL_VERSION),
+            "version": __version__,
+            "platform": facts["platform"],
+            "arch": facts["arch"],
+            "runtimes": ",".join(info.key for info in self.runtimes if info.available),
+            "name": self.identity.name,
+        }
+
+    async def run_install(self, fn: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._install_executor, fn)
+
+    async def run_inference(self, fn: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._infer_executor, fn)
+
+    def _prepare_disk(self) -> None:
+        """Drop uploads an earlier run left half-received, then load the installed models."""
+        if self.tmp_dir.is_dir():
+            for leftover in self.tmp_dir.glob("upload-*"):
+                with contextlib.suppress(OSError):
+                    leftover.unlink()
+        self.store.load()
+
+    async def async_start(self) -> None:
+        """Load installed models, bind the HTTP server, then advertise the real port."""
+        await self.run_install(self._prepare_disk)
+        runner = web.AppRunner(self.app, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, self.host, self.port).start()
+        except OSError as exc:
+            await runner.cleanup()
+            raise AgentError(
+                f"cannot listen on {self.host}:{self.port}: {one_line(exc.strerror or exc)}; "
+                "pick another --port or --interface"
+            ) from None
+        self._runner = runner
+        self.port = int(runner.addresses[0][1])
+        log.info("agent %s listening on %s", self.identity.agent_id, self.url)
+        if not self.advertise:
+            return
+        advertiser = Advertiser(
+            agent_id=self.identity.agent_id,
+            port=self.port,
+            properties=self.txt_properties(),
+            interfaces=self.interfaces,
+        )
+        try:
+            await advertiser.async_start()
+        except AdvertiseError as exc:
+            log.warning("%s; the agent still answers at %s", exc, self.url)
+            return
+        self._advertiser = advertiser
+        self.advertised = True
+
+    async def async_stop(self) -> None:
+        """Withdraw the advertisement, then close the HTTP server and the worker threads."""
+        advertiser, self._advertiser = self._advertiser, None
+        if advertiser is not None:
+            await advertiser.async_stop()
+            self.advertised = False
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+        self._infer_executor.shutdown(wait=False, cancel_futures=True)
+        self._install_executor.shutdown(wait=False, cancel_futures=True)
+        log.info("agent %s stopped", self.identity.agent_id)

@@ -1,0 +1,260 @@
+"""API v1 against a real aiohttp server on 127.0.0.1 (port 0), through AgentClient and raw httpx."""
+
+from __future__ import annotations
+
+import socket
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from device_agent import PROTOCOL_VERSION, __version__
+from device_agent.client import AgentClient, AgentRejectedError, AgentUnreachableError
+from tests.fakes import EXPECTED, flip_last_byte, make_image_bytes, make_package, rewrite_package
+
+TIMING_KEYS = {"decode", "preprocess", "inference", "postprocess", "total"}
+
+
+def _error(response: httpx.Response) -> str:
+    body = response.json()
+    assert set(body) == {"error"}
+    assert "\n" not in body["error"]
+    return str(body["error"])
+
+
+def test_health_and_info(agent: Any) -> None:
+    with AgentClient(agent.url) as client:
+        assert client.health()["status"] == "ok"
+        info = client.info()
+    assert info["agent_id"] == agent.service.identity.agent_id
+    assert (info["version"], info["protocol"], info["platform"]) == (
+        __version__,
+        PROTOCOL_VERSION,
+        sys.platform,
+    )
+    assert {"name", "os", "arch", "python", "cpu_count"} <= set(info)
+    ort = next(r for r in info["runtimes"] if r["key"] == "onnxruntime")
+    assert (
+        ort["available"] and "onnx" in ort["formats"] and "CPUExecutionProvider" in ort["providers"]
+    )
+    assert info["models"] == []
+
+
+def test_upload_then_infer_raw_and_multipart(agent: Any, package: Path) -> None:
+    with AgentClient(agent.url) as client:
+        installed = client.upload_package(package)
+        assert (installed["name"], installed["version"], installed["format"]) == (
+            "shapes",
+            "1",
+            "onnx",
+        )
+        assert installed["runtime"] == "onnxruntime" and installed["providers"]
+        assert client.info()["models"][0]["class_names"] == ["circle", "square"]
+
+        result = client.infer(make_image_bytes())
+    assert (result["model"], result["version"], result["format"], result["runtime"]) == (
+        "shapes",
+        "1",
+        "onnx",
+        "onnxruntime",
+    )
+    assert result["detections"] == list(EXPECTED)
+    assert set(result["timing_ms"]) == TIMING_KEYS
+
+    image = make_image_bytes(ext=".jpg")
+    raw = httpx.post(
+        f"{agent.url}/v1/infer",
+        params={"model": "shapes"},
+        content=image,
+        headers={"Content-Type": "image/jpeg"},
+    )
+    assert raw.status_code == 200, raw.text
+    assert [d["class_name"] for d in raw.json()["detections"]] == ["circle", "square"]
+
+    multipart = httpx.post(
+        f"{agent.url}/v1/infer", files={"image": ("a.png", make_image_bytes(), "image/png")}
+    )
+    assert multipart.status_code == 200, multipart.text
+    assert multipart.json()["detections"] == list(EXPECTED)
+
+
+def test_upload_answers_201_with_raw_put(agent: Any, package: Path) -> None:
+    response = httpx.put(f"{agent.url}/v1/packages", content=package.read_bytes())
+    assert response.status_code == 201, response.text
+    assert response.json()["name"] == "shapes"
+
+
+def test_conf_threshold_and_bad_parameters(agent: Any, package: Path) -> None:
+    with AgentClient(agent.url) as client:
+        client.upload_package(package)
+        only_best = client.infer(make_image_bytes(), conf=0.85)
+        assert [d["class_name"] for d in only_best["detections"]] == ["circle"]
+        assert len(client.infer(make_image_bytes(), iou=0.5)["detections"]) == 2
+        with pytest.raises(
+            AgentRejectedError, match="conf must be a number between 0 and 1"
+        ) as err:
+            client.infer(make_image_bytes(), conf=1.5)
+    assert err.value.status == 400
+    bad = httpx.post(f"{agent.url}/v1/infer", params={"iou": "abc"}, content=make_image_bytes())
+    assert bad.status_code == 400 and "iou must be a number" in _error(bad)
+
+
+def test_infer_error_cases(agent: Any, package: Path) -> None:
+    url = f"{agent.url}/v1/infer"
+    none = httpx.post(url, content=make_image_bytes())
+    assert none.status_code == 409 and "no model is installed" in _error(none)
+
+    with AgentClient(agent.url) as client:
+        client.upload_package(package)
+        with pytest.raises(AgentRejectedError) as err:
+            client.infer(make_image_bytes(), model="nope")
+    assert err.value.status == 404
+    assert err.value.message == "model 'nope' is not installed; installed: shapes"
+
+    junk = httpx.post(url, content=b"not an image", headers={"Content-Type": "image/jpeg"})
+    assert junk.status_code == 400 and "could not be decoded" in _error(junk)
+
+    empty = httpx.post(url, content=b"")
+    assert empty.status_code == 400 and "body is empty" in _error(empty)
+
+    no_field = httpx.post(url, files={"picture": ("a.png", make_image_bytes(), "image/png")})
+    assert no_field.status_code == 400 and "no 'image' field" in _error(no_field)
+
+
+def test_two_models_need_a_name(agent: Any, package: Path, tmp_path: Path) -> None:
+    with AgentClient(agent.url) as client:
+        client.upload_package(package)
+        client.upload_package(make_package(tmp_path / "boxes.outpost.zip", name="boxes"))
+        with pytest.raises(
+            AgentRejectedError, match=r"several models are installed \(boxes, shapes\)"
+        ) as err:
+            client.infer(make_image_bytes())
+        assert err.value.status == 400
+        assert client.infer(make_image_bytes(), model="boxes")["model"] == "boxes"
+
+
+def test_stats_count_requests_errors_and_latency(agent: Any, package: Path) -> None:
+    with AgentClient(agent.url) as client:
+        client.upload_package(package)
+        for _ in range(3):
+            client.infer(make_image_bytes())
+        with pytest.raises(AgentRejectedError):
+            client.infer(b"garbage")
+        stats = client.stats()
+    assert stats["agent_id"] == agent.service.identity.agent_id
+    shapes = stats["models"]["shapes"]
+    assert (shapes["requests"], shapes["errors"]) == (4, 1)
+    assert (shapes["format"], shapes["runtime"], shapes["version"]) == ("onnx", "onnxruntime", "1")
+    assert shapes["providers"]
+    latency = shapes["latency_ms"]
+    assert set(latency) == {"p50", "p90", "p99", "mean"}
+    assert 0 < latency["p50"] <= latency["p90"] <= latency["p99"]
+
+
+@pytest.mark.parametrize(
+    ("kind", "status", "reason"),
+    [
+        ("wrong-sha256", 422, "sha256 mismatch for model.onnx"),
+        ("no-manifest", 422, "no manifest.json"),
+        ("schema-99", 422, "unknown package schema version 99"),
+        ("not-a-zip", 422, "not a package zip"),
+        ("empty", 400, "the request body is empty"),
+    ],
+)
+def test_bad_upload_is_refused_and_old_model_keeps_serving(
+    agent: Any, package: Path, tmp_path: Path, kind: str, status: int, reason: str
+) -> None:
+    v2 = make_package(tmp_path / "v2.outpost.zip", version="2")
+    bad = tmp_path / "bad.outpost.zip"
+    if kind == "wrong-sha256":
+        rewrite_package(v2, bad, files=flip_last_byte)
+    elif kind == "no-manifest":
+        rewrite_package(v2, bad, manifest=lambda data: None)
+    elif kind == "schema-99":
+        rewrite_package(v2, bad, manifest=lambda data: {**data, "schema_version": 99})
+    elif kind == "not-a-zip":
+        bad.write_bytes(b"PK but not really")
+    else:
+        bad.write_bytes(b"")
+
+    with AgentClient(agent.url) as client:
+        client.upload_package(package)
+        with pytest.raises(AgentRejectedError) as err:
+            client.upload_package(bad)
+        assert err.value.status == status
+        assert reason in err.value.message
+        result = client.infer(make_image_bytes())
+        assert (result["version"], result["detections"]) == ("1", list(EXPECTED))
+        assert [m["version"] for m in client.info()["models"]] == ["1"]
+    leftovers = list((agent.service.data_dir / "tmp").iterdir())
+    assert leftovers == []
+
+
+def test_rollback_endpoint(agent: Any, package: Path, tmp_path: Path) -> None:
+    with AgentClient(agent.url) as client:
+        with pytest.raises(AgentRejectedError, match="no model is installed"):
+            client.rollback("shapes")
+        client.upload_package(package)
+        with pytest.raises(AgentRejectedError, match="no previous version") as err:
+            client.rollback("shapes")
+        assert err.value.status == 409
+        client.upload_package(make_package(tmp_path / "v2.outpost.zip", version="2"))
+        assert client.infer(make_image_bytes())["version"] == "2"
+        assert client.rollback("shapes")["version"] == "1"
+        assert client.infer(make_image_bytes())["version"] == "1"
+
+
+def test_restarted_agent_serves_what_was_installed(
+    start_agent: Any, package: Path, tmp_path: Path
+) -> None:
+    data = tmp_path / "persistent"
+    first = start_agent(data)
+    with AgentClient(first.url) as client:
+        client.upload_package(package)
+        agent_id = client.info()["agent_id"]
+    first.stop()
+    second = start_agent(data)
+    with AgentClient(second.url) as client:
+        info = client.info()
+        assert info["agent_id"] == agent_id
+        assert [m["name"] for m in info["models"]] == ["shapes"]
+        assert client.infer(make_image_bytes())["detections"] == list(EXPECTED)
+
+
+def test_unknown_route_and_method_are_json(agent: Any) -> None:
+    missing = httpx.get(f"{agent.url}/v1/nothing-here")
+    assert missing.status_code == 404 and "no endpoint /v1/nothing-here" in _error(missing)
+    wrong = httpx.get(f"{agent.url}/v1/packages")
+    assert wrong.status_code == 405 and "GET is not allowed" in _error(wrong)
+    spec = httpx.get(f"{agent.url}/v1/openapi.json").json()
+    assert "/v1/infer" in spec["paths"]
+
+
+def test_client_reports_an_unreachable_agent() -> None:
+    with socket.socket() as sock:  # a port that nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with AgentClient(f"http://127.0.0.1:{port}", timeout=2) as client:
+        with pytest.raises(
+            AgentUnreachableError, match=f"cannot reach agent at http://127.0.0.1:{port}/v1/health"
+        ):
+            client.health()
+
+
+def test_concurrent_inference_requests_all_answer(agent: Any, package: Path) -> None:
+    with AgentClient(agent.url) as client:
+        client.upload_package(package)
+    image = make_image_bytes()
+
+    def one(_: int) -> list[dict[str, Any]]:
+        with AgentClient(agent.url) as client:
+            return list(client.infer(image)["detections"])
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(one, range(16)))
+    assert results == [list(EXPECTED)] * 16
+    with AgentClient(agent.url) as client:
+        assert client.stats()["models"]["shapes"]["requests"] == 16
