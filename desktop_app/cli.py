@@ -131,6 +131,20 @@ def cmd_dataset_show(args: argparse.Namespace) -> Any:
 # --- training ----------------------------------------------------------------------------
 
 
+def _parse_sets(items: list[str] | None) -> dict[str, Any]:
+    """``--set key=value`` pairs; values are parsed as JSON when they can be (numbers, booleans)."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise OutpostError(f"--set expects KEY=VALUE, got {item!r}")
+        try:
+            out[key.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key.strip()] = raw
+    return out
+
+
 def cmd_train(args: argparse.Namespace) -> Any:
     from desktop_app.core.training import TrainOptions, run_training
 
@@ -145,6 +159,7 @@ def cmd_train(args: argparse.Namespace) -> Any:
         device=args.device,
         workers=args.workers,
         seed=args.seed,
+        extra=_parse_sets(args.set),
     )
 
     def progress(event: dict[str, Any]) -> None:
@@ -386,6 +401,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto (GPU when present), cpu, or a CUDA index")
     p.add_argument("--workers", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="any trainer option, e.g. --set mosaic=0.5 --set lr0=0.005 (repeatable)",
+    )
 
     runs = sub.add_parser("runs", help="training runs").add_subparsers(dest="sub", required=True)
     add(runs, "list", cmd_runs_list, "list training runs")
@@ -435,7 +456,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add(sub, "demo", cmd_demo, "the whole loop on a sample dataset, headless")
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--imgsz", type=int, default=160)
-    p.add_argument("--count", type=int, default=64)
+    p.add_argument("--count", type=int, default=128)
     p.add_argument("--seed", type=int, default=0)
 
     p = add(sub, "worker", cmd_worker, "run a job in this process (used by the desktop app)")

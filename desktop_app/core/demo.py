@@ -32,7 +32,7 @@ class DemoOptions:
     workspace: Path | None = None
     epochs: int = 30
     imgsz: int = 160
-    count: int = 64
+    count: int = 128
     seed: int = 0
     infer_images: int = 24
 
@@ -148,18 +148,17 @@ def run_demo(opts: DemoOptions, say: Callable[[str], None] = print) -> dict[str,
                 f"      epoch {event['epoch']:>3}/{event['epochs']}  box_loss={m.get('train/box_loss', 0):.3f}  mAP50={m.get('metrics/mAP50(B)', 0):.3f}"
             )
 
-    run = run_training(
-        ws,
-        TrainOptions(
-            dataset="shapes",
-            model="yolo11n.yaml",
-            epochs=opts.epochs,
-            imgsz=opts.imgsz,
-            batch=16,
-            workers=0,
-        ),
-        on_event=progress,
+    # Small drawn images: mosaic would shrink shapes to a few pixels, so the demo trains without it.
+    train_opts = TrainOptions(
+        dataset="shapes",
+        model="yolo11n.yaml",
+        epochs=opts.epochs,
+        imgsz=opts.imgsz,
+        batch=8,
+        workers=0,
+        extra={"mosaic": 0.0},
     )
+    run = run_training(ws, train_opts, on_event=progress)
     step("train", t0)
     metrics = run["final_metrics"]
     say(

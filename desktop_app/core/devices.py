@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
@@ -115,14 +114,15 @@ def deploy(
 ) -> dict[str, Any]:
     """Upload an export's package to a device; the deployment is recorded whatever the outcome."""
     exp = get_export(ws, export_ref)
-    if exp.status != "completed" or not exp.package_path or not Path(exp.package_path).exists():
+    package = ws.resolve(exp.package_path) if exp.package_path else None
+    if exp.status != "completed" or package is None or not package.exists():
         raise NotFoundError(
             f"export {exp.id} has no package to deploy (status {exp.status}); export the run again"
         )
     dev, client = connect(ws, device_id, interfaces)
     model_name = exp.manifest.get("name", exp.id)
     try:
-        installed = client.upload_package(Path(exp.package_path))
+        installed = client.upload_package(package)
         status, message = "installed", None
     except AgentRejectedError as exc:
         installed, status, message = {}, "failed", str(exc)

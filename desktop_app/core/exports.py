@@ -59,7 +59,7 @@ def export_run(
             artifact = try_export(
                 exporter,
                 ExportRequest(
-                    checkpoint=Path(run.best_checkpoint),
+                    checkpoint=ws.resolve(run.best_checkpoint),
                     framework=run.framework,
                     task=run.task,
                     imgsz=size,
@@ -96,7 +96,7 @@ def export_run(
                     run_id=run.id,
                     format=key,
                     status=record["status"],
-                    package_path=record.get("package"),
+                    package_path=ws.relative(record["package"]) if record.get("package") else None,
                     package_sha256=record.get("sha256"),
                     manifest=record.get("manifest", {}),
                     details={"seconds": record.get("seconds"), "imgsz": size},
@@ -135,7 +135,7 @@ def list_exports(ws: Any) -> list[dict[str, Any]]:
                 "run_id": e.run_id,
                 "format": e.format,
                 "status": e.status,
-                "package": e.package_path,
+                "package": str(ws.resolve(e.package_path)) if e.package_path else None,
                 "error": e.error,
                 "created_at": e.created_at.isoformat() if e.created_at else None,
             }

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,21 @@ class TrainOptions:
     version: str | None = None
     plots: bool = False
     framework: str = "ultralytics"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# Ultralytics accumulates gradients up to a nominal batch of 64 images. On a small dataset that
+# leaves one or two optimizer steps an epoch and a from-scratch model barely learns (mAP50 0.05
+# vs 0.40 after 30 epochs on 128 sample images), so below this many training images the nominal
+# batch is the real batch unless the user sets ``nbs`` explicitly.
+SMALL_DATASET_IMAGES = 1000
+
+
+def trainer_extra(opts: TrainOptions, train_images: int) -> dict[str, Any]:
+    extra = dict(opts.extra)
+    if train_images < SMALL_DATASET_IMAGES and opts.batch > 0:
+        extra.setdefault("nbs", opts.batch)
+    return extra
 
 
 def trainer_command(framework: str, spec_path: Path) -> list[str]:
@@ -99,6 +114,7 @@ def run_training(
         "workers": opts.workers,
         "seed": opts.seed,
         "plots": opts.plots,
+        "extra": trainer_extra(opts, int(version.splits.get("train", 0))),
         "run_dir": str(run_dir),
         "config_dir": str(Path(ws.root) / "yolo_config"),
         "mlflow_tracking_uri": ws.mlflow_tracking_uri,
@@ -111,6 +127,7 @@ def run_training(
     params = {
         k: spec[k] for k in ("model", "epochs", "imgsz", "batch", "device", "workers", "seed")
     }
+    params.update(spec["extra"])
     with ws.session() as s:
         s.add(
             TrainingRun(
@@ -122,7 +139,7 @@ def run_training(
                 model=opts.model,
                 status="running",
                 params=params,
-                run_dir=str(run_dir),
+                run_dir=ws.relative(run_dir),
                 started_at=utcnow(),
             )
         )
@@ -198,7 +215,7 @@ def _finish(ws: Any, run_id: str, status: str, outcome: dict[str, Any], error: s
         run.finished_at = utcnow()
         run.error = error
         if outcome.get("best"):
-            run.best_checkpoint = outcome["best"]
+            run.best_checkpoint = ws.relative(outcome["best"])
         if outcome.get("metrics"):
             run.final_metrics = {k: v for k, v in outcome["metrics"].items() if v is not None}
         if outcome.get("mlflow_run_id"):
@@ -245,8 +262,8 @@ def run_summary(ws: Any, run_id: str) -> dict[str, Any]:
             "params": run.params,
             "device": run.device,
             "dataset_version_id": run.dataset_version_id,
-            "run_dir": run.run_dir,
-            "best_checkpoint": run.best_checkpoint,
+            "run_dir": str(ws.resolve(run.run_dir)),
+            "best_checkpoint": str(ws.resolve(run.best_checkpoint)) if run.best_checkpoint else None,
             "mlflow_run_id": run.mlflow_run_id,
             "final_metrics": run.final_metrics,
             "error": run.error,

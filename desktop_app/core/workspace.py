@@ -164,6 +164,18 @@ class Workspace:
         """``sqlite:///<absolute path>/mlflow.db``."""
         return f"sqlite:///{self.mlflow_db_path}"
 
+    def relative(self, path: Path | str) -> str:
+        """How a path inside the workspace is stored: relative, so a restored backup still works."""
+        path = Path(path)
+        try:
+            return path.resolve().relative_to(self.root.resolve()).as_posix()
+        except ValueError:
+            return str(path)
+
+    def resolve(self, stored: str) -> Path:
+        """A stored path (relative to the workspace, or absolute) as an absolute path."""
+        return self.root / stored
+
     @property
     def database_url(self) -> str:
         return db.sqlite_url(self.db_path)

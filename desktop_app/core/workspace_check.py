@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, select, text
@@ -145,9 +144,7 @@ def _check_exports(ws: Workspace, report: CheckReport) -> None:
         ).all()
     lines: list[str] = []
     for export_id, package_path, package_sha in rows:
-        path = Path(package_path)
-        if not path.is_absolute():
-            path = ws.root / path
+        path = ws.resolve(package_path)
         if not path.is_file():
             lines.append(f"export {export_id}: package {path} is missing; export the run again")
         elif package_sha and sha256_file(path) != package_sha:

@@ -3,11 +3,27 @@
 from __future__ import annotations
 
 import ast
+import contextlib
+import logging
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 from exporters.base import Capability, ExportArtifact, Exporter, ExportError, ExportRequest
 from runtimes.offline import apply_offline_env, quiet_ultralytics_settings
+
+
+@contextlib.contextmanager
+def _quiet_ultralytics() -> Iterator[None]:
+    """Ultralytics logs banners and usage hints at INFO; an export reports through our log only."""
+    from ultralytics.utils import LOGGER
+
+    level = LOGGER.level
+    LOGGER.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        LOGGER.setLevel(level)
 
 
 def _onnx_metadata(path: Path) -> tuple[dict[str, str], str, tuple[int, ...], int | None]:
@@ -49,18 +65,19 @@ class OnnxExporter(Exporter):
                 f"ONNX export needs {exc.name}; install it with pip install 'outpost[export]'"
             ) from None
         quiet_ultralytics_settings()
-        model = YOLO(str(request.checkpoint), task=request.task)
-        produced = Path(
-            model.export(
-                format="onnx",
-                imgsz=request.imgsz,
-                simplify=bool(request.options.get("simplify", True)),
-                dynamic=False,
-                opset=request.options.get("opset"),
-                device="cpu",
-                verbose=False,
+        with _quiet_ultralytics():
+            model = YOLO(str(request.checkpoint), task=request.task)
+            produced = Path(
+                model.export(
+                    format="onnx",
+                    imgsz=request.imgsz,
+                    simplify=bool(request.options.get("simplify", True)),
+                    dynamic=False,
+                    opset=request.options.get("opset"),
+                    device="cpu",
+                    verbose=False,
+                )
             )
-        )
         target = request.out_dir / "model.onnx"
         shutil.move(str(produced), target)
         meta, input_name, shape, opset = _onnx_metadata(target)
