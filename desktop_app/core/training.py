@@ -263,7 +263,9 @@ def run_summary(ws: Any, run_id: str) -> dict[str, Any]:
             "device": run.device,
             "dataset_version_id": run.dataset_version_id,
             "run_dir": str(ws.resolve(run.run_dir)),
-            "best_checkpoint": str(ws.resolve(run.best_checkpoint)) if run.best_checkpoint else None,
+            "best_checkpoint": str(ws.resolve(run.best_checkpoint))
+            if run.best_checkpoint
+            else None,
             "mlflow_run_id": run.mlflow_run_id,
             "final_metrics": run.final_metrics,
             "error": run.error,
