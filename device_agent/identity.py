@@ -59,10 +59,10 @@ def load_or_create_identity(data_dir: Path) -> Identity:
         data = json.loads(raw)
     except json.JSONDecodeError:
         data = None
-    agent_id = data.get("agent_id") if isinstance(data, dict) else None
-    if not isinstance(agent_id, str) or not _ID_PATTERN.match(agent_id):
+    stored: object = data.get("agent_id") if isinstance(data, dict) else None
+    if not isinstance(stored, str) or not _ID_PATTERN.match(stored):
         raise IdentityError(
             f"{path} is corrupt (no valid agent_id); move it away to create a new agent id"
         )
     name = data.get("name")
-    return Identity(agent_id, name if isinstance(name, str) and name.strip() else _hostname())
+    return Identity(stored, name if isinstance(name, str) and name.strip() else _hostname())

@@ -77,4 +77,4 @@ def quiet_ultralytics_settings() -> None:
     }
     changes = {k: v for k, v in wanted.items() if k in SETTINGS and SETTINGS[k] != v}
     if changes:
-        SETTINGS.update(changes)
+        SETTINGS.update(changes)  # type: ignore[no-untyped-call]

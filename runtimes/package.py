@@ -74,8 +74,8 @@ class ModelSpec(_Model):
     architecture: str
     class_names: list[str] = Field(min_length=1)
     input: InputSpec
-    preprocessing: Preprocessing = Preprocessing()
-    postprocessing: Postprocessing = Postprocessing()
+    preprocessing: Preprocessing = Field(default_factory=Preprocessing)
+    postprocessing: Postprocessing = Field(default_factory=Postprocessing)
     precision: Literal["fp32", "fp16", "int8"] = "fp32"
 
 
@@ -107,7 +107,7 @@ class Manifest(_Model):
     created_at: str
     model: ModelSpec
     format: FormatSpec
-    provenance: Provenance = Provenance()
+    provenance: Provenance = Field(default_factory=Provenance)
     files: dict[str, FileEntry]
 
     def to_json(self) -> str:

@@ -183,7 +183,8 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
         out = c1 * (1 - t[..., None]) + c2 * t[..., None]
     else:  # solid colour
         out = np.broadcast_to(c1, (size, size, 3)).copy()
-    return np.clip(out, 0, 255).astype(np.uint8)
+    clipped: np.ndarray = np.clip(out, 0, 255).astype(np.uint8)
+    return clipped
 
 
 def _place(rng: np.random.Generator, size: int, placed: list[PixelBox]) -> PixelBox | None:

@@ -150,7 +150,7 @@ def _find_entries(root: Path) -> tuple[list[_Entry], bool]:
 
 
 def _image_files(folder: Path) -> list[Path]:
-    out = []
+    out: list[Path] = []
     for dirpath, dirnames, filenames in os.walk(folder):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         out.extend(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import select
 
@@ -80,7 +80,7 @@ def get_device(ws: Any, device_id: str) -> Device:
                 f"no known device {device_id!r}; find agents first with: outpost devices list"
             )
         s.expunge(dev)
-        return dev
+        return cast(Device, dev)
 
 
 def connect(

@@ -6,7 +6,7 @@ import re
 import shutil
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import select
 
@@ -124,7 +124,7 @@ def get_export(ws: Any, export_ref: str) -> Export:
         if exp is None:
             raise NotFoundError(f"no export {export_ref!r}; list them with: outpost exports list")
         s.expunge(exp)
-        return exp
+        return cast(Export, exp)
 
 
 def list_exports(ws: Any) -> list[dict[str, Any]]:

@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import select
 
@@ -238,7 +238,7 @@ def resolve_run(ws: Any, run_ref: str) -> TrainingRun:
         if run is None:
             raise NotFoundError(f"no training run {run_ref!r}; list them with: outpost runs list")
         s.expunge(run)
-        return run
+        return cast(TrainingRun, run)
 
 
 def run_summary(ws: Any, run_id: str) -> dict[str, Any]:

@@ -144,7 +144,7 @@ def _check_exports(ws: Workspace, report: CheckReport) -> None:
         ).all()
     lines: list[str] = []
     for export_id, package_path, package_sha in rows:
-        path = ws.resolve(package_path)
+        path = ws.resolve(str(package_path))
         if not path.is_file():
             lines.append(f"export {export_id}: package {path} is missing; export the run again")
         elif package_sha and sha256_file(path) != package_sha:

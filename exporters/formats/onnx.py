@@ -59,7 +59,7 @@ class OnnxExporter(Exporter):
             import onnx
             import torch
             import ultralytics
-            from ultralytics import YOLO
+            from ultralytics import YOLO  # type: ignore[attr-defined]
         except ImportError as exc:
             raise ExportError(
                 f"ONNX export needs {exc.name}; install it with pip install 'outpost[export]'"

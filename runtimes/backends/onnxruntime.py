@@ -65,4 +65,5 @@ class OnnxRuntimeBackend(Backend):
         return list(self.session.get_providers())
 
     def run(self, tensor: np.ndarray) -> np.ndarray:
-        return self.session.run(self.output_names[:1], {self.input_name: tensor})[0]
+        out: np.ndarray = self.session.run(self.output_names[:1], {self.input_name: tensor})[0]
+        return out

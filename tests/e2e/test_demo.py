@@ -140,7 +140,16 @@ def test_demo_twice_in_a_row_from_the_same_folder(tmp_path: Path) -> None:
     """Without --workspace each run gets a fresh workspace under ./.outpost-demo/."""
     for _ in range(2):
         proc = run_outpost(
-            "demo", "--json", "--epochs", "1", "--imgsz", "64", "--count", "16", cwd=tmp_path, timeout=900
+            "demo",
+            "--json",
+            "--epochs",
+            "1",
+            "--imgsz",
+            "64",
+            "--count",
+            "16",
+            cwd=tmp_path,
+            timeout=900,
         )
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert json.loads(proc.stdout)["deployment"] == "installed"

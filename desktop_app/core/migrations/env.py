@@ -15,6 +15,8 @@ against a database upgraded to the current head, then read and correct the resul
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from alembic import context
 from sqlalchemy import Connection
 
@@ -56,7 +58,7 @@ def run_migrations_online() -> None:
     url = config.get_main_option("sqlalchemy.url") or ""
     if not url.startswith("sqlite:///"):
         raise RuntimeError("set sqlalchemy.url to the workspace's sqlite:/// database")
-    engine = make_migration_engine(url.removeprefix("sqlite:///"))
+    engine = make_migration_engine(Path(url.removeprefix("sqlite:///")))
     try:
         with engine.begin() as conn:
             _configure_and_run(conn)

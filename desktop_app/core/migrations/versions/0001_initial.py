@@ -9,6 +9,7 @@ Create Date: 2026-11-26
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 
 import sqlalchemy as sa
 from alembic import op
@@ -34,7 +35,7 @@ _INDEXES = [
 ]
 
 
-def _created(name: str = "created_at", nullable: bool = False) -> sa.Column:
+def _created(name: str = "created_at", nullable: bool = False) -> sa.Column[datetime]:
     return sa.Column(name, sa.DateTime(timezone=True), nullable=nullable)
 
 
