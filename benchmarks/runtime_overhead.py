@@ -18,6 +18,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -25,6 +26,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from runtimes.offline import apply_offline_env  # noqa: E402
+
+if TYPE_CHECKING:
+    from device_agent.client import AgentClient
 
 
 def p50(fn, runs: int, warmup: int = 5) -> float:
@@ -97,7 +101,33 @@ class Agent:
             obj = json.loads(line)
             if obj.get("event") == "ready":
                 self.url = obj["url"]
+                self.agent_id = obj["agent_id"]
                 break
+        self.data_dir = data_dir
+
+    def paired_client(self, timeout: float) -> AgentClient:
+        """Pair a fresh desktop key with a code from ``outpost-agent pair``, as the demo does."""
+        from device_agent.auth import KeyPair
+        from device_agent.client import AgentClient, pair_with_agent
+
+        shown = subprocess.run(  # noqa: S603
+            [
+                sys.executable,
+                "-m",
+                "device_agent",
+                "pair",
+                "--json",
+                "--data-dir",
+                str(self.data_dir),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        desktop = KeyPair.generate()
+        code = json.loads(shown.stdout)["code"]
+        pinned = pair_with_agent(self.url, desktop, self.agent_id, code)
+        return AgentClient(self.url, timeout=timeout, key=desktop, agent_key=pinned)
 
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGTERM)
@@ -135,7 +165,6 @@ def main() -> None:
 
     import onnxruntime as ort
 
-    from device_agent.client import AgentClient
     from runtimes.predictor import Predictor
     from runtimes.preprocess import letterbox, read_image, to_tensor
 
@@ -154,7 +183,7 @@ def main() -> None:
     yolo_rows = {}
     agent = Agent(workdir / "agent")
     try:
-        client = AgentClient(agent.url, timeout=60)
+        client = agent.paired_client(timeout=60)
         for size in sizes:
             package, onnx_file = (
                 workdir / f"bench-{size}.outpost.zip",

@@ -107,13 +107,39 @@ def cmd_dataset_sample(args: argparse.Namespace) -> Any:
     )
 
 
-def cmd_dataset_import(args: argparse.Namespace) -> Any:
-    from desktop_app.core.datasets import import_yolo
+def cmd_dataset_analyze(args: argparse.Namespace) -> Any:
+    from desktop_app.core.datasets import analyze_dataset
 
-    if args.format != "yolo":
-        raise OutpostError(f"format {args.format!r} is not supported yet; use --format yolo")
+    report = analyze_dataset(args.path, args.format)
+    if not report["ok"]:
+        args.exit_code = 1
+    if args.json:
+        return report
+    lines = [
+        f"{report['path']}: {report['format'] or 'unknown format'}, {report['images']} images, "
+        f"{report['annotations']} annotations, {len(report['classes'])} classes",
+    ]
+    lines += [f"  {name:<20} {n}" for name, n in report["annotations_per_class"].items()]
+    if report["splits"]:
+        lines.append("  splits: " + ", ".join(f"{k}={v}" for k, v in report["splits"].items()))
+    lines += [f"problem: {p}" for p in report["problems"]]
+    lines += [f"warning: {w}" for w in report["warnings"]]
+    return "\n".join(lines)
+
+
+def cmd_dataset_import(args: argparse.Namespace) -> Any:
+    from desktop_app.core.datasets import import_dataset
+
     ws = _open_ws(args)
-    return import_yolo(ws, args.path, args.name, val_fraction=args.val_fraction, seed=args.seed)
+    return import_dataset(
+        ws, args.path, args.name, args.format, val_fraction=args.val_fraction, seed=args.seed
+    )
+
+
+def cmd_dataset_export(args: argparse.Namespace) -> Any:
+    from desktop_app.core.datasets import export_dataset
+
+    return export_dataset(_open_ws(args), args.ref, args.format, args.out, as_zip=args.zip)
 
 
 def cmd_dataset_list(args: argparse.Namespace) -> Any:
@@ -148,9 +174,19 @@ def _parse_sets(items: list[str] | None) -> dict[str, Any]:
 def cmd_train(args: argparse.Namespace) -> Any:
     from desktop_app.core.training import TrainOptions, run_training
 
+    if args.schema:
+        from trainers.registry import default_registry
+
+        return default_registry().get(args.schema).schema().to_json()
+    if not args.dataset:
+        raise OutpostError(
+            "name the dataset to train on with --dataset NAME; see outpost dataset list"
+        )
     ws = _open_ws(args)
     opts = TrainOptions(
         dataset=args.dataset,
+        preset=args.preset,
+        framework=args.framework,
         version=args.version,
         model=args.model,
         epochs=args.epochs,
@@ -203,6 +239,25 @@ def cmd_train(args: argparse.Namespace) -> Any:
     return f"run {summary['id']} completed: mAP50={m.get('metrics/mAP50(B)', 0):.4f}  best={summary['best_checkpoint']}"
 
 
+def cmd_models_list(args: argparse.Namespace) -> Any:
+    from trainers.registry import default_registry
+
+    rows = []
+    for plugin in default_registry().plugins():
+        for name, task in plugin.architectures().items():
+            rows.append(
+                {
+                    "framework": plugin.key,
+                    "task": task,
+                    "model": name,
+                    "trainable": task in plugin.tasks,
+                }
+            )
+    if args.task:
+        rows = [r for r in rows if r["task"] == args.task]
+    return rows if args.json else _table(rows, ["framework", "task", "model", "trainable"])
+
+
 def cmd_runs_list(args: argparse.Namespace) -> Any:
     from desktop_app.core.training import list_runs
 
@@ -231,20 +286,35 @@ def cmd_export(args: argparse.Namespace) -> Any:
         from exporters.registry import default_registry
 
         caps = [c.__dict__ for c in default_registry().capabilities()]
-        return (
-            caps
-            if args.json
-            else _table(caps, ["key", "title", "frameworks", "tasks", "precisions", "runtime"])
+        if args.json:
+            return caps
+        rows = [
+            {k: ", ".join(v) if isinstance(v, tuple) else v for k, v in c.items()} for c in caps
+        ]
+        return _table(
+            rows, ["key", "title", "frameworks", "tasks", "precisions", "runtime", "needs"]
         )
     if not args.run:
         raise OutpostError("name the run to export (or 'latest'); see outpost runs list")
     from desktop_app.core.exports import export_run
 
     formats = [f.strip() for f in args.format.split(",") if f.strip()]
-    results = export_run(_open_ws(args), args.run, formats, imgsz=args.imgsz)
+    results = export_run(
+        _open_ws(args), args.run, formats, imgsz=args.imgsz, precision=args.precision
+    )
     if any(r["status"] != "completed" for r in results):
         args.exit_code = 1
-    return results if args.json else _table(results, ["id", "format", "status", "package", "error"])
+    if args.json:
+        return results
+    for r in results:
+        v = r.get("validation") or {}
+        r["parity"] = (
+            f"{v['matched']}/{max(v['reference_detections'], v['export_detections'])} matched, "
+            f"box {v['max_box_deviation_px']:.2f} px, score {v['max_score_deviation']:.4f}"
+            if v
+            else ""
+        )
+    return _table(results, ["id", "format", "precision", "status", "parity", "package", "error"])
 
 
 def cmd_exports_list(args: argparse.Namespace) -> Any:
@@ -294,7 +364,20 @@ def cmd_devices_list(args: argparse.Namespace) -> Any:
     return (
         rows
         if args.json
-        else _table(rows, ["id", "name", "address", "port", "platform", "arch", "version"])
+        else _table(
+            rows, ["id", "name", "address", "port", "platform", "arch", "version", "paired"]
+        )
+    )
+
+
+def cmd_devices_pair(args: argparse.Namespace) -> Any:
+    from desktop_app.core.devices import pair
+
+    result = pair(_open_ws(args), args.device, args.code, args.interface)
+    return (
+        result
+        if args.json
+        else f"paired with {result['name']} ({result['device']}); its key {result['fingerprint']} is pinned"
     )
 
 
@@ -381,31 +464,60 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--count", type=int, default=64)
     p = add(ds, "import", cmd_dataset_import, "validate a dataset and store it as version v1")
     p.add_argument("path", type=Path)
-    p.add_argument("--format", default="yolo", choices=["yolo"])
+    p.add_argument("--format", default="auto", choices=["auto", "yolo", "coco", "voc"])
     p.add_argument("--name", required=True)
     p.add_argument("--val-fraction", type=float, default=0.2)
     p.add_argument("--seed", type=int, default=42)
+    p = add(
+        ds, "analyze", cmd_dataset_analyze, "detect a dataset's format and report it (no writes)"
+    )
+    p.add_argument("path", type=Path)
+    p.add_argument("--format", default="auto", choices=["auto", "yolo", "coco", "voc"])
+    p = add(ds, "export", cmd_dataset_export, "write a dataset version as yolo, coco or voc")
+    p.add_argument("ref", metavar="NAME[@VERSION]")
+    p.add_argument("--format", required=True, choices=["yolo", "coco", "voc"])
+    p.add_argument("--out", type=Path, required=True, help="a new folder (or zip with --zip)")
+    p.add_argument("--zip", action="store_true", help="write one .zip instead of a folder")
     add(ds, "list", cmd_dataset_list, "list datasets")
     p = add(ds, "show", cmd_dataset_show, "show one dataset and its versions")
     p.add_argument("name")
 
     p = add(sub, "train", cmd_train, "train a model on a dataset version")
-    p.add_argument("--dataset", required=True)
+    p.add_argument("--dataset", default=None, help="dataset name (required unless --schema)")
     p.add_argument("--version", default=None, help="dataset version (default: latest)")
     p.add_argument(
         "--model", default="yolo11n.yaml", help="model YAML (from scratch) or weights file"
     )
-    p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--imgsz", type=int, default=320)
-    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--framework", default="ultralytics", help="trainer (see outpost models list)")
+    p.add_argument("--preset", default=None, help="easy, medium or advanced (see --schema)")
+    p.add_argument("--epochs", type=int, default=None, help="default: the preset's, else 100")
+    p.add_argument("--imgsz", type=int, default=None, help="default: the preset's, else 640")
+    p.add_argument("--batch", type=int, default=None, help="default: 16")
     p.add_argument("--device", default="auto", help="auto (GPU when present), cpu, or a CUDA index")
     p.add_argument("--workers", type=int, default=None)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument(
+        "--schema",
+        metavar="FRAMEWORK",
+        default=None,
+        help="print the trainer's option schema (types, ranges, groups, presets) as JSON",
+    )
     p.add_argument(
         "--set",
         action="append",
         metavar="KEY=VALUE",
         help="any trainer option, e.g. --set mosaic=0.5 --set lr0=0.005 (repeatable)",
+    )
+
+    models = sub.add_parser("models", help="trainers and architectures")
+    p = add(
+        models.add_subparsers(dest="sub", required=True),
+        "list",
+        cmd_models_list,
+        "list trainers, tasks and architectures",
+    )
+    p.add_argument(
+        "--task", default=None, help="only this task (detect, segment, classify, pose, obb)"
     )
 
     runs = sub.add_parser("runs", help="training runs").add_subparsers(dest="sub", required=True)
@@ -420,7 +532,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add(sub, "export", cmd_export, "export a run to edge formats as .outpost.zip packages")
     p.add_argument("run", nargs="?", help="run id or 'latest'")
-    p.add_argument("--format", default="onnx", help="comma-separated formats")
+    p.add_argument(
+        "--format",
+        default="onnx",
+        help="comma-separated formats, each optionally FORMAT:PRECISION (e.g. onnx,openvino:fp16)",
+    )
+    p.add_argument("--precision", default=None, help="fp32 (default) or fp16, for every format")
     p.add_argument("--imgsz", type=int, default=None, help="input size (default: the run's)")
     p.add_argument("--capabilities", action="store_true", help="print the format capability matrix")
     exports = sub.add_parser("exports", help="exports").add_subparsers(dest="sub", required=True)
@@ -431,7 +548,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", type=Path, nargs="+")
     p.add_argument("--conf", type=float, default=None)
     p.add_argument("--iou", type=float, default=None)
-    p.add_argument("--runtime", default=None, help="runtime backend (default: the best available)")
+    p.add_argument(
+        "--runtime",
+        default=None,
+        help="runtime backend: onnxruntime, openvino, torchscript (default: the best available)",
+    )
 
     dev = sub.add_parser("devices", help="device agents").add_subparsers(dest="sub", required=True)
     p = add(dev, "list", cmd_devices_list, "discover agents on the LAN (mDNS) and record them")
@@ -443,6 +564,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--timeout", type=float, default=3.0)
     p.add_argument("--known", action="store_true", help="list recorded devices without browsing")
+    p = add(
+        dev,
+        "pair",
+        cmd_devices_pair,
+        "pair with a device using the code that outpost-agent pair shows on it",
+    )
+    p.add_argument("device", help="device id (or a unique prefix) from outpost devices list")
+    p.add_argument("--code", required=True, help="the 6-digit one-time code")
+    p.add_argument("--interface", action="append", default=None)
 
     p = add(sub, "deploy", cmd_deploy, "install an export's package on a device")
     p.add_argument("export", help="export id or 'latest'")

@@ -1,4 +1,4 @@
-"""``outpost-agent``: run the agent in the foreground, or show its identity.
+"""``outpost-agent``: run the agent in the foreground, show its identity, or make a pairing code.
 
 ``serve`` prints one JSON line on stdout once it answers (``{"event": "ready", ...}``);
 everything else goes to stderr. Bad input ends with a one-line reason and a non-zero exit.
@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, NoReturn
 
 from device_agent import PROTOCOL_VERSION, __version__
 from device_agent.identity import load_or_create_identity
+from device_agent.pairing import CODE_TTL_S, issue_code
 from device_agent.paths import default_data_dir
 from runtimes.errors import OutpostError
 
@@ -87,6 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="print this agent's id (created on first use)")
     info.add_argument("--data-dir", type=Path, help=f"state folder (default {default_data_dir()})")
     info.add_argument("--json", action="store_true", help="print id, name and data folder as JSON")
+    pair = sub.add_parser(
+        "pair",
+        help=f"print a one-time pairing code for a desktop (single use, valid {CODE_TTL_S // 60} min)",
+    )
+    pair.add_argument("--data-dir", type=Path, help=f"state folder (default {default_data_dir()})")
+    pair.add_argument("--json", action="store_true", help="print code, id and expiry as JSON")
     return parser
 
 
@@ -99,6 +106,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "serve":
             return _serve(args)
+        if args.command == "pair":
+            return _pair(args)
         return _info(args)
     except OutpostError as exc:
         print(f"outpost-agent: {exc}", file=sys.stderr, flush=True)
@@ -118,6 +127,27 @@ def _info(args: argparse.Namespace) -> int:
         )
     else:
         print(identity.agent_id)
+    return 0
+
+
+def _pair(args: argparse.Namespace) -> int:
+    """Write a fresh code where the running agent (same --data-dir) will look for it."""
+    data_dir = args.data_dir or default_data_dir()
+    identity = load_or_create_identity(data_dir)
+    issued = issue_code(data_dir)
+    if args.json:
+        record = {
+            "code": issued.code,
+            "agent_id": identity.agent_id,
+            "fingerprint": identity.key.fingerprint,
+            "expires_at": issued.expires_at,
+        }
+        print(json.dumps(record))
+        return 0
+    print(f"pairing code: {issued.code}  (single use, valid {CODE_TTL_S // 60} minutes)")
+    print(f"agent:        {identity.name} {identity.agent_id}")
+    print(f"fingerprint:  {identity.key.fingerprint}")
+    print(f"on the desktop run: outpost devices pair {identity.agent_id} --code {issued.code}")
     return 0
 
 

@@ -2,12 +2,22 @@
 
 Blocking work (installing a package, running a model) goes to the service's executors so
 the event loop keeps answering; one install runs at a time.
+
+Only ``GET /v1/info`` (reduced to id, version, protocol and keys) and ``POST /v1/pair`` answer
+a client that is not paired; every other request must be signed by a paired desktop
+(:mod:`device_agent.auth`) or gets 401. Every response to a request with a nonce is signed.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
+import email.parser
+import email.policy
 import functools
+import hashlib
+import hmac
+import json
 import logging
 import os
 import tempfile
@@ -18,6 +28,23 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from device_agent import PROTOCOL_VERSION, __version__
+from device_agent.auth import (
+    AGENT_KEY_HEADER,
+    NONCE_HEADER,
+    SIGNATURE_HEADER,
+    AuthError,
+    SignedHeaders,
+    agent_expected_proof,
+    b64,
+    fingerprint,
+    parse_signed_headers,
+    request_message,
+    response_message,
+    sha256_hex,
+    unb64,
+    valid_nonce,
+    verify,
+)
 from device_agent.errors import (
     AmbiguousModelError,
     InstallError,
@@ -27,6 +54,7 @@ from device_agent.errors import (
     one_line,
 )
 from device_agent.openapi import openapi_spec
+from device_agent.pairing import PairingError
 from device_agent.platform_info import runtimes_json
 from runtimes.errors import ImageDecodeError, OutpostError, PackageError, RuntimeUnavailableError
 
@@ -38,6 +66,15 @@ log = logging.getLogger(__name__)
 MAX_PACKAGE_BYTES = 2 << 30  # 2 GiB, streamed to disk
 MAX_IMAGE_BYTES = 64 << 20  # 64 MiB, read into memory (also the multipart limit)
 SERVICE_KEY: web.AppKey[AgentService] = web.AppKey("outpost_agent_service")
+# Set by the auth middleware for the request being handled (aiohttp runs each in its own task).
+PEER: contextvars.ContextVar[str | None] = contextvars.ContextVar("outpost_peer", default=None)
+SIGNED: contextvars.ContextVar[SignedHeaders | None] = contextvars.ContextVar(
+    "outpost_signed", default=None
+)
+# Open to anyone: discovery info and the pairing exchange. Everything else needs a paired key.
+PUBLIC_ROUTES = frozenset({("GET", "/v1/info"), ("POST", "/v1/pair")})
+# Routes whose (large) body is streamed: the handler checks the signed body hash itself.
+STREAMED_ROUTES = frozenset({("PUT", "/v1/packages")})
 
 # Typed errors → HTTP status. The first matching class wins.
 ERROR_STATUS: tuple[tuple[type[Exception], int], ...] = (
@@ -97,6 +134,90 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         )
 
 
+def _route_key(request: web.Request) -> tuple[str, str]:
+    resource = request.match_info.route.resource
+    return request.method, resource.canonical if resource is not None else request.path
+
+
+def _not_paired(service: AgentService) -> str:
+    agent_id = service.identity.agent_id
+    return (
+        f"this client is not paired with agent {agent_id}; run outpost-agent pair on the device, "
+        f"then outpost devices pair {agent_id} --code NNNNNN"
+    )
+
+
+def check_signature(
+    service: AgentService, request: web.Request, signed: SignedHeaders, public_raw: bytes
+) -> None:
+    """Verify a request's signature by ``public_raw`` and its freshness; raises 401."""
+    message = request_message(
+        service.identity.agent_id,
+        request.method,
+        request.raw_path,
+        request.headers.get("Content-Type", ""),
+        signed.timestamp,
+        signed.nonce,
+        signed.body_sha256,
+    )
+    if not verify(public_raw, signed.signature, message):
+        raise ApiError(401, "the request signature does not verify; it was altered or mis-signed")
+    try:
+        service.replay_guard.check(signed.timestamp, signed.nonce)
+    except AuthError as exc:
+        raise ApiError(401, str(exc)) from None
+
+
+def check_body(signed: SignedHeaders, digest: str) -> None:
+    if digest != signed.body_sha256:
+        raise ApiError(401, "the request body does not match its signed sha256; it was altered")
+
+
+@web.middleware
+async def sign_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Sign every response to a request that carries a nonce, so the desktop can trust it."""
+    response = await handler(request)
+    nonce = request.headers.get(NONCE_HEADER)
+    if valid_nonce(nonce) and isinstance(response, web.Response):
+        service = request.app[SERVICE_KEY]
+        body = response.body if isinstance(response.body, bytes) else b""
+        if request.method == "HEAD":  # the body is not sent
+            body = b""
+        message = response_message(
+            service.identity.agent_id,
+            str(nonce),
+            response.status,
+            response.content_type,
+            sha256_hex(body),
+        )
+        response.headers[AGENT_KEY_HEADER] = service.identity.key.public_b64
+        response.headers[SIGNATURE_HEADER] = b64(service.identity.key.sign(message))
+    return response
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """401 unless the request is signed by a paired desktop (public routes excepted)."""
+    service = request.app[SERVICE_KEY]
+    route = _route_key(request)
+    try:
+        signed = parse_signed_headers(request.headers)
+    except AuthError as exc:
+        raise ApiError(401, str(exc)) from None
+    SIGNED.set(signed)
+    PEER.set(None)
+    public_raw = service.pairing.public_key(signed.key_fingerprint) if signed else None
+    if public_raw is None or signed is None:
+        if route in PUBLIC_ROUTES:
+            return await handler(request)
+        raise ApiError(401, _not_paired(service))
+    check_signature(service, request, signed, public_raw)
+    if route not in STREAMED_ROUTES:
+        check_body(signed, sha256_hex(await request.read()))
+    PEER.set(signed.key_fingerprint)
+    return await handler(request)
+
+
 def _unit_float(request: web.Request, key: str) -> float | None:
     raw = request.query.get(key)
     if raw is None or raw == "":
@@ -110,20 +231,30 @@ def _unit_float(request: web.Request, key: str) -> float | None:
     return value
 
 
+def _multipart_field(content_type: str, body: bytes, name: str) -> bytes | None:
+    """One field of a multipart/form-data body (already read and checked against its hash)."""
+    head = f"Content-Type: {content_type}\r\nMIME-Version: 1.0\r\n\r\n".encode("latin-1")
+    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(head + body)
+    if not message.is_multipart():
+        raise ApiError(400, "the multipart body could not be parsed")
+    for part in message.iter_parts():
+        if part.get_param("name", header="content-disposition") == name:
+            payload = part.get_payload(decode=True)
+            return payload if isinstance(payload, bytes) else b""
+    return None
+
+
 async def _read_image(request: web.Request) -> bytes:
+    body = await request.read()
     if request.content_type == "multipart/form-data":
-        form = await request.post()
-        field = form.get("image")
-        if isinstance(field, web.FileField):
-            data = field.file.read()
-        elif isinstance(field, (str, bytes)):
-            data = field.encode() if isinstance(field, str) else field
-        else:
+        field = _multipart_field(request.headers.get("Content-Type", ""), body, "image")
+        if field is None:
             raise ApiError(
                 400, "the multipart body has no 'image' field; send the file as field 'image'"
             )
+        data = field
     else:
-        data = await request.read()
+        data = body
     if not data:
         raise ApiError(400, "the request body is empty; send JPEG or PNG bytes")
     return data
@@ -134,14 +265,27 @@ async def get_health(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok", "agent_id": service.identity.agent_id})
 
 
+def _discovery_info(service: AgentService) -> dict[str, Any]:
+    key = service.identity.key
+    return {
+        "agent_id": service.identity.agent_id,
+        "name": service.identity.name,
+        "version": __version__,
+        "protocol": PROTOCOL_VERSION,
+        "public_key": key.public_b64,
+        "fingerprint": key.fingerprint,
+        "exchange_key": service.exchange_public_b64,
+    }
+
+
 async def get_info(request: web.Request) -> web.Response:
     service = request.app[SERVICE_KEY]
+    if PEER.get() is None:  # not paired: who this agent is, and nothing more
+        return web.json_response({**_discovery_info(service), "paired": False})
     return web.json_response(
         {
-            "agent_id": service.identity.agent_id,
-            "name": service.identity.name,
-            "version": __version__,
-            "protocol": PROTOCOL_VERSION,
+            **_discovery_info(service),
+            "paired": True,
             **service.facts,
             "runtimes": runtimes_json(service.runtimes),
             "models": [m.describe() for m in service.store.models()],
@@ -158,6 +302,51 @@ async def get_stats(request: web.Request) -> web.Response:
 
 async def get_openapi(request: web.Request) -> web.Response:
     return web.json_response(openapi_spec())
+
+
+async def post_pair(request: web.Request) -> web.Response:
+    """Pair a desktop: its key, signed by itself, with a proof that it knows the current code."""
+    service = request.app[SERVICE_KEY]
+    signed = SIGNED.get()
+    if signed is None:
+        raise ApiError(400, "a pairing request must be signed by the desktop's key")
+    body = await request.read()
+    try:
+        data = json.loads(body)
+        public_raw = unb64(data["desktop_key"], "desktop_key", 32)
+        ephemeral_raw = unb64(data["exchange_key"], "exchange_key", 32)
+        proof = str(data["proof"])
+        name = str(data.get("name") or "desktop")
+    except (ValueError, KeyError, TypeError, AuthError) as exc:
+        raise ApiError(
+            400, f"bad pairing request ({one_line(exc)}); send desktop_key, exchange_key, proof"
+        ) from None
+    if fingerprint(public_raw) != signed.key_fingerprint:
+        raise ApiError(400, "the pairing request is signed by another key than desktop_key")
+    check_signature(service, request, signed, public_raw)
+    check_body(signed, sha256_hex(body))
+
+    def check(code: str) -> bool:
+        try:
+            expected = agent_expected_proof(
+                code, service.identity.key, service.identity.agent_id, public_raw, ephemeral_raw
+            )
+        except ValueError:  # a degenerate exchange key
+            return False
+        return hmac_equal(expected, proof)
+
+    try:
+        desktop = service.pairing.attempt(check, public_raw, name)
+    except PairingError as exc:
+        raise ApiError(exc.status, str(exc)) from None
+    log.info("paired desktop %s (%s)", desktop.name, desktop.fingerprint[:16])
+    return web.json_response(
+        {**_discovery_info(service), "paired": True, "desktop_fingerprint": desktop.fingerprint}
+    )
+
+
+def hmac_equal(a: str, b: str) -> bool:
+    return hmac.compare_digest(a.encode("utf-8", "replace"), b.encode("utf-8", "replace"))
 
 
 async def put_package(request: web.Request) -> web.Response:
@@ -179,15 +368,20 @@ async def _receive_to_file(request: web.Request, folder: Path) -> Path:
     fd, name = tempfile.mkstemp(prefix="upload-", suffix=".outpost.zip", dir=folder)
     path = Path(name)
     size = 0
+    digest = hashlib.sha256()
     try:
         with os.fdopen(fd, "wb") as fh:
             async for chunk in request.content.iter_chunked(1 << 20):
                 size += len(chunk)
+                digest.update(chunk)
                 if size > MAX_PACKAGE_BYTES:
                     raise ApiError(
                         413, f"the package is larger than {MAX_PACKAGE_BYTES} bytes; refusing it"
                     )
                 fh.write(chunk)
+        signed = SIGNED.get()
+        if signed is not None:  # the middleware let it through: check what arrived
+            check_body(signed, digest.hexdigest())
     except BaseException:
         with contextlib.suppress(OSError):
             path.unlink()
@@ -232,10 +426,14 @@ async def post_rollback(request: web.Request) -> web.Response:
 
 
 def build_app(service: AgentService) -> web.Application:
-    app = web.Application(client_max_size=MAX_IMAGE_BYTES, middlewares=[error_middleware])
+    app = web.Application(
+        client_max_size=MAX_IMAGE_BYTES,
+        middlewares=[sign_middleware, error_middleware, auth_middleware],
+    )
     app[SERVICE_KEY] = service
     app.router.add_get("/v1/health", get_health)
     app.router.add_get("/v1/info", get_info)
+    app.router.add_post("/v1/pair", post_pair)
     app.router.add_get("/v1/stats", get_stats)
     app.router.add_get("/v1/openapi.json", get_openapi)
     app.router.add_put("/v1/packages", put_package)

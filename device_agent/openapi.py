@@ -24,10 +24,49 @@ def openapi_spec() -> dict[str, Any]:
     unit = {"type": "number", "minimum": 0, "maximum": 1}
     return {
         "openapi": "3.0.3",
-        "info": {"title": "Outpost agent", "version": __version__, "x-protocol": PROTOCOL_VERSION},
+        "info": {
+            "title": "Outpost agent",
+            "version": __version__,
+            "x-protocol": PROTOCOL_VERSION,
+            "x-auth": (
+                "Every route except GET /v1/info and POST /v1/pair answers 401 unless the request "
+                "is signed by a paired desktop key (X-Outpost-Key, -Timestamp, -Nonce, "
+                "-Content-SHA256, -Signature: Ed25519 over agent id, method, path with query, "
+                "content type, timestamp, nonce, body sha256). Responses to a request with "
+                "X-Outpost-Nonce carry X-Outpost-Agent-Key and X-Outpost-Signature."
+            ),
+        },
         "paths": {
             "/v1/health": {"get": _op("liveness")},
-            "/v1/info": {"get": _op("agent id, platform, runtimes and installed models")},
+            "/v1/info": {
+                "get": _op(
+                    "agent id, version, protocol and public keys; for a paired desktop also "
+                    "platform, runtimes and installed models"
+                )
+            },
+            "/v1/pair": {
+                "post": _op(
+                    "pair a desktop key with a one-time code (signed by that key; see x-auth)",
+                    errors=("400", "403", "429"),
+                    requestBody={
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["desktop_key", "exchange_key", "proof"],
+                                    "properties": {
+                                        "desktop_key": {"type": "string", "format": "byte"},
+                                        "exchange_key": {"type": "string", "format": "byte"},
+                                        "proof": {"type": "string"},
+                                        "name": {"type": "string"},
+                                    },
+                                }
+                            }
+                        },
+                    },
+                )
+            },
             "/v1/stats": {"get": _op("requests, errors and server-side latency per model")},
             "/v1/packages": {
                 "put": _op(

@@ -14,10 +14,12 @@ from typing import TypeVar
 from aiohttp import web
 
 from device_agent import PROTOCOL_VERSION, __version__
+from device_agent.auth import ReplayGuard
 from device_agent.errors import AdvertiseError, AgentError, one_line
 from device_agent.http_api import build_app
 from device_agent.identity import load_or_create_identity
 from device_agent.mdns import ALL_HOSTS, Advertiser
+from device_agent.pairing import Pairing
 from device_agent.platform_info import host_facts, probe_runtimes
 from device_agent.stats import UsageStats
 from device_agent.store import ModelStore
@@ -30,7 +32,7 @@ SHUTDOWN_TIMEOUT_S = 5.0
 
 
 class AgentService:
-    """One agent: identity, model store, usage stats, HTTP server and mDNS advertisement.
+    """One agent: identity, pairing, model store, usage stats, HTTP server and mDNS advertisement.
 
     Args:
         data_dir: where the identity and the installed models live.
@@ -56,6 +58,9 @@ class AgentService:
         self.interfaces = interfaces
         self.advertise = advertise
         self.identity = load_or_create_identity(self.data_dir)
+        self.exchange_public_b64 = self.identity.key.exchange_public_b64()
+        self.pairing = Pairing(self.data_dir)
+        self.replay_guard = ReplayGuard()
         self.store = ModelStore(self.data_dir, registry=registry)
         self.stats = UsageStats()
         self.runtimes = probe_runtimes(registry)

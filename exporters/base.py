@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import time
 from abc import ABC, abstractmethod
@@ -29,8 +30,23 @@ class Capability:
     precisions: tuple[str, ...]
     runtime: str
     suffix: str
-    needs: tuple[str, ...] = ()
+    needs: tuple[str, ...] = ()  # importable modules the export needs on this machine
     notes: str = ""
+    extra: str = "export"  # the pip extra that installs ``needs``
+
+
+def missing_modules(names: tuple[str, ...]) -> list[str]:
+    """The modules in ``names`` that are not installed here (looked up, not imported: importing
+    Ultralytics before the offline recipe is applied makes it probe the network)."""
+    missing = []
+    for name in names:
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            missing.append(name)
+    return missing
 
 
 @dataclass(frozen=True)
@@ -60,6 +76,8 @@ class ExportArtifact:
     details: dict[str, Any] = field(default_factory=dict)
     tools: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
+    # Files the model file needs beside it in the package (OpenVINO's weights ``.bin``).
+    extra_files: tuple[Path, ...] = ()
 
 
 class Exporter(ABC):
@@ -82,6 +100,12 @@ class Exporter(ABC):
         if request.precision not in cap.precisions:
             raise ExportError(
                 f"{cap.key} export has no {request.precision} precision (choose {', '.join(cap.precisions)})"
+            )
+        missing = missing_modules(cap.needs)
+        if missing:
+            raise ExportError(
+                f"{cap.key} export needs {', '.join(missing)}, not installed here; "
+                f"pip install 'outpost[{cap.extra}]'"
             )
         if not request.checkpoint.exists():
             raise ExportError(

@@ -33,8 +33,13 @@ def build_package(
     provenance: dict[str, Any],
     conf_threshold: float = 0.25,
     iou_threshold: float = 0.7,
+    validation: dict[str, Any] | None = None,
 ) -> Manifest:
-    """Write ``out_path`` (a ``.outpost.zip``) holding the model, a README and the manifest."""
+    """Write ``out_path`` (a ``.outpost.zip``) holding the model, a README and the manifest.
+
+    ``validation`` (the parity report against the PyTorch model) goes into
+    ``format.details.validation``: a free-form field every schema-1 reader already accepts.
+    """
     readme = artifact.model_file.parent / "README.md"
     readme.write_text(
         README_TEMPLATE.format(
@@ -89,10 +94,10 @@ def build_package(
             "key": artifact.format_key,
             "file": model_arcname,
             "runtime": artifact.runtime,
-            "details": artifact.details,
+            "details": {**artifact.details, **({"validation": validation} if validation else {})},
         },
         "provenance": {**provenance, "tools": artifact.tools},
     }
-    return write_package(
-        out_path, fields, {model_arcname: artifact.model_file, "README.md": readme}
-    )
+    files = {model_arcname: artifact.model_file, "README.md": readme}
+    files.update({extra.name: extra for extra in artifact.extra_files})
+    return write_package(out_path, fields, files)

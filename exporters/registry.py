@@ -6,6 +6,8 @@ from importlib.metadata import entry_points
 
 from exporters.base import Capability, Exporter, ExportError
 from exporters.formats.onnx import OnnxExporter
+from exporters.formats.openvino import OpenVinoExporter
+from exporters.formats.torchscript import TorchScriptExporter
 
 ENTRY_POINT_GROUP = "outpost.exporters"
 
@@ -35,6 +37,8 @@ class ExporterRegistry:
 def default_registry() -> ExporterRegistry:
     registry = ExporterRegistry()
     registry.register(OnnxExporter())
+    registry.register(TorchScriptExporter())
+    registry.register(OpenVinoExporter())
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         registry.register(ep.load()())
     return registry

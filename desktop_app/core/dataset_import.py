@@ -1,4 +1,8 @@
-"""Import a YOLO detection dataset into a workspace as version v1 of a new dataset."""
+"""Import a dataset (YOLO, COCO, VOC, or a zip of one) as version v1 of a new dataset.
+
+Every format reader produces the same records (:mod:`desktop_app.core.dataset_records`);
+one writer here validates nothing twice and stores them: blobs first, then one transaction.
+"""
 
 from __future__ import annotations
 
@@ -12,19 +16,21 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from desktop_app.core.blobs import register_blobs
+from desktop_app.core.dataset_archive import opened_source
+from desktop_app.core.dataset_records import Progress, ScannedDataset, ScannedImage
 from desktop_app.core.dataset_split import (
     check_val_fraction,
     content_hash,
     dominant_class,
     stratified_split,
 )
-from desktop_app.core.dataset_yolo import Progress, ScannedDataset, ScannedImage, scan_yolo
 from desktop_app.core.errors import (
     AlreadyExistsError,
     DatasetFormatError,
     InvalidArgumentError,
     WorkspaceError,
 )
+from desktop_app.core.formats import read_dataset
 from desktop_app.core.models import Blob, Dataset, DatasetItem, DatasetVersion
 
 if TYPE_CHECKING:
@@ -53,38 +59,75 @@ def import_yolo(
 ) -> dict[str, Any]:
     """Import a YOLO detection dataset as version v1 of a new dataset.
 
+    The same as :func:`import_dataset` with ``fmt="yolo"``.
+    """
+    return import_dataset(
+        ws, path, name, "yolo", val_fraction=val_fraction, seed=seed, progress=progress
+    )
+
+
+def import_dataset(
+    ws: Workspace,
+    path: Path | str,
+    name: str,
+    fmt: str = "auto",
+    val_fraction: float = 0.2,
+    seed: int = 42,
+    *,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Import a dataset folder, annotation file or ``.zip`` as version v1 of a new dataset.
+
     Everything is validated before anything is written. Then the images are stored as blobs
     and one transaction creates the dataset, its version, the blob rows and the items; if
     that fails, the blobs this import added are removed again.
 
-    The split comes from the source when it has both train and val folders
+    The split comes from the source when it has both train and val
     (``split_method="source"``); otherwise it is drawn with ``seed``, stratified by each
-    image's dominant class (``split_method="auto"``), keeping any source test split.
+    image's dominant class (``split_method="auto"``), keeping any source test split. Images
+    a split source leaves unassigned are drawn (``split_method="partial"``).
 
     Args:
         ws: The open workspace.
-        path: The dataset folder (holding ``images/`` and ``labels/``).
+        path: The dataset folder, a COCO JSON file, a YOLO ``data.yaml``, or a zip of one.
         name: The new dataset's name.
+        fmt: ``"auto"`` (detect), ``"yolo"``, ``"coco"`` or ``"voc"``.
         val_fraction: Share of images for val when Outpost draws the split.
         seed: Seed of the split.
         progress: Called as ``progress(stage, done, total)`` with stage "validate" or "store".
 
     Returns:
-        ``{"dataset", "version", "task", "classes", "splits": {"train", "val", "test"},
-        "images", "annotations", "content_hash", "split_method", "source"}``.
+        ``{"dataset", "version", "task", "format", "classes", "splits": {"train", "val",
+        "test"}, "images", "annotations", "content_hash", "split_method", "source"}``.
 
     Raises:
-        DatasetFormatError: the folder is not a valid YOLO dataset (one line naming the file).
+        DatasetFormatError: the source is not valid (one line naming the file and problem).
         AlreadyExistsError: a dataset with this name exists.
-        InvalidArgumentError: the name or ``val_fraction`` is invalid.
+        InvalidArgumentError: the name, format or ``val_fraction`` is invalid.
     """
     check_dataset_name(name)
     vf = check_val_fraction(val_fraction)
     _refuse_existing(ws, name)
-    scanned = scan_yolo(Path(path), progress)
-    splits, method = _assign_splits(scanned, vf, seed)
+    with opened_source(Path(path)) as folder:
+        scanned = read_dataset(folder, fmt, progress)
+        summary = store_scanned(ws, scanned, name, vf, seed, progress)
+    if folder != Path(path).expanduser():
+        summary["source"] = str(Path(path).expanduser().resolve())
+    return summary
+
+
+def store_scanned(
+    ws: Workspace,
+    scanned: ScannedDataset,
+    name: str,
+    val_fraction: float,
+    seed: int,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Store a validated dataset as version v1 of a new dataset named ``name`` (atomically)."""
+    splits, method = _assign_splits(scanned, val_fraction, seed)
     items = [
-        (img.file_name, img.sha256, [list(b) for b in img.boxes], split)
+        (img.file_name, img.sha256, _boxes_json(img), split)
         for img, split in zip(scanned.images, splits, strict=True)
     ]
     digest = content_hash(scanned.class_names, items)
@@ -93,7 +136,7 @@ def import_yolo(
     try:
         _store_blobs(ws, scanned.images, created, progress)
         with ws.session() as s:
-            _create_rows(s, project_id, name, scanned, splits, method, seed, vf, digest)
+            _create_rows(s, project_id, name, scanned, splits, method, seed, val_fraction, digest)
     except IntegrityError as exc:
         _discard_blobs(ws, created)
         _refuse_existing(ws, name)  # another process took the name meanwhile
@@ -109,6 +152,7 @@ def import_yolo(
         "dataset": name,
         "version": "v1",
         "task": "detect",
+        "format": scanned.format,
         "classes": list(scanned.class_names),
         "splits": {k: counts.get(k, 0) for k in ("train", "val", "test")},
         "images": len(scanned.images),
@@ -117,6 +161,10 @@ def import_yolo(
         "split_method": method,
         "source": str(scanned.root),
     }
+
+
+def _boxes_json(img: ScannedImage) -> list[list[Any]]:
+    return [a.to_json() for a in img.boxes]
 
 
 def _refuse_existing(ws: Workspace, name: str) -> None:
@@ -128,17 +176,26 @@ def _refuse_existing(ws: Workspace, name: str) -> None:
 
 
 def _assign_splits(scanned: ScannedDataset, vf: float, seed: int) -> tuple[list[str], str]:
-    """Keep the source's train/val split when it has both; otherwise draw one."""
+    """Keep the source's train/val split when it has both; otherwise draw one.
+
+    With a source split, images the source leaves unassigned are drawn into train/val
+    (``split_method="partial"``). Without one, every image not in the source's test split
+    is drawn (``"auto"``).
+    """
     images = scanned.images
     source = [img.source_split for img in images]
-    if scanned.has_source_split and "train" in source and "val" in source:
+    keep = scanned.has_source_split and "train" in source and "val" in source
+    if keep and None not in source:
         return [str(s) for s in source], "source"
-    pool = [i for i, img in enumerate(images) if img.source_split != "test"]
-    drawn = stratified_split([dominant_class(images[i].boxes) for i in pool], vf, seed)
-    out = ["test"] * len(images)
+    if keep:
+        pool = [i for i, s in enumerate(source) if s is None]
+    else:
+        pool = [i for i, s in enumerate(source) if s != "test"]
+    drawn = stratified_split([dominant_class(_boxes_json(images[i])) for i in pool], vf, seed)
+    out = [s or "train" for s in source] if keep else ["test"] * len(images)
     for i, split in zip(pool, drawn, strict=True):
         out[i] = split
-    return out, "auto"
+    return out, "partial" if keep else "auto"
 
 
 def _store_blobs(
@@ -171,7 +228,11 @@ def _create_rows(
 ) -> None:
     names = list(scanned.class_names)
     dataset = Dataset(
-        project_id=project_id, name=name, task="detect", class_names=names, source_format="yolo"
+        project_id=project_id,
+        name=name,
+        task="detect",
+        class_names=names,
+        source_format=scanned.format,
     )
     version = DatasetVersion(
         dataset=dataset,
@@ -196,7 +257,7 @@ def _create_rows(
             height=img.height,
             split=split,
             label_status="labelled",
-            boxes=[list(b) for b in img.boxes],
+            boxes=_boxes_json(img),
         )
         for img, split in zip(scanned.images, splits, strict=True)
     )

@@ -14,49 +14,35 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
+from desktop_app.core.dataset_records import (
+    IMAGE_SUFFIXES,
+    Annotation,
+    Progress,
+    ScannedDataset,
+    ScannedImage,
+    SourceImage,
+    inspect_images,
+)
 from desktop_app.core.errors import DatasetFormatError
-from runtimes.errors import ImageDecodeError
-from runtimes.fileio import sha256_bytes
-from runtimes.preprocess import decode_image
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
+__all__ = [
+    "Progress",
+    "ScannedDataset",
+    "ScannedImage",
+    "names_from_txt",
+    "read_class_names",
+    "scan_yolo",
+]
+
 SPLIT_DIRS = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 NAME_FILES = ("data.yaml", "data.yml")
 EXPECTED = "expected images/ and labels/, and data.yaml or classes.txt"
-
-Box = tuple[int, float, float, float, float]  # class id, cx, cy, w, h (normalised)
-Progress = Callable[[str, int, int], None]  # stage, done, total
-
-
-@dataclass(frozen=True)
-class ScannedImage:
-    """One validated image of the source: where it is, what it holds, its boxes."""
-
-    file_name: str  # path relative to its split folder (or images/), with "/" separators
-    path: Path
-    source_split: str | None  # "train" | "val" | "test" for a split layout, else None
-    sha256: str
-    size: int
-    width: int
-    height: int
-    boxes: tuple[Box, ...]
-
-
-@dataclass(frozen=True)
-class ScannedDataset:
-    """A YOLO dataset that passed every check."""
-
-    root: Path
-    class_names: tuple[str, ...]
-    images: tuple[ScannedImage, ...]
-    has_source_split: bool
 
 
 @dataclass(frozen=True)
@@ -101,9 +87,11 @@ def scan_yolo(
         )
     names = read_class_names(root)
     _check_orphan_labels(root, entries)
-    boxes = [_read_label(e.label, len(names)) for e in entries]
-    images = _decode_all(entries, boxes, progress, workers)
-    return ScannedDataset(root, names, images, has_split)
+    sources = [
+        SourceImage(e.file_name, e.image, e.split, _read_label(e.label, len(names)))
+        for e in entries
+    ]
+    return inspect_images(root, "yolo", names, sources, has_split, progress, workers)
 
 
 # ---- layout ----------------------------------------------------------------------------
@@ -209,7 +197,7 @@ def read_class_names(root: Path) -> tuple[str, ...]:
                 return names
     for p in (root / "classes.txt", root / "labels" / "classes.txt"):
         if p.is_file():
-            return _names_from_txt(p)
+            return names_from_txt(p)
     raise DatasetFormatError(
         f"no class names: {root} has no data.yaml with names: and no classes.txt; add one (one class name per line)"
     )
@@ -251,7 +239,7 @@ def _names_from_yaml(p: Path) -> tuple[str, ...] | None:
     return _checked_names(names, p)
 
 
-def _names_from_txt(p: Path) -> tuple[str, ...]:
+def names_from_txt(p: Path) -> tuple[str, ...]:
     try:
         lines = p.read_text(encoding="utf-8-sig").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
@@ -278,7 +266,7 @@ def _checked_names(names: list[str], p: Path) -> tuple[str, ...]:
 # ---- labels ----------------------------------------------------------------------------
 
 
-def _read_label(p: Path, nc: int) -> tuple[Box, ...]:
+def _read_label(p: Path, nc: int) -> tuple[Annotation, ...]:
     if not p.is_file():
         return ()
     try:
@@ -296,7 +284,7 @@ def _numbered_lines(text: str) -> Iterator[tuple[int, str]]:
             yield n, line
 
 
-def _parse_line(p: Path, n: int, line: str, nc: int) -> Box:
+def _parse_line(p: Path, n: int, line: str, nc: int) -> Annotation:
     where = f"{p}:{n}"
     parts = line.split()
     if len(parts) != 5:
@@ -332,62 +320,4 @@ def _parse_line(p: Path, n: int, line: str, nc: int) -> Box:
         raise DatasetFormatError(
             f"{where}: box width and height must be positive, found {parts[3]} {parts[4]}; fix the line"
         )
-    return (cls, coords[0], coords[1], coords[2], coords[3])
-
-
-# ---- images ----------------------------------------------------------------------------
-
-
-def _decode_all(
-    entries: list[_Entry],
-    boxes: list[tuple[Box, ...]],
-    progress: Progress | None,
-    workers: int | None,
-) -> tuple[ScannedImage, ...]:
-    """Hash and decode every image (in threads; OpenCV releases the GIL), in a stable order."""
-    total = len(entries)
-    out: list[ScannedImage] = []
-    pool = ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1))
-    try:
-        infos = pool.map(_inspect_image, entries)
-        for i, (entry, info, item_boxes) in enumerate(
-            zip(entries, infos, boxes, strict=True), start=1
-        ):
-            sha, size, w, h = info
-            out.append(
-                ScannedImage(entry.file_name, entry.image, entry.split, sha, size, w, h, item_boxes)
-            )
-            if progress is not None:
-                progress("validate", i, total)
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-    return tuple(out)
-
-
-def _inspect_image(entry: _Entry) -> tuple[str, int, int, int]:
-    p = entry.image
-    try:
-        data = p.read_bytes()
-    except OSError as exc:
-        raise DatasetFormatError(
-            f"{p} cannot be read ({exc.strerror}); check its permissions"
-        ) from None
-    _check_complete(p, data)
-    try:
-        img = decode_image(data)
-    except ImageDecodeError as exc:
-        raise DatasetFormatError(
-            f"{p} is not a readable image ({exc}); remove or replace it"
-        ) from None
-    h, w = img.shape[:2]
-    return sha256_bytes(data), len(data), int(w), int(h)
-
-
-def _check_complete(p: Path, data: bytes) -> None:
-    """Catch truncated JPEG and PNG files, which OpenCV decodes silently with grey rows."""
-    if data[:3] == b"\xff\xd8\xff" and data.rfind(b"\xff\xd9") < data.rfind(b"\xff\xda"):
-        raise DatasetFormatError(
-            f"{p} is a truncated JPEG (no end marker after its image data); re-export or remove it"
-        )
-    if data[:8] == b"\x89PNG\r\n\x1a\n" and b"IEND" not in data[-32:]:
-        raise DatasetFormatError(f"{p} is a truncated PNG (no IEND chunk); re-export or remove it")
+    return Annotation(cls, coords[0], coords[1], coords[2], coords[3])

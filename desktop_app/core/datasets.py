@@ -1,7 +1,7 @@
-"""Datasets of a workspace: import, query, and write a training-ready copy of a version.
+"""Datasets of a workspace: analyze, import, export, query, and write a training-ready copy.
 
-The functions the CLI and the GUI call live here (imports and the sample generator are
-re-exported from their modules).
+The functions the CLI and the GUI call live here (analysis, imports, exports and the sample
+generator are re-exported from their modules).
 """
 
 from __future__ import annotations
@@ -16,13 +16,16 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import yaml
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from desktop_app.core.dataset_import import check_dataset_name, import_yolo
+from desktop_app.core.dataset_analyze import analyze_dataset
+from desktop_app.core.dataset_export import export_dataset, load_version, split_ref
+from desktop_app.core.dataset_import import check_dataset_name, import_dataset, import_yolo
 from desktop_app.core.dataset_sample import SampleSummary, write_sample_dataset
 from desktop_app.core.errors import DestinationNotEmptyError, InvalidArgumentError, NotFoundError
+from desktop_app.core.formats import FORMATS
+from desktop_app.core.formats.yolo import write_tree
 from desktop_app.core.models import Dataset, DatasetItem, DatasetVersion
 from runtimes.fileio import atomic_write_text
 
@@ -30,15 +33,21 @@ if TYPE_CHECKING:
     from desktop_app.core.workspace import Workspace
 
 __all__ = [
+    "FORMATS",
     "SampleSummary",
     "VersionInfo",
+    "analyze_dataset",
     "check_dataset_name",
     "dataset_summary",
+    "export_dataset",
     "get_version",
+    "import_dataset",
     "import_yolo",
     "list_datasets",
+    "load_version",
     "materialize_yolo",
     "parse_version",
+    "split_ref",
     "write_sample_dataset",
 ]
 
@@ -232,32 +241,13 @@ def materialize_yolo(
         raise InvalidArgumentError("materialize_yolo needs out_dir; pass the folder to write")
     out = Path(out_dir).expanduser().resolve()
     _check_destination(out)
-    with ws.session() as s:
-        dataset, row = find_version(s, name, version)
-        info = _info(s, dataset, row)
-        items = s.execute(
-            select(
-                DatasetItem.file_name,
-                DatasetItem.image_sha256,
-                DatasetItem.split,
-                DatasetItem.boxes,
-            )
-            .where(DatasetItem.version_id == row.id)
-            .order_by(DatasetItem.file_name)
-        ).all()
+    data = load_version(ws, name, version)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
-        for file_name, sha, split, boxes in items:
-            ws.blobs.copy_to(sha, tmp / "images" / split / file_name)
-            label = (tmp / "labels" / split / file_name).with_suffix(".txt")
-            label.parent.mkdir(parents=True, exist_ok=True)
-            label.write_text("".join(_label_line(b) for b in boxes), encoding="utf-8")
-        splits = {split for _, _, split, _ in items} | {"train", "val"}
-        for split in splits:
-            (tmp / "images" / split).mkdir(parents=True, exist_ok=True)
-            (tmp / "labels" / split).mkdir(parents=True, exist_ok=True)
-        _write_data_yaml(tmp, out, info)
+        write_tree(data, tmp, ws.blobs.copy_to, yaml_path=str(out))
+        marker = {"dataset": data.name, "version": data.version, "content_hash": data.content_hash}
+        atomic_write_text(tmp / MATERIALIZED_MARKER, json.dumps(marker, sort_keys=True) + "\n")
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)
@@ -274,32 +264,6 @@ def _check_destination(out: Path) -> None:
         raise DestinationNotEmptyError(
             f"{out} is not empty; choose a new or empty folder for the dataset copy"
         )
-
-
-def _write_data_yaml(tmp: Path, out: Path, info: VersionInfo) -> None:
-    has_val = info.splits.get("val", 0) > 0
-    data: dict[str, Any] = {
-        "path": str(out),
-        "train": "images/train",
-        "val": "images/val" if has_val else "images/train",
-    }
-    if info.splits.get("test", 0) > 0:
-        data["test"] = "images/test"
-    data["nc"] = len(info.class_names)
-    data["names"] = dict(enumerate(info.class_names))
-    header = (
-        f"# {info.dataset} {info.label} (content hash {info.content_hash}), written by Outpost\n"
-    )
-    atomic_write_text(
-        tmp / "data.yaml", header + yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
-    )
-    marker = {"dataset": info.dataset, "version": info.label, "content_hash": info.content_hash}
-    atomic_write_text(tmp / MATERIALIZED_MARKER, json.dumps(marker, sort_keys=True) + "\n")
-
-
-def _label_line(box: list[Any]) -> str:
-    cls, cx, cy, w, h = box
-    return f"{int(cls)} {float(cx):.6f} {float(cy):.6f} {float(w):.6f} {float(h):.6f}\n"
 
 
 def _info(s: Session, dataset: Dataset, row: DatasetVersion) -> VersionInfo:

@@ -1,7 +1,8 @@
 """``outpost demo``: the whole loop on a sample, headless, on a fresh workspace.
 
 sample dataset → import → train → export ONNX → start a local agent on 127.0.0.1 →
-discover it by mDNS → deploy → inference on sample images → latency pulled back.
+discover it by mDNS → pair with it (a code from its own ``outpost-agent pair``) → deploy →
+inference on sample images → latency pulled back.
 """
 
 from __future__ import annotations
@@ -90,6 +91,27 @@ class LocalAgent:
         self.ready = result
         return result
 
+    def pairing_code(self, timeout: float = 60.0) -> str:
+        """A one-time code from ``outpost-agent pair`` on this agent's data folder."""
+        cmd = [
+            sys.executable,
+            "-m",
+            "device_agent",
+            "pair",
+            "--json",
+            "--data-dir",
+            str(self.data_dir),
+        ]
+        try:
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)  # noqa: S603
+        except subprocess.TimeoutExpired:
+            raise DemoError(f"outpost-agent pair did not answer within {timeout:.0f} s") from None
+        try:
+            return str(json.loads(done.stdout)["code"])
+        except (ValueError, KeyError, TypeError):
+            reason = done.stderr.strip().splitlines()[-1:] or ["no output"]
+            raise DemoError(f"outpost-agent pair failed: {reason[0]}") from None
+
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -104,7 +126,7 @@ class LocalAgent:
 
 def run_demo(opts: DemoOptions, say: Callable[[str], None] = print) -> dict[str, Any]:
     from desktop_app.core.datasets import import_yolo, write_sample_dataset
-    from desktop_app.core.devices import connect, deploy, discover, pull_usage
+    from desktop_app.core.devices import connect, deploy, discover, pair, pull_usage
     from desktop_app.core.exports import export_run
     from desktop_app.core.training import TrainOptions, run_training
     from desktop_app.core.workspace import Workspace
@@ -190,6 +212,13 @@ def run_demo(opts: DemoOptions, say: Callable[[str], None] = print) -> dict[str,
         step("agent_discovery", t0)
         say(
             f"      found {device['name']} ({device['id']}) at {device['address']}:{device['port']} via _outpost._tcp.local."
+        )
+
+        t0 = time.perf_counter()
+        paired = pair(ws, device["id"], agent.pairing_code(), [LOOPBACK])
+        step("pair", t0)
+        say(
+            f"      paired with {device['name']} using a one-time code; pinned key {paired['fingerprint'][:16]}..."
         )
 
         t0 = time.perf_counter()

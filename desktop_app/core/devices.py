@@ -1,7 +1,15 @@
-"""Devices: discovery by mDNS, deployment of exports, and usage pulled back into the workspace."""
+"""Devices: discovery by mDNS, pairing, deployment of exports, and usage pulled back.
+
+The desktop's own Ed25519 key lives in ``<workspace>/identity/desktop.key`` (mode 0600). A
+paired device's public key is pinned in ``Device.info["pinned_key"]``; every later request
+is signed with the desktop key and every answer must be signed by the pinned key.
+"""
 
 from __future__ import annotations
 
+import re
+import socket
+from pathlib import Path
 from typing import Any, cast
 
 from sqlalchemy import select
@@ -9,13 +17,36 @@ from sqlalchemy import select
 from desktop_app.core.errors import NotFoundError
 from desktop_app.core.exports import get_export
 from desktop_app.core.models import Deployment, Device, UsageSample, utcnow
-from device_agent.client import AgentClient, AgentRejectedError, AgentUnreachableError
+from device_agent.auth import KeyPair, b64, fingerprint, load_or_create_key, unb64
+from device_agent.client import (
+    AgentClient,
+    AgentRejectedError,
+    AgentUnreachableError,
+    pair_with_agent,
+)
 from device_agent.discovery import DeviceInfo, browse
 from runtimes.errors import OutpostError
 
 
 class DeviceError(OutpostError):
     """A device could not be reached, trusted or used."""
+
+
+IDENTITY_DIR = "identity"
+DESKTOP_KEY_FILE = "desktop.key"
+PIN_KEY = "pinned_key"  # Device.info: base64 raw public key of the paired agent
+_CODE = re.compile(r"^\d{6}$")
+
+
+def desktop_key(ws: Any) -> KeyPair:
+    """This workspace's desktop identity, made on first use."""
+    key, _ = load_or_create_key(Path(ws.root) / IDENTITY_DIR / DESKTOP_KEY_FILE)
+    return key
+
+
+def pinned_key(dev: Device) -> bytes | None:
+    text = (dev.info or {}).get(PIN_KEY)
+    return unb64(text, "the pinned key", 32) if isinstance(text, str) else None
 
 
 def device_url(host: str, port: int) -> str:
@@ -38,10 +69,12 @@ def _upsert(ws: Any, info: DeviceInfo) -> None:
         dev.platform = info.platform
         dev.arch = info.arch
         dev.agent_version = info.version
+        pin = {k: v for k, v in (dev.info or {}).items() if k in (PIN_KEY, "paired_at")}
         dev.info = {
             "runtimes": list(info.runtimes),
             "protocol": info.protocol,
             "addresses": list(info.addresses),
+            **pin,  # pairing survives rediscovery
         }
         dev.last_seen = utcnow()
 
@@ -53,6 +86,10 @@ def discover(
     found = browse(interfaces, timeout=timeout, want_id=want_id)
     for info in found:
         _upsert(ws, info)
+    with ws.session() as s:
+        paired = {
+            d.id for d in s.scalars(select(Device)) if isinstance((d.info or {}).get(PIN_KEY), str)
+        }
     return [
         {
             "id": i.agent_id,
@@ -63,6 +100,7 @@ def discover(
             "arch": i.arch,
             "version": i.version,
             "runtimes": list(i.runtimes),
+            "paired": i.agent_id in paired,
         }
         for i in found
     ]
@@ -83,28 +121,77 @@ def get_device(ws: Any, device_id: str) -> Device:
         return cast(Device, dev)
 
 
-def connect(
-    ws: Any, device_id: str, interfaces: list[str] | None = None
-) -> tuple[Device, AgentClient]:
-    """A client for a known device, re-discovering it when its last address no longer answers.
+def pair(ws: Any, device_id: str, code: str, interfaces: list[str] | None = None) -> dict[str, Any]:
+    """Pair with a known device using the code ``outpost-agent pair`` printed on it.
 
-    The agent must answer with the id it was recorded under, or it is refused.
+    The device must answer with a key whose fingerprint is its id; that key is pinned.
     """
+    code = code.strip()
+    if not _CODE.match(code):
+        raise DeviceError(f"the pairing code must be 6 digits, got {code!r}")
     dev = get_device(ws, device_id)
-    client = AgentClient(device_url(dev.host, dev.port))
+    key = desktop_key(ws)
+    name = f"outpost desktop on {socket.gethostname().split('.')[0] or 'localhost'}"
     try:
-        info = client.info()
+        agent_key = pair_with_agent(device_url(dev.host, dev.port), key, dev.id, code, name)
     except AgentUnreachableError:
         if interfaces is None and not dev.info.get("addresses"):
             raise
         discover(ws, interfaces, timeout=5.0, want_id=dev.id)
         dev = get_device(ws, dev.id)
-        client = AgentClient(device_url(dev.host, dev.port))
-        info = client.info()
-    if info.get("agent_id") != dev.id:
+        agent_key = pair_with_agent(device_url(dev.host, dev.port), key, dev.id, code, name)
+    except AgentRejectedError as exc:
+        raise DeviceError(f"device {dev.name} ({dev.id}) refused pairing: {exc.message}") from None
+    paired_at = utcnow().isoformat(timespec="seconds")
+    with ws.session() as s:
+        row = s.get(Device, dev.id)
+        if row is not None:
+            row.info = {**(row.info or {}), PIN_KEY: b64(agent_key), "paired_at": paired_at}
+    return {
+        "device": dev.id,
+        "name": dev.name,
+        "fingerprint": fingerprint(agent_key),
+        "desktop_fingerprint": key.fingerprint,
+        "paired_at": paired_at,
+    }
+
+
+def _client(ws: Any, dev: Device, agent_key: bytes) -> AgentClient:
+    return AgentClient(device_url(dev.host, dev.port), key=desktop_key(ws), agent_key=agent_key)
+
+
+def connect(
+    ws: Any, device_id: str, interfaces: list[str] | None = None
+) -> tuple[Device, AgentClient]:
+    """An authenticated client for a paired device, re-discovering it when its last address
+    no longer answers.
+
+    The agent must answer with the key pinned at pairing, or it is refused ("fingerprint
+    mismatch").
+    """
+    dev = get_device(ws, device_id)
+    agent_key = pinned_key(dev)
+    if agent_key is None:
         raise DeviceError(
-            f"the agent at {dev.host}:{dev.port} answers as {info.get('agent_id')!r}, not {dev.id!r}; "
-            "run outpost devices list to refresh"
+            f"device {dev.name} ({dev.id}) is not paired; run outpost-agent pair on it, then: "
+            f"outpost devices pair {dev.id} --code NNNNNN"
+        )
+    client = _client(ws, dev, agent_key)
+    try:
+        info = client.info()
+    except AgentUnreachableError:
+        client.close()
+        if interfaces is None and not dev.info.get("addresses"):
+            raise
+        discover(ws, interfaces, timeout=5.0, want_id=dev.id)
+        dev = get_device(ws, dev.id)
+        client = _client(ws, dev, agent_key)
+        info = client.info()
+    if info.get("agent_id") != dev.id or info.get("paired") is not True:
+        client.close()
+        raise DeviceError(
+            f"the agent at {dev.host}:{dev.port} no longer knows this desktop; pair it again: "
+            f"outpost devices pair {dev.id} --code NNNNNN"
         )
     return dev, client
 
@@ -199,6 +286,7 @@ def list_devices(ws: Any) -> list[dict[str, Any]]:
                 "arch": d.arch,
                 "version": d.agent_version,
                 "last_seen": d.last_seen.isoformat() if d.last_seen else None,
+                "paired": isinstance((d.info or {}).get(PIN_KEY), str),
             }
             for d in s.scalars(select(Device).order_by(Device.last_seen.desc()))
         ]

@@ -19,6 +19,7 @@ from desktop_app.core.models import RunMetric, TrainingRun, utcnow
 from runtimes.errors import OutpostError
 from runtimes.fileio import atomic_write_text
 from trainers.protocol import EXIT_OK, ProtocolError, parse_event
+from trainers.registry import default_registry as trainer_registry
 
 EventCallback = Callable[[dict[str, Any]], None]
 
@@ -29,16 +30,18 @@ class TrainingError(OutpostError):
 
 @dataclass(frozen=True)
 class TrainOptions:
+    """A training request. ``None`` means: from the preset, else the trainer's default."""
+
     dataset: str
     model: str = "yolo11n.yaml"
-    epochs: int = 10
-    imgsz: int = 320
-    batch: int = 16
+    epochs: int | None = None
+    imgsz: int | None = None
+    batch: int | None = None
     device: str = "auto"
     workers: int | None = None
-    seed: int = 0
+    seed: int | None = None
     version: str | None = None
-    plots: bool = False
+    preset: str | None = None
     framework: str = "ultralytics"
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -46,15 +49,31 @@ class TrainOptions:
 # Ultralytics accumulates gradients up to a nominal batch of 64 images. On a small dataset that
 # leaves one or two optimizer steps an epoch and a from-scratch model barely learns (mAP50 0.05
 # vs 0.40 after 30 epochs on 128 sample images), so below this many training images the nominal
-# batch is the real batch unless the user sets ``nbs`` explicitly.
+# batch is the real batch unless the user or the preset sets ``nbs``.
 SMALL_DATASET_IMAGES = 1000
+SPEC_FIELDS = ("epochs", "imgsz", "batch", "workers", "seed", "patience", "plots")
 
 
-def trainer_extra(opts: TrainOptions, train_images: int) -> dict[str, Any]:
-    extra = dict(opts.extra)
-    if train_images < SMALL_DATASET_IMAGES and opts.batch > 0:
-        extra.setdefault("nbs", opts.batch)
-    return extra
+def resolve_options(opts: TrainOptions, train_images: int) -> dict[str, Any]:
+    """Every trainer option for this run: schema defaults < preset < ``--set`` < explicit flags.
+
+    Raises:
+        SpecError: an unknown framework, model, preset or option, or a value out of range.
+    """
+    plugin = trainer_registry().get(opts.framework)
+    plugin.check_model(opts.model, "detect")
+    schema = plugin.schema()
+    explicit = {
+        k: getattr(opts, k)
+        for k in ("epochs", "imgsz", "batch", "workers", "seed")
+        if getattr(opts, k) is not None
+    }
+    values = {**opts.extra, **explicit}
+    options = schema.resolve(opts.preset, values)
+    chosen = set(values) | set(schema.presets.get(opts.preset or "", {}))
+    if "nbs" not in chosen and train_images < SMALL_DATASET_IMAGES and options["batch"] > 0:
+        options["nbs"] = options["batch"]
+    return options
 
 
 def trainer_command(framework: str, spec_path: Path) -> list[str]:
@@ -69,7 +88,8 @@ def trainer_command(framework: str, spec_path: Path) -> list[str]:
             "--spec",
             str(spec_path),
         ]
-    return [sys.executable, "-m", f"trainers.{framework}", "train", "--spec", str(spec_path)]
+    module = trainer_registry().get(framework).module
+    return [sys.executable, "-m", module, "train", "--spec", str(spec_path)]
 
 
 def _tail(path: Path, lines: int = 5) -> str:
@@ -96,6 +116,9 @@ def run_training(
     from desktop_app.core.datasets import get_version, materialize_yolo
 
     version = get_version(ws, opts.dataset, opts.version)
+    options = resolve_options(
+        opts, int(version.splits.get("train", 0))
+    )  # before anything is written
     run_id = new_run_id()
     run_dir = Path(ws.root) / "runs" / run_id
     run_dir.mkdir(parents=True)
@@ -107,14 +130,9 @@ def run_training(
         "task": "detect",
         "model": opts.model,
         "data": str(data_yaml),
-        "epochs": opts.epochs,
-        "imgsz": opts.imgsz,
-        "batch": opts.batch,
         "device": opts.device,
-        "workers": opts.workers,
-        "seed": opts.seed,
-        "plots": opts.plots,
-        "extra": trainer_extra(opts, int(version.splits.get("train", 0))),
+        **{k: options[k] for k in SPEC_FIELDS},
+        "extra": {k: v for k, v in options.items() if k not in SPEC_FIELDS},
         "run_dir": str(run_dir),
         "config_dir": str(Path(ws.root) / "yolo_config"),
         "mlflow_tracking_uri": ws.mlflow_tracking_uri,
@@ -124,10 +142,7 @@ def run_training(
     }
     spec_path = run_dir / "job.json"
     atomic_write_text(spec_path, json.dumps(spec, indent=2))
-    params = {
-        k: spec[k] for k in ("model", "epochs", "imgsz", "batch", "device", "workers", "seed")
-    }
-    params.update(spec["extra"])
+    params = {"model": opts.model, "device": opts.device, "preset": opts.preset, **options}
     with ws.session() as s:
         s.add(
             TrainingRun(
@@ -213,7 +228,7 @@ def _finish(ws: Any, run_id: str, status: str, outcome: dict[str, Any], error: s
         run = s.get(TrainingRun, run_id)
         run.status = status
         run.finished_at = utcnow()
-        run.error = error
+        run.error = error or "; ".join(outcome.get("warnings") or []) or None
         if outcome.get("best"):
             run.best_checkpoint = ws.relative(outcome["best"])
         if outcome.get("metrics"):

@@ -3,27 +3,11 @@
 from __future__ import annotations
 
 import ast
-import contextlib
-import logging
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 from exporters.base import Capability, ExportArtifact, Exporter, ExportError, ExportRequest
-from runtimes.offline import apply_offline_env, quiet_ultralytics_settings
-
-
-@contextlib.contextmanager
-def _quiet_ultralytics() -> Iterator[None]:
-    """Ultralytics logs banners and usage hints at INFO; an export reports through our log only."""
-    from ultralytics.utils import LOGGER
-
-    level = LOGGER.level
-    LOGGER.setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        LOGGER.setLevel(level)
+from exporters.formats.ultralytics_common import export_with_ultralytics, remove_source
 
 
 def _onnx_metadata(path: Path) -> tuple[dict[str, str], str, tuple[int, ...], int | None]:
@@ -47,61 +31,40 @@ class OnnxExporter(Exporter):
         precisions=("fp32",),
         runtime="onnxruntime",
         suffix=".onnx",
-        needs=("onnx", "onnxslim"),
+        needs=("torch", "ultralytics", "onnx", "onnxslim"),
         notes="Runs on ONNX Runtime (CPU, CUDA, TensorRT, CoreML, OpenVINO execution providers).",
     )
 
     def export(self, request: ExportRequest) -> ExportArtifact:
-        config_dir = request.options.get("config_dir")
-        if config_dir:
-            apply_offline_env(Path(config_dir))
         try:
             import onnx
-            import torch
-            import ultralytics
-            from ultralytics import YOLO  # type: ignore[attr-defined]
-        except ImportError as exc:
-            raise ExportError(
-                f"ONNX export needs {exc.name}; install it with pip install 'outpost[export]'"
-            ) from None
-        quiet_ultralytics_settings()
-        with _quiet_ultralytics():
-            model = YOLO(str(request.checkpoint), task=request.task)
-            produced = Path(
-                model.export(
-                    format="onnx",
-                    imgsz=request.imgsz,
-                    simplify=bool(request.options.get("simplify", True)),
-                    dynamic=False,
-                    opset=request.options.get("opset"),
-                    device="cpu",
-                    verbose=False,
-                )
-            )
-        target = request.out_dir / "model.onnx"
-        shutil.move(str(produced), target)
-        meta, input_name, shape, opset = _onnx_metadata(target)
-        names = ast.literal_eval(meta.get("names", "{}")) or dict(model.names)
-        class_names = tuple(names[i] for i in sorted(names))
-        end2end = meta.get("end2end", "False") == "True"
-        yaml_file = (
-            getattr(model.model, "yaml", {}).get("yaml_file", "") if hasattr(model, "model") else ""
+        except ImportError:
+            raise ExportError("ONNX export needs onnx; pip install 'outpost[export]'") from None
+        result = export_with_ultralytics(
+            request,
+            "onnx",
+            "ONNX",
+            simplify=bool(request.options.get("simplify", True)),
+            dynamic=False,
+            opset=request.options.get("opset"),
         )
-        architecture = Path(str(yaml_file)).stem or Path(request.checkpoint).stem
+        target = request.out_dir / "model.onnx"
+        shutil.move(str(result.produced), target)
+        remove_source(request)
+        meta, input_name, shape, opset = _onnx_metadata(target)
+        names = ast.literal_eval(meta.get("names", "{}"))
+        class_names = tuple(names[i] for i in sorted(names)) if names else result.class_names
+        end2end = meta.get("end2end", "False") == "True"
         return ExportArtifact(
             format_key="onnx",
             runtime="onnxruntime",
             model_file=target,
             class_names=class_names,
-            architecture=architecture,
+            architecture=result.architecture,
             input_name=input_name,
             input_shape=tuple(int(v) for v in shape),  # type: ignore[arg-type]
             output_layout="xyxy_score_class" if end2end else "xywh_classes",
             precision="fp32",
             details={"opset": opset, "simplify": True, "dynamic": False, "end2end": end2end},
-            tools={
-                "ultralytics": ultralytics.__version__,
-                "torch": torch.__version__.split("+")[0],
-                "onnx": onnx.__version__,
-            },
+            tools={**result.tools, "onnx": onnx.__version__},
         )

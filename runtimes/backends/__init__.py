@@ -6,6 +6,8 @@ from importlib.metadata import entry_points
 
 from runtimes.backends.base import Backend, BackendInfo
 from runtimes.backends.onnxruntime import OnnxRuntimeBackend
+from runtimes.backends.openvino import OpenVinoBackend
+from runtimes.backends.torchscript import TorchScriptBackend
 from runtimes.errors import RuntimeUnavailableError
 
 ENTRY_POINT_GROUP = "outpost.runtimes"
@@ -56,9 +58,20 @@ class BackendRegistry:
 
 def default_registry() -> BackendRegistry:
     registry = BackendRegistry()
+    # Order matters: for a format several backends run, the first available one is the default.
     registry.register(OnnxRuntimeBackend)
+    registry.register(OpenVinoBackend)
+    registry.register(TorchScriptBackend)
     registry.load_entry_points()
     return registry
 
 
-__all__ = ["Backend", "BackendInfo", "BackendRegistry", "OnnxRuntimeBackend", "default_registry"]
+__all__ = [
+    "Backend",
+    "BackendInfo",
+    "BackendRegistry",
+    "OnnxRuntimeBackend",
+    "OpenVinoBackend",
+    "TorchScriptBackend",
+    "default_registry",
+]

@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 
+from device_agent.auth import KeyPair
+from device_agent.client import AgentClient, SignedAuth
 from device_agent.service import AgentService
 from tests.fakes import make_package
 
@@ -28,6 +30,27 @@ class AgentThread:
     @property
     def url(self) -> str:
         return self.service.url
+
+    @property
+    def desktop_key(self) -> KeyPair:
+        """A desktop key paired with this agent (made and recorded on first use)."""
+        if not hasattr(self, "_desktop_key"):
+            self._desktop_key = KeyPair.generate()
+            self.service.pairing.add(self._desktop_key.public_raw, "test desktop")
+        return self._desktop_key
+
+    def auth(self) -> SignedAuth:
+        """httpx auth for a paired desktop that also checks the agent's signed answers."""
+        return SignedAuth(self.desktop_key, self.service.identity.key.public_raw)
+
+    def client(self, **kwargs: Any) -> AgentClient:
+        """An :class:`AgentClient` for a paired desktop, pinned to this agent's key."""
+        return AgentClient(
+            self.url,
+            key=self.desktop_key,
+            agent_key=self.service.identity.key.public_raw,
+            **kwargs,
+        )
 
     def start(self) -> AgentThread:
         self.thread.start()

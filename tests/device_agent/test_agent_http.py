@@ -26,7 +26,7 @@ def _error(response: httpx.Response) -> str:
 
 
 def test_health_and_info(agent: Any) -> None:
-    with AgentClient(agent.url) as client:
+    with agent.client() as client:
         assert client.health()["status"] == "ok"
         info = client.info()
     assert info["agent_id"] == agent.service.identity.agent_id
@@ -44,7 +44,7 @@ def test_health_and_info(agent: Any) -> None:
 
 
 def test_upload_then_infer_raw_and_multipart(agent: Any, package: Path) -> None:
-    with AgentClient(agent.url) as client:
+    with agent.client() as client:
         installed = client.upload_package(package)
         assert (installed["name"], installed["version"], installed["format"]) == (
             "shapes",
@@ -67,6 +67,7 @@ def test_upload_then_infer_raw_and_multipart(agent: Any, package: Path) -> None:
     image = make_image_bytes(ext=".jpg")
     raw = httpx.post(
         f"{agent.url}/v1/infer",
+        auth=agent.auth(),
         params={"model": "shapes"},
         content=image,
         headers={"Content-Type": "image/jpeg"},
@@ -75,20 +76,24 @@ def test_upload_then_infer_raw_and_multipart(agent: Any, package: Path) -> None:
     assert [d["class_name"] for d in raw.json()["detections"]] == ["circle", "square"]
 
     multipart = httpx.post(
-        f"{agent.url}/v1/infer", files={"image": ("a.png", make_image_bytes(), "image/png")}
+        f"{agent.url}/v1/infer",
+        auth=agent.auth(),
+        files={"image": ("a.png", make_image_bytes(), "image/png")},
     )
     assert multipart.status_code == 200, multipart.text
     assert multipart.json()["detections"] == list(EXPECTED)
 
 
 def test_upload_answers_201_with_raw_put(agent: Any, package: Path) -> None:
-    response = httpx.put(f"{agent.url}/v1/packages", content=package.read_bytes())
+    response = httpx.put(
+        f"{agent.url}/v1/packages", auth=agent.auth(), content=package.read_bytes()
+    )
     assert response.status_code == 201, response.text
     assert response.json()["name"] == "shapes"
 
 
 def test_conf_threshold_and_bad_parameters(agent: Any, package: Path) -> None:
-    with AgentClient(agent.url) as client:
+    with agent.client() as client:
         client.upload_package(package)
         only_best = client.infer(make_image_bytes(), conf=0.85)
         assert [d["class_name"] for d in only_best["detections"]] == ["circle"]
@@ -98,34 +103,43 @@ def test_conf_threshold_and_bad_parameters(agent: Any, package: Path) -> None:
         ) as err:
             client.infer(make_image_bytes(), conf=1.5)
     assert err.value.status == 400
-    bad = httpx.post(f"{agent.url}/v1/infer", params={"iou": "abc"}, content=make_image_bytes())
+    bad = httpx.post(
+        f"{agent.url}/v1/infer",
+        auth=agent.auth(),
+        params={"iou": "abc"},
+        content=make_image_bytes(),
+    )
     assert bad.status_code == 400 and "iou must be a number" in _error(bad)
 
 
 def test_infer_error_cases(agent: Any, package: Path) -> None:
     url = f"{agent.url}/v1/infer"
-    none = httpx.post(url, content=make_image_bytes())
+    none = httpx.post(url, auth=agent.auth(), content=make_image_bytes())
     assert none.status_code == 409 and "no model is installed" in _error(none)
 
-    with AgentClient(agent.url) as client:
+    with agent.client() as client:
         client.upload_package(package)
         with pytest.raises(AgentRejectedError) as err:
             client.infer(make_image_bytes(), model="nope")
     assert err.value.status == 404
     assert err.value.message == "model 'nope' is not installed; installed: shapes"
 
-    junk = httpx.post(url, content=b"not an image", headers={"Content-Type": "image/jpeg"})
+    junk = httpx.post(
+        url, auth=agent.auth(), content=b"not an image", headers={"Content-Type": "image/jpeg"}
+    )
     assert junk.status_code == 400 and "could not be decoded" in _error(junk)
 
-    empty = httpx.post(url, content=b"")
+    empty = httpx.post(url, auth=agent.auth(), content=b"")
     assert empty.status_code == 400 and "body is empty" in _error(empty)
 
-    no_field = httpx.post(url, files={"picture": ("a.png", make_image_bytes(), "image/png")})
+    no_field = httpx.post(
+        url, auth=agent.auth(), files={"picture": ("a.png", make_image_bytes(), "image/png")}
+    )
     assert no_field.status_code == 400 and "no 'image' field" in _error(no_field)
 
 
 def test_two_models_need_a_name(agent: Any, package: Path, tmp_path: Path) -> None:
-    with AgentClient(agent.url) as client:
+    with agent.client() as client:
         client.upload_package(package)
         client.upload_package(make_package(tmp_path / "boxes.outpost.zip", name="boxes"))
         with pytest.raises(
@@ -137,7 +151,7 @@ def test_two_models_need_a_name(agent: Any, package: Path, tmp_path: Path) -> No
 
 
 def test_stats_count_requests_errors_and_latency(agent: Any, package: Path) -> None:
-    with AgentClient(agent.url) as client:
+    with agent.client() as client:
         client.upload_package(package)
         for _ in range(3):
             client.infer(make_image_bytes())
@@ -180,7 +194,7 @@ def test_bad_upload_is_refused_and_old_model_keeps_serving(
     else:
         bad.write_bytes(b"")
 
-    with AgentClient(agent.url) as client:
+    with agent.client() as client:
         client.upload_package(package)
         with pytest.raises(AgentRejectedError) as err:
             client.upload_package(bad)
@@ -194,7 +208,7 @@ def test_bad_upload_is_refused_and_old_model_keeps_serving(
 
 
 def test_rollback_endpoint(agent: Any, package: Path, tmp_path: Path) -> None:
-    with AgentClient(agent.url) as client:
+    with agent.client() as client:
         with pytest.raises(AgentRejectedError, match="no model is installed"):
             client.rollback("shapes")
         client.upload_package(package)
@@ -212,12 +226,12 @@ def test_restarted_agent_serves_what_was_installed(
 ) -> None:
     data = tmp_path / "persistent"
     first = start_agent(data)
-    with AgentClient(first.url) as client:
+    with first.client() as client:
         client.upload_package(package)
         agent_id = client.info()["agent_id"]
     first.stop()
     second = start_agent(data)
-    with AgentClient(second.url) as client:
+    with second.client() as client:
         info = client.info()
         assert info["agent_id"] == agent_id
         assert [m["name"] for m in info["models"]] == ["shapes"]
@@ -225,11 +239,11 @@ def test_restarted_agent_serves_what_was_installed(
 
 
 def test_unknown_route_and_method_are_json(agent: Any) -> None:
-    missing = httpx.get(f"{agent.url}/v1/nothing-here")
+    missing = httpx.get(f"{agent.url}/v1/nothing-here", auth=agent.auth())
     assert missing.status_code == 404 and "no endpoint /v1/nothing-here" in _error(missing)
-    wrong = httpx.get(f"{agent.url}/v1/packages")
+    wrong = httpx.get(f"{agent.url}/v1/packages", auth=agent.auth())
     assert wrong.status_code == 405 and "GET is not allowed" in _error(wrong)
-    spec = httpx.get(f"{agent.url}/v1/openapi.json").json()
+    spec = httpx.get(f"{agent.url}/v1/openapi.json", auth=agent.auth()).json()
     assert "/v1/infer" in spec["paths"]
 
 
@@ -245,16 +259,16 @@ def test_client_reports_an_unreachable_agent() -> None:
 
 
 def test_concurrent_inference_requests_all_answer(agent: Any, package: Path) -> None:
-    with AgentClient(agent.url) as client:
+    with agent.client() as client:
         client.upload_package(package)
     image = make_image_bytes()
 
     def one(_: int) -> list[dict[str, Any]]:
-        with AgentClient(agent.url) as client:
+        with agent.client() as client:
             return list(client.infer(image)["detections"])
 
     with ThreadPoolExecutor(8) as pool:
         results = list(pool.map(one, range(16)))
     assert results == [list(EXPECTED)] * 16
-    with AgentClient(agent.url) as client:
+    with agent.client() as client:
         assert client.stats()["models"]["shapes"]["requests"] == 16

@@ -1,9 +1,12 @@
-"""The agent id is created once, kept atomically, and refused loudly when corrupt."""
+"""The agent's key and id are created once, kept atomically (0600), and refused when corrupt."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
+import stat
+import sys
 from pathlib import Path
 
 import pytest
@@ -20,7 +23,13 @@ def test_id_is_created_once_and_stable(tmp_path: Path) -> None:
     assert load_or_create_identity(tmp_path / "data") == first
     stored = json.loads((tmp_path / "data" / "agent.json").read_text())
     assert stored["agent_id"] == first.agent_id
-    assert [p.name for p in (tmp_path / "data").iterdir()] == ["agent.json"]  # no temp files left
+    # no temp files left
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["agent.json", "identity.key"]
+    # the id is the fingerprint of the public key
+    assert first.agent_id == hashlib.sha256(first.key.public_raw).hexdigest()[:16]
+    if sys.platform != "win32":
+        mode = stat.S_IMODE((tmp_path / "data" / "identity.key").stat().st_mode)
+        assert mode == 0o600
 
 
 def test_other_data_dir_other_id(tmp_path: Path) -> None:
@@ -30,12 +39,21 @@ def test_other_data_dir_other_id(tmp_path: Path) -> None:
     )
 
 
-def test_stored_name_wins_over_hostname(tmp_path: Path) -> None:
+def test_old_id_file_is_replaced_by_a_key_and_keeps_its_name(tmp_path: Path) -> None:
+    # An agent.json from before keys: a random id and no key. A new identity replaces it.
     (tmp_path / "agent.json").write_text(
         json.dumps({"agent_id": "0123456789abcdef", "name": "bench-jetson"})
     )
     identity = load_or_create_identity(tmp_path)
-    assert (identity.agent_id, identity.name) == ("0123456789abcdef", "bench-jetson")
+    assert identity.agent_id != "0123456789abcdef" and identity.name == "bench-jetson"
+    assert json.loads((tmp_path / "agent.json").read_text())["agent_id"] == identity.agent_id
+    assert load_or_create_identity(tmp_path) == identity
+
+
+def test_corrupt_key_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "identity.key").write_text("-----BEGIN PRIVATE KEY-----\nnope\n")
+    with pytest.raises(IdentityError, match="identity.key is corrupt"):
+        load_or_create_identity(tmp_path)
 
 
 @pytest.mark.parametrize("content", ["{not json", "[]", '{"agent_id": "../../etc"}'])

@@ -1,4 +1,5 @@
-"""A real ``outpost-agent serve`` process: ready line, mDNS on loopback, upload, infer, SIGTERM."""
+"""A real ``outpost-agent serve`` process: ready line, mDNS on loopback, pairing with a code
+from ``outpost-agent pair``, upload, infer, SIGTERM."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from typing import IO, Any
 
 import pytest
 
-from device_agent.client import AgentClient
+from device_agent.auth import KeyPair
+from device_agent.client import AgentClient, AgentRejectedError, pair_with_agent
 from device_agent.discovery import browse
 from tests.fakes import EXPECTED, make_image_bytes
 
@@ -78,7 +80,25 @@ def test_real_agent_process(tmp_path: Path, package: Path) -> None:
         assert device is not None, f"not discovered; agent stderr:\n{stderr_path.read_text()}"
         assert device.port == ready["port"]
 
-        with AgentClient(device.url) as client:
+        with AgentClient(device.url) as unpaired, pytest.raises(AgentRejectedError) as err:
+            unpaired.stats()
+        assert err.value.status == 401
+
+        code_run = subprocess.run(
+            [sys.executable, "-c", WRAPPER, "pair", "--json", "--data-dir", str(tmp_path / "data")],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert code_run.returncode == 0, code_run.stderr
+        code = json.loads(code_run.stdout)
+        assert code["agent_id"] == ready["agent_id"] and len(code["code"]) == 6
+        desktop = KeyPair.generate()
+        pinned = pair_with_agent(device.url, desktop, ready["agent_id"], code["code"])
+
+        with AgentClient(device.url, key=desktop, agent_key=pinned) as client:
             assert client.upload_package(package)["name"] == "shapes"
             result = client.infer(make_image_bytes())
             assert result["detections"] == list(EXPECTED)

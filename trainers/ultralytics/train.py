@@ -9,6 +9,7 @@ from typing import Any
 
 from runtimes.offline import apply_offline_env, quiet_ultralytics_settings
 from trainers.protocol import EventWriter, JobSpec
+from trainers.tracking import MlflowTracker
 
 
 def _floats(d: dict[str, Any]) -> dict[str, float]:
@@ -21,8 +22,14 @@ def _floats(d: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-def _mlflow_key(key: str) -> str:
-    return key.replace("(", "").replace(")", "")
+def _validated_extra(extra: dict[str, Any]) -> dict[str, Any]:
+    """Check options from the spec (or the environment) against the schema; map to Ultralytics."""
+    from trainers.ultralytics.schema import SCHEMA
+
+    out = {name: SCHEMA.field(name).coerce(value) for name, value in extra.items()}
+    if "cache" in out:
+        out["cache"] = False if out["cache"] == "false" else out["cache"]
+    return out
 
 
 def choose_device(requested: str) -> str:
@@ -34,47 +41,10 @@ def choose_device(requested: str) -> str:
     return "0" if torch.cuda.is_available() else "cpu"
 
 
-class MlflowTracker:
-    """Logs params, per-epoch metrics and artifacts to a local MLflow tracking store."""
-
-    def __init__(self, spec: JobSpec) -> None:
-        self.enabled = bool(spec.mlflow_tracking_uri)
-        self.run_id: str | None = None
-        if not self.enabled:
-            return
-        import mlflow
-
-        self.mlflow = mlflow
-        mlflow.set_tracking_uri(spec.mlflow_tracking_uri)
-        experiment = mlflow.get_experiment_by_name(spec.mlflow_experiment)
-        if experiment is None:
-            artifact_root = Path(spec.mlflow_artifact_root or Path(spec.run_dir) / "mlartifacts")
-            experiment_id = mlflow.create_experiment(
-                spec.mlflow_experiment, artifact_location=artifact_root.as_uri()
-            )
-        else:
-            experiment_id = experiment.experiment_id
-        run = mlflow.start_run(experiment_id=experiment_id, run_name=spec.run_name)
-        self.run_id = run.info.run_id
-        params = spec.model_dump(exclude={"extra", "mlflow_tracking_uri", "mlflow_artifact_root"})
-        mlflow.log_params({**params, **spec.extra})
-
-    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        if self.enabled:
-            self.mlflow.log_metrics({_mlflow_key(k): v for k, v in metrics.items()}, step=step)
-
-    def log_artifact(self, path: Path) -> None:
-        if self.enabled and path.exists():
-            self.mlflow.log_artifact(str(path))
-
-    def finish(self, status: str) -> None:
-        if self.enabled:
-            self.mlflow.end_run(status=status)
-
-
 def run_training(spec: JobSpec, events: EventWriter) -> dict[str, Any]:
     """Train; emit ``start``, ``train_start``, one ``epoch_end`` per epoch; return the end fields."""
     apply_offline_env(Path(spec.config_dir))
+    tracker = MlflowTracker(spec)  # sets itself up in the background while Ultralytics loads
     from ultralytics import YOLO
 
     quiet_ultralytics_settings()
@@ -82,8 +52,7 @@ def run_training(spec: JobSpec, events: EventWriter) -> dict[str, Any]:
 
     device = choose_device(spec.device)
     threads = os.cpu_count() or 1
-    tracker = MlflowTracker(spec)
-    events.emit("start", mlflow_run_id=tracker.run_id, device=device, pid=os.getpid())
+    events.emit("start", device=device, pid=os.getpid())
     outcome: dict[str, Any] = {}
 
     def on_train_start(trainer: Any) -> None:
@@ -135,7 +104,7 @@ def run_training(spec: JobSpec, events: EventWriter) -> dict[str, Any]:
         "name": "train",
         "exist_ok": True,
         "verbose": True,
-        **spec.extra,
+        **_validated_extra(spec.extra),
     }
     if spec.workers is not None:
         kwargs["workers"] = spec.workers
@@ -159,5 +128,6 @@ def run_training(spec: JobSpec, events: EventWriter) -> dict[str, Any]:
         "last": outcome["last"],
         "metrics": outcome["metrics"],
         "mlflow_run_id": tracker.run_id,
+        "warnings": [tracker.error] if tracker.error else [],
         "device": device,
     }

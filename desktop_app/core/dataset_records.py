@@ -1,0 +1,339 @@
+"""The in-memory records every dataset format reader produces and every writer consumes.
+
+A reader (YOLO, COCO, VOC, ...) turns the files on disk into :class:`SourceImage` records
+(image path, split, annotations normalised to 0..1); :func:`inspect_images` then hashes and
+decodes every image once, checks its declared size, and returns a :class:`ScannedDataset`
+that one writer (:mod:`desktop_app.core.dataset_import`) stores. Exports go the other way:
+:class:`ExportDataset` holds a stored version, and each format's writer turns it into files.
+
+Annotations are stored in ``DatasetItem.boxes`` as ``[cls, cx, cy, w, h]`` (normalised),
+optionally followed by one dict of extras: ``{"polygons": [[x, y, ...], ...],
+"iscrowd": true, "difficult": true, "truncated": true}`` (polygon points normalised too).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from desktop_app.core.errors import DatasetFormatError
+from runtimes.errors import ImageDecodeError
+from runtimes.fileio import sha256_bytes
+from runtimes.preprocess import decode_image
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
+SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
+Progress = Callable[[str, int, int], None]  # stage, done, total
+CopyImage = Callable[[str, Path], None]  # sha256, destination
+
+
+@dataclass(frozen=True)
+class Annotation:
+    """One labelled object: a box (normalised centre and size) and what else the source said.
+
+    Args:
+        cls: Class id (0-based, contiguous).
+        cx: Box centre x, 0..1 of the image width.
+        cy: Box centre y, 0..1 of the image height.
+        w: Box width, 0..1.
+        h: Box height, 0..1.
+        polygons: Outline(s) as flat ``(x0, y0, x1, y1, ...)`` tuples, normalised.
+        iscrowd: COCO ``iscrowd=1`` (a crowd region; its RLE mask is not kept, only the box).
+        difficult: Pascal VOC ``difficult``.
+        truncated: Pascal VOC ``truncated``.
+    """
+
+    cls: int
+    cx: float
+    cy: float
+    w: float
+    h: float
+    polygons: tuple[tuple[float, ...], ...] = ()
+    iscrowd: bool = False
+    difficult: bool = False
+    truncated: bool = False
+
+    @classmethod
+    def from_xyxy(
+        cls, class_id: int, x0: float, y0: float, x1: float, y1: float, **extra: Any
+    ) -> Annotation:
+        """From normalised corners."""
+        return cls(class_id, (x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0, **extra)
+
+    @property
+    def xyxy(self) -> tuple[float, float, float, float]:
+        """Normalised corners ``(x0, y0, x1, y1)``."""
+        return (
+            self.cx - self.w / 2,
+            self.cy - self.h / 2,
+            self.cx + self.w / 2,
+            self.cy + self.h / 2,
+        )
+
+    def to_json(self) -> list[Any]:
+        """The stored form: ``[cls, cx, cy, w, h]`` plus a dict of extras when there are any."""
+        row: list[Any] = [self.cls, self.cx, self.cy, self.w, self.h]
+        extra: dict[str, Any] = {}
+        if self.polygons:
+            extra["polygons"] = [list(p) for p in self.polygons]
+        for key in ("iscrowd", "difficult", "truncated"):
+            if getattr(self, key):
+                extra[key] = True
+        if extra:
+            row.append(extra)
+        return row
+
+    @classmethod
+    def from_json(cls, row: Sequence[Any]) -> Annotation:
+        """Inverse of :meth:`to_json` (also reads the plain 5-number form)."""
+        extra: dict[str, Any] = row[5] if len(row) > 5 and isinstance(row[5], dict) else {}
+        return cls(
+            int(row[0]),
+            float(row[1]),
+            float(row[2]),
+            float(row[3]),
+            float(row[4]),
+            polygons=tuple(tuple(float(v) for v in p) for p in extra.get("polygons", ())),
+            iscrowd=bool(extra.get("iscrowd", False)),
+            difficult=bool(extra.get("difficult", False)),
+            truncated=bool(extra.get("truncated", False)),
+        )
+
+
+@dataclass(frozen=True)
+class SourceImage:
+    """One image as a reader found it, before its file is decoded."""
+
+    file_name: str  # the name it is stored under, "/" separators, unique in the dataset
+    path: Path
+    split: str | None  # "train" | "val" | "test" when the source says, else None
+    annotations: tuple[Annotation, ...]
+    declared_size: tuple[int, int] | None = None  # (width, height) the annotation file states
+    origin: Path | None = None  # the annotation file that declared the size (for messages)
+
+
+@dataclass(frozen=True)
+class ScannedImage:
+    """One validated image of the source: where it is, what it holds, its annotations."""
+
+    file_name: str
+    path: Path
+    source_split: str | None
+    sha256: str
+    size: int
+    width: int
+    height: int
+    boxes: tuple[Annotation, ...]
+
+
+@dataclass(frozen=True)
+class ScannedDataset:
+    """A dataset on disk that passed every check, in the common form."""
+
+    root: Path
+    format: str
+    class_names: tuple[str, ...]
+    images: tuple[ScannedImage, ...]
+    has_source_split: bool
+
+
+@dataclass(frozen=True)
+class ExportItem:
+    """One stored image of a version, ready for a writer."""
+
+    file_name: str
+    sha256: str
+    width: int
+    height: int
+    split: str
+    annotations: tuple[Annotation, ...]
+
+
+@dataclass(frozen=True)
+class ExportDataset:
+    """A stored dataset version, ready for a writer."""
+
+    name: str
+    version: str
+    content_hash: str
+    class_names: tuple[str, ...]
+    items: tuple[ExportItem, ...]
+
+    @property
+    def splits(self) -> list[str]:
+        """The splits that hold images, in train, val, test order (train and val always)."""
+        present = {item.split for item in self.items} | {"train", "val"}
+        return [s for s in ("train", "val", "test") if s in present]
+
+
+# ---- paths -----------------------------------------------------------------------------
+
+
+def is_image_name(name: str) -> bool:
+    """True when the file name has an image suffix (.jpg, .png, ...)."""
+    return Path(name).suffix.lower() in IMAGE_SUFFIXES
+
+
+def split_of(name: str) -> str | None:
+    """The split a folder or file-name part names (``train2017`` → train), else None."""
+    low = name.lower()
+    for word in sorted(SPLIT_NAMES, key=len, reverse=True):
+        if low.startswith(word):
+            return SPLIT_NAMES[word]
+    return None
+
+
+def safe_relative(name: str, where: str) -> str:
+    """Check a file name taken from an annotation file and return it with "/" separators.
+
+    Raises:
+        DatasetFormatError: the name is empty, absolute, or climbs out with ``..``.
+    """
+    clean = name.replace("\\", "/").strip()
+    parts = [p for p in clean.split("/") if p not in ("", ".")]
+    if not parts or clean.startswith("/") or (len(clean) > 1 and clean[1] == ":") or ".." in parts:
+        raise DatasetFormatError(
+            f"{where}: file name {name!r} escapes the dataset folder; use a path inside it"
+        )
+    return "/".join(parts)
+
+
+def check_inside(root: Path, path: Path, where: str) -> None:
+    """Refuse a file that is (or links to) something outside ``root``.
+
+    Raises:
+        DatasetFormatError: the resolved path is outside the dataset folder.
+    """
+    resolved = path.resolve()
+    if not resolved.is_relative_to(root):
+        kind = "is a link to" if path.is_symlink() or resolved != path.absolute() else "is"
+        raise DatasetFormatError(
+            f"{where}: {path} {kind} {resolved}, outside the dataset folder {root}; copy the file in"
+        )
+
+
+def finite(values: Sequence[float]) -> bool:
+    return all(math.isfinite(v) for v in values)
+
+
+# ---- images ----------------------------------------------------------------------------
+
+
+def inspect_images(
+    root: Path,
+    fmt: str,
+    class_names: Sequence[str],
+    sources: Sequence[SourceImage],
+    has_source_split: bool,
+    progress: Progress | None = None,
+    workers: int | None = None,
+) -> ScannedDataset:
+    """Hash and decode every image (in threads; OpenCV releases the GIL), in a stable order.
+
+    Also checks that each image stays inside ``root`` (links included), that file names are
+    unique, and that a size the annotation file declares matches the file.
+
+    Raises:
+        DatasetFormatError: on the first problem, naming the file and what is wrong.
+    """
+    seen: dict[str, Path] = {}
+    for src in sources:
+        try:
+            src.file_name.encode("utf-8")
+        except UnicodeEncodeError:
+            raise DatasetFormatError(
+                f"{os.fsencode(src.path).decode('utf-8', 'backslashreplace')}: the file name is not valid UTF-8; rename the file"
+            ) from None
+        check_inside(root, src.path, str(src.origin or src.path))
+        if src.file_name in seen:
+            raise DatasetFormatError(
+                f"{src.path} and {seen[src.file_name]} are both named {src.file_name!r}; rename one"
+            )
+        seen[src.file_name] = src.path
+    total = len(sources)
+    out: list[ScannedImage] = []
+    pool = ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1))
+    try:
+        infos = pool.map(_inspect_image, sources)
+        for i, (src, info) in enumerate(zip(sources, infos, strict=True), start=1):
+            sha, size, w, h = info
+            if src.declared_size is not None and src.declared_size != (w, h):
+                dw, dh = src.declared_size
+                raise DatasetFormatError(
+                    f"{src.origin or src.path}: declares {src.file_name} as {dw}x{dh} but the image is {w}x{h}; fix the size"
+                )
+            out.append(
+                ScannedImage(src.file_name, src.path, src.split, sha, size, w, h, src.annotations)
+            )
+            if progress is not None:
+                progress("validate", i, total)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    return ScannedDataset(root, fmt, tuple(class_names), tuple(out), has_source_split)
+
+
+def _inspect_image(src: SourceImage) -> tuple[str, int, int, int]:
+    p = src.path
+    if not p.is_file():
+        where = f"{src.origin}: " if src.origin else ""
+        raise DatasetFormatError(
+            f"{where}image {src.file_name} is missing (expected {p}); add the file or remove its entry"
+        )
+    try:
+        data = p.read_bytes()
+    except OSError as exc:
+        raise DatasetFormatError(
+            f"{p} cannot be read ({exc.strerror}); check its permissions"
+        ) from None
+    _check_complete(p, data)
+    try:
+        img = decode_image(data)
+    except ImageDecodeError as exc:
+        raise DatasetFormatError(
+            f"{p} is not a readable image ({exc}); remove or replace it"
+        ) from None
+    h, w = img.shape[:2]
+    return sha256_bytes(data), len(data), int(w), int(h)
+
+
+def _check_complete(p: Path, data: bytes) -> None:
+    """Catch truncated JPEG and PNG files, which OpenCV decodes silently with grey rows."""
+    if data[:3] == b"\xff\xd8\xff" and data.rfind(b"\xff\xd9") < data.rfind(b"\xff\xda"):
+        raise DatasetFormatError(
+            f"{p} is a truncated JPEG (no end marker after its image data); re-export or remove it"
+        )
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and b"IEND" not in data[-32:]:
+        raise DatasetFormatError(f"{p} is a truncated PNG (no IEND chunk); re-export or remove it")
+
+
+def box_from_pixels(
+    corners: Sequence[float], width: int, height: int, where: str, slack: float = 1.0
+) -> tuple[float, float, float, float]:
+    """Normalised ``(x0, y0, x1, y1)`` from pixel corners, checked against the image size.
+
+    A box may stick out of the image by up to ``slack`` pixels (rounding in labelling tools);
+    it is clipped to the image. Anything further out is an error.
+
+    Raises:
+        DatasetFormatError: the box is not finite, has no area, or lies outside the image.
+    """
+    x0, y0, x1, y1 = (float(v) for v in corners)
+    shown = f"[{x0:g}, {y0:g}, {x1:g}, {y1:g}]"
+    if not finite((x0, y0, x1, y1)):
+        raise DatasetFormatError(f"{where}: box {shown} is not finite; fix the box")
+    if x1 <= x0 or y1 <= y0:
+        raise DatasetFormatError(
+            f"{where}: box {shown} has zero or negative width or height; fix or remove it"
+        )
+    if x0 < -slack or y0 < -slack or x1 > width + slack or y1 > height + slack:
+        raise DatasetFormatError(
+            f"{where}: box {shown} lies outside the {width}x{height} image; fix the box"
+        )
+    x0, x1 = max(x0, 0.0), min(x1, float(width))
+    y0, y1 = max(y0, 0.0), min(y1, float(height))
+    return x0 / width, y0 / height, x1 / width, y1 / height

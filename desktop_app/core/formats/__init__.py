@@ -1,0 +1,68 @@
+"""Dataset formats, registered explicitly in one table: ``FORMATS[key]``.
+
+Each format module holds its reader and writer side by side (``yolo``, ``coco``, ``voc``);
+all readers produce the records of :mod:`desktop_app.core.dataset_records`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from desktop_app.core.dataset_records import Progress, ScannedDataset
+from desktop_app.core.errors import DatasetFormatError, InvalidArgumentError
+from desktop_app.core.formats import coco, voc, yolo
+from desktop_app.core.formats.base import DatasetFormat, FormatCapabilities
+
+__all__ = [
+    "FORMATS",
+    "DatasetFormat",
+    "FormatCapabilities",
+    "detect_format",
+    "get_format",
+    "read_dataset",
+]
+
+# Detection tries these in order: the most specific layout first.
+FORMATS: dict[str, DatasetFormat] = {f.key: f for f in (voc.FORMAT, yolo.FORMAT, coco.FORMAT)}
+
+
+def get_format(key: str) -> DatasetFormat:
+    """The format named ``key``.
+
+    Raises:
+        InvalidArgumentError: no such format.
+    """
+    try:
+        return FORMATS[key]
+    except KeyError:
+        raise InvalidArgumentError(
+            f"unknown dataset format {key!r}; use one of {', '.join(sorted(FORMATS))}"
+        ) from None
+
+
+def detect_format(path: Path) -> DatasetFormat:
+    """The first format whose layout ``path`` matches.
+
+    Raises:
+        DatasetFormatError: the path does not exist or matches no format.
+    """
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise DatasetFormatError(f"{p} does not exist; check the path")
+    for fmt in FORMATS.values():
+        if fmt.detect(p):
+            return fmt
+    raise DatasetFormatError(
+        f"cannot tell the format of {p} (expected YOLO images/ + labels/, COCO *.json, or VOC Annotations/); pass --format"
+    )
+
+
+def read_dataset(path: Path, fmt: str = "auto", progress: Progress | None = None) -> ScannedDataset:
+    """Read and validate a dataset folder (or file) in format ``fmt`` ("auto" detects it).
+
+    Raises:
+        DatasetFormatError: the dataset is invalid (one line naming the file and problem).
+        InvalidArgumentError: ``fmt`` is not a known format.
+    """
+    chosen = detect_format(path) if fmt == "auto" else get_format(fmt)
+    return chosen.read(Path(path), progress)
