@@ -30,7 +30,10 @@ class MlflowTracker:
         self.error: str | None = None
         self._queue: queue.Queue[tuple[str, Any] | None] = queue.Queue()
         self._thread = threading.Thread(target=self._work, name="outpost-mlflow", daemon=True)
-        if self.enabled:
+
+    def start(self) -> None:
+        """Begin setting up in the background (best once the training loop runs native code)."""
+        if self.enabled and not self._thread.is_alive() and self._thread.ident is None:
             self._thread.start()
 
     def _setup(self) -> Any:
@@ -86,7 +89,8 @@ class MlflowTracker:
 
     def finish(self, status: str, timeout: float = 300.0) -> None:
         """End the run and wait for every queued write."""
-        if not self.enabled or not self._thread.is_alive():
+        self.start()  # a run that failed before training still gets its MLflow record
+        if not self._thread.is_alive():
             return
         self._queue.put(("end", status))
         self._queue.put(None)

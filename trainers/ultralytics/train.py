@@ -44,7 +44,8 @@ def choose_device(requested: str) -> str:
 def run_training(spec: JobSpec, events: EventWriter) -> dict[str, Any]:
     """Train; emit ``start``, ``train_start``, one ``epoch_end`` per epoch; return the end fields."""
     apply_offline_env(Path(spec.config_dir))
-    tracker = MlflowTracker(spec)  # sets itself up in the background while Ultralytics loads
+    tracker = MlflowTracker(spec)
+    tracker.start()  # MLflow loads and opens its store on a thread while Ultralytics loads
     from ultralytics import YOLO
 
     quiet_ultralytics_settings()
