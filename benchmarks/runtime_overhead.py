@@ -10,13 +10,12 @@ Goals: in-process ≤ 1.05× raw and agent ≤ 1.15× raw at 640.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -25,21 +24,31 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from desktop_app.core.demo import LocalAgent  # noqa: E402
 from runtimes.offline import apply_offline_env  # noqa: E402
 
 if TYPE_CHECKING:
     from device_agent.client import AgentClient
 
 
-def p50(fn, runs: int, warmup: int = 5) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return float(np.median(times))
+def p50s(paths: dict[str, Callable[[], object]], runs: int, warmup: int = 5) -> dict[str, float]:
+    """p50 ms of each path, one path after another (warm-up excluded).
+
+    Paths are timed in blocks, not interleaved: ONNX Runtime's worker threads spin briefly
+    after each run, so interleaving sessions (or the agent's process) would time each path
+    against the previous one's spinning threads on a 2-core machine.
+    """
+    out = {}
+    for name, fn in paths.items():
+        for _ in range(warmup):
+            fn()
+        times = []
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+        out[name] = float(np.median(times))
+    return out
 
 
 def build_package(workdir: Path, imgsz: int) -> tuple[Path, Path]:
@@ -80,58 +89,16 @@ def build_package(workdir: Path, imgsz: int) -> tuple[Path, Path]:
     return package, onnx_copy
 
 
-class Agent:
-    def __init__(self, data_dir: Path) -> None:
-        cmd = [
-            sys.executable,
-            "-m",
-            "device_agent",
-            "serve",
-            "--interface",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--data-dir",
-            str(data_dir),
-        ]
-        self.proc = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
-        )  # noqa: S603
-        for line in self.proc.stdout:  # type: ignore[union-attr]
-            obj = json.loads(line)
-            if obj.get("event") == "ready":
-                self.url = obj["url"]
-                self.agent_id = obj["agent_id"]
-                break
-        self.data_dir = data_dir
+def paired_client(agent: LocalAgent, timeout: float) -> AgentClient:
+    """Pair a fresh desktop key with a code from ``outpost-agent pair``, as the demo does."""
+    from device_agent.auth import KeyPair
+    from device_agent.client import AgentClient, pair_with_agent
 
-    def paired_client(self, timeout: float) -> AgentClient:
-        """Pair a fresh desktop key with a code from ``outpost-agent pair``, as the demo does."""
-        from device_agent.auth import KeyPair
-        from device_agent.client import AgentClient, pair_with_agent
-
-        shown = subprocess.run(  # noqa: S603
-            [
-                sys.executable,
-                "-m",
-                "device_agent",
-                "pair",
-                "--json",
-                "--data-dir",
-                str(self.data_dir),
-            ],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        desktop = KeyPair.generate()
-        code = json.loads(shown.stdout)["code"]
-        pinned = pair_with_agent(self.url, desktop, self.agent_id, code)
-        return AgentClient(self.url, timeout=timeout, key=desktop, agent_key=pinned)
-
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        self.proc.wait(timeout=15)
+    desktop = KeyPair.generate()
+    pinned = pair_with_agent(
+        agent.ready["url"], desktop, agent.ready["agent_id"], agent.pairing_code()
+    )
+    return AgentClient(agent.ready["url"], timeout=timeout, key=desktop, agent_key=pinned)
 
 
 def main() -> None:
@@ -165,9 +132,11 @@ def main() -> None:
 
     import onnxruntime as ort
 
+    from runtimes.allocator import keep_large_buffers
     from runtimes.predictor import Predictor
     from runtimes.preprocess import letterbox, read_image, to_tensor
 
+    keep_large_buffers()  # as `outpost predict` and the agent do (the raw path benefits alike)
     spec = importlib.util.find_spec("ultralytics")
     assets = Path(spec.origin).parent / "assets"  # type: ignore[union-attr, arg-type]
     image_path = args.image or assets / "bus.jpg"
@@ -179,11 +148,11 @@ def main() -> None:
     print(
         f"image: {image_path.name} {img.shape[1]}x{img.shape[0]}, model: yolo11n (80 classes), {args.runs} timed runs after 5 warm-up runs, p50 ms"
     )
-    rows = []
-    yolo_rows = {}
-    agent = Agent(workdir / "agent")
+    rows: dict[int, dict[str, float]] = {}
+    agent = LocalAgent(workdir / "agent", workdir / "agent.log")
+    agent.start()
     try:
-        client = agent.paired_client(timeout=60)
+        client = paired_client(agent, timeout=60)
         for size in sizes:
             package, onnx_file = (
                 workdir / f"bench-{size}.outpost.zip",
@@ -193,35 +162,56 @@ def main() -> None:
             session = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
             name = session.get_inputs()[0].name
             tensor = to_tensor(letterbox(img, (size, size))[0])
-            raw = p50(lambda: session.run(None, {name: tensor}), args.runs)  # noqa: B023
-
             predictor = Predictor.from_path(package)
-            ours = p50(lambda: predictor.predict(img), args.runs)  # noqa: B023
-            ours_bytes = p50(lambda: predictor.predict_bytes(image_bytes), args.runs)  # noqa: B023
-            predictor.close()
-
             model_name = client.upload_package(package)["name"]
-            over_http = p50(lambda: client.infer(image_bytes, model=model_name), args.runs)  # noqa: B023
-
-            rows.append((size, raw, ours, ours_bytes, over_http))
+            timed = p50s(
+                {
+                    "raw": lambda: session.run(None, {name: tensor}),  # noqa: B023
+                    "ours": lambda: predictor.predict(img),  # noqa: B023
+                    "ours_bytes": lambda: predictor.predict_bytes(image_bytes),  # noqa: B023
+                    "agent": lambda: client.infer(image_bytes, model=model_name),  # noqa: B023
+                },
+                args.runs,
+            )
+            predictor.close()
+            rows[size] = timed
     finally:
         agent.stop()
     # Ultralytics last: it loads torch, whose threads would otherwise share the timings above.
+    # Its ratio is to a raw session.run timed beside it.
     from ultralytics import YOLO
 
     for size in sizes:
         yolo = YOLO(str(workdir / f"model-{size}.onnx"), task="detect")
-        yolo_rows[size] = p50(lambda: yolo.predict(img, imgsz=size, verbose=False), args.runs)  # noqa: B023
+        session = ort.InferenceSession(
+            str(workdir / f"model-{size}.onnx"), providers=["CPUExecutionProvider"]
+        )
+        tensor = to_tensor(letterbox(img, (size, size))[0])
+        rows[size].update(
+            {
+                f"ul_{k}": v
+                for k, v in p50s(
+                    {
+                        "raw": lambda: session.run(None, {"images": tensor}),  # noqa: B023
+                        "ultralytics": lambda: yolo.predict(img, imgsz=size, verbose=False),  # noqa: B023
+                    },
+                    args.runs,
+                ).items()
+            }
+        )
 
     header = f"{'imgsz':>5} | {'raw session.run':>15} | {'outpost in-process':>18} | {'+ JPEG decode':>13} | {'agent over HTTP':>15} | {'ultralytics predict':>19}"
     print(header)
     print("-" * len(header))
-    for size, raw, ours, ours_bytes, over_http in rows:
-        theirs = yolo_rows[size]
+    for size, r in rows.items():
+        raw = r["raw"]
+        ratio_ul = r["ul_ultralytics"] / r["ul_raw"]
         print(
-            f"{size:>5} | {raw:>10.2f} 1.00x | {ours:>11.2f} {ours / raw:>5.2f}x | {ours_bytes:>6.2f} {ours_bytes / raw:>5.2f}x"
-            f" | {over_http:>8.2f} {over_http / raw:>5.2f}x | {theirs:>12.2f} {theirs / raw:>5.2f}x"
+            f"{size:>5} | {raw:>10.2f} 1.00x | {r['ours']:>11.2f} {r['ours'] / raw:>5.2f}x"
+            f" | {r['ours_bytes']:>6.2f} {r['ours_bytes'] / raw:>5.2f}x"
+            f" | {r['agent']:>8.2f} {r['agent'] / raw:>5.2f}x | {r['ul_ultralytics']:>12.2f} {ratio_ul:>5.2f}x"
         )
+    print("ultralytics is timed last, against its own raw session.run measured beside it;")
     print("in-process = letterbox + tensor + session.run + decode/NMS/rescale on a decoded image;")
     print(
         "agent = HTTP upload of the JPEG + decode + the same path + JSON reply, measured at the client."

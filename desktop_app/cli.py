@@ -325,9 +325,11 @@ def cmd_exports_list(args: argparse.Namespace) -> Any:
 
 
 def cmd_predict(args: argparse.Namespace) -> Any:
+    from runtimes.allocator import keep_large_buffers
     from runtimes.predictor import Predictor
     from runtimes.preprocess import read_image
 
+    keep_large_buffers()
     predictor = Predictor.from_path(args.package, runtime=args.runtime)
     try:
         results = []

@@ -158,6 +158,9 @@ def _serve(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     from device_agent.service import AgentService  # aiohttp, zeroconf, onnxruntime: only to serve
+    from runtimes.allocator import keep_large_buffers
+
+    keep_large_buffers()  # a daemon decoding photos in a loop: no page faults per request
 
     interface = args.interface if args.interface not in (None, "0.0.0.0") else None
     service = AgentService(
