@@ -154,6 +154,78 @@ def cmd_dataset_show(args: argparse.Namespace) -> Any:
     return dataset_summary(_open_ws(args), args.name)
 
 
+def cmd_dataset_versions(args: argparse.Namespace) -> Any:
+    from desktop_app.core.datasets import list_versions
+
+    rows = list_versions(_open_ws(args), args.name)
+    if args.json:
+        return rows
+    for r in rows:
+        r["splits"] = "/".join(str(r["splits"].get(k, 0)) for k in ("train", "val", "test"))
+        r["content_hash"] = r["content_hash"][:12]
+    return _table(
+        rows,
+        ["version", "created_at", "images", "annotations", "splits", "content_hash"],
+    )
+
+
+def cmd_dataset_validate(args: argparse.Namespace) -> Any:
+    from desktop_app.core.datasets import split_ref, validate_dataset
+
+    name, version = split_ref(args.ref)
+    report = validate_dataset(_open_ws(args), name, version)
+    if not report["ok"]:
+        args.exit_code = 1
+    if args.json:
+        return report
+    lines = [
+        f"{', '.join(report['versions'])}: {report['images']} images, {report['blobs']} stored "
+        f"files checked, {report['missing']} missing, {report['corrupt']} corrupt"
+    ]
+    lines += [
+        f"problem: {p['version']} {p['file_name']}: {p['problem']}" for p in report["problems"]
+    ]
+    return "\n".join(lines)
+
+
+def cmd_dataset_duplicates(args: argparse.Namespace) -> Any:
+    from desktop_app.core.datasets import find_duplicates
+
+    report = find_duplicates(_open_ws(args))
+    if args.json:
+        return report
+    lines = [f"identical datasets: {len(report['identical_datasets'])}"]
+    lines += [
+        f"  {d['content_hash'][:12]}  {', '.join(d['versions'])}"
+        for d in report["identical_datasets"]
+    ]
+    lines.append(f"duplicate images: {len(report['duplicate_images'])}")
+    for d in report["duplicate_images"]:
+        where = ", ".join(f"{loc['version']}:{loc['file_name']}" for loc in d["locations"])
+        lines.append(f"  {d['sha256'][:12]}  {where}")
+    return "\n".join(lines)
+
+
+def cmd_dataset_stats(args: argparse.Namespace) -> Any:
+    from desktop_app.core.datasets import dataset_stats, split_ref
+
+    name, version = split_ref(args.ref)
+    st = dataset_stats(_open_ws(args), name, version)
+    if args.json:
+        return st
+    sizes = st["box_sizes"]
+    lines = [
+        f"{st['dataset']}@{st['version']}: {st['images']} images, {st['annotations']} annotations, "
+        f"labelled {st['labelled_images']}/{st['images']} ({st['labelled_ratio']:.1%})",
+        f"  box sizes: small={sizes['small']} medium={sizes['medium']} large={sizes['large']}",
+        f"  on disk: {st['size_bytes']} bytes in {st['unique_images']} stored images",
+    ]
+    lines += [f"  {name:<20} {n}" for name, n in st["annotations_per_class"].items()]
+    runs = ", ".join(r["id"] for r in st["training_runs"]) or "none"
+    lines.append(f"  training runs: {runs}")
+    return "\n".join(lines)
+
+
 # --- training ----------------------------------------------------------------------------
 
 
@@ -383,6 +455,24 @@ def cmd_devices_pair(args: argparse.Namespace) -> Any:
     )
 
 
+def cmd_devices_forget(args: argparse.Namespace) -> Any:
+    from desktop_app.core.devices import forget
+
+    result = forget(_open_ws(args), args.device)
+    if result["warning"]:
+        print(f"warning: {result['warning']}", file=sys.stderr, flush=True)
+    if args.json:
+        return result
+    if not result["was_paired"]:
+        return f"{result['name']} ({result['device']}) was not paired; nothing to forget"
+    told = (
+        "the device dropped this desktop's key"
+        if result["agent_revoked"]
+        else "the device was not told (see the warning)"
+    )
+    return f"forgot {result['name']} ({result['device']}): its pin is removed; {told}"
+
+
 def cmd_deploy(args: argparse.Namespace) -> Any:
     from desktop_app.core.devices import deploy
 
@@ -483,6 +573,13 @@ def build_parser() -> argparse.ArgumentParser:
     add(ds, "list", cmd_dataset_list, "list datasets")
     p = add(ds, "show", cmd_dataset_show, "show one dataset and its versions")
     p.add_argument("name")
+    p = add(ds, "versions", cmd_dataset_versions, "list a dataset's versions")
+    p.add_argument("name")
+    p = add(ds, "validate", cmd_dataset_validate, "re-check every stored image against its sha256")
+    p.add_argument("ref", metavar="NAME[@VERSION]", help="all versions unless @VERSION is given")
+    add(ds, "duplicates", cmd_dataset_duplicates, "find identical datasets and duplicate images")
+    p = add(ds, "stats", cmd_dataset_stats, "statistics of a dataset version (latest by default)")
+    p.add_argument("ref", metavar="NAME[@VERSION]")
 
     p = add(sub, "train", cmd_train, "train a model on a dataset version")
     p.add_argument("--dataset", default=None, help="dataset name (required unless --schema)")
@@ -575,6 +672,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("device", help="device id (or a unique prefix) from outpost devices list")
     p.add_argument("--code", required=True, help="the 6-digit one-time code")
     p.add_argument("--interface", action="append", default=None)
+    p = add(
+        dev,
+        "forget",
+        cmd_devices_forget,
+        "unpin a device here and ask it to drop this desktop's key (pair again later)",
+    )
+    p.add_argument("device", help="device id (or a unique prefix) from outpost devices list")
 
     p = add(sub, "deploy", cmd_deploy, "install an export's package on a device")
     p.add_argument("export", help="export id or 'latest'")

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, NoReturn
 
 from device_agent import PROTOCOL_VERSION, __version__
 from device_agent.identity import load_or_create_identity
-from device_agent.pairing import CODE_TTL_S, issue_code
+from device_agent.pairing import CODE_TTL_S, Pairing, issue_code
 from device_agent.paths import default_data_dir
 from runtimes.errors import OutpostError
 
@@ -94,6 +94,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pair.add_argument("--data-dir", type=Path, help=f"state folder (default {default_data_dir()})")
     pair.add_argument("--json", action="store_true", help="print code, id and expiry as JSON")
+    unpair = sub.add_parser(
+        "unpair",
+        help="revoke paired desktops (a running agent stops trusting them at once); "
+        "without --all or --key, list them",
+    )
+    unpair.add_argument(
+        "--data-dir", type=Path, help=f"state folder (default {default_data_dir()})"
+    )
+    which = unpair.add_mutually_exclusive_group()
+    which.add_argument("--all", action="store_true", help="revoke every paired desktop")
+    which.add_argument(
+        "--key",
+        action="append",
+        metavar="FINGERPRINT",
+        help="revoke the desktop with this key fingerprint (or a unique prefix; repeatable)",
+    )
+    unpair.add_argument("--json", action="store_true", help="print the desktops as JSON")
     return parser
 
 
@@ -108,6 +125,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _serve(args)
         if args.command == "pair":
             return _pair(args)
+        if args.command == "unpair":
+            return _unpair(args)
         return _info(args)
     except OutpostError as exc:
         print(f"outpost-agent: {exc}", file=sys.stderr, flush=True)
@@ -148,6 +167,38 @@ def _pair(args: argparse.Namespace) -> int:
     print(f"agent:        {identity.name} {identity.agent_id}")
     print(f"fingerprint:  {identity.key.fingerprint}")
     print(f"on the desktop run: outpost devices pair {identity.agent_id} --code {issued.code}")
+    return 0
+
+
+def _unpair(args: argparse.Namespace) -> int:
+    """Rewrite ``paired.json`` without the chosen desktops (atomically)."""
+    pairing = Pairing(args.data_dir or default_data_dir())
+    if args.all:
+        desktops, verb = pairing.remove_all(), "revoked"
+    elif args.key:
+        desktops, verb = pairing.remove(args.key), "revoked"
+    else:
+        desktops, verb = list(pairing.desktops.values()), "paired"
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    verb: [
+                        {k: v for k, v in d.to_json().items() if k != "public_key"}
+                        for d in desktops
+                    ]
+                }
+            )
+        )
+        return 0
+    if not desktops:
+        print(
+            "no desktop is paired"
+            if verb == "paired"
+            else "no desktop was paired; nothing to revoke"
+        )
+    for d in desktops:
+        print(f"{verb}: {d.fingerprint}  {d.name}  (paired {d.paired_at})")
     return 0
 
 

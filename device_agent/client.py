@@ -184,6 +184,18 @@ class AgentClient:
     def stats(self) -> dict[str, Any]:
         return self._request("GET", "/v1/stats")
 
+    def ready(self) -> dict[str, Any]:
+        """Readiness; a not-ready agent raises :class:`AgentRejectedError` (503, with why)."""
+        return self._request("GET", "/v1/ready")
+
+    def metrics(self) -> str:
+        """Usage in the Prometheus text exposition format."""
+        return self._send("GET", "/v1/metrics").text
+
+    def unpair(self) -> dict[str, Any]:
+        """Ask the agent to forget this desktop's key (it must pair again to be trusted)."""
+        return self._request("DELETE", "/v1/pair")
+
     def pair(self, code: str, name: str = "desktop") -> dict[str, Any]:
         """Pair this client's key with the agent using the code ``outpost-agent pair`` showed."""
         key = self.auth.key
@@ -252,6 +264,22 @@ class AgentClient:
     def _request(
         self, method: str, path: str, *, timeout: float | None = None, **kwargs: Any
     ) -> dict[str, Any]:
+        response = self._send(method, path, timeout=timeout, **kwargs)
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            raise AgentRejectedError(
+                response.status_code,
+                f"{self.base_url + path} did not answer with a JSON object; is this an outpost-agent?",
+            )
+        return body
+
+    def _send(
+        self, method: str, path: str, *, timeout: float | None = None, **kwargs: Any
+    ) -> httpx.Response:
+        """One request; transport failures and error statuses raise typed errors."""
         url = self.base_url + path
         try:
             response = self._http.request(method, path, timeout=timeout or self.timeout, **kwargs)
@@ -269,12 +297,7 @@ class AgentClient:
             raise AgentRejectedError(
                 response.status_code, one_line(message or response.text or response.reason_phrase)
             )
-        if not isinstance(body, dict):
-            raise AgentRejectedError(
-                response.status_code,
-                f"{url} did not answer with a JSON object; is this an outpost-agent?",
-            )
-        return body
+        return response
 
 
 def pair_with_agent(

@@ -3,8 +3,9 @@
 Blocking work (installing a package, running a model) goes to the service's executors so
 the event loop keeps answering; one install runs at a time.
 
-Only ``GET /v1/info`` (reduced to id, version, protocol and keys) and ``POST /v1/pair`` answer
-a client that is not paired; every other request must be signed by a paired desktop
+Only ``GET /v1/info`` (reduced to id, version, protocol and keys), ``POST /v1/pair`` and
+``GET /v1/ready`` (reduced to its status: local supervisors probe it without a key) answer a
+client that is not paired; every other request must be signed by a paired desktop
 (:mod:`device_agent.auth`) or gets 401. Every response to a request with a nonce is signed.
 """
 
@@ -56,6 +57,7 @@ from device_agent.errors import (
 from device_agent.openapi import openapi_spec
 from device_agent.pairing import PairingError
 from device_agent.platform_info import runtimes_json
+from device_agent.stats import PROMETHEUS_CONTENT_TYPE, prometheus_text
 from runtimes.errors import ImageDecodeError, OutpostError, PackageError, RuntimeUnavailableError
 
 if TYPE_CHECKING:
@@ -71,8 +73,12 @@ PEER: contextvars.ContextVar[str | None] = contextvars.ContextVar("outpost_peer"
 SIGNED: contextvars.ContextVar[SignedHeaders | None] = contextvars.ContextVar(
     "outpost_signed", default=None
 )
-# Open to anyone: discovery info and the pairing exchange. Everything else needs a paired key.
-PUBLIC_ROUTES = frozenset({("GET", "/v1/info"), ("POST", "/v1/pair")})
+# Open to anyone: discovery info, the pairing exchange, and readiness (status only, for local
+# supervisors such as systemd or a container healthcheck, which hold no key). Everything else
+# needs a paired key.
+PUBLIC_ROUTES = frozenset({("GET", "/v1/info"), ("POST", "/v1/pair"), ("GET", "/v1/ready")})
+# An upload is stored, then staged and extracted: it needs about this many times its size free.
+DISK_FACTOR = 3
 # Routes whose (large) body is streamed: the handler checks the signed body hash itself.
 STREAMED_ROUTES = frozenset({("PUT", "/v1/packages")})
 
@@ -265,6 +271,77 @@ async def get_health(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok", "agent_id": service.identity.agent_id})
 
 
+async def get_ready(request: web.Request) -> web.Response:
+    """200 once the models are loaded and every active one loaded (or none is installed)."""
+    service = request.app[SERVICE_KEY]
+    if not service.loaded:
+        reason = "the agent is still loading its installed models"
+    elif service.store.not_loaded:
+        reason = "; ".join(
+            f"{name}: {why}" for name, why in sorted(service.store.not_loaded.items())
+        )
+        reason = f"active model(s) not loaded: {reason}"
+    else:
+        reason = ""
+    status = 503 if reason else 200
+    body: dict[str, Any] = {"status": "not ready" if reason else "ready"}
+    if PEER.get() is not None:  # a paired desktop also learns why
+        body["agent_id"] = service.identity.agent_id
+        body["models"] = [m.name for m in service.store.models()]
+        if reason:
+            body["error"] = one_line(reason, 1000)
+    return web.json_response(body, status=status)
+
+
+async def get_metrics(request: web.Request) -> web.Response:
+    service = request.app[SERVICE_KEY]
+    text = prometheus_text(service.stats, service.store.models())
+    return web.Response(
+        body=text.encode("utf-8"), headers={"Content-Type": PROMETHEUS_CONTENT_TYPE}
+    )
+
+
+async def delete_pair(request: web.Request) -> web.Response:
+    """Forget the desktop that signed this request (``outpost devices forget``)."""
+    service = request.app[SERVICE_KEY]
+    peer = PEER.get()
+    if peer is None:  # pragma: no cover - the auth middleware lets no unpaired client here
+        raise ApiError(401, _not_paired(service))
+    try:
+        dropped = service.pairing.remove([peer]) if peer in service.pairing.desktops else []
+    except OutpostError as exc:
+        raise ApiError(500, str(exc)) from None
+    for desktop in dropped:
+        log.info("unpaired desktop %s (%s)", desktop.name, desktop.fingerprint[:16])
+    return web.json_response(
+        {"agent_id": service.identity.agent_id, "unpaired": peer, "paired": False}
+    )
+
+
+def check_disk_space(service: AgentService, declared: int | None) -> None:
+    """507 when the data folder cannot hold an upload of ``declared`` bytes (stored, staged,
+    extracted: about :data:`DISK_FACTOR` times its size)."""
+    if declared is None:
+        return
+    needed = declared * DISK_FACTOR
+    try:
+        free = service.free_space(service.data_dir)
+    except OSError as exc:
+        log.warning("cannot measure free space in %s: %s", service.data_dir, exc)
+        return
+    if free < needed:
+        raise ApiError(
+            507,
+            f"not enough disk space on the device: a {_mib(declared)} package needs about "
+            f"{_mib(needed)} free in {service.data_dir}, only {_mib(free)} is free; "
+            "free some space (or roll back and remove old models) and retry",
+        )
+
+
+def _mib(size: int) -> str:
+    return f"{size / (1 << 20):.1f} MiB"
+
+
 def _discovery_info(service: AgentService) -> dict[str, Any]:
     key = service.identity.key
     return {
@@ -353,6 +430,7 @@ async def put_package(request: web.Request) -> web.Response:
     service = request.app[SERVICE_KEY]
     if request.content_length is not None and request.content_length > MAX_PACKAGE_BYTES:
         raise ApiError(413, f"the package is larger than {MAX_PACKAGE_BYTES} bytes; refusing it")
+    check_disk_space(service, request.content_length)
     path = await _receive_to_file(request, service.tmp_dir)
     try:
         async with service.install_lock:
@@ -432,8 +510,11 @@ def build_app(service: AgentService) -> web.Application:
     )
     app[SERVICE_KEY] = service
     app.router.add_get("/v1/health", get_health)
+    app.router.add_get("/v1/ready", get_ready)
+    app.router.add_get("/v1/metrics", get_metrics)
     app.router.add_get("/v1/info", get_info)
     app.router.add_post("/v1/pair", post_pair)
+    app.router.add_delete("/v1/pair", delete_pair)
     app.router.add_get("/v1/stats", get_stats)
     app.router.add_get("/v1/openapi.json", get_openapi)
     app.router.add_put("/v1/packages", put_package)

@@ -29,8 +29,8 @@ def openapi_spec() -> dict[str, Any]:
             "version": __version__,
             "x-protocol": PROTOCOL_VERSION,
             "x-auth": (
-                "Every route except GET /v1/info and POST /v1/pair answers 401 unless the request "
-                "is signed by a paired desktop key (X-Outpost-Key, -Timestamp, -Nonce, "
+                "Every route except GET /v1/info, POST /v1/pair and GET /v1/ready (status only "
+                "for an unpaired client) answers 401 unless the request is signed by a paired desktop key (X-Outpost-Key, -Timestamp, -Nonce, "
                 "-Content-SHA256, -Signature: Ed25519 over agent id, method, path with query, "
                 "content type, timestamp, nonce, body sha256). Responses to a request with "
                 "X-Outpost-Nonce carry X-Outpost-Agent-Key and X-Outpost-Signature."
@@ -38,6 +38,29 @@ def openapi_spec() -> dict[str, Any]:
         },
         "paths": {
             "/v1/health": {"get": _op("liveness")},
+            "/v1/ready": {
+                "get": _op(
+                    "readiness: 200 once every active model is loaded (or none is installed), "
+                    "else 503; open to unpaired clients (local supervisors), who get only "
+                    "'status'; a paired desktop also gets the reason in 'error'",
+                    errors=("503",),
+                )
+            },
+            "/v1/metrics": {
+                "get": {
+                    "summary": (
+                        "Prometheus text exposition (0.0.4): outpost_requests_total, "
+                        "outpost_errors_total, outpost_inference_latency_ms (summary, quantiles "
+                        "0.5/0.9/0.99) per model, and outpost_models_installed"
+                    ),
+                    "responses": {
+                        "200": {
+                            "description": "ok",
+                            "content": {"text/plain": {"schema": {"type": "string"}}},
+                        }
+                    },
+                }
+            },
             "/v1/info": {
                 "get": _op(
                     "agent id, version, protocol and public keys; for a paired desktop also "
@@ -65,14 +88,16 @@ def openapi_spec() -> dict[str, Any]:
                             }
                         },
                     },
-                )
+                ),
+                "delete": _op("forget the paired desktop that signs this request"),
             },
             "/v1/stats": {"get": _op("requests, errors and server-side latency per model")},
             "/v1/packages": {
                 "put": _op(
-                    "install a .outpost.zip (raw body); the previous version serves until it is ready",
+                    "install a .outpost.zip (raw body); the previous version serves until it is "
+                    "ready; 507 when the device lacks about 3x the package size in free disk",
                     ok="201",
-                    errors=("400", "413", "422"),
+                    errors=("400", "413", "422", "507"),
                     requestBody={
                         "required": True,
                         "content": {"application/zip": {}, "application/octet-stream": {}},

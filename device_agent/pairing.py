@@ -91,6 +91,7 @@ class Pairing:
         self.clock = clock
         self.wrong_codes = 0
         self.locked_until = 0.0
+        self._stamp: tuple[int, int] | None = None
         self.desktops: dict[str, PairedDesktop] = self._load()
 
     @property
@@ -101,7 +102,23 @@ class Pairing:
     def paired_path(self) -> Path:
         return self.data_dir / PAIRED_FILE
 
+    def _file_stamp(self) -> tuple[int, int] | None:
+        try:
+            st = self.paired_path.stat()
+        except OSError:
+            return None
+        return st.st_mtime_ns, st.st_size
+
+    def refresh(self) -> None:
+        """Re-read ``paired.json`` when it changed on disk (``outpost-agent unpair`` edits it
+        while the agent runs); a file that became unreadable keeps the last good list."""
+        if self._file_stamp() == self._stamp:
+            return
+        with contextlib.suppress(AgentError):
+            self.desktops = self._load()
+
     def _load(self) -> dict[str, PairedDesktop]:
+        self._stamp = self._file_stamp()
         try:
             data = json.loads(self.paired_path.read_text(encoding="utf-8"))
         except FileNotFoundError:
@@ -123,11 +140,14 @@ class Pairing:
 
     def _save(self) -> None:
         body = {"desktops": [d.to_json() for d in self.desktops.values()]}
+        self.paired_path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.paired_path, json.dumps(body, indent=2) + "\n")
         with contextlib.suppress(OSError):
             os.chmod(self.paired_path, 0o600)
+        self._stamp = self._file_stamp()
 
     def public_key(self, key_fingerprint: str) -> bytes | None:
+        self.refresh()
         desktop = self.desktops.get(key_fingerprint)
         return desktop.public_key if desktop else None
 
@@ -138,9 +158,48 @@ class Pairing:
             one_line(name, 128),
             datetime.now(timezone.utc).isoformat(timespec="seconds"),
         )
+        self.refresh()
         self.desktops[desktop.fingerprint] = desktop
         self._save()
         return desktop
+
+    def remove(self, key_fingerprints: list[str]) -> list[PairedDesktop]:
+        """Revoke these desktops (full fingerprints or unique prefixes); returns the revoked.
+
+        Raises:
+            AgentError: a fingerprint matches no paired desktop, or several.
+        """
+        self.refresh()
+        chosen: dict[str, PairedDesktop] = {}
+        for wanted in key_fingerprints:
+            wanted = wanted.strip().lower()
+            matches = [d for f, d in self.desktops.items() if wanted and f.startswith(wanted)]
+            if len(matches) != 1:
+                known = ", ".join(f[:16] for f in self.desktops) or "none"
+                what = "matches no" if not matches else "matches several"
+                raise AgentError(
+                    f"key {wanted!r} {what} paired desktop; paired: {known} "
+                    "(outpost-agent unpair without --key lists them)"
+                )
+            chosen[matches[0].fingerprint] = matches[0]
+        return self._drop(list(chosen))
+
+    def remove_all(self) -> list[PairedDesktop]:
+        self.refresh()
+        return self._drop(list(self.desktops))
+
+    def _drop(self, key_fingerprints: list[str]) -> list[PairedDesktop]:
+        dropped = [self.desktops.pop(f) for f in key_fingerprints if f in self.desktops]
+        if dropped:
+            try:
+                self._save()
+            except OSError as exc:
+                self.desktops = self._load()
+                raise AgentError(
+                    f"cannot write {self.paired_path}: {one_line(exc.strerror or exc)}; "
+                    "run as the user the agent runs as"
+                ) from None
+        return dropped
 
     def _read_code(self) -> dict[str, Any] | None:
         try:

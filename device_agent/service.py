@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -31,6 +32,10 @@ T = TypeVar("T")
 SHUTDOWN_TIMEOUT_S = 5.0
 
 
+def _disk_free(folder: Path) -> int:
+    return shutil.disk_usage(folder).free
+
+
 class AgentService:
     """One agent: identity, pairing, model store, usage stats, HTTP server and mDNS advertisement.
 
@@ -40,6 +45,8 @@ class AgentService:
         port: TCP port; 0 picks a free one (read it back from :attr:`port` after start).
         interfaces: IP addresses to advertise on; None advertises on every interface.
         advertise: False serves HTTP only (tests, or a device reached by address).
+        free_space: bytes free on the disk holding a folder (default ``shutil.disk_usage``);
+            uploads that would not fit are refused with 507.
     """
 
     def __init__(
@@ -51,6 +58,7 @@ class AgentService:
         *,
         advertise: bool = True,
         registry: BackendRegistry | None = None,
+        free_space: Callable[[Path], int] | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.host = host
@@ -68,6 +76,8 @@ class AgentService:
         self.tmp_dir = self.data_dir / "tmp"
         self.install_lock = asyncio.Lock()
         self.advertised = False
+        self.loaded = False  # installed models loaded (GET /v1/ready)
+        self.free_space: Callable[[Path], int] = free_space or _disk_free
         self.app = build_app(self)
         self._install_executor = ThreadPoolExecutor(1, thread_name_prefix="outpost-install")
         workers = max(2, min(8, os.cpu_count() or 2))
@@ -106,6 +116,7 @@ class AgentService:
                 with contextlib.suppress(OSError):
                     leftover.unlink()
         self.store.load()
+        self.loaded = True
 
     async def async_start(self) -> None:
         """Load installed models, bind the HTTP server, then advertise the real port."""

@@ -116,6 +116,9 @@ class ModelStore:
         self._warmup_runs = warmup_runs
         self._models: dict[str, InstalledModel] = {}
         self._models_lock = threading.Lock()
+        # Models whose active version did not load at start: name → reason (for GET /v1/ready).
+        # A later install or rollback of that model clears its entry.
+        self.not_loaded: dict[str, str] = {}
         self._install_lock = threading.Lock()
 
     # -- reading ---------------------------------------------------------------------
@@ -171,6 +174,7 @@ class ModelStore:
                 record = self._read_active(model_dir)
             except InstallError as exc:
                 problems.append(str(exc))
+                self.not_loaded[model_dir.name] = str(exc)
                 continue
             if record is None:
                 continue
@@ -191,7 +195,10 @@ class ModelStore:
                     problems.append(
                         f"{model_dir.name}: serving previous version {model.version} instead"
                     )
+                    self.not_loaded[model_dir.name] = problems[-2]
                 break
+            else:
+                self.not_loaded[model_dir.name] = problems[-1]
         for line in problems:
             log.warning("%s", line)
         return problems
@@ -220,7 +227,9 @@ class ModelStore:
                     reader.extract(staging)
                     self._write_install_record(staging, package_sha)
                     model = self._open(manifest.name, staging)
-                    return self._activate(model_dir, staging, model, package_sha)
+                    activated = self._activate(model_dir, staging, model, package_sha)
+                    self.not_loaded.pop(manifest.name, None)
+                    return activated
                 except OutpostError:
                     raise
                 except OSError as exc:
@@ -249,6 +258,7 @@ class ModelStore:
             model = replace(model, previous_version=current.version)
             with self._models_lock:
                 self._models[name] = model
+            self.not_loaded.pop(name, None)
             log.info("rolled %s back from %s to %s", name, current.version, model.version)
             return model
 

@@ -22,6 +22,12 @@ from sqlalchemy.orm import Session
 from desktop_app.core.dataset_analyze import analyze_dataset
 from desktop_app.core.dataset_export import export_dataset, load_version, split_ref
 from desktop_app.core.dataset_import import check_dataset_name, import_dataset, import_yolo
+from desktop_app.core.dataset_integrity import (
+    dataset_stats,
+    find_duplicates,
+    list_versions,
+    validate_dataset,
+)
 from desktop_app.core.dataset_sample import SampleSummary, write_sample_dataset
 from desktop_app.core.errors import DestinationNotEmptyError, InvalidArgumentError, NotFoundError
 from desktop_app.core.formats import FORMATS
@@ -38,16 +44,20 @@ __all__ = [
     "VersionInfo",
     "analyze_dataset",
     "check_dataset_name",
+    "dataset_stats",
     "dataset_summary",
     "export_dataset",
+    "find_duplicates",
     "get_version",
     "import_dataset",
     "import_yolo",
     "list_datasets",
+    "list_versions",
     "load_version",
     "materialize_yolo",
     "parse_version",
     "split_ref",
+    "validate_dataset",
     "write_sample_dataset",
 ]
 

@@ -156,6 +156,63 @@ def pair(ws: Any, device_id: str, code: str, interfaces: list[str] | None = None
     }
 
 
+FORGET_TIMEOUT_S = 5.0
+
+
+def forget(ws: Any, device_id: str) -> dict[str, Any]:
+    """Unpin a device and drop its pairing data here; ask the agent to drop this desktop's key.
+
+    The local forgetting happens whatever the agent says: an unreachable agent (or one that
+    no longer knows this desktop, or answers with another key) only adds a ``warning``. The
+    device stays known and can be paired again with ``outpost devices pair``.
+    """
+    dev = get_device(ws, device_id)
+    agent_key = pinned_key(dev)
+    was_paired = agent_key is not None
+    revoked = False
+    warning: str | None = None
+    if agent_key is not None:
+        client = AgentClient(
+            device_url(dev.host, dev.port),
+            FORGET_TIMEOUT_S,
+            key=desktop_key(ws),
+            agent_key=agent_key,
+        )
+        try:
+            client.unpair()
+            revoked = True
+        except AgentUnreachableError as exc:
+            warning = (
+                f"{exc}; forgotten here only: the device still trusts this desktop's key until "
+                "you run outpost-agent unpair on it"
+            )
+        except AgentRejectedError as exc:
+            if exc.status == 401 and "not paired" in exc.message:
+                revoked = True  # it no longer knows this desktop
+            else:
+                warning = (
+                    f"the agent refused to forget this desktop ({exc.message}); forgotten here "
+                    "only: run outpost-agent unpair on the device"
+                )
+        except OutpostError as exc:  # a fingerprint mismatch, an altered answer
+            warning = f"{exc}; forgotten here only: run outpost-agent unpair on the device"
+        finally:
+            client.close()
+    with ws.session() as s:
+        row = s.get(Device, dev.id)
+        if row is not None:
+            row.info = {
+                k: v for k, v in (row.info or {}).items() if k not in (PIN_KEY, "paired_at")
+            }
+    return {
+        "device": dev.id,
+        "name": dev.name,
+        "was_paired": was_paired,
+        "agent_revoked": revoked,
+        "warning": warning,
+    }
+
+
 def _client(ws: Any, dev: Device, agent_key: bytes) -> AgentClient:
     return AgentClient(device_url(dev.host, dev.port), key=desktop_key(ws), agent_key=agent_key)
 
@@ -202,6 +259,12 @@ def deploy(
     """Upload an export's package to a device; the deployment is recorded whatever the outcome."""
     exp = get_export(ws, export_ref)
     package = ws.resolve(exp.package_path) if exp.package_path else None
+    if exp.status == "failed_validation":
+        raise NotFoundError(
+            f"export {exp.id} failed parity validation "
+            f"({'; '.join((exp.details.get('validation') or {}).get('failures') or ['see outpost exports list --json'])}); "
+            "it is not deployed: re-export the run or use another format"
+        )
     if exp.status != "completed" or package is None or not package.exists():
         raise NotFoundError(
             f"export {exp.id} has no package to deploy (status {exp.status}); export the run again"

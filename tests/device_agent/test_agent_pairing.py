@@ -139,6 +139,11 @@ def test_every_route_answers_401_to_an_unpaired_client(agent: Any, package: Path
     ]
     routes = _route_paths(agent)
     assert len(routes) >= 8
+    covered = {(method, canonical) for method, canonical, _ in routes}
+    new_routes = {("GET", "/v1/ready"), ("GET", "/v1/metrics"), ("DELETE", "/v1/pair")}
+    assert new_routes <= covered
+    # the only routes open to strangers: discovery, the pairing exchange and readiness
+    assert PUBLIC_ROUTES == {("GET", "/v1/info"), ("POST", "/v1/pair"), ("GET", "/v1/ready")}
     for method, canonical, path in routes:
         for auth in strangers:
             response = httpx.request(
@@ -148,6 +153,11 @@ def test_every_route_answers_401_to_an_unpaired_client(agent: Any, package: Path
                 assert response.status_code == 200
                 assert set(response.json()) == DISCOVERY_KEYS  # no models, no runtimes
                 assert response.json()["paired"] is False
+            elif (method, canonical) == ("GET", "/v1/ready"):
+                # Open on purpose: local supervisors (systemd, container healthchecks) probe
+                # readiness without a key. A stranger learns the status and nothing else.
+                assert response.status_code == 200
+                assert response.json() == {"status": "ready"}
             elif (method, canonical) in PUBLIC_ROUTES:
                 assert response.status_code in (400, 403), (method, path, response.text)
             else:
