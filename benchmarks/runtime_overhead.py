@@ -14,17 +14,15 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
-
-import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from desktop_app.core.demo import LocalAgent  # noqa: E402
+from runtimes.latency import benchmark  # noqa: E402
 from runtimes.offline import apply_offline_env  # noqa: E402
 
 if TYPE_CHECKING:
@@ -38,17 +36,7 @@ def p50s(paths: dict[str, Callable[[], object]], runs: int, warmup: int = 5) -> 
     after each run, so interleaving sessions (or the agent's process) would time each path
     against the previous one's spinning threads on a 2-core machine.
     """
-    out = {}
-    for name, fn in paths.items():
-        for _ in range(warmup):
-            fn()
-        times = []
-        for _ in range(runs):
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-        out[name] = float(np.median(times))
-    return out
+    return {name: benchmark(fn, warmup=warmup, runs=runs)["p50"] for name, fn in paths.items()}
 
 
 def build_package(workdir: Path, imgsz: int) -> tuple[Path, Path]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import stat
 import tempfile
@@ -13,7 +12,7 @@ from pathlib import Path
 
 from desktop_app.core.dataset_records import safe_relative
 from desktop_app.core.errors import DatasetFormatError
-from runtimes.fileio import fsync_dir
+from runtimes.fileio import atomic_writer
 
 MAX_UNPACKED_BYTES = 64 << 30
 MAX_RATIO = 200  # a member that inflates more than this is treated as a zip bomb
@@ -74,19 +73,7 @@ def _extract(src: Path, dest: Path) -> None:
 
 def write_zip(folder: Path, out: Path) -> None:
     """Zip ``folder``'s contents to ``out`` via a temp name in the same folder, fsynced, renamed."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            with zipfile.ZipFile(fh, "w", zipfile.ZIP_DEFLATED) as zf:
-                for p in sorted(folder.rglob("*")):
-                    if p.is_file():
-                        zf.write(p, p.relative_to(folder).as_posix())
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, out)
-        fsync_dir(out.parent)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    with atomic_writer(out) as fh, zipfile.ZipFile(fh, "w", zipfile.ZIP_DEFLATED) as zf:
+        for p in sorted(folder.rglob("*")):
+            if p.is_file():
+                zf.write(p, p.relative_to(folder).as_posix())
