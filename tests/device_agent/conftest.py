@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from desktop_app.core.workspace import Workspace
 from device_agent.auth import KeyPair
 from device_agent.client import AgentClient, SignedAuth
 from device_agent.service import AgentService
@@ -99,3 +100,11 @@ def start_agent(tmp_path: Path) -> Iterator[Any]:
     finally:
         for running in reversed(started):
             running.stop()
+
+
+@pytest.fixture
+def ws(tmp_path: Path) -> Iterator[Workspace]:
+    """A fresh desktop workspace, for tests that drive an agent from the desktop side."""
+    workspace = Workspace.open(tmp_path / "ws")
+    yield workspace
+    workspace.close()

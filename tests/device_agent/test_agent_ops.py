@@ -7,10 +7,8 @@ import re
 import socket
 import stat
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -23,6 +21,7 @@ from device_agent.auth import KeyPair
 from device_agent.cli import main as agent_main
 from device_agent.client import AgentClient, AgentRejectedError
 from device_agent.pairing import PAIRED_FILE, Pairing, issue_code
+from tests.device_agent.desktop_helpers import record_device
 from tests.fakes import make_image_bytes
 
 # --- readiness ---------------------------------------------------------------------------
@@ -180,18 +179,8 @@ def test_delete_pair_forgets_the_signing_desktop_only(agent: Any) -> None:
 # --- forgetting on the desktop -----------------------------------------------------------
 
 
-@pytest.fixture
-def ws(tmp_path: Path) -> Iterator[Workspace]:
-    workspace = Workspace.open(tmp_path / "ws")
-    yield workspace
-    workspace.close()
-
-
 def _record_and_pair(ws: Workspace, agent: Any) -> str:
-    url = urlsplit(agent.url)
-    agent_id = str(agent.service.identity.agent_id)
-    with ws.session() as s:
-        s.add(Device(id=agent_id, name="bench", host=url.hostname, port=url.port, info={}))
+    agent_id = record_device(ws, agent)
     devices.pair(ws, agent_id, issue_code(agent.service.data_dir).code)
     return agent_id
 

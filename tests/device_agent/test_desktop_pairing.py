@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import stat
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
 
@@ -18,29 +16,14 @@ from desktop_app.core.workspace import Workspace
 from device_agent.auth import KeyPair, b64
 from device_agent.client import FingerprintMismatchError
 from device_agent.pairing import issue_code
+from tests.device_agent.desktop_helpers import record_device
 from tests.fakes import make_image_bytes
-
-
-@pytest.fixture
-def ws(tmp_path: Path) -> Iterator[Workspace]:
-    workspace = Workspace.open(tmp_path / "ws")
-    yield workspace
-    workspace.close()
-
-
-def _record(ws: Workspace, agent: Any) -> str:
-    """Record the agent as `outpost devices list` would (no mDNS in this test)."""
-    url = urlsplit(agent.url)
-    agent_id = str(agent.service.identity.agent_id)
-    with ws.session() as s:
-        s.add(Device(id=agent_id, name="bench", host=url.hostname, port=url.port, info={}))
-    return agent_id
 
 
 def test_pair_pins_the_agent_and_requests_are_authenticated(
     ws: Workspace, agent: Any, package: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    device_id = _record(ws, agent)
+    device_id = record_device(ws, agent)
     with pytest.raises(devices.DeviceError, match="is not paired"):
         devices.connect(ws, device_id)
 
@@ -68,7 +51,7 @@ def test_pair_pins_the_agent_and_requests_are_authenticated(
 def test_a_device_with_another_key_is_refused(
     ws: Workspace, agent: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    device_id = _record(ws, agent)
+    device_id = record_device(ws, agent)
     devices.pair(ws, device_id, issue_code(agent.service.data_dir).code)
     with ws.session() as s:
         row = s.get(Device, device_id)
@@ -83,7 +66,7 @@ def test_a_device_with_another_key_is_refused(
 def test_bad_code_and_unknown_device(
     ws: Workspace, agent: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    device_id = _record(ws, agent)
+    device_id = record_device(ws, agent)
     with pytest.raises(devices.DeviceError, match="must be 6 digits"):
         devices.pair(ws, device_id, "12ab")
     code = issue_code(agent.service.data_dir).code
