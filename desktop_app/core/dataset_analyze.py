@@ -49,7 +49,7 @@ def analyze_dataset(
         with opened_source(source) as folder:
             chosen = chosen or detect_format(folder)
             report["format"] = chosen.key
-            scanned = chosen.read(folder, progress)
+            scanned = chosen.read(folder, progress, None)
     except DatasetFormatError as exc:
         report["problems"].append(str(exc))
         return report

@@ -8,7 +8,18 @@ that one writer (:mod:`desktop_app.core.dataset_import`) stores. Exports go the 
 
 Annotations are stored in ``DatasetItem.boxes`` as ``[cls, cx, cy, w, h]`` (normalised),
 optionally followed by one dict of extras: ``{"polygons": [[x, y, ...], ...],
-"iscrowd": true, "difficult": true, "truncated": true}`` (polygon points normalised too).
+"keypoints": [x, y, v, ...], "rle": "<COCO compressed counts>", "iscrowd": true,
+"difficult": true, "truncated": true, "score": 0.87}`` (polygon and keypoint coordinates
+normalised too; ``v`` is the COCO visibility 0, 1 or 2; ``rle`` is a mask at the image's
+size; ``score`` marks a model's proposal awaiting review).
+
+Tasks: ``detect`` (boxes), ``segment`` (boxes with polygons), ``pose`` (boxes with
+keypoints), ``classify`` (one whole-image annotation ``[cls, 0.5, 0.5, 1, 1]`` per image).
+
+Readers report problems through a :class:`Problems` collector: in strict mode (the
+default) the first problem raises :class:`DatasetFormatError`; in lenient mode each is
+recorded, the offending annotation or image is skipped, and the list ends up in
+``ScannedDataset.problems`` (and, after an import, in the version's QA report).
 """
 
 from __future__ import annotations
@@ -26,6 +37,8 @@ from runtimes.errors import ImageDecodeError
 from runtimes.fileio import sha256_bytes
 from runtimes.preprocess import decode_image
 
+TASKS = ("detect", "segment", "pose", "classify")
+LABEL_STATUSES = ("labelled", "unlabelled", "needs_review")
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
 SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 Progress = Callable[[str, int, int], None]  # stage, done, total
@@ -43,9 +56,13 @@ class Annotation:
         w: Box width, 0..1.
         h: Box height, 0..1.
         polygons: Outline(s) as flat ``(x0, y0, x1, y1, ...)`` tuples, normalised.
-        iscrowd: COCO ``iscrowd=1`` (a crowd region; its RLE mask is not kept, only the box).
+        keypoints: Flat ``(x, y, v, ...)`` triplets, x and y normalised, v the COCO
+            visibility (0 not labelled, 1 occluded, 2 visible).
+        rle: A COCO compressed RLE mask at the image's size (crowd regions), or None.
+        iscrowd: COCO ``iscrowd=1`` (a crowd region).
         difficult: Pascal VOC ``difficult``.
         truncated: Pascal VOC ``truncated``.
+        score: A model's confidence when the annotation is a pre-labelling proposal.
     """
 
     cls: int
@@ -54,9 +71,12 @@ class Annotation:
     w: float
     h: float
     polygons: tuple[tuple[float, ...], ...] = ()
+    keypoints: tuple[float, ...] = ()
+    rle: str | None = None
     iscrowd: bool = False
     difficult: bool = False
     truncated: bool = False
+    score: float | None = None
 
     @classmethod
     def from_xyxy(
@@ -81,9 +101,15 @@ class Annotation:
         extra: dict[str, Any] = {}
         if self.polygons:
             extra["polygons"] = [list(p) for p in self.polygons]
+        if self.keypoints:
+            extra["keypoints"] = list(self.keypoints)
+        if self.rle is not None:
+            extra["rle"] = self.rle
         for key in ("iscrowd", "difficult", "truncated"):
             if getattr(self, key):
                 extra[key] = True
+        if self.score is not None:
+            extra["score"] = self.score
         if extra:
             row.append(extra)
         return row
@@ -99,10 +125,47 @@ class Annotation:
             float(row[3]),
             float(row[4]),
             polygons=tuple(tuple(float(v) for v in p) for p in extra.get("polygons", ())),
+            keypoints=tuple(float(v) for v in extra.get("keypoints", ())),
+            rle=extra.get("rle"),
             iscrowd=bool(extra.get("iscrowd", False)),
             difficult=bool(extra.get("difficult", False)),
             truncated=bool(extra.get("truncated", False)),
+            score=float(extra["score"]) if extra.get("score") is not None else None,
         )
+
+    @classmethod
+    def whole_image(cls, class_id: int) -> Annotation:
+        """The annotation a classification image carries: its class over the whole image."""
+        return cls(class_id, 0.5, 0.5, 1.0, 1.0)
+
+
+class Problems:
+    """Where readers report what is wrong with a source.
+
+    Strict (the default): :meth:`add` raises :class:`DatasetFormatError` at once, so an
+    import stops at the first problem. Lenient: :meth:`add` records the message and returns,
+    and the reader skips the annotation or image concerned.
+    """
+
+    def __init__(self, lenient: bool = False) -> None:
+        self.lenient = lenient
+        self.messages: list[str] = []
+
+    def add(self, message: str) -> None:
+        """Report one problem (a one-line message naming the file and what to do).
+
+        Raises:
+            DatasetFormatError: in strict mode, always.
+        """
+        if not self.lenient:
+            raise DatasetFormatError(message)
+        self.messages.append(message)
+
+    def add_error(self, exc: DatasetFormatError) -> None:
+        """Report a problem that was raised as an exception (re-raised in strict mode)."""
+        if not self.lenient:
+            raise exc
+        self.messages.append(str(exc))
 
 
 @dataclass(frozen=True)
@@ -115,6 +178,7 @@ class SourceImage:
     annotations: tuple[Annotation, ...]
     declared_size: tuple[int, int] | None = None  # (width, height) the annotation file states
     origin: Path | None = None  # the annotation file that declared the size (for messages)
+    labelled: bool = True  # False: the source has no labels for this image (not background)
 
 
 @dataclass(frozen=True)
@@ -129,17 +193,21 @@ class ScannedImage:
     width: int
     height: int
     boxes: tuple[Annotation, ...]
+    labelled: bool = True
 
 
 @dataclass(frozen=True)
 class ScannedDataset:
-    """A dataset on disk that passed every check, in the common form."""
+    """A dataset on disk that passed every check (or, lenient, what of it was valid)."""
 
     root: Path
     format: str
     class_names: tuple[str, ...]
     images: tuple[ScannedImage, ...]
     has_source_split: bool
+    task: str = "detect"
+    problems: tuple[str, ...] = ()
+    keypoint_shape: tuple[int, int] | None = None  # pose: (keypoints per object, 2 or 3)
 
 
 @dataclass(frozen=True)
@@ -152,6 +220,7 @@ class ExportItem:
     height: int
     split: str
     annotations: tuple[Annotation, ...]
+    label_status: str = "labelled"
 
 
 @dataclass(frozen=True)
@@ -163,6 +232,8 @@ class ExportDataset:
     content_hash: str
     class_names: tuple[str, ...]
     items: tuple[ExportItem, ...]
+    task: str = "detect"
+    keypoint_shape: tuple[int, int] | None = None
 
     @property
     def splits(self) -> list[str]:

@@ -83,15 +83,22 @@ def _largest_remainder(shares: list[float], total: int) -> list[int]:
     return floors
 
 
-def content_hash(
-    class_names: Sequence[str], items: Sequence[tuple[str, str, Sequence[Any], str]]
-) -> str:
+def content_hash(class_names: Sequence[str], items: Sequence[Sequence[Any]]) -> str:
     """sha256 over the class names and the sorted (file_name, image sha256, boxes, split) items.
 
     Boxes are ``[class, cx, cy, w, h]``; the JSON encoding is canonical, so the same content
-    always gives the same hash.
+    always gives the same hash. An item may carry a fifth element, its label status; it
+    counts only when it is not "labelled" (so an unlabelled image differs from a background
+    one, and hashes of fully labelled versions stay what they were).
     """
-    rows = sorted([fn, sha, [list(b) for b in boxes], split] for fn, sha, boxes, split in items)
+    rows = []
+    for item in items:
+        fn, sha, boxes, split = item[:4]
+        row: list[Any] = [fn, sha, [list(b) for b in boxes], split]
+        if len(item) > 4 and item[4] != "labelled":
+            row.append(item[4])
+        rows.append(row)
+    rows.sort()
     payload = {"class_names": list(class_names), "items": rows}
     blob = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return hashlib.sha256(blob.encode("ascii")).hexdigest()

@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     DateTime,
     Float,
     ForeignKey,
@@ -53,14 +54,23 @@ class Dataset(Base):
     task: Mapped[str] = mapped_column(String(32), default="detect")
     class_names: Mapped[list[Any]] = mapped_column(JSON, default=list)
     source_format: Mapped[str] = mapped_column(String(32))
+    # The dataset's own split setting (method, fractions, seed, manual assignments); None
+    # means the default. A training job's override wins over it.
+    split_settings: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     versions: Mapped[list[DatasetVersion]] = relationship(
         back_populates="dataset", order_by="DatasetVersion.number"
     )
 
 
 class DatasetVersion(Base):
-    """An immutable snapshot: items, split and class names, identified by a content hash."""
+    """An immutable snapshot: items, split and class names, identified by a content hash.
+
+    ``number`` 0 is the dataset's draft: the one mutable working copy that edits, class
+    changes and added images go to, made on first edit from the latest version. Snapshots
+    turn the draft into the next numbered version (or reuse one with the same content hash).
+    """
 
     __tablename__ = "dataset_versions"
     __table_args__ = (UniqueConstraint("dataset_id", "number"),)
@@ -74,8 +84,14 @@ class DatasetVersion(Base):
     split_method: Mapped[str] = mapped_column(String(32), default="auto")
     split_seed: Mapped[int] = mapped_column(Integer, default=42)
     val_fraction: Mapped[float] = mapped_column(Float, default=0.2)
+    test_fraction: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
     num_images: Mapped[int] = mapped_column(Integer, default=0)
     num_annotations: Mapped[int] = mapped_column(Integer, default=0)
+    # Problems a lenient import skipped (one line each); part of the version's QA report.
+    problems: Mapped[list[Any]] = mapped_column(JSON, default=list, server_default="[]")
+    # How it came to be: import | snapshot | training | restore | draft
+    origin: Mapped[str] = mapped_column(String(16), default="import", server_default="import")
+    message: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     dataset: Mapped[Dataset] = relationship(back_populates="versions")
     items: Mapped[list[DatasetItem]] = relationship(
@@ -84,7 +100,46 @@ class DatasetVersion(Base):
 
     @property
     def label(self) -> str:
-        return f"v{self.number}"
+        return "draft" if self.number == 0 else f"v{self.number}"
+
+    @property
+    def is_draft(self) -> bool:
+        return self.number == 0
+
+
+class DatasetTag(Base):
+    """A user's name for one version of a dataset ("stable"); moving a tag re-points it."""
+
+    __tablename__ = "dataset_tags"
+    __table_args__ = (UniqueConstraint("dataset_id", "tag"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    dataset_id: Mapped[int] = mapped_column(
+        ForeignKey("datasets.id", ondelete="CASCADE"), index=True
+    )
+    tag: Mapped[str] = mapped_column(String(64))
+    version_id: Mapped[int] = mapped_column(
+        ForeignKey("dataset_versions.id", ondelete="CASCADE"), index=True
+    )
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class AnnotationEdit(Base):
+    """One undoable change to a dataset's draft, with everything needed to revert it.
+
+    ``changes`` holds ``{"items": {item_id: {"before": [boxes, status], "after": [...]}},
+    "class_names": {"before": [...], "after": [...]}}`` (either key may be absent).
+    """
+
+    __tablename__ = "annotation_edits"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    dataset_id: Mapped[int] = mapped_column(
+        ForeignKey("datasets.id", ondelete="CASCADE"), index=True
+    )
+    op: Mapped[str] = mapped_column(String(32))
+    summary: Mapped[str] = mapped_column(Text)
+    changes: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    undone: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 class DatasetItem(Base):

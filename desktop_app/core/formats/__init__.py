@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from desktop_app.core.dataset_records import Progress, ScannedDataset
+from desktop_app.core.dataset_records import Problems, Progress, ScannedDataset
 from desktop_app.core.errors import DatasetFormatError, InvalidArgumentError
 from desktop_app.core.formats import coco, voc, yolo
 from desktop_app.core.formats.base import DatasetFormat, FormatCapabilities
@@ -57,12 +57,21 @@ def detect_format(path: Path) -> DatasetFormat:
     )
 
 
-def read_dataset(path: Path, fmt: str = "auto", progress: Progress | None = None) -> ScannedDataset:
+def read_dataset(
+    path: Path,
+    fmt: str = "auto",
+    progress: Progress | None = None,
+    *,
+    lenient: bool = False,
+) -> ScannedDataset:
     """Read and validate a dataset folder (or file) in format ``fmt`` ("auto" detects it).
+
+    ``lenient`` keeps what is valid and lists the rest in ``ScannedDataset.problems``;
+    otherwise the first problem raises.
 
     Raises:
         DatasetFormatError: the dataset is invalid (one line naming the file and problem).
         InvalidArgumentError: ``fmt`` is not a known format.
     """
     chosen = detect_format(path) if fmt == "auto" else get_format(fmt)
-    return chosen.read(Path(path), progress)
+    return chosen.read(Path(path), progress, Problems(lenient) if lenient else None)

@@ -6,9 +6,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from desktop_app.core.dataset_records import CopyImage, ExportDataset, Progress, ScannedDataset
+from desktop_app.core.dataset_records import (
+    CopyImage,
+    ExportDataset,
+    Problems,
+    Progress,
+    ScannedDataset,
+)
 
-Reader = Callable[[Path, "Progress | None"], ScannedDataset]
+# read(path, progress, problems): problems=None means strict (raise on the first problem).
+Reader = Callable[[Path, "Progress | None", "Problems | None"], ScannedDataset]
 Writer = Callable[[ExportDataset, Path, CopyImage], None]
 
 
@@ -16,10 +23,14 @@ Writer = Callable[[ExportDataset, Path, CopyImage], None]
 class FormatCapabilities:
     """What a format can hold beyond class boxes (an export drops what it cannot hold)."""
 
+    tasks: frozenset[str] = frozenset({"detect"})
     polygons: bool = False
+    keypoints: bool = False
+    rle: bool = False
     iscrowd: bool = False
     difficult: bool = False
     truncated: bool = False
+    unlabelled: bool = False  # can tell an unlabelled image from a background one
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from desktop_app.core.dataset_records import (
     CopyImage,
     ExportDataset,
     ExportItem,
+    Problems,
     Progress,
     ScannedDataset,
     SourceImage,
@@ -54,7 +55,9 @@ def detect(path: Path) -> bool:
     return bool(_candidates(path))
 
 
-def read(path: Path, progress: Progress | None = None) -> ScannedDataset:
+def read(
+    path: Path, progress: Progress | None = None, problems: Problems | None = None
+) -> ScannedDataset:
     """Validate COCO annotation file(s) and their images completely.
 
     Raises:

@@ -19,6 +19,7 @@ from desktop_app.core.dataset_records import (
     CopyImage,
     ExportDataset,
     ExportItem,
+    Problems,
     Progress,
     ScannedDataset,
     SourceImage,
@@ -41,7 +42,9 @@ def detect(path: Path) -> bool:
     return path.is_dir() and (path / ANNOTATIONS).is_dir()
 
 
-def read(path: Path, progress: Progress | None = None) -> ScannedDataset:
+def read(
+    path: Path, progress: Progress | None = None, problems: Problems | None = None
+) -> ScannedDataset:
     """Validate a VOC folder and its images completely.
 
     Raises:

@@ -14,6 +14,7 @@ from desktop_app.core.dataset_records import (
     Annotation,
     CopyImage,
     ExportDataset,
+    Problems,
     Progress,
     ScannedDataset,
 )
@@ -28,7 +29,9 @@ def detect(path: Path) -> bool:
     return (path / "images").is_dir() and (path / "labels").is_dir()
 
 
-def read(path: Path, progress: Progress | None = None) -> ScannedDataset:
+def read(
+    path: Path, progress: Progress | None = None, problems: Problems | None = None
+) -> ScannedDataset:
     return scan_yolo(path, progress)
 
 
