@@ -96,6 +96,33 @@ def cmd_workspace_backup(args: argparse.Namespace) -> Any:
 # --- datasets ----------------------------------------------------------------------------
 
 
+class _FormatChoices(Sequence[str]):
+    """``--format`` choices from the FORMATS table, loaded on first use (keeps --help fast)."""
+
+    def __init__(self, auto: bool) -> None:
+        self._auto = auto
+        self._keys: list[str] | None = None
+
+    def _load(self) -> list[str]:
+        if self._keys is None:
+            from desktop_app.core.formats import FORMATS
+
+            self._keys = (["auto"] if self._auto else []) + sorted(FORMATS)
+        return self._keys
+
+    def __contains__(self, value: object) -> bool:
+        return value in self._load()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._load())
+
+    def __len__(self) -> int:
+        return len(self._load())
+
+    def __getitem__(self, index: Any) -> Any:
+        return self._load()[index]
+
+
 def cmd_dataset_sample(args: argparse.Namespace) -> Any:
     from desktop_app.core.datasets import write_sample_dataset
 
@@ -115,8 +142,9 @@ def cmd_dataset_analyze(args: argparse.Namespace) -> Any:
         args.exit_code = 1
     if args.json:
         return report
+    task = f" ({report['task']})" if report["task"] else ""
     lines = [
-        f"{report['path']}: {report['format'] or 'unknown format'}, {report['images']} images, "
+        f"{report['path']}: {report['format'] or 'unknown format'}{task}, {report['images']} images, "
         f"{report['annotations']} annotations, {len(report['classes'])} classes",
     ]
     lines += [f"  {name:<20} {n}" for name, n in report["annotations_per_class"].items()]
@@ -124,6 +152,8 @@ def cmd_dataset_analyze(args: argparse.Namespace) -> Any:
         lines.append("  splits: " + ", ".join(f"{k}={v}" for k, v in report["splits"].items()))
     lines += [f"problem: {p}" for p in report["problems"]]
     lines += [f"warning: {w}" for w in report["warnings"]]
+    if len(report["problems"]) > 1:
+        lines.append(f"{len(report['problems'])} problems; `dataset import --lenient` skips them")
     return "\n".join(lines)
 
 
@@ -132,8 +162,49 @@ def cmd_dataset_import(args: argparse.Namespace) -> Any:
 
     ws = _open_ws(args)
     return import_dataset(
-        ws, args.path, args.name, args.format, val_fraction=args.val_fraction, seed=args.seed
+        ws,
+        args.path,
+        args.name,
+        args.format,
+        val_fraction=args.val_fraction,
+        seed=args.seed,
+        lenient=args.lenient,
     )
+
+
+def cmd_dataset_qa(args: argparse.Namespace) -> Any:
+    from desktop_app.core.datasets import qa_report, split_ref
+
+    name, version = split_ref(args.ref)
+    report = qa_report(
+        _open_ws(args),
+        name,
+        version,
+        tiny_px=args.tiny_px,
+        duplicate_iou=args.duplicate_iou,
+        deep=args.deep,
+    )
+    if not report["ok"]:
+        args.exit_code = 1
+    if args.json:
+        return report
+    lines = [
+        f"{report['dataset']}@{report['version']}: {report['images']} images, "
+        f"{report['annotations']} annotations; {report['errors']} errors, "
+        f"{report['warnings']} warnings, {report['infos']} notes"
+    ]
+    for f in report["findings"]:
+        lines.append(f"{f['severity']}: {f['count']} {f['title']}")
+        for ex in f["examples"][:5]:
+            where = ex["file_name"] or ""
+            if ex["annotation"] is not None:
+                where += f" #{ex['annotation']}"
+            lines.append(f"    {where + ': ' if where else ''}{ex['detail']}")
+        if f["count"] > 5:
+            lines.append(f"    ... and {f['count'] - 5} more (see --json)")
+    if not report["findings"]:
+        lines.append("no findings")
+    return "\n".join(lines)
 
 
 def cmd_dataset_export(args: argparse.Namespace) -> Any:
@@ -163,9 +234,23 @@ def cmd_dataset_versions(args: argparse.Namespace) -> Any:
     for r in rows:
         r["splits"] = "/".join(str(r["splits"].get(k, 0)) for k in ("train", "val", "test"))
         r["content_hash"] = r["content_hash"][:12]
+        r["tags"] = ",".join(r.get("tags") or [])
+        if r.get("draft"):
+            r["version"] = "draft*"
+            r["message"] = r.get("message") or "unsaved changes"
     return _table(
         rows,
-        ["version", "created_at", "images", "annotations", "splits", "content_hash"],
+        [
+            "version",
+            "created_at",
+            "images",
+            "annotations",
+            "splits",
+            "content_hash",
+            "origin",
+            "tags",
+            "message",
+        ],
     )
 
 
@@ -220,10 +305,481 @@ def cmd_dataset_stats(args: argparse.Namespace) -> Any:
         f"  box sizes: small={sizes['small']} medium={sizes['medium']} large={sizes['large']}",
         f"  on disk: {st['size_bytes']} bytes in {st['unique_images']} stored images",
     ]
+    status = st["label_status"]
+    lines.insert(
+        1,
+        f"  label status: labelled={status.get('labelled', 0)} "
+        f"unlabelled={status.get('unlabelled', 0)} needs_review={status.get('needs_review', 0)}"
+        f"  last change: {st['last_change']}",
+    )
     lines += [f"  {name:<20} {n}" for name, n in st["annotations_per_class"].items()]
+    hist = st["box_area_histogram"]
+    lines.append("  box area (share of the image):")
+    for lo, hi, n in zip(hist["edges"], hist["edges"][1:], hist["counts"], strict=False):
+        lines.append(f"    {lo:8.4%} - {hi:8.4%}  {n}")
     runs = ", ".join(r["id"] for r in st["training_runs"]) or "none"
     lines.append(f"  training runs: {runs}")
+    used = st["versions_used_by_runs"]
+    if used:
+        lines.append(
+            "  runs per version: " + "; ".join(f"{v}: {', '.join(ids)}" for v, ids in used.items())
+        )
     return "\n".join(lines)
+
+
+# --- dataset versions, tags, diffs, restores and splits ------------------------------------
+
+
+def cmd_dataset_snapshot(args: argparse.Namespace) -> Any:
+    from desktop_app.core.datasets import snapshot
+
+    r = snapshot(_open_ws(args), args.name, message=args.message)
+    if args.json:
+        return r
+    if r["created"]:
+        return f"{r['dataset']}@{r['version']} created from the draft: {r['images']} images, {r['annotations']} annotations"
+    return f"{r['dataset']}@{r['version']} reused: the draft has not changed since that version"
+
+
+def cmd_dataset_tag(args: argparse.Namespace) -> Any:
+    from desktop_app.core.datasets import split_ref, tag_version
+
+    name, version = split_ref(args.ref)
+    if version is None:
+        raise OutpostError(f"name the version to tag: {args.ref}@v2")
+    r = tag_version(_open_ws(args), name, version, args.tag)
+    if args.json:
+        return r
+    moved = f" (moved from {r['moved_from']})" if r["moved_from"] else ""
+    return f"{r['dataset']}@{r['tag']} -> {r['version']}{moved}"
+
+
+def cmd_dataset_untag(args: argparse.Namespace) -> Any:
+    from desktop_app.core.datasets import untag
+
+    r = untag(_open_ws(args), args.name, args.tag)
+    return r if args.json else f"removed tag {r['tag']} (was {r['dataset']}@{r['version']})"
+
+
+def cmd_dataset_diff(args: argparse.Namespace) -> Any:
+    from desktop_app.core.datasets import diff_versions
+
+    d = diff_versions(_open_ws(args), args.name, args.a, args.b)
+    if args.json:
+        return d
+    img, ann, spl = d["images"], d["annotations"], d["splits"]
+    lines = [
+        f"{d['dataset']}: {d['a']} -> {d['b']}" + ("  (identical)" if d["identical"] else ""),
+        f"  images: +{img['added']} -{img['removed']} ~{img['changed']} (new image data)",
+        f"  annotations: +{ann['added']} -{ann['removed']} ~{ann['changed']} "
+        f"in {ann['images']} images",
+        f"  split moves: {spl['moved']}  ({d['a']} "
+        + "/".join(str(spl["a"][k]) for k in ("train", "val", "test"))
+        + f", {d['b']} "
+        + "/".join(str(spl["b"][k]) for k in ("train", "val", "test"))
+        + " train/val/test)",
+        f"  label status changes: {d['label_status']['changed']}",
+    ]
+    if d["classes"]["added"] or d["classes"]["removed"]:
+        lines.append(
+            f"  classes: +{', '.join(d['classes']['added']) or '-'} "
+            f"-{', '.join(d['classes']['removed']) or '-'}"
+        )
+    for cls, c in d["class_counts"].items():
+        if c["delta"]:
+            lines.append(f"  {cls:<20} {c['a']} -> {c['b']} ({c['delta']:+d})")
+    for kind in ("added", "removed", "changed"):
+        for fn in img["examples"][kind]:
+            lines.append(f"  image {kind}: {fn}")
+    for e in ann["examples"]:
+        lines.append(
+            f"  {e['file_name']}: +{e['added']} -{e['removed']} ~{e['changed']} annotations"
+        )
+    for m in spl["examples"]:
+        lines.append(f"  {m['file_name']}: {m['from']} -> {m['to']}")
+    return "\n".join(lines)
+
+
+def cmd_dataset_restore(args: argparse.Namespace) -> Any:
+    from desktop_app.core.datasets import restore_version, split_ref
+
+    name, version = split_ref(args.ref)
+    if version is None:
+        raise OutpostError(f"name the version to restore: {args.ref}@v1")
+    r = restore_version(_open_ws(args), name, version)
+    if args.json:
+        return r
+    saved = f"; the previous draft was saved as {r['auto_saved']}" if r["auto_saved"] else ""
+    return (
+        f"the draft of {r['dataset']} is now a copy of {r['restored']} "
+        f"({r['draft']['images']} images){saved}; edit history cleared"
+    )
+
+
+def _split_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """The split setting the flags of ``dataset split`` ask for (only the keys given)."""
+    out: dict[str, Any] = {}
+    for key, value in (
+        ("method", args.method),
+        ("val", args.val),
+        ("test", args.test),
+        ("seed", args.seed),
+    ):
+        if value is not None:
+            out[key] = value
+    assignments: dict[str, str] = {}
+    if args.assignments is not None:
+        try:
+            loaded = json.loads(Path(args.assignments).read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise OutpostError(
+                f"cannot read split assignments from {args.assignments}: {exc}; "
+                'write a JSON object such as {"img_001.jpg": "val"}'
+            ) from None
+        if not isinstance(loaded, dict):
+            raise OutpostError(
+                f"{args.assignments} must hold a JSON object mapping file names to splits"
+            )
+        assignments.update({str(k): str(v) for k, v in loaded.items()})
+    for item in args.assign or []:
+        file_name, sep, split = item.rpartition("=")
+        if not sep or not file_name:
+            raise OutpostError(f"--assign expects FILE=SPLIT, got {item!r}")
+        assignments[file_name] = split
+    if assignments:
+        out["assignments"] = assignments
+    return out
+
+
+def cmd_dataset_split(args: argparse.Namespace) -> Any:
+    from desktop_app.core.datasets import set_split, split_settings
+
+    ws = _open_ws(args)
+    current = split_settings(ws, args.name)
+    if args.show:
+        r = current
+    else:
+        settings = {**current["settings"], **_split_flags(args)}
+        if settings["method"] == "auto":
+            settings["assignments"] = {}
+        r = {**set_split(ws, args.name, settings), "level": "dataset"}
+    if args.json:
+        return r
+    st = r["settings"]
+    counts = "/".join(str(r["splits"][k]) for k in ("train", "val", "test"))
+    lines = [
+        f"{r['dataset']}@{r['version']}: {counts} train/val/test"
+        + (f", {r['moved']} images moved" if "moved" in r else f" (split: {r['split_method']})"),
+        f"  setting ({r['level']}): method={st['method']} val={st['val']} test={st['test']} "
+        f"seed={st['seed']} assignments={len(st['assignments'])}",
+    ]
+    return "\n".join(lines)
+
+
+def _add_version_parsers(ds: Any, add: Callable[..., argparse.ArgumentParser]) -> None:
+    p = add(ds, "snapshot", cmd_dataset_snapshot, "save the draft as the next version")
+    p.add_argument("name")
+    p.add_argument("-m", "--message", default=None, help="what changed")
+    p = add(ds, "tag", cmd_dataset_tag, "name a version (moves the tag if it exists)")
+    p.add_argument("ref", metavar="NAME@VERSION")
+    p.add_argument("tag", help="letters, digits, '.', '_' or '-' (e.g. stable)")
+    p = add(ds, "untag", cmd_dataset_untag, "remove a tag")
+    p.add_argument("name")
+    p.add_argument("tag")
+    p = add(ds, "diff", cmd_dataset_diff, "what changed between two versions (A to B)")
+    p.add_argument("name")
+    p.add_argument("a", metavar="A", help="v1, a tag, or draft")
+    p.add_argument("b", metavar="B", nargs="?", default="draft", help="default: draft")
+    p = add(ds, "restore", cmd_dataset_restore, "make the draft a copy of a version")
+    p.add_argument("ref", metavar="NAME@VERSION")
+    p = add(ds, "split", cmd_dataset_split, "set the dataset's split and apply it to the draft")
+    p.add_argument("name")
+    p.add_argument("--method", choices=("auto", "manual", "partial"), default=None)
+    p.add_argument("--val", type=float, default=None, help="val fraction (default 0.2)")
+    p.add_argument("--test", type=float, default=None, help="test fraction (default 0)")
+    p.add_argument("--seed", type=int, default=None, help="seed of the draw (default 42)")
+    p.add_argument(
+        "--assign", action="append", metavar="FILE=SPLIT", help="one image's split (repeatable)"
+    )
+    p.add_argument(
+        "--assignments", type=Path, default=None, help='JSON file {"file_name": "val", ...}'
+    )
+    p.add_argument("--show", action="store_true", help="show the setting and split; change nothing")
+
+
+# --- dataset editing, classes and pre-labelling -------------------------------------------
+
+
+def _item_text(item: dict[str, Any]) -> str:
+    head = (
+        f"{item['file_name']}  {item['width']}x{item['height']}  {item['split']}  "
+        f"{item['label_status']}  {len(item['annotations'])} annotations"
+    )
+    lines = [head]
+    for a in item["annotations"]:
+        box = " ".join(f"{v:.1f}" for v in a["xyxy"])
+        score = f"  score {a['score']:.3f}" if a["score"] is not None else ""
+        lines.append(f"  [{a['index']}] {a['class_name']:<16} {box}{score}")
+    return "\n".join(lines)
+
+
+def _edit_entry_text(verb: str, entry: dict[str, Any]) -> str:
+    return f"{verb}: {entry['summary']}"
+
+
+def cmd_dataset_items(args: argparse.Namespace) -> Any:
+    from desktop_app.core.datasets import list_items, split_ref
+
+    name, version = split_ref(args.ref)
+    items = list_items(
+        _open_ws(args),
+        name,
+        version,
+        status=args.status,
+        class_name=args.class_name,
+        split=args.split,
+        offset=args.offset,
+        limit=args.limit,
+    )
+    if args.json:
+        return items
+    rows = [
+        {
+            "file_name": i["file_name"],
+            "size": f"{i['width']}x{i['height']}",
+            "split": i["split"],
+            "status": i["label_status"],
+            "annotations": len(i["annotations"]),
+        }
+        for i in items
+    ]
+    return _table(rows, ["file_name", "size", "split", "status", "annotations"])
+
+
+def cmd_dataset_label(args: argparse.Namespace) -> Any:
+    from desktop_app.core import datasets as d
+
+    ws, name, fn = _open_ws(args), args.name, args.file
+    if args.add:
+        cls, *coords = args.add
+        item = d.add_box(ws, name, fn, cls, [_number(v, "--add") for v in coords])
+    elif args.delete is not None:
+        item = d.delete_annotation(ws, name, fn, args.delete)
+    elif args.move:
+        index, dx, dy = args.move
+        item = d.move_box(
+            ws, name, fn, _index(index, "--move"), _number(dx, "--move"), _number(dy, "--move")
+        )
+    elif args.resize:
+        index, *coords = args.resize
+        item = d.update_box(
+            ws, name, fn, _index(index, "--resize"), [_number(v, "--resize") for v in coords]
+        )
+    elif args.set_class:
+        index, cls = args.set_class
+        item = d.set_annotation_class(ws, name, fn, _index(index, "--set-class"), cls)
+    elif args.image_class:
+        item = d.set_image_class(ws, name, fn, args.image_class)
+    else:
+        item = d.set_label_status(ws, name, [fn], args.status)[0]
+    return item if args.json else _item_text(item)
+
+
+def _number(text: str, flag: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise OutpostError(f"{flag} expects numbers, got {text!r}") from None
+
+
+def _index(text: str, flag: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise OutpostError(f"{flag} expects an annotation index first, got {text!r}") from None
+
+
+def cmd_dataset_undo(args: argparse.Namespace) -> Any:
+    from desktop_app.core.datasets import undo
+
+    entry = undo(_open_ws(args), args.name)
+    return entry if args.json else _edit_entry_text("undone", entry)
+
+
+def cmd_dataset_redo(args: argparse.Namespace) -> Any:
+    from desktop_app.core.datasets import redo
+
+    entry = redo(_open_ws(args), args.name)
+    return entry if args.json else _edit_entry_text("redone", entry)
+
+
+def cmd_dataset_history(args: argparse.Namespace) -> Any:
+    from desktop_app.core.datasets import history
+
+    entries = history(_open_ws(args), args.name, limit=args.limit)
+    if args.json:
+        return entries
+    rows = [dict(e, state="undone" if e["undone"] else "") for e in entries]
+    return _table(rows, ["id", "created_at", "op", "summary", "state"])
+
+
+def cmd_dataset_classes(args: argparse.Namespace) -> Any:
+    from desktop_app.core import datasets as d
+
+    ws, name, names = _open_ws(args), args.name, args.names
+    wanted = {None: 0, "add": 1, "rename": 2, "merge": None, "delete": 1}[args.action]
+    if (wanted is not None and len(names) != wanted) or (args.action == "merge" and not names):
+        usage = {
+            None: "classes NAME",
+            "add": "classes NAME add CLASS",
+            "rename": "classes NAME rename OLD NEW",
+            "merge": "classes NAME merge A [B ...] --into C",
+            "delete": "classes NAME delete CLASS [--remap-to OTHER]",
+        }[args.action]
+        raise OutpostError(f"usage: outpost dataset {usage}")
+    if args.action != "merge" and args.into is not None:
+        raise OutpostError("--into belongs to `classes NAME merge A B --into C`")
+    if args.action != "delete" and args.remap_to is not None:
+        raise OutpostError("--remap-to belongs to `classes NAME delete CLASS --remap-to OTHER`")
+    if args.action is None:
+        classes = d.list_classes(ws, name)
+    elif args.action == "add":
+        classes = d.add_class(ws, name, names[0])
+    elif args.action == "rename":
+        classes = d.rename_class(ws, name, names[0], names[1])
+    elif args.action == "merge":
+        if args.into is None:
+            raise OutpostError("name the class to merge into with --into C")
+        classes = d.merge_classes(ws, name, names, args.into)
+    else:
+        classes = d.delete_class(ws, name, names[0], remap_to=args.remap_to)
+    return classes if args.json else _table(classes, ["id", "name", "annotations", "images"])
+
+
+def cmd_dataset_add_images(args: argparse.Namespace) -> Any:
+    from desktop_app.core.datasets import add_images
+
+    out = add_images(_open_ws(args), args.name, args.paths, split=args.split)
+    if args.json:
+        return out
+    lines = [f"added {out['added']} unlabelled images to {out['dataset']} (draft)"]
+    lines += [
+        f"  {d['file_name']} has the same content as {d['same_as']}" for d in out["duplicates"]
+    ]
+    return "\n".join(lines)
+
+
+def cmd_dataset_prelabel(args: argparse.Namespace) -> Any:
+    from desktop_app.core.datasets import prelabel
+
+    out = prelabel(
+        _open_ws(args),
+        args.name,
+        export_id=args.export,
+        package=args.package,
+        conf=args.conf,
+        iou=args.iou,
+        only_status=args.status or ("unlabelled",),
+        limit=args.limit,
+        add_missing_classes=args.add_missing_classes,
+        progress=None if args.json else lambda _stage, i, n: _say(args, f"  {i}/{n}"),
+    )
+    if args.json:
+        return out
+    lines = [
+        f"{out['images']} images pre-labelled: {out['proposals']} proposals, "
+        f"{out['empty_images']} images without any; now needs_review"
+    ]
+    lines += [
+        f"  skipped {n} detections of model class {c!r}" for c, n in out["skipped_classes"].items()
+    ]
+    if out["added_classes"]:
+        lines.append(f"  added classes: {', '.join(out['added_classes'])}")
+    return "\n".join(lines)
+
+
+def cmd_dataset_review(args: argparse.Namespace) -> Any:
+    from desktop_app.core.datasets import accept_all, review
+
+    ws = _open_ws(args)
+    if args.accept_all:
+        out = accept_all(ws, args.name, min_score=args.min_score)
+        if args.json:
+            return out
+        return f"accepted {out['accepted']} images; {out['left']} still need review"
+    if args.min_score != 0.0:
+        raise OutpostError("--min-score goes with --accept-all")
+    item = review(ws, args.name, args.accept or args.reject, accept=args.accept is not None)
+    return item if args.json else _item_text(item)
+
+
+def _add_edit_parsers(ds: Any, add: Callable[..., argparse.ArgumentParser]) -> None:
+    """The `dataset` subcommands that read and edit a dataset's draft."""
+    statuses = ["labelled", "unlabelled", "needs_review"]
+    p = add(ds, "items", cmd_dataset_items, "list the images of a version (the draft by default)")
+    p.add_argument("ref", metavar="NAME[@VERSION]", help="@draft (default) or @v2")
+    p.add_argument("--status", choices=statuses, default=None)
+    p.add_argument("--class", dest="class_name", default=None, help="images with this class")
+    p.add_argument("--split", choices=["train", "val", "test"], default=None)
+    p.add_argument("--offset", type=int, default=0)
+    p.add_argument("--limit", type=int, default=None)
+
+    p = add(ds, "label", cmd_dataset_label, "edit one image's annotations in the draft")
+    p.add_argument("name")
+    p.add_argument("file", help="the image's file name (see `dataset items`)")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--add", nargs=5, metavar=("CLASS", "X0", "Y0", "X1", "Y1"), help="add a box")
+    g.add_argument("--delete", type=int, metavar="INDEX", help="delete annotation INDEX")
+    g.add_argument("--move", nargs=3, metavar=("INDEX", "DX", "DY"), help="shift a box (pixels)")
+    g.add_argument(
+        "--resize", nargs=5, metavar=("INDEX", "X0", "Y0", "X1", "Y1"), help="new box corners"
+    )
+    g.add_argument("--set-class", nargs=2, metavar=("INDEX", "CLASS"), help="change a class")
+    g.add_argument("--image-class", metavar="CLASS", help="classification: the image's class")
+    g.add_argument("--status", choices=statuses, help="set the image's label status")
+
+    for cmd, handler, text in (
+        ("undo", cmd_dataset_undo, "undo the latest edit of the dataset's draft"),
+        ("redo", cmd_dataset_redo, "redo the edit undone last"),
+    ):
+        p = add(ds, cmd, handler, text)
+        p.add_argument("name")
+    p = add(ds, "history", cmd_dataset_history, "the draft's edit history, newest first")
+    p.add_argument("name")
+    p.add_argument("--limit", type=int, default=50)
+
+    p = add(ds, "classes", cmd_dataset_classes, "list, add, rename, merge or delete classes")
+    p.add_argument("name")
+    p.add_argument("action", nargs="?", choices=["add", "rename", "merge", "delete"])
+    p.add_argument("names", nargs="*", metavar="CLASS")
+    p.add_argument("--into", default=None, help="merge: the class the others become")
+    p.add_argument("--remap-to", default=None, help="delete: move its annotations to this class")
+
+    p = add(ds, "add-images", cmd_dataset_add_images, "add unlabelled images to the draft")
+    p.add_argument("name")
+    p.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="a folder or image files")
+    p.add_argument("--split", choices=["train", "val", "test"], default=None)
+
+    p = add(ds, "prelabel", cmd_dataset_prelabel, "propose boxes with an exported model")
+    p.add_argument("name")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--export", default=None, metavar="ID", help="an export id, or latest")
+    g.add_argument("--package", type=Path, default=None, help="a .outpost.zip or package folder")
+    p.add_argument("--conf", type=float, default=0.25)
+    p.add_argument("--iou", type=float, default=0.7)
+    p.add_argument("--limit", type=int, default=None, help="at most this many images")
+    p.add_argument(
+        "--status", action="append", choices=statuses, help="images to predict (unlabelled)"
+    )
+    p.add_argument("--add-missing-classes", action="store_true")
+
+    p = add(ds, "review", cmd_dataset_review, "accept or reject pre-labelling proposals")
+    p.add_argument("name")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--accept-all", action="store_true", help="every image whose proposals pass")
+    g.add_argument("--accept", metavar="FILE", help="accept one image's proposals")
+    g.add_argument("--reject", metavar="FILE", help="reject one image's proposals")
+    p.add_argument("--min-score", type=float, default=0.0, help="with --accept-all")
 
 
 # --- training ----------------------------------------------------------------------------
@@ -244,6 +800,7 @@ def _parse_sets(items: list[str] | None) -> dict[str, Any]:
 
 
 def cmd_train(args: argparse.Namespace) -> Any:
+    from desktop_app.core.dataset_split import parse_split_arg
     from desktop_app.core.training import TrainOptions, run_training
 
     if args.schema:
@@ -268,6 +825,7 @@ def cmd_train(args: argparse.Namespace) -> Any:
         workers=args.workers,
         seed=args.seed,
         extra=_parse_sets(args.set),
+        split=parse_split_arg(args.split) if args.split else None,
     )
 
     def progress(event: dict[str, Any]) -> None:
@@ -556,18 +1114,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--count", type=int, default=64)
     p = add(ds, "import", cmd_dataset_import, "validate a dataset and store it as version v1")
     p.add_argument("path", type=Path)
-    p.add_argument("--format", default="auto", choices=["auto", "yolo", "coco", "voc"])
+    p.add_argument(
+        "--format",
+        default="auto",
+        choices=_FormatChoices(auto=True),
+        metavar="FORMAT",
+        help="%(choices)s (default: auto)",
+    )
     p.add_argument("--name", required=True)
     p.add_argument("--val-fraction", type=float, default=0.2)
     p.add_argument("--seed", type=int, default=42)
+    p.add_argument(
+        "--lenient",
+        action="store_true",
+        help="skip invalid annotations and images (listed in the result and the QA report)",
+    )
     p = add(
         ds, "analyze", cmd_dataset_analyze, "detect a dataset's format and report it (no writes)"
     )
     p.add_argument("path", type=Path)
-    p.add_argument("--format", default="auto", choices=["auto", "yolo", "coco", "voc"])
+    p.add_argument(
+        "--format",
+        default="auto",
+        choices=_FormatChoices(auto=True),
+        metavar="FORMAT",
+        help="%(choices)s (default: auto)",
+    )
     p = add(ds, "export", cmd_dataset_export, "write a dataset version as yolo, coco or voc")
     p.add_argument("ref", metavar="NAME[@VERSION]")
-    p.add_argument("--format", required=True, choices=["yolo", "coco", "voc"])
+    p.add_argument(
+        "--format",
+        required=True,
+        choices=_FormatChoices(auto=False),
+        metavar="FORMAT",
+        help="%(choices)s",
+    )
     p.add_argument("--out", type=Path, required=True, help="a new folder (or zip with --zip)")
     p.add_argument("--zip", action="store_true", help="write one .zip instead of a folder")
     add(ds, "list", cmd_dataset_list, "list datasets")
@@ -580,10 +1161,28 @@ def build_parser() -> argparse.ArgumentParser:
     add(ds, "duplicates", cmd_dataset_duplicates, "find identical datasets and duplicate images")
     p = add(ds, "stats", cmd_dataset_stats, "statistics of a dataset version (latest by default)")
     p.add_argument("ref", metavar="NAME[@VERSION]")
+    p = add(ds, "qa", cmd_dataset_qa, "QA report of a version; exit 1 on error-level findings")
+    p.add_argument("ref", metavar="NAME[@VERSION]", help="latest by default; @draft for the draft")
+    p.add_argument("--deep", action="store_true", help="also decode every stored image")
+    p.add_argument("--tiny-px", type=float, default=4, help="tiny box: under this many pixels")
+    p.add_argument("--duplicate-iou", type=float, default=0.95, help="duplicate box: IoU at least")
+
+    _add_edit_parsers(ds, add)
+    _add_version_parsers(ds, add)
 
     p = add(sub, "train", cmd_train, "train a model on a dataset version")
     p.add_argument("--dataset", default=None, help="dataset name (required unless --schema)")
-    p.add_argument("--version", default=None, help="dataset version (default: latest)")
+    p.add_argument(
+        "--version",
+        default=None,
+        help="dataset version or tag (default: the draft, saved as a version first)",
+    )
+    p.add_argument(
+        "--split",
+        default=None,
+        metavar="val=0.1,test=0.1,seed=7[,method=auto]",
+        help="this run's split; wins over the dataset's (a version with it is made or reused)",
+    )
     p.add_argument(
         "--model", default="yolo11n.yaml", help="model YAML (from scratch) or weights file"
     )

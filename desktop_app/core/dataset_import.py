@@ -11,7 +11,7 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select
+from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -75,10 +75,14 @@ def import_dataset(
     seed: int = 42,
     *,
     progress: Progress | None = None,
+    lenient: bool = False,
 ) -> dict[str, Any]:
     """Import a dataset folder, annotation file or ``.zip`` as version v1 of a new dataset.
 
-    Everything is validated before anything is written. Then the images are stored as blobs
+    Everything is validated before anything is written. Strict (the default), the first
+    problem stops the import; ``lenient`` skips each bad annotation or image instead, stores
+    the rest, and keeps the list of what was skipped on the version (its QA report shows it).
+    A source with no valid image left is refused either way. Then the images are stored as blobs
     and one transaction creates the dataset, its version, the blob rows and the items; if
     that fails, the blobs this import added are removed again.
 
@@ -91,17 +95,20 @@ def import_dataset(
         ws: The open workspace.
         path: The dataset folder, a COCO JSON file, a YOLO ``data.yaml``, or a zip of one.
         name: The new dataset's name.
-        fmt: ``"auto"`` (detect), ``"yolo"``, ``"coco"`` or ``"voc"``.
+        fmt: ``"auto"`` (detect) or a key of :data:`desktop_app.core.formats.FORMATS`.
         val_fraction: Share of images for val when Outpost draws the split.
         seed: Seed of the split.
         progress: Called as ``progress(stage, done, total)`` with stage "validate" or "store".
+        lenient: Skip what is invalid (listing it) instead of refusing the whole source.
 
     Returns:
         ``{"dataset", "version", "task", "format", "classes", "splits": {"train", "val",
-        "test"}, "images", "annotations", "content_hash", "split_method", "source"}``.
+        "test"}, "images", "unlabelled", "annotations", "content_hash", "split_method",
+        "source", "problem_count", "problems"}`` (``problems``: one line per skipped item).
 
     Raises:
-        DatasetFormatError: the source is not valid (one line naming the file and problem).
+        DatasetFormatError: the source is not valid (one line naming the file and problem),
+            or, lenient, nothing valid is left of it.
         AlreadyExistsError: a dataset with this name exists.
         InvalidArgumentError: the name, format or ``val_fraction`` is invalid.
     """
@@ -109,7 +116,7 @@ def import_dataset(
     vf = check_val_fraction(val_fraction)
     _refuse_existing(ws, name)
     with opened_source(Path(path)) as folder:
-        scanned = read_dataset(folder, fmt, progress)
+        scanned = read_dataset(folder, fmt, progress, lenient=lenient)
         summary = store_scanned(ws, scanned, name, vf, seed, progress)
     if folder != Path(path).expanduser():
         summary["source"] = str(Path(path).expanduser().resolve())
@@ -124,10 +131,20 @@ def store_scanned(
     seed: int,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
-    """Store a validated dataset as version v1 of a new dataset named ``name`` (atomically)."""
+    """Store a validated dataset as version v1 of a new dataset named ``name`` (atomically).
+
+    Raises:
+        DatasetFormatError: ``scanned`` holds no image (a lenient read skipped them all).
+    """
+    if not scanned.images:
+        skipped = len(scanned.problems)
+        first = f" (first: {scanned.problems[0]})" if scanned.problems else ""
+        raise DatasetFormatError(
+            f"{scanned.root}: no valid image is left after skipping {skipped} problems{first}; fix the source"
+        )
     splits, method = _assign_splits(scanned, val_fraction, seed)
     items = [
-        (img.file_name, img.sha256, _boxes_json(img), split)
+        (img.file_name, img.sha256, _boxes_json(img), split, _status(img))
         for img, split in zip(scanned.images, splits, strict=True)
     ]
     digest = content_hash(scanned.class_names, items)
@@ -151,20 +168,27 @@ def store_scanned(
     return {
         "dataset": name,
         "version": "v1",
-        "task": "detect",
+        "task": scanned.task,
         "format": scanned.format,
         "classes": list(scanned.class_names),
         "splits": {k: counts.get(k, 0) for k in ("train", "val", "test")},
         "images": len(scanned.images),
+        "unlabelled": sum(not img.labelled for img in scanned.images),
         "annotations": sum(len(img.boxes) for img in scanned.images),
         "content_hash": digest,
         "split_method": method,
         "source": str(scanned.root),
+        "problem_count": len(scanned.problems),
+        "problems": list(scanned.problems),
     }
 
 
 def _boxes_json(img: ScannedImage) -> list[list[Any]]:
     return [a.to_json() for a in img.boxes]
+
+
+def _status(img: ScannedImage) -> str:
+    return "labelled" if img.labelled else "unlabelled"
 
 
 def _refuse_existing(ws: Workspace, name: str) -> None:
@@ -230,7 +254,7 @@ def _create_rows(
     dataset = Dataset(
         project_id=project_id,
         name=name,
-        task="detect",
+        task=scanned.task,
         class_names=names,
         source_format=scanned.format,
     )
@@ -244,23 +268,26 @@ def _create_rows(
         val_fraction=vf,
         num_images=len(scanned.images),
         num_annotations=sum(len(img.boxes) for img in scanned.images),
+        problems=list(scanned.problems),
+        origin="import",
     )
     s.add_all([dataset, version])
     register_blobs(s, {img.sha256: img.size for img in scanned.images})
     s.flush()
-    s.add_all(
-        DatasetItem(
-            version_id=version.id,
-            file_name=img.file_name,
-            image_sha256=img.sha256,
-            width=img.width,
-            height=img.height,
-            split=split,
-            label_status="labelled",
-            boxes=_boxes_json(img),
-        )
+    rows = [
+        {
+            "version_id": version.id,
+            "file_name": img.file_name,
+            "image_sha256": img.sha256,
+            "width": img.width,
+            "height": img.height,
+            "split": split,
+            "label_status": _status(img),
+            "boxes": _boxes_json(img),
+        }
         for img, split in zip(scanned.images, splits, strict=True)
-    )
+    ]
+    s.execute(insert(DatasetItem), rows)
 
 
 def _discard_blobs(ws: Workspace, shas: list[str]) -> None:

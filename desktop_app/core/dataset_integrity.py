@@ -6,6 +6,7 @@ Every function reads the workspace and writes nothing. Hashing goes through
 
 from __future__ import annotations
 
+import math
 from collections import Counter, defaultdict
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
@@ -20,6 +21,10 @@ if TYPE_CHECKING:
 # COCO's area thresholds, in pixels: small < 32², medium < 96², large ≥ 96².
 SMALL_AREA = 32**2
 MEDIUM_AREA = 96**2
+# The box-area histogram: relative areas from 10**AREA_LOG_MIN to 1 in AREA_BINS log bins.
+AREA_LOG_MIN = -4
+AREA_BINS = 10
+LABEL_STATUS_KEYS = ("labelled", "unlabelled", "needs_review")
 
 
 def _iso(dt: datetime) -> str:
@@ -29,7 +34,10 @@ def _iso(dt: datetime) -> str:
 
 
 def _versions(ws: Workspace, name: str, version: str | int | None) -> list[tuple[int, str]]:
-    """(version id, "name@vN") of one version, or of every version when ``version`` is None."""
+    """(version id, "name@vN") of one version, or of every version when ``version`` is None.
+
+    Every version means the numbered ones, oldest first, then the draft when there is one.
+    """
     from desktop_app.core.datasets import find_version
 
     with ws.session() as s:
@@ -37,13 +45,15 @@ def _versions(ws: Workspace, name: str, version: str | int | None) -> list[tuple
             dataset, row = find_version(s, name, version)
             return [(row.id, f"{dataset.name}@{row.label}")]
         dataset, _ = find_version(s, name)
-        return [(v.id, f"{dataset.name}@{v.label}") for v in dataset.versions]
+        ordered = sorted(dataset.versions, key=lambda v: (v.is_draft, v.number))
+        return [(v.id, f"{dataset.name}@{v.label}") for v in ordered]
 
 
 def validate_dataset(ws: Workspace, name: str, version: str | int | None = None) -> dict[str, Any]:
     """Re-check every stored image of a version (or of all versions) against its sha256.
 
-    Each blob is hashed once, however many items share it.
+    All versions include the draft when there is one (``name@draft``). Each blob is hashed
+    once, however many items share it.
 
     Returns:
         ``{"ok", "dataset", "versions", "images", "blobs", "missing", "corrupt",
@@ -105,6 +115,8 @@ def find_duplicates(ws: Workspace) -> dict[str, Any]:
 
     An image is a duplicate when its sha256 appears more than once within one version, or in
     more than one dataset (versions of one dataset sharing an image are not duplicates).
+    Drafts take no part in identical-dataset detection (a draft usually equals its latest
+    version); their images count like any version's (``name@draft``).
 
     Returns:
         ``{"identical_datasets": [{"content_hash", "versions": ["name@vN", ...]}],
@@ -129,11 +141,15 @@ def find_duplicates(ws: Workspace) -> dict[str, Any]:
             .where(DatasetItem.image_sha256.in_(dup_shas))
             .order_by(DatasetItem.image_sha256, DatasetItem.version_id, DatasetItem.file_name)
         ).all()
-    ref = {vid: f"{name}@v{number}" for vid, name, number, _ in versions}
+    ref = {
+        vid: f"{name}@draft" if number == 0 else f"{name}@v{number}"
+        for vid, name, number, _ in versions
+    }
     dataset_of = {vid: name for vid, name, _, _ in versions}
     by_hash: dict[str, list[str]] = defaultdict(list)
-    for vid, _, _, content_hash in versions:
-        by_hash[content_hash].append(ref[vid])
+    for vid, _, number, content_hash in versions:
+        if number > 0:
+            by_hash[content_hash].append(ref[vid])
     identical = [
         {"content_hash": h, "versions": refs} for h, refs in by_hash.items() if len(refs) > 1
     ]
@@ -160,6 +176,9 @@ def find_duplicates(ws: Workspace) -> dict[str, Any]:
 def list_versions(ws: Workspace, name: str) -> list[dict[str, Any]]:
     """Every version of a dataset, oldest first (label, created, counts, content hash, splits).
 
+    Each entry has its ``tags``, ``origin`` and ``message``. A ``"draft"`` entry (with
+    ``"changed": true``) comes last when the draft differs from the latest version.
+
     Raises:
         NotFoundError: no such dataset.
     """
@@ -168,15 +187,37 @@ def list_versions(ws: Workspace, name: str) -> list[dict[str, Any]]:
     return list(dataset_summary(ws, name)["versions"])
 
 
+def area_bins() -> list[float]:
+    """Edges of the box-area histogram: relative area (box / image) on 10 log-spaced bins.
+
+    The edges run from 1e-4 (a box of 1% by 1% of the image) to 1; smaller boxes count in
+    the first bin.
+    """
+    return [10 ** (AREA_LOG_MIN * (1 - i / AREA_BINS)) for i in range(AREA_BINS + 1)]
+
+
+def _area_bin(relative_area: float) -> int:
+    if relative_area <= 0:
+        return 0
+    position = (math.log10(relative_area) - AREA_LOG_MIN) / -AREA_LOG_MIN * AREA_BINS
+    return min(max(int(position), 0), AREA_BINS - 1)
+
+
 def dataset_stats(ws: Workspace, name: str, version: str | int | None = None) -> dict[str, Any]:
-    """Statistics of one version (latest by default).
+    """Statistics of one version (latest by default; a tag or ``"draft"`` works too).
 
     Returns:
-        ``{"dataset", "version", "content_hash", "images", "labelled_images",
+        ``{"dataset", "version", "content_hash", "created_at", "last_change", "images",
+        "label_status": {"labelled", "unlabelled", "needs_review"}, "labelled_images",
         "labelled_ratio", "annotations", "annotations_per_class",
-        "box_sizes": {"small", "medium", "large"}, "unique_images", "size_bytes",
-        "created_at", "training_runs": [{"id", "status", "model", "framework", "created_at"}]}``.
-        Box sizes use COCO's area thresholds in pixels (< 32², < 96², ≥ 96²).
+        "box_sizes": {"small", "medium", "large"}, "box_area_histogram": {"edges",
+        "counts", "per_class": {name: counts}}, "unique_images", "size_bytes", "splits",
+        "training_runs": [{"id", "status", "model", "framework", "created_at"}],
+        "versions_used_by_runs": {"vN": [run ids]}}``.
+        An image is labelled when its label status is "labelled" (a labelled image may
+        have no boxes: a background image). Box sizes use COCO's area thresholds in pixels
+        (< 32², < 96², ≥ 96²); the histogram uses the box's area relative to its image.
+        ``last_change`` is the dataset's last edit, else its latest version's creation.
 
     Raises:
         NotFoundError: no such dataset or version.
@@ -187,10 +228,14 @@ def dataset_stats(ws: Workspace, name: str, version: str | int | None = None) ->
     with ws.session() as s:
         items = s.execute(
             select(
-                DatasetItem.image_sha256, DatasetItem.width, DatasetItem.height, DatasetItem.boxes
+                DatasetItem.image_sha256,
+                DatasetItem.width,
+                DatasetItem.height,
+                DatasetItem.boxes,
+                DatasetItem.label_status,
             ).where(DatasetItem.version_id == info.id)
         ).all()
-        shas = sorted({sha for sha, _, _, _ in items})
+        shas = sorted({row[0] for row in items})
         sizes: dict[str, int] = {}
         for i in range(0, len(shas), 500):
             chunk = shas[i : i + 500]
@@ -207,45 +252,78 @@ def dataset_stats(ws: Workspace, name: str, version: str | int | None = None) ->
             .where(TrainingRun.dataset_version_id == info.id)
             .order_by(TrainingRun.created_at)
         ).all()
+        used = s.execute(
+            select(DatasetVersion.number, TrainingRun.id)
+            .join(TrainingRun, TrainingRun.dataset_version_id == DatasetVersion.id)
+            .where(DatasetVersion.dataset_id == info.dataset_id)
+            .order_by(DatasetVersion.number, TrainingRun.created_at)
+        ).all()
+        dataset = s.get(Dataset, info.dataset_id)
+        newest = s.scalar(
+            select(func.max(DatasetVersion.created_at)).where(
+                DatasetVersion.dataset_id == info.dataset_id, DatasetVersion.number > 0
+            )
+        )
+        changed_at = dataset.updated_at if dataset is not None else None
+    last_change = changed_at or newest or info.created_at
     names = list(info.class_names)
     per_class = dict.fromkeys(names, 0)
     box_sizes = {"small": 0, "medium": 0, "large": 0}
-    labelled = 0
-    for _, width, height, boxes in items:
-        labelled += bool(boxes)
+    histogram = [0] * AREA_BINS
+    per_class_hist = {n: [0] * AREA_BINS for n in names}
+    status: Counter[str] = Counter({k: 0 for k in LABEL_STATUS_KEYS})
+    for _, width, height, boxes, label_status in items:
+        status[label_status] += 1
         for b in boxes:
-            per_class[names[int(b[0])]] += 1
+            cls = int(b[0])
+            cls_name = names[cls] if 0 <= cls < len(names) else f"#{cls}"
+            per_class[cls_name] = per_class.get(cls_name, 0) + 1
             area = float(b[3]) * width * float(b[4]) * height
             key = "small" if area < SMALL_AREA else "medium" if area < MEDIUM_AREA else "large"
             box_sizes[key] += 1
+            k = _area_bin(float(b[3]) * float(b[4]))
+            histogram[k] += 1
+            per_class_hist.setdefault(cls_name, [0] * AREA_BINS)[k] += 1
     size = 0
     for sha in shas:
         if sha in sizes:
             size += sizes[sha]
         elif ws.blobs.exists(sha):
             size += ws.blobs.path(sha).stat().st_size
+    by_version: dict[str, list[str]] = {}
+    for number, run_id in used:
+        by_version.setdefault("draft" if number == 0 else f"v{number}", []).append(run_id)
+    labelled = status["labelled"]
     return {
         "dataset": info.dataset,
         "version": info.label,
         "content_hash": info.content_hash,
         "created_at": _iso(info.created_at),
+        "last_change": _iso(last_change),
         "images": len(items),
+        "label_status": dict(status),
         "labelled_images": labelled,
         "labelled_ratio": labelled / len(items) if items else 0.0,
         "annotations": sum(per_class.values()),
         "annotations_per_class": per_class,
         "box_sizes": box_sizes,
+        "box_area_histogram": {
+            "edges": area_bins(),
+            "counts": histogram,
+            "per_class": per_class_hist,
+        },
         "unique_images": len(shas),
         "size_bytes": size,
         "splits": dict(info.splits),
         "training_runs": [
             {
                 "id": run_id,
-                "status": status,
+                "status": status_,
                 "framework": framework,
                 "model": model,
                 "created_at": _iso(created),
             }
-            for run_id, status, framework, model, created in runs
+            for run_id, status_, framework, model, created in runs
         ],
+        "versions_used_by_runs": by_version,
     }

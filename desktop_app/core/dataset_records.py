@@ -30,9 +30,9 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from desktop_app.core.errors import DatasetFormatError
+from desktop_app.core.errors import DatasetFormatError, InvalidArgumentError
 from runtimes.errors import ImageDecodeError
 from runtimes.fileio import sha256_bytes
 from runtimes.preprocess import decode_image
@@ -43,6 +43,8 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".
 SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 Progress = Callable[[str, int, int], None]  # stage, done, total
 CopyImage = Callable[[str, Path], None]  # sha256, destination
+MAX_IMAGE_PIXELS_ENV = "OUTPOST_MAX_IMAGE_PIXELS"
+DEFAULT_MAX_IMAGE_PIXELS = 100_000_000  # larger images are refused before decoding
 
 
 @dataclass(frozen=True)
@@ -303,52 +305,141 @@ def inspect_images(
     has_source_split: bool,
     progress: Progress | None = None,
     workers: int | None = None,
+    *,
+    problems: Problems | None = None,
+    task: str = "detect",
+    keypoint_shape: tuple[int, int] | None = None,
 ) -> ScannedDataset:
     """Hash and decode every image (in threads; OpenCV releases the GIL), in a stable order.
 
     Also checks that each image stays inside ``root`` (links included), that file names are
-    unique, and that a size the annotation file declares matches the file.
+    unique and valid UTF-8, that the image is not a decompression bomb (its header's width x
+    height is read before decoding and refused above :func:`max_image_pixels`), that it is
+    complete, and that a size the annotation file declares matches the file.
+
+    Args:
+        root: The dataset folder (resolved); every image must be inside it.
+        fmt: The format key the records came from.
+        class_names: The class names, in class-id order.
+        sources: The images the reader found, with their annotations.
+        has_source_split: True when the source assigns splits.
+        progress: Called as ``progress("validate", done, total)``.
+        workers: Threads that decode images (default: up to 8).
+        problems: Where problems go; None (strict) raises on the first one. Lenient: each
+            problem is recorded and its image skipped; the reader's earlier messages are kept.
+        task: The dataset's task (``detect``, ``segment``, ``pose`` or ``classify``).
+        keypoint_shape: Pose datasets: (keypoints per object, 2 or 3).
+
+    Returns:
+        The valid images; ``problems`` holds every message of the collector.
 
     Raises:
-        DatasetFormatError: on the first problem, naming the file and what is wrong.
+        DatasetFormatError: strict mode, on the first problem, naming the file and what is wrong.
+        InvalidArgumentError: ``OUTPOST_MAX_IMAGE_PIXELS`` is set to something not a number.
     """
+    report = problems if problems is not None else Problems()
+    limit = max_image_pixels()
     seen: dict[str, Path] = {}
+    accepted: list[SourceImage] = []
     for src in sources:
         try:
-            src.file_name.encode("utf-8")
-        except UnicodeEncodeError:
-            raise DatasetFormatError(
-                f"{os.fsencode(src.path).decode('utf-8', 'backslashreplace')}: the file name is not valid UTF-8; rename the file"
-            ) from None
-        check_inside(root, src.path, str(src.origin or src.path))
-        if src.file_name in seen:
-            raise DatasetFormatError(
-                f"{src.path} and {seen[src.file_name]} are both named {src.file_name!r}; rename one"
-            )
+            _check_source(root, src, seen)
+        except DatasetFormatError as exc:
+            report.add_error(exc)
+            continue
         seen[src.file_name] = src.path
-    total = len(sources)
+        accepted.append(src)
+    total = len(accepted)
     out: list[ScannedImage] = []
     pool = ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1))
     try:
-        infos = pool.map(_inspect_image, sources)
-        for i, (src, info) in enumerate(zip(sources, infos, strict=True), start=1):
+        infos = pool.map(lambda src: _inspect_or_error(src, limit), accepted)
+        for i, (src, info) in enumerate(zip(accepted, infos, strict=True), start=1):
+            if progress is not None:
+                progress("validate", i, total)
+            if isinstance(info, DatasetFormatError):
+                report.add_error(info)
+                continue
             sha, size, w, h = info
             if src.declared_size is not None and src.declared_size != (w, h):
                 dw, dh = src.declared_size
-                raise DatasetFormatError(
+                report.add(
                     f"{src.origin or src.path}: declares {src.file_name} as {dw}x{dh} but the image is {w}x{h}; fix the size"
                 )
+                continue
             out.append(
-                ScannedImage(src.file_name, src.path, src.split, sha, size, w, h, src.annotations)
+                ScannedImage(
+                    src.file_name,
+                    src.path,
+                    src.split,
+                    sha,
+                    size,
+                    w,
+                    h,
+                    src.annotations,
+                    labelled=src.labelled,
+                )
             )
-            if progress is not None:
-                progress("validate", i, total)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
-    return ScannedDataset(root, fmt, tuple(class_names), tuple(out), has_source_split)
+    return ScannedDataset(
+        root,
+        fmt,
+        tuple(class_names),
+        tuple(out),
+        has_source_split,
+        task=task,
+        problems=tuple(report.messages),
+        keypoint_shape=keypoint_shape,
+    )
 
 
-def _inspect_image(src: SourceImage) -> tuple[str, int, int, int]:
+def _check_source(root: Path, src: SourceImage, seen: dict[str, Path]) -> None:
+    """The checks that need no file content: a UTF-8 name, inside ``root``, not a duplicate."""
+    try:
+        src.file_name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise DatasetFormatError(
+            f"{os.fsencode(src.path).decode('utf-8', 'backslashreplace')}: the file name is not valid UTF-8; rename the file"
+        ) from None
+    check_inside(root, src.path, str(src.origin or src.path))
+    if src.file_name in seen:
+        raise DatasetFormatError(
+            f"{src.path} and {seen[src.file_name]} are both named {src.file_name!r}; rename one"
+        )
+
+
+def max_image_pixels() -> int:
+    """The largest image (width x height) an import decodes: ``OUTPOST_MAX_IMAGE_PIXELS``,
+    else :data:`DEFAULT_MAX_IMAGE_PIXELS` (100 megapixels).
+
+    Raises:
+        InvalidArgumentError: the variable is set but is not a positive whole number.
+    """
+    raw = os.environ.get(MAX_IMAGE_PIXELS_ENV, "").strip()
+    if not raw:
+        return DEFAULT_MAX_IMAGE_PIXELS
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise InvalidArgumentError(
+            f"{MAX_IMAGE_PIXELS_ENV}={raw!r} is not a positive whole number of pixels; unset it or use e.g. 100000000"
+        )
+    return value
+
+
+def _inspect_or_error(
+    src: SourceImage, max_pixels: int
+) -> tuple[str, int, int, int] | DatasetFormatError:
+    try:
+        return _inspect_image(src, max_pixels=max_pixels)
+    except DatasetFormatError as exc:
+        return exc
+
+
+def _inspect_image(src: SourceImage, *, max_pixels: int | None = None) -> tuple[str, int, int, int]:
     p = src.path
     if not p.is_file():
         where = f"{src.origin}: " if src.origin else ""
@@ -361,6 +452,7 @@ def _inspect_image(src: SourceImage) -> tuple[str, int, int, int]:
         raise DatasetFormatError(
             f"{p} cannot be read ({exc.strerror}); check its permissions"
         ) from None
+    _check_pixels(p, data, max_image_pixels() if max_pixels is None else max_pixels)
     _check_complete(p, data)
     try:
         img = decode_image(data)
@@ -370,6 +462,127 @@ def _inspect_image(src: SourceImage) -> tuple[str, int, int, int]:
         ) from None
     h, w = img.shape[:2]
     return sha256_bytes(data), len(data), int(w), int(h)
+
+
+def _check_pixels(p: Path, data: bytes, max_pixels: int) -> None:
+    """Refuse an image whose header claims more than ``max_pixels``, before decoding it."""
+    size = image_header_size(data)
+    if size is None:
+        return  # not a header we know: the decoder's own checks apply
+    w, h = size
+    if w * h > max_pixels:
+        raise DatasetFormatError(
+            f"{p} is {w}×{h} pixels, over the {max_pixels / 1e6:g}-megapixel limit (a decompression bomb?); "
+            f"shrink the image, or raise the limit with {MAX_IMAGE_PIXELS_ENV}"
+        )
+
+
+def image_header_size(data: bytes) -> tuple[int, int] | None:
+    """``(width, height)`` from a PNG, JPEG, GIF, BMP, WebP or TIFF header, without decoding.
+
+    Returns None when the bytes are none of these or the header is cut short.
+    """
+    try:
+        if data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR":
+            return _u32be(data, 16), _u32be(data, 20)
+        if data[:3] == b"\xff\xd8\xff":
+            return _jpeg_size(data)
+        if data[:6] in (b"GIF87a", b"GIF89a"):
+            return _u16le(data, 6), _u16le(data, 8)
+        if data[:2] == b"BM" and len(data) >= 26:
+            if _u32le(data, 14) == 12:  # OS/2 BITMAPCOREHEADER
+                return _u16le(data, 18), _u16le(data, 20)
+            w = int.from_bytes(data[18:22], "little", signed=True)
+            h = int.from_bytes(data[22:26], "little", signed=True)
+            return abs(w), abs(h)
+        if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+            return _webp_size(data)
+        if data[:4] in (b"II*\x00", b"MM\x00*"):
+            return _tiff_size(data)
+    except (IndexError, ValueError):
+        return None
+    return None
+
+
+_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+    i = 2
+    n = len(data)
+    while i + 3 < n:
+        if data[i] != 0xFF:
+            return None
+        while i < n and data[i] == 0xFF:  # fill bytes
+            i += 1
+        if i + 2 >= n:
+            return None
+        marker = data[i]
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
+            i += 1
+            continue
+        if marker in (0xD9, 0xDA):  # end of image, or image data before any frame header
+            return None
+        if marker in _JPEG_SOF:
+            if i + 8 > n:
+                return None
+            return _u16be(data, i + 6), _u16be(data, i + 4)
+        i += 1 + _u16be(data, i + 1)
+    return None
+
+
+def _webp_size(data: bytes) -> tuple[int, int] | None:
+    chunk = data[12:16]
+    if chunk == b"VP8 " and data[23:26] == b"\x9d\x01\x2a":
+        return _u16le(data, 26) & 0x3FFF, _u16le(data, 28) & 0x3FFF
+    if chunk == b"VP8L" and data[20] == 0x2F:
+        bits = _u32le(data, 21)
+        return 1 + (bits & 0x3FFF), 1 + ((bits >> 14) & 0x3FFF)
+    if chunk == b"VP8X" and len(data) >= 30:
+        w = int.from_bytes(data[24:27], "little") + 1
+        h = int.from_bytes(data[27:30], "little") + 1
+        return w, h
+    return None
+
+
+def _tiff_size(data: bytes) -> tuple[int, int] | None:
+    order: Literal["little", "big"] = "little" if data[:2] == b"II" else "big"
+
+    def num(offset: int, size: int) -> int:
+        return _num(data, offset, size, order)
+
+    ifd = num(4, 4)
+    found: dict[int, int] = {}
+    for k in range(num(ifd, 2)):
+        entry = ifd + 2 + 12 * k
+        tag, kind = num(entry, 2), num(entry + 2, 2)
+        if tag in (256, 257):
+            found[tag] = num(entry + 8, 2) if kind == 3 else num(entry + 8, 4)
+    if 256 in found and 257 in found:
+        return found[256], found[257]
+    return None
+
+
+def _u16be(data: bytes, i: int) -> int:
+    return _num(data, i, 2, "big")
+
+
+def _u32be(data: bytes, i: int) -> int:
+    return _num(data, i, 4, "big")
+
+
+def _u16le(data: bytes, i: int) -> int:
+    return _num(data, i, 2, "little")
+
+
+def _u32le(data: bytes, i: int) -> int:
+    return _num(data, i, 4, "little")
+
+
+def _num(data: bytes, i: int, size: int, order: Literal["little", "big"]) -> int:
+    if i + size > len(data):
+        raise IndexError(i)
+    return int.from_bytes(data[i : i + size], order)
 
 
 def _check_complete(p: Path, data: bytes) -> None:

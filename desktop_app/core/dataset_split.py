@@ -1,4 +1,4 @@
-"""Train/val splits (seeded, stratified) and the content hash of a dataset version."""
+"""Splits (seeded, stratified train/val/test; split settings) and a version's content hash."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import hashlib
 import json
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -40,38 +40,100 @@ def dominant_class(boxes: Sequence[Sequence[Any]]) -> int:
     return min(counts, key=lambda c: (-counts[c], c))
 
 
-def stratified_split(strata: Sequence[int], val_fraction: float, seed: int) -> list[str]:
-    """Assign "train" or "val" to each item, stratified by its stratum (e.g. dominant class).
+def check_test_fraction(test_fraction: float, val_fraction: float = 0.0) -> float:
+    """Return ``test_fraction`` as a float, or raise when it is not in [0, 1 - val_fraction)."""
+    try:
+        tf = float(test_fraction)
+    except (TypeError, ValueError):
+        raise InvalidArgumentError(
+            f"test fraction must be a number between 0 and 1, got {test_fraction!r}"
+        ) from None
+    if not 0.0 <= tf < 1.0:
+        raise InvalidArgumentError(
+            f"test fraction must be at least 0 and below 1, got {tf}; try 0.1 (or 0 for none)"
+        )
+    if val_fraction + tf >= 1.0:
+        raise InvalidArgumentError(
+            f"val ({val_fraction}) and test ({tf}) fractions leave nothing to train on; "
+            "keep their sum below 1"
+        )
+    return tf
 
-    The result depends only on the strata sequence, ``val_fraction`` and ``seed``. The number
+
+def stratified_split(
+    strata: Sequence[int], val_fraction: float, seed: int, test_fraction: float = 0.0
+) -> list[str]:
+    """Assign "train", "val" (or "test") to each item, stratified by its stratum.
+
+    The result depends only on the strata sequence, the fractions and ``seed``. The number
     of val items is ``round(n * val_fraction)``, at least 1 and at most n - 1 when n >= 2;
-    each stratum gets its proportional share (largest remainders break the rounding).
+    with a test fraction, the number of test items is ``round(n * test_fraction)``, at least
+    1 when n >= 3, and at least one item always stays in train. Each stratum gets its
+    proportional share of each split (largest remainders break the rounding). Without a test
+    fraction the result is the same as a plain train/val split with the same seed.
 
     Args:
-        strata: One stratum key per item, in a stable item order.
+        strata: One stratum key per item (e.g. its dominant class), in a stable item order.
         val_fraction: Share of items to put in val, in (0, 1).
         seed: Seed of the shuffle.
+        test_fraction: Share of items to put in test, in [0, 1 - val_fraction).
 
     Returns:
         One split name per item, in the input order.
     """
     vf = check_val_fraction(val_fraction)
+    tf = check_test_fraction(test_fraction, vf)
     n = len(strata)
     n_val = math.floor(n * vf + 0.5)
     n_val = 0 if n < 2 else min(max(n_val, 1), n - 1)
+    n_test = 0
+    if tf > 0 and n >= 3:
+        n_test = max(math.floor(n * tf + 0.5), 1)
+        n_test = min(n_test, n - 1 - n_val)
+        if n_test < 1:  # the val share took everything but one train item; give test one
+            n_val, n_test = n_val - 1, 1
     groups: dict[int, list[int]] = {}
     for i, s in enumerate(strata):
         groups.setdefault(s, []).append(i)
     keys = sorted(groups)
-    quotas = _largest_remainder([len(groups[k]) * n_val / n for k in keys], n_val) if n else []
+    sizes = [len(groups[k]) for k in keys]
+    val_quotas = _largest_remainder([m * n_val / n for m in sizes], n_val) if n else []
+    test_quotas = (
+        _capped_quotas(
+            [m * n_test / n for m in sizes],
+            n_test,
+            [m - q for m, q in zip(sizes, val_quotas, strict=True)],
+        )
+        if n_test
+        else [0] * len(keys)
+    )
     rng = np.random.Generator(np.random.PCG64(seed))
     out = ["train"] * n
-    for key, quota in zip(keys, quotas, strict=True):
+    for key, q_val, q_test in zip(keys, val_quotas, test_quotas, strict=True):
         members = groups[key]
         order = rng.permutation(len(members))
-        for j in order[:quota]:
+        for j in order[:q_val]:
             out[members[int(j)]] = "val"
+        for j in order[q_val : q_val + q_test]:
+            out[members[int(j)]] = "test"
     return out
+
+
+def _capped_quotas(shares: list[float], total: int, caps: list[int]) -> list[int]:
+    """Largest-remainder quotas that never exceed ``caps`` (the excess goes to others)."""
+    quotas = [min(q, c) for q, c in zip(_largest_remainder(shares, total), caps, strict=True)]
+    left = total - sum(quotas)
+    by_room = sorted(range(len(shares)), key=lambda i: (-(shares[i] - quotas[i]), i))
+    while left > 0:
+        moved = False
+        for i in by_room:
+            if left and quotas[i] < caps[i]:
+                quotas[i] += 1
+                left -= 1
+                moved = True
+        if not moved:
+            break
+    return quotas
 
 
 def _largest_remainder(shares: list[float], total: int) -> list[int]:
@@ -102,3 +164,152 @@ def content_hash(class_names: Sequence[str], items: Sequence[Sequence[Any]]) -> 
     payload = {"class_names": list(class_names), "items": rows}
     blob = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return hashlib.sha256(blob.encode("ascii")).hexdigest()
+
+
+# ---- split settings ------------------------------------------------------------------------
+
+SPLIT_METHODS = ("auto", "manual", "partial")
+DEFAULT_SPLIT: dict[str, Any] = {
+    "method": "auto",
+    "val": 0.2,
+    "test": 0.0,
+    "seed": 42,
+    "assignments": {},
+}
+
+
+def normalize_split_settings(
+    settings: Mapping[str, Any], base: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """A complete, checked split setting: ``settings`` over ``base`` over the default.
+
+    A setting is ``{"method": "auto"|"manual"|"partial", "val": 0.2, "test": 0.0,
+    "seed": 42, "assignments": {file_name: "train"|"val"|"test"}}``; any key may be left out.
+
+    Raises:
+        InvalidArgumentError: an unknown key or method, a fraction out of range, a seed that
+            is not an integer, or an assignment to a split other than train, val or test.
+    """
+    unknown = sorted(set(settings) - set(DEFAULT_SPLIT))
+    if unknown:
+        raise InvalidArgumentError(
+            f"unknown split setting {unknown[0]!r}; use method, val, test, seed or assignments"
+        )
+    merged = {**DEFAULT_SPLIT, **(base or {}), **settings}
+    method = str(merged["method"]).strip().lower()
+    if method not in SPLIT_METHODS:
+        raise InvalidArgumentError(
+            f"split method {merged['method']!r} is not known; use auto, manual or partial"
+        )
+    val = check_val_fraction(merged["val"])
+    test = check_test_fraction(merged["test"], val)
+    seed = merged["seed"]
+    if isinstance(seed, bool) or not isinstance(seed, int | str):
+        raise InvalidArgumentError(f"split seed must be an integer, got {seed!r}")
+    try:
+        seed = int(seed)
+    except ValueError:
+        raise InvalidArgumentError(f"split seed must be an integer, got {seed!r}") from None
+    raw = merged["assignments"] or {}
+    if not isinstance(raw, Mapping):
+        raise InvalidArgumentError(
+            "split assignments must map file names to train, val or test, e.g. "
+            '{"img_001.jpg": "val"}'
+        )
+    assignments: dict[str, str] = {}
+    for file_name, split in raw.items():
+        s = str(split).strip().lower()
+        if s not in SPLITS:
+            raise InvalidArgumentError(
+                f"image {file_name!r} is assigned to {split!r}; use train, val or test"
+            )
+        assignments[str(file_name)] = s
+    return {"method": method, "val": val, "test": test, "seed": seed, "assignments": assignments}
+
+
+def compute_split(
+    items: Sequence[tuple[str, Sequence[Sequence[Any]]]], settings: Mapping[str, Any]
+) -> list[str]:
+    """The split of each item under a split setting (a pure function).
+
+    ``auto`` draws every image, seeded and stratified by its dominant class; ``manual``
+    takes each image's split from ``assignments`` (every image must be assigned);
+    ``partial`` keeps the assigned images' splits and draws the rest as ``auto`` does, with
+    the same fractions. The draw depends only on the set of (file name, boxes) pairs and
+    the setting, not on the order of ``items``.
+
+    Args:
+        items: ``(file_name, boxes)`` of each image; boxes are ``[class, cx, cy, w, h, ...]``.
+        settings: A split setting (completed with :func:`normalize_split_settings`).
+
+    Returns:
+        One of "train", "val", "test" per item, in the input order.
+
+    Raises:
+        InvalidArgumentError: the setting is invalid, a manual setting leaves images
+            unassigned, or an assignment names an image that is not in ``items``.
+    """
+    s = normalize_split_settings(settings)
+    assignments: dict[str, str] = s["assignments"]
+    names = [fn for fn, _ in items]
+    known = set(names)
+    stray = sorted(set(assignments) - known)
+    if stray and s["method"] != "auto":
+        raise InvalidArgumentError(
+            f"{len(stray)} split assignment(s) name images that are not in the dataset "
+            f"(e.g. {stray[0]!r}); check the file names with `outpost dataset items`"
+        )
+    out: list[str | None] = [None] * len(items)
+    if s["method"] in ("manual", "partial"):
+        out = [assignments.get(fn) for fn in names]
+    missing = [fn for fn, split in zip(names, out, strict=True) if split is None]
+    if s["method"] == "manual" and missing:
+        raise InvalidArgumentError(
+            f"a manual split must assign every image; {len(missing)} of {len(items)} have no "
+            f"split (e.g. {sorted(missing)[0]!r}); assign them or use --method partial"
+        )
+    pool = sorted((i for i, split in enumerate(out) if split is None), key=lambda i: names[i])
+    if pool:
+        strata = [dominant_class(items[i][1]) for i in pool]
+        drawn = stratified_split(strata, s["val"], s["seed"], s["test"])
+        for i, split in zip(pool, drawn, strict=True):
+            out[i] = split
+    return [split or "train" for split in out]
+
+
+def parse_split_arg(text: str) -> dict[str, Any]:
+    """``"val=0.1,test=0.1,seed=7,method=auto"`` → a (partial) split setting.
+
+    Raises:
+        InvalidArgumentError: a part is not ``key=value`` or a value is not a number.
+    """
+    out: dict[str, Any] = {}
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        key, sep, value = part.partition("=")
+        key, value = key.strip().lower(), value.strip()
+        if not sep or not value:
+            raise InvalidArgumentError(
+                f"split option {part!r} is not KEY=VALUE; e.g. --split val=0.1,test=0.1,seed=7"
+            )
+        try:
+            if key in ("val", "test"):
+                out[key] = float(value)
+            elif key == "seed":
+                out[key] = int(value)
+            elif key == "method":
+                out[key] = value
+            else:
+                raise InvalidArgumentError(
+                    f"unknown split option {key!r}; use val, test, seed or method"
+                )
+        except ValueError:
+            raise InvalidArgumentError(
+                f"split option {part!r} needs a number; e.g. --split val=0.1,test=0.1,seed=7"
+            ) from None
+    if not out:
+        raise InvalidArgumentError(
+            f"split option {text!r} sets nothing; e.g. --split val=0.1,test=0.1,seed=7"
+        )
+    return out

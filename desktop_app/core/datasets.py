@@ -6,6 +6,7 @@ generator are re-exported from their modules).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shutil
@@ -20,6 +21,28 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from desktop_app.core.dataset_analyze import analyze_dataset
+from desktop_app.core.dataset_draft import get_draft, latest_version
+from desktop_app.core.dataset_edit import (
+    add_box,
+    add_class,
+    add_images,
+    add_polygon,
+    delete_annotation,
+    delete_class,
+    get_item,
+    history,
+    list_classes,
+    list_items,
+    merge_classes,
+    move_box,
+    redo,
+    rename_class,
+    set_annotation_class,
+    set_image_class,
+    set_label_status,
+    undo,
+    update_box,
+)
 from desktop_app.core.dataset_export import export_dataset, load_version, split_ref
 from desktop_app.core.dataset_import import check_dataset_name, import_dataset, import_yolo
 from desktop_app.core.dataset_integrity import (
@@ -28,11 +51,26 @@ from desktop_app.core.dataset_integrity import (
     list_versions,
     validate_dataset,
 )
+from desktop_app.core.dataset_prelabel import accept_all, prelabel, review
+from desktop_app.core.dataset_qa import qa_report
 from desktop_app.core.dataset_sample import SampleSummary, write_sample_dataset
+from desktop_app.core.dataset_split import compute_split
+from desktop_app.core.dataset_versions import (
+    TAG_RE,
+    diff_versions,
+    list_tags,
+    resolve_training_version,
+    restore_version,
+    set_split,
+    snapshot,
+    split_settings,
+    tag_version,
+    untag,
+)
 from desktop_app.core.errors import DestinationNotEmptyError, InvalidArgumentError, NotFoundError
 from desktop_app.core.formats import FORMATS
 from desktop_app.core.formats.yolo import write_tree
-from desktop_app.core.models import Dataset, DatasetItem, DatasetVersion
+from desktop_app.core.models import Dataset, DatasetItem, DatasetTag, DatasetVersion
 from runtimes.fileio import atomic_write_text
 
 if TYPE_CHECKING:
@@ -42,21 +80,54 @@ __all__ = [
     "FORMATS",
     "SampleSummary",
     "VersionInfo",
+    "accept_all",
+    "add_box",
+    "add_class",
+    "add_images",
+    "add_polygon",
     "analyze_dataset",
     "check_dataset_name",
+    "compute_split",
     "dataset_stats",
     "dataset_summary",
+    "delete_annotation",
+    "delete_class",
+    "diff_versions",
     "export_dataset",
     "find_duplicates",
+    "get_item",
     "get_version",
+    "history",
     "import_dataset",
     "import_yolo",
+    "list_classes",
     "list_datasets",
+    "list_items",
+    "list_tags",
     "list_versions",
     "load_version",
     "materialize_yolo",
+    "merge_classes",
+    "move_box",
     "parse_version",
+    "prelabel",
+    "qa_report",
+    "redo",
+    "rename_class",
+    "resolve_training_version",
+    "restore_version",
+    "review",
+    "set_annotation_class",
+    "set_image_class",
+    "set_label_status",
+    "set_split",
+    "snapshot",
     "split_ref",
+    "split_settings",
+    "tag_version",
+    "undo",
+    "untag",
+    "update_box",
     "validate_dataset",
     "write_sample_dataset",
 ]
@@ -83,10 +154,19 @@ class VersionInfo:
     num_annotations: int
     created_at: datetime
     splits: dict[str, int] = field(default_factory=dict)
+    test_fraction: float = 0.0
+    origin: str = "import"
+    message: str | None = None
+    tags: tuple[str, ...] = ()
 
     @property
     def label(self) -> str:
-        return f"v{self.number}"
+        """``"v3"``, or ``"draft"`` for the draft (number 0)."""
+        return "draft" if self.number == 0 else f"v{self.number}"
+
+    @property
+    def is_draft(self) -> bool:
+        return self.number == 0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -98,10 +178,15 @@ class VersionInfo:
             "split_method": self.split_method,
             "split_seed": self.split_seed,
             "val_fraction": self.val_fraction,
+            "test_fraction": self.test_fraction,
             "images": self.num_images,
             "annotations": self.num_annotations,
             "splits": dict(self.splits),
             "created_at": _iso(self.created_at),
+            "origin": self.origin,
+            "message": self.message,
+            "tags": list(self.tags),
+            "draft": self.is_draft,
         }
 
 
@@ -128,19 +213,27 @@ def parse_version(version: str | int | None) -> int | None:
 
 
 def list_datasets(ws: Workspace) -> list[dict[str, Any]]:
-    """Every dataset with its latest version, sorted by name."""
+    """Every dataset with its latest numbered version, sorted by name.
+
+    ``versions`` counts numbered versions; ``draft`` is True when the dataset has a draft
+    and ``draft_changed`` when that draft differs from the latest version.
+    """
     with ws.session() as s:
         datasets = s.scalars(select(Dataset).order_by(Dataset.name)).all()
         out = []
         for d in datasets:
-            latest = d.versions[-1] if d.versions else None
+            numbered = [v for v in d.versions if not v.is_draft]
+            draft = next((v for v in d.versions if v.is_draft), None)
+            latest = numbered[-1] if numbered else None
             out.append(
                 {
                     "name": d.name,
                     "task": d.task,
                     "classes": list(d.class_names),
                     "source_format": d.source_format,
-                    "versions": len(d.versions),
+                    "versions": len(numbered),
+                    "draft": draft is not None,
+                    "draft_changed": _draft_changed(draft, latest),
                     "latest": latest.label if latest else None,
                     "images": latest.num_images if latest else 0,
                     "annotations": latest.num_annotations if latest else 0,
@@ -152,7 +245,7 @@ def list_datasets(ws: Workspace) -> list[dict[str, Any]]:
 
 
 def get_version(ws: Workspace, name: str, version: str | int | None = None) -> VersionInfo:
-    """A dataset version: ``"v1"``, ``1``, or None for the latest.
+    """A dataset version: ``"v1"``, ``1``, a tag, ``"draft"``, or None for the latest.
 
     Raises:
         NotFoundError: no such dataset or version.
@@ -165,12 +258,44 @@ def get_version(ws: Workspace, name: str, version: str | int | None = None) -> V
 def find_version(
     session: Session, name: str, version: str | int | None = None
 ) -> tuple[Dataset, DatasetVersion]:
-    """The dataset and version rows, inside the caller's session (for callers that write)."""
-    number = parse_version(version)
+    """The dataset and version rows, inside the caller's session (for callers that write).
+
+    ``version`` is ``"v2"``, ``2``, a tag (``"stable"``), ``"draft"`` (the mutable working
+    copy), or None for the latest numbered version (never the draft).
+
+    Raises:
+        NotFoundError: no such dataset or version, or no draft.
+        InvalidArgumentError: ``version`` is neither a version, a tag of the dataset nor
+            "draft".
+    """
     dataset = session.scalar(select(Dataset).where(Dataset.name == name))
     if dataset is None:
         raise NotFoundError(f"no dataset named {name!r}; list datasets with `outpost dataset list`")
-    query = select(DatasetVersion).where(DatasetVersion.dataset_id == dataset.id)
+    ref = version.strip() if isinstance(version, str) else version
+    if isinstance(ref, str) and ref.lower() == "draft":
+        draft = get_draft(session, dataset)
+        if draft is None:
+            raise NotFoundError(
+                f"dataset {name!r} has no draft (nothing was edited since its latest version); "
+                f"edit it, or restore a version with `outpost dataset restore {name}@v1`"
+            )
+        return dataset, draft
+    if isinstance(ref, str) and not _VERSION_RE.match(ref) and TAG_RE.match(ref):
+        tagged = session.scalar(
+            select(DatasetVersion)
+            .join(DatasetTag, DatasetTag.version_id == DatasetVersion.id)
+            .where(DatasetTag.dataset_id == dataset.id, DatasetTag.tag == ref)
+        )
+        if tagged is None:  # a misspelt version as much as a missing tag
+            raise InvalidArgumentError(
+                f"{ref!r} is neither a version (v1, v2, ...) nor a tag of dataset {name!r}; "
+                f"list them with `outpost dataset versions {name}`"
+            )
+        return dataset, tagged
+    number = parse_version(version)
+    query = select(DatasetVersion).where(
+        DatasetVersion.dataset_id == dataset.id, DatasetVersion.number > 0
+    )
     if number is None:
         row = session.scalar(query.order_by(DatasetVersion.number.desc()).limit(1))
     else:
@@ -184,14 +309,22 @@ def find_version(
 
 
 def dataset_summary(ws: Workspace, name: str) -> dict[str, Any]:
-    """A dataset, all its versions, and per-class and per-split counts of its latest version.
+    """A dataset, its versions, and per-class and per-split counts of its latest version.
+
+    ``versions`` lists the numbered versions, oldest first, then a ``"draft"`` entry (with
+    ``"changed": true``) when the dataset has a draft that differs from its latest version.
+    ``draft`` is ``{"exists", "changed"}``. Each entry carries its tags.
 
     Raises:
         NotFoundError: no such dataset.
     """
     with ws.session() as s:
         dataset, latest = find_version(s, name)
-        versions = [_info(s, dataset, v).to_dict() for v in dataset.versions]
+        draft = get_draft(s, dataset)
+        changed = _draft_changed(draft, latest_version(s, dataset))
+        versions = [_info(s, dataset, v).to_dict() for v in dataset.versions if not v.is_draft]
+        if draft is not None and changed:
+            versions.append({**_info(s, dataset, draft).to_dict(), "changed": True})
         items = s.execute(
             select(DatasetItem.split, DatasetItem.boxes).where(DatasetItem.version_id == latest.id)
         ).all()
@@ -210,8 +343,10 @@ def dataset_summary(ws: Workspace, name: str) -> dict[str, Any]:
         "classes": list(dataset.class_names),
         "source_format": dataset.source_format,
         "created_at": _iso(dataset.created_at),
-        "latest": versions[-1],
+        "latest": next(v for v in reversed(versions) if not v["draft"]),
         "versions": versions,
+        "draft": {"exists": draft is not None, "changed": changed},
+        "split_settings": dataset.split_settings,
         "boxes_per_class": boxes_per_class,
         "boxes_per_split": dict(boxes_per_split),
         "background_images": background,
@@ -227,10 +362,12 @@ def materialize_yolo(
     """Write a training-ready YOLO folder for a dataset version (latest by default).
 
     Layout: ``images/{train,val}``, ``labels/{train,val}`` (and ``test`` when the version has
-    test images), ``data.yaml``. Images are copies of the blobs, never links, so a trainer
-    cannot alter stored data; each copy is checked against its sha256. The folder is built
-    under a temp name and renamed into place. A folder this function wrote before is
-    replaced; any other non-empty folder is refused.
+    test images), ``data.yaml``. Only labelled images go in: an unlabelled image, or one
+    whose proposals still await review, would teach the model that its objects are
+    background. Images are copies of the blobs, never links, so a trainer cannot alter
+    stored data; each copy is checked against its sha256. The folder is built under a temp
+    name and renamed into place. A folder this function wrote before is replaced; any other
+    non-empty folder is refused.
 
     Args:
         ws: The open workspace.
@@ -246,12 +383,19 @@ def materialize_yolo(
         NotFoundError: no such dataset or version.
         DestinationNotEmptyError: ``out_dir`` is not empty and was not written by this function.
         BlobIntegrityError: a stored image is missing or corrupt.
+        InvalidArgumentError: the version has no labelled training image.
     """
     if out_dir is None:
         raise InvalidArgumentError("materialize_yolo needs out_dir; pass the folder to write")
     out = Path(out_dir).expanduser().resolve()
     _check_destination(out)
     data = load_version(ws, name, version)
+    labelled = tuple(i for i in data.items if i.label_status == "labelled")
+    if not any(i.split == "train" for i in labelled):
+        raise InvalidArgumentError(
+            f"{data.name}@{data.version} has no labelled image in its train split; label images or review proposals first"
+        )
+    data = dataclasses.replace(data, items=labelled)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
@@ -284,6 +428,9 @@ def _info(s: Session, dataset: Dataset, row: DatasetVersion) -> VersionInfo:
     ).all()
     splits = {"train": 0, "val": 0, "test": 0}
     splits.update({split: n for split, n in counts})
+    tags = s.scalars(
+        select(DatasetTag.tag).where(DatasetTag.version_id == row.id).order_by(DatasetTag.tag)
+    ).all()
     return VersionInfo(
         id=row.id,
         dataset_id=dataset.id,
@@ -299,7 +446,18 @@ def _info(s: Session, dataset: Dataset, row: DatasetVersion) -> VersionInfo:
         num_annotations=row.num_annotations,
         created_at=_utc(row.created_at),
         splits=splits,
+        test_fraction=row.test_fraction,
+        origin=row.origin,
+        message=row.message,
+        tags=tuple(tags),
     )
+
+
+def _draft_changed(draft: DatasetVersion | None, latest: DatasetVersion | None) -> bool:
+    """True when there is a draft and its content differs from the latest version's."""
+    if draft is None:
+        return False
+    return latest is None or draft.content_hash != latest.content_hash
 
 
 def _utc(dt: datetime) -> datetime:

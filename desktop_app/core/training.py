@@ -44,6 +44,9 @@ class TrainOptions:
     preset: str | None = None
     framework: str = "ultralytics"
     extra: dict[str, Any] = field(default_factory=dict)
+    # The job's split override (keys of a split setting: method, val, test, seed); it wins
+    # over the dataset's own setting. None keeps the version's split.
+    split: dict[str, Any] | None = None
 
 
 # Ultralytics accumulates gradients up to a nominal batch of 64 images. On a small dataset that
@@ -113,12 +116,14 @@ def run_training(
     committed as they arrive, and the final status is ``completed``, ``failed`` or
     ``cancelled`` (Ctrl-C).
     """
-    from desktop_app.core.datasets import get_version, materialize_yolo
+    from desktop_app.core.dataset_versions import resolve_training_version
+    from desktop_app.core.datasets import materialize_yolo
 
-    version = get_version(ws, opts.dataset, opts.version)
-    options = resolve_options(
-        opts, int(version.splits.get("train", 0))
-    )  # before anything is written
+    resolve_options(opts, 0)  # refuse bad options before a version is made
+    # No version: snapshot the draft (reused when unchanged); a split override may derive
+    # a version with that split. The run trains on exactly the version resolved here.
+    version = resolve_training_version(ws, opts.dataset, opts.version, opts.split)
+    options = resolve_options(opts, int(version.splits.get("train", 0)))
     run_id = new_run_id()
     run_dir = Path(ws.root) / "runs" / run_id
     run_dir.mkdir(parents=True)

@@ -157,7 +157,7 @@ def _coco_from_sample(sample: Path, root: Path, **changes: Any) -> Path:
             )
     doc["annotations"][0]["segmentation"] = [[10, 10, 40, 10, 40, 30, 10, 30]]
     doc["annotations"][1]["iscrowd"] = 1
-    doc["annotations"][1]["segmentation"] = {"counts": "abc", "size": [96, 96]}
+    doc["annotations"][1]["segmentation"] = {"counts": [9000, 216], "size": [96, 96]}
     for key, value in changes.items():
         value(doc) if callable(value) else doc.__setitem__(key, value)
     (root / "annotations.json").write_text(json.dumps(doc))
@@ -179,14 +179,17 @@ def test_coco_ids_polygons_and_crowd(ws: Workspace, sample: Path, tmp_path: Path
     poly = next(a for a in flat if a.polygons)
     assert poly.polygons[0][:4] == pytest.approx((10 / 96, 10 / 96, 40 / 96, 10 / 96))
     assert sum(a.iscrowd for a in flat) == 1
+    crowd = next(a for a in flat if a.iscrowd)
+    assert crowd.rle == "Xi8h6"  # the uncompressed counts [9000, 216], compressed
     # COCO keeps polygons and crowd flags; VOC and YOLO drop them and say so
     datasets.export_dataset(ws, "coco", "coco", tmp_path / "again")
     datasets.import_dataset(ws, tmp_path / "again", "again")
     _assert_same(ws, "coco", "again", voc=False)
     again = [a for _, _, _, _, g in _items(ws, "again").values() for a in g]
     assert sorted(a.polygons for a in again) == sorted(a.polygons for a in flat)
+    assert [a.rle for a in again if a.iscrowd] == ["Xi8h6"]
     dropped = datasets.export_dataset(ws, "coco", "voc", tmp_path / "voc")["dropped"]
-    assert dropped == {"polygons": 1, "iscrowd": 1}
+    assert dropped == {"polygons": 1, "iscrowd": 1, "rle": 1}
 
 
 def test_coco_2017_layout_with_split_files(ws: Workspace, sample: Path, tmp_path: Path) -> None:
@@ -292,7 +295,7 @@ def _coco_symlink_out(root: Path) -> Path:
 def _coco_size_mismatch(root: Path) -> Path:
     p = root / "annotations.json"
     doc = json.loads(p.read_text())
-    doc["images"][1]["width"] = 640
+    doc["images"][2]["width"] = 640  # image 1 holds the crowd RLE mask
     p.write_text(json.dumps(doc))
     return root
 

@@ -1,7 +1,8 @@
 """Dataset formats, registered explicitly in one table: ``FORMATS[key]``.
 
-Each format module holds its reader and writer side by side (``yolo``, ``coco``, ``voc``);
-all readers produce the records of :mod:`desktop_app.core.dataset_records`.
+Each format module holds its reader and writer side by side (``yolo``, ``coco``, ``voc``,
+``imagefolder``, ...); all readers produce the records of
+:mod:`desktop_app.core.dataset_records`.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from pathlib import Path
 
 from desktop_app.core.dataset_records import Problems, Progress, ScannedDataset
 from desktop_app.core.errors import DatasetFormatError, InvalidArgumentError
-from desktop_app.core.formats import coco, voc, yolo
+from desktop_app.core.formats import coco, createml, cvat, imagefolder, labelstudio, voc, yolo
 from desktop_app.core.formats.base import DatasetFormat, FormatCapabilities
 
 __all__ = [
@@ -22,8 +23,21 @@ __all__ = [
     "read_dataset",
 ]
 
-# Detection tries these in order: the most specific layout first.
-FORMATS: dict[str, DatasetFormat] = {f.key: f for f in (voc.FORMAT, yolo.FORMAT, coco.FORMAT)}
+# Detection tries these in order: the most specific layout first. Class folders
+# ({train,val}/<class>/*.jpg, also YOLO's classification layout) come last and detect as
+# "imagefolder"; pass --format yolo to record them as YOLO.
+FORMATS: dict[str, DatasetFormat] = {
+    f.key: f
+    for f in (
+        voc.FORMAT,
+        cvat.FORMAT,  # an XML file whose root is <annotations>
+        createml.FORMAT,  # a JSON list of {"image", "annotations"}: before COCO's any-*.json
+        labelstudio.FORMAT,  # a JSON list of {"data", ...} tasks: before COCO too
+        yolo.FORMAT,
+        coco.FORMAT,
+        imagefolder.FORMAT,
+    )
+}
 
 
 def get_format(key: str) -> DatasetFormat:
@@ -53,7 +67,7 @@ def detect_format(path: Path) -> DatasetFormat:
         if fmt.detect(p):
             return fmt
     raise DatasetFormatError(
-        f"cannot tell the format of {p} (expected YOLO images/ + labels/, COCO *.json, or VOC Annotations/); pass --format"
+        f"cannot tell the format of {p} (expected YOLO images/ + labels/, COCO *.json, VOC Annotations/, or class folders like train/<class>/*.jpg); pass --format"
     )
 
 

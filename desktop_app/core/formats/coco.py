@@ -1,4 +1,4 @@
-"""COCO object-detection JSON: boxes, polygons, ``iscrowd``/RLE, any category ids.
+"""COCO JSON: boxes, polygons, RLE masks, keypoints, ``iscrowd``, any category ids.
 
 Accepted layouts (one or more annotation files; the split comes from each file's name or
 folder, e.g. ``instances_train2017.json`` or ``valid/_annotations.coco.json``)::
@@ -7,8 +7,19 @@ folder, e.g. ``instances_train2017.json`` or ``valid/_annotations.coco.json``)::
     annotations/instances_{train,val}.json + images/{train,val}/*.jpg  (or {train,val}2017/)
     {train,valid,test}/_annotations.coco.json + the images beside each
 
-Category ids may have gaps; they map to contiguous class ids in id order, names kept. A
-crowd annotation (``iscrowd: 1``) keeps its ``bbox`` and its flag; an RLE mask is not kept.
+Category ids may have gaps; they map to contiguous class ids in id order, names kept.
+
+* ``segmentation`` polygons are kept (normalised); an RLE mask (``{"size": [h, w],
+  "counts": ...}``, usually on ``iscrowd: 1`` annotations) is kept as its compressed counts
+  string (uncompressed counts lists are compressed), so COCO → COCO is lossless.
+* ``keypoints`` (``x, y, v`` in pixels; ``categories[].keypoints`` names them) make the task
+  ``pose`` with ``keypoint_shape`` ``(K, 3)``; keypoint names and ``skeleton`` are not kept
+  (an export writes the names ``"0"``.. ``"K-1"`` and no skeleton).
+* The task is ``pose`` when annotations carry keypoints, ``segment`` when every non-crowd
+  annotation has a polygon, else ``detect`` (polygons still kept as extras).
+
+Lenient reads skip a bad image entry or annotation and list it; a file that is not JSON, or
+whose ``images``/``categories`` are not lists, is still refused.
 """
 
 from __future__ import annotations
@@ -19,6 +30,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from pycocotools import mask as mask_utils
 
 from desktop_app.core.dataset_records import (
     Annotation,
@@ -61,8 +74,10 @@ def read(
     """Validate COCO annotation file(s) and their images completely.
 
     Raises:
-        DatasetFormatError: on the first problem, naming the file and what is wrong.
+        DatasetFormatError: not a COCO dataset, or (strict) on the first problem, naming the
+            file and what is wrong.
     """
+    report = problems if problems is not None else Problems()
     path = Path(path).expanduser()
     if not path.exists():
         raise DatasetFormatError(f"not a COCO dataset: {path} does not exist; check the path")
@@ -87,11 +102,30 @@ def read(
     ids = sorted(categories)
     class_of = {cid: i for i, cid in enumerate(ids)}
     names = tuple(categories[cid] for cid in ids)
+    reader = _Reader(class_of, _keypoint_count(files, docs), report)
     sources: list[SourceImage] = []
     for f, doc in zip(files, docs, strict=True):
-        sources.extend(_read_file(root, f, doc, class_of))
+        sources.extend(reader.read_file(root, f, doc))
     has_split = any(f.split for f in files)
-    return inspect_images(root, "coco", names, sources, has_split, progress)
+    anns = [a for src in sources for a in src.annotations]
+    if any(a.keypoints for a in anns):
+        task = "pose"
+    elif any(not a.iscrowd for a in anns) and all(a.polygons for a in anns if not a.iscrowd):
+        task = "segment"
+    else:
+        task = "detect"
+    shape = (reader.keypoints, 3) if task == "pose" and reader.keypoints else None
+    return inspect_images(
+        root,
+        "coco",
+        names,
+        sources,
+        has_split,
+        progress,
+        problems=report,
+        task=task,
+        keypoint_shape=shape,
+    )
 
 
 # ---- files -----------------------------------------------------------------------------
@@ -169,13 +203,63 @@ def _merge_categories(files: list[_File], docs: list[Any]) -> dict[int, str]:
     return merged
 
 
-def _read_file(
-    root: Path, f: _File, doc: dict[str, Any], class_of: dict[int, int]
-) -> Iterator[SourceImage]:
-    where = str(f.path)
-    images: dict[int, tuple[str, int, int, Path]] = {}
-    for i, img in enumerate(_list(doc, "images", where)):
-        at = f"{where}: images[{i}]"
+def _keypoint_count(files: list[_File], docs: list[Any]) -> int | None:
+    """K from ``categories[].keypoints`` (one layout for all), None when none names any.
+
+    Raises:
+        DatasetFormatError: categories name different numbers of keypoints.
+    """
+    found: dict[int, Path] = {}
+    for f, doc in zip(files, docs, strict=True):
+        for cat in doc.get("categories") or ():
+            names = cat.get("keypoints") if isinstance(cat, dict) else None
+            if isinstance(names, list) and names:
+                found.setdefault(len(names), f.path)
+    if len(found) > 1:
+        (a, pa), (b, pb) = sorted(found.items())[:2]
+        raise DatasetFormatError(
+            f"{pb}: categories name {a} and {b} keypoints ({pa}); use one keypoint layout for all categories"
+        )
+    return next(iter(found), None)
+
+
+class _Reader:
+    """Reads the images and annotations of COCO files, reporting problems as it goes."""
+
+    def __init__(self, class_of: dict[int, int], keypoints: int | None, report: Problems) -> None:
+        self.class_of = class_of
+        self.keypoints = keypoints  # K, from the categories or the first annotation with any
+        self.report = report
+
+    def read_file(self, root: Path, f: _File, doc: dict[str, Any]) -> Iterator[SourceImage]:
+        where = str(f.path)
+        images: dict[int, tuple[str, int, int, Path]] = {}
+        skipped: set[int] = set()
+        for i, img in enumerate(_list(doc, "images", where)):
+            try:
+                iid, entry = self._image(root, f, img, f"{where}: images[{i}]", images)
+            except DatasetFormatError as exc:
+                self.report.add_error(exc)
+                if isinstance(img, dict) and isinstance(img.get("id"), int):
+                    skipped.add(img["id"])
+                continue
+            images[iid] = entry
+        anns: dict[int, list[Annotation]] = {iid: [] for iid in images}
+        for i, ann in enumerate(_list(doc, "annotations", where)):
+            if isinstance(ann, dict) and ann.get("image_id") in skipped:
+                continue  # its image was reported and skipped
+            try:
+                iid, a = self._annotation_of(ann, f"{where}: annotations[{i}]", where, images)
+            except DatasetFormatError as exc:
+                self.report.add_error(exc)
+                continue
+            anns[iid].append(a)
+        for iid, (name, w, h, path) in images.items():
+            yield SourceImage(name, path, f.split, tuple(anns[iid]), (w, h), f.path)
+
+    def _image(
+        self, root: Path, f: _File, img: Any, at: str, images: dict[int, Any]
+    ) -> tuple[int, tuple[str, int, int, Path]]:
         if not isinstance(img, dict):
             raise DatasetFormatError(f"{at} is not an object; fix the file")
         iid = _int(img.get("id"), f"{at}.id")
@@ -188,10 +272,11 @@ def _read_file(
         w, h = _int(img.get("width"), f"{at}.width"), _int(img.get("height"), f"{at}.height")
         if w <= 0 or h <= 0:
             raise DatasetFormatError(f"{at} ({name}): width and height must be positive; fix them")
-        images[iid] = (name, w, h, _locate(root, f, name))
-    anns: dict[int, list[Annotation]] = {iid: [] for iid in images}
-    for i, ann in enumerate(_list(doc, "annotations", where)):
-        at = f"{where}: annotations[{i}]"
+        return iid, (name, w, h, _locate(root, f, name))
+
+    def _annotation_of(
+        self, ann: Any, at: str, where: str, images: dict[int, tuple[str, int, int, Path]]
+    ) -> tuple[int, Annotation]:
         if not isinstance(ann, dict):
             raise DatasetFormatError(f"{at} is not an object; fix the file")
         if "id" in ann:
@@ -200,14 +285,87 @@ def _read_file(
         if iid not in images:
             raise DatasetFormatError(f"{at}: unknown image id {iid}; add the image or remove it")
         cid = _int(ann.get("category_id"), f"{at}.category_id")
-        if cid not in class_of:
+        if cid not in self.class_of:
             raise DatasetFormatError(
-                f"{at}: unknown category id {cid} (known: {sorted(class_of)}); add the category or fix the id"
+                f"{at}: unknown category id {cid} (known: {sorted(self.class_of)}); add the category or fix the id"
             )
         name, w, h, _ = images[iid]
-        anns[iid].append(_annotation(ann, class_of[cid], w, h, f"{at} ({name})"))
-    for iid, (name, w, h, path) in images.items():
-        yield SourceImage(name, path, f.split, tuple(anns[iid]), (w, h), f.path)
+        return iid, self._annotation(ann, self.class_of[cid], w, h, f"{at} ({name})")
+
+    def _annotation(self, ann: dict[str, Any], cls: int, w: int, h: int, at: str) -> Annotation:
+        crowd = ann.get("iscrowd", 0) in (1, True)
+        seg = ann.get("segmentation")
+        polygons = _polygons(seg, w, h, at) if isinstance(seg, list) else ()
+        rle = _rle(seg, w, h, at) if isinstance(seg, dict) else None
+        keypoints = self._keypoints(ann.get("keypoints"), w, h, at)
+        bbox = ann.get("bbox")
+        if bbox is None and polygons:
+            xs = [v for p in polygons for v in p[0::2]]
+            ys = [v for p in polygons for v in p[1::2]]
+            corners = (min(xs) * w, min(ys) * h, max(xs) * w, max(ys) * h)
+        elif bbox is None and rle is not None:
+            x, y, bw, bh = (float(v) for v in mask_utils.toBbox(_rle_object(rle, w, h)))
+            corners = (x, y, x + bw, y + bh)
+        else:
+            if (
+                not isinstance(bbox, list)
+                or len(bbox) != 4
+                or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in bbox)
+            ):
+                raise DatasetFormatError(
+                    f"{at}: bbox must be 4 numbers [x, y, width, height]; fix it"
+                )
+            x, y, bw, bh = (float(v) for v in bbox)
+            corners = (x, y, x + bw, y + bh)
+        x0, y0, x1, y1 = box_from_pixels(corners, w, h, at)
+        attrs = ann.get("attributes")
+        attrs = attrs if isinstance(attrs, dict) else {}
+        return Annotation.from_xyxy(
+            cls,
+            x0,
+            y0,
+            x1,
+            y1,
+            polygons=polygons,
+            keypoints=keypoints,
+            rle=rle,
+            iscrowd=crowd,
+            difficult=bool(attrs.get("difficult", False)),
+            truncated=bool(attrs.get("truncated", False)),
+        )
+
+    def _keypoints(self, raw: Any, w: int, h: int, at: str) -> tuple[float, ...]:
+        if raw is None or raw == []:
+            return ()
+        if (
+            not isinstance(raw, list)
+            or len(raw) % 3
+            or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in raw)
+            or not finite(raw)
+        ):
+            raise DatasetFormatError(f"{at}: keypoints must be a list of x, y, v numbers; fix it")
+        if self.keypoints is None:
+            self.keypoints = len(raw) // 3
+        if len(raw) != 3 * self.keypoints:
+            raise DatasetFormatError(
+                f"{at}: {len(raw) // 3} keypoints, but the categories name {self.keypoints}; fix the annotation"
+            )
+        out: list[float] = []
+        for i in range(0, len(raw), 3):
+            x, y, v = float(raw[i]), float(raw[i + 1]), raw[i + 2]
+            if v not in (0, 1, 2):
+                raise DatasetFormatError(
+                    f"{at}: keypoint {i // 3 + 1} visibility must be 0, 1 or 2, found {v!r}; fix it"
+                )
+            if v == 0:
+                out.extend((0.0, 0.0, 0.0))
+                continue
+            if x < -1 or y < -1 or x > w + 1 or y > h + 1:
+                raise DatasetFormatError(
+                    f"{at}: keypoint {i // 3 + 1} ({x:g}, {y:g}) lies outside the {w}x{h} image; fix it"
+                )
+            out.extend((min(max(x / w, 0.0), 1.0), min(max(y / h, 0.0), 1.0), float(v)))
+        return tuple(out)
 
 
 def _locate(root: Path, f: _File, name: str) -> Path:
@@ -222,40 +380,6 @@ def _locate(root: Path, f: _File, name: str) -> Path:
         if p.is_file() or p.is_symlink():
             return p
     return dirs[0] / name  # missing: inspect_images reports it
-
-
-def _annotation(ann: dict[str, Any], cls: int, w: int, h: int, at: str) -> Annotation:
-    crowd = ann.get("iscrowd", 0) in (1, True)
-    seg = ann.get("segmentation")
-    polygons = _polygons(seg, w, h, at) if isinstance(seg, list) else ()
-    bbox = ann.get("bbox")
-    if bbox is None and polygons:
-        xs = [v for p in polygons for v in p[0::2]]
-        ys = [v for p in polygons for v in p[1::2]]
-        corners = (min(xs) * w, min(ys) * h, max(xs) * w, max(ys) * h)
-    else:
-        if (
-            not isinstance(bbox, list)
-            or len(bbox) != 4
-            or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in bbox)
-        ):
-            raise DatasetFormatError(f"{at}: bbox must be 4 numbers [x, y, width, height]; fix it")
-        x, y, bw, bh = (float(v) for v in bbox)
-        corners = (x, y, x + bw, y + bh)
-    x0, y0, x1, y1 = box_from_pixels(corners, w, h, at)
-    attrs = ann.get("attributes")
-    attrs = attrs if isinstance(attrs, dict) else {}
-    return Annotation.from_xyxy(
-        cls,
-        x0,
-        y0,
-        x1,
-        y1,
-        polygons=polygons,
-        iscrowd=crowd,
-        difficult=bool(attrs.get("difficult", False)),
-        truncated=bool(attrs.get("truncated", False)),
-    )
 
 
 def _polygons(seg: list[Any], w: int, h: int, at: str) -> tuple[tuple[float, ...], ...]:
@@ -280,6 +404,75 @@ def _polygons(seg: list[Any], w: int, h: int, at: str) -> tuple[tuple[float, ...
             tuple(min(max(v / (w if i % 2 == 0 else h), 0.0), 1.0) for i, v in enumerate(pts))
         )
     return tuple(out)
+
+
+def _rle(seg: dict[str, Any], w: int, h: int, at: str) -> str:
+    """A checked RLE mask as its compressed counts string (uncompressed counts are compressed)."""
+    size = seg.get("size")
+    if size != [h, w]:
+        raise DatasetFormatError(
+            f"{at}: the RLE mask's size {size!r} is not the image's [height, width] [{h}, {w}]; fix it"
+        )
+    counts = seg.get("counts")
+    if isinstance(counts, list):
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in counts):
+            raise DatasetFormatError(
+                f"{at}: RLE counts must be whole numbers of at least 0; fix the mask"
+            )
+        runs = counts
+        packed = mask_utils.frPyObjects({"counts": counts, "size": [h, w]}, h, w)["counts"]
+        text = packed.decode("ascii") if isinstance(packed, bytes) else str(packed)
+    elif isinstance(counts, str):
+        runs = rle_counts(counts, at)
+        text = counts
+    else:
+        raise DatasetFormatError(
+            f"{at}: RLE counts must be a string or a list of numbers; fix the mask"
+        )
+    if sum(runs) != w * h:
+        raise DatasetFormatError(
+            f"{at}: the RLE mask covers {sum(runs)} pixels, not the image's {w * h}; fix the mask"
+        )
+    return text
+
+
+def rle_counts(text: str, at: str) -> list[int]:
+    """The run lengths of a COCO compressed RLE string (checked in Python before any C code).
+
+    Raises:
+        DatasetFormatError: the string is not a valid compressed RLE.
+    """
+    counts: list[int] = []
+    p = 0
+    while p < len(text):
+        x = k = 0
+        more = True
+        while more:
+            if p >= len(text):
+                raise DatasetFormatError(
+                    f"{at}: the RLE counts string ends mid-number; fix the mask"
+                )
+            c = ord(text[p]) - 48
+            if not 0 <= c < 64:
+                raise DatasetFormatError(
+                    f"{at}: the RLE counts string holds {text[p]!r}, not a COCO RLE character; fix the mask"
+                )
+            x |= (c & 0x1F) << (5 * k)
+            more = bool(c & 0x20)
+            p += 1
+            k += 1
+            if not more and c & 0x10:
+                x |= -1 << (5 * k)
+        if len(counts) > 2:
+            x += counts[-2]
+        if x < 0:
+            raise DatasetFormatError(f"{at}: the RLE mask has a negative run; fix the mask")
+        counts.append(x)
+    return counts
+
+
+def _rle_object(text: str, w: int, h: int) -> dict[str, Any]:
+    return {"size": [h, w], "counts": text.encode("ascii")}
 
 
 def _list(doc: dict[str, Any], key: str, where: str) -> list[Any]:
@@ -318,6 +511,9 @@ def write(data: ExportDataset, out: Path, copy_image: CopyImage) -> None:
 
 def to_coco(data: ExportDataset, items: list[ExportItem]) -> dict[str, Any]:
     """The COCO document for some items of a version."""
+    k = max((len(a.keypoints) // 3 for i in data.items for a in i.annotations), default=0)
+    if data.keypoint_shape is not None:
+        k = data.keypoint_shape[0]
     images: list[dict[str, Any]] = []
     anns: list[dict[str, Any]] = []
     for image_id, item in enumerate(items, start=1):
@@ -336,15 +532,25 @@ def to_coco(data: ExportDataset, items: list[ExportItem]) -> dict[str, Any]:
                 [v * (item.width if i % 2 == 0 else item.height) for i, v in enumerate(p)]
                 for p in a.polygons
             ]
+            seg: Any = polys
+            if polys:
+                area = _area(polys)
+            elif a.rle is not None:
+                seg = {"size": [item.height, item.width], "counts": a.rle}
+                area = float(sum(rle_counts(a.rle, item.file_name)[1::2]))
+            else:
+                area = box[2] * box[3]
             row: dict[str, Any] = {
                 "id": len(anns) + 1,
                 "image_id": image_id,
                 "category_id": a.cls + 1,
                 "bbox": box,
-                "area": _area(polys) if polys else box[2] * box[3],
+                "area": area,
                 "iscrowd": int(a.iscrowd),
-                "segmentation": polys,
+                "segmentation": seg,
             }
+            if k:
+                row["keypoints"], row["num_keypoints"] = _pixel_keypoints(a, k, item)
             attrs = {k: True for k in ("difficult", "truncated") if getattr(a, k)}
             if attrs:
                 row["attributes"] = attrs
@@ -358,11 +564,24 @@ def to_coco(data: ExportDataset, items: list[ExportItem]) -> dict[str, Any]:
         },
         "licenses": [],
         "categories": [
-            {"id": i + 1, "name": n, "supercategory": ""} for i, n in enumerate(data.class_names)
+            {"id": i + 1, "name": n, "supercategory": ""}
+            | ({"keypoints": [str(j) for j in range(k)], "skeleton": []} if k else {})
+            for i, n in enumerate(data.class_names)
         ],
         "images": images,
         "annotations": anns,
     }
+
+
+def _pixel_keypoints(a: Annotation, k: int, item: ExportItem) -> tuple[list[float | int], int]:
+    """``[x, y, v, ...]`` in pixels for ``k`` keypoints (missing ones ``0, 0, 0``), and how many are labelled."""
+    out: list[float | int] = []
+    labelled = 0
+    for j in range(k):
+        x, y, v = a.keypoints[3 * j : 3 * j + 3] if 3 * j + 3 <= len(a.keypoints) else (0, 0, 0)
+        out.extend((x * item.width, y * item.height, int(v)))
+        labelled += v > 0
+    return out, labelled
 
 
 def _area(polys: list[list[float]]) -> float:
@@ -375,9 +594,17 @@ def _area(polys: list[list[float]]) -> float:
 
 FORMAT = DatasetFormat(
     key="coco",
-    title="COCO JSON (object detection)",
+    title="COCO JSON (detect, segment, pose)",
     detect=detect,
     read=read,
     write=write,
-    capabilities=FormatCapabilities(polygons=True, iscrowd=True, difficult=True, truncated=True),
+    capabilities=FormatCapabilities(
+        tasks=frozenset({"detect", "segment", "pose"}),
+        polygons=True,
+        keypoints=True,
+        rle=True,
+        iscrowd=True,
+        difficult=True,
+        truncated=True,
+    ),
 )

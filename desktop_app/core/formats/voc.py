@@ -4,15 +4,20 @@ Boxes are 1-based pixel coordinates with inclusive ends (``xmin=1, xmax=W`` cove
 whole width), so a box spans ``[xmin - 1, xmax)`` in 0-based pixels; a box that sticks out
 by up to one pixel (0-based tools) is clipped. ``difficult`` and ``truncated`` are kept.
 Class order comes from ``labels.txt`` (or ``classes.txt``) when present, else the sorted
-names found. Images in ``JPEGImages/`` without an XML file are background images.
+names found. Images in ``JPEGImages/`` without an XML file are background images. XML is
+parsed with defusedxml: entity declarations (billion laughs) and external references are
+refused. Lenient reads skip a bad object or XML file (and its image) and list it.
 """
 
 from __future__ import annotations
 
 import os
-import xml.etree.ElementTree as ET
+import xml.etree.ElementTree as ET  # writing only; reading goes through defusedxml
 from collections.abc import Callable
 from pathlib import Path
+
+import defusedxml.ElementTree as SafeET
+from defusedxml import DefusedXmlException
 
 from desktop_app.core.dataset_records import (
     Annotation,
@@ -48,8 +53,10 @@ def read(
     """Validate a VOC folder and its images completely.
 
     Raises:
-        DatasetFormatError: on the first problem, naming the file and what is wrong.
+        DatasetFormatError: not a VOC dataset, or (strict) on the first problem, naming the
+            file and what is wrong.
     """
+    report = problems if problems is not None else Problems()
     root = Path(path).expanduser()
     if not root.is_dir():
         raise DatasetFormatError(f"not a VOC dataset: {root} is not a folder; check the path")
@@ -59,7 +66,14 @@ def read(
         raise DatasetFormatError(
             f"not a VOC dataset: {root} has no {ANNOTATIONS}/ folder (expected Annotations/*.xml and JPEGImages/)"
         )
-    parsed = [_parse(p, img_dir) for p in _walk(ann_dir, lambda n: n.lower().endswith(".xml"))]
+    parsed: list[_Parsed] = []
+    skipped: set[str] = set()  # image stems whose XML was skipped: not background images
+    for p in _walk(ann_dir, lambda n: n.lower().endswith(".xml")):
+        try:
+            parsed.append(_parse(p, img_dir))
+        except DatasetFormatError as exc:
+            report.add_error(exc)
+            skipped.add(p.relative_to(ann_dir).with_suffix("").as_posix())
     names = _class_names(root, parsed)
     class_of = {n: i for i, n in enumerate(names)}
     splits = _read_sets(root)
@@ -69,11 +83,19 @@ def read(
         anns = []
         for i, (name, corners, difficult, truncated) in enumerate(objects, start=1):
             at = f"{xml_path}: object {i}"
+            if isinstance(corners, DatasetFormatError):
+                report.add_error(corners)
+                continue
             if name not in class_of:
-                raise DatasetFormatError(
+                report.add(
                     f"{at}: class {name!r} is not in {root / NAME_FILES[0]}; add it or fix the name"
                 )
-            x0, y0, x1, y1 = box_from_pixels(corners, size[0], size[1], at)
+                continue
+            try:
+                x0, y0, x1, y1 = box_from_pixels(corners, size[0], size[1], at)
+            except DatasetFormatError as exc:
+                report.add_error(exc)
+                continue
             anns.append(
                 Annotation.from_xyxy(
                     class_of[name], x0, y0, x1, y1, difficult=difficult, truncated=truncated
@@ -84,14 +106,14 @@ def read(
         sources.append(SourceImage(file_name, image, splits.get(stem), tuple(anns), size, xml_path))
     if img_dir.is_dir():
         for image in _walk(img_dir, is_image_name):
-            if image not in labelled:
-                rel = image.relative_to(img_dir).as_posix()
+            rel = image.relative_to(img_dir).as_posix()
+            if image not in labelled and Path(rel).with_suffix("").as_posix() not in skipped:
                 split = splits.get(str(Path(rel).with_suffix("").as_posix()))
                 sources.append(SourceImage(rel, image, split, ()))
     if not sources:
         raise DatasetFormatError(f"not a VOC dataset: {ann_dir} holds no .xml files; add them")
     sources.sort(key=lambda s: s.file_name)
-    return inspect_images(root, "voc", names, sources, bool(splits), progress)
+    return inspect_images(root, "voc", names, sources, bool(splits), progress, problems=report)
 
 
 def _walk(folder: Path, keep: Callable[[str], bool]) -> list[Path]:
@@ -104,14 +126,21 @@ def _walk(folder: Path, keep: Callable[[str], bool]) -> list[Path]:
     return sorted(out)
 
 
-_Object = tuple[str, tuple[float, float, float, float], bool, bool]
+# An object: name, pixel corners (or the problem with its box), difficult, truncated.
+_Object = tuple[str, "tuple[float, float, float, float] | DatasetFormatError", bool, bool]
+_Parsed = tuple[Path, str, Path, tuple[int, int], list[_Object]]
 
 
-def _parse(p: Path, img_dir: Path) -> tuple[Path, str, Path, tuple[int, int], list[_Object]]:
+def _parse(p: Path, img_dir: Path) -> _Parsed:
+    """One XML file; a bad file raises, a bad object's box is returned as its problem."""
     try:
-        tree = ET.parse(p)  # expat: no external entities; entity expansion is bounded
+        tree = SafeET.parse(p)
     except ET.ParseError as exc:
         raise DatasetFormatError(f"{p} is not valid XML ({exc}); fix the file") from None
+    except DefusedXmlException as exc:
+        raise DatasetFormatError(
+            f"{p} declares entities or refers to external files ({type(exc).__name__}), which are refused; remove them"
+        ) from None
     except OSError as exc:
         raise DatasetFormatError(f"{p} cannot be read ({exc.strerror}); check the file") from None
     root = tree.getroot()
@@ -128,21 +157,22 @@ def _parse(p: Path, img_dir: Path) -> tuple[Path, str, Path, tuple[int, int], li
     objects: list[_Object] = []
     for i, obj in enumerate(root.findall("object"), start=1):
         name = (obj.findtext("name") or "").strip()
-        if not name:
-            raise DatasetFormatError(f"{p}: object {i} has no <name>; name it")
-        box = obj.find("bndbox")
-        if box is None:
-            raise DatasetFormatError(f"{p}: object {i} ({name}) has no <bndbox>; add it")
-        xmin, ymin, xmax, ymax = (
-            _num(box.findtext(k), p, f"object {i} {k}") for k in ("xmin", "ymin", "xmax", "ymax")
-        )
-        objects.append(
-            (
-                name,
-                (xmin - 1, ymin - 1, xmax, ymax),
-                _flag(obj.findtext("difficult")),
-                _flag(obj.findtext("truncated")),
+        corners: tuple[float, float, float, float] | DatasetFormatError
+        try:
+            if not name:
+                raise DatasetFormatError(f"{p}: object {i} has no <name>; name it")
+            box = obj.find("bndbox")
+            if box is None:
+                raise DatasetFormatError(f"{p}: object {i} ({name}) has no <bndbox>; add it")
+            xmin, ymin, xmax, ymax = (
+                _num(box.findtext(k), p, f"object {i} {k}")
+                for k in ("xmin", "ymin", "xmax", "ymax")
             )
+            corners = (xmin - 1, ymin - 1, xmax, ymax)
+        except DatasetFormatError as exc:
+            corners = exc
+        objects.append(
+            (name, corners, _flag(obj.findtext("difficult")), _flag(obj.findtext("truncated")))
         )
     return p, file_name, img_dir / file_name, (width, height), objects
 
@@ -178,13 +208,13 @@ def _flag(text: str | None) -> bool:
     return (text or "0").strip().lower() in ("1", "true", "yes")
 
 
-def _class_names(
-    root: Path, parsed: list[tuple[Path, str, Path, tuple[int, int], list[_Object]]]
-) -> tuple[str, ...]:
+def _class_names(root: Path, parsed: list[_Parsed]) -> tuple[str, ...]:
     for name in NAME_FILES:
         if (root / name).is_file():
             return names_from_txt(root / name)
-    found = sorted({obj[0] for *_, objects in parsed for obj in objects})
+    found = sorted(
+        {obj[0] for *_, objects in parsed for obj in objects if isinstance(obj[1], tuple)}
+    )
     if not found:
         raise DatasetFormatError(
             f"no class names: {root} has no labels.txt and its XML files hold no objects; add labels.txt"
