@@ -161,6 +161,19 @@ class DatasetItem(Base):
     version: Mapped[DatasetVersion] = relationship(back_populates="items")
 
 
+class Experiment(Base):
+    """A named group of runs (e.g. "backbone sweep"), with a markdown description."""
+
+    __tablename__ = "experiments"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    project_id: Mapped[int] = mapped_column(
+        ForeignKey("projects.id", ondelete="CASCADE"), index=True
+    )
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    description: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
 class TrainingRun(Base):
     __tablename__ = "training_runs"
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
@@ -184,6 +197,16 @@ class TrainingRun(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    experiment_id: Mapped[int | None] = mapped_column(
+        ForeignKey("experiments.id", ondelete="SET NULL"), nullable=True, index=True
+    )
+    starred: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
+    notes: Mapped[str | None] = mapped_column(Text, nullable=True)  # markdown
+    tags: Mapped[list[Any]] = mapped_column(JSON, default=list, server_default="[]")
+    # End-of-run validation: per-class AP/precision/recall, confusion matrix, PR curves,
+    # plot and sample-prediction paths (the trainer's "validation" event).
+    validation: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict, server_default="{}")
+    resumed_from: Mapped[str | None] = mapped_column(String(32), nullable=True)
     metrics: Mapped[list[RunMetric]] = relationship(order_by="(RunMetric.epoch, RunMetric.key)")
 
 
@@ -199,6 +222,86 @@ class RunMetric(Base):
     epoch: Mapped[int] = mapped_column(Integer)
     key: Mapped[str] = mapped_column(String(128))
     value: Mapped[float] = mapped_column(Float)
+
+
+class Job(Base):
+    """A unit of long work run by an executor (a child process now, a cluster job later).
+
+    ``status``: queued | running | completed | failed | cancelled | orphaned. ``resource``
+    is what it occupies ("cuda:0", "cpu"); one job per resource runs at a time by default.
+    ``pid`` and ``pid_started`` (the process's start time, as the OS reports it) let a
+    restarted desktop re-attach to a child that still runs, and tell a reused pid apart.
+    ``events_path`` is the child's JSON-lines event file; ``events_offset`` how far the
+    recorder has read it.
+    """
+
+    __tablename__ = "jobs"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))  # train | evaluate | predict | export
+    status: Mapped[str] = mapped_column(String(16), default="queued", index=True)
+    executor: Mapped[str] = mapped_column(String(32), default="local")
+    resource: Mapped[str] = mapped_column(String(32), default="cpu")
+    priority: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    run_id: Mapped[str | None] = mapped_column(
+        ForeignKey("training_runs.id", ondelete="SET NULL"), nullable=True, index=True
+    )
+    pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    pid_started: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    external_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    log_path: Mapped[str | None] = mapped_column(Text, nullable=True)
+    events_path: Mapped[str | None] = mapped_column(Text, nullable=True)
+    events_offset: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    progress: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict, server_default="{}")
+    exit_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class Evaluation(Base):
+    """A run (or one of its exports) measured on a dataset version's split."""
+
+    __tablename__ = "evaluations"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    run_id: Mapped[str] = mapped_column(
+        ForeignKey("training_runs.id", ondelete="CASCADE"), index=True
+    )
+    export_id: Mapped[str | None] = mapped_column(
+        ForeignKey("exports.id", ondelete="SET NULL"), nullable=True
+    )
+    dataset_version_id: Mapped[int] = mapped_column(ForeignKey("dataset_versions.id"), index=True)
+    split: Mapped[str] = mapped_column(String(8))
+    status: Mapped[str] = mapped_column(String(16))  # completed | failed
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    per_class: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # confusion, curves
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class PredictionSet(Base):
+    """Predictions of a model over a folder or a dataset version, kept as a JSON-lines file."""
+
+    __tablename__ = "prediction_sets"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    run_id: Mapped[str | None] = mapped_column(
+        ForeignKey("training_runs.id", ondelete="SET NULL"), nullable=True, index=True
+    )
+    export_id: Mapped[str | None] = mapped_column(
+        ForeignKey("exports.id", ondelete="SET NULL"), nullable=True
+    )
+    source: Mapped[str] = mapped_column(Text)  # a folder path or "dataset@vN"
+    dataset_version_id: Mapped[int | None] = mapped_column(
+        ForeignKey("dataset_versions.id", ondelete="SET NULL"), nullable=True
+    )
+    num_images: Mapped[int] = mapped_column(Integer, default=0)
+    num_detections: Mapped[int] = mapped_column(Integer, default=0)
+    path: Mapped[str] = mapped_column(Text)  # workspace-relative JSON-lines file
+    params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 class Export(Base):
