@@ -8,7 +8,7 @@ PYTEST := $(VENV)/bin/pytest
 TORCH  := torch==2.14.1 torchvision==0.29.1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup demo test lint test-slow test-gpu test-netns test-all bench clean
+.PHONY: setup demo test lint test-slow test-gpu test-netns test-all bench bench-import clean
 
 setup: $(STAMP)
 
@@ -46,6 +46,10 @@ test-all: lint
 
 bench: $(STAMP)
 	$(PY) benchmarks/runtime_overhead.py
+	$(PY) benchmarks/dataset_import.py
+
+bench-import: $(STAMP)
+	$(PY) benchmarks/dataset_import.py
 
 clean:
 	rm -rf $(VENV) .outpost-demo .pytest_cache .ruff_cache

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from desktop_app.core.blobs import BlobStore, register_blob, register_blobs
+from desktop_app.core.blobs import BlobStore, StoredBlob, register_blob, register_blobs
 from desktop_app.core.errors import BlobIntegrityError, InvalidArgumentError
 from desktop_app.core.models import Blob
 from desktop_app.core.workspace import Workspace
@@ -62,3 +62,108 @@ def test_register_helpers_add_rows_once(ws: Workspace) -> None:
         assert register_blobs(s, {a: 1, b: 1}) == 1
     with ws.session() as s:
         assert s.get(Blob, b) is not None
+
+
+def _files(tmp_path: Path, contents: list[bytes]) -> list[Path]:
+    paths = []
+    for i, data in enumerate(contents):
+        p = tmp_path / "src" / f"f{i}.bin"
+        p.parent.mkdir(exist_ok=True)
+        p.write_bytes(data)
+        paths.append(p)
+    return paths
+
+
+def _temp_files(root: Path) -> list[Path]:
+    return list(root.rglob(".tmp-*")) if root.exists() else []
+
+
+def test_ingest_files_matches_ingest_file_in_order(tmp_path: Path) -> None:
+    contents = [f"image {i}".encode() for i in range(40)]
+    paths = _files(tmp_path, contents)
+    store = BlobStore(tmp_path / "blobs")
+    created: list[str] = []
+    seen: list[tuple[int, int]] = []
+    results = store.ingest_files(
+        paths, workers=4, created=created, progress=lambda d, t: seen.append((d, t))
+    )
+    assert [r.sha256 for r in results] == [sha256_bytes(c) for c in contents]
+    assert [r.size for r in results] == [len(c) for c in contents]
+    assert all(r.created for r in results)
+    assert sorted(created) == sorted(sha256_bytes(c) for c in contents)
+    assert seen == [(i, 40) for i in range(1, 41)]
+    assert all(store.verify(r.sha256) for r in results)
+    assert _temp_files(store.root) == []
+    again = store.ingest_files(paths)
+    assert [r.sha256 for r in again] == [r.sha256 for r in results]
+    assert not any(r.created for r in again)
+    assert store.ingest_files([]) == []
+
+
+def test_ingest_files_stores_duplicate_content_once(tmp_path: Path) -> None:
+    paths = _files(tmp_path, [b"same", b"other", b"same"])
+    store = BlobStore(tmp_path / "blobs")
+    results = store.ingest_files(paths, workers=1)
+    assert [r.created for r in results] == [True, True, False]
+    assert results[0].sha256 == results[2].sha256
+    assert sorted(store.iter_shas()) == sorted({results[0].sha256, results[1].sha256})
+
+
+def test_known_sha_of_a_stored_blob_skips_reading_the_file(tmp_path: Path) -> None:
+    store = BlobStore(tmp_path / "blobs")
+    sha = store.put_bytes(b"already here")
+    gone = tmp_path / "no-such-file.png"  # never opened: the blob is known to be stored
+    one = store.ingest_file(gone, expected=sha)
+    assert one == StoredBlob(sha, len(b"already here"), created=False)
+    many = store.ingest_files([gone, gone], expected=[sha, sha])
+    assert many == [one, one]
+
+
+def test_known_sha_that_does_not_match_stores_the_real_content(tmp_path: Path) -> None:
+    (src,) = _files(tmp_path, [b"changed content"])
+    store = BlobStore(tmp_path / "blobs")
+    wrong = sha256_bytes(b"what was hashed before")
+    (stored,) = store.ingest_files([src], expected=[wrong])
+    assert stored.sha256 == sha256_bytes(b"changed content") and stored.created
+    assert store.verify(stored.sha256) and not store.exists(wrong)
+    if wrong[:2] != stored.sha256[:2]:
+        assert not (store.root / wrong[:2]).exists()  # no empty shard folder left behind
+    assert _temp_files(store.root) == []
+    single = store.ingest_file(src, expected=wrong)
+    assert single.sha256 == stored.sha256 and not single.created
+
+
+def test_ingest_files_refuses_bad_expected_before_writing(tmp_path: Path) -> None:
+    paths = _files(tmp_path, [b"a", b"b"])
+    store = BlobStore(tmp_path / "blobs")
+    with pytest.raises(InvalidArgumentError):
+        store.ingest_files(paths, expected=[sha256_bytes(b"a")])
+    with pytest.raises(InvalidArgumentError):
+        store.ingest_files(paths, expected=[sha256_bytes(b"a"), "../../etc/passwd"])
+    assert not store.root.exists()
+
+
+def test_ingest_files_failure_reports_what_it_created(tmp_path: Path) -> None:
+    paths = _files(tmp_path, [f"ok {i}".encode() for i in range(20)])
+    paths.insert(10, tmp_path / "src" / "missing.bin")
+    store = BlobStore(tmp_path / "blobs")
+    created: list[str] = []
+    with pytest.raises(FileNotFoundError):
+        store.ingest_files(paths, workers=2, created=created)
+    assert set(created) == set(store.iter_shas())  # every stored blob is reported
+    assert _temp_files(store.root) == []
+    for sha in created:
+        store.delete(sha)
+    assert list(store.iter_shas()) == []
+
+
+def test_register_blobs_rows_are_complete_and_visible_in_the_session(ws: Workspace) -> None:
+    shas = {sha256_bytes(bytes([i])): i + 1 for i in range(30)}
+    with ws.session() as s:
+        assert register_blobs(s, shas) == 30
+        first = next(iter(shas))
+        row = s.get(Blob, first)
+        assert row is not None and row.size == shas[first] and row.created_at is not None
+        assert register_blobs(s, shas) == 0  # the same transaction sees its own rows
+    with ws.session() as s:
+        assert s.query(Blob).count() == 30
