@@ -26,7 +26,21 @@ EXIT_FAILURE = 1
 EXIT_REPORTING = 2
 ENV_PREFIX = "OUTPOST_JOB_"
 
-EventName = Literal["start", "train_start", "epoch_end", "log", "end", "error"]
+# start: {device, pid}; train_start: {epochs, device, threads}; epoch_end: {epoch, epochs,
+# metrics: {key: value}, last: path of the last checkpoint}; validation: the end-of-run
+# results (see VALIDATION_KEYS); log: {message}; end: {status, best, last, metrics,
+# mlflow_run_id, warnings, device}; error: {message}.
+EventName = Literal["start", "train_start", "epoch_end", "validation", "log", "end", "error"]
+TASKS = ("detect", "segment", "classify", "pose")
+# A "validation" event carries:
+#   primary_metric: {"key", "value"} (the task's headline metric, e.g. mAP50-95 for detect)
+#   per_class: [{"class", "images", "instances", "precision", "recall", "ap50", "ap"}]
+#       (classify: {"class", "images", "precision", "recall", "top1"} style keys)
+#   confusion_matrix: {"names": [... classes, "background"], "matrix": [[int]]}
+#       (rows = predicted, columns = true, as Ultralytics draws it)
+#   curves: {"pr": {"recall": [101 points], "precision": {class: [101 points]}}}
+#   plots: [absolute paths of PNG plots]; samples: [absolute paths of sample predictions]
+VALIDATION_KEYS = ("primary_metric", "per_class", "confusion_matrix", "curves", "plots", "samples")
 
 
 class SpecError(OutpostError):
@@ -49,8 +63,9 @@ class JobSpec(BaseModel):
     v: int = PROTOCOL_VERSION
     kind: Literal["train"] = "train"
     framework: str = "ultralytics"
-    task: Literal["detect"] = "detect"
+    task: Literal["detect", "segment", "classify", "pose"] = "detect"
     model: str
+    # detect/segment/pose: a data.yaml; classify: the folder holding train/ and val/
     data: str
     epochs: int = Field(10, ge=1, le=10_000)
     imgsz: int = Field(640, ge=32, le=4096)
@@ -66,6 +81,8 @@ class JobSpec(BaseModel):
     mlflow_experiment: str = "outpost"
     mlflow_artifact_root: str | None = None
     run_name: str | None = None
+    # A checkpoint (last.pt) to resume from: same run folder, same options, next epoch.
+    resume: str | None = None
     extra: dict[str, Any] = Field(default_factory=dict)
 
 
