@@ -5,19 +5,21 @@ place, so a crash never leaves a half-written blob under its final name. The ``B
 that records a blob in the database is added by the caller inside its own transaction
 (:func:`register_blobs`), after the file is stored.
 
-Many files at once go through :meth:`BlobStore.ingest_files`: the copies run in threads (an
-fsync waits on the disk, not the CPU, and concurrent fsyncs share the file system's journal
-commits) and each shard folder is fsynced once at the end instead of once per file, so every
-blob is durable when the call returns, before the caller commits its rows.
+Many files at once go through :meth:`BlobStore.ingest_files`: copies to temp names in
+threads, one sync of the file system, the renames, and one more sync, so every blob is
+durable when the call returns (before the caller commits its rows) and a blob's name never
+points at content that is not on disk.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import hashlib
 import os
 import re
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
@@ -114,29 +116,37 @@ class BlobStore:
     ) -> list[StoredBlob]:
         """Store many files at once; the same result, file by file, as :meth:`ingest_file`.
 
-        Files are copied (hashed on the way, fsynced, renamed into place) in ``workers``
-        threads; then every shard folder that received a blob is fsynced once, and the store's
-        folder when a shard folder was new. When the call returns, every blob is durable.
+        In three stages, so no blob name ever points at content that is not on disk yet:
+
+        1. every file is copied (and hashed on the way) to a temp file in the store, in
+           ``workers`` threads, without a per-file fsync;
+        2. the store's file system is synced once (Linux ``syncfs``; elsewhere each temp file
+           is fsynced);
+        3. the temp files are renamed to their sha256 names, and the file system (or each
+           touched folder) is synced once more.
+
+        When the call returns every blob is durable, before the caller commits its rows.
+        Two syncs instead of one fsync per file make a 10,000-image import several times
+        faster on common disks.
 
         Args:
             paths: The files to store.
             expected: For each file, the sha256 the caller already knows it has, or None (see
                 :meth:`ingest_file`: a file whose blob is stored is not read).
-            workers: Copy threads (default: 4 per CPU, at most 32; the work waits on the disk).
-            created: Every blob this call creates is appended here as soon as its file is in
+            workers: Copy threads (default: 4 per CPU, at most 32).
+            created: Every blob this call creates is appended here once its file is in
                 place, also when the call then fails, so the caller can remove them again.
-            progress: Called as ``progress(done, total)`` in the calling thread, in order.
+            progress: Called as ``progress(done, total)`` in the calling thread, in order, as
+                files are copied.
 
         Returns:
-            One :class:`StoredBlob` per file, in the order of ``paths``. Two files of the same
-            content copied at the same moment may both say ``created``; the store holds one
-            blob (and ``created`` may list its sha twice).
+            One :class:`StoredBlob` per file, in the order of ``paths``.
 
         Raises:
             InvalidArgumentError: ``expected`` does not have one entry per file, or holds
                 something that is not a sha256.
-            OSError: a file cannot be read or the store cannot be written; files not started
-                yet are skipped, and every blob created so far is in ``created``.
+            OSError: a file cannot be read or the store cannot be written; no temp file is
+                left behind, and every blob created so far is in ``created``.
         """
         files = [Path(p) for p in paths]
         shas: Sequence[str | None] = [None] * len(files) if expected is None else expected
@@ -150,36 +160,71 @@ class BlobStore:
         if not files:
             return []
         made: list[str] = created if created is not None else []
-        new_shards: list[Path] = []
-
-        def one(i: int) -> StoredBlob:
-            stored, new_shard = self._ingest(files[i], shas[i], sync_dir=False)
-            if stored.created:
-                made.append(stored.sha256)  # list.append is atomic (as below)
-            if new_shard:
-                new_shards.append(self.path(stored.sha256).parent)
-            return stored
-
+        self.root.mkdir(parents=True, exist_ok=True)
+        staged: list[_Staged] = []
         count = workers or min(32, 4 * (os.cpu_count() or 1))
         total = len(files)
         with ThreadPoolExecutor(max_workers=max(1, count), thread_name_prefix="blobs") as pool:
-            futures = [pool.submit(one, i) for i in range(total)]
+            futures = [pool.submit(self._stage, files[i], shas[i]) for i in range(total)]
             try:
-                results: list[StoredBlob] = []
                 for i, fut in enumerate(futures, start=1):
-                    results.append(fut.result())
+                    staged.append(fut.result())
                     if progress is not None:
                         progress(i, total)
             except BaseException:
                 for fut in futures:
                     fut.cancel()
-                wait(futures)  # the ones already running finish and record what they created
+                wait(futures)
+                for fut in futures:
+                    if fut.done() and not fut.cancelled() and fut.exception() is None:
+                        fut.result().discard()
                 raise
-            shards = {self.path(r.sha256).parent for r in results if r.created}
-            list(pool.map(fsync_dir, sorted(shards)))
-        if new_shards:
-            fsync_dir(self.root)
+            try:
+                pending = [st for st in staged if st.tmp is not None]
+                if pending and not _syncfs(self.root):
+                    list(pool.map(_fsync_file, [st.tmp for st in pending if st.tmp]))
+                results: list[StoredBlob] = []
+                touched: set[Path] = set()
+                for st in staged:
+                    stored = st.commit(self)
+                    if stored.created:
+                        made.append(stored.sha256)
+                        touched.add(self.path(stored.sha256).parent)
+                    results.append(stored)
+            except BaseException:
+                for st in staged:
+                    st.discard()
+                raise
+            if touched and not _syncfs(self.root):
+                list(pool.map(fsync_dir, sorted(touched)))
+                fsync_dir(self.root)
         return results
+
+    def _stage(self, path: Path, expected: str | None) -> _Staged:
+        """Copy one file to a temp file in the store (no fsync), hashing it on the way."""
+        if expected is not None:
+            try:
+                st = os.stat(self.path(expected))
+            except FileNotFoundError:
+                pass
+            else:
+                return _Staged(None, expected, st.st_size, None)
+        here = self.path(expected).parent if expected is not None else self.root
+        made_here = _make_dir(here) and here != self.root
+        fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=here)
+        try:
+            digest, size = hashlib.sha256(), 0
+            with os.fdopen(fd, "wb") as out, open(path, "rb") as src:
+                while chunk := src.read(CHUNK):
+                    digest.update(chunk)
+                    out.write(chunk)
+                    size += len(chunk)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            _drop_if_empty(here, made_here)
+            raise
+        return _Staged(Path(tmp), digest.hexdigest(), size, here if made_here else None)
 
     def _ingest(
         self, path: Path, expected: str | None, *, sync_dir: bool
@@ -281,6 +326,72 @@ class BlobStore:
             target = dest / sha[:2] / sha
             target.parent.mkdir(exist_ok=True)
             shutil.copyfile(self.path(sha), target)
+
+
+@dataclass
+class _Staged:
+    """A file copied to a temp name in the store (or found stored already: ``tmp`` None)."""
+
+    tmp: Path | None
+    sha256: str
+    size: int
+    made_dir: Path | None  # a shard folder the copy created
+
+    def commit(self, store: BlobStore) -> StoredBlob:
+        """Rename the temp file to its blob name (or drop it when that blob exists)."""
+        if self.tmp is None:
+            return StoredBlob(self.sha256, self.size, created=False)
+        tmp, self.tmp = self.tmp, None
+        dest = store.path(self.sha256)
+        if dest.is_file():
+            tmp.unlink(missing_ok=True)
+            self._drop_dir()
+            return StoredBlob(self.sha256, self.size, created=False)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, dest)
+        if dest.parent != tmp.parent:
+            self._drop_dir()
+        return StoredBlob(self.sha256, self.size, created=True)
+
+    def discard(self) -> None:
+        """Remove the temp file (after a failure)."""
+        if self.tmp is not None:
+            self.tmp.unlink(missing_ok=True)
+            self.tmp = None
+            self._drop_dir()
+
+    def _drop_dir(self) -> None:
+        if self.made_dir is not None:
+            _drop_if_empty(self.made_dir, True)
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _syncfs(folder: Path) -> bool:
+    """Flush every dirty page of the file system holding ``folder`` (Linux ``syncfs``).
+
+    Returns False where the call does not exist or fails; the caller then fsyncs file by
+    file instead.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        return bool(libc.syncfs(fd) == 0)
+    except AttributeError:
+        return False
+    finally:
+        os.close(fd)
 
 
 def _make_dir(folder: Path) -> bool:

@@ -142,10 +142,11 @@ def store_scanned(
         raise DatasetFormatError(
             f"{scanned.root}: no valid image is left after skipping {skipped} problems{first}; fix the source"
         )
-    splits, method = _assign_splits(scanned, val_fraction, seed)
+    boxes = [_boxes_json(img) for img in scanned.images]  # the stored form, built once
+    splits, method = _assign_splits(scanned, boxes, val_fraction, seed)
     items = [
-        (img.file_name, img.sha256, _boxes_json(img), split, _status(img))
-        for img, split in zip(scanned.images, splits, strict=True)
+        (img.file_name, img.sha256, rows, split, _status(img))
+        for img, rows, split in zip(scanned.images, boxes, splits, strict=True)
     ]
     digest = content_hash(scanned.class_names, items)
     project_id = ws.default_project_id()
@@ -153,7 +154,9 @@ def store_scanned(
     try:
         _store_blobs(ws, scanned.images, created, progress)
         with ws.session() as s:
-            _create_rows(s, project_id, name, scanned, splits, method, seed, val_fraction, digest)
+            _create_rows(
+                s, project_id, name, scanned, boxes, splits, method, seed, val_fraction, digest
+            )
     except IntegrityError as exc:
         _discard_blobs(ws, created)
         _refuse_existing(ws, name)  # another process took the name meanwhile
@@ -199,7 +202,9 @@ def _refuse_existing(ws: Workspace, name: str) -> None:
             )
 
 
-def _assign_splits(scanned: ScannedDataset, vf: float, seed: int) -> tuple[list[str], str]:
+def _assign_splits(
+    scanned: ScannedDataset, boxes: list[list[list[Any]]], vf: float, seed: int
+) -> tuple[list[str], str]:
     """Keep the source's train/val split when it has both; otherwise draw one.
 
     With a source split, images the source leaves unassigned are drawn into train/val
@@ -215,7 +220,7 @@ def _assign_splits(scanned: ScannedDataset, vf: float, seed: int) -> tuple[list[
         pool = [i for i, s in enumerate(source) if s is None]
     else:
         pool = [i for i, s in enumerate(source) if s != "test"]
-    drawn = stratified_split([dominant_class(_boxes_json(images[i])) for i in pool], vf, seed)
+    drawn = stratified_split([dominant_class(boxes[i]) for i in pool], vf, seed)
     out = [s or "train" for s in source] if keep else ["test"] * len(images)
     for i, split in zip(pool, drawn, strict=True):
         out[i] = split
@@ -225,18 +230,22 @@ def _assign_splits(scanned: ScannedDataset, vf: float, seed: int) -> tuple[list[
 def _store_blobs(
     ws: Workspace, images: tuple[ScannedImage, ...], created: list[str], progress: Progress | None
 ) -> None:
-    """Copy every image into the blob store, recording the blobs this call created."""
-    total = len(images)
-    for i, img in enumerate(images, start=1):
-        stored = ws.blobs.ingest_file(img.path)
-        if stored.created:
-            created.append(stored.sha256)
-        if stored.sha256 != img.sha256:
+    """Copy every image into the blob store, recording the blobs this call created.
+
+    Images already stored (by their sha256) are not copied again; every new blob is durable
+    before this returns (see :meth:`BlobStore.ingest_files`).
+    """
+    stored = ws.blobs.ingest_files(
+        [img.path for img in images],
+        expected=[img.sha256 for img in images],
+        created=created,
+        progress=None if progress is None else (lambda done, total: progress("store", done, total)),
+    )
+    for img, blob in zip(images, stored, strict=True):
+        if blob.sha256 != img.sha256:
             raise DatasetFormatError(
                 f"{img.path} changed while it was imported; run the import again"
             )
-        if progress is not None:
-            progress("store", i, total)
 
 
 def _create_rows(
@@ -244,6 +253,7 @@ def _create_rows(
     project_id: int,
     name: str,
     scanned: ScannedDataset,
+    boxes: list[list[list[Any]]],
     splits: list[str],
     method: str,
     seed: int,
@@ -267,7 +277,7 @@ def _create_rows(
         split_seed=seed,
         val_fraction=vf,
         num_images=len(scanned.images),
-        num_annotations=sum(len(img.boxes) for img in scanned.images),
+        num_annotations=sum(len(b) for b in boxes),
         problems=list(scanned.problems),
         origin="import",
     )
@@ -283,9 +293,9 @@ def _create_rows(
             "height": img.height,
             "split": split,
             "label_status": _status(img),
-            "boxes": _boxes_json(img),
+            "boxes": rows,
         }
-        for img, split in zip(scanned.images, splits, strict=True)
+        for img, rows, split in zip(scanned.images, boxes, splits, strict=True)
     ]
     s.execute(insert(DatasetItem), rows)
 

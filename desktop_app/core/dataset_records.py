@@ -276,13 +276,28 @@ def safe_relative(name: str, where: str) -> str:
     return "/".join(parts)
 
 
-def check_inside(root: Path, path: Path, where: str) -> None:
+def check_inside(
+    root: Path, path: Path, where: str, parents: dict[Path, Path] | None = None
+) -> None:
     """Refuse a file that is (or links to) something outside ``root``.
+
+    Args:
+        root: The dataset folder (resolved).
+        path: The file.
+        where: What to name in the message.
+        parents: A cache of resolved folders, for callers that check many files of few
+            folders (a link itself is always resolved in full).
 
     Raises:
         DatasetFormatError: the resolved path is outside the dataset folder.
     """
-    resolved = path.resolve()
+    if parents is None or path.is_symlink():
+        resolved = path.resolve()
+    else:
+        folder = parents.get(path.parent)
+        if folder is None:
+            folder = parents[path.parent] = path.parent.resolve()
+        resolved = folder / path.name
     if not resolved.is_relative_to(root):
         kind = "is a link to" if path.is_symlink() or resolved != path.absolute() else "is"
         raise DatasetFormatError(
@@ -340,10 +355,11 @@ def inspect_images(
     report = problems if problems is not None else Problems()
     limit = max_image_pixels()
     seen: dict[str, Path] = {}
+    parents: dict[Path, Path] = {}
     accepted: list[SourceImage] = []
     for src in sources:
         try:
-            _check_source(root, src, seen)
+            _check_source(root, src, seen, parents)
         except DatasetFormatError as exc:
             report.add_error(exc)
             continue
@@ -394,7 +410,9 @@ def inspect_images(
     )
 
 
-def _check_source(root: Path, src: SourceImage, seen: dict[str, Path]) -> None:
+def _check_source(
+    root: Path, src: SourceImage, seen: dict[str, Path], parents: dict[Path, Path]
+) -> None:
     """The checks that need no file content: a UTF-8 name, inside ``root``, not a duplicate."""
     try:
         src.file_name.encode("utf-8")
@@ -402,7 +420,7 @@ def _check_source(root: Path, src: SourceImage, seen: dict[str, Path]) -> None:
         raise DatasetFormatError(
             f"{os.fsencode(src.path).decode('utf-8', 'backslashreplace')}: the file name is not valid UTF-8; rename the file"
         ) from None
-    check_inside(root, src.path, str(src.origin or src.path))
+    check_inside(root, src.path, str(src.origin or src.path), parents)
     if src.file_name in seen:
         raise DatasetFormatError(
             f"{src.path} and {seen[src.file_name]} are both named {src.file_name!r}; rename one"

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -230,6 +231,7 @@ class _Reader:
         self.class_of = class_of
         self.keypoints = keypoints  # K, from the categories or the first annotation with any
         self.report = report
+        self.listings: dict[Path, frozenset[str]] = {}  # folder → its file names, read once
 
     def read_file(self, root: Path, f: _File, doc: dict[str, Any]) -> Iterator[SourceImage]:
         where = str(f.path)
@@ -272,7 +274,7 @@ class _Reader:
         w, h = _int(img.get("width"), f"{at}.width"), _int(img.get("height"), f"{at}.height")
         if w <= 0 or h <= 0:
             raise DatasetFormatError(f"{at} ({name}): width and height must be positive; fix them")
-        return iid, (name, w, h, _locate(root, f, name))
+        return iid, (name, w, h, _locate(root, f, name, self.listings))
 
     def _annotation_of(
         self, ann: Any, at: str, where: str, images: dict[int, tuple[str, int, int, Path]]
@@ -368,14 +370,31 @@ class _Reader:
         return tuple(out)
 
 
-def _locate(root: Path, f: _File, name: str) -> Path:
-    """The image file for ``name``: beside the JSON, in an images/ folder, or a split folder."""
+def _locate(root: Path, f: _File, name: str, listings: dict[Path, frozenset[str]]) -> Path:
+    """The image file for ``name``: beside the JSON, in an images/ folder, or a split folder.
+
+    Each candidate folder is listed once per read (``listings``), so a plain file name costs
+    set lookups, not a stat per folder.
+    """
     json_dir = f.path.parent
     dirs = [json_dir, json_dir / "images", root, root / "images"]
     if f.token:
         for word in dict.fromkeys((f.token, f.split or f.token)):
             dirs += [root / "images" / word, root / word]
     for d in dirs:
+        if "/" not in name:
+            names = listings.get(d)
+            if names is None:
+                try:
+                    names = listings[d] = frozenset(os.listdir(d))
+                except OSError:
+                    names = listings[d] = frozenset()
+            if name not in names:
+                continue
+        p = d / name
+        if p.is_file() or p.is_symlink():
+            return p
+    for d in dirs:  # not listed under that exact name (a case-insensitive file system?)
         p = d / name
         if p.is_file() or p.is_symlink():
             return p
