@@ -344,6 +344,30 @@ class Deployment(Base):
     model_name: Mapped[str] = mapped_column(String(128))
     status: Mapped[str] = mapped_column(String(16))  # installed|failed
     message: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # deploy | activate | deactivate | rollback | uninstall (the history of a model on a device)
+    action: Mapped[str] = mapped_column(String(16), default="deploy", server_default="deploy")
+    details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict, server_default="{}")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class DeviceBenchmark(Base):
+    """An on-device benchmark of one export: the per-device latency table."""
+
+    __tablename__ = "device_benchmarks"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"), index=True)
+    export_id: Mapped[str | None] = mapped_column(
+        ForeignKey("exports.id", ondelete="SET NULL"), nullable=True, index=True
+    )
+    model_name: Mapped[str] = mapped_column(String(128))
+    format: Mapped[str] = mapped_column(String(32))
+    runtime: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    runs: Mapped[int] = mapped_column(Integer)
+    p50_ms: Mapped[float] = mapped_column(Float)
+    p90_ms: Mapped[float] = mapped_column(Float)
+    p99_ms: Mapped[float] = mapped_column(Float)
+    mean_ms: Mapped[float] = mapped_column(Float)
+    details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
