@@ -2,11 +2,13 @@
 
 For one trained run: per format and precision, the export time, package size, the p50/p90
 latency of one image through our runtime (``Predictor.predict``: letterbox, backend, NMS) and
-through Ultralytics ``predict`` on the same model file, and the parity numbers stored with the
-export. Goal: our p50 ≤ Ultralytics' on every format, every export within its tolerance.
+through Ultralytics ``predict`` on the same model file, the parity numbers stored with the
+export, and the accuracy measured at export time on the run's validation split (box mAP50-95
+and mAP50, or a classifier's top-1) through our runtime and through the PyTorch model.
+Goal: our p50 ≤ Ultralytics' on every format, every export within its tolerance.
 
     .venv/bin/python benchmarks/export_formats.py --workspace WS [--run latest]
-        [--formats onnx,torchscript,openvino,openvino:fp16] [--runs 50] [--threads N]
+        [--formats onnx,torchscript,openvino,openvino:fp16,openvino:int8] [--runs 50] [--threads N]
 
 Exports run in a child process (``outpost export --json``); the two predict paths are timed
 here, in alternation, so a busy machine skews neither.
@@ -81,7 +83,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--workspace", type=Path, required=True)
     parser.add_argument("--run", default="latest")
-    parser.add_argument("--formats", default="onnx,torchscript,openvino,openvino:fp16")
+    parser.add_argument(
+        "--formats", default="onnx,torchscript,openvino,openvino:fp16,openvino:int8"
+    )
     parser.add_argument("--runs", type=int, default=50)
     parser.add_argument("--image", type=Path, default=None)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
@@ -118,7 +122,8 @@ def main() -> None:
             img = read_image(image_path)
             imgsz = predictor.input_hw[0]
             reference = YOLO(
-                str(ultralytics_model_path(folder, predictor.manifest, Path(tmp))), task="detect"
+                str(ultralytics_model_path(folder, predictor.manifest, Path(tmp))),
+                task=predictor.manifest.model.task,
             )
             reference.predict(img, imgsz=imgsz, device="cpu", verbose=False)  # sets it up
             ultra_threads = torch.get_num_threads()  # Ultralytics: cpu_count - 1 on the CPU
@@ -154,7 +159,8 @@ def main() -> None:
     header = (
         f"{'format':<12} {'prec':<5} {'status':<17} {'export s':>8} {'MB':>5} "
         f"{'ours p50/p90 ms':>16} {'ultra p50/p90 ms':>17} {'ratio':>8} "
-        f"{'conf':>5} {'matched':>8} {'box px':>7} {'score':>8} {'raw box':>8} {'raw score':>9}"
+        f"{'conf':>5} {'matched':>8} {'box px':>7} {'score':>8} {'raw box':>8} {'raw score':>9} "
+        f"{'mAP ours':>8} {'mAP torch':>9} {'mAP50 ours':>10}"
     )
     print(header)
     print("-" * len(header))
@@ -165,14 +171,23 @@ def main() -> None:
         v = r.get("validation") or {}
         ours, theirs = r["ours"], r["theirs"]
         matched = f"{v['matched']}/{max(v['reference_detections'], v['export_detections'])}"
+        acc = v.get("accuracy") or {}
+        raw_box = v.get("raw_max_box_deviation_px")
+        raw_score = v.get("raw_max_score_deviation")
         ratio = f"{ours[0] / theirs[0]:.2f}{r['ultra_threads']}"
         print(
             f"{r['format']:<12} {r['precision']:<5} {r['status']:<17} {r['seconds']:>8.1f} "
             f"{r['size_mb']:>5.1f} {ours[0]:>7.2f}/{ours[1]:<8.2f} "
             f"{theirs[0]:>8.2f}/{theirs[1]:<8.2f} {ratio:>8} {v['conf']:>5} {matched:>8} "
             f"{v['max_box_deviation_px']:>7.3f} {v['max_score_deviation']:>8.5f} "
-            f"{v['raw_max_box_deviation_px']:>8.4f} {v['raw_max_score_deviation']:>9.6f}"
+            f"{_num(raw_box, 8, 4)} {_num(raw_score, 9, 6)} "
+            f"{_num(acc.get('export'), 8, 4)} {_num(acc.get('pytorch'), 9, 4)} "
+            f"{_num(acc.get('export_map50'), 10, 4)}"
         )
+
+
+def _num(value: float | None, width: int, digits: int) -> str:
+    return f"{value:>{width}.{digits}f}" if value is not None else f"{'-':>{width}}"
 
 
 if __name__ == "__main__":

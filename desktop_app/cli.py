@@ -801,7 +801,7 @@ def _parse_sets(items: list[str] | None) -> dict[str, Any]:
 
 def cmd_train(args: argparse.Namespace) -> Any:
     from desktop_app.core.dataset_split import parse_split_arg
-    from desktop_app.core.training import TrainOptions, run_training
+    from desktop_app.core.training import TrainOptions, run_training, submit_training
 
     if args.schema:
         from trainers.registry import default_registry
@@ -826,8 +826,29 @@ def cmd_train(args: argparse.Namespace) -> Any:
         seed=args.seed,
         extra=_parse_sets(args.set),
         split=parse_split_arg(args.split) if args.split else None,
+        experiment=args.experiment,
+    )
+    if args.detach:
+        return _detached(args, ws, submit_training(ws, opts))
+    summary = run_training(ws, opts, on_event=_train_progress(args))
+    return _train_result(args, summary)
+
+
+def _detached(args: argparse.Namespace, ws: Any, submitted: dict[str, str]) -> Any:
+    """Queue done: make sure a background worker runs the job; say how to follow it."""
+    from desktop_app.core.jobs import spawn_worker
+
+    worker = spawn_worker(ws)
+    if args.json:
+        return {**submitted, "worker_pid": worker}
+    return (
+        f"job {submitted['job']} queued for run {submitted['run']}"
+        f"{f' (worker pid {worker} started)' if worker else ' (the running worker takes it)'}; "
+        f"follow it with: outpost jobs logs {submitted['job']} --follow"
     )
 
+
+def _train_progress(args: argparse.Namespace) -> Callable[[dict[str, Any]], None]:
     def progress(event: dict[str, Any]) -> None:
         kind = event["event"]
         if kind == "train_start":
@@ -851,7 +872,10 @@ def cmd_train(args: argparse.Namespace) -> Any:
             )
             _say(args, f"epoch {event['epoch']}/{event['epochs']}  {shown}")
 
-    summary = run_training(ws, opts, on_event=progress)
+    return progress
+
+
+def _train_result(args: argparse.Namespace, summary: dict[str, Any]) -> Any:
     if args.json:
         return {
             k: summary[k]
@@ -872,9 +896,30 @@ def cmd_train(args: argparse.Namespace) -> Any:
 def cmd_models_list(args: argparse.Namespace) -> Any:
     from trainers.registry import default_registry
 
+    search = (args.search or "").lower()
+    frameworks = []
     rows = []
     for plugin in default_registry().plugins():
-        for name, task in plugin.architectures().items():
+        if args.framework and plugin.key != args.framework:
+            continue
+        archs = plugin.architectures()
+        if args.task:
+            archs = {n: t for n, t in archs.items() if t == args.task}
+        frameworks.append(
+            {
+                "framework": plugin.key,
+                "title": plugin.title,
+                "tasks": ",".join(plugin.tasks),
+                "architectures": len(archs),
+            }
+        )
+        # A framework with more than a few hundred architectures (timm) lists them only
+        # when asked for by name or filtered with --search.
+        if len(archs) > 300 and not search and args.framework != plugin.key:
+            continue
+        for name, task in archs.items():
+            if search and search not in name.lower():
+                continue
             rows.append(
                 {
                     "framework": plugin.key,
@@ -883,9 +928,24 @@ def cmd_models_list(args: argparse.Namespace) -> Any:
                     "trainable": task in plugin.tasks,
                 }
             )
-    if args.task:
-        rows = [r for r in rows if r["task"] == args.task]
-    return rows if args.json else _table(rows, ["framework", "task", "model", "trainable"])
+    if args.json:
+        return {"frameworks": frameworks, "models": rows}
+    hidden = [
+        f
+        for f in frameworks
+        if f["architectures"] > 300 and not search and args.framework != f["framework"]
+    ]
+    lines = [
+        _table(frameworks, ["framework", "title", "tasks", "architectures"]),
+        "",
+        _table(rows, ["framework", "task", "model", "trainable"]),
+    ]
+    for f in hidden:
+        lines.append(
+            f"({f['architectures']} {f['framework']} architectures not shown; "
+            f"filter them with --search TEXT or list them with --framework {f['framework']})"
+        )
+    return "\n".join(lines)
 
 
 def cmd_runs_list(args: argparse.Namespace) -> Any:
@@ -906,6 +966,75 @@ def cmd_runs_show(args: argparse.Namespace) -> Any:
 
     ws = _open_ws(args)
     return run_summary(ws, resolve_run(ws, args.run).id)
+
+
+def cmd_runs_resume(args: argparse.Namespace) -> Any:
+    from desktop_app.core.training import resume_run, wait_resumed
+
+    ws = _open_ws(args)
+    job_id = resume_run(ws, args.run)
+    if args.detach:
+        return _detached(args, ws, {"job": job_id, "run": args.run})
+    return _train_result(args, wait_resumed(ws, job_id, on_event=_train_progress(args)))
+
+
+def cmd_jobs_list(args: argparse.Namespace) -> Any:
+    from desktop_app.core.jobs import list_jobs
+
+    rows = []
+    for job in list_jobs(_open_ws(args), args.status):
+        row = job.to_dict()
+        p = job.progress
+        row["epoch"] = f"{p['epoch']}/{p.get('epochs')}" if p.get("epoch") else None
+        row["eta_s"] = p.get("eta_s")
+        rows.append(row)
+    if args.json:
+        return rows
+    return _table(
+        rows, ["id", "kind", "status", "resource", "run_id", "epoch", "eta_s", "created_at"]
+    )
+
+
+def cmd_jobs_show(args: argparse.Namespace) -> Any:
+    from desktop_app.core.jobs import get_job
+
+    return get_job(_open_ws(args), args.job).to_dict()
+
+
+def cmd_jobs_cancel(args: argparse.Namespace) -> Any:
+    from desktop_app.core.jobs import JobManager
+
+    with JobManager(_open_ws(args)) as manager:
+        job = manager.cancel(args.job, grace_s=args.grace)
+    return job.to_dict() if args.json else f"job {job.id}: {job.status}"
+
+
+def cmd_jobs_logs(args: argparse.Namespace) -> Any:
+    from desktop_app.core.jobs import follow_logs, job_logs
+
+    ws = _open_ws(args)
+    if args.follow and not args.json:
+        follow_logs(ws, args.job, sys.stdout, tail=args.tail)
+        return None
+    logs = job_logs(ws, args.job, tail=args.tail)
+    return logs if args.json else "\n".join(logs["lines"])
+
+
+def cmd_jobs_work(args: argparse.Namespace) -> Any:
+    from desktop_app.core.jobs import JobManager, worker_lock
+
+    ws = _open_ws(args)
+    lock = worker_lock(ws)
+    if not lock.acquire():
+        return (
+            {"ended": 0, "note": "a worker already runs"} if args.json else "a worker already runs"
+        )
+    try:
+        with JobManager(ws) as manager:
+            ended = manager.work(until_idle=args.until_idle)
+    finally:
+        lock.release()
+    return {"ended": ended} if args.json else f"worker done: {ended} job(s) ended"
 
 
 # --- export / predict --------------------------------------------------------------------
@@ -929,9 +1058,8 @@ def cmd_export(args: argparse.Namespace) -> Any:
     from desktop_app.core.exports import export_run
 
     formats = [f.strip() for f in args.format.split(",") if f.strip()]
-    results = export_run(
-        _open_ws(args), args.run, formats, imgsz=args.imgsz, precision=args.precision
-    )
+    precision = "int8" if getattr(args, "int8", False) else args.precision
+    results = export_run(_open_ws(args), args.run, formats, imgsz=args.imgsz, precision=precision)
     if any(r["status"] != "completed" for r in results):
         args.exit_code = 1
     if args.json:
@@ -950,8 +1078,31 @@ def cmd_export(args: argparse.Namespace) -> Any:
 def cmd_exports_list(args: argparse.Namespace) -> Any:
     from desktop_app.core.exports import list_exports
 
-    rows = list_exports(_open_ws(args))
-    return rows if args.json else _table(rows, ["id", "run_id", "format", "status", "package"])
+    rows = list_exports(_open_ws(args), run=args.run)
+    if args.json:
+        return rows
+    for r in rows:
+        r["default"] = "*" if r["default"] else ""
+        acc = r.get("accuracy") or {}
+        r["accuracy"] = f"{acc['export']:.3f} ({acc['metric']})" if "export" in acc else ""
+        lat = r.get("latency") or {}
+        r["p50_ms"] = lat.get("p50_ms", "")
+    columns = ["id", "run_id", "format", "precision", "status", "default", "accuracy", "p50_ms"]
+    return _table(rows, [*columns, "package"])
+
+
+def cmd_exports_default(args: argparse.Namespace) -> Any:
+    from desktop_app.core.exports import set_default_export
+
+    row = set_default_export(_open_ws(args), args.export)
+    return row if args.json else f"export {row['id']} is now the default of run {row['run_id']}"
+
+
+def cmd_exports_delete(args: argparse.Namespace) -> Any:
+    from desktop_app.core.exports import delete_export
+
+    result = delete_export(_open_ws(args), args.export, force=args.force)
+    return result if args.json else f"deleted export {result['id']}"
 
 
 def cmd_predict(args: argparse.Namespace) -> Any:
@@ -965,21 +1116,254 @@ def cmd_predict(args: argparse.Namespace) -> Any:
         results = []
         for image in args.images:
             dets, timing = predictor.predict(read_image(image), conf=args.conf, iou=args.iou)
-            results.append(
-                {"image": str(image), "detections": dets.to_list(), "timing_ms": timing.as_dict()}
-            )
+            item: dict[str, Any] = {
+                "image": str(image),
+                "detections": dets.to_list(),
+                "timing_ms": timing.as_dict(),
+            }
+            if dets.probs is not None:
+                item["classification"] = dets.top_k(predictor.manifest.model.postprocessing.top_k)
+            results.append(item)
     finally:
         predictor.close()
     if args.json:
         return {"package": str(args.package), "runtime": predictor.backend.key, "results": results}
     lines = []
     for r in results:
+        if "classification" in r:
+            lines.append(f"{r['image']}: ({r['timing_ms']['total']:.1f} ms)")
+            for c in r["classification"]:
+                lines.append(f"  {c['class_name']:<12} {c['confidence']:.3f}")
+            continue
         lines.append(
             f"{r['image']}: {len(r['detections'])} detections ({r['timing_ms']['total']:.1f} ms)"
         )
         for d in r["detections"]:
-            lines.append(f"  {d['class_name']:<12} {d['confidence']:.3f}  {d['xyxy']}")
+            extra = ""
+            if "mask" in d:
+                extra += f"  mask {_mask_area(d['mask'])} px"
+            if "keypoints" in d:
+                extra += "  keypoints " + " ".join(
+                    f"({k[0]:.0f},{k[1]:.0f})" for k in d["keypoints"]
+                )
+            lines.append(f"  {d['class_name']:<12} {d['confidence']:.3f}  {d['xyxy']}{extra}")
     return "\n".join(lines)
+
+
+def _mask_area(rle: dict[str, Any]) -> int:
+    """Foreground pixels of a COCO uncompressed RLE (every second run)."""
+    return int(sum(rle["counts"][1::2]))
+
+
+# --- evaluation / batch prediction -------------------------------------------------------
+
+
+def _progress(args: argparse.Namespace) -> Callable[[str, int, int], None] | None:
+    """A "done/total" line every tenth of the way (and at the end), unless --json."""
+    if args.json:
+        return None
+
+    def say(_stage: str, done: int, total: int) -> None:
+        if done == total or done % max(1, total // 10) == 0:
+            _say(args, f"  {done}/{total}")
+
+    return say
+
+
+def _evaluation_text(ev: dict[str, Any]) -> str:
+    m = ev["metrics"]
+    head = (
+        f"evaluation {ev['id']}: run {ev['run_id']} (export {ev['export_id']}) on "
+        f"{ev['dataset']}@{ev['version']} {ev['split']}"
+    )
+    rows = [
+        {
+            "class": r["class"],
+            "images": r["images"],
+            "instances": r["instances"],
+            "P": r["precision"],
+            "R": r["recall"],
+            "AP50": r["ap50"],
+            "AP50-95": r["ap50_95"],
+        }
+        for r in ev.get("per_class", [])
+    ]
+    rows.append(
+        {
+            "class": "all",
+            "images": m["images"],
+            "instances": m["instances"],
+            "P": m["precision"],
+            "R": m["recall"],
+            "AP50": m["map50"],
+            "AP50-95": m["map50_95"],
+        }
+    )
+    lines = [head, _table(rows, ["class", "images", "instances", "P", "R", "AP50", "AP50-95"])]
+    details = ev.get("details") or {}
+    lines.append(
+        f"P and R at confidence {m['f1_confidence']:.3f} (the best mean F1); "
+        f"mAP75 {m['map75'] if m['map75'] is not None else '-'}"
+    )
+    lines += [f"warning: {w}" for w in details.get("warnings", [])]
+    return "\n".join(lines)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> Any:
+    from desktop_app.core.datasets import split_ref
+    from desktop_app.core.evaluation import evaluate
+
+    name, version = split_ref(args.dataset)
+    ev = evaluate(
+        _open_ws(args),
+        args.run,
+        name,
+        version,
+        args.split,
+        export_id=args.export,
+        conf=args.conf,
+        iou=args.iou,
+        max_det=args.max_det,
+        progress=_progress(args),
+    )
+    return ev if args.json else _evaluation_text(ev)
+
+
+def cmd_evaluations_list(args: argparse.Namespace) -> Any:
+    from desktop_app.core.evaluation import list_evaluations
+
+    rows = list_evaluations(_open_ws(args), args.run)
+    if args.json:
+        return rows
+    flat = [
+        {**r, "mAP50": r["metrics"].get("map50"), "mAP50-95": r["metrics"].get("map50_95")}
+        for r in rows
+    ]
+    columns = ["id", "run_id", "export_id", "dataset", "version", "split", "status"]
+    return _table(flat, [*columns, "mAP50", "mAP50-95", "created_at"])
+
+
+def cmd_evaluations_show(args: argparse.Namespace) -> Any:
+    from desktop_app.core.evaluation import get_evaluation
+
+    ev = get_evaluation(_open_ws(args), args.id)
+    return ev if args.json else _evaluation_text(ev)
+
+
+def cmd_predict_batch(args: argparse.Namespace) -> Any:
+    from desktop_app.core.datasets import split_ref
+    from desktop_app.core.predictions import predict_batch, to_prelabels
+
+    if args.run is None and args.export is None:
+        raise OutpostError("name a run (or 'latest') or pass --export ID to predict with")
+    name, version = split_ref(args.dataset) if args.dataset else (None, None)
+    ws = _open_ws(args)
+    out = predict_batch(
+        ws,
+        run_ref=args.run,
+        export_id=args.export,
+        folder=args.folder,
+        dataset=name,
+        version=version,
+        split=args.split,
+        conf=args.conf,
+        iou=args.iou,
+        progress=_progress(args),
+    )
+    if args.to_prelabels:
+        out["prelabels"] = to_prelabels(ws, out["id"], args.to_prelabels, min_score=args.min_score)
+    if args.json:
+        return out
+    lines = [
+        f"prediction set {out['id']}: {out['images']} images, {out['detections']} detections "
+        f"from {out['source']} -> {out['path']}"
+    ]
+    lines += [f"  error: {e['file']}: {e['error']}" for e in out["errors"]]
+    pre = out.get("prelabels")
+    if pre is not None:
+        lines.append(
+            f"pre-labelled {pre['images']} images of {pre['dataset']} (draft): "
+            f"{pre['proposals']} proposals, now needs_review; {len(pre['unmatched'])} "
+            f"predicted images not in the dataset"
+        )
+    return "\n".join(lines)
+
+
+def cmd_predictions_list(args: argparse.Namespace) -> Any:
+    from desktop_app.core.predictions import list_prediction_sets
+
+    rows = list_prediction_sets(_open_ws(args))
+    if args.json:
+        return rows
+    columns = ["id", "run_id", "export_id", "source", "images", "detections", "errors"]
+    return _table(rows, [*columns, "created_at"])
+
+
+def cmd_predictions_show(args: argparse.Namespace) -> Any:
+    from desktop_app.core.predictions import get_prediction_set
+
+    out = get_prediction_set(_open_ws(args), args.id, limit=args.limit)
+    if args.json:
+        return out
+    lines = [
+        f"prediction set {out['id']}: {out['images']} images, {out['detections']} detections "
+        f"from {out['source']} ({out['path']})"
+    ]
+    for rec in out["images_shown"]:
+        lines.append(f"{rec['file']}: {len(rec['detections'])} detections")
+        for d in rec["detections"]:
+            lines.append(f"  {d['class']:<12} {d['score']:.3f}  {d['xyxy']}")
+    return "\n".join(lines)
+
+
+def _add_evaluation_parsers(sub: Any, add: Callable[..., argparse.ArgumentParser]) -> None:
+    """`evaluate`, `evaluations`, `predict-batch` and `predictions`."""
+    p = add(sub, "evaluate", cmd_evaluate, "measure a run's exported model on a dataset split")
+    p.add_argument("run", help="run id or 'latest'")
+    p.add_argument("--dataset", required=True, metavar="NAME[@VERSION]")
+    p.add_argument("--split", default="val", choices=["train", "val", "test"])
+    p.add_argument("--export", default=None, help="export id (default: the run's newest ONNX)")
+    p.add_argument("--conf", type=float, default=0.001, help="confidence threshold (0.001)")
+    p.add_argument("--iou", type=float, default=0.7, help="NMS IoU threshold (0.7)")
+    p.add_argument("--max-det", type=int, default=300, help="detections kept per image (300)")
+    evs = sub.add_parser("evaluations", help="stored evaluations").add_subparsers(
+        dest="sub", required=True
+    )
+    p = add(evs, "list", cmd_evaluations_list, "list evaluations")
+    p.add_argument("--run", default=None, help="only this run's (id or 'latest')")
+    p = add(evs, "show", cmd_evaluations_show, "one evaluation with its per-class table")
+    p.add_argument("id")
+
+    p = add(
+        sub,
+        "predict-batch",
+        cmd_predict_batch,
+        "predict a folder or a dataset version with a run's export and store the results",
+    )
+    p.add_argument("run", nargs="?", default=None, help="run id or 'latest' (or use --export)")
+    p.add_argument("--export", default=None, help="export id (default: the run's newest ONNX)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--folder", type=Path, default=None, help="a folder of images (recursive)")
+    src.add_argument("--dataset", default=None, metavar="NAME[@VERSION]")
+    p.add_argument("--split", default=None, choices=["train", "val", "test"])
+    p.add_argument("--conf", type=float, default=0.25)
+    p.add_argument("--iou", type=float, default=0.7)
+    p.add_argument(
+        "--to-prelabels",
+        default=None,
+        metavar="DATASET",
+        help="store the detections as proposals on that dataset's unlabelled draft images",
+    )
+    p.add_argument(
+        "--min-score", type=float, default=0.25, help="weakest proposal kept (--to-prelabels)"
+    )
+    preds = sub.add_parser("predictions", help="stored prediction sets").add_subparsers(
+        dest="sub", required=True
+    )
+    add(preds, "list", cmd_predictions_list, "list prediction sets")
+    p = add(preds, "show", cmd_predictions_show, "one prediction set and its first images")
+    p.add_argument("id")
+    p.add_argument("--limit", type=int, default=20, help="images to show (20)")
 
 
 # --- devices -----------------------------------------------------------------------------
@@ -1034,26 +1418,503 @@ def cmd_devices_forget(args: argparse.Namespace) -> Any:
 def cmd_deploy(args: argparse.Namespace) -> Any:
     from desktop_app.core.devices import deploy
 
-    result = deploy(_open_ws(args), args.export, args.device, args.interface)
-    return (
-        result
-        if args.json
-        else f"deployed {result['model']} ({result['export']}) to {result['device']}"
+    result = deploy(
+        _open_ws(args),
+        args.export,
+        args.device,
+        args.interface,
+        activate=args.activate,
+        provider=args.provider,
     )
+    fallback = result.get("fallback")
+    if fallback:  # never silent: the device does not run on what was wanted
+        print(
+            f"WARNING: {result['device']} wanted {fallback['wanted']} but uses "
+            f"{fallback['using']}: {fallback['reason']}",
+            file=sys.stderr,
+            flush=True,
+        )
+    for warning in result.get("warnings") or []:
+        if not fallback or not warning.startswith(f"wanted {fallback['wanted']}"):
+            print(f"WARNING: {warning}", file=sys.stderr, flush=True)
+    if args.json:
+        return result
+    verb = "deployed" if result["activated"] else "staged (not serving; outpost devices activate)"
+    return f"{verb} {result['model']} ({result['export']}) to {result['device']}"
+
+
+def cmd_devices_model(args: argparse.Namespace) -> Any:
+    from desktop_app.core.devices import model_action
+
+    result = model_action(
+        _open_ws(args),
+        args.device,
+        args.model,
+        args.action,
+        version=getattr(args, "version", None),
+        force=getattr(args, "force", False),
+        interfaces=args.interface,
+    )
+    if not result["recorded"]:
+        print(
+            f"warning: no export of {args.model} is known here; the {args.action} is not "
+            "recorded in the deployment history",
+            file=sys.stderr,
+            flush=True,
+        )
+    if args.json:
+        return result
+    answer = result["result"]
+    version = f" {answer['version']}" if answer.get("version") else ""
+    return f"{args.action}: {args.model}{version} on {result['device']} ({result['status']})"
 
 
 def cmd_usage(args: argparse.Namespace) -> Any:
-    from desktop_app.core.devices import pull_usage
+    from desktop_app.core.devices import usage_report
 
-    rows = pull_usage(_open_ws(args), args.device, args.interface)
+    # Back-compatible: ``outpost usage --device ID`` always pulled; --no-pull shows stored rows.
+    pull = args.pull if args.pull is not None else args.device is not None
+    rows = usage_report(_open_ws(args), args.device, pull=pull, interfaces=args.interface)
+    for warning in sorted({r["warning"] for r in rows if r.get("warning")}):
+        print(f"warning: {warning}", file=sys.stderr, flush=True)
     return (
         rows
         if args.json
         else _table(
             rows,
-            ["device_name", "model", "format", "runtime", "requests", "p50_ms", "p90_ms", "p99_ms"],
+            [
+                "device_name",
+                "model",
+                "version",
+                "runtime",
+                "requests",
+                "errors",
+                "p50_ms",
+                "p90_ms",
+                "p99_ms",
+                "throughput_rps",
+            ],
         )
     )
+
+
+def cmd_devices_show(args: argparse.Namespace) -> Any:
+    from desktop_app.core.devices import device_detail
+
+    d = device_detail(_open_ws(args), args.device, args.interface)
+    if d["warning"]:
+        print(f"warning: {d['warning']}", file=sys.stderr, flush=True)
+    if args.json:
+        return d
+    ram = f"{d['ram_bytes'] / (1 << 30):.1f} GiB" if d["ram_bytes"] else "?"
+    lines = [
+        f"{d['name']} ({d['id']})  {d['address']}:{d['port']}  "
+        f"{'paired' if d['paired'] else 'not paired'}  last seen {d['last_seen']}",
+        f"system: {d['os'] or d['platform']}  arch {d['arch']}  agent {d['agent_version']}",
+        f"cpu: {d['cpu_model'] or '?'} x{d['cpu_count'] or '?'}  ram {ram}",
+        "accelerators: "
+        + (", ".join(a.get("name", a.get("kind", "?")) for a in d["accelerators"]) or "none"),
+        "runtimes:",
+        _table(
+            [
+                {
+                    "runtime": r.get("key"),
+                    "version": r.get("version"),
+                    "providers": ",".join(
+                        r.get("available_providers") or r.get("devices") or r.get("providers") or []
+                    ),
+                }
+                for r in d["runtimes"]
+            ],
+            ["runtime", "version", "providers"],
+        ),
+        "models:",
+        _table(
+            [
+                {
+                    **m,
+                    "providers": ",".join(m.get("providers") or []),
+                    "fallbacks": json.dumps(m["fallbacks"]) if m.get("fallbacks") else None,
+                }
+                for m in d["models"]
+            ],
+            ["name", "version", "format", "runtime", "providers", "previous_version", "fallbacks"],
+        ),
+        "last usage:",
+        _table(
+            d["last_usage"], ["model", "requests", "errors", "p50_ms", "p99_ms", "collected_at"]
+        ),
+    ]
+    return "\n".join(lines)
+
+
+def cmd_deployments_list(args: argparse.Namespace) -> Any:
+    from desktop_app.core.devices import list_deployments
+
+    rows = list_deployments(_open_ws(args), args.device)
+    return (
+        rows
+        if args.json
+        else _table(
+            rows, ["created_at", "device_name", "model", "export", "action", "status", "message"]
+        )
+    )
+
+
+def cmd_deployments_history(args: argparse.Namespace) -> Any:
+    from desktop_app.core.devices import deployment_history
+
+    rows = deployment_history(_open_ws(args), args.device, args.model)
+    return (
+        rows
+        if args.json
+        else _table(rows, ["created_at", "model", "export", "action", "status", "message"])
+    )
+
+
+def cmd_bench(args: argparse.Namespace) -> Any:
+    from desktop_app.core.devices import bench_export, bench_table
+
+    ws = _open_ws(args)
+    if args.device:
+        done = bench_export(ws, args.export, args.device, args.runs, args.interface)
+        _say(args, f"benchmarked {done['model']} on {done['device_name']}: p50 {done['p50_ms']} ms")
+    rows = bench_table(ws, args.export)
+    return (
+        rows
+        if args.json
+        else _table(
+            rows,
+            [
+                "device_name",
+                "model",
+                "format",
+                "runtime",
+                "runs",
+                "p50_ms",
+                "p90_ms",
+                "p99_ms",
+                "mean_ms",
+                "input",
+                "created_at",
+            ],
+        )
+    )
+
+
+# --- experiments and run annotations -----------------------------------------------------
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    if isinstance(value, list | dict):
+        return json.dumps(value, default=str)
+    return str(value)
+
+
+def _primary_text(primary: dict[str, Any] | None) -> str:
+    return "" if not primary else f"{primary['key']}={primary['value']:.4f}"
+
+
+def _markdown_arg(args: argparse.Namespace) -> str:
+    """The markdown of ``--text`` or ``--file``."""
+    if args.file is None:
+        return str(args.text)
+    try:
+        return Path(args.file).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise OutpostError(f"cannot read {args.file}: {exc}; pass a UTF-8 text file") from None
+
+
+def cmd_experiments_create(args: argparse.Namespace) -> Any:
+    from desktop_app.core.experiments import create_experiment
+
+    r = create_experiment(_open_ws(args), args.name, args.description)
+    return r if args.json else f"created experiment {r['name']}"
+
+
+def cmd_experiments_list(args: argparse.Namespace) -> Any:
+    from desktop_app.core.experiments import list_experiments
+
+    rows = list_experiments(_open_ws(args))
+    if args.json:
+        return rows
+    for r in rows:
+        best = r["best"]
+        r["best"] = f"{_primary_text(best)} ({best['run']})" if best else ""
+        first = (r["description"] or "").strip().splitlines()
+        r["description"] = first[0] if first else ""
+    return _table(rows, ["name", "runs", "best", "created_at", "description"])
+
+
+def cmd_experiments_show(args: argparse.Namespace) -> Any:
+    from desktop_app.core.experiments import get_experiment
+
+    exp = get_experiment(_open_ws(args), args.name)
+    if args.json:
+        return exp
+    lines = [f"experiment {exp['name']}: {len(exp['runs'])} runs (created {exp['created_at']})"]
+    if exp["description"]:
+        lines += ["", exp["description"].rstrip(), ""]
+    rows = [
+        {
+            "id": r["id"],
+            "status": r["status"],
+            "model": r["model"],
+            "dataset": f"{r['dataset']}@{r['version']}" if r["dataset"] else "",
+            "primary": _primary_text(r["primary_metric"]),
+            "star": "*" if r["starred"] else "",
+            "tags": ",".join(r["tags"]),
+        }
+        for r in exp["runs"]
+    ]
+    lines.append(_table(rows, ["id", "status", "model", "dataset", "primary", "star", "tags"]))
+    if exp["best_metrics"]:
+        lines.append("best metrics kept (loss: lower is better; mAP, precision, ...: higher):")
+        width = max(len(k) for k in exp["best_metrics"])
+        lines += [
+            f"  {key:<{width}}  {b['value']:.4f}  {b['run']}"
+            for key, b in exp["best_metrics"].items()
+        ]
+    return "\n".join(lines)
+
+
+def cmd_experiments_add(args: argparse.Namespace) -> Any:
+    from desktop_app.core.experiments import add_runs
+
+    r = add_runs(_open_ws(args), args.name, args.runs, move=args.move)
+    if args.json:
+        return r
+    moved = "".join(f"; moved {run} from {src}" for run, src in r["moved"].items())
+    already = f"; already there: {', '.join(r['already'])}" if r["already"] else ""
+    return f"added {len(r['added'])} runs to {r['experiment']}{moved}{already}"
+
+
+def cmd_experiments_remove(args: argparse.Namespace) -> Any:
+    from desktop_app.core.experiments import remove_runs
+
+    r = remove_runs(_open_ws(args), args.name, args.runs)
+    return r if args.json else f"removed {', '.join(r['removed'])} from {r['experiment']}"
+
+
+def cmd_experiments_rename(args: argparse.Namespace) -> Any:
+    from desktop_app.core.experiments import rename_experiment
+
+    r = rename_experiment(_open_ws(args), args.old, args.new)
+    return r if args.json else f"renamed experiment {r['renamed_from']} to {r['name']}"
+
+
+def cmd_experiments_describe(args: argparse.Namespace) -> Any:
+    from desktop_app.core.experiments import describe_experiment
+
+    r = describe_experiment(_open_ws(args), args.name, _markdown_arg(args))
+    if args.json:
+        return r
+    return f"{'set' if r['description'] else 'cleared'} the description of {r['name']}"
+
+
+def cmd_experiments_delete(args: argparse.Namespace) -> Any:
+    from desktop_app.core.experiments import delete_experiment
+
+    r = delete_experiment(_open_ws(args), args.name)
+    if args.json:
+        return r
+    return f"deleted experiment {r['deleted']}; {len(r['ungrouped_runs'])} runs kept, ungrouped"
+
+
+def cmd_runs_star(args: argparse.Namespace) -> Any:
+    from desktop_app.core.experiments import star_run
+
+    r = star_run(_open_ws(args), args.run, starred=args.starred)
+    return r if args.json else f"{'starred' if r['starred'] else 'unstarred'} {r['run']}"
+
+
+def cmd_runs_note(args: argparse.Namespace) -> Any:
+    from desktop_app.core.experiments import set_notes
+
+    r = set_notes(_open_ws(args), args.run, _markdown_arg(args))
+    return r if args.json else f"{'saved' if r['notes'] else 'cleared'} the notes of {r['run']}"
+
+
+def cmd_runs_tag(args: argparse.Namespace) -> Any:
+    from desktop_app.core.experiments import add_tags, remove_tags
+
+    ws = _open_ws(args)
+    r = remove_tags(ws, args.run, args.tags) if args.remove else add_tags(ws, args.run, args.tags)
+    return r if args.json else f"{r['run']} tags: {', '.join(r['tags']) or '(none)'}"
+
+
+def cmd_runs_search(args: argparse.Namespace) -> Any:
+    from desktop_app.core.experiments import search_runs
+
+    rows = search_runs(
+        _open_ws(args),
+        text=args.text,
+        status=args.status,
+        experiment=args.experiment,
+        tags=args.tag,
+        starred=True if args.starred else None,
+        model=args.model,
+        framework=args.framework,
+        task=args.task,
+        dataset=args.dataset,
+        metric_filters=args.metric,
+        sort=args.sort,
+        limit=args.limit,
+    )
+    if args.json:
+        return rows
+    for r in rows:
+        r["dataset"] = f"{r['dataset']}@{r['version']}" if r["dataset"] else ""
+        r["primary"] = _primary_text(r["primary_metric"])
+        r["star"] = "*" if r["starred"] else ""
+        r["tags"] = ",".join(r["tags"])
+        if args.sort and args.sort.lstrip("-") != "created_at":
+            r[args.sort.lstrip("-")] = r["final_metrics"].get(args.sort.lstrip("-"))
+    columns = ["id", "status", "model", "dataset", "experiment", "star", "tags", "primary"]
+    if args.sort and args.sort.lstrip("-") != "created_at":
+        columns.append(args.sort.lstrip("-"))
+    return _table(rows, [*columns, "created_at"])
+
+
+def cmd_runs_compare(args: argparse.Namespace) -> Any:
+    from desktop_app.core.experiments import compare_runs
+
+    cmp = compare_runs(_open_ws(args), args.runs)
+    if args.json:
+        return cmp
+    ids = [r["id"] for r in cmp["runs"]]
+    runs = [
+        {
+            "run": r["id"],
+            "status": r["status"],
+            "model": r["model"],
+            "task": r["task"],
+            "dataset": f"{r['dataset']}@{r['version']}" if r["dataset"] else "",
+            "experiment": r["experiment"],
+        }
+        for r in cmp["runs"]
+    ]
+    lines = [_table(runs, ["run", "status", "model", "task", "dataset", "experiment"]), ""]
+    differing = cmp["params"]["differing"]
+    lines.append(f"parameters that differ ({len(differing)}; {len(cmp['params']['shared'])} same):")
+    rows = [{"param": k, **{i: _fmt(v.get(i)) for i in ids}} for k, v in differing.items()]
+    lines += [_table(rows, ["param", *ids]), ""]
+    lines.append("final metrics (* best; loss: lower is better):")
+    rows = [
+        {
+            "metric": key,
+            **{i: _fmt(m["values"].get(i)) + ("*" if m["best_run"] == i else "") for i in ids},
+        }
+        for key, m in cmp["final_metrics"].items()
+    ]
+    lines += [_table(rows, ["metric", *ids]), ""]
+    lines.append("per-epoch metrics: last / best@epoch (full curves with --json):")
+    rows = []
+    for key, curve in cmp["curves"].items():
+        row = {"metric": key}
+        for i in ids:
+            s = curve["series"].get(i)
+            if s is None:
+                row[i] = ""
+            elif s["best"] is None:
+                row[i] = f"{s['last']:.4f}"
+            else:
+                row[i] = f"{s['last']:.4f} / {s['best']:.4f}@{s['best_epoch']}"
+        rows.append(row)
+    lines.append(_table(rows, ["metric", *ids]))
+    if cmp["validation"] and cmp["validation"]["per_class"]:
+        lines += ["", "per-class AP (mAP50-95) from end-of-run validation:"]
+        rows = [
+            {"class": c, **{i: _fmt((v.get(i) or {}).get("ap")) for i in ids}}
+            for c, v in cmp["validation"]["per_class"].items()
+        ]
+        lines.append(_table(rows, ["class", *ids]))
+    return "\n".join(lines)
+
+
+def _add_experiment_parsers(sub: Any, runs: Any, add: Callable[..., Any]) -> None:
+    """``outpost experiments ...`` and the run annotation, search and compare commands."""
+    exps = sub.add_parser("experiments", help="groups of runs").add_subparsers(
+        dest="sub", required=True
+    )
+    p = add(exps, "create", cmd_experiments_create, "create an experiment (a group of runs)")
+    p.add_argument("name")
+    p.add_argument("--description", default=None, metavar="MD", help="markdown description")
+    add(exps, "list", cmd_experiments_list, "list experiments with their best primary metric")
+    p = add(exps, "show", cmd_experiments_show, "an experiment's runs and best metrics")
+    p.add_argument("name")
+    p = add(exps, "add", cmd_experiments_add, "put runs into an experiment")
+    p.add_argument("name")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run id or 'latest'")
+    p.add_argument(
+        "--move", action="store_true", help="take runs out of the experiment they are in"
+    )
+    p = add(exps, "remove", cmd_experiments_remove, "take runs out of an experiment")
+    p.add_argument("name")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run id or 'latest'")
+    p = add(exps, "rename", cmd_experiments_rename, "rename an experiment")
+    p.add_argument("old")
+    p.add_argument("new")
+    p = add(exps, "describe", cmd_experiments_describe, "set an experiment's markdown description")
+    p.add_argument("name")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--text", metavar="MD", help="the markdown (empty clears it)")
+    src.add_argument("--file", type=Path, metavar="PATH", help="read the markdown from a file")
+    p = add(exps, "delete", cmd_experiments_delete, "delete an experiment (its runs are kept)")
+    p.add_argument("name")
+
+    p = add(runs, "star", cmd_runs_star, "star a run")
+    p.add_argument("run", help="run id or 'latest'")
+    p.set_defaults(starred=True)
+    p = add(runs, "unstar", cmd_runs_star, "unstar a run")
+    p.add_argument("run", help="run id or 'latest'")
+    p.set_defaults(starred=False)
+    p = add(runs, "note", cmd_runs_note, "set a run's markdown notes (at most 64 KiB)")
+    p.add_argument("run", help="run id or 'latest'")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--text", metavar="MD", help="the markdown (empty clears the notes)")
+    src.add_argument("--file", type=Path, metavar="PATH", help="read the markdown from a file")
+    p = add(runs, "tag", cmd_runs_tag, "add tags to a run (or remove them with --remove)")
+    p.add_argument("run", help="run id or 'latest'")
+    p.add_argument("tags", nargs="+", metavar="TAG", help="letters, digits and . _ - : /")
+    p.add_argument("--remove", action="store_true", help="remove these tags instead")
+    p = add(runs, "search", cmd_runs_search, "find runs by text, status, tags, metrics, ...")
+    p.add_argument("--text", default=None, help="in the id, model, notes, tags or experiment")
+    p.add_argument("--status", default=None, help="queued, running, completed, failed, ...")
+    p.add_argument("--experiment", default=None)
+    p.add_argument(
+        "--tag", action="append", default=None, help="has this tag (repeatable: all of them)"
+    )
+    p.add_argument("--starred", action="store_true", help="starred runs only")
+    p.add_argument("--model", default=None, help="part of the model name")
+    p.add_argument("--framework", default=None)
+    p.add_argument("--task", default=None, help="detect, segment, classify or pose")
+    p.add_argument("--dataset", default=None, metavar="NAME[@VERSION]")
+    p.add_argument(
+        "--metric",
+        action="append",
+        default=None,
+        metavar="KEY>=V",
+        help="a final-metric filter, e.g. 'metrics/mAP50(B)>=0.5' (>, >=, <, <=, =; repeatable)",
+    )
+    p.add_argument(
+        "--sort",
+        default=None,
+        metavar="KEY",
+        help="created_at or a metric key, ascending; --sort=-KEY descending (default: newest first)",
+    )
+    p.add_argument("--limit", type=int, default=None)
+    p = add(
+        runs,
+        "compare",
+        cmd_runs_compare,
+        "runs side by side: parameter diff, final metrics, per-epoch curves (--json: full)",
+    )
+    p.add_argument("runs", nargs="+", metavar="RUN", help="two or more run ids (or 'latest')")
 
 
 # --- demo / worker -----------------------------------------------------------------------
@@ -1092,6 +1953,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="outpost", description="Outpost: datasets, training, export and edge deployment."
     )
     parser.add_argument("--version", action="version", version=f"outpost {_version()}")
+    # Also accepted before the command (``outpost --workspace WS dataset list``).
+    parser.add_argument("--workspace", dest="global_workspace", type=Path, default=None)
+    parser.add_argument("--json", dest="global_json", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def add(parent: Any, name: str, handler: Handler, help_text: str) -> argparse.ArgumentParser:
@@ -1206,6 +2070,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="any trainer option, e.g. --set mosaic=0.5 --set lr0=0.005 (repeatable)",
     )
+    p.add_argument(
+        "--experiment", default=None, help="put the run in this experiment (made if new)"
+    )
+    p.add_argument(
+        "--detach",
+        action="store_true",
+        help="queue the run and return; a background worker (outpost jobs work) trains it",
+    )
 
     models = sub.add_parser("models", help="trainers and architectures")
     p = add(
@@ -1217,6 +2089,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--task", default=None, help="only this task (detect, segment, classify, pose, obb)"
     )
+    p.add_argument("--framework", default=None, help="only this trainer (ultralytics, timm)")
+    p.add_argument(
+        "--search", default=None, metavar="TEXT", help="only architectures whose name contains TEXT"
+    )
 
     runs = sub.add_parser("runs", help="training runs").add_subparsers(dest="sub", required=True)
     add(runs, "list", cmd_runs_list, "list training runs")
@@ -1227,6 +2103,30 @@ def build_parser() -> argparse.ArgumentParser:
         "one run: status, per-epoch metrics, best checkpoint, MLflow id",
     )
     p.add_argument("run", help="run id or 'latest'")
+    p = add(
+        runs,
+        "resume",
+        cmd_runs_resume,
+        "continue a failed, cancelled or orphaned run from its last checkpoint",
+    )
+    p.add_argument("run", help="run id")
+    p.add_argument("--detach", action="store_true", help="queue it; a background worker runs it")
+    _add_experiment_parsers(sub, runs, add)
+
+    jobs = sub.add_parser("jobs", help="the job queue").add_subparsers(dest="sub", required=True)
+    p = add(jobs, "list", cmd_jobs_list, "queued, running and finished jobs")
+    p.add_argument("--status", default=None, help="only jobs with this status")
+    p = add(jobs, "show", cmd_jobs_show, "one job: status, progress, pid, log paths")
+    p.add_argument("job")
+    p = add(jobs, "cancel", cmd_jobs_cancel, "cancel a job (a running one stops gracefully)")
+    p.add_argument("job")
+    p.add_argument("--grace", type=float, default=15.0, help="seconds before it is killed")
+    p = add(jobs, "logs", cmd_jobs_logs, "a job's log (its child's stderr)")
+    p.add_argument("job")
+    p.add_argument("--tail", type=int, default=200, help="last N lines")
+    p.add_argument("--follow", action="store_true", help="keep printing until the job ends")
+    p = add(jobs, "work", cmd_jobs_work, "run queued jobs: reattach, start, follow (one worker)")
+    p.add_argument("--until-idle", action="store_true", help="exit once no job is left")
 
     p = add(sub, "export", cmd_export, "export a run to edge formats as .outpost.zip packages")
     p.add_argument("run", nargs="?", help="run id or 'latest'")
@@ -1235,11 +2135,25 @@ def build_parser() -> argparse.ArgumentParser:
         default="onnx",
         help="comma-separated formats, each optionally FORMAT:PRECISION (e.g. onnx,openvino:fp16)",
     )
-    p.add_argument("--precision", default=None, help="fp32 (default) or fp16, for every format")
+    p.add_argument(
+        "--precision", default=None, help="fp32 (default), fp16 or int8, for every format"
+    )
+    p.add_argument(
+        "--int8",
+        action="store_true",
+        help="INT8 (OpenVINO + NNCF, calibrated on the run's training images); as --precision int8",
+    )
     p.add_argument("--imgsz", type=int, default=None, help="input size (default: the run's)")
     p.add_argument("--capabilities", action="store_true", help="print the format capability matrix")
     exports = sub.add_parser("exports", help="exports").add_subparsers(dest="sub", required=True)
-    add(exports, "list", cmd_exports_list, "list exports")
+    p = add(exports, "list", cmd_exports_list, "list exports (with the default flag)")
+    p.add_argument("--run", default=None, help="only this run's exports (id or 'latest')")
+    p = add(exports, "default", cmd_exports_default, "make an export its run's default")
+    p.add_argument("export", help="export id")
+    p = add(exports, "delete", cmd_exports_delete, "delete an export's package and record")
+    p.add_argument("export", help="export id")
+    p.add_argument("--force", action="store_true", help="delete even if deployed on a device")
+    _add_evaluation_parsers(sub, add)
 
     p = add(sub, "predict", cmd_predict, "run a package locally on images")
     p.add_argument("package", type=Path)
@@ -1283,9 +2197,79 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("export", help="export id or 'latest'")
     p.add_argument("--device", required=True)
     p.add_argument("--interface", action="append", default=None)
+    p.add_argument(
+        "--activate",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="serve the new version at once (default); --no-activate leaves it staged",
+    )
+    p.add_argument(
+        "--provider",
+        default=None,
+        help="execution provider to ask for (e.g. CUDAExecutionProvider; default: the fastest)",
+    )
+    for action, text in (
+        ("activate", "serve a model again, or switch it to its staged (or another) version"),
+        ("deactivate", "stop serving a model on a device (its files stay)"),
+        ("uninstall", "remove every version of a model from a device"),
+        ("rollback", "make a model's previous version active again"),
+    ):
+        p = add(dev, action, cmd_devices_model, text)
+        p.set_defaults(action=action)
+        p.add_argument("device", help="device id (or a unique prefix)")
+        p.add_argument("model", help="model name on the device")
+        p.add_argument("--interface", action="append", default=None)
+        if action == "activate":
+            p.add_argument("--version", default=None, help="the version to serve")
+        if action == "uninstall":
+            p.add_argument(
+                "--force", action="store_true", help="even when it is the only model serving"
+            )
 
-    p = add(sub, "usage", cmd_usage, "pull a device's latency and usage into the workspace")
+    p = add(
+        sub,
+        "usage",
+        cmd_usage,
+        "device x model usage table (requests, errors, p50/p90/p99, throughput); "
+        "--device pulls that device first",
+    )
+    p.add_argument("--device", default=None, help="one device (default: every device)")
+    p.add_argument(
+        "--pull",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="ask the device(s) for fresh usage first (default: only with --device)",
+    )
+    p.add_argument("--interface", action="append", default=None)
+    p = add(
+        dev,
+        "show",
+        cmd_devices_show,
+        "one device: system, accelerators, runtimes, installed models, last usage",
+    )
+    p.add_argument("device", help="device id (or a unique prefix) from outpost devices list")
+    p.add_argument("--interface", action="append", default=None)
+    deps = sub.add_parser("deployments", help="what is deployed where, and its history")
+    deps_sub = deps.add_subparsers(dest="sub", required=True)
+    p = add(deps_sub, "list", cmd_deployments_list, "the latest deployment of each model")
+    p.add_argument("--device", default=None)
+    p = add(
+        deps_sub,
+        "history",
+        cmd_deployments_history,
+        "every deploy/activate/deactivate/rollback/uninstall on a device",
+    )
     p.add_argument("--device", required=True)
+    p.add_argument("--model", default=None)
+    p = add(
+        sub,
+        "bench",
+        cmd_bench,
+        "time an export's model on a device (recorded), and print its per-device latency table",
+    )
+    p.add_argument("export", help="export id or 'latest'")
+    p.add_argument("--device", default=None, help="benchmark on this device first")
+    p.add_argument("--runs", type=int, default=50, help="timed runs, warm-up excluded (50)")
     p.add_argument("--interface", action="append", default=None)
 
     p = add(sub, "demo", cmd_demo, "the whole loop on a sample dataset, headless")
@@ -1330,6 +2314,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.exit_code = 0
+    if getattr(args, "workspace", None) is None and args.global_workspace is not None:
+        args.workspace = args.global_workspace
+    args.json = bool(getattr(args, "json", False) or args.global_json)
     with _stdout_reserved(args.json) as out:
         try:
             result = args.handler(args)

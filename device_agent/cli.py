@@ -85,6 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="do not advertise by mDNS (reach the agent by address)",
     )
     serve.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    serve.add_argument(
+        "--max-concurrency",
+        type=_positive,
+        help="inferences run at once (default: the CPU count); up to 4x as many wait, "
+        "more are refused with 503",
+    )
     info = sub.add_parser("info", help="print this agent's id (created on first use)")
     info.add_argument("--data-dir", type=Path, help=f"state folder (default {default_data_dir()})")
     info.add_argument("--json", action="store_true", help="print id, name and data folder as JSON")
@@ -111,7 +117,74 @@ def build_parser() -> argparse.ArgumentParser:
         help="revoke the desktop with this key fingerprint (or a unique prefix; repeatable)",
     )
     unpair.add_argument("--json", action="store_true", help="print the desktops as JSON")
+    _add_keys_parser(sub)
     return parser
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _add_keys_parser(sub: argparse._SubParsersAction[_Parser]) -> None:
+    keys = sub.add_parser(
+        "keys", help="API keys for applications (inference routes only, Authorization: Bearer)"
+    )
+    keys_sub = keys.add_subparsers(dest="keys_command", metavar="ACTION", parser_class=_Parser)
+    create = keys_sub.add_parser(
+        "create", help="make a key and print it once (only its hash is kept)"
+    )
+    create.add_argument(
+        "--name", required=True, help="a name to tell the key apart (and revoke it)"
+    )
+    create.add_argument("--scope", default="infer", choices=["infer"], help="what the key opens")
+    listing = keys_sub.add_parser("list", help="the keys: name, created, last used, prefix")
+    revoke = keys_sub.add_parser("revoke", help="delete a key (a running agent refuses it at once)")
+    revoke.add_argument("name", help="the key's name")
+    for action in (create, listing, revoke):
+        action.add_argument(
+            "--data-dir", type=Path, help=f"state folder (default {default_data_dir()})"
+        )
+        action.add_argument("--json", action="store_true", help="print JSON")
+
+
+def _keys(args: argparse.Namespace) -> int:
+    from device_agent.apikeys import ApiKeys
+
+    keys = ApiKeys(args.data_dir or default_data_dir())
+    if args.keys_command == "create":
+        key, secret = keys.create(args.name, args.scope)
+        if args.json:
+            print(json.dumps({**key.public(), "key": secret}))
+        else:
+            print(f"API key {key.name} (scope {key.scope}); shown once, store it now:")
+            print(secret)
+            print("use it as: Authorization: Bearer <key> on POST /v1/models/NAME/infer")
+        return 0
+    if args.keys_command == "revoke":
+        key = keys.revoke(args.name)
+        print(json.dumps({"revoked": key.public()}) if args.json else f"revoked: {key.name}")
+        return 0
+    if args.keys_command == "list":
+        entries = keys.entries()
+        if args.json:
+            print(json.dumps({"keys": [k.public() for k in entries]}))
+            return 0
+        if not entries:
+            print("no API key; make one with: outpost-agent keys create --name NAME")
+        for k in entries:
+            print(
+                f"{k.name}  {k.prefix}...  scope {k.scope}  created {k.created_at}  "
+                f"last used {k.last_used or 'never'}"
+            )
+        return 0
+    print("outpost-agent keys: choose create, list or revoke; see --help", file=sys.stderr)
+    return 2
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -127,6 +200,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _pair(args)
         if args.command == "unpair":
             return _unpair(args)
+        if args.command == "keys":
+            return _keys(args)
         return _info(args)
     except OutpostError as exc:
         print(f"outpost-agent: {exc}", file=sys.stderr, flush=True)
@@ -220,6 +295,7 @@ def _serve(args: argparse.Namespace) -> int:
         port=args.port,
         interfaces=[interface] if interface else None,
         advertise=not args.no_mdns,
+        max_concurrency=args.max_concurrency,
     )
     asyncio.run(_run_until_signalled(service))
     return 0

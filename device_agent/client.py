@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -57,6 +57,10 @@ __all__ = [
 ]
 
 UPLOAD_TIMEOUT_S = 600.0  # big packages, slow links, plus model loading on the device
+CHUNK_TIMEOUT_S = 120.0  # one chunk of a resumable upload
+DEFAULT_CHUNK = 4 << 20
+SINGLE_SHOT_BYTES = 1 << 20  # packages up to this size go in one request by default
+UPLOAD_RETRIES = 5  # connection errors in a row before a resumable upload gives up
 
 
 class SignedAuth(httpx.Auth):
@@ -160,11 +164,14 @@ class AgentClient:
         key: KeyPair | None = None,
         agent_key: bytes | None = None,
         agent_id: str | None = None,
+        transport: httpx.BaseTransport | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
         self.auth = SignedAuth(key, agent_key, agent_id)
-        self._http = httpx.Client(base_url=self.base_url, timeout=timeout, auth=self.auth)
+        self._http = httpx.Client(
+            base_url=self.base_url, timeout=timeout, auth=self.auth, transport=transport
+        )
 
     def __enter__(self) -> AgentClient:
         return self
@@ -218,8 +225,127 @@ class AgentClient:
             headers={"Content-Type": "application/json"},
         )
 
-    def upload_package(self, path: Path, *, timeout: float | None = None) -> dict[str, Any]:
-        """Install a ``.outpost.zip`` on the agent; returns the installed model's description."""
+    def upload_package(
+        self,
+        path: Path,
+        on_progress: Callable[[int, int], None] | None = None,
+        *,
+        activate: bool = True,
+        provider: str | None = None,
+        chunk_size: int | None = None,
+        resumable: bool | None = None,
+        retries: int = UPLOAD_RETRIES,
+        backoff_s: float = 0.5,
+        timeout: float | None = None,
+    ) -> dict[str, Any]:
+        """Install a ``.outpost.zip`` on the agent in resumable chunks; returns the install result.
+
+        On a connection error the client asks the agent where the upload stands and resumes
+        from there, up to ``retries`` times in a row with doubling pauses (``backoff_s``
+        first). A small package (up to :data:`SINGLE_SHOT_BYTES`, unless ``resumable`` is
+        True), or any package for an agent without chunked uploads (404), goes in one
+        request instead (:meth:`put_package`).
+
+        Args:
+            path: the package.
+            on_progress: called with (bytes the agent holds, total bytes) after each chunk.
+            activate: False installs it staged: checked but not serving (see :meth:`activate`).
+            provider: an execution provider to ask for; when it is missing or fails, the
+                result's ``fallback`` says what runs instead.
+            chunk_size: bytes per request (default: what the agent asks for, 4 MiB).
+            resumable: True always uses chunks, False never; None decides by size.
+
+        Raises:
+            PackageError: the file cannot be read.
+            AgentRejectedError: the agent refused the upload or the package (its reason).
+            AgentUnreachableError: the agent stayed unreachable through every retry.
+        """
+        path = Path(path)
+        try:
+            size = path.stat().st_size
+            digest = sha256_file(path)
+        except OSError as exc:
+            raise PackageError(
+                f"cannot read {path}: {exc.strerror}; check the package path"
+            ) from None
+        if resumable is False or (resumable is None and size <= SINGLE_SHOT_BYTES):
+            return self.put_package(path, activate=activate, provider=provider, timeout=timeout)
+        try:
+            upload = self.create_upload(size, digest, path.name)
+        except AgentRejectedError as exc:
+            if exc.status in (404, 405) and activate and provider is None:
+                return self.put_package(path, timeout=timeout)  # an agent from before uploads
+            raise
+        upload_id = str(upload["id"])
+        step = int(chunk_size or upload.get("chunk_size") or DEFAULT_CHUNK)
+        offset = int(upload.get("offset", 0))
+        failures = 0
+        try:
+            with open(path, "rb") as fh:
+                while offset < size:
+                    fh.seek(offset)
+                    chunk = fh.read(min(step, size - offset))
+                    try:
+                        offset = int(self.put_chunk(upload_id, offset, chunk)["offset"])
+                        failures = 0
+                    except (AgentUnreachableError, AgentRejectedError) as exc:
+                        if isinstance(exc, AgentRejectedError) and exc.status != 409:
+                            raise
+                        failures += 1
+                        offset = self._resume_offset(upload_id, failures, retries, backoff_s, exc)
+                    if on_progress is not None:
+                        on_progress(offset, size)
+        except OSError as exc:
+            raise PackageError(
+                f"cannot read {path}: {exc.strerror}; check the package path"
+            ) from None
+        failures = 0
+        while True:
+            try:
+                return self.commit_upload(
+                    upload_id, activate=activate, provider=provider, timeout=timeout
+                )
+            except AgentUnreachableError as exc:  # a commit is idempotent: ask again
+                failures += 1
+                if failures > retries:
+                    raise AgentUnreachableError(
+                        f"{exc}; gave up committing upload {upload_id} after {retries} retries"
+                    ) from None
+                time.sleep(backoff_s * 2 ** (failures - 1))
+
+    def _resume_offset(
+        self, upload_id: str, failures: int, retries: int, backoff_s: float, cause: Exception
+    ) -> int:
+        """Where the agent's copy of an interrupted upload ends (waits and retries first)."""
+        while True:
+            if failures > retries:
+                raise (
+                    AgentUnreachableError(
+                        f"{cause}; gave up on upload {upload_id} after {retries} retries "
+                        "(run the deploy again)"
+                    )
+                    if isinstance(cause, AgentUnreachableError)
+                    else cause
+                )
+            time.sleep(backoff_s * 2 ** (failures - 1))
+            try:
+                return int(self.upload_status(upload_id)["offset"])
+            except AgentUnreachableError as exc:
+                failures, cause = failures + 1, exc
+
+    def put_package(
+        self,
+        path: Path,
+        *,
+        activate: bool = True,
+        provider: str | None = None,
+        timeout: float | None = None,
+    ) -> dict[str, Any]:
+        """Install a ``.outpost.zip`` in one streamed request (``PUT /v1/packages``)."""
+        params = {
+            "activate": "1" if activate else "0",
+            **({"provider": provider} if provider else {}),
+        }
         path = Path(path)
         try:
             # Signed uploads stream: the signature covers the hash of the file, read first.
@@ -234,9 +360,85 @@ class AgentClient:
                 "PUT",
                 "/v1/packages",
                 content=fh,
+                params=params if params != {"activate": "1"} else None,
                 headers={"Content-Type": "application/zip", **hashed},
                 timeout=timeout or max(self.timeout, UPLOAD_TIMEOUT_S),
             )
+
+    def create_upload(self, size: int, sha256: str, name: str | None = None) -> dict[str, Any]:
+        """Open a resumable upload (``POST /v1/uploads``): ``{id, chunk_size, offset}``."""
+        body = {"size": size, "sha256": sha256, **({"name": name} if name else {})}
+        return self._json("POST", "/v1/uploads", body)
+
+    def put_chunk(self, upload_id: str, offset: int, data: bytes) -> dict[str, Any]:
+        """Send the bytes at ``offset``; the agent answers with its new offset."""
+        return self._request(
+            "PUT",
+            f"/v1/uploads/{quote(upload_id, safe='')}",
+            content=data,
+            headers={"Content-Type": "application/octet-stream", "Upload-Offset": str(offset)},
+            timeout=max(self.timeout, CHUNK_TIMEOUT_S),
+        )
+
+    def upload_status(self, upload_id: str) -> dict[str, Any]:
+        """``{offset, size, ...}`` of an upload (where to resume)."""
+        return self._request("GET", f"/v1/uploads/{quote(upload_id, safe='')}")
+
+    def commit_upload(
+        self,
+        upload_id: str,
+        *,
+        activate: bool = True,
+        provider: str | None = None,
+        timeout: float | None = None,
+    ) -> dict[str, Any]:
+        """Check the whole upload and install it; returns the install result."""
+        body: dict[str, Any] = {"activate": activate}
+        if provider:
+            body["provider"] = provider
+        return self._json(
+            "POST",
+            f"/v1/uploads/{quote(upload_id, safe='')}/commit",
+            body,
+            timeout=timeout or max(self.timeout, UPLOAD_TIMEOUT_S),
+        )
+
+    def delete_upload(self, upload_id: str) -> dict[str, Any]:
+        return self._request("DELETE", f"/v1/uploads/{quote(upload_id, safe='')}")
+
+    def models(self) -> list[dict[str, Any]]:
+        """Every model on the device, serving or not, with its active/previous/staged versions."""
+        return list(self._request("GET", "/v1/models").get("models", []))
+
+    def activate(self, model: str, version: str | None = None) -> dict[str, Any]:
+        """Serve ``model`` again, or switch it to ``version`` (staged, active or previous)."""
+        body = {"version": version} if version else {}
+        return self._json(
+            "POST",
+            f"/v1/models/{quote(model, safe='')}/activate",
+            body,
+            timeout=max(self.timeout, UPLOAD_TIMEOUT_S),
+        )
+
+    def deactivate(self, model: str) -> dict[str, Any]:
+        """Stop serving ``model``; its files stay on the device."""
+        return self._request("POST", f"/v1/models/{quote(model, safe='')}/deactivate")
+
+    def uninstall(self, model: str, *, force: bool = False) -> dict[str, Any]:
+        """Remove every version of ``model``; the only serving model needs ``force``."""
+        params = {"force": "1"} if force else {}
+        return self._request("DELETE", f"/v1/models/{quote(model, safe='')}", params=params)
+
+    def _json(
+        self, method: str, path: str, body: dict[str, Any], *, timeout: float | None = None
+    ) -> dict[str, Any]:
+        return self._request(
+            method,
+            path,
+            content=json.dumps(body).encode("utf-8"),
+            headers={"Content-Type": "application/json"},
+            timeout=timeout,
+        )
 
     def infer(
         self,
@@ -256,6 +458,43 @@ class AgentClient:
             params=params,
             headers={"Content-Type": "application/octet-stream"},
         )
+
+    def infer_model(
+        self,
+        model: str,
+        image_bytes: bytes,
+        *,
+        conf: float | None = None,
+        iou: float | None = None,
+        max_det: int | None = None,
+    ) -> dict[str, Any]:
+        """Run one encoded image through ``model`` (``POST /v1/models/{name}/infer``)."""
+        params = {
+            k: str(v)
+            for k, v in (("conf", conf), ("iou", iou), ("max_det", max_det))
+            if v is not None
+        }
+        return self._request(
+            "POST",
+            f"/v1/models/{quote(model, safe='')}/infer",
+            content=image_bytes,
+            params=params,
+            headers={"Content-Type": "application/octet-stream"},
+        )
+
+    def bench(self, model: str, runs: int = 50, *, timeout: float | None = None) -> dict[str, Any]:
+        """Time ``model`` on the device ``runs`` times (warm-up excluded)."""
+        return self._request(
+            "POST",
+            f"/v1/models/{quote(model, safe='')}/bench",
+            content=json.dumps({"runs": runs}).encode("utf-8"),
+            headers={"Content-Type": "application/json"},
+            timeout=timeout or max(self.timeout, 120.0),
+        )
+
+    def usage(self, minutes: int = 60) -> dict[str, Any]:
+        """``GET /v1/stats`` with the last ``minutes`` of each version's per-minute series."""
+        return self._request("GET", "/v1/stats", params={"minutes": str(minutes)})
 
     def rollback(self, model: str) -> dict[str, Any]:
         """Make the previous version of ``model`` active again."""

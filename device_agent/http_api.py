@@ -7,10 +7,13 @@ Only ``GET /v1/info`` (reduced to id, version, protocol and keys), ``POST /v1/pa
 ``GET /v1/ready`` (reduced to its status: local supervisors probe it without a key) answer a
 client that is not paired; every other request must be signed by a paired desktop
 (:mod:`device_agent.auth`) or gets 401. Every response to a request with a nonce is signed.
+An application's API key (``Authorization: Bearer``) opens the inference routes and
+``GET /v1/health`` only (:mod:`device_agent.apikeys`, :mod:`device_agent.inference`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import contextvars
 import email.parser
@@ -56,8 +59,9 @@ from device_agent.errors import (
 )
 from device_agent.openapi import openapi_spec
 from device_agent.pairing import PairingError
-from device_agent.platform_info import runtimes_json
-from device_agent.stats import PROMETHEUS_CONTENT_TYPE, prometheus_text
+from device_agent.stats import PROMETHEUS_CONTENT_TYPE, SERIES_MINUTES, prometheus_text
+from device_agent.store import UninstallError
+from device_agent.uploads import UploadError, UploadManager
 from runtimes.errors import ImageDecodeError, OutpostError, PackageError, RuntimeUnavailableError
 
 if TYPE_CHECKING:
@@ -101,10 +105,11 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 class ApiError(Exception):
     """A request the API refuses, with its status and one-line reason."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.headers = headers or {}
 
 
 def error_response(status: int, message: str) -> web.Response:
@@ -117,7 +122,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         return await handler(request)
     except ApiError as exc:
-        return error_response(exc.status, exc.message)
+        refused = error_response(exc.status, exc.message)
+        refused.headers.update(exc.headers)
+        return refused
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -214,6 +221,8 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     PEER.set(None)
     public_raw = service.pairing.public_key(signed.key_fingerprint) if signed else None
     if public_raw is None or signed is None:
+        if signed is None and check_api_key(service, request, route):  # an application's key
+            return await handler(request)
         if route in PUBLIC_ROUTES:
             return await handler(request)
         raise ApiError(401, _not_paired(service))
@@ -295,7 +304,7 @@ async def get_ready(request: web.Request) -> web.Response:
 
 async def get_metrics(request: web.Request) -> web.Response:
     service = request.app[SERVICE_KEY]
-    text = prometheus_text(service.stats, service.store.models())
+    text = prometheus_text(service.stats, service.store.models(), service.limiter.counters())
     return web.Response(
         body=text.encode("utf-8"), headers={"Content-Type": PROMETHEUS_CONTENT_TYPE}
     )
@@ -359,12 +368,14 @@ async def get_info(request: web.Request) -> web.Response:
     service = request.app[SERVICE_KEY]
     if PEER.get() is None:  # not paired: who this agent is, and nothing more
         return web.json_response({**_discovery_info(service), "paired": False})
+    details = await service.device_details()  # accelerators, runtimes: probed once, cached
     return web.json_response(
         {
             **_discovery_info(service),
             "paired": True,
             **service.facts,
-            "runtimes": runtimes_json(service.runtimes),
+            **details,
+            "concurrency": service.limiter.counters(),
             "models": [m.describe() for m in service.store.models()],
         }
     )
@@ -372,9 +383,14 @@ async def get_info(request: web.Request) -> web.Response:
 
 async def get_stats(request: web.Request) -> web.Response:
     service = request.app[SERVICE_KEY]
-    return web.json_response(
-        service.stats.report(service.identity.agent_id, service.store.models())
-    )
+    raw = request.query.get("minutes", "60")
+    if not raw.isdigit() or not 1 <= int(raw) <= SERIES_MINUTES:
+        raise ApiError(
+            400, f"minutes must be a whole number from 1 to {SERIES_MINUTES}, got {raw!r}"
+        )
+    report = service.stats.report(service.identity.agent_id, service.store.models(), int(raw))
+    report["concurrency"] = service.limiter.counters()
+    return web.json_response(report)
 
 
 async def get_openapi(request: web.Request) -> web.Response:
@@ -431,14 +447,18 @@ async def put_package(request: web.Request) -> web.Response:
     if request.content_length is not None and request.content_length > MAX_PACKAGE_BYTES:
         raise ApiError(413, f"the package is larger than {MAX_PACKAGE_BYTES} bytes; refusing it")
     check_disk_space(service, request.content_length)
+    activate = _flag(request, "activate", default=True)
+    provider = request.query.get("provider") or None
     path = await _receive_to_file(request, service.tmp_dir)
     try:
         async with service.install_lock:
-            model = await service.run_install(functools.partial(service.store.install, path))
+            model = await service.run_install(
+                functools.partial(service.store.install, path, activate=activate, provider=provider)
+            )
     finally:
         with contextlib.suppress(OSError):
             path.unlink()
-    return web.json_response(model.describe(), status=201)
+    return web.json_response(model.install_result(), status=201)
 
 
 async def _receive_to_file(request: web.Request, folder: Path) -> Path:
@@ -476,14 +496,15 @@ async def post_infer(request: web.Request) -> web.Response:
     iou = _unit_float(request, "iou")
     model = service.store.resolve(request.query.get("model") or None)
     data = await _read_image(request)
-    try:
-        detections, timing = await service.run_inference(
-            functools.partial(model.predict_bytes, data, conf=conf, iou=iou)
-        )
-    except Exception:
-        service.stats.record_error(model.name)
-        raise
-    service.stats.record(model.name, timing.total_ms)
+    async with service.limiter.slot():
+        try:
+            detections, timing = await service.run_inference(
+                functools.partial(model.predict_bytes, data, conf=conf, iou=iou)
+            )
+        except Exception:
+            service.stats.record_error(model.name, model.version)
+            raise
+    service.stats.record(model.name, timing.total_ms, model.version)
     result: dict[str, Any] = {
         "model": model.name,
         "version": model.version,
@@ -503,6 +524,202 @@ async def post_rollback(request: web.Request) -> web.Response:
     return web.json_response(model.describe())
 
 
+# --- installs: chunked uploads, activate / deactivate / uninstall (device_agent/uploads.py) ---
+
+UPLOADS_KEY: web.AppKey[UploadManager] = web.AppKey("outpost_agent_uploads")
+UPLOAD_OFFSET_HEADER = "Upload-Offset"
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def _flag(request: web.Request, key: str, *, default: bool) -> bool:
+    raw = request.query.get(key)
+    if raw is None or raw == "":
+        return default
+    if raw.lower() in _TRUE:
+        return True
+    if raw.lower() in _FALSE:
+        return False
+    raise ApiError(400, f"{key} must be 1 or 0, got {raw!r}")
+
+
+async def _json_object(request: web.Request) -> dict[str, Any]:
+    """The request's JSON object body ({} when empty); already checked against its hash."""
+    body = await request.read()
+    if not body.strip():
+        return {}
+    try:
+        data = json.loads(body)
+    except ValueError:
+        data = None
+    if not isinstance(data, dict):
+        raise ApiError(400, "the body must be a JSON object")
+    return data
+
+
+def _upload_refused(exc: UploadError) -> web.Response:
+    body: dict[str, Any] = {"error": one_line(str(exc))}
+    if exc.offset is not None:  # where the upload stands: resume from there
+        body["offset"] = exc.offset
+    return web.json_response(body, status=exc.status)
+
+
+async def _blocking(fn: Callable[[], Any]) -> Any:
+    return await asyncio.get_running_loop().run_in_executor(None, fn)
+
+
+async def post_upload(request: web.Request) -> web.Response:
+    """Open a resumable upload: ``{size, sha256, name?}`` → ``{id, chunk_size, offset: 0}``."""
+    service = request.app[SERVICE_KEY]
+    data = await _json_object(request)
+    size = data.get("size")
+    if isinstance(size, int) and not isinstance(size, bool) and 0 < size <= MAX_PACKAGE_BYTES:
+        check_disk_space(service, size)
+    try:
+        state = await _blocking(
+            functools.partial(
+                request.app[UPLOADS_KEY].create, size, data.get("sha256"), data.get("name")
+            )
+        )
+    except UploadError as exc:
+        return _upload_refused(exc)
+    return web.json_response(state, status=201)
+
+
+async def put_upload_chunk(request: web.Request) -> web.Response:
+    """Append one chunk at ``Upload-Offset``; 409 with the agent's offset when it differs."""
+    raw = request.headers.get(UPLOAD_OFFSET_HEADER, "")
+    if not raw.isdigit():
+        raise ApiError(
+            400, f"send the chunk's position in bytes in the {UPLOAD_OFFSET_HEADER} header"
+        )
+    data = await request.read()
+    uploads = request.app[UPLOADS_KEY]
+    try:
+        state = await _blocking(
+            functools.partial(uploads.write, request.match_info["id"], int(raw), data)
+        )
+    except UploadError as exc:
+        return _upload_refused(exc)
+    return web.json_response(state)
+
+
+async def get_upload(request: web.Request) -> web.Response:
+    try:
+        state = await _blocking(
+            functools.partial(request.app[UPLOADS_KEY].describe, request.match_info["id"])
+        )
+    except UploadError as exc:
+        return _upload_refused(exc)
+    return web.json_response(state)
+
+
+async def delete_upload(request: web.Request) -> web.Response:
+    try:
+        done = await _blocking(
+            functools.partial(request.app[UPLOADS_KEY].delete, request.match_info["id"])
+        )
+    except UploadError as exc:
+        return _upload_refused(exc)
+    return web.json_response(done)
+
+
+async def post_upload_commit(request: web.Request) -> web.Response:
+    """Check the whole upload's sha256, then install it; ``{activate?, provider?}``.
+
+    A repeated commit (the answer to the first was lost) answers the same result again.
+    A package the store refuses is removed with its upload.
+    """
+    service = request.app[SERVICE_KEY]
+    uploads = request.app[UPLOADS_KEY]
+    upload_id = request.match_info["id"]
+    options = await _json_object(request)
+    activate = options.get("activate", True)
+    provider = options.get("provider")
+    if not isinstance(activate, bool) or not (provider is None or isinstance(provider, str)):
+        raise ApiError(400, "activate must be true or false and provider a string")
+    try:
+        async with service.install_lock:
+            saved = await _blocking(functools.partial(uploads.result, upload_id))
+            if saved is not None:
+                return web.json_response(saved, status=201)
+            path = await _blocking(functools.partial(uploads.complete_path, upload_id))
+            try:
+                model = await service.run_install(
+                    functools.partial(
+                        service.store.install, path, activate=activate, provider=provider or None
+                    )
+                )
+            except OutpostError:
+                with contextlib.suppress(UploadError):
+                    await _blocking(functools.partial(uploads.delete, upload_id))
+                raise
+            result = model.install_result()
+            await _blocking(functools.partial(uploads.finish, upload_id, result))
+    except UploadError as exc:
+        return _upload_refused(exc)
+    return web.json_response(result, status=201)
+
+
+async def get_models(request: web.Request) -> web.Response:
+    """Every model on the device, served or not, with its active/previous/staged versions."""
+    service = request.app[SERVICE_KEY]
+    return web.json_response({"models": await _blocking(service.store.installed)})
+
+
+async def post_activate(request: web.Request) -> web.Response:
+    service = request.app[SERVICE_KEY]
+    version = (await _json_object(request)).get("version")
+    if version is not None and not isinstance(version, str):
+        raise ApiError(400, "version must be a string")
+    async with service.install_lock:
+        model = await service.run_install(
+            functools.partial(service.store.activate, request.match_info["name"], version)
+        )
+    return web.json_response(model.install_result())
+
+
+async def post_deactivate(request: web.Request) -> web.Response:
+    service = request.app[SERVICE_KEY]
+    async with service.install_lock:
+        done = await service.run_install(
+            functools.partial(service.store.deactivate, request.match_info["name"])
+        )
+    return web.json_response(done)
+
+
+async def delete_model(request: web.Request) -> web.Response:
+    """Uninstall every version; refused (409) for the only serving model unless ``?force=1``."""
+    service = request.app[SERVICE_KEY]
+    force = _flag(request, "force", default=False)
+    async with service.install_lock:
+        try:
+            done = await service.run_install(
+                functools.partial(service.store.uninstall, request.match_info["name"], force=force)
+            )
+        except UninstallError as exc:
+            raise ApiError(409, str(exc)) from None
+    return web.json_response(done)
+
+
+def add_install_routes(app: web.Application, service: AgentService) -> None:
+    uploads = UploadManager(service.data_dir / "uploads", max_size=MAX_PACKAGE_BYTES)
+    uploads.purge_expired()
+    app[UPLOADS_KEY] = uploads
+    app.router.add_post("/v1/uploads", post_upload)
+    app.router.add_get("/v1/uploads/{id}", get_upload)
+    app.router.add_put("/v1/uploads/{id}", put_upload_chunk)
+    app.router.add_delete("/v1/uploads/{id}", delete_upload)
+    app.router.add_post("/v1/uploads/{id}/commit", post_upload_commit)
+    app.router.add_get("/v1/models", get_models)
+    app.router.add_post("/v1/models/{name}/activate", post_activate)
+    app.router.add_post("/v1/models/{name}/deactivate", post_deactivate)
+    app.router.add_delete("/v1/models/{name}", delete_model)
+
+
+# --- end installs ---
+
+
 def build_app(service: AgentService) -> web.Application:
     app = web.Application(
         client_max_size=MAX_IMAGE_BYTES,
@@ -520,4 +737,17 @@ def build_app(service: AgentService) -> web.Application:
     app.router.add_put("/v1/packages", put_package)
     app.router.add_post("/v1/infer", post_infer)
     app.router.add_post("/v1/models/{name}/rollback", post_rollback)
+    add_install_routes(app, service)  # chunked uploads, activate/deactivate/uninstall
+    # --- inference API, API keys, bench (device_agent/inference.py) ---
+    from device_agent.inference import add_routes as add_inference_routes
+
+    add_inference_routes(app)
+    # --- end inference API ---
     return app
+
+
+def check_api_key(service: AgentService, request: web.Request, route: tuple[str, str]) -> bool:
+    """An unsigned request with ``Authorization: Bearer``: see :mod:`device_agent.inference`."""
+    from device_agent.inference import check_api_key as check
+
+    return check(service, request, route)

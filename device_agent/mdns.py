@@ -3,6 +3,10 @@
 TXT is a hint only (id, protocol, version, platform, arch, runtimes, name); trust comes
 from pairing. Tests pass ``interfaces=["127.0.0.1"]`` so nothing leaves the machine; a
 real agent advertises on every interface unless told otherwise.
+
+While it runs, the advertiser polls the host's addresses every few seconds (DHCP renewals,
+Wi-Fi roaming, a cable moved) and re-announces the service with the new ones, so desktops
+that browse again find the device where it now is.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import contextlib
 import ipaddress
 import logging
 import socket
+from collections.abc import Callable
 
 from zeroconf import InterfaceChoice, ServiceInfo
 from zeroconf.asyncio import AsyncZeroconf
@@ -22,6 +27,7 @@ from device_agent.errors import AdvertiseError, one_line
 log = logging.getLogger(__name__)
 
 ALL_HOSTS = ("", "0.0.0.0")
+ADDRESS_POLL_S = 5.0
 
 
 def instance_name(agent_id: str) -> str:
@@ -49,7 +55,18 @@ def advertised_addresses(interfaces: list[str] | None) -> list[str]:
 
 
 class Advertiser:
-    """Registers the agent's service on start and withdraws it (goodbye packets) on stop."""
+    """Registers the agent's service on start, re-announces it when the host's addresses
+    change, and withdraws it (goodbye packets) on stop.
+
+    Args:
+        agent_id: the agent's id (names the service instance).
+        port: the HTTP port advertised.
+        properties: the TXT record.
+        interfaces: addresses to advertise on; None means every interface.
+        address_source: returns the addresses to advertise now (default: the interfaces
+            given, else this machine's IPv4 addresses); tests inject a fake one.
+        poll_interval_s: how often the addresses are checked; 0 disables the polling.
+    """
 
     def __init__(
         self,
@@ -58,18 +75,24 @@ class Advertiser:
         port: int,
         properties: dict[str, str],
         interfaces: list[str] | None = None,
+        address_source: Callable[[], list[str]] | None = None,
+        poll_interval_s: float = ADDRESS_POLL_S,
     ) -> None:
         self.agent_id = agent_id
         self.port = port
         self.properties = properties
         self.interfaces = interfaces
+        self.address_source = address_source or (lambda: advertised_addresses(self.interfaces))
+        self.poll_interval_s = poll_interval_s
+        self.addresses: list[str] = []
+        self.reannounced = 0
         self._zc: AsyncZeroconf | None = None
         self._info: ServiceInfo | None = None
         self._announce: object = None
+        self._poller: asyncio.Task[None] | None = None
 
-    async def async_start(self) -> None:
-        addresses = advertised_addresses(self.interfaces)
-        self._info = ServiceInfo(
+    def _service_info(self, addresses: list[str]) -> ServiceInfo:
+        return ServiceInfo(
             SERVICE_TYPE,
             instance_name(self.agent_id),
             port=self.port,
@@ -77,6 +100,19 @@ class Advertiser:
             properties=self.properties,
             server=f"outpost-{self.agent_id}.local.",
         )
+
+    def _current_addresses(self) -> list[str]:
+        try:
+            found = sorted(set(self.address_source()))
+        except Exception as exc:  # an interface vanishing mid-read: keep what we have
+            log.debug("cannot list the host's addresses: %s", one_line(exc))
+            return self.addresses
+        return found or self.addresses
+
+    async def async_start(self) -> None:
+        addresses = self._current_addresses() or advertised_addresses(self.interfaces)
+        self.addresses = addresses
+        self._info = self._service_info(addresses)
         where = ", ".join(self.interfaces) if self.interfaces else "all interfaces"
         try:
             self._zc = AsyncZeroconf(interfaces=self.interfaces or InterfaceChoice.All)
@@ -94,8 +130,37 @@ class Advertiser:
             self.port,
             addresses,
         )
+        if self.poll_interval_s > 0:
+            self._poller = asyncio.create_task(self._poll(), name="outpost-mdns-addresses")
+
+    async def refresh(self) -> bool:
+        """Re-announce with the host's current addresses if they changed; True if it did."""
+        if self._zc is None or self._info is None:
+            return False
+        addresses = self._current_addresses()
+        if addresses == self.addresses:
+            return False
+        info = self._service_info(addresses)
+        await self._zc.async_update_service(info)
+        log.info("host addresses changed %s -> %s; re-announced", self.addresses, addresses)
+        self._info, self.addresses = info, addresses
+        self.reannounced += 1
+        return True
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(self.poll_interval_s)
+            try:
+                await self.refresh()
+            except Exception as exc:  # the network went away for a moment: try again later
+                log.warning("mDNS re-announcement failed: %s", one_line(exc))
 
     async def async_stop(self) -> None:
+        poller, self._poller = self._poller, None
+        if poller is not None:
+            poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await poller
         if self._zc is None or self._info is None:
             return
         try:

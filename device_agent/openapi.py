@@ -33,7 +33,9 @@ def openapi_spec() -> dict[str, Any]:
                 "for an unpaired client) answers 401 unless the request is signed by a paired desktop key (X-Outpost-Key, -Timestamp, -Nonce, "
                 "-Content-SHA256, -Signature: Ed25519 over agent id, method, path with query, "
                 "content type, timestamp, nonce, body sha256). Responses to a request with "
-                "X-Outpost-Nonce carry X-Outpost-Agent-Key and X-Outpost-Signature."
+                "X-Outpost-Nonce carry X-Outpost-Agent-Key and X-Outpost-Signature. An "
+                "application's API key (Authorization: Bearer, outpost-agent keys create) opens "
+                "POST /v1/infer, POST /v1/models/{name}/infer and GET /v1/health only."
             ),
         },
         "paths": {
@@ -94,10 +96,16 @@ def openapi_spec() -> dict[str, Any]:
             "/v1/stats": {"get": _op("requests, errors and server-side latency per model")},
             "/v1/packages": {
                 "put": _op(
-                    "install a .outpost.zip (raw body); the previous version serves until it is "
-                    "ready; 507 when the device lacks about 3x the package size in free disk",
+                    "install a .outpost.zip (raw body, one request: small packages; big ones "
+                    "use /v1/uploads); the previous version serves until it is ready; 507 when "
+                    "the device lacks about 3x the package size in free disk; answers the "
+                    "install result (see /v1/uploads/{id}/commit)",
                     ok="201",
                     errors=("400", "413", "422", "507"),
+                    parameters=[
+                        {"name": "activate", "in": "query", "schema": {"enum": ["1", "0"]}},
+                        {"name": "provider", "in": "query", "schema": {"type": "string"}},
+                    ],
                     requestBody={
                         "required": True,
                         "content": {"application/zip": {}, "application/octet-stream": {}},
@@ -129,6 +137,7 @@ def openapi_spec() -> dict[str, Any]:
                     },
                 )
             },
+            **_inference_paths(unit),
             "/v1/models/{name}/rollback": {
                 "post": _op(
                     "make the previous version active again",
@@ -143,6 +152,7 @@ def openapi_spec() -> dict[str, Any]:
                     ],
                 )
             },
+            **_install_paths(),
         },
         "components": {
             "schemas": {
@@ -152,5 +162,152 @@ def openapi_spec() -> dict[str, Any]:
                     "required": ["error"],
                 }
             }
+        },
+    }
+
+
+def _inference_paths(unit: dict[str, Any]) -> dict[str, Any]:
+    """The inference API's routes (device_agent/inference.py)."""
+    name = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+    image = {"type": "string", "format": "binary"}
+    return {
+        "/v1/models/{name}/infer": {
+            "post": _op(
+                "run one image through the named model; the image as multipart field 'image', "
+                'a raw JPEG/PNG body, or JSON {"image_base64", "conf", "iou", "max_det"}; '
+                "answers model, version, runtime, detections [{class_id, class, score, xyxy}] "
+                "and timing_ms; also open to an application's API key (Authorization: Bearer); "
+                "503 with Retry-After when the inference queue is full",
+                errors=("400", "401", "404", "409", "413", "503"),
+                parameters=[
+                    name,
+                    {"name": "conf", "in": "query", "schema": unit},
+                    {"name": "iou", "in": "query", "schema": unit},
+                    {
+                        "name": "max_det",
+                        "in": "query",
+                        "schema": {"type": "integer", "minimum": 1},
+                    },
+                ],
+                requestBody={
+                    "required": True,
+                    "content": {
+                        "image/jpeg": {},
+                        "image/png": {},
+                        "application/octet-stream": {},
+                        "multipart/form-data": {
+                            "schema": {"type": "object", "properties": {"image": image}}
+                        },
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["image_base64"],
+                                "properties": {
+                                    "image_base64": {"type": "string"},
+                                    "conf": unit,
+                                    "iou": unit,
+                                    "max_det": {"type": "integer", "minimum": 1},
+                                },
+                            }
+                        },
+                    },
+                },
+            )
+        },
+        "/v1/models/{name}/bench": {
+            "post": _op(
+                "time the named model on this device ({runs}, default 50, warm-up excluded) on "
+                "its self-test sample, or a synthetic image of its input size",
+                errors=("400", "404", "409", "503"),
+                parameters=[name],
+                requestBody={
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "properties": {
+                                    "runs": {"type": "integer", "minimum": 1, "maximum": 1000}
+                                },
+                            }
+                        }
+                    }
+                },
+            )
+        },
+    }
+
+
+def _install_paths() -> dict[str, Any]:
+    """Resumable uploads and the model lifecycle (device_agent/uploads.py, store.py)."""
+    upload_id = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
+    name = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+    obj = {"application/json": {"schema": {"type": "object"}}}
+    return {
+        "/v1/uploads": {
+            "post": _op(
+                "open a resumable upload: JSON {size, sha256, name?} -> {id, chunk_size, "
+                "offset: 0, size, expires_at}; the same unfinished package again answers its "
+                "upload and offset; 413 too big, 429 too many open uploads, 507 disk too full",
+                ok="201",
+                errors=("400", "413", "429", "507"),
+                requestBody={"required": True, "content": obj},
+            )
+        },
+        "/v1/uploads/{id}": {
+            "get": _op(
+                "{offset, size, ...}: where to resume", errors=("404",), parameters=[upload_id]
+            ),
+            "put": _op(
+                "append one chunk (raw body, signed like any request) at header "
+                "Upload-Offset: N -> {offset}; 409 with the agent's 'offset' when N differs",
+                errors=("400", "404", "409"),
+                parameters=[
+                    upload_id,
+                    {
+                        "name": "Upload-Offset",
+                        "in": "header",
+                        "required": True,
+                        "schema": {"type": "integer", "minimum": 0},
+                    },
+                ],
+                requestBody={"required": True, "content": {"application/octet-stream": {}}},
+            ),
+            "delete": _op("drop an upload", errors=("404",), parameters=[upload_id]),
+        },
+        "/v1/uploads/{id}/commit": {
+            "post": _op(
+                "check the whole sha256 and install: verify, extract, load on the fastest "
+                "execution provider, run the package's self-test, switch; JSON {activate?: "
+                "bool, provider?: str}; answers the model plus activated, self_test, "
+                "benchmark, fallback {wanted, using, reason} and warnings; repeatable",
+                ok="201",
+                errors=("404", "409", "422"),
+                parameters=[upload_id],
+                requestBody={"required": False, "content": obj},
+            )
+        },
+        "/v1/models": {
+            "get": _op("every model on the device, serving or not: active, previous, staged")
+        },
+        "/v1/models/{name}": {
+            "delete": _op(
+                "uninstall every version; 409 when it is the only model serving unless ?force=1",
+                errors=("404", "409"),
+                parameters=[name, {"name": "force", "in": "query", "schema": {"enum": ["1", "0"]}}],
+            )
+        },
+        "/v1/models/{name}/activate": {
+            "post": _op(
+                "serve the model again, or switch to JSON {version} (staged, active or "
+                "previous; default: the staged one)",
+                errors=("404", "422"),
+                parameters=[name],
+                requestBody={"required": False, "content": obj},
+            )
+        },
+        "/v1/models/{name}/deactivate": {
+            "post": _op(
+                "stop serving the model; its files stay", errors=("404",), parameters=[name]
+            )
         },
     }

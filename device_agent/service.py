@@ -10,18 +10,20 @@ import shutil
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from aiohttp import web
 
 from device_agent import PROTOCOL_VERSION, __version__
+from device_agent.apikeys import ApiKeys
 from device_agent.auth import ReplayGuard
 from device_agent.errors import AdvertiseError, AgentError, one_line
 from device_agent.http_api import build_app
 from device_agent.identity import load_or_create_identity
-from device_agent.mdns import ALL_HOSTS, Advertiser
+from device_agent.inference import InferenceLimiter
+from device_agent.mdns import ADDRESS_POLL_S, ALL_HOSTS, Advertiser
 from device_agent.pairing import Pairing
-from device_agent.platform_info import host_facts, probe_runtimes
+from device_agent.platform_info import device_details, host_facts, probe_runtimes
 from device_agent.stats import UsageStats
 from device_agent.store import ModelStore
 from runtimes.backends import BackendRegistry
@@ -47,6 +49,10 @@ class AgentService:
         advertise: False serves HTTP only (tests, or a device reached by address).
         free_space: bytes free on the disk holding a folder (default ``shutil.disk_usage``);
             uploads that would not fit are refused with 507.
+        max_concurrency: inferences run at once (default: the CPU count).
+        max_queue: requests that may wait for an inference slot (default 4x
+            ``max_concurrency``); one more is refused with 503 and ``Retry-After``.
+        address_poll_s: how often the advertiser checks the host's addresses (0: never).
     """
 
     def __init__(
@@ -59,6 +65,9 @@ class AgentService:
         advertise: bool = True,
         registry: BackendRegistry | None = None,
         free_space: Callable[[Path], int] | None = None,
+        max_concurrency: int | None = None,
+        max_queue: int | None = None,
+        address_poll_s: float = ADDRESS_POLL_S,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.host = host
@@ -78,10 +87,16 @@ class AgentService:
         self.advertised = False
         self.loaded = False  # installed models loaded (GET /v1/ready)
         self.free_space: Callable[[Path], int] = free_space or _disk_free
+        self.api_keys = ApiKeys(self.data_dir)
+        concurrency = max(1, max_concurrency or os.cpu_count() or 1)
+        queue = 4 * concurrency if max_queue is None else max(0, max_queue)
+        self.limiter = InferenceLimiter(concurrency, queue)
+        self.address_poll_s = address_poll_s
+        self._details: dict[str, Any] | None = None
+        self._details_lock = asyncio.Lock()
         self.app = build_app(self)
         self._install_executor = ThreadPoolExecutor(1, thread_name_prefix="outpost-install")
-        workers = max(2, min(8, os.cpu_count() or 2))
-        self._infer_executor = ThreadPoolExecutor(workers, thread_name_prefix="outpost-infer")
+        self._infer_executor = ThreadPoolExecutor(concurrency, thread_name_prefix="outpost-infer")
         self._runner: web.AppRunner | None = None
         self._advertiser: Advertiser | None = None
 
@@ -108,6 +123,14 @@ class AgentService:
 
     async def run_inference(self, fn: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._infer_executor, fn)
+
+    async def device_details(self) -> dict[str, Any]:
+        """Accelerators and runtimes in detail, probed on first use off the event loop (the
+        probes may start ``nvidia-smi`` or import OpenVINO), then cached."""
+        async with self._details_lock:
+            if self._details is None:
+                self._details = await self.run_install(lambda: device_details(self.runtimes))
+            return self._details
 
     def _prepare_disk(self) -> None:
         """Drop uploads an earlier run left half-received, then load the installed models."""
@@ -141,6 +164,7 @@ class AgentService:
             port=self.port,
             properties=self.txt_properties(),
             interfaces=self.interfaces,
+            poll_interval_s=self.address_poll_s,
         )
         try:
             await advertiser.async_start()

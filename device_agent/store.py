@@ -3,11 +3,21 @@
 Layout under ``<data-dir>/models/<name>/``::
 
     <version-or-sha12>/      an extracted, verified package (manifest.json + its files)
-    active.json              {"active": {...}, "previous": {...} | null}
+    active.json              {"active": {...}, "previous": {...} | null,
+                              "staged": {...} | null, "enabled": true | false}
 
-A new package is verified, extracted to a staging folder, loaded and warmed up, and only
-then becomes active. Until that moment the previous model keeps serving; on any failure
-the staging folder is removed and a typed error says why.
+A new package is verified, extracted to a staging folder, loaded, warmed up and checked
+against its own self-test (the detections recorded at export time), and only then becomes
+active. Until that moment the previous model keeps serving; on any failure the staging
+folder is removed and a typed error says why.
+
+When the package's runtime can run on several execution providers here (ONNX Runtime with
+CUDA, TensorRT, CoreML or OpenVINO next to the CPU), each is loaded and timed on the
+self-test input and the fastest serves; a provider that was wanted but is missing or fails
+to initialise is reported as a ``fallback``, never silently replaced.
+
+``staged`` is a version installed with ``activate=False`` (loaded and self-tested, then set
+aside); ``enabled: false`` is a deactivated model: its files stay, nothing serves it.
 """
 
 from __future__ import annotations
@@ -18,15 +28,18 @@ import logging
 import re
 import secrets
 import shutil
+import statistics
 import threading
+import time
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
-from pathlib import Path
-from typing import Any
+from pathlib import Path, PurePosixPath
+from typing import Any, cast
 
 import numpy as np
 
 from device_agent.errors import (
+    AgentError,
     AmbiguousModelError,
     InstallError,
     ModelNotFoundError,
@@ -34,12 +47,14 @@ from device_agent.errors import (
     RollbackError,
     one_line,
 )
-from runtimes.backends import BackendRegistry
+from runtimes.backends import Backend, BackendRegistry, default_registry
+from runtimes.backends.onnxruntime import PROVIDER_PREFERENCE
 from runtimes.detections import Detections
 from runtimes.errors import OutpostError, PackageError
 from runtimes.fileio import atomic_write_text, sha256_bytes, sha256_file
-from runtimes.package import Manifest, PackageReader
+from runtimes.package import Manifest, PackageReader, SelfTest, read_manifest_dir
 from runtimes.predictor import Predictor, Timing
+from runtimes.preprocess import read_image
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +62,13 @@ MODELS_DIR = "models"
 ACTIVE_FILE = "active.json"
 INSTALL_RECORD = ".outpost-install.json"
 _SAFE_FOLDER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+CPU_PROVIDERS = ("CPUExecutionProvider", "CPU", "cpu")
+NOT_COMPUTE_PROVIDERS = frozenset({"AzureExecutionProvider"})  # remote endpoints, not a device
+BENCHMARK_RUNS = 5  # timed runs per provider, after the warm-up runs
+
+
+class UninstallError(AgentError):
+    """Uninstalling would leave the agent serving nothing (pass force to do it anyway)."""
 
 
 def _now() -> str:
@@ -55,7 +77,11 @@ def _now() -> str:
 
 @dataclass(frozen=True, eq=False)
 class InstalledModel:
-    """One loaded model version. ``predict_bytes`` lets one call at a time use the predictor."""
+    """One loaded model version. ``predict_bytes`` lets one call at a time use the predictor.
+
+    ``benchmark`` (ms per provider) and ``fallback`` say how the runtime was chosen;
+    ``report`` holds what only the install that made it knows (self-test, warnings).
+    """
 
     name: str
     version: str
@@ -64,6 +90,9 @@ class InstalledModel:
     predictor: Predictor
     installed_at: str
     previous_version: str | None = None
+    benchmark: dict[str, float] | None = None
+    fallback: dict[str, str] | None = None
+    report: dict[str, Any] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
@@ -86,6 +115,8 @@ class InstalledModel:
             "format": self.format,
             "runtime": self.runtime,
             "providers": self.providers,
+            "benchmark": self.benchmark,
+            "fallback": self.fallback,
             "task": spec.task,
             "precision": spec.precision,
             "class_names": list(spec.class_names),
@@ -94,11 +125,253 @@ class InstalledModel:
             "previous_version": self.previous_version,
         }
 
+    def install_result(self) -> dict[str, Any]:
+        """:meth:`describe` plus the install's own report: activated, self_test, warnings."""
+        return {
+            **self.describe(),
+            "activated": bool(self.report.get("activated", True)),
+            "self_test": self.report.get("self_test"),
+            "warnings": list(self.report.get("warnings", [])),
+        }
+
     def predict_bytes(
         self, data: bytes, *, conf: float | None = None, iou: float | None = None
     ) -> tuple[Detections, Timing]:
         with self.lock:
             return self.predictor.predict_bytes(data, conf=conf, iou=iou)
+
+
+@dataclass(frozen=True)
+class RuntimeChoice:
+    """The providers a model was loaded with, and why."""
+
+    providers: list[str] | None  # None: the backend's own default order
+    benchmark: dict[str, float] | None = None
+    fallback: dict[str, str] | None = None
+
+
+def _iou(a: list[float], b: list[float]) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def compare_self_test(spec: SelfTest, got: Detections, conf_threshold: float) -> dict[str, Any]:
+    """Match ``got`` against the expected detections of ``spec``; a report with ``passed``.
+
+    Detections pair up by class, greedily by IoU. A pair must overlap by at least
+    ``tolerance.iou`` with scores within ``tolerance.score``. A detection left without a
+    partner only fails the test when it is clearly above the confidence threshold (within
+    the score tolerance of it, another device may legitimately keep or drop it).
+    """
+    tol = spec.tolerance
+    borderline = conf_threshold + tol.score
+    expected = sorted(spec.expected, key=lambda d: -d.score)
+    found = [
+        (int(c), float(s), [float(v) for v in box])
+        for box, s, c in zip(
+            got.xyxy.tolist(), got.confidence.tolist(), got.class_id.tolist(), strict=True
+        )
+    ]
+    unmatched = set(range(len(found)))
+    max_iou_dev = 0.0
+    max_score_dev = 0.0
+    failures = 0
+    for exp in expected:
+        best, best_iou = -1, 0.0
+        for j in unmatched:
+            if found[j][0] != exp.class_id:
+                continue
+            overlap = _iou(exp.xyxy, found[j][2])
+            if overlap > best_iou:
+                best, best_iou = j, overlap
+        if best < 0 or best_iou < tol.iou:
+            if exp.score >= borderline:
+                failures += 1
+                max_iou_dev = max(max_iou_dev, 1.0 - best_iou)
+            continue
+        unmatched.discard(best)
+        score_dev = abs(found[best][1] - exp.score)
+        max_iou_dev = max(max_iou_dev, 1.0 - best_iou)
+        max_score_dev = max(max_score_dev, score_dev)
+        if score_dev > tol.score:
+            failures += 1
+    failures += sum(1 for j in unmatched if found[j][1] >= borderline)
+    return {
+        "passed": failures == 0,
+        "expected": len(spec.expected),
+        "got": len(found),
+        "mismatches": failures,
+        "max_iou_deviation": round(max_iou_dev, 4),
+        "max_score_deviation": round(max_score_dev, 4),
+        "tolerance": tol.model_dump(mode="json"),
+    }
+
+
+def _pinned_backend(cls: type[Backend], providers: list[str]) -> type[Backend]:
+    """A subclass of ``cls`` that always loads with ``providers``."""
+
+    pinned = list(providers)
+
+    def init(
+        self: Backend,
+        model_path: Path,
+        *,
+        threads: int | None = None,
+        providers: list[str] | None = None,
+    ) -> None:
+        cls.__init__(self, model_path, threads=threads, providers=list(pinned))
+
+    return cast("type[Backend]", type(cls.__name__, (cls,), {"__init__": init}))
+
+
+def _compute_providers(providers: tuple[str, ...] | list[str]) -> list[str]:
+    """The providers that run a model here, best first (remote ones such as Azure left out)."""
+    rank = {p: i for i, p in enumerate(PROVIDER_PREFERENCE)}
+    kept = [p for p in providers if p not in NOT_COMPUTE_PROVIDERS]
+    return sorted(kept, key=lambda p: (p in CPU_PROVIDERS, rank.get(p, -1)))
+
+
+def _cpu_of(providers: list[str]) -> str | None:
+    return next((p for p in providers if p in CPU_PROVIDERS), None)
+
+
+# -- ONNX external data ----------------------------------------------------------------------
+# An ONNX tensor may keep its bytes in another file ("external data", a relative location).
+# The agent reads the model without the onnx package, so the few protobuf fields that can
+# hold tensors are walked here: a location must name a file of the package itself.
+
+
+def _varint(buf: bytes, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        if pos >= len(buf) or shift > 63:
+            raise PackageError("the ONNX model is truncated or not a protobuf; re-export it")
+        byte = buf[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return result, pos
+        shift += 7
+
+
+def _fields(buf: bytes) -> list[tuple[int, int, bytes | int]]:
+    """(field number, wire type, value) of one protobuf message, without nesting."""
+    out: list[tuple[int, int, bytes | int]] = []
+    pos = 0
+    while pos < len(buf):
+        key, pos = _varint(buf, pos)
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            value, pos = _varint(buf, pos)
+            out.append((number, wire, value))
+        elif wire == 1:
+            pos += 8
+        elif wire == 2:
+            length, pos = _varint(buf, pos)
+            if pos + length > len(buf):
+                raise PackageError("the ONNX model is truncated or not a protobuf; re-export it")
+            out.append((number, wire, buf[pos : pos + length]))
+            pos += length
+        elif wire == 5:
+            pos += 4
+        else:
+            raise PackageError("the ONNX model is not a valid protobuf; re-export it")
+    return out
+
+
+def _messages(fields: list[tuple[int, int, bytes | int]], number: int) -> list[bytes]:
+    return [v for n, w, v in fields if n == number and w == 2 and isinstance(v, bytes)]
+
+
+# Field numbers of onnx.proto: Model.graph=7, Model.functions=25; Graph.node=1,
+# Graph.initializer=5, Graph.sparse_initializer=15; Node.attribute=5; Function.node=7;
+# Attribute.t=5, g=6, tensors=10, graphs=11, sparse_tensor=22, sparse_tensors=23;
+# SparseTensor.values=1, indices=2; Tensor.external_data=13 (key=1, value=2).
+
+
+def _tensor_locations(tensor: bytes) -> list[str]:
+    locations = []
+    for entry in _messages(_fields(tensor), 13):
+        kv = _fields(entry)
+        key = b"".join(_messages(kv, 1))
+        if key == b"location":
+            locations.append(b"".join(_messages(kv, 2)).decode("utf-8", "replace"))
+    return locations
+
+
+def _graph_locations(graph: bytes, depth: int = 0) -> list[str]:
+    if depth > 32:
+        raise PackageError("the ONNX model nests graphs too deeply; refusing it")
+    fields = _fields(graph)
+    found: list[str] = []
+    for tensor in _messages(fields, 5):
+        found += _tensor_locations(tensor)
+    for sparse in _messages(fields, 15):
+        sf = _fields(sparse)
+        for tensor in _messages(sf, 1) + _messages(sf, 2):
+            found += _tensor_locations(tensor)
+    for node in _messages(fields, 1):
+        found += _node_locations(node, depth)
+    return found
+
+
+def _node_locations(node: bytes, depth: int) -> list[str]:
+    found: list[str] = []
+    for attr in _messages(_fields(node), 5):
+        af = _fields(attr)
+        for tensor in _messages(af, 5) + _messages(af, 10):
+            found += _tensor_locations(tensor)
+        for sparse in _messages(af, 22) + _messages(af, 23):
+            sf = _fields(sparse)
+            for tensor in _messages(sf, 1) + _messages(sf, 2):
+                found += _tensor_locations(tensor)
+        for graph in _messages(af, 6) + _messages(af, 11):
+            found += _graph_locations(graph, depth + 1)
+    return found
+
+
+def onnx_external_data(model_bytes: bytes) -> list[str]:
+    """Every external-data location an ONNX model names (initializers, attributes, subgraphs)."""
+    fields = _fields(model_bytes)
+    found: list[str] = []
+    for graph in _messages(fields, 7):
+        found += _graph_locations(graph)
+    for function in _messages(fields, 25):
+        for node in _messages(_fields(function), 7):
+            found += _node_locations(node, 0)
+    return found
+
+
+def check_onnx_external_data(folder: Path, manifest: Manifest) -> None:
+    """Refuse an ONNX model whose external data lies outside its package (or is not listed)."""
+    if manifest.format.key != "onnx":
+        return
+    model_file = PurePosixPath(manifest.format.file)
+    data = (folder / Path(*model_file.parts)).read_bytes()
+    try:
+        locations = onnx_external_data(data)
+    except PackageError as exc:
+        raise InstallError(
+            f"model {manifest.name} in {folder.name} does not load or run: {exc}"
+        ) from None
+    for location in locations:
+        path = PurePosixPath(location.replace("\\", "/"))
+        joined = (model_file.parent / path).as_posix()
+        if (
+            not location
+            or path.is_absolute()
+            or location.startswith(("/", "\\"))
+            or ":" in location
+            or ".." in path.parts
+            or joined not in manifest.files
+        ):
+            raise PackageError(
+                f"the ONNX model reads external data from {location!r}, outside its package; "
+                "refusing it (re-export with the weights inside the model file)"
+            )
 
 
 class ModelStore:
@@ -155,17 +428,47 @@ class ModelStore:
             f"several models are installed ({', '.join(names)}); name one with ?model=NAME"
         )
 
+    def installed(self) -> list[dict[str, Any]]:
+        """Every model on disk (served or not) with its versions: active, previous, staged."""
+        rows: list[dict[str, Any]] = []
+        if not self.root.is_dir():
+            return rows
+        for model_dir in sorted(
+            p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")
+        ):
+            try:
+                record = self._read_active(model_dir)
+            except InstallError:
+                record = None
+            if record is None:
+                continue
+            rows.append(
+                {
+                    "name": model_dir.name,
+                    "enabled": record["enabled"],
+                    "serving": model_dir.name in self._models,
+                    "active": (record.get("active") or {}).get("version"),
+                    "previous": (record.get("previous") or {}).get("version"),
+                    "staged": (record.get("staged") or {}).get("version"),
+                }
+            )
+        return rows
+
     # -- start -----------------------------------------------------------------------
 
     def load(self) -> list[str]:
         """Load every model's active version (or its previous one if that fails).
 
         Returns one line per problem met; a model that cannot be loaded is skipped, so
-        one broken model never stops the agent from serving the others.
+        one broken model never stops the agent from serving the others. Deactivated
+        models stay unloaded.
         """
         problems: list[str] = []
         if not self.root.is_dir():
             return problems
+        for leftover in self.root.iterdir():  # an uninstall cut short
+            if leftover.name.startswith(".trash-") and leftover.is_dir():
+                shutil.rmtree(leftover, ignore_errors=True)
         for model_dir in sorted(
             p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")
         ):
@@ -176,7 +479,7 @@ class ModelStore:
                 problems.append(str(exc))
                 self.not_loaded[model_dir.name] = str(exc)
                 continue
-            if record is None:
+            if record is None or not record["enabled"]:
                 continue
             candidates = [record["active"]] + (
                 [record["previous"]] if record.get("previous") else []
@@ -205,12 +508,22 @@ class ModelStore:
 
     # -- changes ---------------------------------------------------------------------
 
-    def install(self, package: bytes | Path) -> InstalledModel:
-        """Verify, extract, load and warm up a package, then make it the active version.
+    def install(
+        self, package: bytes | Path, *, activate: bool = True, provider: str | None = None
+    ) -> InstalledModel:
+        """Verify, extract, load, warm up and self-test a package, then make it the active version.
+
+        Args:
+            package: the ``.outpost.zip`` (bytes or a path).
+            activate: False keeps it staged: loaded and checked, but the current version
+                keeps serving until :meth:`activate`.
+            provider: an execution provider to use (e.g. ``CUDAExecutionProvider``); when it
+                is missing or fails, the result's ``fallback`` says what runs instead.
 
         Raises:
             PackageError: the package cannot be read or verified (the reason is in the message).
-            InstallError: the package is sound but its model does not load, or the disk refused it.
+            InstallError: the package is sound but its model does not load, fails its
+                self-test, or the disk refused it.
         """
         with self._install_lock:
             with PackageReader(package) as reader:
@@ -225,11 +538,15 @@ class ModelStore:
                 staging = model_dir / f".staging-{secrets.token_hex(6)}"
                 try:
                     reader.extract(staging)
-                    self._write_install_record(staging, package_sha)
-                    model = self._open(manifest.name, staging)
-                    activated = self._activate(model_dir, staging, model, package_sha)
-                    self.not_loaded.pop(manifest.name, None)
-                    return activated
+                    check_onnx_external_data(staging, manifest)
+                    model = self._prepare(manifest.name, staging, provider)
+                    self._write_install_record(staging, package_sha, model)
+                    if activate:
+                        done = self._activate(model_dir, staging, model, package_sha)
+                        self.not_loaded.pop(manifest.name, None)
+                    else:
+                        done = self._stage(model_dir, staging, model, package_sha)
+                    return done
                 except OutpostError:
                     raise
                 except OSError as exc:
@@ -242,6 +559,12 @@ class ModelStore:
     def rollback(self, name: str) -> InstalledModel:
         """Make the previous version of ``name`` active again (the current one becomes previous)."""
         with self._install_lock:
+            with self._models_lock:
+                serving = name in self._models
+            if not serving and _SAFE_FOLDER.match(name) and (self.root / name).is_dir():
+                raise RollbackError(
+                    f"model {name} is deactivated; activate it (or a version of it) instead"
+                )
             current = self.get(name)
             model_dir = self.root / name
             record = self._read_active(model_dir)
@@ -250,7 +573,9 @@ class ModelStore:
                 raise RollbackError(f"model {name} has no previous version to roll back to")
             model = self._open(name, model_dir / previous["folder"])
             try:
-                self._write_active(model_dir, previous, record["active"])
+                self._write_active(
+                    model_dir, previous, record["active"], staged=record.get("staged")
+                )
             except OSError as exc:
                 raise InstallError(
                     f"cannot roll {name} back: {one_line(exc)}; check the data folder"
@@ -262,12 +587,291 @@ class ModelStore:
             log.info("rolled %s back from %s to %s", name, current.version, model.version)
             return model
 
+    def activate(self, name: str, version: str | None = None) -> InstalledModel:
+        """Serve ``name`` again, or switch it to ``version`` (its staged, active or previous one).
+
+        Without ``version`` the staged version (installed with ``activate=False``) becomes
+        active when there is one; else the active version of a deactivated model serves again.
+        The version is loaded before anything changes: on failure the current one keeps serving.
+        """
+        with self._install_lock:
+            model_dir = self.root / name
+            record = self._record_of(name)
+            entries = {
+                key: record[key] for key in ("active", "staged", "previous") if record.get(key)
+            }
+            if version is None:
+                key = "staged" if "staged" in entries else "active"
+            else:
+                key = next(
+                    (
+                        k
+                        for k, e in entries.items()
+                        if version in (e.get("version"), e.get("folder"))
+                    ),
+                    "",
+                )
+                if not key:
+                    have = ", ".join(f"{e['version']} ({k})" for k, e in entries.items())
+                    raise ModelNotFoundError(
+                        f"model {name} has no version {version!r} on this device; it has: {have}"
+                    )
+            target = entries[key]
+            model = self._open(name, model_dir / target["folder"])
+            active, previous, staged = (
+                record["active"],
+                record.get("previous"),
+                record.get("staged"),
+            )
+            if key == "staged":
+                active, previous, staged = target, record["active"], None
+            elif key == "previous":
+                active, previous = target, record["active"]
+            try:
+                self._write_active(model_dir, active, previous, staged=staged, enabled=True)
+            except OSError as exc:
+                raise InstallError(
+                    f"cannot activate {name}: {one_line(exc)}; check the data folder"
+                ) from None
+            model = replace(
+                model,
+                previous_version=previous["version"] if previous else None,
+                report={"activated": True, "warnings": []},
+            )
+            with self._models_lock:
+                self._models[name] = model
+            self.not_loaded.pop(name, None)
+            log.info("activated %s %s", name, model.version)
+            return model
+
+    def deactivate(self, name: str) -> dict[str, Any]:
+        """Stop serving ``name``; its files stay (``activate`` brings it back)."""
+        with self._install_lock:
+            model_dir = self.root / name
+            record = self._record_of(name)
+            try:
+                self._write_active(
+                    model_dir,
+                    record["active"],
+                    record.get("previous"),
+                    staged=record.get("staged"),
+                    enabled=False,
+                )
+            except OSError as exc:
+                raise InstallError(
+                    f"cannot deactivate {name}: {one_line(exc)}; check the data folder"
+                ) from None
+            with self._models_lock:
+                self._models.pop(name, None)
+            self.not_loaded.pop(name, None)
+            log.info("deactivated %s", name)
+            return {
+                "name": name,
+                "version": record["active"]["version"],
+                "serving": False,
+                "enabled": False,
+            }
+
+    def uninstall(self, name: str, *, force: bool = False) -> dict[str, Any]:
+        """Remove every version of ``name`` from the device.
+
+        Refused (:class:`UninstallError`) when ``name`` is the only model serving, since
+        the agent would be left answering nothing; ``force`` removes it anyway.
+        """
+        with self._install_lock:
+            model_dir = self.root / name
+            if not _SAFE_FOLDER.match(name) or not model_dir.is_dir():
+                raise ModelNotFoundError(f"model {name!r} is not installed on this device")
+            with self._models_lock:
+                serving = name in self._models
+                others = [n for n in self._models if n != name]
+            if serving and not others and not force:
+                raise UninstallError(
+                    f"model {name} is the only model serving; uninstalling it leaves the agent "
+                    "with nothing to serve: deactivate it, or uninstall with force"
+                )
+            trash = self.root / f".trash-{name}-{secrets.token_hex(4)}"
+            try:
+                model_dir.rename(trash)
+            except OSError as exc:
+                raise InstallError(
+                    f"cannot uninstall {name}: {one_line(exc)}; check the data folder"
+                ) from None
+            with self._models_lock:
+                self._models.pop(name, None)
+            self.not_loaded.pop(name, None)
+            shutil.rmtree(trash, ignore_errors=True)
+            log.info("uninstalled %s", name)
+            return {"name": name, "uninstalled": True, "was_serving": serving}
+
     # -- helpers ---------------------------------------------------------------------
 
-    def _open(self, name: str, folder: Path) -> InstalledModel:
-        """Load and smoke-test a predictor: warm-up runs, then one full predict on a blank image."""
+    def _record_of(self, name: str) -> dict[str, Any]:
+        model_dir = self.root / name
+        record = self._read_active(model_dir) if _SAFE_FOLDER.match(name) else None
+        if record is None:
+            raise ModelNotFoundError(f"model {name!r} is not installed on this device")
+        return record
+
+    def _registry_or_default(self) -> BackendRegistry:
+        if self._registry is None:
+            self._registry = default_registry()
+        return self._registry
+
+    def _load_predictor(self, folder: Path, providers: list[str] | None) -> Predictor:
+        registry = self._registry_or_default()
+        if providers is None:
+            return Predictor(folder, registry=registry)
+        manifest_key = read_format_key(folder)
+        backend = registry.for_format(manifest_key)
+        pinned = BackendRegistry()
+        pinned.register(_pinned_backend(backend, providers))
+        return Predictor(folder, runtime=backend.key, registry=pinned)
+
+    def _choose(
+        self, folder: Path, manifest: Manifest, provider: str | None, sample: np.ndarray
+    ) -> tuple[Predictor, RuntimeChoice]:
+        """Load the model on the best provider here (benchmarked when there is a choice)."""
+        backend = self._registry_or_default().for_format(manifest.format.key)
+        available = _compute_providers(backend.probe().providers)
+        cpu = _cpu_of(available)
+        if provider is None and len(available) <= 1:
+            return self._load_predictor(folder, None), RuntimeChoice(None)
+        failures: dict[str, str] = {}
+        if provider is not None and provider not in available:
+            wanted: list[str] = []
+            failures[provider] = (
+                f"{provider} is not available on this device "
+                f"(available: {', '.join(available) or 'none'})"
+            )
+        elif provider is not None:
+            wanted = [provider]
+        else:
+            wanted = [p for p in available if p != cpu]
+        loaded: dict[str, Predictor] = {}
+        for p in wanted:
+            try:
+                predictor = self._load_predictor(folder, [p] + ([cpu] if cpu and cpu != p else []))
+            except Exception as exc:  # each runtime raises its own types
+                failures[p] = f"{p} failed to initialise: {one_line(exc, 200)}"
+                continue
+            active = predictor.backend.active_providers
+            if not active or active[0] != p:
+                failures[p] = (
+                    f"{p} did not initialise (the runtime runs on {', '.join(active) or 'nothing'})"
+                )
+                continue
+            loaded[p] = predictor
+        if cpu and (provider is None or not loaded) and cpu not in loaded:
+            loaded[cpu] = self._load_predictor(folder, [cpu])
+        if not loaded:
+            raise InstallError(
+                f"no execution provider here can load {manifest.name}: "
+                + "; ".join(failures.values())
+            )
+        benchmark: dict[str, float] | None = None
+        if len(loaded) > 1:
+            benchmark = {p: _time_ms(pred, sample, self._warmup_runs) for p, pred in loaded.items()}
+            chosen = min(benchmark, key=lambda p: benchmark[p] if benchmark else 0.0)
+        else:
+            chosen = next(iter(loaded))
+        first_wanted = provider or (wanted[0] if wanted else None)
+        fallback = None
+        if first_wanted and first_wanted in failures and chosen != first_wanted:
+            fallback = {"wanted": first_wanted, "using": chosen, "reason": failures[first_wanted]}
+            log.warning("%s: %s; using %s instead", manifest.name, failures[first_wanted], chosen)
+        predictor = loaded[chosen]
+        providers = list(predictor.backend.active_providers)
+        return predictor, RuntimeChoice(providers, benchmark, fallback)
+
+    def _prepare(self, name: str, folder: Path, provider: str | None) -> InstalledModel:
+        """Load a staged package on the best provider, warm it up and run its self-test."""
+        manifest = _manifest_of(folder)
+        if manifest.name != name:
+            raise PackageError(f"{folder} holds model {manifest.name}, expected {name}")
+        spec = manifest.self_test
+        warnings: list[str] = []
         try:
-            predictor = Predictor(folder, registry=self._registry)
+            h, w = manifest.model.input.height, manifest.model.input.width
+            sample = (
+                read_image(folder / Path(*PurePosixPath(spec.input).parts))
+                if spec is not None
+                else np.full((h, w, 3), 114, np.uint8)
+            )
+            predictor, choice = self._choose(folder, manifest, provider, sample)
+            predictor.warmup(self._warmup_runs)
+            predictor.predict(np.full((h, w, 3), 114, np.uint8))
+        except OutpostError:
+            raise
+        except Exception as exc:  # runtimes raise their own exception types (ORT, OpenVINO...)
+            raise InstallError(
+                f"model {name} in {folder.name} does not load or run: {one_line(exc)}; re-export the package"
+            ) from None
+        self_test: dict[str, Any] | None = None
+        where = f"{predictor.backend.key} on {', '.join(predictor.backend.active_providers)}"
+        if spec is None:
+            warnings.append(
+                f"package {name} {manifest.version} has no self-test (exported by an older "
+                "Outpost); its answers were not checked before the switch"
+            )
+        else:
+            try:
+                got, _ = predictor.predict(sample)
+            except Exception as exc:
+                raise InstallError(
+                    f"self-test failed: the runtime ({where}) raised: {one_line(exc)}; "
+                    "the previous version keeps serving"
+                ) from None
+            conf = manifest.model.postprocessing.conf_threshold
+            self_test = compare_self_test(spec, got, conf)
+            if not self_test["passed"]:
+                raise InstallError(
+                    f"self-test failed: expected {self_test['expected']} detections, got "
+                    f"{self_test['got']} ({self_test['mismatches']} outside tolerance, max IoU "
+                    f"deviation {self_test['max_iou_deviation']:.3f}, max score deviation "
+                    f"{self_test['max_score_deviation']:.3f}) with {where}; the previous "
+                    "version keeps serving; re-export the model or pick another provider"
+                )
+        if choice.fallback:
+            fb = choice.fallback
+            warnings.append(f"wanted {fb['wanted']}, using {fb['using']}: {fb['reason']}")
+        return InstalledModel(
+            manifest.name,
+            manifest.version,
+            folder,
+            manifest,
+            predictor,
+            _now(),
+            benchmark=choice.benchmark,
+            fallback=choice.fallback,
+            report={"self_test": self_test, "warnings": warnings, "activated": True},
+        )
+
+    def _open(self, name: str, folder: Path) -> InstalledModel:
+        """Load and smoke-test an installed version on the providers chosen at its install."""
+        record = _read_json(folder / INSTALL_RECORD, strict=False)
+        recorded = record.get("providers")
+        fallback = record.get("fallback") if isinstance(record.get("fallback"), dict) else None
+        providers: list[str] | None = None
+        try:
+            if (
+                isinstance(recorded, list)
+                and recorded
+                and all(isinstance(p, str) for p in recorded)
+            ):
+                backend = self._registry_or_default().for_format(read_format_key(folder))
+                available = backend.probe().providers
+                missing = [p for p in recorded if p not in available]
+                if missing:
+                    fallback = {
+                        "wanted": missing[0],
+                        "using": "the runtime's default",
+                        "reason": f"{missing[0]} is no longer available on this device",
+                    }
+                    log.warning("%s: %s", name, fallback["reason"])
+                else:
+                    providers = list(recorded)
+            predictor = self._load_predictor(folder, providers)
             predictor.warmup(self._warmup_runs)
             h, w = predictor.input_hw
             predictor.predict(np.full((h, w, 3), 114, np.uint8))
@@ -280,11 +884,18 @@ class ModelStore:
         manifest = predictor.manifest
         if manifest.name != name:
             raise PackageError(f"{folder} holds model {manifest.name}, expected {name}")
-        installed_at = (
-            _read_json(folder / INSTALL_RECORD, strict=False).get("installed_at") or _now()
-        )
+        if fallback and fallback.get("using") == "the runtime's default":
+            fallback["using"] = ", ".join(predictor.backend.active_providers)
+        benchmark = record.get("benchmark") if isinstance(record.get("benchmark"), dict) else None
         return InstalledModel(
-            manifest.name, manifest.version, folder, manifest, predictor, installed_at
+            manifest.name,
+            manifest.version,
+            folder,
+            manifest,
+            predictor,
+            record.get("installed_at") or _now(),
+            benchmark=benchmark,
+            fallback=fallback,
         )
 
     def _activate(
@@ -295,36 +906,102 @@ class ModelStore:
         except InstallError:  # a corrupt record must not block the install that repairs it
             record = None
         folder_name = _pick_folder(model_dir, model.version, package_sha)
-        final = model_dir / folder_name
-        trash = model_dir / f".trash-{secrets.token_hex(6)}"
         old = record["active"] if record else None
         previous = old if old and old["folder"] != folder_name else (record or {}).get("previous")
+        staged = (record or {}).get("staged")
+        if staged and staged["folder"] == folder_name:
+            staged = None
+        final = self._place(model_dir, staging, folder_name)
         try:
-            if final.exists():  # the very same package again: replace the copy on disk
-                final.rename(trash)
-            staging.rename(final)
             self._write_active(
-                model_dir, {"folder": folder_name, "version": model.version}, previous
+                model_dir,
+                {"folder": folder_name, "version": model.version},
+                previous,
+                staged=staged,
             )
         except OSError:
-            with contextlib.suppress(OSError):  # put things back as they were
-                if not staging.exists() and final.exists():
-                    final.rename(staging)  # the caller removes it
-                if trash.exists():
-                    trash.rename(final)
+            with contextlib.suppress(OSError):  # the caller removes the staging folder
+                final.rename(staging)
             raise
-        shutil.rmtree(trash, ignore_errors=True)
         model.predictor.folder = final
         model = replace(
             model, folder=final, previous_version=previous["version"] if previous else None
         )
         with self._models_lock:
             self._models[model.name] = model
-        self._prune(model_dir, {folder_name, previous["folder"] if previous else ""})
+        self._prune(
+            model_dir,
+            {
+                folder_name,
+                previous["folder"] if previous else "",
+                staged["folder"] if staged else "",
+            },
+        )
         log.info(
             "installed %s %s (%s on %s)", model.name, model.version, model.format, model.runtime
         )
         return model
+
+    def _stage(
+        self, model_dir: Path, staging: Path, model: InstalledModel, package_sha: str
+    ) -> InstalledModel:
+        """Keep a checked version on disk without serving it (install with ``activate=False``)."""
+        try:
+            record = self._read_active(model_dir)
+        except InstallError:
+            record = None
+        folder_name = _pick_folder(model_dir, model.version, package_sha)
+        report = {**model.report, "activated": False}
+        if record is not None and record["active"]["folder"] == folder_name:
+            report["warnings"] = [
+                *report.get("warnings", []),
+                f"{model.name} {model.version} is already the active version; nothing to stage",
+            ]
+            return replace(model, report=report)
+        final = self._place(model_dir, staging, folder_name)
+        entry = {"folder": folder_name, "version": model.version}
+        try:
+            if record is None:  # a first install: the version waits, deactivated
+                self._write_active(model_dir, entry, None, enabled=False)
+            else:
+                previous = record.get("previous")
+                if previous and previous["folder"] == folder_name:
+                    previous = None
+                self._write_active(
+                    model_dir,
+                    record["active"],
+                    previous,
+                    staged=entry,
+                    enabled=record["enabled"],
+                )
+        except OSError:
+            with contextlib.suppress(OSError):
+                final.rename(staging)
+            raise
+        keep = {folder_name}
+        if record is not None:
+            keep |= {record["active"]["folder"], (record.get("previous") or {}).get("folder", "")}
+        self._prune(model_dir, keep)
+        log.info("staged %s %s (not serving)", model.name, model.version)
+        model.predictor.folder = final
+        return replace(model, folder=final, report=report)
+
+    @staticmethod
+    def _place(model_dir: Path, staging: Path, folder_name: str) -> Path:
+        """Rename the staging folder to ``folder_name`` (replacing the same package's copy)."""
+        final = model_dir / folder_name
+        trash = model_dir / f".trash-{secrets.token_hex(6)}"
+        try:
+            if final.exists():  # the very same package again: replace the copy on disk
+                final.rename(trash)
+            staging.rename(final)
+        except OSError:
+            with contextlib.suppress(OSError):  # put things back as they were
+                if trash.exists() and not final.exists():
+                    trash.rename(final)
+            raise
+        shutil.rmtree(trash, ignore_errors=True)
+        return final
 
     def _read_active(self, model_dir: Path) -> dict[str, Any] | None:
         path = model_dir / ACTIVE_FILE
@@ -333,21 +1010,41 @@ class ModelStore:
         data = _read_json(path)
         if not _is_entry(data.get("active")):
             raise InstallError(f"{path} is corrupt; reinstall the model {model_dir.name}")
-        if not _is_entry(data.get("previous")):
-            data["previous"] = None
+        for key in ("previous", "staged"):
+            if not _is_entry(data.get(key)):
+                data[key] = None
+        data["enabled"] = data.get("enabled", True) is not False
         return data
 
     def _write_active(
-        self, model_dir: Path, active: dict[str, Any], previous: dict[str, Any] | None
+        self,
+        model_dir: Path,
+        active: dict[str, Any],
+        previous: dict[str, Any] | None,
+        *,
+        staged: dict[str, Any] | None = None,
+        enabled: bool = True,
     ) -> None:
-        record = {"active": active, "previous": previous, "updated_at": _now()}
+        record = {
+            "active": active,
+            "previous": previous,
+            "staged": staged,
+            "enabled": enabled,
+            "updated_at": _now(),
+        }
         atomic_write_text(
             model_dir / ACTIVE_FILE, json.dumps(record, indent=2, sort_keys=True) + "\n"
         )
 
     @staticmethod
-    def _write_install_record(folder: Path, package_sha: str) -> None:
-        record = {"package_sha256": package_sha, "installed_at": _now()}
+    def _write_install_record(folder: Path, package_sha: str, model: InstalledModel) -> None:
+        record = {
+            "package_sha256": package_sha,
+            "installed_at": model.installed_at,
+            "providers": model.providers,
+            "benchmark": model.benchmark,
+            "fallback": model.fallback,
+        }
         atomic_write_text(folder / INSTALL_RECORD, json.dumps(record, indent=2) + "\n")
 
     @staticmethod
@@ -363,10 +1060,31 @@ class ModelStore:
 
     @staticmethod
     def _prune(model_dir: Path, keep: set[str]) -> None:
-        """Delete versions other than the active and the previous one (best effort)."""
+        """Delete versions other than the active, previous and staged ones (best effort)."""
         for child in model_dir.iterdir():
             if child.is_dir() and not child.name.startswith(".") and child.name not in keep:
                 shutil.rmtree(child, ignore_errors=True)
+
+
+def _time_ms(predictor: Predictor, sample: np.ndarray, warmup: int) -> float:
+    """Median milliseconds of a full prediction on ``sample`` (warm-up runs excluded)."""
+    for _ in range(max(1, warmup)):
+        predictor.predict(sample)
+    times = []
+    for _ in range(BENCHMARK_RUNS):
+        t0 = time.perf_counter()
+        predictor.predict(sample)
+        times.append((time.perf_counter() - t0) * 1e3)
+    return round(statistics.median(times), 3)
+
+
+def _manifest_of(folder: Path) -> Manifest:
+    return read_manifest_dir(folder)
+
+
+def read_format_key(folder: Path) -> str:
+    """The format key of an extracted package folder."""
+    return _manifest_of(folder).format.key
 
 
 def _is_entry(entry: object) -> bool:

@@ -78,6 +78,10 @@ class ExportArtifact:
     seconds: float = 0.0
     # Files the model file needs beside it in the package (OpenVINO's weights ``.bin``).
     extra_files: tuple[Path, ...] = ()
+    # Manifest ``model.preprocessing`` / ``model.postprocessing`` fields for the model's task
+    # (a classifier's centre crop; the segment, pose and classify post-processing kinds).
+    preprocessing: dict[str, Any] = field(default_factory=dict)
+    postprocessing: dict[str, Any] = field(default_factory=dict)
 
 
 class Exporter(ABC):

@@ -51,26 +51,42 @@ class InputSpec(_Model):
 
 
 class Preprocessing(_Model):
-    resize: Literal["letterbox"] = "letterbox"
+    # ``letterbox`` (detect, segment, pose); ``center_crop`` (classify: shortest side to the
+    # input size, then the centre crop, like Ultralytics' classification transforms).
+    resize: Literal["letterbox", "center_crop"] = "letterbox"
     pad_value: int = 114
     scale: float = 1 / 255.0
     color: Literal["RGB", "BGR"] = "RGB"
 
 
+class MaskSpec(_Model):
+    """Where a segmentation model's mask prototypes are: output ``output`` as ``(1, channels, h, w)``."""
+
+    output: int = Field(1, ge=0)
+    channels: int = Field(32, ge=1)
+    layout: Literal["NCHW"] = "NCHW"
+    threshold: float = 0.5  # on the mask upsampled to the original image
+
+
 class Postprocessing(_Model):
-    kind: Literal["yolo_detect"] = "yolo_detect"
+    kind: Literal["yolo_detect", "yolo_segment", "yolo_pose", "classify"] = "yolo_detect"
     nms_included: bool = False
-    output_layout: Literal["xywh_classes", "xyxy_score_class"] = "xywh_classes"
+    # ``class_probs``: a classifier's ``(1, C)`` probabilities.
+    output_layout: Literal["xywh_classes", "xyxy_score_class", "class_probs"] = "xywh_classes"
     box_units: Literal["pixels", "normalized"] = "pixels"
     conf_threshold: float = Field(0.25, ge=0.0, le=1.0)
     iou_threshold: float = Field(0.7, ge=0.0, le=1.0)
     max_det: int = Field(300, ge=1)
     agnostic_nms: bool = False
+    # Task-specific, optional (a package without them is a detection package):
+    kpt_shape: list[int] | None = Field(None, min_length=2, max_length=2)  # pose: (keypoints, 2|3)
+    mask: MaskSpec | None = None  # segment: the prototype output
+    top_k: int = Field(5, ge=1)  # classify: classes reported per image
 
 
 class ModelSpec(_Model):
     framework: str
-    task: Literal["detect"] = "detect"
+    task: Literal["detect", "segment", "classify", "pose"] = "detect"
     architecture: str
     class_names: list[str] = Field(min_length=1)
     input: InputSpec
@@ -100,6 +116,33 @@ class FileEntry(_Model):
     size: int = Field(ge=0)
 
 
+class SelfTestDetection(_Model):
+    """One detection the model gave on the self-test input at export time."""
+
+    class_id: int = Field(ge=0)
+    score: float = Field(ge=0.0, le=1.0)
+    xyxy: list[float] = Field(min_length=4, max_length=4)
+
+
+class SelfTestTolerance(_Model):
+    """How far a device's answer may drift from the export-time one and still pass."""
+
+    iou: float = Field(0.9, gt=0.0, le=1.0)
+    score: float = Field(0.05, ge=0.0, le=1.0)
+
+
+class SelfTest(_Model):
+    """A sample input (a file listed in ``files``) and the detections expected on it.
+
+    Optional in schema v1: packages without it still read; an agent installs them with a
+    warning instead of checking the model's answers before switching to it.
+    """
+
+    input: str = Field(min_length=1)
+    expected: list[SelfTestDetection]
+    tolerance: SelfTestTolerance = Field(default_factory=SelfTestTolerance)
+
+
 class Manifest(_Model):
     schema_version: int
     name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -109,9 +152,13 @@ class Manifest(_Model):
     format: FormatSpec
     provenance: Provenance = Field(default_factory=Provenance)
     files: dict[str, FileEntry]
+    self_test: SelfTest | None = None
 
     def to_json(self) -> str:
-        return json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=True) + "\n"
+        # A package without a self-test writes no ``self_test`` key, exactly as before.
+        exclude = {"self_test"} if self.self_test is None else None
+        data = self.model_dump(mode="json", exclude=exclude)
+        return json.dumps(data, indent=2, sort_keys=True) + "\n"
 
     @classmethod
     def parse(cls, raw: bytes) -> Manifest:
@@ -226,6 +273,14 @@ class PackageReader:
             mode = info.external_attr >> 16
             if stat.S_ISLNK(mode):
                 raise PackageError(f"package entry {info.filename!r} is a link; refusing it")
+            if stat.S_IFMT(mode) not in (0, stat.S_IFREG, stat.S_IFDIR):
+                raise PackageError(
+                    f"package entry {info.filename!r} is not a regular file; refusing it"
+                )
+            if info.filename in names:  # a second entry aliasing the first one's name
+                raise PackageError(
+                    f"package entry {info.filename!r} appears twice; refusing the package"
+                )
             if info.is_dir():
                 continue
             total += info.file_size
@@ -256,6 +311,11 @@ class PackageReader:
         if self.manifest.format.file not in listed:
             raise PackageError(
                 f"model file {self.manifest.format.file} is not listed in the manifest"
+            )
+        self_test = self.manifest.self_test
+        if self_test is not None and self_test.input not in listed:
+            raise PackageError(
+                f"self-test input {self_test.input} is not listed in the manifest; re-export it"
             )
         for name, entry in self.manifest.files.items():
             if self._zip.getinfo(name).file_size != entry.size:

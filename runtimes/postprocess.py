@@ -1,11 +1,16 @@
-"""Detection post-processing: YOLO output decoding, class-aware NMS, box rescaling.
+"""Post-processing for every task: YOLO output decoding, class-aware NMS, box rescaling,
+segmentation masks, pose keypoints and classification probabilities.
 
 Matches Ultralytics' ``non_max_suppression`` + ``scale_boxes`` (same thresholds, the
-same class offset trick, float32 arithmetic, greedy suppression on IoU > threshold).
+same class offset trick, float32 arithmetic, greedy suppression on IoU > threshold), its
+``process_mask`` (prototypes × coefficients, bilinear upsampling to the input, binarised,
+cropped to the box) + ``scale_masks`` (letterbox padding removed, bilinear to the original
+image), and its ``scale_coords`` for keypoints.
 """
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 
 from runtimes.detections import Detections
@@ -65,7 +70,7 @@ def scale_boxes(xyxy: np.ndarray, info: LetterboxInfo) -> np.ndarray:
     return out
 
 
-def decode_yolo_detect(
+def decode_yolo(
     output: np.ndarray,
     *,
     conf_threshold: float,
@@ -73,13 +78,16 @@ def decode_yolo_detect(
     max_det: int,
     agnostic: bool = False,
     layout: str = "xywh_classes",
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Decode one image of raw YOLO output.
+    extra: int = 0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Decode one image of raw YOLO output whose rows end in ``extra`` task columns.
 
-    ``layout`` is ``xywh_classes`` for the raw head ``(1, 4 + nc, anchors)`` (NMS needed) or
-    ``xyxy_score_class`` for the end-to-end head ``(1, max_det, 6)`` (NMS already applied).
+    ``layout`` is ``xywh_classes`` for the raw head ``(1, 4 + nc + extra, anchors)`` (NMS
+    needed) or ``xyxy_score_class`` for the end-to-end head ``(1, max_det, 6 + extra)`` (NMS
+    already applied). The extra columns are 32 mask coefficients for segment and
+    ``keypoints × (2|3)`` values (model-input pixels) for pose.
 
-    Returns ``(xyxy, scores, class_ids)`` in model-input pixels.
+    Returns ``(xyxy, scores, class_ids, extra columns)`` in model-input pixels.
     """
     pred = np.asarray(output)
     if pred.ndim == 3:
@@ -92,22 +100,57 @@ def decode_yolo_detect(
             rows[:, :4].astype(np.float32),
             rows[:, 4].astype(np.float32),
             rows[:, 5].astype(np.int64),
+            rows[:, 6 : 6 + extra].astype(np.float32),
         )
-    x = pred.T.astype(np.float32, copy=False)  # (anchors, 4 + nc)
-    cls_scores = x[:, 4:]
-    conf = cls_scores.max(axis=1)
+    x = pred.T.astype(np.float32, copy=False)  # (anchors, 4 + nc + extra)
+    end = x.shape[1] - extra
+    if end <= 4:
+        raise ValueError(
+            f"detection output {output.shape} has no class columns beside {extra} extra"
+        )
+    conf = x[:, 4:end].max(axis=1)
     keep = conf > conf_threshold
     x, conf = x[keep], conf[keep]
     if not len(x):
-        return np.zeros((0, 4), np.float32), np.zeros((0,), np.float32), np.zeros((0,), np.int64)
-    cls = x[:, 4:].argmax(axis=1)
+        return (
+            np.zeros((0, 4), np.float32),
+            np.zeros((0,), np.float32),
+            np.zeros((0,), np.int64),
+            np.zeros((0, extra), np.float32),
+        )
+    cls = x[:, 4:end].argmax(axis=1)
     boxes = xywh2xyxy(x[:, :4])
+    tail = x[:, end:]
     if len(x) > MAX_NMS:
         top = np.argsort(-conf, kind="stable")[:MAX_NMS]
-        boxes, conf, cls = boxes[top], conf[top], cls[top]
+        boxes, conf, cls, tail = boxes[top], conf[top], cls[top], tail[top]
     offset = np.float32(0) if agnostic else cls.astype(np.float32)[:, None] * np.float32(MAX_WH)
     kept = nms(boxes + offset, conf, iou_threshold)[:max_det]
-    return boxes[kept], conf[kept], cls[kept].astype(np.int64)
+    return boxes[kept], conf[kept], cls[kept].astype(np.int64), tail[kept]
+
+
+def decode_yolo_detect(
+    output: np.ndarray,
+    *,
+    conf_threshold: float,
+    iou_threshold: float,
+    max_det: int,
+    agnostic: bool = False,
+    layout: str = "xywh_classes",
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Decode one image of raw YOLO detection output (see :func:`decode_yolo`).
+
+    Returns ``(xyxy, scores, class_ids)`` in model-input pixels.
+    """
+    boxes, scores, cls, _ = decode_yolo(
+        output,
+        conf_threshold=conf_threshold,
+        iou_threshold=iou_threshold,
+        max_det=max_det,
+        agnostic=agnostic,
+        layout=layout,
+    )
+    return boxes, scores, cls
 
 
 def postprocess_detect(
@@ -134,3 +177,165 @@ def postprocess_detect(
     if box_units == "normalized" and input_hw is not None:
         boxes = boxes * np.array([input_hw[1], input_hw[0], input_hw[1], input_hw[0]], np.float32)
     return Detections(scale_boxes(boxes, info), scores, cls, class_names)
+
+
+def _bilinear(plane: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """``F.interpolate(mode="bilinear", align_corners=False)`` of one float32 plane."""
+    if plane.shape == hw:
+        return plane
+    return np.asarray(
+        cv2.resize(plane, (hw[1], hw[0]), interpolation=cv2.INTER_LINEAR), dtype=np.float32
+    )
+
+
+def crop_to_boxes(masks: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """Zero every mask outside its ``xyxy`` box (pixel centres ``x1 <= c < x2``), as Ultralytics."""
+    n, h, w = masks.shape
+    cols = np.arange(w, dtype=np.float32)[None, None, :]
+    rows = np.arange(h, dtype=np.float32)[None, :, None]
+    x1, y1, x2, y2 = (boxes[:, i][:, None, None] for i in range(4))
+    inside = (cols >= x1) & (cols < x2) & (rows >= y1) & (rows < y2)
+    cropped: np.ndarray = masks * inside.astype(masks.dtype)
+    return cropped
+
+
+def process_masks(
+    protos: np.ndarray,
+    coefficients: np.ndarray,
+    boxes: np.ndarray,
+    input_hw: tuple[int, int],
+) -> np.ndarray:
+    """Ultralytics ``process_mask(upsample=True)``: ``(N, H, W)`` uint8 masks at the model input.
+
+    Args:
+        protos: ``(C, mh, mw)`` prototypes (batch dimension already dropped).
+        coefficients: ``(N, C)`` mask coefficients of the kept detections.
+        boxes: ``(N, 4)`` xyxy boxes in model-input pixels.
+        input_hw: the model input size.
+    """
+    c, mh, mw = protos.shape
+    if not len(coefficients):
+        return np.zeros((0, *input_hw), np.uint8)
+    planes = (coefficients.astype(np.float32) @ protos.astype(np.float32).reshape(c, -1)).reshape(
+        -1, mh, mw
+    )
+    up = np.stack([_bilinear(p, input_hw) for p in planes])
+    return crop_to_boxes((up > 0).astype(np.uint8), boxes)
+
+
+def scale_masks(masks: np.ndarray, info: LetterboxInfo, threshold: float = 0.5) -> np.ndarray:
+    """Model-input masks → ``(N, H0, W0)`` bool masks on the original image (Ultralytics
+    ``scale_masks``: the letterbox padding is cut off, the rest resized bilinearly)."""
+    h0, w0 = info.orig_hw
+    if not len(masks):
+        return np.zeros((0, h0, w0), bool)
+    left, top = info.pad_xy
+    bottom = top + max(round(h0 * info.gain_xy[1]), 1)
+    right = left + max(round(w0 * info.gain_xy[0]), 1)
+    content = masks[:, top:bottom, left:right].astype(np.float32)
+    return np.stack([_bilinear(m, (h0, w0)) > threshold for m in content])
+
+
+def scale_keypoints(keypoints: np.ndarray, info: LetterboxInfo) -> np.ndarray:
+    """``(N, K, 2|3)`` keypoints, model-input pixels → original-image pixels, clipped."""
+    out = keypoints.astype(np.float32, copy=True)
+    pad_x, pad_y = info.pad_xy
+    gain_x, gain_y = info.gain_xy
+    h0, w0 = info.orig_hw
+    out[..., 0] = ((out[..., 0] - pad_x) / gain_x).clip(0, w0)
+    out[..., 1] = ((out[..., 1] - pad_y) / gain_y).clip(0, h0)
+    return out
+
+
+def postprocess_segment(
+    outputs: list[np.ndarray],
+    info: LetterboxInfo,
+    class_names: tuple[str, ...],
+    *,
+    input_hw: tuple[int, int],
+    conf_threshold: float,
+    iou_threshold: float,
+    max_det: int,
+    agnostic: bool = False,
+    layout: str = "xywh_classes",
+    mask_output: int = 1,
+    mask_channels: int = 32,
+    mask_threshold: float = 0.5,
+) -> Detections:
+    """Boxes and per-detection masks of a YOLO segmentation head (detections + prototypes).
+
+    As Ultralytics, a detection whose mask is empty at the model input is dropped.
+    """
+    if len(outputs) <= mask_output:
+        raise ValueError(
+            f"a segmentation model needs its prototype output #{mask_output}; got {len(outputs)} outputs"
+        )
+    boxes, scores, cls, coeffs = decode_yolo(
+        outputs[0],
+        conf_threshold=conf_threshold,
+        iou_threshold=iou_threshold,
+        max_det=max_det,
+        agnostic=agnostic,
+        layout=layout,
+        extra=mask_channels,
+    )
+    protos = np.asarray(outputs[mask_output])
+    if protos.ndim == 4:
+        protos = protos[0]
+    masks = process_masks(protos, coeffs, boxes, input_hw)
+    keep = masks.reshape(len(masks), -1).max(axis=1) > 0 if len(masks) else np.zeros(0, bool)
+    boxes, scores, cls, masks = boxes[keep], scores[keep], cls[keep], masks[keep]
+    return Detections(
+        scale_boxes(boxes, info),
+        scores,
+        cls,
+        class_names,
+        masks=scale_masks(masks, info, mask_threshold),
+    )
+
+
+def postprocess_pose(
+    output: np.ndarray,
+    info: LetterboxInfo,
+    class_names: tuple[str, ...],
+    *,
+    kpt_shape: tuple[int, int],
+    conf_threshold: float,
+    iou_threshold: float,
+    max_det: int,
+    agnostic: bool = False,
+    layout: str = "xywh_classes",
+) -> Detections:
+    """Boxes and ``(N, K, 2|3)`` keypoints of a YOLO pose head, in original-image pixels."""
+    k, ndim = kpt_shape
+    boxes, scores, cls, kpts = decode_yolo(
+        output,
+        conf_threshold=conf_threshold,
+        iou_threshold=iou_threshold,
+        max_det=max_det,
+        agnostic=agnostic,
+        layout=layout,
+        extra=k * ndim,
+    )
+    return Detections(
+        scale_boxes(boxes, info),
+        scores,
+        cls,
+        class_names,
+        keypoints=scale_keypoints(kpts.reshape(-1, k, ndim), info),
+    )
+
+
+def postprocess_classify(output: np.ndarray, class_names: tuple[str, ...]) -> Detections:
+    """Class probabilities of a classification head (``(1, C)``, already softmaxed by the
+    export; a row that does not sum to 1 is softmaxed here)."""
+    probs = np.asarray(output, dtype=np.float32).reshape(-1)
+    if probs.size != len(class_names):
+        raise ValueError(
+            f"classification output has {probs.size} values for {len(class_names)} classes"
+        )
+    if np.any(probs < 0) or abs(float(probs.sum()) - 1.0) > 1e-3:
+        shifted = np.exp(probs - probs.max())
+        probs = (shifted / shifted.sum()).astype(np.float32)
+    empty = Detections.empty(class_names)
+    return Detections(empty.xyxy, empty.confidence, empty.class_id, class_names, probs=probs)

@@ -7,14 +7,47 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from runtimes.backends import BackendRegistry, default_registry
 from runtimes.detections import Detections
 from runtimes.errors import PackageError
 from runtimes.package import Manifest, PackageReader, read_manifest_dir
-from runtimes.postprocess import postprocess_detect
-from runtimes.preprocess import decode_image, letterbox, to_tensor
+from runtimes.postprocess import (
+    postprocess_classify,
+    postprocess_detect,
+    postprocess_pose,
+    postprocess_segment,
+)
+from runtimes.preprocess import LetterboxInfo, decode_image, letterbox, to_tensor
+
+
+def center_crop(img: np.ndarray, new_hw: tuple[int, int]) -> tuple[np.ndarray, LetterboxInfo]:
+    """Shortest side to the input size, then the centred crop (Ultralytics' classification
+    transforms: torchvision ``Resize(size)`` + ``CenterCrop(size)``; cv2's area filter stands in
+    for PIL's antialiased bilinear when shrinking, so pixels may differ by a few levels)."""
+    h0, w0 = img.shape[:2]
+    th, tw = new_hw
+    size = min(th, tw)
+    if h0 <= w0:
+        nh, nw = size, max(int(size * w0 / h0), 1)
+    else:
+        nh, nw = max(int(size * h0 / w0), 1), size
+    if (nh, nw) != (h0, w0):
+        shrink = nh < h0 or nw < w0
+        img = cv2.resize(
+            img, (nw, nh), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
+        )
+    top = max(int(round((nh - th) / 2.0)), 0)
+    left = max(int(round((nw - tw) / 2.0)), 0)
+    crop = img[top : top + th, left : left + tw]
+    if crop.shape[:2] != (th, tw):  # a non-square input larger than the resized image
+        crop = cv2.copyMakeBorder(
+            crop, 0, th - crop.shape[0], 0, tw - crop.shape[1], cv2.BORDER_CONSTANT, value=(0, 0, 0)
+        )
+    info = LetterboxInfo(orig_hw=(h0, w0), gain_xy=(nw / w0, nh / h0), pad_xy=(-left, -top))
+    return np.ascontiguousarray(crop), info
 
 
 @dataclass(frozen=True)
@@ -95,6 +128,69 @@ class Predictor:
         for _ in range(runs):
             self.backend.run(tensor)
 
+    def prepare(self, img_bgr: np.ndarray) -> tuple[np.ndarray, LetterboxInfo]:
+        """The model input tensor for one BGR image, and how the image was placed on it."""
+        pre = self.manifest.model.preprocessing
+        if pre.resize == "center_crop":
+            placed, info = center_crop(img_bgr, self.input_hw)
+        else:
+            placed, info = letterbox(img_bgr, self.input_hw, pre.pad_value)
+        return to_tensor(placed, rgb=pre.color == "RGB", scale=pre.scale, dtype=self.dtype), info
+
+    def decode(
+        self,
+        outputs: list[np.ndarray],
+        info: LetterboxInfo,
+        *,
+        conf: float | None = None,
+        iou: float | None = None,
+        max_det: int | None = None,
+    ) -> Detections:
+        """Raw model outputs → :class:`Detections`, as the manifest's post-processing says."""
+        post = self.manifest.model.postprocessing
+        if post.kind == "classify":
+            return postprocess_classify(outputs[0], self.class_names)
+        common = {
+            "conf_threshold": post.conf_threshold if conf is None else conf,
+            "iou_threshold": post.iou_threshold if iou is None else iou,
+            "max_det": post.max_det if max_det is None else max_det,
+            "agnostic": post.agnostic_nms,
+            "layout": post.output_layout,
+        }
+        if post.kind == "yolo_segment":
+            mask = post.mask
+            return postprocess_segment(
+                outputs,
+                info,
+                self.class_names,
+                input_hw=self.input_hw,
+                mask_output=mask.output if mask else 1,
+                mask_channels=mask.channels if mask else 32,
+                mask_threshold=mask.threshold if mask else 0.5,
+                **common,  # type: ignore[arg-type]
+            )
+        if post.kind == "yolo_pose":
+            if not post.kpt_shape:
+                raise PackageError(
+                    "the manifest of a pose package has no postprocessing.kpt_shape; re-export it"
+                )
+            k, ndim = post.kpt_shape
+            return postprocess_pose(
+                outputs[0],
+                info,
+                self.class_names,
+                kpt_shape=(k, ndim),
+                **common,  # type: ignore[arg-type]
+            )
+        return postprocess_detect(
+            outputs[0],
+            info,
+            self.class_names,
+            box_units=post.box_units,
+            input_hw=self.input_hw,
+            **common,  # type: ignore[arg-type]
+        )
+
     def predict(
         self,
         img_bgr: np.ndarray,
@@ -104,26 +200,13 @@ class Predictor:
         max_det: int | None = None,
         decode_ms: float = 0.0,
     ) -> tuple[Detections, Timing]:
-        post = self.manifest.model.postprocessing
-        pre = self.manifest.model.preprocessing
         t0 = time.perf_counter()
-        padded, info = letterbox(img_bgr, self.input_hw, pre.pad_value)
-        tensor = to_tensor(padded, rgb=pre.color == "RGB", scale=pre.scale, dtype=self.dtype)
+        tensor, info = self.prepare(img_bgr)
         t1 = time.perf_counter()
-        raw = self.backend.run(tensor)
+        needs_all = self.manifest.model.postprocessing.kind == "yolo_segment"
+        outputs = self.backend.run_all(tensor) if needs_all else [self.backend.run(tensor)]
         t2 = time.perf_counter()
-        dets = postprocess_detect(
-            raw,
-            info,
-            self.class_names,
-            conf_threshold=post.conf_threshold if conf is None else conf,
-            iou_threshold=post.iou_threshold if iou is None else iou,
-            max_det=post.max_det if max_det is None else max_det,
-            agnostic=post.agnostic_nms,
-            layout=post.output_layout,
-            box_units=post.box_units,
-            input_hw=self.input_hw,
-        )
+        dets = self.decode(outputs, info, conf=conf, iou=iou, max_det=max_det)
         t3 = time.perf_counter()
         timing = Timing(decode_ms, (t1 - t0) * 1e3, (t2 - t1) * 1e3, (t3 - t2) * 1e3)
         return dets, timing

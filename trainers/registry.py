@@ -40,7 +40,8 @@ class TrainerPlugin:
             )
         if archs[model] != task:
             raise SpecError(
-                f"model {model!r} is a {archs[model]} model but the dataset is {task}; pick a {task} model"
+                f"model {model!r} is a {archs[model]} model but the dataset is {task}; "
+                f"pick a {task} model (outpost models list --framework {self.key} --task {task})"
             )
 
 
@@ -59,10 +60,32 @@ def _ultralytics_architectures() -> dict[str, str]:
 ULTRALYTICS = TrainerPlugin(
     key="ultralytics",
     title="Ultralytics YOLO",
-    tasks=("detect",),
+    tasks=("detect", "segment", "classify", "pose"),
     module="trainers.ultralytics",
     schema=_ultralytics_schema,
     architectures=_ultralytics_architectures,
+)
+
+
+def _timm_schema() -> ConfigSchema:
+    from trainers.timm.schema import SCHEMA
+
+    return SCHEMA
+
+
+def _timm_architectures() -> dict[str, str]:
+    from trainers.timm.models import architectures
+
+    return architectures()
+
+
+TIMM = TrainerPlugin(
+    key="timm",
+    title="timm image classification",
+    tasks=("classify",),
+    module="trainers.timm",
+    schema=_timm_schema,
+    architectures=_timm_architectures,
 )
 
 
@@ -90,6 +113,7 @@ class TrainerRegistry:
 def default_registry() -> TrainerRegistry:
     registry = TrainerRegistry()
     registry.register(ULTRALYTICS)
+    registry.register(TIMM)
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         registry.register(ep.load())
     return registry

@@ -15,7 +15,7 @@ becomes ``labelled``) or rejects them (proposals removed; the image goes back to
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,7 +31,9 @@ from desktop_app.core.models import DatasetItem
 if TYPE_CHECKING:
     from desktop_app.core.workspace import Workspace
 
-__all__ = ["accept_all", "prelabel", "review"]
+Proposal = tuple[str, float, Sequence[float]]  # model class name, score, xyxy in pixels
+
+__all__ = ["accept_all", "check_statuses", "prelabel", "review", "store_proposals"]
 
 
 def prelabel(
@@ -101,7 +103,7 @@ def prelabel(
     from runtimes.predictor import Predictor
 
     predictor = Predictor.from_path(pkg)
-    found: dict[str, list[tuple[str, float, list[float]]]] = {}
+    found: dict[str, list[Proposal]] = {}
     try:
         for i, (fn, sha) in enumerate(todo, start=1):
             data = require_blob(ws.blobs, sha).read_bytes()
@@ -115,6 +117,37 @@ def prelabel(
     finally:
         predictor.close()
 
+    return store_proposals(ws, name, found, add_missing_classes=add_missing_classes)
+
+
+def store_proposals(
+    ws: Workspace,
+    name: str,
+    found: Mapping[str, Sequence[Proposal]],
+    *,
+    add_missing_classes: bool = False,
+    what: str = "pre-label",
+) -> dict[str, Any]:
+    """Store proposals in the draft: one journal entry, every listed image ``needs_review``.
+
+    Each image's earlier proposals are replaced (annotations without a score stay); an image
+    with no proposal is also marked for review (a person confirms it is background).
+
+    Args:
+        ws: The open workspace.
+        name: The dataset's name.
+        found: Draft file name → ``(model class name, score, xyxy pixels)`` proposals.
+        add_missing_classes: Add class names the dataset lacks (else those proposals are
+            skipped and counted).
+        what: The journal summary's verb.
+
+    Returns:
+        ``{"dataset", "images", "proposals", "empty_images", "skipped_classes",
+        "added_classes", "files"}`` as :func:`prelabel` describes.
+
+    Raises:
+        NotFoundError: no such dataset or draft image.
+    """
     skipped: Counter[str] = Counter()
     added_classes: list[str] = []
     proposals = empty = 0
@@ -146,7 +179,7 @@ def prelabel(
             empty += new == 0
             ed.set_item(item, boxes, "needs_review")
         n = len(found)
-        ed.commit("prelabel", f"pre-label {n} image{'s' if n != 1 else ''} ({proposals} proposals)")
+        ed.commit("prelabel", f"{what} {n} image{'s' if n != 1 else ''} ({proposals} proposals)")
     return {
         "dataset": name,
         "images": len(found),
@@ -231,6 +264,11 @@ def _check_args(
             raise InvalidArgumentError(f"{label} must be between 0 and 1, got {value!r}")
     if limit is not None and limit < 1:
         raise InvalidArgumentError(f"limit must be 1 or more, got {limit!r}")
+    return check_statuses(only_status)
+
+
+def check_statuses(only_status: Sequence[str]) -> list[str]:
+    """The label statuses as a list, or InvalidArgumentError for an unknown or empty one."""
     statuses = [only_status] if isinstance(only_status, str) else list(only_status)
     bad = [st for st in statuses if st not in LABEL_STATUSES]
     if bad or not statuses:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import socket
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
@@ -16,7 +17,14 @@ from sqlalchemy import select
 
 from desktop_app.core.errors import NotFoundError
 from desktop_app.core.exports import get_export
-from desktop_app.core.models import Deployment, Device, UsageSample, utcnow
+from desktop_app.core.models import (
+    Deployment,
+    Device,
+    DeviceBenchmark,
+    Export,
+    UsageSample,
+    utcnow,
+)
 from device_agent.auth import KeyPair, b64, fingerprint, load_or_create_key, unb64
 from device_agent.client import (
     AgentClient,
@@ -35,6 +43,8 @@ class DeviceError(OutpostError):
 IDENTITY_DIR = "identity"
 DESKTOP_KEY_FILE = "desktop.key"
 PIN_KEY = "pinned_key"  # Device.info: base64 raw public key of the paired agent
+USAGE_KEY = "usage"  # Device.info: latest throughput and per-version usage per model
+DETAILS_KEY = "details"  # Device.info: the last /v1/info details (accelerators, runtimes, models)
 _CODE = re.compile(r"^\d{6}$")
 
 
@@ -69,7 +79,8 @@ def _upsert(ws: Any, info: DeviceInfo) -> None:
         dev.platform = info.platform
         dev.arch = info.arch
         dev.agent_version = info.version
-        pin = {k: v for k, v in (dev.info or {}).items() if k in (PIN_KEY, "paired_at")}
+        kept = (PIN_KEY, "paired_at", USAGE_KEY, DETAILS_KEY)
+        pin = {k: v for k, v in (dev.info or {}).items() if k in kept}
         dev.info = {
             "runtimes": list(info.runtimes),
             "protocol": info.protocol,
@@ -254,9 +265,22 @@ def connect(
 
 
 def deploy(
-    ws: Any, export_ref: str, device_id: str, interfaces: list[str] | None = None
+    ws: Any,
+    export_ref: str,
+    device_id: str,
+    interfaces: list[str] | None = None,
+    *,
+    activate: bool = True,
+    provider: str | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
-    """Upload an export's package to a device; the deployment is recorded whatever the outcome."""
+    """Upload an export's package to a device in resumable chunks; the deployment is recorded
+    (action ``deploy``) whatever the outcome.
+
+    ``activate=False`` leaves the new version staged on the device (checked, not serving)
+    until :func:`model_action` ``activate``. The result carries the device's runtime choice,
+    its self-test and any ``fallback`` (a wanted execution provider that is not used).
+    """
     exp = get_export(ws, export_ref)
     package = ws.resolve(exp.package_path) if exp.package_path else None
     if exp.status == "failed_validation":
@@ -271,9 +295,28 @@ def deploy(
         )
     dev, client = connect(ws, device_id, interfaces)
     model_name = exp.manifest.get("name", exp.id)
+    details: dict[str, Any] = {"activate": activate, "bytes": package.stat().st_size}
     try:
-        installed = client.upload_package(package)
+        with client:
+            installed = client.upload_package(
+                package, on_progress, activate=activate, provider=provider, resumable=True
+            )
         status, message = "installed", None
+        details.update(
+            {
+                key: installed.get(key)
+                for key in (
+                    "version",
+                    "activated",
+                    "runtime",
+                    "providers",
+                    "benchmark",
+                    "fallback",
+                    "self_test",
+                    "warnings",
+                )
+            }
+        )
     except AgentRejectedError as exc:
         installed, status, message = {}, "failed", str(exc)
     with ws.session() as s:
@@ -284,6 +327,8 @@ def deploy(
                 model_name=model_name,
                 status=status,
                 message=message,
+                action="deploy",
+                details=details,
             )
         )
     if status == "failed":
@@ -293,17 +338,119 @@ def deploy(
         "device": dev.id,
         "model": model_name,
         "status": status,
+        "activated": bool(installed.get("activated", True)),
+        "fallback": installed.get("fallback"),
+        "warnings": list(installed.get("warnings") or []),
         "installed": installed,
     }
+
+
+MODEL_ACTIONS = ("activate", "deactivate", "uninstall", "rollback")
+# Deployment.status after each action succeeded (a refusal is "failed").
+ACTION_STATUS = {
+    "activate": "active",
+    "deactivate": "inactive",
+    "uninstall": "removed",
+    "rollback": "active",
+}
+
+
+def model_action(
+    ws: Any,
+    device_id: str,
+    model: str,
+    action: str,
+    *,
+    version: str | None = None,
+    force: bool = False,
+    interfaces: list[str] | None = None,
+) -> dict[str, Any]:
+    """Activate, deactivate, uninstall or roll back ``model`` on a device; recorded as a
+    Deployment row with that action (failures too).
+
+    The row names the export last deployed as ``model`` on that device (or, when there is
+    none, the newest export whose package is ``model``); ``recorded`` says whether one was
+    found, since a Deployment must name an export.
+    """
+    if action not in MODEL_ACTIONS:
+        raise DeviceError(f"unknown action {action!r}; use one of {', '.join(MODEL_ACTIONS)}")
+    dev, client = connect(ws, device_id, interfaces)
+    try:
+        with client:
+            if action == "activate":
+                answer = client.activate(model, version)
+            elif action == "deactivate":
+                answer = client.deactivate(model)
+            elif action == "uninstall":
+                answer = client.uninstall(model, force=force)
+            else:
+                answer = client.rollback(model)
+        status, message = ACTION_STATUS[action], None
+    except AgentRejectedError as exc:
+        answer, status, message = {}, "failed", str(exc)
+    details: dict[str, Any] = {
+        k: answer.get(k) for k in ("version", "previous_version", "serving") if k in answer
+    }
+    if version:
+        details["requested_version"] = version
+    if force:
+        details["force"] = True
+    export_id = _export_for(ws, dev.id, model)
+    if export_id is not None:
+        with ws.session() as s:
+            s.add(
+                Deployment(
+                    export_id=export_id,
+                    device_id=dev.id,
+                    model_name=model,
+                    status=status,
+                    message=message,
+                    action=action,
+                    details=details,
+                )
+            )
+    if status == "failed":
+        raise DeviceError(f"device {dev.name} refused to {action} {model}: {message}")
+    return {
+        "device": dev.id,
+        "model": model,
+        "action": action,
+        "status": status,
+        "recorded": export_id is not None,
+        "result": answer,
+    }
+
+
+def _export_for(ws: Any, device_id: str, model: str) -> str | None:
+    with ws.session() as s:
+        last = s.scalars(
+            select(Deployment)
+            .where(Deployment.device_id == device_id, Deployment.model_name == model)
+            .order_by(Deployment.created_at.desc(), Deployment.id.desc())
+            .limit(1)
+        ).first()
+        if last is not None:
+            return str(last.export_id)
+        for exp in s.scalars(select(Export).order_by(Export.created_at.desc())):
+            if (exp.manifest or {}).get("name") == model:
+                return str(exp.id)
+    return None
 
 
 def pull_usage(
     ws: Any, device_id: str, interfaces: list[str] | None = None
 ) -> list[dict[str, Any]]:
-    """Fetch a device's latency and request counts per model and store them as usage samples."""
+    """Fetch a device's latency and request counts per model and store them as usage samples.
+
+    UsageSample has no throughput column: each model's latest throughput (requests per second
+    over the device's last minute) and per-version usage go to ``Device.info["usage"]``.
+    """
     dev, client = connect(ws, device_id, interfaces)
-    stats = client.stats()
+    with client:
+        stats = client.stats()
     rows = []
+    collected = utcnow().isoformat(timespec="seconds")
+    latest: dict[str, Any] = {}
     with ws.session() as s:
         for model_name, st in (stats.get("models") or {}).items():
             lat = st.get("latency_ms") or {}
@@ -332,8 +479,21 @@ def pull_usage(
                     "p50_ms": sample.p50_ms,
                     "p90_ms": sample.p90_ms,
                     "p99_ms": sample.p99_ms,
+                    "throughput_rps": float(st.get("throughput_rps", 0.0)),
                 }
             )
+            latest[model_name] = {
+                "version": st.get("version"),
+                "throughput_rps": float(st.get("throughput_rps", 0.0)),
+                "collected_at": collected,
+                "versions": {
+                    v: {k: u.get(k) for k in ("requests", "errors", "latency_ms", "throughput_rps")}
+                    for v, u in (st.get("versions") or {}).items()
+                },
+            }
+        row = s.get(Device, dev.id)
+        if row is not None:
+            row.info = {**(row.info or {}), USAGE_KEY: latest}
     return rows
 
 
@@ -353,3 +513,311 @@ def list_devices(ws: Any) -> list[dict[str, Any]]:
             }
             for d in s.scalars(select(Device).order_by(Device.last_seen.desc()))
         ]
+
+
+# --- device detail, deployment history, usage and on-device benchmarks ---------------------
+
+DETAIL_TIMEOUT_S = 5.0
+BENCH_MAX_RUNS = 1000
+
+
+def _iso(value: Any) -> str | None:
+    return value.isoformat(timespec="seconds") if value is not None else None
+
+
+def _latest_usage(s: Any, device_id: str | None = None) -> list[UsageSample]:
+    """The newest usage sample of each (device, model)."""
+    query = select(UsageSample).order_by(UsageSample.collected_at.desc(), UsageSample.id.desc())
+    if device_id is not None:
+        query = query.where(UsageSample.device_id == device_id)
+    seen: set[tuple[str, str]] = set()
+    out = []
+    for row in s.scalars(query):
+        if (row.device_id, row.model_name) not in seen:
+            seen.add((row.device_id, row.model_name))
+            out.append(row)
+    return out
+
+
+def _model_entry(model: dict[str, Any]) -> dict[str, Any]:
+    entry = {
+        k: model.get(k)
+        for k in ("name", "version", "format", "runtime", "providers", "task", "previous_version")
+    }
+    entry["fallbacks"] = model.get("fallbacks", model.get("fallback"))
+    return entry
+
+
+def device_detail(ws: Any, device_id: str, interfaces: list[str] | None = None) -> dict[str, Any]:
+    """One device: what the desktop knows, refreshed from the agent when it answers.
+
+    A paired device is asked for its info (OS, CPU, memory, accelerators, runtimes, installed
+    models); the answer is kept in ``Device.info["details"]`` so the last known details are
+    shown (with ``warning``) when the device is off. ``last_usage`` is the newest pulled
+    usage per model.
+    """
+    dev = get_device(ws, device_id)
+    details: dict[str, Any] | None = None
+    warning: str | None = None
+    if pinned_key(dev) is not None:
+        try:
+            dev, client = connect(ws, dev.id, interfaces)
+            with client:
+                info = client.info()
+            details = {
+                k: info.get(k)
+                for k in (
+                    "os",
+                    "platform",
+                    "arch",
+                    "python",
+                    "cpu_model",
+                    "cpu_count",
+                    "ram_bytes",
+                    "accelerators",
+                    "runtimes",
+                    "models",
+                    "version",
+                    "protocol",
+                )
+            }
+            details["fetched_at"] = utcnow().isoformat(timespec="seconds")
+            with ws.session() as s:
+                row = s.get(Device, dev.id)
+                if row is not None:
+                    row.info = {**(row.info or {}), DETAILS_KEY: details}
+                    row.last_seen = utcnow()
+        except OutpostError as exc:
+            warning = f"{exc}; showing what was known"
+    else:
+        warning = f"device {dev.name} is not paired; pair it to see its runtimes and models"
+    if details is None:
+        details = dict((dev.info or {}).get(DETAILS_KEY) or {})
+    with ws.session() as s:
+        usage = [
+            {
+                "model": u.model_name,
+                "format": u.format,
+                "runtime": u.runtime,
+                "requests": u.requests,
+                "errors": u.errors,
+                "p50_ms": u.p50_ms,
+                "p90_ms": u.p90_ms,
+                "p99_ms": u.p99_ms,
+                "collected_at": _iso(u.collected_at),
+            }
+            for u in _latest_usage(s, dev.id)
+        ]
+    return {
+        "id": dev.id,
+        "name": dev.name,
+        "address": dev.host,
+        "port": dev.port,
+        "paired": pinned_key(dev) is not None,
+        "last_seen": _iso(dev.last_seen),
+        "platform": details.get("platform") or dev.platform,
+        "os": details.get("os"),
+        "arch": details.get("arch") or dev.arch,
+        "cpu_model": details.get("cpu_model"),
+        "cpu_count": details.get("cpu_count"),
+        "ram_bytes": details.get("ram_bytes"),
+        "agent_version": details.get("version") or dev.agent_version,
+        "accelerators": list(details.get("accelerators") or []),
+        "runtimes": [r for r in details.get("runtimes") or [] if r.get("available")],
+        "models": [_model_entry(m) for m in details.get("models") or []],
+        "details_fetched_at": details.get("fetched_at"),
+        "last_usage": usage,
+        "warning": warning,
+    }
+
+
+def _deployment_json(d: Deployment, names: dict[str, str]) -> dict[str, Any]:
+    return {
+        "id": d.id,
+        "created_at": _iso(d.created_at),
+        "device": d.device_id,
+        "device_name": names.get(d.device_id, d.device_id),
+        "model": d.model_name,
+        "export": d.export_id,
+        "action": d.action,
+        "status": d.status,
+        "message": d.message,
+        "details": dict(d.details or {}),
+    }
+
+
+def list_deployments(ws: Any, device_id: str | None = None) -> list[dict[str, Any]]:
+    """What is deployed where: the newest deployment record of each (device, model)."""
+    device = get_device(ws, device_id).id if device_id else None
+    with ws.session() as s:
+        names = {d.id: d.name for d in s.scalars(select(Device))}
+        query = select(Deployment).order_by(Deployment.created_at.desc(), Deployment.id.desc())
+        if device is not None:
+            query = query.where(Deployment.device_id == device)
+        seen: set[tuple[str, str]] = set()
+        out = []
+        for d in s.scalars(query):
+            if (d.device_id, d.model_name) not in seen:
+                seen.add((d.device_id, d.model_name))
+                out.append(_deployment_json(d, names))
+        return out
+
+
+def deployment_history(ws: Any, device_id: str, model: str | None = None) -> list[dict[str, Any]]:
+    """Every deployment record of a device (deploy, activate, deactivate, rollback, uninstall),
+    newest first; only ``model``'s when given."""
+    dev = get_device(ws, device_id)
+    with ws.session() as s:
+        query = (
+            select(Deployment)
+            .where(Deployment.device_id == dev.id)
+            .order_by(Deployment.created_at.desc(), Deployment.id.desc())
+        )
+        if model is not None:
+            query = query.where(Deployment.model_name == model)
+        return [_deployment_json(d, {dev.id: dev.name}) for d in s.scalars(query)]
+
+
+def usage_report(
+    ws: Any,
+    device_id: str | None = None,
+    *,
+    pull: bool = False,
+    interfaces: list[str] | None = None,
+) -> list[dict[str, Any]]:
+    """The device x model usage table from the newest pulled samples.
+
+    With ``pull`` the device (or, without ``device_id``, every paired device) is asked first;
+    a device that does not answer keeps its last samples and is named in a ``warning`` row
+    field. Throughput comes from ``Device.info["usage"]`` (see :func:`pull_usage`).
+    """
+    device = get_device(ws, device_id).id if device_id else None
+    warnings: dict[str, str] = {}
+    if pull:
+        if device is not None:
+            pull_usage(ws, device, interfaces)
+        else:
+            for d in list_devices(ws):
+                if not d["paired"]:
+                    continue
+                try:
+                    pull_usage(ws, d["id"], interfaces)
+                except OutpostError as exc:
+                    warnings[d["id"]] = str(exc)
+    with ws.session() as s:
+        devs = {d.id: d for d in s.scalars(select(Device))}
+        rows = []
+        for u in _latest_usage(s, device):
+            dev = devs.get(u.device_id)
+            extra = ((dev.info or {}).get(USAGE_KEY) or {}).get(u.model_name, {}) if dev else {}
+            rows.append(
+                {
+                    "device": u.device_id,
+                    "device_name": dev.name if dev else u.device_id,
+                    "model": u.model_name,
+                    "version": extra.get("version"),
+                    "format": u.format,
+                    "runtime": u.runtime,
+                    "requests": u.requests,
+                    "errors": u.errors,
+                    "p50_ms": u.p50_ms,
+                    "p90_ms": u.p90_ms,
+                    "p99_ms": u.p99_ms,
+                    "throughput_rps": float(extra.get("throughput_rps", 0.0)),
+                    "collected_at": _iso(u.collected_at),
+                    "warning": warnings.get(u.device_id),
+                }
+            )
+    rows.sort(key=lambda r: (r["device_name"], r["model"]))
+    return rows
+
+
+def _benchmark_json(b: DeviceBenchmark, names: dict[str, str]) -> dict[str, Any]:
+    return {
+        "id": b.id,
+        "device": b.device_id,
+        "device_name": names.get(b.device_id, b.device_id),
+        "export": b.export_id,
+        "model": b.model_name,
+        "format": b.format,
+        "runtime": b.runtime,
+        "runs": b.runs,
+        "p50_ms": b.p50_ms,
+        "p90_ms": b.p90_ms,
+        "p99_ms": b.p99_ms,
+        "mean_ms": b.mean_ms,
+        "input": (b.details or {}).get("input"),
+        "created_at": _iso(b.created_at),
+    }
+
+
+def bench_export(
+    ws: Any,
+    export_ref: str,
+    device_id: str,
+    runs: int = 50,
+    interfaces: list[str] | None = None,
+) -> dict[str, Any]:
+    """Time an export's model on a device and record a DeviceBenchmark row.
+
+    The device must run that export's version of the model (deploy it first). The agent
+    times ``runs`` predictions (warm-up excluded) on the package's self-test sample, or on a
+    synthetic image of the model's input size.
+    """
+    if not 1 <= runs <= BENCH_MAX_RUNS:
+        raise DeviceError(f"--runs must be from 1 to {BENCH_MAX_RUNS}, got {runs}")
+    exp = get_export(ws, export_ref)
+    model_name = str(exp.manifest.get("name") or exp.id)
+    want_version = exp.manifest.get("version")
+    dev, client = connect(ws, device_id, interfaces)
+    with client:
+        installed = {m.get("name"): m for m in client.info().get("models") or []}
+        model = installed.get(model_name)
+        if model is None or (want_version is not None and model.get("version") != want_version):
+            have = f"version {model.get('version')}" if model else "nothing"
+            raise DeviceError(
+                f"device {dev.name} runs {have} of model {model_name}, not export {exp.id} "
+                f"(version {want_version}); deploy it first: outpost deploy {exp.id} --device {dev.id}"
+            )
+        result = client.bench(model_name, runs)
+    latency = result.get("latency_ms") or {}
+    with ws.session() as s:
+        row = DeviceBenchmark(
+            device_id=dev.id,
+            export_id=exp.id,
+            model_name=model_name,
+            format=str(result.get("format") or exp.format),
+            runtime=result.get("runtime"),
+            runs=int(result.get("runs", runs)),
+            p50_ms=float(latency.get("p50", 0.0)),
+            p90_ms=float(latency.get("p90", 0.0)),
+            p99_ms=float(latency.get("p99", 0.0)),
+            mean_ms=float(latency.get("mean", 0.0)),
+            details={
+                k: result.get(k)
+                for k in ("version", "providers", "input", "warmup", "stages_ms", "latency_ms")
+            },
+        )
+        s.add(row)
+        s.flush()
+        return _benchmark_json(row, {dev.id: dev.name})
+
+
+def bench_table(ws: Any, export_ref: str) -> list[dict[str, Any]]:
+    """The per-device latency table of an export: the newest benchmark on each device."""
+    exp = get_export(ws, export_ref)
+    with ws.session() as s:
+        names = {d.id: d.name for d in s.scalars(select(Device))}
+        query = (
+            select(DeviceBenchmark)
+            .where(DeviceBenchmark.export_id == exp.id)
+            .order_by(DeviceBenchmark.created_at.desc(), DeviceBenchmark.id.desc())
+        )
+        seen: set[str] = set()
+        out = []
+        for b in s.scalars(query):
+            if b.device_id not in seen:
+                seen.add(b.device_id)
+                out.append(_benchmark_json(b, names))
+    out.sort(key=lambda r: r["p50_ms"])
+    return out

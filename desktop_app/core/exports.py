@@ -2,23 +2,38 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import shutil
 import uuid
 from pathlib import Path
 from typing import Any, cast
 
-from sqlalchemy import select
+import numpy as np
+from sqlalchemy import delete, select
 
-from desktop_app.core.models import Dataset, DatasetVersion, Export
+from desktop_app.core.models import Dataset, DatasetVersion, Deployment, Export
 from desktop_app.core.training import resolve_run
 from exporters.base import ExportError, ExportRequest, try_export
 from exporters.package import build_package
 from exporters.registry import default_registry
-from exporters.validation import validate_package, validation_images
+from exporters.validation import (
+    IMAGE_SUFFIXES,
+    TOLERANCES,
+    measure_latency,
+    reference_detections,
+    validate_package,
+    validation_images,
+)
 from runtimes.errors import OutpostError
 from runtimes.fileio import sha256_file
 from runtimes.package import PACKAGE_SUFFIX, PackageReader
+
+MAP_IMAGES = 200  # validation images the export-time mAP is measured on, at most
+MAP_CONF = 0.001  # like a validation run
+CALIBRATION_IMAGES = 300
+LATENCY_RUNS = 30
+LATENCY_WARMUP = 5
 
 
 def _slug(text: str) -> str:
@@ -37,17 +52,162 @@ def parse_formats(specs: list[str], precision: str | None = None) -> list[tuple[
     return parsed
 
 
+def _split_images(folder: Path, split: str, task: str, limit: int) -> list[Path]:
+    """A materialized split's images: ``images/<split>/*`` (YOLO layout) or, for a
+    classifier, ``<split>/<class>/*`` (Ultralytics' classification layout)."""
+    if task == "classify" and (folder / split).is_dir():
+        found = sorted(
+            p
+            for p in (folder / split).glob("*/*")
+            if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+        )
+        return found[:limit]
+    return validation_images(folder / "images" / split, limit)
+
+
+def _data_folder(
+    ws: Any, run: Any, dataset_name: str, version_number: int, scratch: Path, split: str
+) -> Path:
+    """The run's materialized data folder, or a fresh copy of the dataset version in
+    ``scratch`` when the run's folder is gone or lacks ``split``."""
+    from desktop_app.core.datasets import materialize_yolo
+
+    folder = ws.resolve(run.run_dir) / "data"
+    if _split_images(folder, split, run.task, 1):
+        return cast(Path, folder)
+    if not (scratch / "data.yaml").exists():
+        materialize_yolo(ws, dataset_name, version_number, scratch)
+    return scratch
+
+
 def _validation_images(
     ws: Any, run: Any, dataset_name: str, version_number: int, scratch: Path
 ) -> list[Path]:
     """The run's materialized validation images; rebuilt from the dataset version if gone."""
-    from desktop_app.core.datasets import materialize_yolo
+    folder = _data_folder(ws, run, dataset_name, version_number, scratch, "val")
+    return _split_images(folder, "val", run.task, 16)
 
-    images = validation_images(ws.resolve(run.run_dir) / "data" / "images" / "val")
-    if images:
-        return images
-    materialize_yolo(ws, dataset_name, version_number, scratch)
-    return validation_images(scratch / "images" / "val")
+
+def calibration_images(
+    ws: Any, run: Any, dataset_name: str, version_number: int, scratch: Path
+) -> list[Path]:
+    """Up to 300 training images of the run's dataset version (INT8 calibration)."""
+    try:
+        folder = _data_folder(ws, run, dataset_name, version_number, scratch, "train")
+    except OutpostError:
+        return []
+    return _split_images(folder, "train", run.task, CALIBRATION_IMAGES)
+
+
+def _ground_truth(image: Path, folder: Path, task: str, hw: tuple[int, int]) -> Any:
+    """The YOLO label of ``image`` as boxes in pixels (a polygon's extent for segment)."""
+    from desktop_app.core.detection_metrics import GroundTruth
+
+    label = folder / "labels" / "val" / (image.stem + ".txt")
+    h, w = hw
+    boxes, classes = [], []
+    if label.exists():
+        for line in label.read_text(encoding="utf-8").splitlines():
+            values = [float(v) for v in line.split()]
+            if len(values) < 5:
+                continue
+            classes.append(int(values[0]))
+            if task == "segment" and len(values) > 5:
+                xs, ys = np.array(values[1::2]), np.array(values[2::2])
+                boxes.append([xs.min() * w, ys.min() * h, xs.max() * w, ys.max() * h])
+            else:
+                cx, cy, bw, bh = values[1:5]
+                boxes.append(
+                    [(cx - bw / 2) * w, (cy - bh / 2) * h, (cx + bw / 2) * w, (cy + bh / 2) * h]
+                )
+    return GroundTruth(np.asarray(boxes, np.float64).reshape(-1, 4), np.asarray(classes, np.int64))
+
+
+def export_accuracy(
+    package: Path,
+    checkpoint: Path,
+    folder: Path,
+    task: str,
+    *,
+    config_dir: Path,
+    limit: int = MAP_IMAGES,
+) -> dict[str, Any]:
+    """The export's and the PyTorch model's accuracy on the validation split: box mAP50 and
+    mAP50-95 (detect, segment, pose; COCO-style, ``detection_metrics``) at conf 0.001, or the
+    top-1 accuracy of a classifier; both sides see the same images."""
+    from desktop_app.core.detection_metrics import Predictions, evaluate_detections
+    from runtimes.offline import apply_offline_env
+    from runtimes.predictor import Predictor
+    from runtimes.preprocess import read_image
+
+    images = _split_images(folder, "val", task, limit)
+    if not images:
+        return {"images": 0, "note": "no validation images"}
+    apply_offline_env(config_dir)
+    import torch
+    from ultralytics import YOLO  # type: ignore[attr-defined]
+
+    threads = torch.get_num_threads()
+    predictor = Predictor.from_path(package)
+    try:
+        reference: Any = YOLO(str(checkpoint), task=task)
+        names = predictor.class_names
+        imgsz = predictor.input_hw[0]
+        truth, ours, theirs = [], [], []
+        correct_ours = correct_theirs = 0
+        for image in images:
+            img = read_image(image)
+            dets, _ = predictor.predict(img, conf=MAP_CONF)
+            result = reference.predict(
+                img, imgsz=imgsz, conf=MAP_CONF, rect=False, device="cpu", verbose=False
+            )[0]
+            if task == "classify":
+                label = names.index(image.parent.name) if image.parent.name in names else -1
+                assert dets.probs is not None
+                correct_ours += int(int(np.argmax(dets.probs)) == label)
+                correct_theirs += int(int(result.probs.top1) == label)
+                continue
+            ref = reference_detections(result, task, names)
+            truth.append(_ground_truth(image, folder, task, img.shape[:2]))
+            ours.append(Predictions(dets.xyxy, dets.class_id, dets.confidence))
+            theirs.append(Predictions(ref.xyxy, ref.class_id, ref.confidence))
+    finally:
+        predictor.close()
+        torch.set_num_threads(threads)
+    if task == "classify":
+        return {
+            "images": len(images),
+            "metric": "top1",
+            "export": round(correct_ours / len(images), 4),
+            "pytorch": round(correct_theirs / len(images), 4),
+        }
+    mine = evaluate_detections(truth, ours, len(names))
+    ref_metrics = evaluate_detections(truth, theirs, len(names))
+    return {
+        "images": len(images),
+        "metric": "box mAP50-95",
+        "conf": MAP_CONF,
+        "export": round(float(mine.map50_95), 4),
+        "pytorch": round(float(ref_metrics.map50_95), 4),
+        "export_map50": round(float(mine.map50), 4),
+        "pytorch_map50": round(float(ref_metrics.map50), 4),
+    }
+
+
+def accuracy_failures(accuracy: dict[str, Any], precision: str) -> list[str]:
+    """The mAP (top-1) drop beyond the precision's tolerance, as one failure line."""
+    if "export" not in accuracy or accuracy["pytorch"] < 0:
+        return []
+    drop = float(accuracy["pytorch"]) - float(accuracy["export"])
+    limit = TOLERANCES.get(precision, TOLERANCES["fp32"]).max_map_drop
+    accuracy["drop"] = round(drop, 4)
+    accuracy["max_drop"] = limit
+    if drop > limit:
+        return [
+            f"{accuracy['metric']} dropped {drop:.4f} ({accuracy['pytorch']:.4f} → "
+            f"{accuracy['export']:.4f}) > {limit}"
+        ]
+    return []
 
 
 def export_run(
@@ -108,7 +268,16 @@ def export_run(
             "precision": prec,
         }
         validation: dict[str, Any] | None = None
+        latency: dict[str, Any] | None = None
+        options: dict[str, Any] = {"config_dir": str(Path(ws.root) / "yolo_config")}
         try:
+            if prec == "int8":
+                options["calibration_images"] = [
+                    str(p)
+                    for p in calibration_images(
+                        ws, run, dataset_name, version_number, export_dir / "calibration"
+                    )
+                ]
             artifact = try_export(
                 exporter,
                 ExportRequest(
@@ -118,7 +287,7 @@ def export_run(
                     imgsz=size,
                     out_dir=build_dir,
                     precision=prec,
-                    options={"config_dir": str(Path(ws.root) / "yolo_config")},
+                    options=options,
                 ),
             )
             package_args: dict[str, Any] = {
@@ -141,22 +310,48 @@ def export_run(
                 config_dir=Path(ws.root) / "yolo_config",
             )
             validation = report.as_dict()
-            # The package carries its own parity numbers: rebuild it with them.
-            manifest = build_package(artifact, validation=validation, **package_args)
+            failures = list(report.failures)
+            folder = _data_folder(
+                ws, run, dataset_name, version_number, export_dir / "valdata", "val"
+            )
+            accuracy = export_accuracy(
+                package_path,
+                checkpoint,
+                folder,
+                run.task,
+                config_dir=Path(ws.root) / "yolo_config",
+            )
+            failures += accuracy_failures(accuracy, prec)
+            validation.update(accuracy=accuracy, passed=not failures, failures=failures)
+            latency = measure_latency(
+                package_path, images[0], runs=LATENCY_RUNS, warmup=LATENCY_WARMUP
+            )
+            # The package carries its own parity, accuracy and latency numbers: rebuild it.
+            artifact = dataclasses.replace(
+                artifact, details={**artifact.details, "latency": latency}
+            )
+            manifest = build_package(
+                artifact,
+                validation=validation,
+                sample_image=images[0] if images else None,  # the self-test input
+                **package_args,
+            )
             with PackageReader(package_path) as reader:
                 reader.verify()
             shutil.rmtree(build_dir, ignore_errors=True)
             shutil.rmtree(export_dir / "valdata", ignore_errors=True)
+            shutil.rmtree(export_dir / "calibration", ignore_errors=True)
             record.update(
-                status="completed" if report.passed else "failed_validation",
+                status="completed" if not failures else "failed_validation",
                 package=str(package_path),
                 sha256=sha256_file(package_path),
                 seconds=artifact.seconds,
                 validation=validation,
+                latency=latency,
                 manifest=manifest.model_dump(mode="json"),
             )
-            if not report.passed:
-                record["error"] = "outside parity tolerance: " + "; ".join(report.failures)
+            if failures:
+                record["error"] = "outside parity tolerance: " + "; ".join(failures)
         except OutpostError as exc:
             shutil.rmtree(export_dir, ignore_errors=True)
             record.update(status="failed", error=str(exc))
@@ -179,6 +374,8 @@ def export_run(
                         "imgsz": size,
                         "precision": prec,
                         "validation": validation,
+                        "latency": latency,
+                        "default": False,
                     },
                     error=record.get("error"),
                 )
@@ -207,19 +404,121 @@ def get_export(ws: Any, export_ref: str) -> Export:
         return cast(Export, exp)
 
 
-def list_exports(ws: Any) -> list[dict[str, Any]]:
+def _row(ws: Any, e: Export) -> dict[str, Any]:
+    details = e.details or {}
+    validation = details.get("validation") or {}
+    return {
+        "id": e.id,
+        "run_id": e.run_id,
+        "format": e.format,
+        "status": e.status,
+        "precision": details.get("precision", "fp32"),
+        "default": bool(details.get("default", False)),
+        "validation": details.get("validation"),
+        "accuracy": validation.get("accuracy"),
+        "latency": details.get("latency"),
+        "package": str(ws.resolve(e.package_path)) if e.package_path else None,
+        "error": e.error,
+        "created_at": e.created_at.isoformat() if e.created_at else None,
+    }
+
+
+def list_exports(ws: Any, run: str | None = None) -> list[dict[str, Any]]:
+    """Every export (of one run when ``run`` names one, or ``latest``), oldest first, with its
+    default flag."""
+    run_id = resolve_run(ws, run).id if run else None
     with ws.session() as s:
-        return [
-            {
-                "id": e.id,
-                "run_id": e.run_id,
-                "format": e.format,
-                "status": e.status,
-                "precision": (e.details or {}).get("precision", "fp32"),
-                "validation": (e.details or {}).get("validation"),
-                "package": str(ws.resolve(e.package_path)) if e.package_path else None,
-                "error": e.error,
-                "created_at": e.created_at.isoformat() if e.created_at else None,
-            }
-            for e in s.scalars(select(Export).order_by(Export.created_at))
-        ]
+        query = select(Export).order_by(Export.created_at)
+        if run_id is not None:
+            query = query.where(Export.run_id == run_id)
+        return [_row(ws, e) for e in s.scalars(query)]
+
+
+def default_export(ws: Any, run_id: str) -> Export | None:
+    """The export marked default for a run, if any."""
+    with ws.session() as s:
+        for exp in s.scalars(select(Export).where(Export.run_id == run_id)):
+            if (exp.details or {}).get("default"):
+                s.expunge(exp)
+                return cast(Export, exp)
+    return None
+
+
+def set_default_export(ws: Any, export_id: str) -> dict[str, Any]:
+    """Make ``export_id`` its run's one default export (the flag lives in ``Export.details``).
+
+    Raises:
+        NotFoundError: no such export.
+        ExportError: the export is not ``completed`` (a failed or out-of-tolerance export
+            cannot be the default).
+    """
+    from desktop_app.core.errors import NotFoundError
+
+    with ws.session() as s:
+        exp = s.get(Export, export_id)
+        if exp is None:
+            raise NotFoundError(f"no export {export_id!r}; list them with: outpost exports list")
+        if exp.status != "completed":
+            raise ExportError(
+                f"export {export_id} is {exp.status}; only a completed export can be the default"
+            )
+        for other in s.scalars(select(Export).where(Export.run_id == exp.run_id)):
+            flag = other.id == export_id
+            if bool((other.details or {}).get("default")) != flag:
+                other.details = {**(other.details or {}), "default": flag}
+        s.flush()
+        return _row(ws, exp)
+
+
+def deployed_on(ws: Any, export_id: str) -> list[str]:
+    """The devices on which ``export_id`` is installed now: its newest deployment row there
+    succeeded and is not an uninstall (a deactivated model is still on the device)."""
+    with ws.session() as s:
+        rows = s.scalars(
+            select(Deployment)
+            .where(Deployment.export_id == export_id)
+            .order_by(Deployment.created_at, Deployment.id)
+        ).all()
+        latest: dict[str, Deployment] = {}
+        for row in rows:
+            latest[row.device_id] = row
+        return sorted(
+            device
+            for device, row in latest.items()
+            if row.status == "installed" and row.action != "uninstall"
+        )
+
+
+def delete_export(ws: Any, export_id: str, *, force: bool = False) -> dict[str, Any]:
+    """Remove an export's package folder and its row (and its deployment history).
+
+    Raises:
+        NotFoundError: no such export.
+        ExportError: the export is deployed on a device and ``force`` is not set.
+    """
+    from desktop_app.core.errors import NotFoundError
+
+    with ws.session() as s:
+        exp = s.get(Export, export_id)
+        if exp is None:
+            raise NotFoundError(f"no export {export_id!r}; list them with: outpost exports list")
+        package = ws.resolve(exp.package_path) if exp.package_path else None
+        was_default = bool((exp.details or {}).get("default"))
+    devices = deployed_on(ws, export_id)
+    if devices and not force:
+        raise ExportError(
+            f"export {export_id} is deployed on {', '.join(devices)}; "
+            "uninstall it there first or pass --force"
+        )
+    folder = Path(ws.root) / "exports" / export_id
+    with ws.session() as s:
+        s.execute(delete(Deployment).where(Deployment.export_id == export_id))
+        exp = s.get(Export, export_id)
+        if exp is not None:
+            s.delete(exp)
+    # The row goes first: a crash between the two leaves an orphan folder, never a row
+    # pointing at a missing package.
+    if package is not None and package.exists() and not package.is_relative_to(folder):
+        package.unlink()
+    shutil.rmtree(folder, ignore_errors=True)
+    return {"id": export_id, "deleted": True, "was_default": was_default, "deployed_on": devices}

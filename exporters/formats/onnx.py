@@ -27,7 +27,7 @@ class OnnxExporter(Exporter):
         key="onnx",
         title="ONNX",
         frameworks=("ultralytics",),
-        tasks=("detect",),
+        tasks=("detect", "segment", "classify", "pose"),
         precisions=("fp32",),
         runtime="onnxruntime",
         suffix=".onnx",
@@ -63,7 +63,11 @@ class OnnxExporter(Exporter):
             architecture=result.architecture,
             input_name=input_name,
             input_shape=tuple(int(v) for v in shape),  # type: ignore[arg-type]
-            output_layout="xyxy_score_class" if end2end else "xywh_classes",
+            output_layout=result.output_layout
+            if result.task == "classify"
+            else ("xyxy_score_class" if end2end else "xywh_classes"),
+            preprocessing=result.preprocessing,
+            postprocessing=result.postprocessing,
             precision="fp32",
             details={"opset": opset, "simplify": True, "dynamic": False, "end2end": end2end},
             tools={**result.tools, "onnx": onnx.__version__},

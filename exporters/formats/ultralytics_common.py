@@ -41,6 +41,34 @@ class UltralyticsExport:
     architecture: str
     end2end: bool
     tools: dict[str, str]
+    task: str = "detect"
+    kpt_shape: tuple[int, int] | None = None  # pose: (keypoints, 2|3)
+    mask_channels: int | None = None  # segment: prototype channels
+
+    @property
+    def output_layout(self) -> str:
+        if self.task == "classify":
+            return "class_probs"
+        return "xyxy_score_class" if self.end2end else "xywh_classes"
+
+    @property
+    def preprocessing(self) -> dict[str, Any]:
+        """Manifest preprocessing fields beyond the letterbox defaults."""
+        return {"resize": "center_crop"} if self.task == "classify" else {}
+
+    @property
+    def postprocessing(self) -> dict[str, Any]:
+        """Manifest postprocessing fields for the model's task."""
+        if self.task == "classify":
+            return {"kind": "classify", "nms_included": False}
+        if self.task == "segment":
+            return {
+                "kind": "yolo_segment",
+                "mask": {"output": 1, "channels": self.mask_channels or 32},
+            }
+        if self.task == "pose":
+            return {"kind": "yolo_pose", "kpt_shape": list(self.kpt_shape or (17, 3))}
+        return {"kind": "yolo_detect"}
 
 
 def export_with_ultralytics(
@@ -71,12 +99,21 @@ def export_with_ultralytics(
     names = dict(model.names)
     yaml_file = getattr(model.model, "yaml", {}).get("yaml_file", "")
     head = model.model.model[-1] if hasattr(model.model, "model") else None
+    task = str(getattr(model, "task", request.task) or request.task)
+    if task != request.task:
+        raise ExportError(
+            f"the checkpoint is a {task} model, not {request.task}; export it as a {task} run"
+        )
+    kpt_shape = getattr(head, "kpt_shape", None) if task == "pose" else None
     return UltralyticsExport(
         produced=produced,
         class_names=tuple(str(names[i]) for i in sorted(names)),
         architecture=Path(str(yaml_file)).stem or Path(request.checkpoint).stem,
         end2end=bool(getattr(head, "end2end", False)),
         tools={"ultralytics": ultralytics.__version__, "torch": torch.__version__.split("+")[0]},
+        task=task,
+        kpt_shape=(int(kpt_shape[0]), int(kpt_shape[1])) if kpt_shape else None,
+        mask_channels=int(getattr(head, "nm", 32)) if task == "segment" else None,
     )
 
 

@@ -46,3 +46,8 @@ class Backend(ABC):
     @abstractmethod
     def run(self, tensor: np.ndarray) -> np.ndarray:
         """Run one input tensor; return the first output."""
+
+    def run_all(self, tensor: np.ndarray) -> list[np.ndarray]:
+        """Run one input tensor; return every output in the model's order (a segmentation
+        model has two: detections and mask prototypes)."""
+        return [self.run(tensor)]

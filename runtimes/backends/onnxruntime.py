@@ -67,3 +67,7 @@ class OnnxRuntimeBackend(Backend):
     def run(self, tensor: np.ndarray) -> np.ndarray:
         out: np.ndarray = self.session.run(self.output_names[:1], {self.input_name: tensor})[0]
         return out
+
+    def run_all(self, tensor: np.ndarray) -> list[np.ndarray]:
+        outs: list[np.ndarray] = self.session.run(self.output_names, {self.input_name: tensor})
+        return outs

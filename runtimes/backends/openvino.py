@@ -96,3 +96,10 @@ class OpenVinoBackend(Backend):
         # The output buffer is reused by the next inference: hand back a copy.
         out: np.ndarray = np.array(self.request.get_output_tensor(0).data, copy=True)
         return out
+
+    def run_all(self, tensor: np.ndarray) -> list[np.ndarray]:
+        self.request.infer([np.ascontiguousarray(tensor)])
+        return [
+            np.array(self.request.get_output_tensor(i).data, copy=True)
+            for i in range(len(self.compiled.outputs))
+        ]

@@ -19,6 +19,16 @@ from runtimes.backends.base import Backend, BackendInfo
 from runtimes.errors import RuntimeUnavailableError
 
 
+def all_outputs(out: Any) -> list[np.ndarray]:
+    """Every tensor of a model output (a tensor, or a flat tuple/list/dict of them) as numpy;
+    a nested first element (a training-mode head) counts as its first tensor."""
+    if isinstance(out, dict):
+        out = list(out.values())
+    if not isinstance(out, (list, tuple)):
+        out = [out]
+    return [first_output(item) for item in out]
+
+
 def first_output(out: Any) -> np.ndarray:
     """The first tensor of a model output (a tensor, or a tuple/list/dict of them) as numpy."""
     while isinstance(out, (list, tuple)):
@@ -71,3 +81,8 @@ class TorchScriptBackend(Backend):
         with self._torch.inference_mode():
             out = self.module(self._torch.from_numpy(np.ascontiguousarray(tensor)))
         return first_output(out)
+
+    def run_all(self, tensor: np.ndarray) -> list[np.ndarray]:
+        with self._torch.inference_mode():
+            out = self.module(self._torch.from_numpy(np.ascontiguousarray(tensor)))
+        return all_outputs(out)

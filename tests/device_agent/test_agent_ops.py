@@ -74,7 +74,12 @@ def _samples(text: str) -> dict[str, float]:
 def test_metrics_are_prometheus_text(agent: Any, package: Path) -> None:
     with agent.client() as client:
         empty = client.metrics()
-        assert _samples(empty) == {"outpost_models_installed": 0.0}
+        assert _samples(empty) == {
+            "outpost_models_installed": 0.0,
+            "outpost_inference_in_flight": 0.0,
+            "outpost_inference_queued": 0.0,
+            "outpost_inference_rejected_total": 0.0,
+        }
         client.upload_package(package)
         for _ in range(3):
             client.infer(make_image_bytes())

@@ -20,7 +20,7 @@ from exporters.registry import default_registry
 def test_registry_lists_onnx_torchscript_openvino() -> None:
     caps = {c.key: c for c in default_registry().capabilities()}
     assert {"onnx", "torchscript", "openvino"} <= set(caps)
-    assert caps["openvino"].precisions == ("fp32", "fp16")
+    assert caps["openvino"].precisions == ("fp32", "fp16", "int8")
     assert caps["openvino"].runtime == "openvino" and "openvino" in caps["openvino"].needs
     assert caps["openvino"].extra == "openvino"
     assert caps["torchscript"].runtime == "torchscript"

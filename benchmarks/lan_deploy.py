@@ -1,0 +1,332 @@
+"""Deployment over a simulated LAN: two network namespaces joined by a veth pair, the agent in
+one, the desktop side in the other.
+
+Measures, side by side, in one run on one machine:
+
+- push throughput of a ~50 MB package (signed streamed upload, install included) vs a plain
+  HTTP GET of the same file over the same link (``python -m http.server`` + ``curl``);
+- discovery time: mDNS browse on the veth address only until the agent is found;
+- agent HTTP inference p50 (signed request, 640 px JPEG) vs raw runtime p50 (``session.run``
+  on the same model, in-process);
+- the agent's resident memory when idle (before and after the model is installed).
+
+Without ``--workspace`` the model is the fake ONNX detector at 640 px, padded with a random
+file to ``--size-mb`` (random bytes: zip cannot shrink them); with ``--workspace WS`` it is
+that workspace's export (``--export ID``, default the newest), as it is.
+
+Needs root and ``ip netns`` (see the "simulated LAN" recipe in the environment notes):
+
+    sudo .venv/bin/python benchmarks/lan_deploy.py [--runs 30] [--size-mb 50]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+AGENT_IP, DESKTOP_IP, PREFIX = "10.77.0.1", "10.77.0.2", 24
+AGENT_PORT, FILE_PORT = 8765, 8800
+
+
+def _sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, capture_output=True, text=True, check=check)  # noqa: S603
+
+
+def preflight() -> str | None:
+    """Why this machine cannot run the benchmark, or None."""
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        return "needs root (network namespaces): run it with sudo"
+    if shutil.which("ip") is None:
+        return "needs the 'ip' tool (iproute2) for network namespaces"
+    if _sh("ip", "netns", "list", check=False).returncode != 0:
+        return "'ip netns' does not work here (no network namespace support)"
+    if shutil.which("curl") is None:
+        return "needs curl for the plain HTTP reference transfer"
+    return None
+
+
+class Lan:
+    """Two namespaces and a veth pair between them; removed on exit."""
+
+    def __init__(self) -> None:
+        tag = os.getpid()
+        self.agent_ns, self.desktop_ns = f"opa{tag}", f"opd{tag}"
+        self.veth_a, self.veth_d = f"va{tag}"[:15], f"vd{tag}"[:15]
+
+    def __enter__(self) -> Lan:
+        try:
+            for ns in (self.agent_ns, self.desktop_ns):
+                _sh("ip", "netns", "add", ns)
+                _sh("ip", "-n", ns, "link", "set", "lo", "up")
+            _sh("ip", "link", "add", self.veth_a, "type", "veth", "peer", "name", self.veth_d)
+            for veth, ns, ip in (
+                (self.veth_a, self.agent_ns, AGENT_IP),
+                (self.veth_d, self.desktop_ns, DESKTOP_IP),
+            ):
+                _sh("ip", "link", "set", veth, "netns", ns)
+                _sh("ip", "-n", ns, "addr", "add", f"{ip}/{PREFIX}", "dev", veth)
+                _sh("ip", "-n", ns, "link", "set", veth, "multicast", "on")
+                _sh("ip", "-n", ns, "link", "set", veth, "up")
+        except subprocess.CalledProcessError as exc:
+            self.__exit__()
+            raise SystemExit(
+                f"lan_deploy: cannot build the namespaces: {exc.stderr.strip()}"
+            ) from None
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for ns in (self.agent_ns, self.desktop_ns):
+            _sh("ip", "netns", "del", ns, check=False)  # takes its end of the veth pair along
+
+    def popen(self, ns: str, argv: list[str], **kwargs: Any) -> subprocess.Popen[str]:
+        return subprocess.Popen(["ip", "netns", "exec", ns, *argv], text=True, **kwargs)  # noqa: S603
+
+
+def build_fake_package(workdir: Path, size_mb: int) -> Path:
+    """The fake detector at 640 px plus ``size_mb`` MB of random padding, as a package."""
+    from runtimes.package import write_package
+    from tests.fakes import make_detect_onnx, manifest_fields
+
+    onnx_path = make_detect_onnx(workdir / "model.onnx", 640)
+    padding = workdir / "padding.bin"
+    with open(padding, "wb") as fh:
+        for _ in range(size_mb):
+            fh.write(os.urandom(1 << 20))
+    out = workdir / "pkg" / "lanbench.outpost.zip"
+    out.parent.mkdir()
+    write_package(
+        out,
+        manifest_fields("lanbench", "1", 640),
+        {"model.onnx": onnx_path, "padding.bin": padding},
+    )
+    return out
+
+
+def workspace_package(workspace: Path, export_ref: str, workdir: Path) -> Path:
+    from desktop_app.core.exports import get_export
+    from desktop_app.core.workspace import Workspace
+
+    ws = Workspace.open(workspace)
+    try:
+        exp = get_export(ws, export_ref)
+        if exp.package_path is None:
+            raise SystemExit(f"lan_deploy: export {exp.id} has no package; export the run again")
+        src = ws.resolve(exp.package_path)
+    finally:
+        ws.close()
+    out = workdir / "pkg" / src.name
+    out.parent.mkdir()
+    shutil.copyfile(src, out)
+    return out
+
+
+def raw_runtime_p50(package: Path, runs: int) -> tuple[float, str]:
+    """p50 ms of ``session.run`` on the package's model with its own input size."""
+    import numpy as np
+
+    from runtimes.latency import benchmark
+    from runtimes.predictor import Predictor
+
+    predictor = Predictor.from_path(package)
+    try:
+        tensor = np.random.default_rng(0).random((1, 3, *predictor.input_hw), dtype=np.float32)
+        p50 = benchmark(lambda: predictor.backend.run(tensor), warmup=5, runs=runs)["p50"]
+        return p50, f"{predictor.input_hw[1]}x{predictor.input_hw[0]}"
+    finally:
+        predictor.close()
+
+
+def rss_mib(pid: int) -> float:
+    """Resident memory of ``pid`` and its children (the agent runs under ``ip netns exec``)."""
+    total = 0
+    pids = [pid]
+    with contextlib.suppress(OSError):
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        pids += [int(c) for c in children]
+    for p in pids:
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+    return total / 1024
+
+
+def start_agent(
+    lan: Lan, data_dir: Path, log: Path
+) -> tuple[subprocess.Popen[str], dict[str, Any]]:
+    argv = [sys.executable, "-m", "device_agent", "serve", "--interface", AGENT_IP]
+    argv += ["--port", str(AGENT_PORT), "--data-dir", str(data_dir), "--log-level", "WARNING"]
+    proc = lan.popen(lan.agent_ns, argv, stdout=subprocess.PIPE, stderr=open(log, "ab"), cwd=ROOT)  # noqa: SIM115
+    ready: dict[str, Any] = {}
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            with contextlib.suppress(ValueError):
+                obj = json.loads(line)
+                if obj.get("event") == "ready":
+                    ready.update(obj)
+                    return
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(90)
+    if not ready:
+        proc.terminate()
+        raise SystemExit(f"lan_deploy: the agent did not start; see {log}")
+    return proc, ready
+
+
+def desktop_side(args: argparse.Namespace) -> None:
+    """Runs inside the desktop namespace: discovery, pairing, push, GET, inference."""
+    import cv2
+    import numpy as np
+
+    from device_agent.auth import KeyPair
+    from device_agent.client import AgentClient, pair_with_agent
+    from device_agent.discovery import browse
+    from device_agent.pairing import issue_code
+    from runtimes.latency import benchmark
+
+    spec = json.loads(args.desktop_side)
+    out: dict[str, Any] = {}
+    t0 = time.perf_counter()
+    found = browse([DESKTOP_IP], timeout=15.0, want_id=spec["agent_id"])
+    out["discovery_s"] = time.perf_counter() - t0
+    out["discovered"] = any(d.agent_id == spec["agent_id"] for d in found)
+
+    url = f"http://{AGENT_IP}:{AGENT_PORT}"
+    key = KeyPair.generate()
+    code = issue_code(Path(spec["data_dir"])).code
+    pinned = pair_with_agent(url, key, spec["agent_id"], code, "lan benchmark")
+    package = Path(spec["package"])
+    size = package.stat().st_size
+    with AgentClient(url, timeout=600.0, key=key, agent_key=pinned) as client:
+        t0 = time.perf_counter()
+        installed = client.upload_package(package)
+        out["push_s"] = time.perf_counter() - t0
+        get = subprocess.run(  # noqa: S603
+            [
+                "curl",
+                "-sS",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{time_total}",
+                f"http://{AGENT_IP}:{FILE_PORT}/{package.name}",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        out["get_s"] = float(get.stdout)
+        h, w = installed["input"]["shape"][2:4] if "shape" in installed["input"] else (640, 640)
+        img = np.random.default_rng(0).integers(0, 255, (h, w, 3), dtype=np.uint8)
+        jpeg = cv2.imencode(".jpg", img)[1].tobytes()
+        name = installed["name"]
+        stats = benchmark(lambda: client.infer_model(name, jpeg), warmup=5, runs=spec["runs"])
+        out["agent_p50_ms"] = stats["p50"]
+    out["size"] = size
+    print(json.dumps(out), flush=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=30, help="timed inferences per path (30)")
+    parser.add_argument("--size-mb", type=int, default=50, help="fake package size (50 MB)")
+    parser.add_argument("--workspace", type=Path, help="use this workspace's export instead")
+    parser.add_argument("--export", default="latest", help="export id with --workspace")
+    parser.add_argument("--desktop-side", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.desktop_side:
+        desktop_side(args)
+        return 0
+    why = preflight()
+    if why:
+        print(f"lan_deploy: {why}", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory(prefix="outpost-lan-") as tmp, Lan() as lan:
+        work = Path(tmp)
+        package = (
+            workspace_package(args.workspace, args.export, work)
+            if args.workspace
+            else build_fake_package(work, args.size_mb)
+        )
+        raw_p50, input_size = raw_runtime_p50(package, args.runs)
+        agent, ready = start_agent(lan, work / "agent", work / "agent.log")
+        files = lan.popen(
+            lan.agent_ns,
+            [sys.executable, "-m", "http.server", str(FILE_PORT), "--bind", AGENT_IP],
+            cwd=package.parent,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            time.sleep(1.0)  # let the agent settle before measuring its idle memory
+            idle_empty = rss_mib(agent.pid)
+            spec = {
+                "agent_id": ready["agent_id"],
+                "data_dir": str(work / "agent"),
+                "package": str(package),
+                "runs": args.runs,
+            }
+            desk = lan.popen(
+                lan.desktop_ns,
+                [sys.executable, str(Path(__file__).resolve()), "--desktop-side", json.dumps(spec)],
+                stdout=subprocess.PIPE,
+                cwd=ROOT,
+            )
+            stdout, _ = desk.communicate(timeout=900)
+            if desk.returncode != 0:
+                raise SystemExit("lan_deploy: the desktop side failed (see above)")
+            result = json.loads(stdout.strip().splitlines()[-1])
+            time.sleep(1.0)
+            idle_loaded = rss_mib(agent.pid)
+        finally:
+            for proc in (files, agent):
+                proc.terminate()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(20)
+    mib = result["size"] / (1 << 20)
+    push_mbs, get_mbs = mib / result["push_s"], mib / result["get_s"]
+    print(f"package: {package.name}, {mib:.1f} MiB; link: veth between two namespaces")
+    print(f"{'measure':<34}{'outpost':>14}{'reference':>14}{'ratio':>9}")
+    rows = [
+        ("push throughput (MiB/s) vs GET", push_mbs, get_mbs, get_mbs / push_mbs),
+        (
+            "push time incl. install (s)",
+            result["push_s"],
+            result["get_s"],
+            result["push_s"] / result["get_s"],
+        ),
+        (
+            f"inference p50 {input_size} (ms) vs raw",
+            result["agent_p50_ms"],
+            raw_p50,
+            result["agent_p50_ms"] / raw_p50,
+        ),
+    ]
+    for label, ours, ref, ratio in rows:
+        print(f"{label:<34}{ours:>14.2f}{ref:>14.2f}{ratio:>8.2f}x")
+    found = "found" if result["discovered"] else "NOT found"
+    print(f"{'discovery (mDNS, veth only) (s)':<34}{result['discovery_s']:>14.2f}  ({found})")
+    print(f"{'agent idle RSS, no model (MiB)':<34}{idle_empty:>14.1f}")
+    print(f"{'agent idle RSS, model loaded (MiB)':<34}{idle_loaded:>14.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

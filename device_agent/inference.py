@@ -1,0 +1,292 @@
+"""The inference API: ``POST /v1/models/{name}/infer`` and ``/bench``, the concurrency limiter,
+API-key (bearer) admission for the inference routes, and the lazily probed device details.
+
+At most ``max_in_flight`` inferences run at once; up to ``max_queued`` more wait for a slot;
+beyond that the agent answers 503 with ``Retry-After`` at once rather than letting requests
+(and their images, held in memory) pile up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import functools
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from aiohttp import web
+
+from device_agent.apikeys import bearer_token
+from device_agent.http_api import PUBLIC_ROUTES, SERVICE_KEY, ApiError, _read_image
+from runtimes.errors import ImageDecodeError
+from runtimes.latency import percentiles
+from runtimes.preprocess import decode_image
+
+if TYPE_CHECKING:
+    from device_agent.service import AgentService
+    from device_agent.store import InstalledModel
+    from runtimes.detections import Detections
+    from runtimes.predictor import Timing
+
+RETRY_AFTER_S = 1
+MAX_BENCH_RUNS = 1000
+DEFAULT_BENCH_RUNS = 50
+BENCH_WARMUP = 3
+MAX_DET_LIMIT = 10_000
+# Routes an application may call with an API key (Authorization: Bearer ...).
+BEARER_ROUTES = frozenset(
+    {
+        ("POST", "/v1/infer"),
+        ("POST", "/v1/models/{name}/infer"),
+        ("GET", "/v1/health"),
+    }
+)
+_RENAMED = {"class_name": "class", "confidence": "score"}
+
+
+class InferenceLimiter:
+    """Bounds the inferences in flight and the requests waiting for one. Event loop only.
+
+    Args:
+        max_in_flight: inferences allowed to run at once (at least 1).
+        max_queued: requests allowed to wait for a slot; one more is refused (503).
+    """
+
+    def __init__(self, max_in_flight: int, max_queued: int) -> None:
+        if max_in_flight < 1 or max_queued < 0:
+            raise ValueError("max_in_flight must be >= 1 and max_queued >= 0")
+        self.max_in_flight = max_in_flight
+        self.max_queued = max_queued
+        self.in_flight = 0
+        self.queued = 0
+        self.rejected = 0
+        self._free = asyncio.Semaphore(max_in_flight)
+
+    def counters(self) -> dict[str, int]:
+        return {
+            "in_flight": self.in_flight,
+            "queued": self.queued,
+            "rejected": self.rejected,
+            "max_in_flight": self.max_in_flight,
+            "max_queued": self.max_queued,
+        }
+
+    @contextlib.asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        """Hold one inference slot; raises a 503 :class:`ApiError` when the queue is full."""
+        if self._free.locked() and self.queued >= self.max_queued:
+            self.rejected += 1
+            raise ApiError(
+                503,
+                f"the device is busy ({self.in_flight} inferences running, {self.queued} "
+                f"waiting); retry after {RETRY_AFTER_S} s",
+                headers={"Retry-After": str(RETRY_AFTER_S)},
+            )
+        self.queued += 1
+        try:
+            await self._free.acquire()
+        finally:
+            self.queued -= 1
+        self.in_flight += 1
+        try:
+            yield
+        finally:
+            self.in_flight -= 1
+            self._free.release()
+
+
+def check_api_key(service: AgentService, request: web.Request, route: tuple[str, str]) -> bool:
+    """Admit an unsigned request that carries ``Authorization: Bearer <key>``.
+
+    Returns False when the request carries no bearer token, or calls a public route (the
+    caller goes on as for any unsigned request); True when a valid key opens one of :data:`BEARER_ROUTES`; raises 401
+    for an unknown or revoked key, or a key used on any other route.
+    """
+    token = bearer_token(request.headers.get("Authorization"))
+    if token is None or (route in PUBLIC_ROUTES and route not in BEARER_ROUTES):
+        return False  # discovery info and readiness answer as to any stranger
+    if route not in BEARER_ROUTES:
+        raise ApiError(
+            401,
+            "API keys open the inference routes only (POST /v1/infer, "
+            "POST /v1/models/{name}/infer, GET /v1/health); this route needs a paired desktop",
+        )
+    if service.api_keys.check(token) is None:
+        raise ApiError(
+            401,
+            "unknown or revoked API key; make one on the device with: "
+            "outpost-agent keys create --name NAME",
+        )
+    return True
+
+
+def _unit(value: object, key: str) -> float | None:
+    if value is None or value == "":
+        return None
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        number = -1.0
+    if isinstance(value, bool) or not 0.0 <= number <= 1.0:
+        raise ApiError(400, f"{key} must be a number between 0 and 1, got {value!r}")
+    return number
+
+
+def _max_det(value: object) -> int | None:
+    if value is None or value == "":
+        return None
+    try:
+        number = int(str(value))
+    except ValueError:
+        number = 0
+    if isinstance(value, bool) or not 1 <= number <= MAX_DET_LIMIT:
+        raise ApiError(
+            400, f"max_det must be a whole number from 1 to {MAX_DET_LIMIT}, got {value!r}"
+        )
+    return number
+
+
+async def _infer_input(request: web.Request) -> tuple[bytes, dict[str, Any]]:
+    """The image bytes and the thresholds of one request (JSON body, or image + query)."""
+    if request.content_type == "application/json":
+        try:
+            body = json.loads(await request.read())
+        except ValueError:
+            raise ApiError(400, "the JSON body could not be parsed") from None
+        if not isinstance(body, dict) or not isinstance(body.get("image_base64"), str):
+            raise ApiError(
+                400,
+                'a JSON request needs {"image_base64": "..."} (with optional conf, iou, max_det)',
+            )
+        try:
+            data = base64.b64decode(body["image_base64"], validate=True)
+        except (binascii.Error, ValueError):
+            raise ApiError(400, "image_base64 is not valid base64") from None
+        params: dict[str, Any] = body
+    else:
+        data = await _read_image(request)
+        params = dict(request.query)
+    return data, {
+        "conf": _unit(params.get("conf"), "conf"),
+        "iou": _unit(params.get("iou"), "iou"),
+        "max_det": _max_det(params.get("max_det")),
+    }
+
+
+def _predict(
+    model: InstalledModel, data: bytes, options: dict[str, Any]
+) -> tuple[Detections, Timing]:
+    with model.lock:  # one call at a time per loaded predictor
+        return model.predictor.predict_bytes(data, **options)
+
+
+def detections_json(detections: Detections) -> list[dict[str, Any]]:
+    """Detections as ``{class_id, class, score, xyxy}`` plus whatever else the runtime gives."""
+    out = []
+    for item in detections.to_list():
+        out.append({_RENAMED.get(k, k): v for k, v in item.items()})
+    return out
+
+
+async def post_model_infer(request: web.Request) -> web.Response:
+    """Run one image through the named model (its active version)."""
+    service = request.app[SERVICE_KEY]
+    model = service.store.get(request.match_info["name"])
+    data, options = await _infer_input(request)
+    async with service.limiter.slot():
+        try:
+            detections, timing = await service.run_inference(
+                functools.partial(_predict, model, data, options)
+            )
+        except ImageDecodeError as exc:
+            service.stats.record_error(model.name, model.version)
+            raise ApiError(400, f"not a readable image ({exc})") from None
+        except Exception:
+            service.stats.record_error(model.name, model.version)
+            raise
+    service.stats.record(model.name, timing.total_ms, model.version)
+    return web.json_response(
+        {
+            "model": model.name,
+            "version": model.version,
+            "format": model.format,
+            "runtime": model.runtime,
+            "task": model.manifest.model.task,
+            "detections": detections_json(detections),
+            "timing_ms": timing.as_dict(),
+        }
+    )
+
+
+def bench_input(model: InstalledModel) -> tuple[np.ndarray, str]:
+    """The package's self-test sample when it has one, else a synthetic image of the model's
+    input size (a mid-grey frame with a few shapes, the same every time)."""
+    self_test = getattr(model.manifest, "self_test", None)
+    if self_test is not None:
+        with contextlib.suppress(OSError, ImageDecodeError):
+            return decode_image((model.folder / self_test.input).read_bytes()), "self-test sample"
+    height, width = model.predictor.input_hw
+    rng = np.random.default_rng(0)
+    img = np.full((height, width, 3), 114, np.uint8)
+    for _ in range(4):
+        x0, y0 = int(rng.integers(0, width // 2)), int(rng.integers(0, height // 2))
+        img[y0 : y0 + height // 4, x0 : x0 + width // 4] = rng.integers(0, 255, 3, dtype=np.uint8)
+    return img, f"synthetic {width}x{height}"
+
+
+def run_bench(model: InstalledModel, runs: int, warmup: int = BENCH_WARMUP) -> dict[str, Any]:
+    """Time ``runs`` predictions (preprocess + inference + postprocess; decoding is not part of
+    it) after ``warmup`` untimed ones. Holds the model for the whole run."""
+    img, source = bench_input(model)
+    totals: list[float] = []
+    stages: dict[str, list[float]] = {"preprocess": [], "inference": [], "postprocess": []}
+    with model.lock:
+        for _ in range(warmup):
+            model.predictor.predict(img)
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            _, timing = model.predictor.predict(img)
+            totals.append((time.perf_counter() - t0) * 1e3)
+            stages["preprocess"].append(timing.preprocess_ms)
+            stages["inference"].append(timing.inference_ms)
+            stages["postprocess"].append(timing.postprocess_ms)
+    return {
+        "model": model.name,
+        "version": model.version,
+        "format": model.format,
+        "runtime": model.runtime,
+        "providers": model.providers,
+        "input": source,
+        "runs": runs,
+        "warmup": warmup,
+        "latency_ms": {**percentiles(totals), "min": round(min(totals), 3)},
+        "stages_ms": {k: round(float(np.mean(v)), 3) for k, v in stages.items()},
+    }
+
+
+async def post_model_bench(request: web.Request) -> web.Response:
+    """Benchmark the named model on the device: ``{"runs": N}`` → latency percentiles."""
+    service = request.app[SERVICE_KEY]
+    model = service.store.get(request.match_info["name"])
+    raw = await request.read()
+    try:
+        body = json.loads(raw) if raw else {}
+    except ValueError:
+        raise ApiError(400, 'the body must be JSON like {"runs": 50}') from None
+    runs = body.get("runs", DEFAULT_BENCH_RUNS) if isinstance(body, dict) else None
+    if isinstance(runs, bool) or not isinstance(runs, int) or not 1 <= runs <= MAX_BENCH_RUNS:
+        raise ApiError(400, f"runs must be a whole number from 1 to {MAX_BENCH_RUNS}, got {runs!r}")
+    async with service.limiter.slot():
+        result = await service.run_inference(functools.partial(run_bench, model, runs))
+    return web.json_response(result)
+
+
+def add_routes(app: web.Application) -> None:
+    """Register the inference API's routes."""
+    app.router.add_post("/v1/models/{name}/infer", post_model_infer)
+    app.router.add_post("/v1/models/{name}/bench", post_model_bench)

@@ -1,0 +1,200 @@
+"""Desktop device commands against a real agent on 127.0.0.1: devices show, deployments,
+usage (device x model table), and on-device benchmarks of an export."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from desktop_app.cli import main as outpost
+from desktop_app.core import datasets, devices
+from desktop_app.core.dataset_sample import write_sample_dataset
+from desktop_app.core.models import Deployment, DeviceBenchmark, Export, TrainingRun
+from desktop_app.core.workspace import Workspace
+from device_agent.pairing import issue_code
+from tests.device_agent.conftest import AgentThread
+from tests.device_agent.desktop_helpers import record_device
+from tests.fakes import make_image_bytes, make_package
+
+
+@pytest.fixture
+def ws(tmp_path: Path) -> Iterator[Workspace]:
+    workspace = Workspace.open(tmp_path / "ws")
+    yield workspace
+    workspace.close()
+
+
+@pytest.fixture
+def agent(tmp_path: Path) -> Iterator[AgentThread]:
+    running = AgentThread(tmp_path / "agent").start()
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+def _add_export(ws: Workspace, tmp_path: Path, export_id: str, version: str) -> Path:
+    """An export row of model ``shapes`` with a real (fake-model) package."""
+    package = make_package(tmp_path / "pkgs" / f"shapes-{version}.outpost.zip", version=version)
+    with ws.session() as s:
+        if s.get(TrainingRun, "run1") is None:
+            s.add(
+                TrainingRun(
+                    id="run1",
+                    project_id=ws.default_project_id(),
+                    dataset_version_id=datasets.get_version(ws, "shapes").id,
+                    framework="ultralytics",
+                    task="detect",
+                    model="yolo11n",
+                    run_dir="runs/run1",
+                )
+            )
+            s.flush()
+        s.add(
+            Export(
+                id=export_id,
+                run_id="run1",
+                format="onnx",
+                status="completed",
+                package_path=str(package),
+                manifest={"name": "shapes", "version": version},
+            )
+        )
+    return package
+
+
+@pytest.fixture
+def paired(ws: Workspace, agent: AgentThread, tmp_path: Path) -> tuple[str, Path]:
+    """A paired device running export ``exp1`` (shapes v1); ``exp2`` (v2) is not deployed."""
+    write_sample_dataset(tmp_path / "sample", count=4, size=64)
+    datasets.import_yolo(ws, tmp_path / "sample", "shapes")
+    package = _add_export(ws, tmp_path, "exp1", "1")
+    _add_export(ws, tmp_path, "exp2", "2")
+    device_id = record_device(ws, agent)
+    devices.pair(ws, device_id, issue_code(agent.service.data_dir).code)
+    _, client = devices.connect(ws, device_id)
+    with client:
+        client.upload_package(package)
+    with ws.session() as s:
+        for action, status in (("deploy", "installed"), ("rollback", "failed")):
+            s.add(
+                Deployment(
+                    export_id="exp1",
+                    device_id=device_id,
+                    model_name="shapes",
+                    status=status,
+                    action=action,
+                    details={"version": "1"},
+                )
+            )
+            s.flush()
+    return device_id, package
+
+
+def _run(argv: list[str], ws: Workspace, capfd: pytest.CaptureFixture[str]) -> Any:
+    assert outpost([*argv, "--workspace", str(ws.root), "--json"]) == 0, capfd.readouterr().err
+    return json.loads(capfd.readouterr().out)
+
+
+def test_devices_show(
+    ws: Workspace, agent: AgentThread, paired: tuple[str, Path], capfd: pytest.CaptureFixture[str]
+) -> None:
+    device_id, _ = paired
+    detail = _run(["devices", "show", device_id[:6]], ws, capfd)
+    assert (detail["id"], detail["paired"], detail["warning"]) == (device_id, True, None)
+    assert detail["cpu_count"] >= 1 and detail["ram_bytes"] > 0 and detail["os"]
+    assert isinstance(detail["accelerators"], list)
+    ort = next(r for r in detail["runtimes"] if r["key"] == "onnxruntime")
+    assert "CPUExecutionProvider" in ort["available_providers"]
+    assert [(m["name"], m["version"], m["runtime"]) for m in detail["models"]] == [
+        ("shapes", "1", "onnxruntime")
+    ]
+    assert detail["last_usage"] == []
+
+    assert outpost(["devices", "show", device_id, "--workspace", str(ws.root)]) == 0
+    text = capfd.readouterr().out
+    assert "runtimes:" in text and "onnxruntime" in text and "shapes" in text
+
+    agent.stop()  # off: the last known details, with a warning
+    offline = devices.device_detail(ws, device_id)
+    assert "cannot reach agent" in str(offline["warning"])
+    assert [m["name"] for m in offline["models"]] == ["shapes"]
+
+
+def test_deployments_list_and_history(
+    ws: Workspace, paired: tuple[str, Path], capfd: pytest.CaptureFixture[str]
+) -> None:
+    device_id, _ = paired
+    latest = _run(["deployments", "list"], ws, capfd)
+    assert [(r["model"], r["action"], r["status"]) for r in latest] == [
+        ("shapes", "rollback", "failed")
+    ]
+    assert _run(["deployments", "list", "--device", device_id], ws, capfd) == latest
+    history = _run(["deployments", "history", "--device", device_id], ws, capfd)
+    assert [r["action"] for r in history] == ["rollback", "deploy"]
+    assert history[1]["details"] == {"version": "1"} and history[1]["export"] == "exp1"
+    assert _run(["deployments", "history", "--device", device_id, "--model", "x"], ws, capfd) == []
+
+
+def test_usage_table_pulls_and_stores(
+    ws: Workspace, agent: AgentThread, paired: tuple[str, Path], capfd: pytest.CaptureFixture[str]
+) -> None:
+    device_id, _ = paired
+    assert _run(["usage"], ws, capfd) == []  # nothing pulled yet
+    _, client = devices.connect(ws, device_id)
+    with client:
+        for _ in range(3):
+            client.infer_model("shapes", make_image_bytes())
+    rows = _run(["usage", "--pull"], ws, capfd)  # every paired device
+    assert len(rows) == 1
+    row = rows[0]
+    assert (row["device"], row["model"], row["version"], row["runtime"]) == (
+        device_id,
+        "shapes",
+        "1",
+        "onnxruntime",
+    )
+    assert (row["requests"], row["errors"], row["throughput_rps"]) == (3, 0, 0.05)
+    assert 0 < row["p50_ms"] <= row["p90_ms"] <= row["p99_ms"]
+
+    agent.stop()  # stored rows still show without the device
+    assert _run(["usage", "--no-pull", "--device", device_id], ws, capfd) == rows
+    stale = devices.usage_report(ws, pull=True)
+    assert "cannot reach agent" in str(stale[0]["warning"])
+    assert outpost(["usage", "--workspace", str(ws.root)]) == 0
+    assert "throughput_rps" in capfd.readouterr().out
+
+
+def test_bench_records_a_device_benchmark(
+    ws: Workspace, paired: tuple[str, Path], capfd: pytest.CaptureFixture[str]
+) -> None:
+    device_id, _ = paired
+    table = _run(["bench", "exp1", "--device", device_id, "--runs", "4"], ws, capfd)
+    assert len(table) == 1
+    row = table[0]
+    assert (row["device"], row["export"], row["model"], row["runs"]) == (
+        device_id,
+        "exp1",
+        "shapes",
+        4,
+    )
+    assert (row["format"], row["runtime"], row["input"]) == (
+        "onnx",
+        "onnxruntime",
+        "synthetic 64x64",
+    )
+    assert 0 < row["p50_ms"] <= row["p90_ms"] <= row["p99_ms"]
+    with ws.session() as s:
+        stored = s.query(DeviceBenchmark).one()
+        assert stored.details["warmup"] == 3 and stored.details["version"] == "1"
+
+    assert _run(["bench", "exp1"], ws, capfd) == table  # the table, without a new run
+    with pytest.raises(devices.DeviceError, match="deploy it first"):
+        devices.bench_export(ws, "exp2", device_id, runs=2)
+    with pytest.raises(devices.DeviceError, match="--runs must be from 1"):
+        devices.bench_export(ws, "exp1", device_id, runs=0)
+    assert _run(["bench", "exp2"], ws, capfd) == []
