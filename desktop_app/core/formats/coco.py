@@ -51,6 +51,7 @@ from desktop_app.core.dataset_records import (
 )
 from desktop_app.core.errors import DatasetFormatError
 from desktop_app.core.formats.base import DatasetFormat, FormatCapabilities
+from desktop_app.core.formats.createml import load_json
 from runtimes.fileio import atomic_write_text
 
 _SPLIT_FOLDERS = ("train", "valid", "val", "validation", "test")
@@ -86,12 +87,12 @@ def read(
     if path.is_file():
         root = path.parent.parent if path.parent.name.lower() == "annotations" else path.parent
         files = [_File(path, *_split_token(path))]
-        docs = [_load(path)]
+        docs = [load_json(path)]
     else:
         root = path
         files, docs = [], []
         for f in _candidates(path):
-            doc = _load(f.path)
+            doc = load_json(f.path)
             if isinstance(doc, dict) and "images" in doc and "annotations" in doc:
                 files.append(f)
                 docs.append(doc)
@@ -153,20 +154,6 @@ def _split_token(p: Path) -> tuple[str | None, str | None]:
             return split, part
     split = split_of(p.parent.name)
     return (split, p.parent.name) if split else (None, None)
-
-
-def _load(p: Path) -> Any:
-    try:
-        with open(p, "rb") as fh:
-            return json.load(fh)
-    except OSError as exc:
-        raise DatasetFormatError(f"{p} cannot be read ({exc.strerror}); check the file") from None
-    except UnicodeDecodeError:
-        raise DatasetFormatError(f"{p} is not UTF-8 text; save it as UTF-8 JSON") from None
-    except json.JSONDecodeError as exc:
-        raise DatasetFormatError(
-            f"{p} is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}); fix the file"
-        ) from None
 
 
 def _merge_categories(files: list[_File], docs: list[Any]) -> dict[int, str]:
