@@ -846,19 +846,7 @@ def undo(ws: Workspace, name: str) -> dict[str, Any]:
     Raises:
         NotFoundError: no such dataset, or nothing to undo.
     """
-    with ws.session() as s:
-        dataset = find_dataset(s, name)
-        entry = s.scalar(
-            select(AnnotationEdit)
-            .where(AnnotationEdit.dataset_id == dataset.id, AnnotationEdit.undone.is_(False))
-            .order_by(AnnotationEdit.id.desc())
-            .limit(1)
-        )
-        if entry is None:
-            raise NotFoundError(f"nothing to undo in dataset {name!r}")
-        _apply(s, dataset, entry, "before")
-        entry.undone = True
-        return _entry_dict(entry)
+    return _step(ws, name, redo=False)
 
 
 def redo(ws: Workspace, name: str) -> dict[str, Any]:
@@ -867,18 +855,24 @@ def redo(ws: Workspace, name: str) -> dict[str, Any]:
     Raises:
         NotFoundError: no such dataset, or nothing to redo.
     """
+    return _step(ws, name, redo=True)
+
+
+def _step(ws: Workspace, name: str, *, redo: bool) -> dict[str, Any]:
+    """Undo the newest applied edit, or redo the oldest undone one."""
+    order = AnnotationEdit.id.asc() if redo else AnnotationEdit.id.desc()
     with ws.session() as s:
         dataset = find_dataset(s, name)
         entry = s.scalar(
             select(AnnotationEdit)
-            .where(AnnotationEdit.dataset_id == dataset.id, AnnotationEdit.undone.is_(True))
-            .order_by(AnnotationEdit.id.asc())
+            .where(AnnotationEdit.dataset_id == dataset.id, AnnotationEdit.undone.is_(redo))
+            .order_by(order)
             .limit(1)
         )
         if entry is None:
-            raise NotFoundError(f"nothing to redo in dataset {name!r}")
-        _apply(s, dataset, entry, "after")
-        entry.undone = False
+            raise NotFoundError(f"nothing to {'redo' if redo else 'undo'} in dataset {name!r}")
+        _apply(s, dataset, entry, "after" if redo else "before")
+        entry.undone = not redo
         return _entry_dict(entry)
 
 
