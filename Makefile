@@ -8,7 +8,7 @@ PYTEST := $(VENV)/bin/pytest
 TORCH  := torch==2.14.1 torchvision==0.29.1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup demo test lint test-slow test-gpu test-netns test-all bench bench-import clean
+.PHONY: setup demo test lint test-slow test-gpu test-netns test-all bench bench-import clean bundle test-gui screenshots bench-studio
 
 setup: $(STAMP)
 
@@ -30,7 +30,7 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy
 
 test: lint
-	$(PYTEST) -m "not slow and not gpu and not netns and not gui" -q
+	QT_QPA_PLATFORM=offscreen $(PYTEST) -m "not slow and not gpu and not netns" -q
 
 test-slow: $(STAMP)
 	$(PYTEST) -m slow -q
@@ -38,8 +38,24 @@ test-slow: $(STAMP)
 test-gpu: $(STAMP)
 	$(PYTEST) -m gpu -q
 
+# The simulated-LAN tier lives in tests/netns/ (root and `ip netns`; see README "Tests").
 test-netns: $(STAMP)
-	$(PYTEST) -m netns -q
+	@command -v nft >/dev/null || apt-get install -y -q nftables >/dev/null 2>&1 || \
+		echo "nftables unavailable: the lossy-link test will skip"
+	$(PYTEST) -m netns -q tests/netns
+
+test-gui: $(STAMP)
+	$(PYTEST) -m gui -q
+
+# One PNG per main Studio view in screenshots/ (the app under Xvfb; a tiny run trained first).
+XVFB_DISPLAY ?= :97
+screenshots: $(STAMP)
+	@command -v Xvfb >/dev/null || apt-get install -y xvfb libxcb-icccm4 libxcb-keysyms1 \
+		libxcb-image0 libxcb-render-util0 libxkbcommon-x11-0 libxcb-cursor0
+	rm -rf screenshots
+	Xvfb $(XVFB_DISPLAY) -screen 0 1600x1000x24 -nolisten tcp & xpid=$$!; sleep 1; \
+	DISPLAY=$(XVFB_DISPLAY) QT_QPA_PLATFORM=xcb $(PY) -m desktop_app.ui.screenshots \
+		--out screenshots --train; rc=$$?; kill $$xpid; exit $$rc
 
 test-all: lint
 	$(PYTEST) -q
@@ -50,6 +66,17 @@ bench: $(STAMP)
 
 bench-import: $(STAMP)
 	$(PY) benchmarks/dataset_import.py
+
+bench-studio: $(STAMP)
+	QT_QPA_PLATFORM=offscreen $(PY) benchmarks/studio_responsiveness.py
+
+# Outpost Studio, one folder: dist/Outpost Studio/ (PyInstaller; needs objcopy from binutils).
+# The outpost wheel goes inside, for the app's managed training environment.
+bundle: $(STAMP)
+	@command -v objcopy >/dev/null || { echo "make bundle needs objcopy: install binutils"; exit 1; }
+	$(PIP) install -q -e ".[bundle]"
+	rm -rf build/wheel build/lib build/bdist.* && $(PIP) wheel -q --no-deps --no-build-isolation --wheel-dir build/wheel .
+	$(VENV)/bin/pyinstaller --noconfirm --clean --distpath dist --workpath build/pyinstaller build.spec
 
 clean:
 	rm -rf $(VENV) .outpost-demo .pytest_cache .ruff_cache

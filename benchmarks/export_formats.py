@@ -8,10 +8,14 @@ and mAP50, or a classifier's top-1) through our runtime and through the PyTorch 
 Goal: our p50 ≤ Ultralytics' on every format, every export within its tolerance.
 
     .venv/bin/python benchmarks/export_formats.py --workspace WS [--run latest]
-        [--formats onnx,torchscript,openvino,openvino:fp16,openvino:int8] [--runs 50] [--threads N]
+        [--formats onnx,torchscript,openvino,openvino:fp16,openvino:int8,tflite,tflite:int8,coreml]
+        [--runs 50] [--threads N]
 
 Exports run in a child process (``outpost export --json``); the two predict paths are timed
-here, in alternation, so a busy machine skews neither.
+here, in alternation, so a busy machine skews neither. The default formats include
+``tflite`` and ``tflite:int8`` when the ``litert`` toolchain is set up, and ``coreml`` when
+the ``coreml`` one is (``outpost export setup NAME``). CoreML predicts only on macOS, so
+its row holds the conversion time and size only (converted here, outside the export records).
 """
 
 from __future__ import annotations
@@ -66,6 +70,56 @@ def export(workspace: Path, run: str, formats: str) -> list[dict[str, Any]]:
     return results
 
 
+def default_formats() -> str:
+    """The base formats, plus those whose toolchain is set up on this machine."""
+    from exporters.toolenv import ToolEnv
+
+    formats = ["onnx", "torchscript", "openvino", "openvino:fp16", "openvino:int8"]
+    if ToolEnv.for_name("litert").exists():
+        formats += ["tflite", "tflite:int8"]
+    if ToolEnv.for_name("coreml").exists():
+        formats.append("coreml")
+    return ",".join(formats)
+
+
+def convert_only(workspace: Path, run_ref: str, spec: str, scratch: Path) -> dict[str, Any]:
+    """Convert the run to a format no runtime here predicts with (CoreML): time and size."""
+    from desktop_app.core.training import resolve_run
+    from desktop_app.core.workspace import Workspace
+    from exporters.base import ExportRequest, try_export
+    from exporters.registry import default_registry
+    from runtimes.errors import OutpostError
+
+    key, _, precision = spec.partition(":")
+    ws = Workspace.open(workspace)
+    run = resolve_run(ws, run_ref)
+    row: dict[str, Any] = {"id": "-", "run_id": run.id, "format": key}
+    row["precision"] = precision or "fp32"
+    try:
+        artifact = try_export(
+            default_registry().get(key),
+            ExportRequest(
+                checkpoint=ws.resolve(run.best_checkpoint),
+                framework=run.framework,
+                task=run.task,
+                imgsz=int(run.params.get("imgsz") or 640),
+                out_dir=scratch / f"convert-{key}",
+                precision=row["precision"],
+                options={"config_dir": str(workspace / "yolo_config")},
+            ),
+        )
+    except OutpostError as exc:
+        return {**row, "status": "failed", "error": str(exc)}
+    reason = (artifact.details.get("parity") or {}).get("reason", "")
+    return {
+        **row,
+        "status": "converted",
+        "seconds": artifact.seconds,
+        "size_mb": artifact.model_file.stat().st_size / 1e6,
+        "error": f"parity not run: {reason}",
+    }
+
+
 def ultralytics_model_path(folder: Path, manifest: Any, scratch: Path) -> Path:
     """Lay the package's model file out as Ultralytics expects to find it."""
     model_file = folder / manifest.format.file
@@ -83,16 +137,21 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--workspace", type=Path, required=True)
     parser.add_argument("--run", default="latest")
-    parser.add_argument(
-        "--formats", default="onnx,torchscript,openvino,openvino:fp16,openvino:int8"
-    )
+    parser.add_argument("--formats", default=None, help="default: every format set up here")
     parser.add_argument("--runs", type=int, default=50)
     parser.add_argument("--image", type=Path, default=None)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args()
 
     apply_offline_env(args.workspace / "yolo_config")
-    exports = export(args.workspace, args.run, args.formats)
+    specs = (args.formats or default_formats()).split(",")
+    convert_specs = [f for f in specs if f.split(":")[0] == "coreml"]
+    export_specs = [f for f in specs if f not in convert_specs]
+    exports = export(args.workspace, args.run, ",".join(export_specs)) if export_specs else []
+    with tempfile.TemporaryDirectory() as scratch:
+        converted = [
+            convert_only(args.workspace, args.run, f, Path(scratch)) for f in convert_specs
+        ]
 
     import torch
     from ultralytics import YOLO
@@ -152,7 +211,7 @@ def main() -> None:
             )
 
     print(
-        f"\nrun {exports[0]['run_id']}: {args.runs} alternating runs after 5 warm-up, "
+        f"\nrun {(exports or converted)[0]['run_id']}: {args.runs} alternating runs after 5 warm-up, "
         f"{threads} threads, one {img.shape[1]}x{img.shape[0]} image at {imgsz} px; "
         "[n]: torch threads Ultralytics chose\n"
     )
@@ -164,6 +223,11 @@ def main() -> None:
     )
     print(header)
     print("-" * len(header))
+    for r in converted:
+        size = f"{r['seconds']:>8.1f} {r['size_mb']:>5.1f}" if r["status"] == "converted" else ""
+        print(
+            f"{r['format']:<12} {r['precision']:<5} {r['status']:<17} {size} {r.get('error', '')}"
+        )
     for r in rows:
         if r["ours"] is None:
             print(f"{r['format']:<12} {r['precision']:<5} {r['status']:<17} {r.get('error', '')}")

@@ -1,10 +1,12 @@
-"""Deployment over a simulated LAN: two network namespaces joined by a veth pair, the agent in
-one, the desktop side in the other.
+"""Deployment over a simulated LAN: two network namespaces on a bridge (``tests/netns_lan.py``,
+the helper the ``netns`` tests use), the agent in one, the desktop side in the other.
 
 Measures, side by side, in one run on one machine:
 
-- push throughput of a ~50 MB package (signed streamed upload, install included) vs a plain
-  HTTP GET of the same file over the same link (``python -m http.server`` + ``curl``);
+- push throughput of a ~50 MB package (signed resumable chunked upload, install included)
+  vs a plain HTTP GET of the same file over the same link (``python -m http.server`` +
+  ``curl``); the push is also split into its transfer (every chunk acknowledged) and the
+  commit (whole-package sha256, extraction, load, self-test, switch);
 - discovery time: mDNS browse on the veth address only until the agent is found;
 - agent HTTP inference p50 (signed request, 640 px JPEG) vs raw runtime p50 (``session.run``
   on the same model, in-process);
@@ -37,62 +39,19 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-AGENT_IP, DESKTOP_IP, PREFIX = "10.77.0.1", "10.77.0.2", 24
+from tests.netns_lan import Host, Lan  # noqa: E402 (after the path is set)
+
 AGENT_PORT, FILE_PORT = 8765, 8800
-
-
-def _sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(argv, capture_output=True, text=True, check=check)  # noqa: S603
 
 
 def preflight() -> str | None:
     """Why this machine cannot run the benchmark, or None."""
-    if not hasattr(os, "geteuid") or os.geteuid() != 0:
-        return "needs root (network namespaces): run it with sudo"
-    if shutil.which("ip") is None:
-        return "needs the 'ip' tool (iproute2) for network namespaces"
-    if _sh("ip", "netns", "list", check=False).returncode != 0:
-        return "'ip netns' does not work here (no network namespace support)"
-    if shutil.which("curl") is None:
-        return "needs curl for the plain HTTP reference transfer"
-    return None
+    from tests.netns_lan import preflight as lan_preflight
 
-
-class Lan:
-    """Two namespaces and a veth pair between them; removed on exit."""
-
-    def __init__(self) -> None:
-        tag = os.getpid()
-        self.agent_ns, self.desktop_ns = f"opa{tag}", f"opd{tag}"
-        self.veth_a, self.veth_d = f"va{tag}"[:15], f"vd{tag}"[:15]
-
-    def __enter__(self) -> Lan:
-        try:
-            for ns in (self.agent_ns, self.desktop_ns):
-                _sh("ip", "netns", "add", ns)
-                _sh("ip", "-n", ns, "link", "set", "lo", "up")
-            _sh("ip", "link", "add", self.veth_a, "type", "veth", "peer", "name", self.veth_d)
-            for veth, ns, ip in (
-                (self.veth_a, self.agent_ns, AGENT_IP),
-                (self.veth_d, self.desktop_ns, DESKTOP_IP),
-            ):
-                _sh("ip", "link", "set", veth, "netns", ns)
-                _sh("ip", "-n", ns, "addr", "add", f"{ip}/{PREFIX}", "dev", veth)
-                _sh("ip", "-n", ns, "link", "set", veth, "multicast", "on")
-                _sh("ip", "-n", ns, "link", "set", veth, "up")
-        except subprocess.CalledProcessError as exc:
-            self.__exit__()
-            raise SystemExit(
-                f"lan_deploy: cannot build the namespaces: {exc.stderr.strip()}"
-            ) from None
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for ns in (self.agent_ns, self.desktop_ns):
-            _sh("ip", "netns", "del", ns, check=False)  # takes its end of the veth pair along
-
-    def popen(self, ns: str, argv: list[str], **kwargs: Any) -> subprocess.Popen[str]:
-        return subprocess.Popen(["ip", "netns", "exec", ns, *argv], text=True, **kwargs)  # noqa: S603
+    why = lan_preflight()
+    if why is None and shutil.which("curl") is None:
+        why = "needs curl for the plain HTTP reference transfer"
+    return why
 
 
 def build_fake_package(workdir: Path, size_mb: int) -> Path:
@@ -165,11 +124,13 @@ def rss_mib(pid: int) -> float:
 
 
 def start_agent(
-    lan: Lan, data_dir: Path, log: Path
+    lan: Lan, host: Host, data_dir: Path, log: Path
 ) -> tuple[subprocess.Popen[str], dict[str, Any]]:
-    argv = [sys.executable, "-m", "device_agent", "serve", "--interface", AGENT_IP]
+    argv = [sys.executable, "-m", "device_agent", "serve", "--interface", host.ip]
     argv += ["--port", str(AGENT_PORT), "--data-dir", str(data_dir), "--log-level", "WARNING"]
-    proc = lan.popen(lan.agent_ns, argv, stdout=subprocess.PIPE, stderr=open(log, "ab"), cwd=ROOT)  # noqa: SIM115
+    proc = lan.popen(
+        host, argv, stdout=subprocess.PIPE, stderr=open(log, "ab"), cwd=ROOT, text=True
+    )  # noqa: SIM115
     ready: dict[str, Any] = {}
 
     def read() -> None:
@@ -204,20 +165,29 @@ def desktop_side(args: argparse.Namespace) -> None:
     spec = json.loads(args.desktop_side)
     out: dict[str, Any] = {}
     t0 = time.perf_counter()
-    found = browse([DESKTOP_IP], timeout=15.0, want_id=spec["agent_id"])
+    found = browse([spec["desktop_ip"]], timeout=15.0, want_id=spec["agent_id"])
     out["discovery_s"] = time.perf_counter() - t0
     out["discovered"] = any(d.agent_id == spec["agent_id"] for d in found)
 
-    url = f"http://{AGENT_IP}:{AGENT_PORT}"
+    agent_ip = spec["agent_ip"]
+    url = f"http://{agent_ip}:{AGENT_PORT}"
     key = KeyPair.generate()
     code = issue_code(Path(spec["data_dir"])).code
     pinned = pair_with_agent(url, key, spec["agent_id"], code, "lan benchmark")
     package = Path(spec["package"])
     size = package.stat().st_size
     with AgentClient(url, timeout=600.0, key=key, agent_key=pinned) as client:
+        sent: list[float] = []
+
+        def progress(done: int, total: int) -> None:
+            if done >= total and not sent:
+                sent.append(time.perf_counter())
+
         t0 = time.perf_counter()
-        installed = client.upload_package(package)
+        chunk = spec["chunk_mib"] << 20 if spec["chunk_mib"] else None
+        installed = client.upload_package(package, progress, chunk_size=chunk, resumable=True)
         out["push_s"] = time.perf_counter() - t0
+        out["transfer_s"] = (sent[0] if sent else time.perf_counter()) - t0
         get = subprocess.run(  # noqa: S603
             [
                 "curl",
@@ -226,7 +196,7 @@ def desktop_side(args: argparse.Namespace) -> None:
                 "/dev/null",
                 "-w",
                 "%{time_total}",
-                f"http://{AGENT_IP}:{FILE_PORT}/{package.name}",
+                f"http://{agent_ip}:{FILE_PORT}/{package.name}",
             ],
             capture_output=True,
             text=True,
@@ -249,6 +219,9 @@ def main() -> int:
     parser.add_argument("--size-mb", type=int, default=50, help="fake package size (50 MB)")
     parser.add_argument("--workspace", type=Path, help="use this workspace's export instead")
     parser.add_argument("--export", default="latest", help="export id with --workspace")
+    parser.add_argument(
+        "--chunk-mib", type=int, default=0, help="upload chunk size (default: the agent's)"
+    )
     parser.add_argument("--desktop-side", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.desktop_side:
@@ -259,6 +232,7 @@ def main() -> int:
         print(f"lan_deploy: {why}", file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory(prefix="outpost-lan-") as tmp, Lan() as lan:
+        agent_host, desk_host = lan.add_host("agent"), lan.add_host("desk")
         work = Path(tmp)
         package = (
             workspace_package(args.workspace, args.export, work)
@@ -266,10 +240,10 @@ def main() -> int:
             else build_fake_package(work, args.size_mb)
         )
         raw_p50, input_size = raw_runtime_p50(package, args.runs)
-        agent, ready = start_agent(lan, work / "agent", work / "agent.log")
+        agent, ready = start_agent(lan, agent_host, work / "agent", work / "agent.log")
         files = lan.popen(
-            lan.agent_ns,
-            [sys.executable, "-m", "http.server", str(FILE_PORT), "--bind", AGENT_IP],
+            agent_host,
+            [sys.executable, "-m", "http.server", str(FILE_PORT), "--bind", agent_host.ip],
             cwd=package.parent,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -282,12 +256,16 @@ def main() -> int:
                 "data_dir": str(work / "agent"),
                 "package": str(package),
                 "runs": args.runs,
+                "chunk_mib": args.chunk_mib,
+                "agent_ip": agent_host.ip,
+                "desktop_ip": desk_host.ip,
             }
             desk = lan.popen(
-                lan.desktop_ns,
+                desk_host,
                 [sys.executable, str(Path(__file__).resolve()), "--desktop-side", json.dumps(spec)],
                 stdout=subprocess.PIPE,
                 cwd=ROOT,
+                text=True,
             )
             stdout, _ = desk.communicate(timeout=900)
             if desk.returncode != 0:
@@ -302,7 +280,7 @@ def main() -> int:
                     proc.wait(20)
     mib = result["size"] / (1 << 20)
     push_mbs, get_mbs = mib / result["push_s"], mib / result["get_s"]
-    print(f"package: {package.name}, {mib:.1f} MiB; link: veth between two namespaces")
+    print(f"package: {package.name}, {mib:.1f} MiB; link: veth pairs on a bridge (namespaces)")
     print(f"{'measure':<34}{'outpost':>14}{'reference':>14}{'ratio':>9}")
     rows = [
         ("push throughput (MiB/s) vs GET", push_mbs, get_mbs, get_mbs / push_mbs),
@@ -313,6 +291,12 @@ def main() -> int:
             result["push_s"] / result["get_s"],
         ),
         (
+            "  of which transfer (s) vs GET",
+            result["transfer_s"],
+            result["get_s"],
+            result["transfer_s"] / result["get_s"],
+        ),
+        (
             f"inference p50 {input_size} (ms) vs raw",
             result["agent_p50_ms"],
             raw_p50,
@@ -321,6 +305,8 @@ def main() -> int:
     ]
     for label, ours, ref, ratio in rows:
         print(f"{label:<34}{ours:>14.2f}{ref:>14.2f}{ratio:>8.2f}x")
+    commit_s = result["push_s"] - result["transfer_s"]
+    print(f"{'  of which commit + install (s)':<34}{commit_s:>14.2f}")
     found = "found" if result["discovered"] else "NOT found"
     print(f"{'discovery (mDNS, veth only) (s)':<34}{result['discovery_s']:>14.2f}  ({found})")
     print(f"{'agent idle RSS, no model (MiB)':<34}{idle_empty:>14.1f}")

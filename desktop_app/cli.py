@@ -126,7 +126,7 @@ class _FormatChoices(Sequence[str]):
 def cmd_dataset_sample(args: argparse.Namespace) -> Any:
     from desktop_app.core.datasets import write_sample_dataset
 
-    summary = write_sample_dataset(args.out, seed=args.seed, count=args.count)
+    summary = write_sample_dataset(args.out, seed=args.seed, count=args.count, size=args.size)
     return (
         summary
         if isinstance(summary, dict)
@@ -1014,7 +1014,8 @@ def cmd_jobs_logs(args: argparse.Namespace) -> Any:
 
     ws = _open_ws(args)
     if args.follow and not args.json:
-        follow_logs(ws, args.job, sys.stdout, tail=args.tail)
+        job = follow_logs(ws, args.job, sys.stdout, tail=args.tail)
+        args.exit_code = 0 if job.status == "completed" else 1
         return None
     logs = job_logs(ws, args.job, tail=args.tail)
     return logs if args.json else "\n".join(logs["lines"])
@@ -1040,39 +1041,112 @@ def cmd_jobs_work(args: argparse.Namespace) -> Any:
 # --- export / predict --------------------------------------------------------------------
 
 
+def _export_setup(args: argparse.Namespace) -> Any:
+    """`outpost export setup [litert|coreml] [--force]`: build an exporter's isolated toolchain."""
+    from exporters.toolenv import TOOLCHAINS, ToolEnv
+
+    if not args.toolchain:
+        rows = [ToolEnv.for_name(name).status() for name in TOOLCHAINS]
+        return rows if args.json else _table(rows, ["toolchain", "ready", "size_mb", "path"])
+    env = ToolEnv.for_name(args.toolchain)
+    record = env.setup(force=args.force, echo=None if args.json else print)
+    return {**env.status(), "record": record} if args.json else ""
+
+
 def cmd_export(args: argparse.Namespace) -> Any:
+    if args.run == "setup":
+        return _export_setup(args)
     if args.capabilities:
         from exporters.registry import default_registry
+        from exporters.toolenv import FORMAT_TOOLCHAINS
 
-        caps = [c.__dict__ for c in default_registry().capabilities()]
+        caps = [_with_pairs(c.__dict__, not args.json) for c in default_registry().capabilities()]
+        for cap in caps:
+            if cap["key"] in FORMAT_TOOLCHAINS:
+                cap["toolchain"] = FORMAT_TOOLCHAINS[cap["key"]]
         if args.json:
             return caps
         rows = [
             {k: ", ".join(v) if isinstance(v, tuple) else v for k, v in c.items()} for c in caps
         ]
+        for row in rows:
+            if row.get("toolchain"):
+                row["needs"] += (
+                    f", toolchain {row['toolchain']} (outpost export setup {row['toolchain']})"
+                )
         return _table(
             rows, ["key", "title", "frameworks", "tasks", "precisions", "runtime", "needs"]
         )
     if not args.run:
         raise OutpostError("name the run to export (or 'latest'); see outpost runs list")
+    if args.toolchain:
+        raise OutpostError(f"unexpected argument {args.toolchain!r}; pass formats with --format")
     from desktop_app.core.exports import export_run
 
     formats = [f.strip() for f in args.format.split(",") if f.strip()]
+    if getattr(args, "for_tensorrt", False):  # ship ONNX; the device builds the engine
+        formats = ["onnx-tensorrt" + f[4:] if f.split(":")[0] == "onnx" else f for f in formats]
     precision = "int8" if getattr(args, "int8", False) else args.precision
-    results = export_run(_open_ws(args), args.run, formats, imgsz=args.imgsz, precision=precision)
+    results = export_run(
+        _open_ws(args),
+        args.run,
+        formats,
+        imgsz=args.imgsz,
+        precision=precision,
+        bundle=getattr(args, "bundle_formats", False),
+    )
     if any(r["status"] != "completed" for r in results):
         args.exit_code = 1
     if args.json:
         return results
     for r in results:
-        v = r.get("validation") or {}
-        r["parity"] = (
-            f"{v['matched']}/{max(v['reference_detections'], v['export_detections'])} matched, "
-            f"box {v['max_box_deviation_px']:.2f} px, score {v['max_score_deviation']:.4f}"
-            if v
-            else ""
+        parts = r.get("formats") or [r]
+        r["parity"] = "; ".join(
+            (f"{p['format']}: " if len(parts) > 1 else "") + _parity_text(p.get("validation") or {})
+            for p in parts
         )
+        if len(parts) > 1:
+            r["format"] = "+".join(p["format"] for p in parts)
     return _table(results, ["id", "format", "precision", "status", "parity", "package", "error"])
+
+
+def _parity_text(v: dict[str, Any]) -> str:
+    """One export's parity numbers in a few words (a classifier's: top-1 and probabilities)."""
+    if not v:
+        return ""
+    if v.get("top1_agreement") is not None:
+        return f"top-1 {v['top1_agreement']:.3f} agree, prob {v['max_prob_deviation']:.4f}"
+    return (
+        f"{v['matched']}/{max(v['reference_detections'], v['export_detections'])} matched, "
+        f"box {v['max_box_deviation_px']:.2f} px, score {v['max_score_deviation']:.4f}"
+    )
+
+
+def _with_pairs(cap: dict[str, Any], text: bool) -> dict[str, Any]:
+    """A capability record plus the ``framework/task`` pairs it really supports (timm models
+    are classifiers only); for the text table, its frameworks column says so."""
+    from exporters.formats.timm_common import FRAMEWORK_TASKS, capability_matrix
+    from exporters.registry import default_registry
+
+    record = next(c for c in default_registry().capabilities() if c.key == cap["key"])
+    pairs = [f"{p['framework']}/{p['task']}" for p in capability_matrix(record)]
+    if not text:
+        return {**cap, "pairs": pairs}
+    return {
+        **cap,
+        "frameworks": tuple(
+            f"{fw} ({', '.join(FRAMEWORK_TASKS[fw])} only)" if fw in FRAMEWORK_TASKS else fw
+            for fw in cap["frameworks"]
+        ),
+    }
+
+
+def cmd_exports_wrappers(args: argparse.Namespace) -> Any:
+    from exporters.wrappers import export_wrappers
+
+    written = export_wrappers(args.package, args.out)
+    files = {name: str(path) for name, path in written.items()}
+    return files if args.json else "\n".join(files.values())
 
 
 def cmd_exports_list(args: argparse.Namespace) -> Any:
@@ -1105,13 +1179,35 @@ def cmd_exports_delete(args: argparse.Namespace) -> Any:
     return result if args.json else f"deleted export {result['id']}"
 
 
+def _predict_format(args: argparse.Namespace) -> str | None:
+    """``--format``, or else the package format whose own runtime is ``--runtime`` (a package
+    holding ONNX and OpenVINO runs its OpenVINO IR under ``--runtime openvino``)."""
+    fmt: str | None = getattr(args, "format", None)
+    if fmt or not args.runtime:
+        return fmt
+    from runtimes.package import PackageReader, read_manifest_dir
+
+    path = Path(args.package)
+    if path.is_dir():
+        manifest = read_manifest_dir(path)
+    elif path.is_file():
+        with PackageReader(path) as reader:
+            manifest = reader.manifest
+    else:
+        return None  # the predictor names the missing file
+    native = [f.key for f in manifest.all_formats() if f.runtime == args.runtime]
+    return native[0] if native and len(manifest.all_formats()) > 1 else None
+
+
 def cmd_predict(args: argparse.Namespace) -> Any:
     from runtimes.allocator import keep_large_buffers
     from runtimes.predictor import Predictor
     from runtimes.preprocess import read_image
 
     keep_large_buffers()
-    predictor = Predictor.from_path(args.package, runtime=args.runtime)
+    predictor = Predictor.from_path(
+        args.package, runtime=args.runtime, format_key=_predict_format(args)
+    )
     try:
         results = []
         for image in args.images:
@@ -1170,7 +1266,26 @@ def _progress(args: argparse.Namespace) -> Callable[[str, int, int], None] | Non
     return say
 
 
+def _classification_text(ev: dict[str, Any]) -> str:
+    m, details = ev["metrics"], ev.get("details") or {}
+    what = f"export {ev['export_id']}" if ev["export_id"] else "checkpoint"
+    head = (
+        f"evaluation {ev['id']}: run {ev['run_id']} ({what}) on "
+        f"{ev['dataset']}@{ev['version']} {ev['split']}"
+    )
+    cols = ["class", "images", "predicted", "precision", "recall", "accuracy"]
+    rows = [{c: r[c] for c in cols} for r in ev.get("per_class", [])]
+    lines = [head, _table(rows, cols)]
+    lines.append(
+        f"top-1 {m['top1']:.4f}  top-{m['top_k']} {m['top5']:.4f}  on {m['images']} images"
+    )
+    lines += [f"warning: {w}" for w in details.get("warnings", [])]
+    return "\n".join(lines)
+
+
 def _evaluation_text(ev: dict[str, Any]) -> str:
+    if (ev.get("details") or {}).get("kind") == "classify":
+        return _classification_text(ev)
     m = ev["metrics"]
     head = (
         f"evaluation {ev['id']}: run {ev['run_id']} (export {ev['export_id']}) on "
@@ -1236,11 +1351,16 @@ def cmd_evaluations_list(args: argparse.Namespace) -> Any:
     if args.json:
         return rows
     flat = [
-        {**r, "mAP50": r["metrics"].get("map50"), "mAP50-95": r["metrics"].get("map50_95")}
+        {
+            **r,
+            "mAP50": r["metrics"].get("map50"),
+            "mAP50-95": r["metrics"].get("map50_95"),
+            "top-1": r["metrics"].get("top1"),
+        }
         for r in rows
     ]
     columns = ["id", "run_id", "export_id", "dataset", "version", "split", "status"]
-    return _table(flat, [*columns, "mAP50", "mAP50-95", "created_at"])
+    return _table(flat, [*columns, "mAP50", "mAP50-95", "top-1", "created_at"])
 
 
 def cmd_evaluations_show(args: argparse.Namespace) -> Any:
@@ -1415,6 +1535,98 @@ def cmd_devices_forget(args: argparse.Namespace) -> Any:
     return f"forgot {result['name']} ({result['device']}): its pin is removed; {told}"
 
 
+# --- packaging: offline bundles and the managed training environment ----------------------
+
+
+def cmd_bundle(args: argparse.Namespace) -> Any:
+    from desktop_app.core.bundle import PACKAGE_SUFFIX, BundleSpec, build_bundle
+
+    ref = str(args.export)
+    if ref.endswith(PACKAGE_SUFFIX) and Path(ref).is_file():
+        package = Path(ref)
+    else:
+        from desktop_app.core.exports import get_export
+
+        ws = _open_ws(args)
+        exp = get_export(ws, ref)
+        if not exp.package_path:
+            raise OutpostError(f"export {exp.id} has no package; export the run again")
+        package = Path(ws.resolve(exp.package_path))
+    spec = BundleSpec(
+        package=package,
+        target=args.target,
+        python=args.python,
+        out=args.out,
+        wheels_from=args.wheels_from,
+        outpost_wheel=args.outpost_wheel,
+    )
+    r = build_bundle(spec, progress=lambda m: _say(args, m))
+    if args.json:
+        return r
+    return (
+        f"{r['bundle']}: {r['model']} {r['model_version']} + outpost-agent {r['agent_version']} "
+        f"for {r['target']} (Python {r['python']}), {r['wheels']} wheels, "
+        f"{r['size_bytes'] / (1 << 20):.1f} MiB\non the device: {r['install']}"
+    )
+
+
+def cmd_env_setup(args: argparse.Namespace) -> Any:
+    from desktop_app.core.training_env import setup_env
+
+    r = setup_env(args.name, wheel=args.wheel, say=lambda m: _say(args, m))
+    return r if args.json else f"{r['name']} environment ready: {r['python']} ({r['app_version']})"
+
+
+def cmd_env_status(args: argparse.Namespace) -> Any:
+    from desktop_app.core.training_env import env_status
+
+    r = env_status(args.name)
+    if args.json:
+        return r
+    state = "ready" if r["ready"] else f"not ready (installed: {r['installed_version'] or 'none'})"
+    return f"{r['name']}: {state}; {r['path']}"
+
+
+def _add_packaging_parsers(sub: Any, add: Callable[..., argparse.ArgumentParser]) -> None:
+    p = add(
+        sub,
+        "bundle",
+        cmd_bundle,
+        "an offline bundle: the agent, its wheels for a device and a model, in one archive "
+        "(downloads the wheels now)",
+    )
+    p.add_argument("export", help="export id, 'latest', or a .outpost.zip file")
+    p.add_argument(
+        "--target", required=True, choices=["linux-aarch64", "linux-x86_64", "macos-arm64"]
+    )
+    p.add_argument(
+        "--python",
+        default=f"{sys.version_info.major}.{sys.version_info.minor}",
+        help="the device's Python (default: this one's)",
+    )
+    p.add_argument("--out", type=Path, required=True, help="the archive to write (.tar.gz)")
+    p.add_argument(
+        "--wheels-from",
+        type=Path,
+        default=None,
+        help="resolve wheels from this folder only (no index; e.g. a prepared wheelhouse)",
+    )
+    p.add_argument(
+        "--outpost-wheel", type=Path, default=None, help="ship this outpost wheel (default: built)"
+    )
+    env = sub.add_parser(
+        "env", help="managed Python environments (training in the desktop app)"
+    ).add_subparsers(dest="sub", required=True)
+    for name, handler, text in (
+        ("setup", cmd_env_setup, "create or upgrade it (downloads torch and Ultralytics once)"),
+        ("status", cmd_env_status, "where it is and whether it matches this app's version"),
+    ):
+        p = add(env, name, handler, text)
+        p.add_argument("name", nargs="?", default="training", choices=["training"])
+        if name == "setup":
+            p.add_argument("--wheel", type=Path, default=None, help="the outpost wheel to install")
+
+
 def cmd_deploy(args: argparse.Namespace) -> Any:
     from desktop_app.core.devices import deploy
 
@@ -1498,6 +1710,31 @@ def cmd_usage(args: argparse.Namespace) -> Any:
     )
 
 
+def cmd_devices_sync(args: argparse.Namespace) -> Any:
+    import time
+
+    from desktop_app.core.devices import sync_usage
+
+    ws = _open_ws(args)
+    columns = ["device_name", "models", "requests", "error"]
+    if args.watch is None:
+        rows = sync_usage(ws, args.interface)
+        return rows if args.json else _table(rows, columns)
+    # --json keeps stdout for one document: every round's rows, printed when the watch ends
+    # (--rounds, or Ctrl-C); without it each round's table is printed as it comes.
+    rounds: list[list[dict[str, Any]]] = []
+    try:
+        while args.rounds is None or len(rounds) < args.rounds:
+            rounds.append(sync_usage(ws, args.interface))
+            if not args.json:
+                print(_table(rounds[-1], columns), flush=True)
+            if args.rounds is None or len(rounds) < args.rounds:
+                time.sleep(args.watch)
+    except KeyboardInterrupt:
+        pass
+    return rounds if args.json else f"synced {len(rounds)} time(s)"
+
+
 def cmd_devices_show(args: argparse.Namespace) -> Any:
     from desktop_app.core.devices import device_detail
 
@@ -1556,7 +1793,18 @@ def cmd_deployments_list(args: argparse.Namespace) -> Any:
         rows
         if args.json
         else _table(
-            rows, ["created_at", "device_name", "model", "export", "action", "status", "message"]
+            rows,
+            [
+                "created_at",
+                "device_name",
+                "model",
+                "export",
+                "action",
+                "status",
+                "format",
+                "runtime",
+                "message",
+            ],
         )
     )
 
@@ -1936,6 +2184,20 @@ def cmd_demo(args: argparse.Namespace) -> Any:
     return summary if args.json else None
 
 
+def cmd_studio(args: argparse.Namespace) -> Any:
+    import importlib.util
+
+    if importlib.util.find_spec("PySide6") is None:
+        from runtimes.errors import RuntimeUnavailableError
+
+        raise RuntimeUnavailableError("outpost studio needs PySide6: pip install 'outpost[gui]'")
+    from desktop_app.ui.app import main as studio_main
+
+    argv = ["--workspace", str(args.workspace)] if args.workspace is not None else []
+    args.exit_code = studio_main(argv)
+    return None
+
+
 def cmd_worker(args: argparse.Namespace) -> Any:
     import importlib
 
@@ -1952,7 +2214,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="outpost", description="Outpost: datasets, training, export and edge deployment."
     )
-    parser.add_argument("--version", action="version", version=f"outpost {_version()}")
+    from device_agent.protocol_version import LOCAL as _protocols
+
+    parser.add_argument(
+        "--version", action="version", version=f"outpost {_version()} (protocol {_protocols})"
+    )
     # Also accepted before the command (``outpost --workspace WS dataset list``).
     parser.add_argument("--workspace", dest="global_workspace", type=Path, default=None)
     parser.add_argument("--json", dest="global_json", action="store_true")
@@ -1976,6 +2242,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--count", type=int, default=64)
+    p.add_argument("--size", type=int, default=160, help="image width and height in pixels")
     p = add(ds, "import", cmd_dataset_import, "validate a dataset and store it as version v1")
     p.add_argument("path", type=Path)
     p.add_argument(
@@ -2121,7 +2388,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add(jobs, "cancel", cmd_jobs_cancel, "cancel a job (a running one stops gracefully)")
     p.add_argument("job")
     p.add_argument("--grace", type=float, default=15.0, help="seconds before it is killed")
-    p = add(jobs, "logs", cmd_jobs_logs, "a job's log (its child's stderr)")
+    p = add(jobs, "logs", cmd_jobs_logs, "a job's log (--follow: with its epochs, to its end)")
     p.add_argument("job")
     p.add_argument("--tail", type=int, default=200, help="last N lines")
     p.add_argument("--follow", action="store_true", help="keep printing until the job ends")
@@ -2129,7 +2396,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--until-idle", action="store_true", help="exit once no job is left")
 
     p = add(sub, "export", cmd_export, "export a run to edge formats as .outpost.zip packages")
-    p.add_argument("run", nargs="?", help="run id or 'latest'")
+    p.add_argument("run", nargs="?", help="run id or 'latest' (or 'setup' to set up a toolchain)")
+    p.add_argument(
+        "toolchain", nargs="?", help="with 'setup': litert or coreml (none: list the toolchains)"
+    )
+    p.add_argument(
+        "--force", action="store_true", help="with 'setup': rebuild the toolchain environment"
+    )
+    p.add_argument(
+        "--for-tensorrt",
+        action="store_true",
+        help="ship ONNX whose manifest asks the device to build a TensorRT engine "
+        "(onnx:fp16 = an fp16 engine)",
+    )
     p.add_argument(
         "--format",
         default="onnx",
@@ -2145,9 +2424,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--imgsz", type=int, default=None, help="input size (default: the run's)")
     p.add_argument("--capabilities", action="store_true", help="print the format capability matrix")
+    p.add_argument(
+        "--bundle-formats",
+        action="store_true",
+        help="write ONE package holding every --format (the first is primary; "
+        "`outpost predict --runtime`/`--format` picks one)",
+    )
     exports = sub.add_parser("exports", help="exports").add_subparsers(dest="sub", required=True)
     p = add(exports, "list", cmd_exports_list, "list exports (with the default flag)")
     p.add_argument("--run", default=None, help="only this run's exports (id or 'latest')")
+    p = add(
+        exports,
+        "wrappers",
+        cmd_exports_wrappers,
+        "write a package's runtime wrappers (Python, C++, Swift, Kotlin) to a folder",
+    )
+    p.add_argument("package", type=Path, help="a .outpost.zip or an extracted package folder")
+    p.add_argument("--out", type=Path, required=True, help="folder to write wrappers/ into")
     p = add(exports, "default", cmd_exports_default, "make an export its run's default")
     p.add_argument("export", help="export id")
     p = add(exports, "delete", cmd_exports_delete, "delete an export's package and record")
@@ -2163,7 +2456,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--runtime",
         default=None,
-        help="runtime backend: onnxruntime, openvino, torchscript (default: the best available)",
+        help="runtime backend: onnxruntime, openvino, torchscript, litert, coreml "
+        "(default: the best available)",
+    )
+    p.add_argument(
+        "--format",
+        default=None,
+        help="which format of a multi-format package to run (onnx, openvino, ...; default: "
+        "the one whose runtime is --runtime, else the package's primary format)",
     )
 
     dev = sub.add_parser("devices", help="device agents").add_subparsers(dest="sub", required=True)
@@ -2193,6 +2493,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("device", help="device id (or a unique prefix) from outpost devices list")
 
+    _add_packaging_parsers(sub, add)
     p = add(sub, "deploy", cmd_deploy, "install an export's package on a device")
     p.add_argument("export", help="export id or 'latest'")
     p.add_argument("--device", required=True)
@@ -2243,6 +2544,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--interface", action="append", default=None)
     p = add(
         dev,
+        "sync",
+        cmd_devices_sync,
+        "pull the usage of every paired device into the workspace; --watch SECONDS repeats",
+    )
+    p.add_argument("--interface", action="append", default=None)
+    p.add_argument(
+        "--watch", type=float, default=None, metavar="SECONDS", help="pull again every SECONDS"
+    )
+    p.add_argument("--rounds", type=int, default=None, help="with --watch: stop after N pulls")
+    p = add(
+        dev,
         "show",
         cmd_devices_show,
         "one device: system, accelerators, runtimes, installed models, last usage",
@@ -2277,6 +2589,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--imgsz", type=int, default=160)
     p.add_argument("--count", type=int, default=128)
     p.add_argument("--seed", type=int, default=0)
+
+    add(sub, "studio", cmd_studio, "the desktop app (Outpost Studio; needs the gui extra)")
 
     p = add(sub, "worker", cmd_worker, "run a job in this process (used by the desktop app)")
     p.add_argument("job", choices=["train"])

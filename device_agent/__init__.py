@@ -4,8 +4,10 @@ Imports only ``runtimes`` of our packages, so a device installs the edge contrac
 runtime and this daemon, and nothing of the desktop side.
 """
 
-__version__ = "0.1.0"
-PROTOCOL_VERSION = 1
+from device_agent.protocol_version import PROTOCOL as PROTOCOL_VERSION
+from device_agent.protocol_version import package_version
+
+__version__ = package_version()  # the installed distribution's (pyproject's) version
 SERVICE_TYPE = "_outpost._tcp.local."
 
 __all__ = ["PROTOCOL_VERSION", "SERVICE_TYPE", "__version__"]

@@ -118,7 +118,82 @@ def build_parser() -> argparse.ArgumentParser:
     )
     unpair.add_argument("--json", action="store_true", help="print the desktops as JSON")
     _add_keys_parser(sub)
+    _add_service_parsers(sub)
+    offline = sub.add_parser(
+        "install-package",
+        help="install a .outpost.zip into the agent's store from a file (offline bundles); "
+        "a running agent serves it after a restart",
+    )
+    offline.add_argument("package", type=Path, help="the .outpost.zip")
+    offline.add_argument(
+        "--data-dir", type=Path, help=f"state folder (default {default_data_dir()})"
+    )
+    offline.add_argument("--inactive", action="store_true", help="stage it; keep serving the old")
+    offline.add_argument("--json", action="store_true", help="print the result as JSON")
     return parser
+
+
+def _install_package(args: argparse.Namespace) -> int:
+    from device_agent.store import ModelStore
+
+    store = ModelStore(args.data_dir or default_data_dir())
+    store.load()
+    model = store.install(args.package.absolute(), activate=not args.inactive)
+    result = model.install_result()
+    if args.json:
+        print(json.dumps(result))
+    else:
+        state = "staged" if args.inactive else "active"
+        print(f"installed {model.name} {model.version} ({model.format}, {state})")
+    return 0
+
+
+def _add_service_parsers(sub: argparse._SubParsersAction[_Parser]) -> None:
+    """``install-service`` / ``uninstall-service`` (device_agent/service_install.py)."""
+    for name, text in (
+        ("install-service", "start the agent at boot: systemd, launchd or Termux:Boot"),
+        ("uninstall-service", "stop the boot service and remove its file (data is kept)"),
+    ):
+        p = sub.add_parser(name, help=text)
+        p.add_argument(
+            "--user", action="store_true", help="a per-user service (no root; Termux always)"
+        )
+        p.add_argument(
+            "--dry-run", action="store_true", help="print the file and commands; change nothing"
+        )
+        p.add_argument("--kind", choices=["systemd", "launchd", "termux"], help="skip detection")
+        p.add_argument("--data-dir", type=Path, help="state folder (default: per platform)")
+        p.add_argument("--executable", type=Path, help="the outpost-agent to run")
+        p.add_argument("--port", type=_port, help=f"TCP port (default {DEFAULT_PORT})")
+        p.add_argument("--interface", type=_ipv4, help="listen and advertise on this address only")
+        p.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def _service(args: argparse.Namespace) -> int:
+    from device_agent import service_install as si
+
+    plan = si.plan_service(
+        si.probe_host(),
+        user_mode=args.user,
+        executable=args.executable.absolute() if args.executable else None,
+        data_dir=args.data_dir.absolute() if args.data_dir else None,
+        port=args.port,
+        interface=args.interface,
+        kind=args.kind,
+    )
+    removing = args.command == "uninstall-service"
+    if args.dry_run:
+        print(plan.describe(uninstall=removing), end="")
+        return 0
+    result = si.uninstall(plan) if removing else si.install(plan)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"{'removed' if removing else 'installed'} {plan.kind} service: {plan.path}")
+        warnings = result.get("warnings")
+        for note in plan.notes if not removing else warnings if isinstance(warnings, list) else []:
+            print(f"  {note}")
+    return 0
 
 
 def _positive(text: str) -> int:
@@ -202,6 +277,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _unpair(args)
         if args.command == "keys":
             return _keys(args)
+        if args.command in ("install-service", "uninstall-service"):
+            return _service(args)
+        if args.command == "install-package":
+            return _install_package(args)
         return _info(args)
     except OutpostError as exc:
         print(f"outpost-agent: {exc}", file=sys.stderr, flush=True)

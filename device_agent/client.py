@@ -15,8 +15,9 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Generator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import quote
 
 import httpx
@@ -44,6 +45,12 @@ from device_agent.auth import (
     verify,
 )
 from device_agent.errors import AgentRejectedError, AgentUnreachableError, one_line
+from device_agent.protocol_version import (
+    UPGRADE_STATUS,
+    IncompatibleProtocolError,
+    check_agent_info,
+    protocol_headers,
+)
 from runtimes.errors import PackageError
 from runtimes.fileio import sha256_file
 
@@ -52,6 +59,7 @@ __all__ = [
     "AgentRejectedError",
     "AgentUnreachableError",
     "FingerprintMismatchError",
+    "IncompatibleProtocolError",
     "SignedAuth",
     "pair_with_agent",
 ]
@@ -169,8 +177,13 @@ class AgentClient:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
         self.auth = SignedAuth(key, agent_key, agent_id)
+        self.protocol: int | None = None  # agreed with the agent at the first info()
         self._http = httpx.Client(
-            base_url=self.base_url, timeout=timeout, auth=self.auth, transport=transport
+            base_url=self.base_url,
+            timeout=timeout,
+            auth=self.auth,
+            transport=transport,
+            headers=protocol_headers(),
         )
 
     def __enter__(self) -> AgentClient:
@@ -186,7 +199,11 @@ class AgentClient:
         return self._request("GET", "/v1/health")
 
     def info(self) -> dict[str, Any]:
-        return self._request("GET", "/v1/info")
+        """The agent's ``/v1/info``; an agent whose protocol range misses this desktop's
+        raises :class:`IncompatibleProtocolError` (its message names the side to update)."""
+        info = self._request("GET", "/v1/info")
+        self.protocol = check_agent_info(info)
+        return info
 
     def stats(self) -> dict[str, Any]:
         return self._request("GET", "/v1/stats")
@@ -280,13 +297,22 @@ class AgentClient:
         step = int(chunk_size or upload.get("chunk_size") or DEFAULT_CHUNK)
         offset = int(upload.get("offset", 0))
         failures = 0
+        signed = self.auth.key is not None
         try:
-            with open(path, "rb") as fh:
+            with open(path, "rb") as fh, ThreadPoolExecutor(1, "outpost-upload-read") as pool:
+                # The next chunk is read (and hashed, for its signature) while this one is on
+                # the wire; a resume from another offset throws the prefetched one away.
+                ahead = pool.submit(_read_chunk, fh, offset, min(step, size - offset), signed)
                 while offset < size:
-                    fh.seek(offset)
-                    chunk = fh.read(min(step, size - offset))
+                    at, chunk, chunk_sha = ahead.result()
+                    if at != offset:
+                        chunk_at = _read_chunk(fh, offset, min(step, size - offset), signed)
+                        at, chunk, chunk_sha = chunk_at
+                    end = offset + len(chunk)
+                    if end < size:
+                        ahead = pool.submit(_read_chunk, fh, end, min(step, size - end), signed)
                     try:
-                        offset = int(self.put_chunk(upload_id, offset, chunk)["offset"])
+                        offset = int(self.put_chunk(upload_id, at, chunk, chunk_sha)["offset"])
                         failures = 0
                     except (AgentUnreachableError, AgentRejectedError) as exc:
                         if isinstance(exc, AgentRejectedError) and exc.status != 409:
@@ -370,13 +396,23 @@ class AgentClient:
         body = {"size": size, "sha256": sha256, **({"name": name} if name else {})}
         return self._json("POST", "/v1/uploads", body)
 
-    def put_chunk(self, upload_id: str, offset: int, data: bytes) -> dict[str, Any]:
-        """Send the bytes at ``offset``; the agent answers with its new offset."""
+    def put_chunk(
+        self, upload_id: str, offset: int, data: bytes, sha256: str | None = None
+    ) -> dict[str, Any]:
+        """Send the bytes at ``offset``; the agent answers with its new offset.
+
+        ``sha256`` is the chunk's digest when the caller already has it (it is signed).
+        """
+        hashed = {BODY_HASH_HEADER: sha256} if sha256 and self.auth.key is not None else {}
         return self._request(
             "PUT",
             f"/v1/uploads/{quote(upload_id, safe='')}",
             content=data,
-            headers={"Content-Type": "application/octet-stream", "Upload-Offset": str(offset)},
+            headers={
+                "Content-Type": "application/octet-stream",
+                "Upload-Offset": str(offset),
+                **hashed,
+            },
             timeout=max(self.timeout, CHUNK_TIMEOUT_S),
         )
 
@@ -533,10 +569,21 @@ class AgentClient:
             body = None
         if response.status_code >= 400:
             message = body.get("error") if isinstance(body, dict) else None
+            if response.status_code == UPGRADE_STATUS and message:
+                raise IncompatibleProtocolError(one_line(message))
             raise AgentRejectedError(
                 response.status_code, one_line(message or response.text or response.reason_phrase)
             )
         return response
+
+
+def _read_chunk(
+    fh: BinaryIO, offset: int, length: int, hashed: bool
+) -> tuple[int, bytes, str | None]:
+    """``length`` bytes of ``fh`` at ``offset`` and their sha256 (when ``hashed``)."""
+    fh.seek(offset)
+    data = fh.read(length)
+    return offset, data, sha256_hex(data) if hashed else None
 
 
 def pair_with_agent(

@@ -31,7 +31,6 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from device_agent import PROTOCOL_VERSION, __version__
 from device_agent.auth import (
     AGENT_KEY_HEADER,
     NONCE_HEADER,
@@ -59,6 +58,12 @@ from device_agent.errors import (
 )
 from device_agent.openapi import openapi_spec
 from device_agent.pairing import PairingError
+from device_agent.protocol_version import (
+    UPGRADE_STATUS,
+    check_request_headers,
+    info_fields,
+    protocol_headers,
+)
 from device_agent.stats import PROMETHEUS_CONTENT_TYPE, SERIES_MINUTES, prometheus_text
 from device_agent.store import UninstallError
 from device_agent.uploads import UploadError, UploadManager
@@ -83,8 +88,9 @@ SIGNED: contextvars.ContextVar[SignedHeaders | None] = contextvars.ContextVar(
 PUBLIC_ROUTES = frozenset({("GET", "/v1/info"), ("POST", "/v1/pair"), ("GET", "/v1/ready")})
 # An upload is stored, then staged and extracted: it needs about this many times its size free.
 DISK_FACTOR = 3
-# Routes whose (large) body is streamed: the handler checks the signed body hash itself.
-STREAMED_ROUTES = frozenset({("PUT", "/v1/packages")})
+# Routes whose handler checks the body against its signed sha256 itself: the package is
+# streamed to disk, an upload chunk is hashed in a worker thread (not on the event loop).
+STREAMED_ROUTES = frozenset({("PUT", "/v1/packages"), ("PUT", "/v1/uploads/{id}")})
 
 # Typed errors → HTTP status. The first matching class wins.
 ERROR_STATUS: tuple[tuple[type[Exception], int], ...] = (
@@ -206,6 +212,16 @@ async def sign_middleware(request: web.Request, handler: Handler) -> web.StreamR
         response.headers[AGENT_KEY_HEADER] = service.identity.key.public_b64
         response.headers[SIGNATURE_HEADER] = b64(service.identity.key.sign(message))
     return response
+
+
+@web.middleware
+async def protocol_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """426 when the desktop's ``Outpost-Protocol`` range misses this agent's (GET /v1/info
+    always answers, so a desktop can read the agent's range and say who must update)."""
+    ok, message = check_request_headers(request.headers)
+    if not ok and _route_key(request) != ("GET", "/v1/info"):
+        raise ApiError(UPGRADE_STATUS, message or "protocol mismatch", protocol_headers())
+    return await handler(request)
 
 
 @web.middleware
@@ -356,8 +372,7 @@ def _discovery_info(service: AgentService) -> dict[str, Any]:
     return {
         "agent_id": service.identity.agent_id,
         "name": service.identity.name,
-        "version": __version__,
-        "protocol": PROTOCOL_VERSION,
+        **info_fields(),  # version, protocol, protocol_min
         "public_key": key.public_b64,
         "fingerprint": key.fingerprint,
         "exchange_key": service.exchange_public_b64,
@@ -594,6 +609,9 @@ async def put_upload_chunk(request: web.Request) -> web.Response:
             400, f"send the chunk's position in bytes in the {UPLOAD_OFFSET_HEADER} header"
         )
     data = await request.read()
+    signed = SIGNED.get()
+    if signed is not None:  # hashed in a worker thread: the event loop keeps serving
+        check_body(signed, await _blocking(functools.partial(sha256_hex, data)))
     uploads = request.app[UPLOADS_KEY]
     try:
         state = await _blocking(
@@ -644,10 +662,15 @@ async def post_upload_commit(request: web.Request) -> web.Response:
             if saved is not None:
                 return web.json_response(saved, status=201)
             path = await _blocking(functools.partial(uploads.complete_path, upload_id))
+            package_sha = (await _blocking(functools.partial(uploads.state, upload_id))).sha256
             try:
                 model = await service.run_install(
                     functools.partial(
-                        service.store.install, path, activate=activate, provider=provider or None
+                        service.store.install,
+                        path,
+                        activate=activate,
+                        provider=provider or None,
+                        package_sha=package_sha,
                     )
                 )
             except OutpostError:
@@ -723,7 +746,7 @@ def add_install_routes(app: web.Application, service: AgentService) -> None:
 def build_app(service: AgentService) -> web.Application:
     app = web.Application(
         client_max_size=MAX_IMAGE_BYTES,
-        middlewares=[sign_middleware, error_middleware, auth_middleware],
+        middlewares=[sign_middleware, error_middleware, protocol_middleware, auth_middleware],
     )
     app[SERVICE_KEY] = service
     app.router.add_get("/v1/health", get_health)

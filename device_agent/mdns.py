@@ -1,7 +1,7 @@
 """The agent's mDNS advertisement: one ``_outpost._tcp.local.`` service with TXT hints.
 
-TXT is a hint only (id, protocol, version, platform, arch, runtimes, name); trust comes
-from pairing. Tests pass ``interfaces=["127.0.0.1"]`` so nothing leaves the machine; a
+TXT is a hint only (id, protocol and the oldest protocol accepted, version, platform, arch,
+runtimes, name); trust comes from pairing. Tests pass ``interfaces=["127.0.0.1"]`` so nothing leaves the machine; a
 real agent advertises on every interface unless told otherwise.
 
 While it runs, the advertiser polls the host's addresses every few seconds (DHCP renewals,
@@ -23,6 +23,7 @@ from zeroconf.asyncio import AsyncZeroconf
 
 from device_agent import SERVICE_TYPE
 from device_agent.errors import AdvertiseError, one_line
+from device_agent.protocol_version import txt_fields
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +81,7 @@ class Advertiser:
     ) -> None:
         self.agent_id = agent_id
         self.port = port
-        self.properties = properties
+        self.properties = {**properties, **txt_fields()}  # proto and proto_min, always
         self.interfaces = interfaces
         self.address_source = address_source or (lambda: advertised_addresses(self.interfaces))
         self.poll_interval_s = poll_interval_s

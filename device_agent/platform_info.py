@@ -5,7 +5,11 @@
 (OpenVINO to list its devices), so the agent calls it lazily, once, off the event loop, and
 caches the answer. Every probe goes through the small boundary functions below
 (:func:`read_text`, :func:`which`, :func:`run_command`, :func:`list_dir`, :func:`machine`,
-:func:`system_platform`), which tests replace to play any device.
+:func:`system_platform`, :func:`environ`), which tests replace to play any device.
+
+:func:`platform_profile` names the device family (Jetson, Linux, macOS, Android) and the
+runtimes and execution providers that run models fastest on it, with those still missing
+here, so ``GET /v1/info`` tells the user what to install (see the README's "Platforms").
 """
 
 from __future__ import annotations
@@ -65,6 +69,10 @@ def machine() -> str:
 
 def system_platform() -> str:
     return sys.platform
+
+
+def environ() -> dict[str, str]:
+    return dict(os.environ)
 
 
 def module_version(dist: str) -> str | None:
@@ -253,6 +261,8 @@ def runtime_details(infos: list[BackendInfo]) -> list[dict[str, Any]]:
     for key, module, dist, mac_only in _OTHER_RUNTIMES:
         if (mac_only and not darwin) or not has_module(module):
             continue
+        if any(e["key"] == key for e in out):  # an agent backend already reports it
+            continue
         out.append(
             {
                 "key": key,
@@ -277,6 +287,83 @@ def runtime_details(infos: list[BackendInfo]) -> list[dict[str, Any]]:
     return out
 
 
+def device_family(accels: list[dict[str, Any]]) -> str:
+    """``jetson``, ``android``, ``macos``, ``windows``, ``linux`` (or the raw platform name)."""
+    system = system_platform()
+    env = environ()
+    if any(a["kind"] == "jetson" for a in accels):
+        return "jetson"
+    if system == "android" or "ANDROID_ROOT" in env or "TERMUX_VERSION" in env:
+        return "android"
+    if system == "darwin":
+        return "macos"
+    if system.startswith("win"):
+        return "windows"
+    return "linux" if system.startswith("linux") else system
+
+
+def _suggestions(
+    family: str, accels: list[dict[str, Any]], cpu: str | None
+) -> list[tuple[str, str | None, str]]:
+    """(runtime, provider or None, why) best first, for this kind of device."""
+    kinds = {a["kind"] for a in accels}
+    out: list[tuple[str, str | None, str]] = []
+    if family == "jetson":
+        why = "JetPack's onnxruntime-gpu wheel runs ONNX on the Jetson's GPU"
+        out += [
+            ("onnxruntime", "TensorrtExecutionProvider", why + " through TensorRT"),
+            ("onnxruntime", "CUDAExecutionProvider", why + " through CUDA"),
+        ]
+    elif "cuda" in kinds:
+        why = "onnxruntime-gpu runs ONNX on the NVIDIA GPU"
+        out += [
+            ("onnxruntime", "CUDAExecutionProvider", why),
+            ("onnxruntime", "TensorrtExecutionProvider", why + " through TensorRT (if installed)"),
+        ]
+    if family == "macos":
+        out += [
+            ("coreml", None, "Core ML runs .mlpackage models on the Neural Engine and GPU"),
+            ("onnxruntime", "CoreMLExecutionProvider", "ONNX Runtime hands ONNX to Core ML"),
+        ]
+    if family == "android":
+        out.append(("litert", None, "LiteRT (TFLite) runs .tflite models on Android (Termux)"))
+    if "intel-gpu" in kinds or (cpu is not None and "intel" in cpu.lower()):
+        out.append(("openvino", None, "OpenVINO runs models fastest on Intel CPUs and GPUs"))
+    out.append(("onnxruntime", "CPUExecutionProvider", "ONNX Runtime on the CPU runs anywhere"))
+    return out
+
+
+def platform_profile(
+    accels: list[dict[str, Any]], infos: list[BackendInfo], cpu: str | None = None
+) -> dict[str, Any]:
+    """The device family and the runtimes that suit it, each marked present or missing.
+
+    Args:
+        accels: :func:`accelerators` of this device.
+        infos: the probed backends (:func:`probe_runtimes`).
+        cpu: the CPU's name (:func:`cpu_model`), which tells an Intel box.
+    """
+    family = device_family(accels)
+    available = {i.key: i for i in infos if i.available}
+    suggested = []
+    for runtime, provider, why in _suggestions(family, accels, cpu):
+        info = available.get(runtime)
+        present = info is not None and (provider is None or provider in info.providers)
+        suggested.append({"runtime": runtime, "provider": provider, "present": present, "why": why})
+    return {
+        "family": family,
+        "arch": machine(),
+        "suggested": suggested,
+        "missing": [s["provider"] or s["runtime"] for s in suggested if not s["present"]],
+    }
+
+
 def device_details(infos: list[BackendInfo]) -> dict[str, Any]:
-    """Accelerators and runtimes in detail (slow probes: call once, off the event loop)."""
-    return {"accelerators": accelerators(), "runtimes": runtime_details(infos)}
+    """Accelerators, runtimes and the platform profile in detail (slow probes: call once,
+    off the event loop)."""
+    accels = accelerators()
+    return {
+        "accelerators": accels,
+        "runtimes": runtime_details(infos),
+        "platform_profile": platform_profile(accels, infos, cpu_model()),
+    }

@@ -16,6 +16,11 @@ CUDA, TensorRT, CoreML or OpenVINO next to the CPU), each is loaded and timed on
 self-test input and the fastest serves; a provider that was wanted but is missing or fails
 to initialise is reported as a ``fallback``, never silently replaced.
 
+A package may carry several formats of one model (``Manifest.alternates``). Every (format,
+execution provider) pair the runtimes here can run is loaded and timed the same way (warm-up
+runs excluded) and the fastest serves; ``formats`` in the result lists each format with its
+runtime and timings, or why it cannot run here.
+
 ``staged`` is a version installed with ``activate=False`` (loaded and self-tested, then set
 aside); ``enabled: false`` is a deactivated model: its files stay, nothing serves it.
 """
@@ -50,7 +55,7 @@ from device_agent.errors import (
 from runtimes.backends import Backend, BackendRegistry, default_registry
 from runtimes.backends.onnxruntime import PROVIDER_PREFERENCE
 from runtimes.detections import Detections
-from runtimes.errors import OutpostError, PackageError
+from runtimes.errors import OutpostError, PackageError, RuntimeUnavailableError
 from runtimes.fileio import atomic_write_text, sha256_bytes, sha256_file
 from runtimes.package import Manifest, PackageReader, SelfTest, read_manifest_dir
 from runtimes.predictor import Predictor, Timing
@@ -79,7 +84,9 @@ def _now() -> str:
 class InstalledModel:
     """One loaded model version. ``predict_bytes`` lets one call at a time use the predictor.
 
-    ``benchmark`` (ms per provider) and ``fallback`` say how the runtime was chosen;
+    ``benchmark`` (ms per provider, or per ``format/provider`` when several formats of the
+    package can run here), ``formats`` (each format: its runtime and timings, or why it cannot
+    run here) and ``fallback`` say how the runtime was chosen;
     ``report`` holds what only the install that made it knows (self-test, warnings).
     """
 
@@ -93,11 +100,12 @@ class InstalledModel:
     benchmark: dict[str, float] | None = None
     fallback: dict[str, str] | None = None
     report: dict[str, Any] = field(default_factory=dict)
+    formats: list[dict[str, Any]] | None = None
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def format(self) -> str:
-        return self.manifest.format.key
+        return self.predictor.format.key
 
     @property
     def runtime(self) -> str:
@@ -117,6 +125,7 @@ class InstalledModel:
             "providers": self.providers,
             "benchmark": self.benchmark,
             "fallback": self.fallback,
+            "formats": self.formats,
             "task": spec.task,
             "precision": spec.precision,
             "class_names": list(spec.class_names),
@@ -148,6 +157,7 @@ class RuntimeChoice:
     providers: list[str] | None  # None: the backend's own default order
     benchmark: dict[str, float] | None = None
     fallback: dict[str, str] | None = None
+    formats: list[dict[str, Any]] | None = None
 
 
 def _iou(a: list[float], b: list[float]) -> float:
@@ -347,9 +357,13 @@ def onnx_external_data(model_bytes: bytes) -> list[str]:
 
 def check_onnx_external_data(folder: Path, manifest: Manifest) -> None:
     """Refuse an ONNX model whose external data lies outside its package (or is not listed)."""
-    if manifest.format.key != "onnx":
-        return
-    model_file = PurePosixPath(manifest.format.file)
+    for spec in manifest.all_formats():
+        if spec.key == "onnx":
+            _check_onnx_file(folder, manifest, spec.file)
+
+
+def _check_onnx_file(folder: Path, manifest: Manifest, file: str) -> None:
+    model_file = PurePosixPath(file)
     data = (folder / Path(*model_file.parts)).read_bytes()
     try:
         locations = onnx_external_data(data)
@@ -429,7 +443,9 @@ class ModelStore:
         )
 
     def installed(self) -> list[dict[str, Any]]:
-        """Every model on disk (served or not) with its versions: active, previous, staged."""
+        """Every model on disk (served or not) with its versions: active, previous, staged;
+        a served one also with its runtime choice (format, runtime, providers, benchmark,
+        fallback, and every format of the package with its timings or why it cannot run)."""
         rows: list[dict[str, Any]] = []
         if not self.root.is_dir():
             return rows
@@ -442,16 +458,19 @@ class ModelStore:
                 record = None
             if record is None:
                 continue
-            rows.append(
-                {
-                    "name": model_dir.name,
-                    "enabled": record["enabled"],
-                    "serving": model_dir.name in self._models,
-                    "active": (record.get("active") or {}).get("version"),
-                    "previous": (record.get("previous") or {}).get("version"),
-                    "staged": (record.get("staged") or {}).get("version"),
-                }
-            )
+            row: dict[str, Any] = {
+                "name": model_dir.name,
+                "enabled": record["enabled"],
+                "serving": model_dir.name in self._models,
+                "active": (record.get("active") or {}).get("version"),
+                "previous": (record.get("previous") or {}).get("version"),
+                "staged": (record.get("staged") or {}).get("version"),
+            }
+            served = self._models.get(model_dir.name)
+            if served is not None:  # how the device runs it: the runtime choice and its numbers
+                for key in ("format", "runtime", "providers", "benchmark", "fallback", "formats"):
+                    row[key] = served.describe()[key]
+            rows.append(row)
         return rows
 
     # -- start -----------------------------------------------------------------------
@@ -509,7 +528,12 @@ class ModelStore:
     # -- changes ---------------------------------------------------------------------
 
     def install(
-        self, package: bytes | Path, *, activate: bool = True, provider: str | None = None
+        self,
+        package: bytes | Path,
+        *,
+        activate: bool = True,
+        provider: str | None = None,
+        package_sha: str | None = None,
     ) -> InstalledModel:
         """Verify, extract, load, warm up and self-test a package, then make it the active version.
 
@@ -519,6 +543,8 @@ class ModelStore:
                 keeps serving until :meth:`activate`.
             provider: an execution provider to use (e.g. ``CUDAExecutionProvider``); when it
                 is missing or fails, the result's ``fallback`` says what runs instead.
+            package_sha: the whole package's sha256 when the caller has just verified it
+                (a committed upload), so it is not read once more; computed when None.
 
         Raises:
             PackageError: the package cannot be read or verified (the reason is in the message).
@@ -527,16 +553,19 @@ class ModelStore:
         """
         with self._install_lock:
             with PackageReader(package) as reader:
-                reader.verify()
-                package_sha = (
-                    sha256_bytes(package)
-                    if isinstance(package, bytes)
-                    else sha256_file(Path(package))
-                )
+                if package_sha is None:
+                    package_sha = (
+                        sha256_bytes(package)
+                        if isinstance(package, bytes)
+                        else sha256_file(Path(package))
+                    )
                 manifest = reader.manifest
                 model_dir = self.root / manifest.name
+                new_dir = not model_dir.exists()
                 staging = model_dir / f".staging-{secrets.token_hex(6)}"
                 try:
+                    # extract checks every file's sha256 as it writes it (one pass over the
+                    # bytes) and keeps nothing when one does not match
                     reader.extract(staging)
                     check_onnx_external_data(staging, manifest)
                     model = self._prepare(manifest.name, staging, provider)
@@ -555,6 +584,9 @@ class ModelStore:
                     ) from None
                 finally:
                     shutil.rmtree(staging, ignore_errors=True)
+                    if new_dir:  # a refused first install leaves no empty model folder
+                        with contextlib.suppress(OSError):
+                            model_dir.rmdir()
 
     def rollback(self, name: str) -> InstalledModel:
         """Make the previous version of ``name`` active again (the current one becomes previous)."""
@@ -718,52 +750,107 @@ class ModelStore:
             self._registry = default_registry()
         return self._registry
 
-    def _load_predictor(self, folder: Path, providers: list[str] | None) -> Predictor:
+    def _load_predictor(
+        self, folder: Path, providers: list[str] | None, format_key: str | None = None
+    ) -> Predictor:
         registry = self._registry_or_default()
+        key = format_key or read_format_key(folder)
         if providers is None:
-            return Predictor(folder, registry=registry)
-        manifest_key = read_format_key(folder)
-        backend = registry.for_format(manifest_key)
+            return Predictor(folder, registry=registry, format_key=format_key)
+        backend = registry.for_format(key)
         pinned = BackendRegistry()
         pinned.register(_pinned_backend(backend, providers))
-        return Predictor(folder, runtime=backend.key, registry=pinned)
+        return Predictor(folder, runtime=backend.key, registry=pinned, format_key=key)
 
     def _choose(
         self, folder: Path, manifest: Manifest, provider: str | None, sample: np.ndarray
     ) -> tuple[Predictor, RuntimeChoice]:
-        """Load the model on the best provider here (benchmarked when there is a choice)."""
-        backend = self._registry_or_default().for_format(manifest.format.key)
-        available = _compute_providers(backend.probe().providers)
-        cpu = _cpu_of(available)
-        if provider is None and len(available) <= 1:
-            return self._load_predictor(folder, None), RuntimeChoice(None)
+        """Load the model on the best (format, provider) here, benchmarked when there is a
+        choice; formats no runtime here runs are reported with the reason."""
+        registry = self._registry_or_default()
+        reports: dict[str, dict[str, Any]] = {}
+        runnable: list[tuple[str, type[Backend], list[str]]] = []
+        for spec in manifest.all_formats():
+            try:
+                backend = registry.for_format(spec.key)
+            except RuntimeUnavailableError as exc:
+                reports[spec.key] = {"format": spec.key, "runtime": None, "runnable": False}
+                reports[spec.key]["reason"] = str(exc)
+                continue
+            providers = _compute_providers(backend.probe().providers)
+            reports[spec.key] = {"format": spec.key, "runtime": backend.key, "runnable": True}
+            runnable.append((spec.key, backend, providers))
+        if not runnable:
+            raise InstallError(
+                f"no runtime here can run any format of {manifest.name}: "
+                + "; ".join(r["reason"] for r in reports.values())
+            )
+        multi = len(runnable) > 1
+
+        def label(fmt: str, p: str) -> str:
+            return f"{fmt}/{p}" if multi else p
+
+        def formats(chosen: str | None, bench: dict[str, float] | None) -> list[dict[str, Any]]:
+            out = []
+            for fmt, report in reports.items():
+                entry = dict(report)
+                if report["runnable"]:
+                    entry["chosen"] = fmt == chosen
+                    if bench is not None:
+                        prefix = f"{fmt}/" if multi else ""
+                        entry["benchmark"] = {
+                            k[len(prefix) :]: v for k, v in bench.items() if k.startswith(prefix)
+                        }
+                out.append(entry)
+            return out
+
+        if not multi and provider is None and len(runnable[0][2]) <= 1:
+            fmt = runnable[0][0]
+            predictor = self._load_predictor(folder, None, fmt)
+            return predictor, RuntimeChoice(None, formats=formats(fmt, None))
+        everywhere = sorted({p for _, _, ps in runnable for p in ps})
         failures: dict[str, str] = {}
-        if provider is not None and provider not in available:
-            wanted: list[str] = []
+        if provider is not None and provider not in everywhere:
             failures[provider] = (
                 f"{provider} is not available on this device "
-                f"(available: {', '.join(available) or 'none'})"
+                f"(available: {', '.join(everywhere) or 'none'})"
             )
-        elif provider is not None:
-            wanted = [provider]
-        else:
-            wanted = [p for p in available if p != cpu]
-        loaded: dict[str, Predictor] = {}
-        for p in wanted:
-            try:
-                predictor = self._load_predictor(folder, [p] + ([cpu] if cpu and cpu != p else []))
-            except Exception as exc:  # each runtime raises its own types
-                failures[p] = f"{p} failed to initialise: {one_line(exc, 200)}"
-                continue
-            active = predictor.backend.active_providers
-            if not active or active[0] != p:
-                failures[p] = (
-                    f"{p} did not initialise (the runtime runs on {', '.join(active) or 'nothing'})"
-                )
-                continue
-            loaded[p] = predictor
-        if cpu and (provider is None or not loaded) and cpu not in loaded:
-            loaded[cpu] = self._load_predictor(folder, [cpu])
+        loaded: dict[str, tuple[str, Predictor]] = {}
+        first_wanted: str | None = provider
+        for fmt, _backend, available in runnable:
+            cpu = _cpu_of(available)
+            if provider is not None:
+                wanted = [provider] if provider in available else []
+            else:
+                wanted = [p for p in available if p != cpu]
+            if first_wanted is None and wanted:
+                first_wanted = wanted[0]
+            for p in wanted:
+                try:
+                    extra = [cpu] if cpu and cpu != p else []
+                    predictor = self._load_predictor(folder, [p, *extra], fmt)
+                except Exception as exc:  # each runtime raises its own types
+                    failures.setdefault(p, f"{p} failed to initialise: {one_line(exc, 200)}")
+                    reports[fmt].setdefault("failed", {})[p] = one_line(exc, 200)
+                    continue
+                active = predictor.backend.active_providers
+                if not active or active[0] != p:
+                    why = f"the runtime runs on {', '.join(active) or 'nothing'}"
+                    failures.setdefault(p, f"{p} did not initialise ({why})")
+                    reports[fmt].setdefault("failed", {})[p] = why
+                    continue
+                loaded[label(fmt, p)] = (fmt, predictor)
+            if provider is None and cpu and label(fmt, cpu) not in loaded:
+                loaded[label(fmt, cpu)] = (fmt, self._load_predictor(folder, [cpu], fmt))
+            elif provider is None and not available:  # a runtime that names no providers
+                predictor = self._load_predictor(folder, None, fmt)
+                name = (predictor.backend.active_providers or ["default"])[0]
+                loaded[label(fmt, name)] = (fmt, predictor)
+        if not loaded and provider is not None:  # the wanted provider runs nothing: the CPU
+            for fmt, _backend, available in runnable:
+                cpu = _cpu_of(available)
+                if cpu:
+                    loaded[label(fmt, cpu)] = (fmt, self._load_predictor(folder, [cpu], fmt))
         if not loaded:
             raise InstallError(
                 f"no execution provider here can load {manifest.name}: "
@@ -771,18 +858,28 @@ class ModelStore:
             )
         benchmark: dict[str, float] | None = None
         if len(loaded) > 1:
-            benchmark = {p: _time_ms(pred, sample, self._warmup_runs) for p, pred in loaded.items()}
-            chosen = min(benchmark, key=lambda p: benchmark[p] if benchmark else 0.0)
+            benchmark = {
+                k: _time_ms(pred, sample, self._warmup_runs) for k, (_, pred) in loaded.items()
+            }
+            chosen = min(benchmark, key=lambda k: benchmark[k] if benchmark else 0.0)
         else:
             chosen = next(iter(loaded))
-        first_wanted = provider or (wanted[0] if wanted else None)
+        chosen_format, predictor = loaded[chosen]
+        chosen_provider = chosen.split("/", 1)[1] if multi else chosen
         fallback = None
-        if first_wanted and first_wanted in failures and chosen != first_wanted:
-            fallback = {"wanted": first_wanted, "using": chosen, "reason": failures[first_wanted]}
+        if first_wanted and first_wanted in failures and chosen_provider != first_wanted:
+            fallback = {
+                "wanted": first_wanted,
+                "using": chosen_provider,
+                "reason": failures[first_wanted],
+            }
             log.warning("%s: %s; using %s instead", manifest.name, failures[first_wanted], chosen)
-        predictor = loaded[chosen]
+        if multi:
+            log.info("%s: serving %s (benchmark, ms: %s)", manifest.name, chosen, benchmark)
         providers = list(predictor.backend.active_providers)
-        return predictor, RuntimeChoice(providers, benchmark, fallback)
+        return predictor, RuntimeChoice(
+            providers, benchmark, fallback, formats(chosen_format, benchmark)
+        )
 
     def _prepare(self, name: str, folder: Path, provider: str | None) -> InstalledModel:
         """Load a staged package on the best provider, warm it up and run its self-test."""
@@ -845,6 +942,7 @@ class ModelStore:
             benchmark=choice.benchmark,
             fallback=choice.fallback,
             report={"self_test": self_test, "warnings": warnings, "activated": True},
+            formats=choice.formats,
         )
 
     def _open(self, name: str, folder: Path) -> InstalledModel:
@@ -853,13 +951,16 @@ class ModelStore:
         recorded = record.get("providers")
         fallback = record.get("fallback") if isinstance(record.get("fallback"), dict) else None
         providers: list[str] | None = None
+        fmt = record.get("format") if isinstance(record.get("format"), str) else None
         try:
+            if fmt is not None:
+                fmt, fallback = self._recorded_format(name, folder, fmt, fallback)
             if (
                 isinstance(recorded, list)
                 and recorded
                 and all(isinstance(p, str) for p in recorded)
             ):
-                backend = self._registry_or_default().for_format(read_format_key(folder))
+                backend = self._registry_or_default().for_format(fmt or read_format_key(folder))
                 available = backend.probe().providers
                 missing = [p for p in recorded if p not in available]
                 if missing:
@@ -871,7 +972,7 @@ class ModelStore:
                     log.warning("%s: %s", name, fallback["reason"])
                 else:
                     providers = list(recorded)
-            predictor = self._load_predictor(folder, providers)
+            predictor = self._load_predictor(folder, providers, fmt)
             predictor.warmup(self._warmup_runs)
             h, w = predictor.input_hw
             predictor.predict(np.full((h, w, 3), 114, np.uint8))
@@ -887,6 +988,7 @@ class ModelStore:
         if fallback and fallback.get("using") == "the runtime's default":
             fallback["using"] = ", ".join(predictor.backend.active_providers)
         benchmark = record.get("benchmark") if isinstance(record.get("benchmark"), dict) else None
+        formats = record.get("formats") if isinstance(record.get("formats"), list) else None
         return InstalledModel(
             manifest.name,
             manifest.version,
@@ -896,7 +998,29 @@ class ModelStore:
             record.get("installed_at") or _now(),
             benchmark=benchmark,
             fallback=fallback,
+            formats=formats,
         )
+
+    def _recorded_format(
+        self, name: str, folder: Path, fmt: str, fallback: dict[str, str] | None
+    ) -> tuple[str | None, dict[str, str] | None]:
+        """The format chosen at install, or (loudly) the first one that still runs here."""
+        registry = self._registry_or_default()
+        manifest = _manifest_of(folder)
+        keys = [spec.key for spec in manifest.all_formats()]
+        if fmt not in keys:
+            return None, fallback
+        try:
+            registry.for_format(fmt)
+            return fmt, fallback
+        except RuntimeUnavailableError as exc:
+            reason = one_line(exc, 200)
+        for other in keys:
+            with contextlib.suppress(RuntimeUnavailableError):
+                registry.for_format(other)
+                log.warning("%s: %s; serving the %s format instead", name, reason, other)
+                return other, {"wanted": fmt, "using": other, "reason": reason}
+        raise InstallError(f"no runtime here can run any format of {name} any more: {reason}")
 
     def _activate(
         self, model_dir: Path, staging: Path, model: InstalledModel, package_sha: str
@@ -1044,6 +1168,8 @@ class ModelStore:
             "providers": model.providers,
             "benchmark": model.benchmark,
             "fallback": model.fallback,
+            "format": model.format,
+            "formats": model.formats,
         }
         atomic_write_text(folder / INSTALL_RECORD, json.dumps(record, indent=2) + "\n")
 

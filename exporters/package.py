@@ -9,7 +9,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from exporters.base import ExportArtifact
+from exporters.base import ExportArtifact, ExportError
 from runtimes.errors import OutpostError
 from runtimes.package import Manifest, utc_now, write_package
 from runtimes.predictor import Predictor
@@ -25,13 +25,65 @@ README_TEMPLATE = """# {name} ({fmt})
 An Outpost model package (schema v{schema}).
 
 - task: {task}, architecture: {arch}, precision: {precision}
-- input: {input_name} {shape} float32 NCHW, RGB, letterboxed with pad 114, scaled 1/255
+- input: {input_name} {shape} float32 NCHW, {preprocessing}
 - classes: {classes}
-- runtime: {runtime}
+- formats: {formats}
 
-Run it with `outpost predict {file_name} IMAGE`, or deploy it to a device with
-`outpost deploy EXPORT --device ID`. `manifest.json` lists every file with its sha256.
+Run it with `outpost predict {file_name} IMAGE` (`--runtime` picks the format of a package
+holding several), or deploy it to a device with `outpost deploy EXPORT --device ID`.
+`manifest.json` lists every file with its sha256. `wrappers/` holds standalone clients
+generated from this manifest (Python, C++, Swift, Kotlin); see `wrappers/README.md`.
 """
+
+
+def describe_preprocessing(pre: dict[str, Any]) -> str:
+    """One line saying how an image becomes the model input."""
+    resize = pre.get("resize", "letterbox")
+    how = (
+        "shortest side resized, centre-cropped"
+        if resize == "center_crop"
+        else f"letterboxed with pad {pre.get('pad_value', 114)}"
+    )
+    if pre.get("interpolation") == "pil_bilinear":
+        how += " (Pillow bilinear resize)"
+    text = f"{pre.get('color', 'RGB')}, {how}, scaled {pre.get('scale', 1 / 255.0):.6g}"
+    if pre.get("mean") is not None:
+        text += f", then (x - mean {pre['mean']}) / std {pre.get('std')}"
+    return text
+
+
+def _format_fields(
+    artifact: ExportArtifact, file: str, validation: dict[str, Any] | None
+) -> dict[str, Any]:
+    details = {**artifact.details, **({"validation": validation} if validation else {})}
+    return {
+        "key": artifact.format_key,
+        "file": file,
+        "runtime": artifact.runtime,
+        "details": {**details, "precision": artifact.precision},
+    }
+
+
+def _check_bundle(artifacts: list[ExportArtifact]) -> None:
+    """Formats in one package must be the same model: classes, input, output layout."""
+    first = artifacts[0]
+    keys = [a.format_key for a in artifacts]
+    duplicate = next((k for k in keys if keys.count(k) > 1), None)
+    if duplicate:
+        raise ExportError(
+            f"a package holds one model per format; {duplicate} is asked for twice "
+            "(export the other precision as its own package)"
+        )
+    for other in artifacts[1:]:
+        if (other.class_names, other.input_shape, other.output_layout) != (
+            first.class_names,
+            first.input_shape,
+            first.output_layout,
+        ):
+            raise ExportError(
+                f"the {other.format_key} export differs from the {first.format_key} one "
+                "(classes, input or output layout); package them separately"
+            )
 
 
 def build_package(
@@ -47,37 +99,52 @@ def build_package(
     iou_threshold: float = 0.7,
     validation: dict[str, Any] | None = None,
     sample_image: Path | None = None,
+    alternates: list[tuple[ExportArtifact, dict[str, Any] | None]] | None = None,
+    wrappers: bool = True,
 ) -> Manifest:
     """Write ``out_path`` (a ``.outpost.zip``) holding the model, a README and the manifest.
 
     ``validation`` (the parity report against the PyTorch model) goes into
     ``format.details.validation``: a free-form field every schema-1 reader already accepts.
 
+    ``alternates`` makes a multi-format package: the same model in more formats, each with
+    its own parity report. The manifest's ``format`` is ``artifact``'s and ``alternates``
+    the others'; every format's files then sit in a folder named by its key
+    (``onnx/model.onnx``, ``openvino/model.xml`` + ``model.bin``). A single-format package
+    keeps its model at the root, as before.
+
+    ``wrappers`` adds the standalone clients generated from the manifest
+    (:mod:`exporters.wrappers`) under ``wrappers/``, each listed in the manifest's files.
+
     The package also carries a self-test: ``sample_image`` (a validation image of the run;
     a synthetic one when None), shrunk to the model's input size and stored as
     ``selftest/input.png``, with the detections the package's own runtime gives on it. A
     device runs it before switching to the model. When no runtime here can run the format,
     the package is written without one (devices then install it with a warning).
+
+    Raises:
+        ExportError: bundled formats that are not the same model, or a format given twice.
     """
-    readme = artifact.model_file.parent / "README.md"
-    readme.write_text(
-        README_TEMPLATE.format(
-            name=name,
-            fmt=artifact.format_key,
-            schema=1,
-            task=task,
-            arch=artifact.architecture,
-            precision=artifact.precision,
-            input_name=artifact.input_name,
-            shape=list(artifact.input_shape),
-            classes=", ".join(artifact.class_names),
-            runtime=artifact.runtime,
-            file_name=out_path.name,
-        ),
-        encoding="utf-8",
-    )
-    model_arcname = artifact.model_file.name
-    fields = {
+    bundle = [(artifact, validation), *(alternates or [])]
+    arts = [a for a, _ in bundle]
+    _check_bundle(arts)
+    multi = len(bundle) > 1
+    build = artifact.model_file.parent
+    files: dict[str, Path] = {}
+    specs = []
+    for art, report in bundle:
+        prefix = f"{art.format_key}/" if multi else ""
+        for path in (art.model_file, *art.extra_files):
+            files[prefix + path.name] = path
+        specs.append(_format_fields(art, prefix + art.model_file.name, report))
+    preprocessing = {
+        "resize": "letterbox",
+        "pad_value": 114,
+        "scale": 1 / 255.0,
+        "color": "RGB",
+        **artifact.preprocessing,
+    }
+    fields: dict[str, Any] = {
         "name": name,
         "version": version,
         "created_at": utc_now(),
@@ -92,13 +159,7 @@ def build_package(
                 "dtype": "float32",
                 "layout": "NCHW",
             },
-            "preprocessing": {
-                "resize": "letterbox",
-                "pad_value": 114,
-                "scale": 1 / 255.0,
-                "color": "RGB",
-                **artifact.preprocessing,
-            },
+            "preprocessing": preprocessing,
             "postprocessing": {
                 "kind": "yolo_detect",
                 "nms_included": artifact.output_layout == "xyxy_score_class",
@@ -111,18 +172,39 @@ def build_package(
             },
             "precision": artifact.precision,
         },
-        "format": {
-            "key": artifact.format_key,
-            "file": model_arcname,
-            "runtime": artifact.runtime,
-            "details": {**artifact.details, **({"validation": validation} if validation else {})},
+        "format": specs[0],
+        **({"alternates": specs[1:]} if multi else {}),
+        "provenance": {
+            **provenance,
+            "tools": {k: v for a in reversed(arts) for k, v in a.tools.items()},
         },
-        "provenance": {**provenance, "tools": artifact.tools},
     }
-    files = {model_arcname: artifact.model_file, "README.md": readme}
-    files.update({extra.name: extra for extra in artifact.extra_files})
+    readme = build / "README.md"
+    readme.write_text(
+        README_TEMPLATE.format(
+            name=name,
+            fmt=", ".join(a.format_key for a in arts),
+            schema=1,
+            task=task,
+            arch=artifact.architecture,
+            precision=artifact.precision,
+            input_name=artifact.input_name,
+            shape=list(artifact.input_shape),
+            preprocessing=describe_preprocessing(preprocessing),
+            classes=", ".join(artifact.class_names),
+            formats=", ".join(f"{s['key']} ({s['file']}, {s['runtime']})" for s in specs),
+            file_name=out_path.name,
+        ),
+        encoding="utf-8",
+    )
+    files["README.md"] = readme
+    if wrappers:
+        from exporters.wrappers import write_wrappers
+
+        draft = Manifest.model_validate({**fields, "schema_version": 1, "files": {}})
+        files.update(write_wrappers(draft, build / "wrappers"))
     manifest = write_package(out_path, fields, files)
-    sample = artifact.model_file.parent / "selftest-input.png"
+    sample = build / "selftest-input.png"
     _write_sample(sample, sample_image, manifest.model.input.height, manifest.model.input.width)
     expected = expected_detections(out_path, sample)
     if expected is None:

@@ -5,8 +5,11 @@ from __future__ import annotations
 from importlib.metadata import entry_points
 
 from exporters.base import Capability, Exporter, ExportError
+from exporters.formats.coreml import CoreMlExporter
 from exporters.formats.onnx import OnnxExporter
 from exporters.formats.openvino import OpenVinoExporter
+from exporters.formats.tensorrt import OnnxForTensorRtExporter, TensorRtExporter
+from exporters.formats.tflite import TfliteExporter
 from exporters.formats.torchscript import TorchScriptExporter
 
 ENTRY_POINT_GROUP = "outpost.exporters"
@@ -39,6 +42,10 @@ def default_registry() -> ExporterRegistry:
     registry.register(OnnxExporter())
     registry.register(TorchScriptExporter())
     registry.register(OpenVinoExporter())
+    registry.register(TfliteExporter())
+    registry.register(CoreMlExporter())
+    registry.register(TensorRtExporter())
+    registry.register(OnnxForTensorRtExporter())
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         registry.register(ep.load()())
     return registry

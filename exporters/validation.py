@@ -357,11 +357,20 @@ def validate_package(
     conf: float | None = None,
     iou: float = DEFAULT_IOU,
     config_dir: Path | None = None,
+    format_key: str | None = None,
 ) -> ParityReport:
-    """Run ``package`` with its runtime and the PyTorch ``checkpoint`` on ``images``; compare."""
+    """Run ``package`` with its runtime and the PyTorch ``checkpoint`` on ``images``; compare.
+
+    ``format_key`` picks one format of a multi-format package (default: its primary one). A
+    timm package is compared with its checkpoint by :func:`validate_timm_package`.
+    """
     if not images:
         raise ExportError(
             "no validation images to check the export against; the run's data folder is missing"
+        )
+    if _framework_of(package) == "timm":
+        return validate_timm_package(
+            package, checkpoint, images, precision=precision, runtime=runtime, format_key=format_key
         )
     if config_dir is not None:
         apply_offline_env(config_dir)  # before Ultralytics is imported
@@ -374,7 +383,7 @@ def validate_package(
         ) from None
     t0 = time.perf_counter()
     low = conf if conf is not None else CONF_LADDER[-1]
-    predictor = Predictor.from_path(package, runtime=runtime)
+    predictor = Predictor.from_path(package, runtime=runtime, format_key=format_key)
     threads = torch.get_num_threads()
     spec = predictor.manifest.model
     task = spec.task
@@ -479,10 +488,11 @@ def measure_latency(
     runs: int = 30,
     warmup: int = 5,
     runtime: str | None = None,
+    format_key: str | None = None,
 ) -> dict[str, Any]:
     """p50/p90 (ms) of one full prediction (preprocess, inference, postprocess) through the
     package's runtime on this machine; the warm-up runs are not counted."""
-    predictor = Predictor.from_path(package, runtime=runtime)
+    predictor = Predictor.from_path(package, runtime=runtime, format_key=format_key)
     try:
         h, w = predictor.input_hw
         img = read_image(image) if image is not None else np.full((h, w, 3), 114, np.uint8)
@@ -498,4 +508,144 @@ def measure_latency(
         "runtime": runtime_key,
         "machine": platform.platform(terse=True)
         + f" {platform.machine()} {platform.processor()}".rstrip(),
+    }
+
+
+def _framework_of(package: Path) -> str:
+    """The ``model.framework`` of a package zip or extracted folder."""
+    from runtimes.package import PackageReader, read_manifest_dir
+
+    path = Path(package)
+    if path.is_dir():
+        return read_manifest_dir(path).model.framework
+    with PackageReader(path) as reader:
+        return reader.manifest.model.framework
+
+
+def validate_timm_package(
+    package: Path,
+    checkpoint: Path,
+    images: list[Path],
+    *,
+    precision: str,
+    runtime: str | None = None,
+    format_key: str | None = None,
+) -> ParityReport:
+    """A timm package against its PyTorch checkpoint on ``images``.
+
+    End to end: the package's runtime on the decoded image (the manifest's preprocessing)
+    against the PyTorch model on the input the run's own validation builds (Pillow decode,
+    resize and letterbox, mean/std); both the top-1 agreement and the largest
+    class-probability deviation decide. Raw: the export alone on that same reference tensor.
+    """
+    from exporters.formats.timm_common import (
+        load_timm_checkpoint,
+        reference_input,
+        reference_probabilities,
+    )
+
+    if not images:
+        raise ExportError(
+            "no validation images to check the export against; the run's data folder is missing"
+        )
+    t0 = time.perf_counter()
+    model = load_timm_checkpoint(checkpoint)
+    import torch
+
+    threads = torch.get_num_threads()
+    predictor = Predictor.from_path(package, runtime=runtime, format_key=format_key)
+    probs: list[tuple[np.ndarray, np.ndarray]] = []
+    raw: list[tuple[np.ndarray, np.ndarray]] = []
+    try:
+        for image in images:
+            ours, _ = predictor.predict(read_image(image))
+            tensor = reference_input(image, model)
+            theirs = reference_probabilities(model, tensor)
+            assert ours.probs is not None
+            probs.append((theirs, ours.probs))
+            raw_out = predictor.backend.run(tensor.astype(predictor.dtype, copy=False))
+            raw.append((theirs, np.asarray(raw_out, np.float32).reshape(-1)))
+        runtime_key = predictor.backend.key
+    finally:
+        predictor.close()
+        torch.set_num_threads(threads)
+    numbers, failures = compare_classification(probs, precision, raw=raw)
+    tol = TOLERANCES.get(precision, TOLERANCES["fp32"])
+    if numbers["max_prob_deviation"] > tol.max_score:
+        failures.append(
+            f"probability deviation {numbers['max_prob_deviation']:.4f} > {tol.max_score}"
+        )
+    numbers.pop("tolerance")
+    return ParityReport(
+        precision=precision,
+        runtime=runtime_key,
+        images=len(images),
+        conf=0.0,
+        iou=0.0,
+        reference_detections=0,
+        export_detections=0,
+        matched=0,
+        match_ratio=1.0,
+        max_box_deviation_px=0.0,
+        max_score_deviation=0.0,
+        detections_decisive=False,
+        raw_max_box_deviation_px=None,
+        raw_max_score_deviation=numbers.pop("raw_max_score_deviation", None),
+        tolerance=asdict(tol),
+        passed=not failures,
+        failures=failures,
+        seconds=round(time.perf_counter() - t0, 3),
+        task="classify",
+        notes=[
+            "timm: the runtime's preprocessing (Pillow-bilinear letterbox, mean/std) is the "
+            "run's own, so the end-to-end probabilities decide as well as the raw ones"
+        ],
+        **numbers,
+    )
+
+
+def timm_accuracy(
+    package: Path,
+    checkpoint: Path,
+    images: list[Path],
+    *,
+    runtime: str | None = None,
+    format_key: str | None = None,
+) -> dict[str, Any]:
+    """Top-1 accuracy of a timm package and of its PyTorch checkpoint on labelled images
+    (``<split>/<class>/image``: the parent folder names the class)."""
+    from exporters.formats.timm_common import (
+        load_timm_checkpoint,
+        reference_input,
+        reference_probabilities,
+    )
+
+    if not images:
+        return {"images": 0, "note": "no validation images"}
+    model = load_timm_checkpoint(checkpoint)
+    import torch
+
+    threads = torch.get_num_threads()
+    predictor = Predictor.from_path(package, runtime=runtime, format_key=format_key)
+    ours = theirs = 0
+    try:
+        for image in images:
+            label = (
+                model.class_names.index(image.parent.name)
+                if image.parent.name in model.class_names
+                else -1
+            )
+            dets, _ = predictor.predict(read_image(image))
+            assert dets.probs is not None
+            ours += int(int(np.argmax(dets.probs)) == label)
+            ref = reference_probabilities(model, reference_input(image, model))
+            theirs += int(int(np.argmax(ref)) == label)
+    finally:
+        predictor.close()
+        torch.set_num_threads(threads)
+    return {
+        "images": len(images),
+        "metric": "top1",
+        "export": round(ours / len(images), 4),
+        "pytorch": round(theirs / len(images), 4),
     }

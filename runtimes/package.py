@@ -18,7 +18,14 @@ from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    model_serializer,
+)
 
 from runtimes.errors import PackageError
 from runtimes.fileio import CHUNK, atomic_writer, fsync_dir, sha256_bytes
@@ -57,6 +64,21 @@ class Preprocessing(_Model):
     pad_value: int = 114
     scale: float = 1 / 255.0
     color: Literal["RGB", "BGR"] = "RGB"
+    # Optional (timm classifiers), written only when set so older readers still load the
+    # packages that do not use them: ``(x * scale - mean) / std`` per channel, in the
+    # tensor's channel order; ``interpolation: pil_bilinear`` resizes as Pillow's bilinear
+    # filter does (the images a timm run trained on), ``linear`` (the default) as OpenCV's.
+    mean: list[float] | None = Field(None, min_length=1, max_length=4)
+    std: list[float] | None = Field(None, min_length=1, max_length=4)
+    interpolation: Literal["linear", "pil_bilinear"] | None = None
+
+    @model_serializer(mode="wrap")
+    def _omit_unset(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        for key in ("mean", "std", "interpolation"):
+            if data.get(key) is None:
+                data.pop(key, None)
+        return data
 
 
 class MaskSpec(_Model):
@@ -153,10 +175,26 @@ class Manifest(_Model):
     provenance: Provenance = Field(default_factory=Provenance)
     files: dict[str, FileEntry]
     self_test: SelfTest | None = None
+    # More formats of the same model in the same package (same input, output layout and
+    # classes); ``format`` stays the primary one. Optional: a single-format package writes
+    # no ``alternates`` key, exactly as before, so older readers still load it.
+    alternates: list[FormatSpec] = Field(default_factory=list)
+
+    def all_formats(self) -> list[FormatSpec]:
+        """The primary format first, then the alternates."""
+        return [self.format, *self.alternates]
+
+    def format_for(self, key: str) -> FormatSpec:
+        """The format with this key (``onnx``, ``openvino``, ...); PackageError if absent."""
+        for spec in self.all_formats():
+            if spec.key == key:
+                return spec
+        have = ", ".join(s.key for s in self.all_formats())
+        raise PackageError(f"package {self.name} holds no {key} model (it has: {have})")
 
     def to_json(self) -> str:
-        # A package without a self-test writes no ``self_test`` key, exactly as before.
-        exclude = {"self_test"} if self.self_test is None else None
+        # A package without a self-test or alternates writes no such key, exactly as before.
+        exclude = {k for k in ("self_test", "alternates") if not getattr(self, k)} or None
         data = self.model_dump(mode="json", exclude=exclude)
         return json.dumps(data, indent=2, sort_keys=True) + "\n"
 
@@ -308,10 +346,9 @@ class PackageReader:
             raise PackageError(
                 f"package holds {extra[0]} which its manifest does not list; refusing it"
             )
-        if self.manifest.format.file not in listed:
-            raise PackageError(
-                f"model file {self.manifest.format.file} is not listed in the manifest"
-            )
+        for spec in self.manifest.all_formats():
+            if spec.file not in listed and not any(n.startswith(spec.file + "/") for n in listed):
+                raise PackageError(f"model file {spec.file} is not listed in the manifest")
         self_test = self.manifest.self_test
         if self_test is not None and self_test.input not in listed:
             raise PackageError(

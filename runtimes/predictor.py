@@ -13,7 +13,7 @@ import numpy as np
 from runtimes.backends import BackendRegistry, default_registry
 from runtimes.detections import Detections
 from runtimes.errors import PackageError
-from runtimes.package import Manifest, PackageReader, read_manifest_dir
+from runtimes.package import FormatSpec, Manifest, PackageReader, read_manifest_dir
 from runtimes.postprocess import (
     postprocess_classify,
     postprocess_detect,
@@ -74,7 +74,19 @@ class Timing:
 
 
 class Predictor:
-    """A loaded model ready to answer. Thread-compatible: one call at a time per instance."""
+    """A loaded model ready to answer. Thread-compatible: one call at a time per instance.
+
+    Args:
+        folder: an extracted package folder.
+        runtime: the backend key to run it with (default: the first available backend for
+            the chosen format).
+        threads: intra-op threads for the backend (its default when None).
+        registry: the backends to choose from (default: :func:`default_registry`).
+        format_key: which format of a multi-format package to load (``onnx``,
+            ``torchscript``, ``openvino``, ...; see ``Manifest.all_formats``). None picks the
+            primary format, or, when ``runtime`` is given and cannot run the primary, the
+            first of the package's formats that runtime runs.
+    """
 
     def __init__(
         self,
@@ -83,18 +95,27 @@ class Predictor:
         runtime: str | None = None,
         threads: int | None = None,
         registry: BackendRegistry | None = None,
+        format_key: str | None = None,
     ) -> None:
         self.folder = Path(folder)
         self.manifest: Manifest = read_manifest_dir(self.folder)
         registry = registry or default_registry()
-        backend_cls = (
-            registry.get(runtime) if runtime else registry.for_format(self.manifest.format.key)
-        )
-        if self.manifest.format.key not in backend_cls.formats:
+        backend_cls = registry.get(runtime) if runtime else None
+        if format_key is not None:
+            fmt = self.manifest.format_for(format_key)
+        elif backend_cls is not None:
+            runnable = [f for f in self.manifest.all_formats() if f.key in backend_cls.formats]
+            fmt = runnable[0] if runnable else self.manifest.format
+        else:
+            fmt = self.manifest.format
+        if backend_cls is None:
+            backend_cls = registry.for_format(fmt.key)
+        if fmt.key not in backend_cls.formats:
             raise PackageError(
-                f"runtime {backend_cls.key} cannot run format {self.manifest.format.key}; pick another --runtime"
+                f"runtime {backend_cls.key} cannot run format {fmt.key}; pick another --runtime"
             )
-        self.backend = backend_cls(self.folder / self.manifest.format.file, threads=threads)
+        self.format: FormatSpec = fmt
+        self.backend = backend_cls(self.folder / fmt.file, threads=threads)
         spec = self.manifest.model
         self.class_names = tuple(spec.class_names)
         self.input_hw = (spec.input.height, spec.input.width)
@@ -134,8 +155,13 @@ class Predictor:
         if pre.resize == "center_crop":
             placed, info = center_crop(img_bgr, self.input_hw)
         else:
-            placed, info = letterbox(img_bgr, self.input_hw, pre.pad_value)
-        return to_tensor(placed, rgb=pre.color == "RGB", scale=pre.scale, dtype=self.dtype), info
+            placed, info = letterbox(
+                img_bgr, self.input_hw, pre.pad_value, interpolation=pre.interpolation
+            )
+        tensor = to_tensor(
+            placed, rgb=pre.color == "RGB", scale=pre.scale, mean=pre.mean, std=pre.std
+        )
+        return tensor.astype(self.dtype, copy=False), info
 
     def decode(
         self,

@@ -1,7 +1,15 @@
-"""Image preprocessing: decode and letterbox, matching Ultralytics' LetterBox exactly."""
+"""Image preprocessing: decode and letterbox, matching Ultralytics' LetterBox exactly.
+
+A letterbox resizes with OpenCV's bilinear filter by default; ``interpolation="pil_bilinear"``
+resizes as Pillow's ``Image.resize(..., BILINEAR)`` does, bit for bit (the antialiased
+filter and 8-bit fixed-point arithmetic of its resampler), for models trained on images
+Pillow resized (timm runs). :func:`to_tensor` optionally normalises with a per-channel
+mean and std after scaling.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +19,7 @@ import numpy as np
 from runtimes.errors import ImageDecodeError
 
 MAX_IMAGE_PIXELS = 100_000_000
+PIL_PRECISION_BITS = 32 - 8 - 2  # Pillow's fixed-point precision for 8-bit resampling
 
 
 @dataclass(frozen=True)
@@ -49,17 +58,97 @@ def read_image(path: Path) -> np.ndarray:
         raise ImageDecodeError(f"{path}: {exc}") from None
 
 
+def _pil_coefficients(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pillow's bilinear resampling weights for one axis: the first input index of each output
+    pixel ``(out,)`` and the fixed-point weights ``(out, k)`` (zero beyond each pixel's span)."""
+    scale = in_size / out_size
+    filterscale = max(scale, 1.0)
+    support = 1.0 * filterscale
+    ksize = int(np.ceil(support)) * 2 + 1
+    starts = np.zeros(out_size, np.int64)
+    weights = np.zeros((out_size, ksize), np.int64)
+    one = 1 << PIL_PRECISION_BITS
+    for xx in range(out_size):
+        center = (xx + 0.5) * scale
+        xmin = max(int(center - support + 0.5), 0)
+        xmax = min(int(center + support + 0.5), in_size) - xmin
+        x = np.arange(xmax, dtype=np.float64)
+        w = np.clip(1.0 - np.abs((x + xmin - center + 0.5) / filterscale), 0.0, None)
+        total = w.sum()
+        if total != 0.0:
+            w = w / total
+        fixed = np.where(w < 0, np.trunc(-0.5 + w * one), np.trunc(0.5 + w * one))
+        starts[xx] = xmin
+        weights[xx, :xmax] = fixed.astype(np.int64)
+    return starts, weights
+
+
+def _pil_resample_axis(img: np.ndarray, out_size: int, axis: int) -> np.ndarray:
+    """One pass of Pillow's 8-bit bilinear resampler along ``axis`` (0: rows, 1: columns)."""
+    in_size = img.shape[axis]
+    starts, weights = _pil_coefficients(in_size, out_size)
+    src = np.moveaxis(img, axis, 0).astype(np.int64)
+    acc = np.full((out_size, *src.shape[1:]), 1 << (PIL_PRECISION_BITS - 1), np.int64)
+    extra = (1,) * (src.ndim - 1)
+    for k in range(weights.shape[1]):
+        index = np.minimum(starts + k, in_size - 1)
+        acc += src[index] * weights[:, k].reshape(out_size, *extra)
+    out = np.clip(acc >> PIL_PRECISION_BITS, 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(np.moveaxis(out, 0, axis))
+
+
+def resize_pil_bilinear(img: np.ndarray, size_wh: tuple[int, int]) -> np.ndarray:
+    """Resize a uint8 ``HxWxC`` image to ``size_wh`` as Pillow's ``Image.resize(size,
+    BILINEAR)`` does: with Pillow itself when it is installed (bit-exact), else with a numpy
+    port of its resampler (each single-axis pass is bit-exact; Pillow picks the order of the
+    two passes itself, so a two-axis resize may differ from it by one level on some pixels).
+    """
+    width, height = size_wh
+    if img.ndim == 3 and img.shape[2] == 3:
+        try:
+            from PIL import Image
+        except ImportError:
+            pass
+        else:
+            rgb = Image.fromarray(np.ascontiguousarray(img[:, :, ::-1]))
+            resized = rgb.resize((width, height), Image.Resampling.BILINEAR)
+            return np.ascontiguousarray(np.asarray(resized)[:, :, ::-1])
+    out = img
+    if height / img.shape[0] < width / img.shape[1]:  # the stronger reduction first
+        if out.shape[0] != height:
+            out = _pil_resample_axis(out, height, 0)
+        if out.shape[1] != width:
+            out = _pil_resample_axis(out, width, 1)
+        return out
+    if out.shape[1] != width:
+        out = _pil_resample_axis(out, width, 1)
+    if out.shape[0] != height:
+        out = _pil_resample_axis(out, height, 0)
+    return out
+
+
 def letterbox(
-    img: np.ndarray, new_hw: tuple[int, int], pad_value: int = 114
+    img: np.ndarray,
+    new_hw: tuple[int, int],
+    pad_value: int = 114,
+    *,
+    interpolation: str | None = None,
 ) -> tuple[np.ndarray, LetterboxInfo]:
-    """Resize keeping the aspect ratio and pad to ``new_hw``, centred (Ultralytics semantics)."""
+    """Resize keeping the aspect ratio and pad to ``new_hw``, centred (Ultralytics semantics).
+
+    ``interpolation``: None or ``linear`` (OpenCV's bilinear, as Ultralytics) or
+    ``pil_bilinear`` (Pillow's, see :func:`resize_pil_bilinear`).
+    """
     h0, w0 = img.shape[:2]
     nh, nw = new_hw
     r = min(nh / h0, nw / w0)
     unpad_w, unpad_h = max(round(w0 * r), 1), max(round(h0 * r), 1)
     dw, dh = (nw - unpad_w) / 2, (nh - unpad_h) / 2
     if (w0, h0) != (unpad_w, unpad_h):
-        img = cv2.resize(img, (unpad_w, unpad_h), interpolation=cv2.INTER_LINEAR)
+        if interpolation == "pil_bilinear":
+            img = resize_pil_bilinear(img, (unpad_w, unpad_h))
+        else:
+            img = cv2.resize(img, (unpad_w, unpad_h), interpolation=cv2.INTER_LINEAR)
     top, bottom = round(dh - 0.1), round(dh + 0.1)
     left, right = round(dw - 0.1), round(dw + 0.1)
     img = cv2.copyMakeBorder(
@@ -70,9 +159,16 @@ def letterbox(
 
 
 def to_tensor(
-    img_bgr: np.ndarray, *, rgb: bool = True, scale: float = 1 / 255.0, dtype: str = "float32"
+    img_bgr: np.ndarray,
+    *,
+    rgb: bool = True,
+    scale: float = 1 / 255.0,
+    dtype: str = "float32",
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
 ) -> np.ndarray:
-    """HWC BGR uint8 → NCHW float tensor (RGB by default), scaled."""
+    """HWC BGR uint8 → NCHW float tensor (RGB by default), scaled, then ``(x - mean) / std``
+    per channel (in the tensor's channel order) when ``mean``/``std`` are given."""
     chw = img_bgr[:, :, ::-1].transpose(2, 0, 1) if rgb else img_bgr.transpose(2, 0, 1)
     out = np.ascontiguousarray(chw[None], dtype=np.float32)
     divisor = 1.0 / scale
@@ -80,4 +176,8 @@ def to_tensor(
         out /= np.float32(round(divisor))  # bit-identical to Ultralytics' ``div_(255)``
     else:
         out *= np.float32(scale)
+    if mean is not None:
+        out -= np.asarray(mean, np.float32).reshape(1, -1, 1, 1)
+    if std is not None:
+        out /= np.asarray(std, np.float32).reshape(1, -1, 1, 1)
     return out.astype(dtype, copy=False)

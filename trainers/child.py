@@ -27,6 +27,12 @@ from trainers.protocol import (
     load_spec,
 )
 
+# Exit code of a child stopped by SIGINT (a cancel), as a shell reports an interrupted command.
+EXIT_CANCELLED = 130
+CANCEL_MESSAGE = (
+    "stopped by a cancel (SIGINT); resume it from its last checkpoint: outpost runs resume RUN"
+)
+
 
 def error_message(exc: BaseException) -> str:
     """One line for the ``error`` event: an Outpost error's own message, else ``Type: message``."""
@@ -45,7 +51,9 @@ def child_main(package: str, train_module: str, argv: list[str] | None = None) -
         argv: Command-line arguments (default: ``sys.argv[1:]``).
 
     Returns:
-        The exit code: 0 on success, 1 on a reported failure, 2 when reporting failed.
+        The exit code: 0 on success, 1 on a reported failure, 2 when reporting failed,
+        130 when stopped by SIGINT (the trainer saved nothing more than its last epoch's
+        ``last.pt``; the ``error`` event says so).
     """
     parser = argparse.ArgumentParser(prog=f"python -m {package}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -66,6 +74,10 @@ def child_main(package: str, train_module: str, argv: list[str] | None = None) -
             result = run_training(spec, events)
         except ReportingError:
             raise
+        except KeyboardInterrupt:
+            print(f"{package}: {CANCEL_MESSAGE}", file=sys.stderr)
+            events.emit("error", message=CANCEL_MESSAGE)
+            return EXIT_CANCELLED
         except Exception as exc:  # noqa: BLE001 - every failure is reported, then exit 1
             if not isinstance(exc, OutpostError):
                 traceback.print_exc(file=sys.stderr)
@@ -82,7 +94,9 @@ def run_as_main(package: str, train_module: str) -> None:
     """``__main__`` of a trainer package: run, then leave without the interpreter's teardown.
 
     Everything is written and reported by then; skipping the slow teardown of torch and
-    MLflow (about 2 s) lets the desktop see the run finish when it finishes.
+    MLflow (about 2 s) lets the desktop see the run finish when it finishes. A cancel
+    (SIGINT) ends here too: the interpreter's teardown would wait for data loader workers
+    and threads for seconds, until the executor's SIGTERM.
     """
     code = child_main(package, train_module)
     sys.stdout.flush()

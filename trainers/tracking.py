@@ -14,6 +14,9 @@ from typing import Any
 
 from trainers.protocol import JobSpec
 
+# How long a cancelled run waits for MLflow to record its end before the child exits.
+CANCEL_WAIT_S = 2.0
+
 
 def _mlflow_key(key: str) -> str:
     """MLflow metric names allow no parentheses (``metrics/mAP50(B)`` → ``metrics/mAP50B``)."""
@@ -40,7 +43,7 @@ class MlflowTracker:
         import mlflow
 
         spec = self.spec
-        mlflow.set_tracking_uri(spec.mlflow_tracking_uri)
+        mlflow.set_tracking_uri(str(spec.mlflow_tracking_uri))
         experiment = mlflow.get_experiment_by_name(spec.mlflow_experiment)
         if experiment is None:
             root = Path(spec.mlflow_artifact_root or Path(spec.run_dir) / "mlartifacts")
@@ -86,6 +89,17 @@ class MlflowTracker:
     def log_artifact(self, path: Path) -> None:
         if self.enabled and Path(path).exists():
             self._queue.put(("artifact", Path(path)))
+
+    def abort(self, exc: BaseException) -> None:
+        """End the run after a failure: ``KILLED`` for a cancel (SIGINT), else ``FAILED``.
+
+        A cancel waits at most :data:`CANCEL_WAIT_S` for MLflow (a store still being set up
+        is left as it is: the child is about to exit and the desktop records the cancel).
+        """
+        if isinstance(exc, KeyboardInterrupt):
+            self.finish("KILLED", timeout=CANCEL_WAIT_S)
+        else:
+            self.finish("FAILED")
 
     def finish(self, status: str, timeout: float = 300.0) -> None:
         """End the run and wait for every queued write."""

@@ -100,6 +100,16 @@ class Annotation:
     def to_json(self) -> list[Any]:
         """The stored form: ``[cls, cx, cy, w, h]`` plus a dict of extras when there are any."""
         row: list[Any] = [self.cls, self.cx, self.cy, self.w, self.h]
+        if not (
+            self.polygons
+            or self.keypoints
+            or self.iscrowd
+            or self.difficult
+            or self.truncated
+            or self.rle is not None
+            or self.score is not None
+        ):
+            return row  # a plain box (most of them)
         extra: dict[str, Any] = {}
         if self.polygons:
             extra["polygons"] = [list(p) for p in self.polygons]
@@ -367,9 +377,17 @@ def inspect_images(
         accepted.append(src)
     total = len(accepted)
     out: list[ScannedImage] = []
-    pool = ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1))
+    count = workers or min(8, os.cpu_count() or 1)
+    # runs of images per task: thousands of small images cost a few hundred hand-offs
+    size = max(1, min(64, -(-total // (4 * count))))
+    runs = [accepted[k : k + size] for k in range(0, total, size)]
+    pool = ThreadPoolExecutor(max_workers=count)
     try:
-        infos = pool.map(lambda src: _inspect_or_error(src, limit), accepted)
+        infos = (
+            info
+            for part in pool.map(lambda run: [_inspect_or_error(s, limit) for s in run], runs)
+            for info in part
+        )
         for i, (src, info) in enumerate(zip(accepted, infos, strict=True), start=1):
             if progress is not None:
                 progress("validate", i, total)

@@ -30,6 +30,7 @@ from device_agent.client import (
     AgentClient,
     AgentRejectedError,
     AgentUnreachableError,
+    IncompatibleProtocolError,
     pair_with_agent,
 )
 from device_agent.discovery import DeviceInfo, browse
@@ -246,15 +247,19 @@ def connect(
         )
     client = _client(ws, dev, agent_key)
     try:
-        info = client.info()
-    except AgentUnreachableError:
+        try:
+            info = client.info()
+        except AgentUnreachableError:
+            client.close()
+            if interfaces is None and not dev.info.get("addresses"):
+                raise
+            discover(ws, interfaces, timeout=5.0, want_id=dev.id)
+            dev = get_device(ws, dev.id)
+            client = _client(ws, dev, agent_key)
+            info = client.info()
+    except IncompatibleProtocolError as exc:  # refused: the message says which side to update
         client.close()
-        if interfaces is None and not dev.info.get("addresses"):
-            raise
-        discover(ws, interfaces, timeout=5.0, want_id=dev.id)
-        dev = get_device(ws, dev.id)
-        client = _client(ws, dev, agent_key)
-        info = client.info()
+        raise DeviceError(f"device {dev.name} ({dev.id}): {exc}") from None
     if info.get("agent_id") != dev.id or info.get("paired") is not True:
         client.close()
         raise DeviceError(
@@ -289,7 +294,9 @@ def deploy(
             f"({'; '.join((exp.details.get('validation') or {}).get('failures') or ['see outpost exports list --json'])}); "
             "it is not deployed: re-export the run or use another format"
         )
-    if exp.status != "completed" or package is None or not package.exists():
+    # An unvalidated export (e.g. CoreML, which no runtime here can check) goes to a device
+    # that can run it: the agent's self-test checks it there before it serves.
+    if exp.status not in ("completed", "unvalidated") or package is None or not package.exists():
         raise NotFoundError(
             f"export {exp.id} has no package to deploy (status {exp.status}); export the run again"
         )
@@ -310,6 +317,8 @@ def deploy(
                     "activated",
                     "runtime",
                     "providers",
+                    "format",
+                    "formats",
                     "benchmark",
                     "fallback",
                     "self_test",
@@ -442,8 +451,8 @@ def pull_usage(
 ) -> list[dict[str, Any]]:
     """Fetch a device's latency and request counts per model and store them as usage samples.
 
-    UsageSample has no throughput column: each model's latest throughput (requests per second
-    over the device's last minute) and per-version usage go to ``Device.info["usage"]``.
+    Each sample records the model's throughput (requests per second over the device's last
+    minute); per-version usage goes to ``Device.info["usage"]``.
     """
     dev, client = connect(ws, device_id, interfaces)
     with client:
@@ -465,6 +474,7 @@ def pull_usage(
                 p90_ms=float(lat.get("p90", 0.0)),
                 p99_ms=float(lat.get("p99", 0.0)),
                 mean_ms=float(lat.get("mean", 0.0)),
+                throughput_rps=float(st.get("throughput_rps", 0.0)),
             )
             s.add(sample)
             rows.append(
@@ -479,7 +489,7 @@ def pull_usage(
                     "p50_ms": sample.p50_ms,
                     "p90_ms": sample.p90_ms,
                     "p99_ms": sample.p99_ms,
-                    "throughput_rps": float(st.get("throughput_rps", 0.0)),
+                    "throughput_rps": sample.throughput_rps,
                 }
             )
             latest[model_name] = {
@@ -495,6 +505,29 @@ def pull_usage(
         if row is not None:
             row.info = {**(row.info or {}), USAGE_KEY: latest}
     return rows
+
+
+def sync_usage(ws: Any, interfaces: list[str] | None = None) -> list[dict[str, Any]]:
+    """Pull the usage of every paired device into the workspace (``outpost devices sync``).
+
+    The desktop listens on no port: agents keep their usage (counters, latency histogram and
+    a per-minute series) and the desktop pulls it whenever it reaches them. A device that does
+    not answer is reported with its ``error`` and keeps its last samples.
+    """
+    out = []
+    for d in list_devices(ws):
+        if not d["paired"]:
+            continue
+        row: dict[str, Any] = {"device": d["id"], "device_name": d["name"]}
+        try:
+            pulled = pull_usage(ws, d["id"], interfaces)
+        except OutpostError as exc:
+            row.update({"models": 0, "requests": 0, "error": str(exc)})
+        else:
+            requests = sum(r["requests"] for r in pulled)
+            row.update({"models": len(pulled), "requests": requests, "error": None})
+        out.append(row)
+    return out
 
 
 def list_devices(ws: Any) -> list[dict[str, Any]]:
@@ -632,6 +665,7 @@ def device_detail(ws: Any, device_id: str, interfaces: list[str] | None = None) 
 
 
 def _deployment_json(d: Deployment, names: dict[str, str]) -> dict[str, Any]:
+    details = d.details or {}
     return {
         "id": d.id,
         "created_at": _iso(d.created_at),
@@ -642,7 +676,13 @@ def _deployment_json(d: Deployment, names: dict[str, str]) -> dict[str, Any]:
         "action": d.action,
         "status": d.status,
         "message": d.message,
-        "details": dict(d.details or {}),
+        # the device's runtime choice at deploy time (format, runtime, benchmark, fallback)
+        "format": details.get("format"),
+        "runtime": details.get("runtime"),
+        "providers": details.get("providers"),
+        "benchmark": details.get("benchmark"),
+        "fallback": details.get("fallback"),
+        "details": dict(details),
     }
 
 
@@ -689,7 +729,7 @@ def usage_report(
 
     With ``pull`` the device (or, without ``device_id``, every paired device) is asked first;
     a device that does not answer keeps its last samples and is named in a ``warning`` row
-    field. Throughput comes from ``Device.info["usage"]`` (see :func:`pull_usage`).
+    field. Throughput is the sample's own (requests per second over the device's last minute).
     """
     device = get_device(ws, device_id).id if device_id else None
     warnings: dict[str, str] = {}
@@ -723,7 +763,7 @@ def usage_report(
                     "p50_ms": u.p50_ms,
                     "p90_ms": u.p90_ms,
                     "p99_ms": u.p99_ms,
-                    "throughput_rps": float(extra.get("throughput_rps", 0.0)),
+                    "throughput_rps": u.throughput_rps,
                     "collected_at": _iso(u.collected_at),
                     "warning": warnings.get(u.device_id),
                 }

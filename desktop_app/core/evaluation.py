@@ -12,8 +12,11 @@ exporting validates parity against the checkpoint and takes a while; it stays an
 step). Model classes map to dataset classes by name; classes only the dataset has score
 zero, detections of classes only the model has are left out, both are reported.
 
-Segmentation and pose packages are evaluated on their boxes. Classification (top-1/top-5)
-is not measured here yet and is refused.
+Segmentation and pose packages are evaluated on their boxes. Classification runs are
+measured on a classification dataset by :func:`classification_metrics`: top-1 and top-5
+accuracy, per-class precision, recall and (one-vs-rest) accuracy and a confusion matrix,
+from the package's class probabilities, or, for a timm run (which has no exporter), from
+its best checkpoint run by :class:`trainers.timm.predict.TimmClassifier`.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ if TYPE_CHECKING:
 __all__ = [
     "SPLITS",
     "class_mapping",
+    "classification_metrics",
     "evaluate",
     "get_evaluation",
     "list_evaluations",
@@ -170,10 +174,15 @@ def evaluate(
     """
     from desktop_app.core.dataset_export import load_version
     from desktop_app.core.datasets import find_version
+    from desktop_app.core.training import resolve_run
     from runtimes.predictor import Predictor
 
     check_split(split)
     _check_thresholds(conf, iou, max_det)
+    if str(resolve_run(ws, run_ref).task) == "classify":
+        return _evaluate_classification(
+            ws, run_ref, dataset, version, split, export_id=export_id, progress=progress
+        )
     run_id, exp, package = resolve_export(ws, run_ref, export_id)
     with ws.session() as s:
         _, row = find_version(s, dataset, version)
@@ -284,6 +293,265 @@ def evaluate(
             )
         )
     return get_evaluation(ws, eval_id)
+
+
+def classification_metrics(
+    true: np.ndarray, probs: np.ndarray, names: list[str] | tuple[str, ...], k: int = 5
+) -> tuple[dict[str, Any], list[dict[str, Any]], list[list[int]]]:
+    """Top-1/top-k accuracy, per-class results and the confusion matrix of a classifier.
+
+    Args:
+        true: ``(N,)`` the true class of each image, indices into ``names``.
+        probs: ``(N, C)`` class scores per image, columns in the order of ``names``
+            (``C >= len(names)`` only counts for ranking: extra columns are classes the
+            model has and the dataset lacks, never right).
+        names: The dataset's class names (the rows of ``per_class``).
+        k: The ``k`` of top-k (5; fewer when there are fewer columns).
+
+    Returns:
+        ``(metrics, per_class, matrix)``: ``metrics`` holds ``top1``, ``top5`` (top-``k``),
+        ``images``, ``classes`` and the macro means of precision, recall and accuracy over
+        the classes with images; ``per_class`` one row per name with ``images`` (true ones),
+        ``predicted``, ``precision``, ``recall`` (its top-1 accuracy), ``accuracy``
+        (one-vs-rest: images rightly called it or rightly not, over all images; None for
+        precision when nothing was predicted as it, for recall without images);
+        ``matrix`` ``C x C`` counts, rows the predicted (top-1) class, columns the true one,
+        like Ultralytics' classification confusion matrix.
+    """
+    true = np.asarray(true, np.int64).reshape(-1)
+    probs = np.asarray(probs, np.float64).reshape(len(true), -1)
+    n, c = probs.shape
+    kk = max(1, min(k, c))
+    order = np.argsort(-probs, axis=1, kind="stable")[:, :kk] if n else np.zeros((0, kk), int)
+    pred = order[:, 0] if n else np.zeros(0, np.int64)
+    matrix = np.zeros((c, c), np.int64)
+    np.add.at(matrix, (pred, true), 1)
+    per_class: list[dict[str, Any]] = []
+    for i, name in enumerate(names):
+        tp = int(matrix[i, i])
+        support = int(matrix[:, i].sum())
+        predicted = int(matrix[i, :].sum())
+        tn = n - support - predicted + tp
+        per_class.append(
+            {
+                "class": name,
+                "images": support,
+                "predicted": predicted,
+                "precision": tp / predicted if predicted else None,
+                "recall": tp / support if support else None,
+                "accuracy": (tp + tn) / n if n else None,
+            }
+        )
+    seen = [r for r in per_class if r["images"]]
+
+    def mean(key: str) -> float | None:
+        values = [float(r[key]) for r in seen if r[key] is not None]
+        return float(np.mean(values)) if values else None
+
+    metrics = {
+        "top1": float((pred == true).mean()) if n else None,
+        "top5": float((order == true[:, None]).any(axis=1).mean()) if n else None,
+        "top_k": kk,
+        "images": n,
+        "classes": len(names),
+        "precision": mean("precision"),
+        "recall": mean("recall"),
+        "accuracy": mean("accuracy"),
+    }
+    return metrics, per_class, matrix.tolist()
+
+
+def _evaluate_classification(
+    ws: Workspace,
+    run_ref: str,
+    dataset: str,
+    version: str | int | None,
+    split: str,
+    *,
+    export_id: str | None,
+    progress: Progress | None,
+) -> dict[str, Any]:
+    """:func:`evaluate` for a classification run (see :func:`classification_metrics`)."""
+    from desktop_app.core.dataset_export import load_version
+    from desktop_app.core.datasets import find_version
+    from desktop_app.core.training import resolve_run
+
+    run = resolve_run(ws, run_ref)
+    run_id, framework = run.id, str(run.framework)
+    data = load_version(ws, dataset, version)
+    if data.task != "classify":
+        raise InvalidArgumentError(
+            f"run {run_id} is a classification model and dataset {dataset!r} is a "
+            f"{data.task} dataset: evaluate it on a classification dataset"
+        )
+    with ws.session() as s:
+        _, row = find_version(s, dataset, version)
+        version_id = row.id
+        stored = s.get(TrainingRun, run_id)
+        run_metrics = dict(stored.final_metrics) if stored is not None else {}
+        checkpoint = stored.best_checkpoint if stored is not None else None
+    in_split = [it for it in data.items if it.split == split]
+    items = [it for it in in_split if it.label_status == "labelled" and it.annotations]
+    if not items:
+        raise InvalidArgumentError(
+            f"{dataset} {data.version} has no labelled images in the {split} split "
+            f"({len(in_split)} images); pick another --split or split it with "
+            "`outpost dataset split`"
+        )
+    t_start = time.perf_counter()
+    classify, close, model_classes, source = _classifier(
+        ws, run_id, framework, export_id, checkpoint
+    )
+    try:
+        names = list(data.class_names)
+        mapping, missing, extra = class_mapping(model_classes, names)
+        if not mapping:
+            raise InvalidArgumentError(
+                f"run {run_id} predicts {', '.join(model_classes)} and dataset {dataset!r} "
+                f"has {', '.join(names)}: no class name in common; evaluate on a dataset "
+                "with the model's classes"
+            )
+        # dataset classes first, then the model's own extra classes (always wrong)
+        columns = np.array(
+            [
+                mapping[m] if m in mapping else len(names) + extra.index(model_classes[m])
+                for m in range(len(model_classes))
+            ],
+            np.int64,
+        )
+        probs = np.zeros((len(items), len(names) + len(extra)), np.float64)
+        true = np.zeros(len(items), np.int64)
+        times: list[float] = []
+        for i, item in enumerate(items):
+            true[i] = int(item.annotations[0].cls)
+            data_bytes = require_blob(ws.blobs, item.sha256).read_bytes()
+            t0 = time.perf_counter()
+            p = np.asarray(classify(data_bytes), np.float64).reshape(-1)
+            times.append((time.perf_counter() - t0) * 1e3)
+            if p.size != len(model_classes):
+                raise InvalidArgumentError(
+                    f"the model of run {run_id} gave {p.size} scores for "
+                    f"{len(model_classes)} classes; export the run again"
+                )
+            probs[i, columns] = p
+            if progress is not None:
+                progress("evaluate", i + 1, len(items))
+    finally:
+        close()
+    metrics, per_class, matrix = classification_metrics(true, probs, names)
+    labels = [*names, *extra]
+    predicted = np.argsort(-probs, axis=1, kind="stable")[:, 0]
+    warnings = []
+    if missing:
+        warnings.append(f"the model has no class {', '.join(missing)}: its images are always wrong")
+    if extra:
+        warnings.append(
+            f"the model also predicts {', '.join(extra)}, which the dataset lacks: "
+            "such predictions count as wrong"
+        )
+    ms = np.asarray(times)
+    details = {
+        "kind": "classify",
+        "confusion": {"labels": labels, "matrix": matrix, "rows": "predicted", "columns": "true"},
+        "counts": {
+            "images": len(items),
+            "unlabelled_skipped": len(in_split) - len(items),
+        },
+        "export": {**source, "task": "classify"},
+        "params": {"top_k": metrics["top_k"]},
+        "class_mapping": {model_classes[m]: names[d] for m, d in mapping.items()},
+        "model_classes": list(model_classes),
+        "predictions": [
+            {"file": it.file_name, "true": names[int(t)], "predicted": labels[int(p)]}
+            for it, t, p in zip(items, true, predicted, strict=True)
+        ],
+        "warnings": warnings,
+        "timings": {
+            "per_image_ms_mean": round(float(ms.mean()), 3),
+            "per_image_ms_p50": round(float(np.percentile(ms, 50)), 3),
+            "total_s": round(time.perf_counter() - t_start, 3),
+        },
+        "run_metrics": {
+            k: run_metrics[k]
+            for k in ("metrics/accuracy_top1", "metrics/accuracy_top5")
+            if k in run_metrics
+        },
+    }
+    eval_id = "eval-" + uuid.uuid4().hex[:10]
+    with ws.session() as s:
+        s.add(
+            Evaluation(
+                id=eval_id,
+                run_id=run_id,
+                export_id=source.get("id"),
+                dataset_version_id=version_id,
+                split=split,
+                status="completed",
+                metrics=metrics,
+                per_class=per_class,
+                details=details,
+            )
+        )
+    return get_evaluation(ws, eval_id)
+
+
+def _classifier(
+    ws: Workspace,
+    run_id: str,
+    framework: str,
+    export_id: str | None,
+    checkpoint: str | None,
+) -> tuple[Callable[[bytes], np.ndarray], Callable[[], None], tuple[str, ...], dict[str, Any]]:
+    """``(image bytes → class probabilities, close, model classes, what ran)`` for a run.
+
+    The export given, else the run's newest completed ONNX export; a timm run without one
+    runs its best checkpoint (timm models have no exporter).
+    """
+    from runtimes.predictor import Predictor
+
+    if export_id is None and framework == "timm":
+        try:
+            _newest_onnx_export(ws, run_id)
+        except NotFoundError:
+            if not checkpoint or not ws.resolve(checkpoint).is_file():
+                raise NotFoundError(
+                    f"run {run_id} has no best checkpoint to evaluate; train it to the end "
+                    f"or resume it: outpost runs resume {run_id}"
+                ) from None
+            from trainers.timm.predict import TimmClassifier
+
+            model = TimmClassifier(ws.resolve(checkpoint))
+            source = {
+                "id": None,
+                "format": "checkpoint",
+                "runtime": "torch",
+                "checkpoint": checkpoint,
+            }
+            return model.probs, lambda: None, model.class_names, source
+    _, exp, package = resolve_export(ws, run_id, export_id)
+    predictor = Predictor.from_path(package)
+    if predictor.manifest.model.postprocessing.kind != "classify":
+        predictor.close()
+        raise InvalidArgumentError(
+            f"export {exp.id} is a {predictor.manifest.model.task} model, not a classifier; "
+            "pick an export of this classification run"
+        )
+
+    def probs(data: bytes) -> np.ndarray:
+        dets, _ = predictor.predict_bytes(data)
+        if dets.probs is None:
+            raise InvalidArgumentError(
+                f"export {exp.id} gave no class probabilities; export the run again"
+            )
+        return dets.probs
+
+    source = {
+        "id": exp.id,
+        "format": exp.format,
+        "runtime": predictor.backend.key,
+        "package_sha256": exp.package_sha256,
+    }
+    return probs, predictor.close, tuple(predictor.class_names), source
 
 
 def _predict_items(

@@ -115,6 +115,10 @@ def process_start_time(pid: int) -> str | None:
         return None
 
 
+# How long ``exit_code`` waits for a child that has exited but is not reaped yet.
+EXIT_CODE_WAIT_S = 5.0
+
+
 def _default_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
@@ -171,7 +175,15 @@ class LocalExecutor:
     def exit_code(self, handle: Handle) -> int | None:
         """Known only for children this executor started (a re-attached one has no parent here)."""
         proc = self._own(handle)
-        return None if proc is None else proc.poll()
+        if proc is None:
+            return None
+        code = proc.poll()
+        if code is None and handle.pid is not None and process_start_time(handle.pid) is None:
+            # its main thread has exited and the rest of it is being torn down: the code is
+            # about to be there (waiting here keeps it from being recorded as unknown)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                code = proc.wait(timeout=EXIT_CODE_WAIT_S)
+        return code
 
     def _signal(self, handle: Handle, sig: signal.Signals) -> None:
         if handle.pid is None or not self.is_alive(handle):
@@ -191,12 +203,27 @@ class LocalExecutor:
         return True
 
     def signal_cancel(self, handle: Handle, grace_s: float) -> None:
-        """SIGINT (the trainer stops and saves), SIGTERM halfway through the grace, then SIGKILL."""
-        self._signal(handle, signal.SIGINT)
-        if self._wait_gone(handle, grace_s / 2):
+        """SIGINT (the trainer stops and saves), SIGTERM halfway through the grace, then SIGKILL.
+
+        A trainer child reports the cancel and exits without the interpreter's teardown as
+        soon as its SIGINT lands (``trainers.child``), so the grace is rarely used. Once the
+        child is gone, whatever is left of its process group (data loader workers that
+        have not noticed yet) is killed.
+        """
+        try:
+            self._signal(handle, signal.SIGINT)
+            if self._wait_gone(handle, grace_s / 2):
+                return
+            self._signal(handle, signal.SIGTERM)
+            if self._wait_gone(handle, grace_s / 2):
+                return
+            self._signal(handle, signal.SIGKILL)
+            self._wait_gone(handle, 10.0)
+        finally:
+            self._kill_leftovers(handle)
+
+    def _kill_leftovers(self, handle: Handle) -> None:
+        if handle.pid is None or self.is_alive(handle):
             return
-        self._signal(handle, signal.SIGTERM)
-        if self._wait_gone(handle, grace_s / 2):
-            return
-        self._signal(handle, signal.SIGKILL)
-        self._wait_gone(handle, 10.0)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(handle.pid, signal.SIGKILL)  # the group outlives its leader's exit

@@ -22,6 +22,7 @@ from exporters.validation import (
     TOLERANCES,
     measure_latency,
     reference_detections,
+    timm_accuracy,
     validate_package,
     validation_images,
 )
@@ -34,6 +35,9 @@ MAP_CONF = 0.001  # like a validation run
 CALIBRATION_IMAGES = 300
 LATENCY_RUNS = 30
 LATENCY_WARMUP = 5
+# Exported, packaged and verified, but no runtime here can run it to check parity (CoreML
+# off macOS): deployable by ID to a device that can, never chosen as a run's latest.
+UNVALIDATED = "unvalidated"
 
 
 def _slug(text: str) -> str:
@@ -210,6 +214,102 @@ def accuracy_failures(accuracy: dict[str, Any], precision: str) -> list[str]:
     return []
 
 
+@dataclasses.dataclass
+class _Built:
+    """One format exported, packaged alone and validated (before it is recorded)."""
+
+    key: str
+    precision: str
+    artifact: Any
+    validation: dict[str, Any]
+    latency: dict[str, Any]
+    failures: list[str]
+    unvalidated: bool = False  # parity could not run here (no runtime for the format)
+
+
+def _export_and_validate(
+    ws: Any,
+    run: Any,
+    exporter: Any,
+    prec: str,
+    *,
+    checkpoint: Path,
+    size: int,
+    export_dir: Path,
+    build_dir: Path,
+    package_path: Path,
+    package_args: dict[str, Any],
+    dataset_name: str,
+    version_number: int,
+) -> _Built:
+    """Export one format into ``build_dir``, package it alone at ``package_path``, and measure
+    parity, accuracy and latency; the package is then rebuilt carrying its own numbers."""
+    key = exporter.capability.key
+    config_dir = Path(ws.root) / "yolo_config"
+    options: dict[str, Any] = {"config_dir": str(config_dir)}
+    if prec == "int8":
+        options["calibration_images"] = [
+            str(p)
+            for p in calibration_images(
+                ws, run, dataset_name, version_number, export_dir / "calibration"
+            )
+        ]
+    artifact = try_export(
+        exporter,
+        ExportRequest(
+            checkpoint=checkpoint,
+            framework=run.framework,
+            task=run.task,
+            imgsz=size,
+            out_dir=build_dir,
+            precision=prec,
+            options=options,
+        ),
+    )
+    args = {**package_args, "out_path": package_path}
+    build_package(artifact, **args)
+    parity = artifact.details.get("parity")
+    if isinstance(parity, dict) and parity.get("status") == "not_run":
+        # A format no runtime here can run (CoreML off macOS): kept, marked unvalidated with
+        # the reason, never "completed", so it never becomes the run's latest by accident.
+        reason = str(parity.get("reason") or "no runtime for this format on this machine")
+        not_run: dict[str, Any] = {"status": "not_run", "reason": reason, "passed": None}
+        not_run["failures"] = []
+        build_package(artifact, validation=not_run, **args)
+        with PackageReader(package_path) as reader:
+            reader.verify()
+        return _Built(key, prec, artifact, not_run, {}, [], unvalidated=True)
+    images = _validation_images(ws, run, dataset_name, version_number, export_dir / "valdata")
+    report = validate_package(
+        package_path, checkpoint, images, precision=prec, config_dir=config_dir
+    )
+    validation = report.as_dict()
+    failures = list(report.failures)
+    folder = _data_folder(ws, run, dataset_name, version_number, export_dir / "valdata", "val")
+    if run.framework == "timm":
+        accuracy = timm_accuracy(
+            package_path, checkpoint, _split_images(folder, "val", "classify", MAP_IMAGES)
+        )
+    else:
+        accuracy = export_accuracy(
+            package_path, checkpoint, folder, run.task, config_dir=config_dir
+        )
+    failures += accuracy_failures(accuracy, prec)
+    validation.update(accuracy=accuracy, passed=not failures, failures=failures)
+    latency = measure_latency(package_path, images[0], runs=LATENCY_RUNS, warmup=LATENCY_WARMUP)
+    # The package carries its own parity, accuracy and latency numbers: rebuild it.
+    artifact = dataclasses.replace(artifact, details={**artifact.details, "latency": latency})
+    build_package(
+        artifact,
+        validation=validation,
+        sample_image=images[0] if images else None,  # the self-test input
+        **args,
+    )
+    with PackageReader(package_path) as reader:
+        reader.verify()
+    return _Built(key, prec, artifact, validation, latency, failures)
+
+
 def export_run(
     ws: Any,
     run_ref: str,
@@ -217,12 +317,19 @@ def export_run(
     *,
     imgsz: int | None = None,
     precision: str | None = None,
+    bundle: bool = False,
 ) -> list[dict[str, Any]]:
     """Export a completed run to each format and validate each against the PyTorch model.
 
     Each export ends ``completed`` (within its parity tolerance), ``failed_validation``
     (package kept, numbers recorded, not deployable as ``latest``) or ``failed`` (nothing
     kept). Failures are recorded and reported, not hidden.
+
+    ``bundle`` writes ONE package holding every format (one record): each format is
+    exported and validated on its own first, then packaged together, the first format as
+    the manifest's ``format`` and the others as ``alternates``, each with its own parity,
+    accuracy and latency in its ``details``. The bundle is ``failed`` (nothing kept) when any
+    format fails, and ``failed_validation`` when any format is outside its tolerance.
     """
     from desktop_app.core.errors import NotFoundError
 
@@ -238,6 +345,14 @@ def export_run(
             raise ExportError(
                 f"{cap.key} export has no {prec} precision (choose {', '.join(cap.precisions)})"
             )
+    if bundle:
+        keys = [exporter.capability.key for exporter, _ in jobs]
+        twice = next((k for k in keys if keys.count(k) > 1), None)
+        if twice:
+            raise ExportError(
+                f"a bundle holds one model per format; {twice} is asked for twice "
+                "(export the other precision without --bundle-formats)"
+            )
     with ws.session() as s:
         version = s.get(DatasetVersion, run.dataset_version_id)
         dataset = s.get(Dataset, version.dataset_id)
@@ -252,13 +367,20 @@ def export_run(
         version_number = version.number
     size = int(imgsz or run.params.get("imgsz") or 640)
     checkpoint = ws.resolve(run.best_checkpoint)
+    name = _slug(f"{dataset_name}-{Path(run.model).stem}")
+    common = {
+        "checkpoint": checkpoint,
+        "size": size,
+        "dataset_name": dataset_name,
+        "version_number": version_number,
+    }
+    if bundle:
+        return [_export_bundle(ws, run, jobs, name, provenance, common)]
     results = []
     for exporter, prec in jobs:
         key = exporter.capability.key
         export_id = "exp-" + uuid.uuid4().hex[:10]
         export_dir = Path(ws.root) / "exports" / export_id
-        build_dir = export_dir / "build"
-        name = _slug(f"{dataset_name}-{Path(run.model).stem}")
         suffix = key if prec == "fp32" else f"{key}-{prec}"
         package_path = export_dir / f"{name}-{suffix}{PACKAGE_SUFFIX}"
         record: dict[str, Any] = {
@@ -267,122 +389,197 @@ def export_run(
             "format": key,
             "precision": prec,
         }
-        validation: dict[str, Any] | None = None
-        latency: dict[str, Any] | None = None
-        options: dict[str, Any] = {"config_dir": str(Path(ws.root) / "yolo_config")}
+        built: _Built | None = None
         try:
-            if prec == "int8":
-                options["calibration_images"] = [
-                    str(p)
-                    for p in calibration_images(
-                        ws, run, dataset_name, version_number, export_dir / "calibration"
-                    )
-                ]
-            artifact = try_export(
+            built = _export_and_validate(
+                ws,
+                run,
                 exporter,
-                ExportRequest(
-                    checkpoint=checkpoint,
-                    framework=run.framework,
-                    task=run.task,
-                    imgsz=size,
-                    out_dir=build_dir,
-                    precision=prec,
-                    options=options,
-                ),
+                prec,
+                export_dir=export_dir,
+                build_dir=export_dir / "build",
+                package_path=package_path,
+                package_args=_package_args(name, export_id, run, provenance),
+                **common,
             )
-            package_args: dict[str, Any] = {
-                "name": name,
-                "version": export_id,
-                "out_path": package_path,
-                "framework": run.framework,
-                "task": run.task,
-                "provenance": provenance,
-            }
-            build_package(artifact, **package_args)
-            images = _validation_images(
-                ws, run, dataset_name, version_number, export_dir / "valdata"
-            )
-            report = validate_package(
-                package_path,
-                checkpoint,
-                images,
-                precision=prec,
-                config_dir=Path(ws.root) / "yolo_config",
-            )
-            validation = report.as_dict()
-            failures = list(report.failures)
-            folder = _data_folder(
-                ws, run, dataset_name, version_number, export_dir / "valdata", "val"
-            )
-            accuracy = export_accuracy(
-                package_path,
-                checkpoint,
-                folder,
-                run.task,
-                config_dir=Path(ws.root) / "yolo_config",
-            )
-            failures += accuracy_failures(accuracy, prec)
-            validation.update(accuracy=accuracy, passed=not failures, failures=failures)
-            latency = measure_latency(
-                package_path, images[0], runs=LATENCY_RUNS, warmup=LATENCY_WARMUP
-            )
-            # The package carries its own parity, accuracy and latency numbers: rebuild it.
-            artifact = dataclasses.replace(
-                artifact, details={**artifact.details, "latency": latency}
-            )
-            manifest = build_package(
-                artifact,
-                validation=validation,
-                sample_image=images[0] if images else None,  # the self-test input
-                **package_args,
-            )
-            with PackageReader(package_path) as reader:
-                reader.verify()
-            shutil.rmtree(build_dir, ignore_errors=True)
-            shutil.rmtree(export_dir / "valdata", ignore_errors=True)
-            shutil.rmtree(export_dir / "calibration", ignore_errors=True)
-            record.update(
-                status="completed" if not failures else "failed_validation",
-                package=str(package_path),
-                sha256=sha256_file(package_path),
-                seconds=artifact.seconds,
-                validation=validation,
-                latency=latency,
-                manifest=manifest.model_dump(mode="json"),
-            )
-            if failures:
-                record["error"] = "outside parity tolerance: " + "; ".join(failures)
-        except OutpostError as exc:
+            _clean_scratch(export_dir)
+            record.update(_completed(package_path, built.artifact.seconds, built))
+        except Exception as exc:  # noqa: BLE001 - an OutpostError, or a library failure: one line
             shutil.rmtree(export_dir, ignore_errors=True)
-            record.update(status="failed", error=str(exc))
-        except Exception as exc:  # noqa: BLE001 - a library failure in validation: one line
-            shutil.rmtree(export_dir, ignore_errors=True)
-            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            record.update(status="failed", error=f"{key} export validation failed: {first}")
-        with ws.session() as s:
-            s.add(
-                Export(
-                    id=export_id,
-                    run_id=run.id,
-                    format=key,
-                    status=record["status"],
-                    package_path=ws.relative(record["package"]) if record.get("package") else None,
-                    package_sha256=record.get("sha256"),
-                    manifest=record.get("manifest", {}),
-                    details={
-                        "seconds": record.get("seconds"),
-                        "imgsz": size,
-                        "precision": prec,
-                        "validation": validation,
-                        "latency": latency,
-                        "default": False,
-                    },
-                    error=record.get("error"),
-                )
-            )
-        record.pop("manifest", None)
+            record.update(status="failed", error=_one_line(exc, key))
+        _record(ws, record, run.id, key, size, prec, built)
         results.append(record)
     return results
+
+
+def _package_args(
+    name: str, export_id: str, run: Any, provenance: dict[str, Any]
+) -> dict[str, Any]:
+    return {
+        "name": name,
+        "version": export_id,
+        "framework": run.framework,
+        "task": run.task,
+        "provenance": provenance,
+    }
+
+
+def _one_line(exc: Exception, key: str) -> str:
+    if isinstance(exc, OutpostError):
+        return str(exc)
+    first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return f"{key} export validation failed: {first}"
+
+
+def _clean_scratch(export_dir: Path) -> None:
+    """Everything but the package: build folders, validation and calibration copies."""
+    for child in export_dir.iterdir():
+        if child.is_dir():
+            shutil.rmtree(child, ignore_errors=True)
+
+
+def _completed(package_path: Path, seconds: float, *built: _Built) -> dict[str, Any]:
+    failures = [f"{b.key}: {f}" if len(built) > 1 else f for b in built for f in b.failures]
+    with PackageReader(package_path) as reader:
+        manifest = reader.manifest
+    status = "completed" if not failures else "failed_validation"
+    if not failures and any(b.unvalidated for b in built):
+        status = UNVALIDATED
+    out: dict[str, Any] = {
+        "status": status,
+        "package": str(package_path),
+        "sha256": sha256_file(package_path),
+        "seconds": seconds,
+        "validation": built[0].validation,
+        "latency": built[0].latency,
+        "manifest": manifest.model_dump(mode="json"),
+    }
+    if len(built) > 1:
+        out["formats"] = [
+            {
+                "format": b.key,
+                "precision": b.precision,
+                "file": spec.file,
+                "status": (
+                    "failed_validation"
+                    if b.failures
+                    else (UNVALIDATED if b.unvalidated else "completed")
+                ),
+                "validation": b.validation,
+                "latency": b.latency,
+            }
+            for b, spec in zip(built, manifest.all_formats(), strict=True)
+        ]
+    if failures:
+        out["error"] = "outside parity tolerance: " + "; ".join(failures)
+    return out
+
+
+def _record(
+    ws: Any,
+    record: dict[str, Any],
+    run_id: str,
+    key: str,
+    size: int,
+    prec: str,
+    built: _Built | None,
+) -> None:
+    """Store the export row; the manifest leaves the returned record once stored."""
+    details: dict[str, Any] = {
+        "seconds": record.get("seconds"),
+        "imgsz": size,
+        "precision": prec,
+        "validation": built.validation if built else None,
+        "latency": built.latency if built else None,
+        "default": False,
+    }
+    if "formats" in record:
+        details["formats"] = record["formats"]
+        details["bundle"] = True
+    with ws.session() as s:
+        s.add(
+            Export(
+                id=record["id"],
+                run_id=run_id,
+                format=key,
+                status=record["status"],
+                package_path=ws.relative(record["package"]) if record.get("package") else None,
+                package_sha256=record.get("sha256"),
+                manifest=record.get("manifest", {}),
+                details=details,
+                error=record.get("error"),
+            )
+        )
+    record.pop("manifest", None)
+
+
+def _export_bundle(
+    ws: Any,
+    run: Any,
+    jobs: list[tuple[Any, str]],
+    name: str,
+    provenance: dict[str, Any],
+    common: dict[str, Any],
+) -> dict[str, Any]:
+    """Every format of ``jobs`` in one package (see :func:`export_run`)."""
+    export_id = "exp-" + uuid.uuid4().hex[:10]
+    export_dir = Path(ws.root) / "exports" / export_id
+    keys = [exporter.capability.key for exporter, _ in jobs]
+    package_path = export_dir / f"{name}-{'-'.join(keys)}{PACKAGE_SUFFIX}"
+    primary_key, primary_prec = keys[0], jobs[0][1]
+    record: dict[str, Any] = {
+        "id": export_id,
+        "run_id": run.id,
+        "format": primary_key,
+        "precision": primary_prec,
+        "bundle": keys,
+    }
+    args = _package_args(name, export_id, run, provenance)
+    built: list[_Built] = []
+    try:
+        for exporter, prec in jobs:
+            key = exporter.capability.key
+            try:
+                built.append(
+                    _export_and_validate(
+                        ws,
+                        run,
+                        exporter,
+                        prec,
+                        export_dir=export_dir,
+                        build_dir=export_dir / f"build-{key}",
+                        package_path=export_dir / "parts" / f"{key}{PACKAGE_SUFFIX}",
+                        package_args=args,
+                        **common,
+                    )
+                )
+            except Exception as exc:  # noqa: BLE001 - named by its format below
+                raise ExportError(f"{key}: {_one_line(exc, key)}") from exc
+        first = built[0]
+        images = _validation_images(
+            ws, run, common["dataset_name"], common["version_number"], export_dir / "valdata"
+        )
+        build_package(
+            first.artifact,
+            validation=first.validation,
+            sample_image=images[0] if images else None,
+            out_path=package_path,
+            alternates=[(b.artifact, b.validation) for b in built[1:]],
+            **args,
+        )
+        with PackageReader(package_path) as reader:
+            reader.verify()
+        _clean_scratch(export_dir)
+        record.update(
+            _completed(package_path, round(sum(b.artifact.seconds for b in built), 3), *built)
+        )
+    except Exception as exc:  # noqa: BLE001 - one line, nothing kept
+        shutil.rmtree(export_dir, ignore_errors=True)
+        record.update(status="failed", error=_one_line(exc, "+".join(keys)))
+    _record(
+        ws, record, run.id, primary_key, common["size"], primary_prec, built[0] if built else None
+    )
+    return record
 
 
 def get_export(ws: Any, export_ref: str) -> Export:

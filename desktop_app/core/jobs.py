@@ -279,29 +279,171 @@ def job_logs(ws: Any, job_id: str, tail: int = 200) -> dict[str, Any]:
     }
 
 
-def follow_logs(ws: Any, job_id: str, out: IO[str], tail: int = 200) -> None:
-    """Print a job's log tail, then new lines as they come, until the job has ended."""
-    logs = job_logs(ws, job_id, tail)
-    for line in logs["lines"]:
-        out.write(line + "\n")
-    out.flush()
-    path = logs["log_path"]
-    offset = Path(path).stat().st_size if path and Path(path).exists() else 0
-    while True:
-        job = get_job(ws, job_id)
-        if path is None and job.log_path:
-            path, offset = str(ws.resolve(job.log_path)), 0
-        if path and Path(path).exists():
-            with open(path, "rb") as fh:
-                fh.seek(offset)
-                chunk = fh.read()
-            offset += len(chunk)
-            if chunk:
-                out.write(chunk.decode("utf-8", errors="replace"))
-                out.flush()
-        if job.status not in ACTIVE:
-            return
-        time.sleep(POLL_INTERVAL_S)
+def _fmt(value: Any) -> str:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    return f"{number:.4g}" if abs(number) >= 1e-3 or number == 0 else f"{number:.3e}"
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
+def format_event(event: dict[str, Any], task: str | None = None) -> str | None:
+    """One human line for a protocol event (None for events not worth a line).
+
+    ``epoch_end`` becomes ``epoch 3/10  loss 1.234 (box_loss 0.5, ...)  mAP50-95(B) 0.123``:
+    the sum of the training losses, each of them, and the task's primary metric (the first
+    ``metrics/`` key when the task's is missing).
+    """
+    from trainers.ultralytics.validation import PRIMARY_METRIC
+
+    kind = event.get("event")
+    if kind == "start":
+        return f"[job] started on {event.get('device', '?')} (pid {event.get('pid', '?')})"
+    if kind == "train_start":
+        first = int(event.get("start_epoch") or 1)
+        where = f" from epoch {first}" if first > 1 else ""
+        return (
+            f"[job] training {event.get('epochs', '?')} epochs on {event.get('device', '?')}"
+            f"{where}" + (f", {event['threads']} threads" if event.get("threads") else "")
+        )
+    if kind == "epoch_end":
+        metrics = {k: v for k, v in (event.get("metrics") or {}).items() if v is not None}
+        losses = {k: v for k, v in metrics.items() if k.startswith("train/") and "loss" in k}
+        parts = [f"epoch {event.get('epoch', '?')}/{event.get('epochs', '?')}"]
+        if losses:
+            total = sum(float(v) for v in losses.values())
+            each = ", ".join(f"{k.removeprefix('train/')} {_fmt(v)}" for k, v in losses.items())
+            parts.append(f"loss {_fmt(total)}" + (f" ({each})" if len(losses) > 1 else ""))
+        key = PRIMARY_METRIC.get(task or "")
+        if key not in metrics:
+            key = next((k for k in metrics if k.startswith("metrics/")), None)
+        if key is not None:
+            parts.append(f"{key.removeprefix('metrics/')} {_fmt(metrics[key])}")
+        return "  ".join(parts)
+    if kind == "validation":
+        primary = event.get("primary_metric") or {}
+        if isinstance(primary, dict) and primary.get("key"):
+            return (
+                f"[job] validation: {str(primary['key']).removeprefix('metrics/')} "
+                f"{_fmt(primary.get('value'))}"
+            )
+        return "[job] validation results recorded"
+    if kind == "log" and event.get("message"):
+        return f"[trainer] {event['message']}"
+    if kind == "end":
+        best = f", best checkpoint {event['best']}" if event.get("best") else ""
+        return f"[job] trainer finished ({event.get('status', 'completed')}){best}"
+    if kind == "error":
+        return f"[job] trainer error: {event.get('message', '')}"
+    return None
+
+
+class _Tail:
+    """New complete lines of a growing text file, from an offset."""
+
+    def __init__(self, path: Path | None, offset: int = 0) -> None:
+        self.path, self.offset, self._partial = path, offset, b""
+
+    def lines(self, final: bool = False) -> list[str]:
+        if self.path is None:
+            return []
+        try:
+            with open(self.path, "rb") as fh:
+                fh.seek(self.offset)
+                data = fh.read()
+        except OSError:
+            return []
+        self.offset += len(data)
+        data = self._partial + data
+        # progress bars redraw with carriage returns: keep each redraw's last state
+        parts = data.split(b"\n")
+        self._partial = b"" if final else parts.pop()
+        out = []
+        for raw in parts:
+            text = raw.decode("utf-8", errors="replace").rstrip("\r").rsplit("\r", 1)[-1]
+            if text.strip():
+                out.append(text)
+        return out
+
+
+def follow_logs(
+    ws: Any,
+    job_id: str,
+    out: IO[str],
+    tail: int = 200,
+    *,
+    manager: JobManager | None = None,
+) -> JobInfo:
+    """Print a job's log tail and its epochs so far, then both as they come, until it ends.
+
+    The child's stderr log and its event file are interleaved: each event as one line
+    (:func:`format_event`: epoch i/N, the loss, the primary metric; the end or the error),
+    the log as it is written. While nobody else leads the workspace's jobs, this follower
+    leads (so a job whose worker has gone still gets recorded to its end) and hands any
+    remaining jobs to a background worker when it stops. Ctrl-C stops following only.
+
+    Returns:
+        The job's final state (``status`` tells whether it completed).
+
+    Raises:
+        NotFoundError: no such job.
+    """
+    job = get_job(ws, job_id)
+    task = str(job.spec.get("task") or "") or None
+    own = manager is None
+    mgr = manager if manager is not None else JobManager(ws)
+
+    def paths(info: JobInfo) -> tuple[Path | None, Path | None]:
+        log = Path(ws.resolve(info.log_path)) if info.log_path else None
+        events = Path(ws.resolve(info.events_path)) if info.events_path else None
+        return log, events
+
+    def write(lines: list[str]) -> None:
+        for line in lines:
+            out.write(line + "\n")
+        out.flush()
+
+    log_path, events_path = paths(job)
+    size = log_path.stat().st_size if log_path is not None and log_path.exists() else 0
+    log = _Tail(log_path, size)
+    history_lines = _tail_lines(log_path, tail) if log_path is not None else []
+    write([ln.rstrip("\r").rsplit("\r", 1)[-1] for ln in history_lines])
+    events_at = int(job.progress.get("events_start", 0))
+    seen_events = events_path is not None
+    if events_path is not None:
+        history, events_at = read_events(events_path, events_at)
+        write([t for e in history[-tail:] if (t := format_event(e, task)) is not None])
+    try:
+        while True:
+            mgr.step()
+            job = get_job(ws, job_id)
+            if not seen_events:
+                log_path, events_path = paths(job)
+                log = _Tail(log_path, 0)
+                seen_events = events_path is not None
+            ended = job.status not in ACTIVE
+            write(log.lines(final=ended))
+            if events_path is not None:
+                events, events_at = read_events(events_path, events_at)
+                write([t for e in events if (t := format_event(e, task)) is not None])
+            if ended:
+                break
+            time.sleep(POLL_INTERVAL_S)
+    finally:
+        if own:
+            mgr.hand_over()
+    verdict = f"[job] {job.id} {job.status}"
+    if job.status != "completed" and job.error:
+        verdict += f": {job.error}"
+    write([verdict])
+    return job
 
 
 def read_events(path: Path, offset: int) -> tuple[list[dict[str, Any]], int]:
@@ -693,6 +835,10 @@ class JobManager:
             raise
         self._hand_over()
         return job
+
+    def hand_over(self) -> None:
+        """Give up the lead; start a background worker when jobs are still active."""
+        self._hand_over()
 
     def _hand_over(self) -> None:
         if not self.leading:

@@ -386,4 +386,6 @@ class UsageSample(Base):
     p90_ms: Mapped[float] = mapped_column(Float)
     p99_ms: Mapped[float] = mapped_column(Float)
     mean_ms: Mapped[float] = mapped_column(Float)
+    # Requests per second over the device's last minute when the sample was taken (0005).
+    throughput_rps: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
     collected_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

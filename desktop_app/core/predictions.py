@@ -8,7 +8,10 @@ and records a :class:`~desktop_app.core.models.PredictionSet`. Each line is::
 
     {"file", "sha256", "width", "height", "detections": [{"class", "class_id", "score", "xyxy"}]}
 
-with ``xyxy`` in pixels of the image and ``class_id`` the model's class index.
+with ``xyxy`` in pixels of the image and ``class_id`` the model's class index. A
+classifier's lines have no detections and ``classes`` instead: its five most probable
+classes, most probable first, ``[{"class", "class_id", "score"}]`` (named by the model's
+own class list, which for an Ultralytics classifier is in sorted order).
 
 :func:`to_prelabels` turns a stored set into pre-labelling proposals in a dataset's draft
 (images matched by sha256, then by file name; classes by name), like
@@ -48,6 +51,7 @@ __all__ = [
 ]
 
 Progress = Callable[[str, int, int], None]  # stage, done, total
+CLASSIFY_TOP_K = 5  # classes kept per image of a classifier
 
 
 def predict_batch(
@@ -217,11 +221,21 @@ def _predict_one(
     except ImageDecodeError as exc:
         return {"file": name, "error": str(exc)}
     dets, _ = predictor.predict(img, conf=conf, iou=iou)
-    return {
+    record: dict[str, Any] = {
         "file": name,
         "sha256": sha256_bytes(data),
         "width": int(img.shape[1]),
         "height": int(img.shape[0]),
+    }
+    if dets.probs is not None:
+        record["detections"] = []
+        record["classes"] = [
+            {"class": c["class_name"], "class_id": c["class_id"], "score": c["confidence"]}
+            for c in dets.top_k(CLASSIFY_TOP_K)
+        ]
+        return record
+    return {
+        **record,
         "detections": [
             {
                 "class": d["class_name"],

@@ -103,7 +103,13 @@ def resolve_options(opts: TrainOptions, train_images: int, task: str = "detect")
     values = {**opts.extra, **explicit}
     options = schema.resolve(opts.preset, values)
     chosen = set(values) | set(schema.presets.get(opts.preset or "", {}))
-    if "nbs" not in chosen and train_images < SMALL_DATASET_IMAGES and options["batch"] > 0:
+    has_nbs = any(f.name == "nbs" for f in schema.fields)  # Ultralytics only
+    if (
+        has_nbs
+        and "nbs" not in chosen
+        and train_images < SMALL_DATASET_IMAGES
+        and options["batch"] > 0
+    ):
         options["nbs"] = options["batch"]
     return options
 
@@ -120,8 +126,10 @@ def trainer_command(framework: str, spec_path: Path) -> list[str]:
             "--spec",
             str(spec_path),
         ]
+    from desktop_app.core.training_env import trainer_python
+
     module = trainer_registry().get(framework).module
-    return [sys.executable, "-m", module, "train", "--spec", str(spec_path)]
+    return [trainer_python(), "-m", module, "train", "--spec", str(spec_path)]
 
 
 def new_run_id() -> str:

@@ -1,4 +1,5 @@
-"""ONNX export of Ultralytics checkpoints (static shape, simplified with onnxslim)."""
+"""ONNX export of Ultralytics checkpoints (static shape, simplified with onnxslim) and of timm
+classifiers (``torch.onnx.export`` of the run's model with a softmax, static shape)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,12 @@ import shutil
 from pathlib import Path
 
 from exporters.base import Capability, ExportArtifact, Exporter, ExportError, ExportRequest
+from exporters.formats.timm_common import (
+    check_timm_task,
+    export_timm_onnx,
+    load_timm_checkpoint,
+    timm_artifact_fields,
+)
 from exporters.formats.ultralytics_common import export_with_ultralytics, remove_source
 
 
@@ -26,20 +33,29 @@ class OnnxExporter(Exporter):
     capability = Capability(
         key="onnx",
         title="ONNX",
-        frameworks=("ultralytics",),
+        frameworks=("ultralytics", "timm"),
         tasks=("detect", "segment", "classify", "pose"),
         precisions=("fp32",),
         runtime="onnxruntime",
         suffix=".onnx",
         needs=("torch", "ultralytics", "onnx", "onnxslim"),
-        notes="Runs on ONNX Runtime (CPU, CUDA, TensorRT, CoreML, OpenVINO execution providers).",
+        notes=(
+            "Runs on ONNX Runtime (CPU, CUDA, TensorRT, CoreML, OpenVINO execution providers). "
+            "timm: classify only, exported by torch.onnx with a softmax at the end."
+        ),
     )
+
+    def check(self, request: ExportRequest) -> None:
+        check_timm_task(request.framework, request.task, self.capability.key)
+        super().check(request)
 
     def export(self, request: ExportRequest) -> ExportArtifact:
         try:
             import onnx
         except ImportError:
             raise ExportError("ONNX export needs onnx; pip install 'outpost[export]'") from None
+        if request.framework == "timm":
+            return self._export_timm(request)
         result = export_with_ultralytics(
             request,
             "onnx",
@@ -71,4 +87,21 @@ class OnnxExporter(Exporter):
             precision="fp32",
             details={"opset": opset, "simplify": True, "dynamic": False, "end2end": end2end},
             tools={**result.tools, "onnx": onnx.__version__},
+        )
+
+    def _export_timm(self, request: ExportRequest) -> ExportArtifact:
+        import onnx
+
+        model = load_timm_checkpoint(request.checkpoint)
+        target = request.out_dir / "model.onnx"
+        opset = export_timm_onnx(model, target, request.options.get("opset"))
+        onnx.checker.check_model(str(target))
+        return ExportArtifact(
+            format_key="onnx",
+            runtime="onnxruntime",
+            model_file=target,
+            precision="fp32",
+            details={"opset": opset, "simplify": False, "dynamic": False, "end2end": False},
+            tools={**model.tools, "onnx": onnx.__version__},
+            **timm_artifact_fields(model),
         )

@@ -1,4 +1,5 @@
-"""OpenVINO IR export of Ultralytics checkpoints: FP32, or FP16-compressed weights."""
+"""OpenVINO IR export of Ultralytics checkpoints and timm classifiers: FP32, FP16-compressed
+weights, or INT8 quantized by NNCF."""
 
 from __future__ import annotations
 
@@ -15,6 +16,13 @@ from exporters.base import (
     ExportError,
     ExportRequest,
     missing_modules,
+)
+from exporters.formats.timm_common import (
+    TimmModel,
+    check_timm_task,
+    export_timm_onnx,
+    load_timm_checkpoint,
+    timm_artifact_fields,
 )
 from exporters.formats.ultralytics_common import (
     UltralyticsExport,
@@ -38,7 +46,7 @@ class OpenVinoExporter(Exporter):
     capability = Capability(
         key="openvino",
         title="OpenVINO",
-        frameworks=("ultralytics",),
+        frameworks=("ultralytics", "timm"),
         tasks=("detect", "segment", "classify", "pose"),
         precisions=("fp32", "fp16", "int8"),
         runtime="openvino",
@@ -48,12 +56,14 @@ class OpenVinoExporter(Exporter):
             "OpenVINO IR (.xml + .bin) for Intel CPUs/GPUs/NPUs. fp32 runs in f32; fp16 halves "
             "the weights and runs at the CPU's reduced precision (bf16 where it has it); int8 is "
             "quantized by NNCF (post-training, calibrated on up to 300 training images, the "
-            "detection head kept in float). Telemetry is switched off."
+            "detection head kept in float). timm: classify only, converted from the run's ONNX "
+            "graph (softmax included). Telemetry is switched off."
         ),
         extra="openvino",
     )
 
     def check(self, request: ExportRequest) -> None:
+        check_timm_task(request.framework, request.task, self.capability.key)
         super().check(request)
         if request.precision == "int8":
             if missing_modules(("nncf",)):
@@ -68,6 +78,8 @@ class OpenVinoExporter(Exporter):
 
     def export(self, request: ExportRequest) -> ExportArtifact:
         disable_openvino_telemetry()
+        if request.framework == "timm":
+            return self._export_timm(request)
         kwargs = _half_kwargs() if request.precision == "fp16" else {}
         result = export_with_ultralytics(request, "openvino", "OpenVINO", **kwargs)
         xml = next(result.produced.glob("*.xml"))
@@ -109,6 +121,80 @@ class OpenVinoExporter(Exporter):
                 **({"nncf": int8["nncf"]} if int8 else {}),
             },
         )
+
+    def _export_timm(self, request: ExportRequest) -> ExportArtifact:
+        import openvino as ov
+
+        model = load_timm_checkpoint(request.checkpoint)
+        staging = request.out_dir / "source"
+        staging.mkdir(parents=True, exist_ok=True)
+        onnx_file = staging / "model.onnx"
+        export_timm_onnx(model, onnx_file, request.options.get("opset"))
+        converted = ov.convert_model(str(onnx_file))
+        int8: dict[str, Any] = {}
+        if request.precision == "int8":
+            converted, int8 = quantize_timm_int8(converted, model, request)
+        target = request.out_dir / "model.xml"
+        weights = request.out_dir / "model.bin"
+        ov.save_model(converted, str(target), compress_to_fp16=request.precision == "fp16")
+        shutil.rmtree(staging, ignore_errors=True)
+        return ExportArtifact(
+            format_key="openvino",
+            runtime="openvino",
+            model_file=target,
+            extra_files=(weights,),
+            precision=request.precision,
+            details={
+                "weights": weights.name,
+                "compressed_to_fp16": request.precision == "fp16",
+                "inference_precision_hint": "cpu default" if request.precision == "fp16" else "f32",
+                "dynamic": False,
+                "end2end": False,
+                **int8,
+            },
+            tools={
+                **model.tools,
+                "openvino": ov.get_version().split("-")[0],
+                **({"nncf": int8["nncf"]} if int8 else {}),
+            },
+            **timm_artifact_fields(model),
+        )
+
+
+def timm_calibration_tensors(images: list[Path], model: TimmModel) -> list[np.ndarray]:
+    """The inputs of up to :data:`MAX_CALIBRATION_IMAGES` images, preprocessed exactly as the
+    runtime does for the timm package (Pillow-bilinear letterbox, mean/std)."""
+    from runtimes.preprocess import letterbox, read_image, to_tensor
+
+    size = (model.imgsz, model.imgsz)
+    tensors = []
+    for path in images[:MAX_CALIBRATION_IMAGES]:
+        placed, _ = letterbox(read_image(path), size, 114, interpolation="pil_bilinear")
+        tensors.append(to_tensor(placed, mean=model.mean, std=model.std))
+    return tensors
+
+
+def quantize_timm_int8(
+    converted: Any, model: TimmModel, request: ExportRequest
+) -> tuple[Any, dict[str, Any]]:
+    """NNCF post-training quantization of a timm classifier's IR, calibrated on the run's
+    training images."""
+    import nncf
+
+    images = [Path(p) for p in request.options.get("calibration_images", [])]
+    tensors = timm_calibration_tensors(images, model)
+    quantized = nncf.quantize(
+        converted,
+        nncf.Dataset(tensors),
+        preset=nncf.QuantizationPreset.MIXED,
+        subset_size=len(tensors),
+    )
+    return quantized, {
+        "quantized": "int8",
+        "quantizer": "nncf post-training (MIXED preset)",
+        "calibration_images": len(tensors),
+        "nncf": str(nncf.__version__),
+    }
 
 
 def calibration_tensors(images: list[Path], imgsz: int, task: str) -> list[np.ndarray]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from importlib.metadata import entry_points
 
 from runtimes.backends.base import Backend, BackendInfo
+from runtimes.backends.coreml import CoreMlBackend
+from runtimes.backends.litert import LiteRtBackend
 from runtimes.backends.onnxruntime import OnnxRuntimeBackend
 from runtimes.backends.openvino import OpenVinoBackend
 from runtimes.backends.torchscript import TorchScriptBackend
@@ -62,6 +64,8 @@ def default_registry() -> BackendRegistry:
     registry.register(OnnxRuntimeBackend)
     registry.register(OpenVinoBackend)
     registry.register(TorchScriptBackend)
+    registry.register(LiteRtBackend)
+    registry.register(CoreMlBackend)
     registry.load_entry_points()
     return registry
 
@@ -70,6 +74,8 @@ __all__ = [
     "Backend",
     "BackendInfo",
     "BackendRegistry",
+    "CoreMlBackend",
+    "LiteRtBackend",
     "OnnxRuntimeBackend",
     "OpenVinoBackend",
     "TorchScriptBackend",

@@ -1,9 +1,16 @@
-"""ONNX Runtime backend: CPU, plus any execution provider the installed build offers."""
+"""ONNX Runtime backend: CPU, plus any execution provider the installed build offers.
+
+An ONNX package exported with ``--for-tensorrt`` carries ``format.details.tensorrt_build``;
+where the TensorRT execution provider is present, the session then builds the engine on this
+device and caches it in the model folder (``trt_cache/``), so later loads reuse it.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -18,6 +25,61 @@ PROVIDER_PREFERENCE = (
     "OpenVINOExecutionProvider",
     "CPUExecutionProvider",
 )
+TENSORRT = "TensorrtExecutionProvider"
+ENGINE_CACHE_DIR = "trt_cache"
+MANIFEST_NAME = "manifest.json"
+
+
+def tensorrt_build_request(model_path: Path) -> dict[str, Any] | None:
+    """``format.details.tensorrt_build`` of the package whose manifest lists ``model_path``
+    (the manifest beside it, or one folder up for a multi-format package), or None."""
+    model_path = Path(model_path)
+    for folder in (model_path.parent, model_path.parent.parent):
+        manifest = folder / MANIFEST_NAME
+        if not manifest.is_file():
+            continue
+        try:
+            data = json.loads(manifest.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        fmt = data.get("format") or {}
+        for spec in [fmt, *(data.get("alternates") or [])]:
+            if not isinstance(spec, dict) or not spec.get("file"):
+                continue
+            if (folder / str(spec["file"])).resolve() == model_path.resolve():
+                build = (spec.get("details") or {}).get("tensorrt_build")
+                return dict(build) if isinstance(build, dict) else None
+        return None
+    return None
+
+
+def session_providers(
+    wanted: list[str] | tuple[str, ...],
+    available: list[str],
+    trt_build: dict[str, Any] | None,
+    model_dir: Path,
+) -> list[str | tuple[str, dict[str, Any]]]:
+    """The ``providers`` argument for an ``InferenceSession``: the wanted providers this build
+    has, in order (CPU when none); when the package asks for a TensorRT build and the TensorRT
+    provider is present, it gets its options: engine cache in the model folder, fp16, and the
+    workspace size."""
+    chosen: list[str | tuple[str, dict[str, Any]]] = []
+    for name in wanted:
+        if name not in available:
+            continue
+        if name == TENSORRT and trt_build is not None:
+            cache = model_dir / str(trt_build.get("engine_cache") or ENGINE_CACHE_DIR)
+            options: dict[str, Any] = {
+                "trt_engine_cache_enable": True,
+                "trt_engine_cache_path": str(cache),
+                "trt_fp16_enable": bool(trt_build.get("fp16", False)),
+            }
+            if trt_build.get("workspace_mb"):
+                options["trt_max_workspace_size"] = int(trt_build["workspace_mb"]) * 2**20
+            chosen.append((name, options))
+        else:
+            chosen.append(name)
+    return chosen or ["CPUExecutionProvider"]
 
 
 class OnnxRuntimeBackend(Backend):
@@ -52,10 +114,16 @@ class OnnxRuntimeBackend(Backend):
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads or os.cpu_count() or 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        available = ort.get_available_providers()
-        chosen = [p for p in (providers or PROVIDER_PREFERENCE) if p in available] or [
-            "CPUExecutionProvider"
-        ]
+        available = list(ort.get_available_providers())
+        model_path = Path(model_path)
+        trt_build = tensorrt_build_request(model_path) if TENSORRT in available else None
+        chosen = session_providers(
+            providers or PROVIDER_PREFERENCE, available, trt_build, model_path.parent
+        )
+        for entry in chosen:
+            if isinstance(entry, tuple):  # the engine cache must exist before the build
+                Path(entry[1]["trt_engine_cache_path"]).mkdir(parents=True, exist_ok=True)
+        self.tensorrt_build = trt_build
         self.session = ort.InferenceSession(str(model_path), sess_options=opts, providers=chosen)
         self.input_name = self.session.get_inputs()[0].name
         self.output_names = [o.name for o in self.session.get_outputs()]

@@ -31,6 +31,7 @@ DISCOVERY_KEYS = {
     "name",
     "version",
     "protocol",
+    "protocol_min",
     "public_key",
     "fingerprint",
     "exchange_key",

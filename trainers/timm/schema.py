@@ -135,6 +135,13 @@ FIELDS = (
         minimum=0,
         maximum=10_000,
     ),
+    F(
+        "plots",
+        "bool",
+        True,
+        "Draw the confusion matrix of the best epoch at the end (PNG, logged to MLflow).",
+        group="validation",
+    ),
 )
 
 PRESETS: dict[str, dict[str, Any]] = {

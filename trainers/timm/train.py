@@ -157,19 +157,29 @@ class FolderDataset:
         from PIL import Image
 
         with Image.open(self.split.files[i]) as img:
-            rgb = img.convert("RGB")
-        w, h = rgb.size
-        scale = self.imgsz / max(w, h)
-        nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
-        rgb = rgb.resize((nw, nh), Image.BILINEAR)
-        canvas = Image.new("RGB", (self.imgsz, self.imgsz), (114, 114, 114))
-        canvas.paste(rgb, ((self.imgsz - nw) // 2, (self.imgsz - nh) // 2))
-        array = np.asarray(canvas, dtype=np.float32) / 255.0
+            array = letterbox_rgb(img, self.imgsz)
         if self.fliplr > 0 and random.random() < self.fliplr:
             array = array[:, ::-1, :]
         array = (array - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
         tensor = torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
         return tensor, self.split.labels[i]
+
+
+def letterbox_rgb(img: Any, imgsz: int) -> Any:
+    """A PIL image as a ``(imgsz, imgsz, 3)`` float32 RGB array in 0..1: the longer side
+    scaled to ``imgsz`` (bilinear), centred on grey (114) padding. Training, validation and
+    :mod:`trainers.timm.predict` all prepare images with it."""
+    import numpy as np
+    from PIL import Image
+
+    rgb = img.convert("RGB")
+    w, h = rgb.size
+    scale = imgsz / max(w, h)
+    nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+    rgb = rgb.resize((nw, nh), Image.Resampling.BILINEAR)
+    canvas = Image.new("RGB", (imgsz, imgsz), (114, 114, 114))
+    canvas.paste(rgb, ((imgsz - nw) // 2, (imgsz - nh) // 2))
+    return np.asarray(canvas, dtype=np.float32) / 255.0
 
 
 def lr_at(epoch: float, options: dict[str, Any], epochs: int) -> float:
@@ -447,15 +457,20 @@ def run_training(spec: JobSpec, events: EventWriter) -> dict[str, Any]:
     train_ds = FolderDataset(train_split, imgsz, mean, std, float(options["fliplr"]))
     val_ds = FolderDataset(val_split, imgsz, mean, std, 0.0)
     generator = torch.Generator().manual_seed(seed)
-    train_loader = DataLoader(
-        train_ds,
+    train_loader: Any = DataLoader(
+        train_ds,  # type: ignore[arg-type]
         batch_size=min(batch, len(train_ds)),
         shuffle=True,
         num_workers=workers,
         generator=generator,
         drop_last=len(train_ds) > batch,
     )
-    val_loader = DataLoader(val_ds, batch_size=batch, shuffle=False, num_workers=workers)
+    val_loader: Any = DataLoader(
+        val_ds,  # type: ignore[arg-type]
+        batch_size=batch,
+        shuffle=False,
+        num_workers=workers,
+    )
     params = [p for p in model.parameters() if p.requires_grad]
     if options["optimizer"] == "SGD":
         optimizer: Any = torch.optim.SGD(
@@ -568,8 +583,8 @@ def run_training(spec: JobSpec, events: EventWriter) -> dict[str, Any]:
                     file=sys.stderr,
                 )
                 break
-    except BaseException:
-        tracker.finish("FAILED")
+    except BaseException as exc:
+        tracker.abort(exc)
         raise
 
     if best_eval is None:  # resumed after the best epoch: evaluate best.pt once more
@@ -578,7 +593,9 @@ def run_training(spec: JobSpec, events: EventWriter) -> dict[str, Any]:
         _, top1, top5, matrix = _evaluate(model, val_loader, device, len(names), criterion)
         best_eval = (top1, top5, matrix)
     top1, top5, matrix = best_eval
-    plot = _plot_confusion(save_dir / "confusion_matrix.png", names, matrix)
+    # the schema's default (True) when the spec leaves ``plots`` out; the spec's value otherwise
+    plots = spec.plots if "plots" in spec.model_fields_set else True
+    plot = _plot_confusion(save_dir / "confusion_matrix.png", names, matrix) if plots else None
     validation = validation_payload(names, matrix, top1, top5, [str(plot)] if plot else [])
     events.emit("validation", **validation)
     import json

@@ -207,8 +207,8 @@ def run_training(spec: JobSpec, events: EventWriter) -> dict[str, Any]:
     model.add_callback("on_train_end", on_train_end)
     try:
         model.train(**_train_kwargs(spec, device))
-    except BaseException:
-        tracker.finish("FAILED")
+    except BaseException as exc:
+        tracker.abort(exc)
         raise
     if not outcome.get("best"):
         tracker.finish("FAILED")

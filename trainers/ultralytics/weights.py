@@ -126,7 +126,7 @@ def load_checkpoint_safely(path: Path) -> Any:
     for name in needed:
         if name not in allowed:
             raise _refuse(path, name)
-    entries = [(allowed[name], name) for name in needed]
+    entries: list[Any] = [(allowed[name], name) for name in needed]
     try:
         with torch.serialization.safe_globals(entries):
             return torch.load(str(path), map_location="cpu", weights_only=True)

@@ -24,6 +24,7 @@ whose ``images``/``categories`` are not lists, is still refused.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -32,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from pycocotools import mask as mask_utils
 
 from desktop_app.core.dataset_records import (
@@ -234,7 +236,13 @@ class _Reader:
                 continue
             images[iid] = entry
         anns: dict[int, list[Annotation]] = {iid: [] for iid in images}
-        for i, ann in enumerate(_list(doc, "annotations", where)):
+        raw = _list(doc, "annotations", where)
+        plain = _plain_boxes(raw, images, self.class_of)
+        for i, ann in enumerate(raw):
+            done = plain.get(i)
+            if done is not None:
+                anns[done[0]].append(done[1])
+                continue
             if isinstance(ann, dict) and ann.get("image_id") in skipped:
                 continue  # its image was reported and skipped
             try:
@@ -357,17 +365,119 @@ class _Reader:
         return tuple(out)
 
 
+_PLAIN_KEYS = frozenset(
+    {"id", "image_id", "category_id", "bbox", "area", "iscrowd", "num_keypoints"}
+)
+
+
+def _plain_extra(key: str, value: Any) -> bool:
+    """True for a ``segmentation`` or ``keypoints`` that says nothing (None or ``[]``)."""
+    return key in ("segmentation", "keypoints") and (
+        value is None or (type(value) is list and not value)
+    )
+
+
+def _plain_boxes(
+    raw: list[Any], images: dict[int, tuple[str, int, int, Path]], class_of: dict[int, int]
+) -> dict[int, tuple[int, Annotation]]:
+    """The annotations that are plain valid boxes, checked all at once: index → (image id, box).
+
+    A plain box has an integer ``image_id`` of a listed image, an integer ``category_id`` of
+    a known category, a ``bbox`` of four numbers, no polygon, mask, keypoints or attributes,
+    and a box that passes :func:`box_from_pixels`, here computed for every box in one
+    vectorised pass, with the same float operations in the same order, so the stored values
+    are identical. Every other annotation (anything unusual, and every invalid one) is left
+    out and goes through the full per-annotation check, which names the problem.
+    """
+    index: list[int] = []
+    iids: list[int] = []
+    classes: list[int] = []
+    boxes: list[list[Any]] = []
+    widths: list[int] = []
+    heights: list[int] = []
+    crowds: list[bool] = []
+    plain = _PLAIN_KEYS
+    for i, ann in enumerate(raw):
+        if type(ann) is not dict:
+            continue
+        if not ann.keys() <= plain and not all(
+            k in plain or _plain_extra(k, v) for k, v in ann.items()
+        ):
+            continue
+        iid, cid, bbox = ann.get("image_id"), ann.get("category_id"), ann.get("bbox")
+        if type(iid) is not int or type(cid) is not int or type(bbox) is not list:
+            continue
+        size = images.get(iid)
+        cls = class_of.get(cid)
+        if size is None or cls is None or len(bbox) != 4:
+            continue
+        a, b, c, d = bbox
+        if not (
+            (type(a) is float or type(a) is int)
+            and (type(b) is float or type(b) is int)
+            and (type(c) is float or type(c) is int)
+            and (type(d) is float or type(d) is int)
+        ):
+            continue
+        index.append(i)
+        iids.append(iid)
+        classes.append(cls)
+        boxes.append(bbox)
+        widths.append(size[1])
+        heights.append(size[2])
+        crowds.append(ann.get("iscrowd", 0) in (1, True))
+    if not index:
+        return {}
+    try:
+        xywh = np.array(boxes, dtype=np.float64)
+    except (OverflowError, ValueError):
+        return {}  # numbers too large for a float: the full check reports them
+    w = np.array(widths, dtype=np.float64)
+    h = np.array(heights, dtype=np.float64)
+    x0, y0 = xywh[:, 0], xywh[:, 1]
+    x1, y1 = x0 + xywh[:, 2], y0 + xywh[:, 3]
+    with np.errstate(invalid="ignore", over="ignore"):
+        ok = (
+            np.isfinite(x0)
+            & np.isfinite(y0)
+            & np.isfinite(x1)
+            & np.isfinite(y1)
+            & (x1 > x0)
+            & (y1 > y0)
+            & (x0 >= -1.0)
+            & (y0 >= -1.0)
+            & (x1 <= w + 1.0)
+            & (y1 <= h + 1.0)
+        )
+    # box_from_pixels: clip to the image, normalise; Annotation.from_xyxy: centre and size
+    nx0, nx1 = np.maximum(x0, 0.0) / w, np.minimum(x1, w) / w
+    ny0, ny1 = np.maximum(y0, 0.0) / h, np.minimum(y1, h) / h
+    cx, cy = ((nx0 + nx1) / 2).tolist(), ((ny0 + ny1) / 2).tolist()
+    bw, bh = (nx1 - nx0).tolist(), (ny1 - ny0).tolist()
+    return {
+        index[k]: (iids[k], Annotation(classes[k], cx[k], cy[k], bw[k], bh[k], iscrowd=crowds[k]))
+        for k in np.flatnonzero(ok).tolist()
+    }
+
+
+@functools.lru_cache(maxsize=64)
+def _folders(root: Path, f: _File) -> tuple[Path, ...]:
+    """Where the images of annotation file ``f`` may be, in the order they are looked for."""
+    json_dir = f.path.parent
+    dirs = [json_dir, json_dir / "images", root, root / "images"]
+    if f.token:
+        for word in dict.fromkeys((f.token, f.split or f.token)):
+            dirs += [root / "images" / word, root / word]
+    return tuple(dirs)
+
+
 def _locate(root: Path, f: _File, name: str, listings: dict[Path, frozenset[str]]) -> Path:
     """The image file for ``name``: beside the JSON, in an images/ folder, or a split folder.
 
     Each candidate folder is listed once per read (``listings``), so a plain file name costs
     set lookups, not a stat per folder.
     """
-    json_dir = f.path.parent
-    dirs = [json_dir, json_dir / "images", root, root / "images"]
-    if f.token:
-        for word in dict.fromkeys((f.token, f.split or f.token)):
-            dirs += [root / "images" / word, root / word]
+    dirs = _folders(root, f)
     for d in dirs:
         if "/" not in name:
             names = listings.get(d)

@@ -1,0 +1,187 @@
+"""CoreML export (``.mlpackage``, ML Program) of Ultralytics checkpoints, in the ``coreml`` toolenv.
+
+coremltools converts on Linux but CoreML predicts only on macOS (and iOS): an export made
+here cannot be checked against the PyTorch model, so its parity is recorded as ``not_run``
+with the reason (:data:`PARITY_NOT_RUN`) and it must never count as validated.
+
+An ``.mlpackage`` is a folder; a package holds single files, so it ships as
+``model.mlpackage.zip`` (stored, not compressed) which the CoreML runtime backend and the
+generated wrappers unpack beside it. Precisions: fp32 (float32 compute), fp16 (float16
+compute), int8 (8-bit k-means palettized weights, float16 compute: coremltools' weight
+compression). The input is an RGB image type (scale 1/255), as Apple's Vision framework
+expects; the outputs are the raw head, like every other format (no NMS pipeline).
+"""
+
+from __future__ import annotations
+
+import shutil
+import zipfile
+from pathlib import Path
+from typing import Any
+
+from exporters.base import (
+    Capability,
+    ExportArtifact,
+    Exporter,
+    ExportError,
+    ExportRequest,
+    missing_modules,
+)
+from exporters.toolenv import ToolEnv
+
+TOOLCHAIN = "coreml"
+MODEL_ARCHIVE = "model.mlpackage.zip"
+PARITY_NOT_RUN = {
+    "status": "not_run",
+    "reason": "CoreML predicts only on macOS; the export was converted but not checked "
+    "against the PyTorch model here",
+}
+QUANTIZE = {"fp32": None, "fp16": 16, "int8": 8}
+
+
+class CoreMlExporter(Exporter):
+    capability = Capability(
+        key="coreml",
+        title="CoreML",
+        frameworks=("ultralytics",),
+        tasks=("detect", "segment", "classify", "pose"),
+        precisions=("fp32", "fp16", "int8"),
+        runtime="coreml",
+        suffix=".mlpackage",
+        needs=("torch", "ultralytics"),
+        notes=(
+            "CoreML ML Program (.mlpackage) for Apple devices, converted by coremltools in its "
+            "own toolchain (`outpost export setup coreml`). Converts on Linux, predicts only on "
+            "macOS: parity is not run elsewhere. int8 = 8-bit palettized weights."
+        ),
+        extra="coreml",
+    )
+
+    def check(self, request: ExportRequest) -> None:
+        cap = self.capability
+        if request.framework not in cap.frameworks:
+            raise ExportError(
+                f"coreml export does not support {request.framework} models (supports {', '.join(cap.frameworks)})"
+            )
+        if request.task not in cap.tasks:
+            raise ExportError(f"coreml export does not support the {request.task} task")
+        if request.precision not in cap.precisions:
+            raise ExportError(
+                f"coreml export has no {request.precision} precision (choose {', '.join(cap.precisions)})"
+            )
+        missing = missing_modules(cap.needs)
+        if missing:
+            raise ExportError(
+                f"coreml export needs {', '.join(missing)}, not installed here; pip install 'outpost[export]'"
+            )
+        ToolEnv.for_name(TOOLCHAIN).require("coreml")
+        if not request.checkpoint.exists():
+            raise ExportError(
+                f"checkpoint {request.checkpoint} does not exist; train the run first"
+            )
+
+    def export(self, request: ExportRequest) -> ExportArtifact:
+        env = ToolEnv.for_name(TOOLCHAIN)
+        payload = {
+            "checkpoint": str(request.checkpoint),
+            "framework": request.framework,
+            "task": request.task,
+            "imgsz": request.imgsz,
+            "out_dir": str(request.out_dir),
+            "precision": request.precision,
+            "config_dir": request.options.get("config_dir"),
+        }
+        try:
+            out = env.call(f"{__name__}:child_export", payload, what="coreml")
+        except ExportError:
+            shutil.rmtree(request.out_dir / "source", ignore_errors=True)
+            shutil.rmtree(request.out_dir / "model.mlpackage", ignore_errors=True)
+            raise
+        return ExportArtifact(
+            format_key="coreml",
+            runtime="coreml",
+            model_file=Path(out["model_file"]),
+            class_names=tuple(out["class_names"]),
+            architecture=out["architecture"],
+            input_name=out["input_name"],
+            input_shape=(1, 3, request.imgsz, request.imgsz),
+            output_layout=out["output_layout"],
+            preprocessing=out["preprocessing"],
+            postprocessing=out["postprocessing"],
+            precision=request.precision,
+            details={**out["details"], "parity": dict(PARITY_NOT_RUN)},
+            tools={**out["tools"], **env.versions()},
+        )
+
+
+def parity_not_run(details: dict[str, Any]) -> str | None:
+    """The reason an export's parity could not be run here (None when it can be)."""
+    parity = details.get("parity")
+    if isinstance(parity, dict) and parity.get("status") == "not_run":
+        return str(parity.get("reason", "parity not run"))
+    return None
+
+
+def zip_mlpackage(folder: Path, archive: Path) -> None:
+    """Store the ``.mlpackage`` folder as one zip (entries under ``model.mlpackage/``)."""
+    tmp = archive.with_name(archive.name + ".tmp")
+    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as zf:
+        for path in sorted(folder.rglob("*")):
+            if path.is_file():
+                zf.write(path, f"model.mlpackage/{path.relative_to(folder).as_posix()}")
+    tmp.replace(archive)
+
+
+def child_export(payload: dict[str, Any]) -> dict[str, Any]:
+    """Inside the toolenv: Ultralytics' CoreML export (raw head, no NMS pipeline)."""
+    from exporters.formats.ultralytics_common import export_with_ultralytics, remove_source
+
+    out_dir = Path(payload["out_dir"])
+    request = ExportRequest(
+        checkpoint=Path(payload["checkpoint"]),
+        framework=payload["framework"],
+        task=payload["task"],
+        imgsz=int(payload["imgsz"]),
+        out_dir=out_dir,
+        precision=payload["precision"],
+        options={"config_dir": payload.get("config_dir")},
+    )
+    quantize = QUANTIZE[request.precision]
+    kwargs: dict[str, Any] = {"nms": False}
+    if quantize is not None:
+        kwargs["quantize"] = quantize
+    result = export_with_ultralytics(request, "coreml", "CoreML", **kwargs)
+    folder = out_dir / "model.mlpackage"
+    shutil.rmtree(folder, ignore_errors=True)
+    shutil.move(str(result.produced), folder)
+    import coremltools as ct
+
+    spec = ct.utils.load_spec(str(folder))
+    inputs = [i.name for i in spec.description.input]
+    outputs = [o.name for o in spec.description.output]
+    archive = out_dir / MODEL_ARCHIVE
+    zip_mlpackage(folder, archive)
+    shutil.rmtree(folder, ignore_errors=True)
+    remove_source(request)
+    return {
+        "model_file": str(archive),
+        "class_names": list(result.class_names),
+        "architecture": result.architecture,
+        "input_name": inputs[0] if inputs else "image",
+        "output_layout": result.output_layout,
+        "preprocessing": result.preprocessing,
+        "postprocessing": result.postprocessing,
+        "details": {
+            "container": "zip of model.mlpackage (unpacked beside it before loading)",
+            "model_type": "mlprogram",
+            "input_type": "image (RGB, scale 1/255)",
+            "outputs": outputs,
+            "compute_precision": "float32" if request.precision == "fp32" else "float16",
+            "weights": {"fp32": "float32", "fp16": "float16", "int8": "8-bit palettized"}[
+                request.precision
+            ],
+            "end2end": result.end2end,
+            "predicts_on": "macOS",
+        },
+        "tools": {**result.tools, "coremltools": str(ct.__version__)},
+    }

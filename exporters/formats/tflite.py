@@ -1,0 +1,257 @@
+"""TFLite / LiteRT export of Ultralytics checkpoints, run in the ``litert`` toolenv.
+
+Ultralytics' own ``format="litert"`` path converts with ``litert-torch``; it wraps detect,
+segment and pose heads so box (and keypoint ``x, y``) channels come out divided by the input
+size (per-tensor INT8 quantization then keeps the class scores' resolution). The manifest
+records that as ``format.details.output_box_units = "normalized"``; the LiteRT runtime
+backend multiplies them back, so every runtime hands the same raw head (pixels) to the
+shared post-processing.
+
+Precisions: fp32; fp16 (weights stored as float16 by ``ai-edge-quantizer``, computed in
+float32); int8 (static INT8 weights and activations by ``ai-edge-quantizer``, calibrated on
+up to 300 images of the run's dataset version preprocessed exactly as the runtime does,
+float32 input and output kept).
+
+:func:`child_export` runs inside the toolenv (see :mod:`exporters.toolenv`); the main
+process only sends it a JSON payload and never imports the toolchain.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import zipfile
+from pathlib import Path
+from typing import Any
+
+from exporters.base import (
+    Capability,
+    ExportArtifact,
+    Exporter,
+    ExportError,
+    ExportRequest,
+    missing_modules,
+)
+from exporters.toolenv import ToolEnv
+
+TOOLCHAIN = "litert"
+OUTPUT_BOX_UNITS = "normalized"
+
+
+class TfliteExporter(Exporter):
+    capability = Capability(
+        key="tflite",
+        title="TFLite / LiteRT",
+        frameworks=("ultralytics",),
+        tasks=("detect", "segment", "classify", "pose"),
+        precisions=("fp32", "fp16", "int8"),
+        runtime="litert",
+        suffix=".tflite",
+        needs=("torch", "ultralytics"),
+        notes=(
+            "LiteRT flatbuffer for Android, embedded Linux and microcontrollers, converted by "
+            "litert-torch in its own toolchain (`outpost export setup litert`, ~1 GB once). "
+            "fp16 stores float16 weights; int8 is static INT8 (ai-edge-quantizer, calibrated on "
+            "up to 300 images of the run's dataset version, float I/O). Boxes leave the model "
+            "divided by the input size; the litert runtime scales them back."
+        ),
+        extra="litert",
+    )
+
+    def check(self, request: ExportRequest) -> None:
+        cap = self.capability
+        if request.framework not in cap.frameworks:
+            raise ExportError(
+                f"tflite export does not support {request.framework} models (supports {', '.join(cap.frameworks)})"
+            )
+        if request.task not in cap.tasks:
+            raise ExportError(f"tflite export does not support the {request.task} task")
+        if request.precision not in cap.precisions:
+            raise ExportError(
+                f"tflite export has no {request.precision} precision (choose {', '.join(cap.precisions)})"
+            )
+        missing = missing_modules(cap.needs)
+        if missing:
+            raise ExportError(
+                f"tflite export needs {', '.join(missing)}, not installed here; pip install 'outpost[export]'"
+            )
+        ToolEnv.for_name(TOOLCHAIN).require("tflite")
+        if request.precision == "int8" and not request.options.get("calibration_images"):
+            raise ExportError(
+                "tflite int8 export needs calibration images: the dataset version has none; "
+                "add training images or export fp32/fp16"
+            )
+        if not request.checkpoint.exists():
+            raise ExportError(
+                f"checkpoint {request.checkpoint} does not exist; train the run first"
+            )
+
+    def export(self, request: ExportRequest) -> ExportArtifact:
+        env = ToolEnv.for_name(TOOLCHAIN)
+        payload = {
+            "checkpoint": str(request.checkpoint),
+            "framework": request.framework,
+            "task": request.task,
+            "imgsz": request.imgsz,
+            "out_dir": str(request.out_dir),
+            "precision": request.precision,
+            "config_dir": request.options.get("config_dir"),
+            "calibration_images": [str(p) for p in request.options.get("calibration_images", [])],
+        }
+        try:
+            out = env.call(f"{__name__}:child_export", payload, what="tflite")
+        except ExportError:
+            _clean_build(request.out_dir)
+            raise
+        target = Path(out["model_file"])
+        return ExportArtifact(
+            format_key="tflite",
+            runtime="litert",
+            model_file=target,
+            class_names=tuple(out["class_names"]),
+            architecture=out["architecture"],
+            input_name=out["input_name"],
+            input_shape=(1, 3, request.imgsz, request.imgsz),
+            output_layout=out["output_layout"],
+            preprocessing=out["preprocessing"],
+            postprocessing=out["postprocessing"],
+            precision=request.precision,
+            details=out["details"],
+            tools={**out["tools"], **env.versions()},
+        )
+
+
+def _clean_build(out_dir: Path) -> None:
+    shutil.rmtree(out_dir / "source", ignore_errors=True)
+    for leftover in out_dir.glob("*.tflite"):
+        leftover.unlink(missing_ok=True)
+
+
+def _embedded_metadata(path: Path) -> dict[str, Any]:
+    """The ``metadata.json`` Ultralytics appends to a ``.tflite`` (a zip-tolerant flatbuffer)."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            data: dict[str, Any] = json.loads(zf.read("metadata.json"))
+            return data
+    except (zipfile.BadZipFile, KeyError, ValueError, OSError):
+        return {}
+
+
+def _append_metadata(path: Path, metadata: dict[str, Any]) -> None:
+    with zipfile.ZipFile(path, "a", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("metadata.json", json.dumps(metadata))
+
+
+def _quantize(
+    source: Path, target: Path, precision: str, images: list[Path], imgsz: int, task: str
+) -> dict[str, Any]:
+    """Quantize the float32 model at ``source`` into ``target`` with ``ai-edge-quantizer``."""
+    from ai_edge_quantizer import qtyping, quantizer, recipe, recipe_manager
+
+    qt = quantizer.Quantizer(str(source))
+    if precision == "fp16":
+        manager = recipe_manager.RecipeManager()
+        manager.add_weight_only_config(
+            regex=".*",
+            operation_name=qtyping.TFLOperationName.ALL_SUPPORTED,
+            num_bits=16,
+            algorithm_key=recipe.AlgorithmName.FLOAT_CASTING,
+        )
+        qt.load_quantization_recipe(manager.get_quantization_recipe())
+        qt.quantize().export_model(str(target), overwrite=True)
+        return {
+            "quantized": "fp16 weights, float32 compute",
+            "quantizer": "ai-edge-quantizer weight-only float casting (16 bit)",
+        }
+    from exporters.formats.openvino import calibration_tensors
+
+    tensors = calibration_tensors(images, imgsz, task)
+    if not tensors:
+        raise ExportError("tflite int8 export found no readable calibration images")
+    qt.load_quantization_recipe(recipe.static_wi8_ai8())
+    # Float input and output, INT8 inside: every runtime feeds the same float tensor.
+    for op in (qtyping.TFLOperationName.INPUT, qtyping.TFLOperationName.OUTPUT):
+        qt.update_quantization_recipe(
+            regex=".*", operation_name=op, algorithm_key=recipe.AlgorithmName.NO_QUANTIZE
+        )
+    from ai_edge_litert.interpreter import Interpreter
+
+    signatures = Interpreter(model_path=str(source)).get_signature_list()
+    key, spec = next(iter(signatures.items()))
+    samples = [{spec["inputs"][0]: t} for t in tensors]
+    result = qt.calibrate({key: samples})
+    qt.quantize(calibration_result=result).export_model(str(target), overwrite=True)
+    return {
+        "quantized": "int8",
+        "quantizer": "ai-edge-quantizer static_wi8_ai8 (float I/O)",
+        "calibration_images": len(tensors),
+    }
+
+
+def child_export(payload: dict[str, Any]) -> dict[str, Any]:
+    """Inside the toolenv: Ultralytics' LiteRT export, then the precision's quantization."""
+    from exporters.formats.ultralytics_common import export_with_ultralytics, remove_source
+
+    out_dir = Path(payload["out_dir"])
+    request = ExportRequest(
+        checkpoint=Path(payload["checkpoint"]),
+        framework=payload["framework"],
+        task=payload["task"],
+        imgsz=int(payload["imgsz"]),
+        out_dir=out_dir,
+        precision=payload["precision"],
+        options={"config_dir": payload.get("config_dir")},
+    )
+    result = export_with_ultralytics(request, "litert", "TFLite")
+    produced = Path(result.produced)
+    metadata = _embedded_metadata(produced)
+    target = out_dir / "model.tflite"
+    details: dict[str, Any] = {
+        "converter": "litert-torch (Ultralytics format=litert)",
+        "dynamic": False,
+        "end2end": result.end2end,
+        "input_layout": "NCHW",
+        # Raw box/keypoint channels as the model file gives them; the litert runtime scales
+        # normalized ones back to input pixels.
+        "output_box_units": "pixels"
+        if result.task == "classify" or result.end2end
+        else OUTPUT_BOX_UNITS,
+    }
+    precision = payload["precision"]
+    if precision == "fp32":
+        shutil.move(str(produced), target)
+    else:
+        staging = out_dir / "model.quant.tflite"
+        details.update(
+            _quantize(
+                produced,
+                staging,
+                precision,
+                [Path(p) for p in payload.get("calibration_images", [])],
+                request.imgsz,
+                result.task,
+            )
+        )
+        _append_metadata(staging, metadata)  # the runtime reads the head facts from it
+        staging.replace(target)
+        produced.unlink(missing_ok=True)
+    remove_source(request)
+    import ai_edge_litert
+    import litert_torch
+
+    tools = {
+        **result.tools,
+        "litert-torch": str(getattr(litert_torch, "__version__", "")),
+        "ai-edge-litert": str(getattr(ai_edge_litert, "__version__", "")),
+    }
+    return {
+        "model_file": str(target),
+        "class_names": list(result.class_names),
+        "architecture": result.architecture,
+        "input_name": "images",
+        "output_layout": result.output_layout,
+        "preprocessing": result.preprocessing,
+        "postprocessing": result.postprocessing,
+        "details": details,
+        "tools": {k: v for k, v in tools.items() if v},
+    }

@@ -1,0 +1,323 @@
+"""The fast paths of a dataset import: vectorised COCO box checks, run-batched image
+inspection, one-read blob staging, shared copies of duplicate images, Core inserts.
+
+Each fast path must give exactly what the per-object path gives (same records, same
+problems in the same order) and keep the guarantees: nothing left behind on a failure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+from sqlalchemy import func, select
+
+from desktop_app.core import blobs as blobs_mod
+from desktop_app.core import dataset_import
+from desktop_app.core.blobs import BlobStore
+from desktop_app.core.dataset_records import (
+    Annotation,
+    Problems,
+    SourceImage,
+    inspect_images,
+)
+from desktop_app.core.datasets import import_dataset
+from desktop_app.core.errors import DatasetFormatError
+from desktop_app.core.formats import coco
+from desktop_app.core.models import Blob, Dataset, DatasetItem, DatasetVersion
+from desktop_app.core.workspace import Workspace
+from runtimes.fileio import sha256_bytes
+
+W, H = 64, 48
+
+
+def _png(path: Path, seed: int) -> bytes:
+    rng = np.random.default_rng(seed)
+    ok, buf = cv2.imencode(".png", rng.integers(0, 255, (H, W, 3), dtype=np.uint8))
+    assert ok
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(buf.tobytes())
+    return buf.tobytes()
+
+
+def _temp_files(root: Path) -> list[Path]:
+    return list(root.rglob(".tmp-*")) if root.exists() else []
+
+
+# ---- COCO: vectorised plain boxes ------------------------------------------------------------
+
+PLAIN: list[dict[str, Any]] = [
+    {"id": 1, "image_id": 1, "category_id": 3, "bbox": [1.5, 2.25, 10.1, 7.3]},
+    {"id": 2, "image_id": 1, "category_id": 7, "bbox": [0, 0, 64, 48], "iscrowd": 1},
+    {"id": 3, "image_id": 2, "category_id": 3, "bbox": [-0.6, -0.9, 5, 5], "area": 25},
+    {"id": 4, "image_id": 2, "category_id": 7, "bbox": [60.3, 44.1, 4.6, 4.8]},  # clipped
+    {"id": 5, "image_id": 2, "category_id": 3, "bbox": [3, 4, 5, 6], "segmentation": []},
+    {"id": 6, "image_id": 1, "category_id": 3, "bbox": [1, 1, 2, 2], "keypoints": None},
+    {"id": 7, "image_id": 1, "category_id": 7, "bbox": [1e-9, 0.1, 1e-3, 47.8], "iscrowd": 0},
+    {"id": 8, "image_id": 2, "category_id": 3, "bbox": [5, 5, 5, 5], "num_keypoints": 0},
+]
+# each is either invalid or not a plain box: the full check handles it
+OTHER: list[Any] = [
+    {"id": 20, "image_id": 1, "category_id": 3, "bbox": [float("nan"), 1, 2, 2]},
+    {"id": 21, "image_id": 1, "category_id": 3, "bbox": [1, 1, 0, 2]},
+    {"id": 22, "image_id": 1, "category_id": 3, "bbox": [60, 1, 10, 2]},
+    {"id": 23, "image_id": 1, "category_id": 3, "bbox": [True, 1, 2, 2]},
+    {"id": 24, "image_id": 1, "category_id": 3, "bbox": ["1", 1, 2, 2]},
+    {"id": 25, "image_id": 1, "category_id": 99, "bbox": [1, 1, 2, 2]},
+    {"id": 26, "image_id": 9, "category_id": 3, "bbox": [1, 1, 2, 2]},
+    {"id": 27, "image_id": 1.0, "category_id": 3, "bbox": [1, 1, 2, 2]},
+    {"id": 28, "image_id": 1, "category_id": 3, "bbox": [1, 1, 2, 2], "segmentation": {}},
+    {"id": 29, "image_id": 1, "category_id": 3, "bbox": [1, 1, 2, 2], "attributes": {}},
+    {"id": 30, "image_id": 1, "category_id": 3, "bbox": [1, 1, 2]},
+    {"id": 31, "image_id": 1, "category_id": 3, "bbox": [1, 1, 2, float("inf")]},
+    {"id": 32, "image_id": 1, "category_id": 3, "bbox": [1, 1, 2, 2], "keypoints": 0},
+    [1, 1, 2, 2],
+]
+IMAGES = {1: ("a.png", W, H, Path("a.png")), 2: ("b.png", W, H, Path("b.png"))}
+CLASS_OF = {3: 0, 7: 1}
+
+
+def _full_check(ann: dict[str, Any]) -> Annotation:
+    reader = coco._Reader(CLASS_OF, None, Problems())
+    _, a = reader._annotation_of(ann, "at", "where", IMAGES)
+    return a
+
+
+def test_plain_boxes_equal_the_full_check_bit_for_bit() -> None:
+    fast = coco._plain_boxes(PLAIN, IMAGES, CLASS_OF)
+    assert sorted(fast) == list(range(len(PLAIN)))
+    for i, ann in enumerate(PLAIN):
+        iid, a = fast[i]
+        assert iid == ann["image_id"]
+        assert a == _full_check(ann)  # exact float equality, crowd flag included
+        assert a.to_json() == _full_check(ann).to_json()
+
+
+def test_a_number_too_large_for_a_float_leaves_all_to_the_full_check() -> None:
+    huge = {"id": 33, "image_id": 1, "category_id": 3, "bbox": [10**400, 1, 2, 2]}
+    assert coco._plain_boxes([*PLAIN, huge], IMAGES, CLASS_OF) == {}
+
+
+def test_everything_else_is_left_to_the_full_check() -> None:
+    assert coco._plain_boxes(OTHER, IMAGES, CLASS_OF) == {}
+    mixed = [*OTHER, *PLAIN]
+    fast = coco._plain_boxes(mixed, IMAGES, CLASS_OF)
+    assert sorted(fast) == list(range(len(OTHER), len(mixed)))
+
+
+def _coco_source(root: Path, anns: list[Any]) -> Path:
+    for i, name in enumerate(("a.png", "b.png")):
+        _png(root / "images" / name, i)
+    doc = {
+        "images": [
+            {"id": 1, "file_name": "a.png", "width": W, "height": H},
+            {"id": 2, "file_name": "b.png", "width": W, "height": H},
+        ],
+        "annotations": anns,
+        "categories": [{"id": 3, "name": "car"}, {"id": 7, "name": "train"}],
+    }
+    path = root / "annotations.json"
+    path.write_text(json.dumps(doc))  # NaN and Infinity are written as JSON allows them
+    return path
+
+
+def test_lenient_read_lists_every_problem_in_file_order(tmp_path: Path) -> None:
+    anns = [x for pair in zip(PLAIN, OTHER, strict=False) for x in pair] + OTHER[len(PLAIN) :]
+    _coco_source(tmp_path, anns)
+    scanned = coco.read(tmp_path, problems=Problems(lenient=True))
+    valid_other = 2  # image_id 1.0 and an empty attributes object are fine
+    assert sum(len(img.boxes) for img in scanned.images) == len(PLAIN) + valid_other
+    assert len(scanned.problems) == len(OTHER) - valid_other
+    ids = [int(m.group(1)) for p in scanned.problems if (m := re.search(r"annotation (\d+)", p))]
+    assert len(ids) == len(OTHER) - valid_other - 1  # the list one has no id
+    assert ids == sorted(ids)  # in the order of the file
+    by_image = {img.file_name: img.boxes for img in scanned.images}
+    assert by_image["a.png"][0] == _full_check(PLAIN[0])  # the file's order, per image
+    assert by_image["b.png"][0] == _full_check(PLAIN[2])
+
+
+def test_strict_read_raises_the_first_problem_even_after_plain_boxes(tmp_path: Path) -> None:
+    anns = [*PLAIN, OTHER[2], *PLAIN[:2], OTHER[0]]
+    anns = [dict(a, id=i + 1) for i, a in enumerate(anns)]
+    _coco_source(tmp_path, anns)
+    with pytest.raises(DatasetFormatError, match=r"annotation 9 .*lies outside the 64x48 image"):
+        coco.read(tmp_path)
+
+
+# ---- inspect_images in runs -----------------------------------------------------------------
+
+
+def test_inspect_in_runs_keeps_order_progress_and_problem_order(tmp_path: Path) -> None:
+    sources = []
+    broken = {7, 70, 130}
+    for i in range(150):
+        p = tmp_path / f"img{i:03d}.png"
+        if i in broken:
+            p.write_bytes(b"not an image")
+        else:
+            _png(p, i)
+        sources.append(SourceImage(p.name, p, None, (), (W, H)))
+    seen: list[tuple[str, int, int]] = []
+    report = Problems(lenient=True)
+    scanned = inspect_images(
+        tmp_path.resolve(),
+        "test",
+        ["x"],
+        sources,
+        False,
+        lambda stage, done, total: seen.append((stage, done, total)),
+        workers=3,
+        problems=report,
+    )
+    assert [img.file_name for img in scanned.images] == [
+        s.file_name for i, s in enumerate(sources) if i not in broken
+    ]
+    assert seen == [("validate", i, 150) for i in range(1, 151)]
+    assert [m.split("/")[-1].split()[0] for m in scanned.problems] == [
+        f"img{i:03d}.png" for i in sorted(broken)
+    ]
+    assert scanned.images[0].sha256 == sha256_bytes(sources[0].path.read_bytes())
+    with pytest.raises(DatasetFormatError, match="img007.png"):
+        inspect_images(tmp_path.resolve(), "test", ["x"], sources, False, workers=3)
+
+
+# ---- blobs: one read per file, runs of files, failures ---------------------------------------
+
+
+def test_duplicate_known_shas_are_copied_once(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    data = _png(src / "one.png", 1)
+    sha = sha256_bytes(data)
+    other = _png(src / "two.png", 2)
+    store = BlobStore(tmp_path / "blobs")
+    gone = src / "never-read.png"  # shares the sha256 of one.png: not opened
+    results = store.ingest_files(
+        [src / "one.png", gone, src / "two.png", gone], expected=[sha, sha, None, sha]
+    )
+    assert [r.created for r in results] == [True, False, True, False]
+    assert [r.sha256 for r in results] == [sha, sha, sha256_bytes(other), sha]
+    assert {r.size for r in results[::3]} == {len(data)}
+    assert sorted(store.iter_shas()) == sorted({sha, sha256_bytes(other)})
+    assert _temp_files(store.root) == []
+
+
+def test_large_file_is_copied_in_chunks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(blobs_mod, "_ONE_READ", 10)
+    monkeypatch.setattr(blobs_mod, "CHUNK", 7)
+    src = tmp_path / "big.bin"
+    data = bytes(range(256)) * 3
+    src.write_bytes(data)
+    store = BlobStore(tmp_path / "blobs")
+    (stored,) = store.ingest_files([src], expected=[sha256_bytes(data)])
+    assert stored.created and stored.size == len(data)
+    assert store.path(stored.sha256).read_bytes() == data
+
+
+def test_failure_while_renaming_leaves_only_reported_blobs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    contents = [f"blob {i}".encode() for i in range(30)]
+    paths = []
+    for i, c in enumerate(contents):
+        p = tmp_path / "src" / f"{i}.bin"
+        p.parent.mkdir(exist_ok=True)
+        p.write_bytes(c)
+        paths.append(p)
+    store = BlobStore(tmp_path / "blobs")
+    real_replace = os.replace
+    calls = {"n": 0}
+
+    def flaky_replace(a: Any, b: Any) -> None:
+        calls["n"] += 1
+        if calls["n"] == 12:
+            raise OSError(28, "No space left on device")
+        real_replace(a, b)
+
+    monkeypatch.setattr(blobs_mod.os, "replace", flaky_replace)
+    created: list[str] = []
+    with pytest.raises(OSError, match="No space"):
+        store.ingest_files(paths, expected=[sha256_bytes(c) for c in contents], created=created)
+    monkeypatch.setattr(blobs_mod.os, "replace", real_replace)
+    assert sorted(created) == sorted(store.iter_shas())  # every blob in place is reported
+    assert 0 < len(created) < 30
+    assert _temp_files(store.root) == []
+    for sha in created:
+        store.delete(sha)
+    assert [p for p in store.root.rglob("*")] == []  # no temp file, no empty shard folder
+
+
+def test_failure_while_copying_leaves_nothing(tmp_path: Path) -> None:
+    paths = []
+    for i in range(40):
+        p = tmp_path / "src" / f"{i}.bin"
+        p.parent.mkdir(exist_ok=True)
+        p.write_bytes(f"content {i}".encode())
+        paths.append(p)
+    paths[25].unlink()
+    store = BlobStore(tmp_path / "blobs")
+    created: list[str] = []
+    expected = [sha256_bytes(f"content {i}".encode()) for i in range(40)]
+    with pytest.raises(FileNotFoundError):
+        store.ingest_files(paths, expected=expected, workers=3, created=created)
+    assert created == []
+    assert [p for p in store.root.rglob("*")] == []
+
+
+# ---- the whole import --------------------------------------------------------------------------
+
+
+def _coco_with_duplicates(root: Path) -> Path:
+    data = _png(root / "images" / "a.png", 1)
+    (root / "images" / "copy-of-a.png").write_bytes(data)
+    _png(root / "images" / "b.png", 2)
+    doc = {
+        "images": [
+            {"id": i, "file_name": n, "width": W, "height": H}
+            for i, n in enumerate(("a.png", "copy-of-a.png", "b.png"), start=1)
+        ],
+        "annotations": [
+            {"id": i, "image_id": 1 + i % 3, "category_id": 5, "bbox": [i, 2, 10, 10]}
+            for i in range(1, 10)
+        ],
+        "categories": [{"id": 5, "name": "thing"}],
+    }
+    (root / "annotations.json").write_text(json.dumps(doc))
+    return root
+
+
+def test_duplicate_images_are_stored_once(ws: Workspace, tmp_path: Path) -> None:
+    src = _coco_with_duplicates(tmp_path / "src")
+    summary = import_dataset(ws, src, "dups", "coco")
+    assert summary["images"] == 3 and summary["annotations"] == 9
+    files = [p for p in ws.blobs_dir.rglob("*") if p.is_file()]
+    assert len(files) == 2
+    with ws.session() as s:
+        assert s.scalar(select(func.count()).select_from(Blob)) == 2
+        items = s.scalars(select(DatasetItem).order_by(DatasetItem.file_name)).all()
+        assert [i.file_name for i in items] == ["a.png", "b.png", "copy-of-a.png"]
+        assert items[0].image_sha256 == items[2].image_sha256
+        assert all(len(i.boxes) == 3 and len(i.boxes[0]) == 5 for i in items)
+        assert (items[0].width, items[0].height) == (W, H)
+
+
+def test_database_failure_after_the_blobs_leaves_nothing(
+    ws: Workspace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src = _coco_with_duplicates(tmp_path / "src")
+
+    def fail(*args: Any, **kwargs: Any) -> None:
+        raise OSError(5, "disk I/O error")
+
+    monkeypatch.setattr(dataset_import, "_create_rows", fail)
+    with pytest.raises(OSError, match="disk I/O"):
+        import_dataset(ws, src, "dups", "coco")
+    with ws.session() as s:
+        for model in (Dataset, DatasetVersion, DatasetItem, Blob):
+            assert s.scalar(select(func.count()).select_from(model)) == 0
+    assert [p for p in ws.blobs_dir.rglob("*") if p.is_file()] == []

@@ -1,0 +1,152 @@
+"""Devices page against a real agent process on 127.0.0.1: it appears by mDNS, pairs with
+the code it shows, takes a deployment, answers inference (boxes drawn), latency and usage."""
+
+# ruff: noqa: F811 - the fixtures imported from fixtures_s2 are test parameters
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from desktop_app.core import devices as core_devices
+from desktop_app.ui.devices_page import DevicesPage
+from tests.fakes import EXPECTED
+from tests.ui.fixtures_s2 import (  # noqa: F401 - fixtures
+    add_fake_export,
+    local_agent,
+    s2_ctx,
+    seed_runs,
+    write_image,
+)
+
+pytestmark = pytest.mark.gui
+
+LOOPBACK = ["127.0.0.1"]
+
+
+def _page(qtbot: Any, ctx: Any) -> DevicesPage:
+    page = DevicesPage(ctx)
+    page.set_interfaces(LOOPBACK)
+    page.timer.setInterval(300)
+    qtbot.addWidget(page)
+    page.resize(1000, 700)
+    page.show()
+    return page
+
+
+def test_interfaces_come_from_settings(qtbot: Any, s2_ctx: Any) -> None:
+    page = DevicesPage(s2_ctx)
+    qtbot.addWidget(page)
+    s2_ctx.settings.discovery_interfaces = []
+    assert page.interfaces() is None  # every interface: the default for real users
+    s2_ctx.settings.discovery_interfaces = ["127.0.0.1"]
+    assert page.interfaces() == ["127.0.0.1"]
+    page.set_interfaces(["10.9.8.7"])
+    assert page.interfaces() == ["10.9.8.7"]
+
+
+def test_discover_pair_deploy_infer_on_a_real_agent(
+    qtbot: Any, s2_ctx: Any, local_agent: Any, tmp_path: Path
+) -> None:
+    ws = s2_ctx.workspace
+    agent_id = local_agent.ready["agent_id"]
+    page = _page(qtbot, s2_ctx)
+
+    # the agent appears live (the discovery timer browses 127.0.0.1 only)
+    qtbot.waitUntil(lambda: page.device(agent_id) is not None, timeout=30_000)
+    page.timer.stop()
+    row = next(i for i, d in enumerate(page.devices) if d["id"] == agent_id)
+    assert page.device_table.item(row, 1).text() == agent_id
+    assert page.device_table.item(row, 6).text() == "no"
+    page.select_device(agent_id)
+
+    # a wrong code is refused with a one-line message; the device stays unpaired
+    dialog = page.open_pair()
+    assert dialog is not None
+    dialog.code_edit.setText("12345")
+    dialog.try_accept()
+    assert "6 digits" in dialog.error_label.text()
+    code = local_agent.pairing_code()
+    wrong = "000000" if code != "000000" else "111111"
+    dialog.code_edit.setText(wrong)
+    dialog.try_accept()
+    qtbot.waitUntil(lambda: s2_ctx.last_error is not None, timeout=20_000)
+    assert "refused pairing" in s2_ctx.last_error
+    assert not core_devices.get_device(ws, agent_id).info.get("pinned_key")
+
+    # the right code pairs
+    dialog = page.open_pair()
+    assert dialog is not None
+    dialog.code_edit.setText(local_agent.pairing_code())
+    dialog.try_accept()
+    qtbot.waitUntil(lambda: bool((page.device(agent_id) or {}).get("paired")), timeout=20_000)
+    assert "paired with" in page.status_label.text()
+
+    # deploy a (fake-detector) export
+    seed_runs(ws)
+    add_fake_export(ws, "exp-devices1", "run-alpha")
+    page.refresh()
+    qtbot.waitUntil(lambda: any(e["id"] == "exp-devices1" for e in page.exports), timeout=10_000)
+    deploy = page.open_deploy()
+    assert deploy.export_box.currentData() == "exp-devices1"
+    assert deploy.device_box.currentData() == agent_id
+    deploy.accept()
+    qtbot.waitUntil(lambda: page.history_table.rowCount() >= 1, timeout=60_000)
+    assert page.history_table.item(0, 3).text() == "deploy"
+    assert page.history_table.item(0, 4).text() == "installed"
+    qtbot.waitUntil(lambda: bool(page.detail and page.detail["models"]), timeout=20_000)
+    assert page.detail is not None and page.detail["models"][0]["name"] == "shapes"
+
+    # inference on the device: one drawn box per returned detection
+    image = write_image(tmp_path / "probe.png")
+    page.inference.set_image(image)
+    assert page.inference.select_target("device", agent_id)
+    page.run_inference()
+    qtbot.waitUntil(lambda: page.last_result is not None, timeout=30_000)
+    result = page.last_result
+    assert result is not None and result["where"] == "device"
+    boxes = page.inference.view.box_items()
+    assert len(boxes) == len(result["detections"]) == len(EXPECTED)
+    assert [b.class_name for b in boxes] == [e["class_name"] for e in EXPECTED]
+    assert boxes[0].xyxy() == pytest.approx(tuple(EXPECTED[0]["xyxy"]), abs=0.5)
+
+    # the same image locally, through the export's package
+    page.last_result = None
+    assert page.inference.select_target("local", "exp-devices1")
+    page.run_inference()
+    qtbot.waitUntil(lambda: page.last_result is not None, timeout=30_000)
+    assert page.last_result is not None and page.last_result["where"] == "local"
+    assert len(page.inference.view.box_items()) == len(EXPECTED)
+
+    # latency on the device, then usage pulled back
+    page.bench_selected()
+    qtbot.waitUntil(lambda: page.latency_table.rowCount() == 1, timeout=60_000)
+    assert float(page.latency_table.item(0, 5).text()) > 0
+    assert page.latency_chart.data()[0][1] > 0
+    page.pull_usage()
+    qtbot.waitUntil(lambda: page.usage_table.rowCount() >= 1, timeout=30_000)
+    assert int(page.usage_table.item(0, 3).text()) >= 1  # requests: the inference above
+
+
+def test_inference_without_an_image_says_what_to_do(qtbot: Any, s2_ctx: Any) -> None:
+    page = _page(qtbot, s2_ctx)
+    page.timer.stop()
+    page.run_inference()
+    assert "Pick an image" in page.inference.result_label.text()
+
+
+def test_local_inference_refuses_a_non_image(qtbot: Any, s2_ctx: Any, tmp_path: Path) -> None:
+    seed_runs(s2_ctx.workspace)
+    add_fake_export(s2_ctx.workspace, "exp-local1", "run-alpha")
+    page = _page(qtbot, s2_ctx)
+    page.timer.stop()
+    page.refresh()
+    qtbot.waitUntil(lambda: page.inference.target_box.count() == 1, timeout=10_000)
+    text = tmp_path / "notes.txt"
+    text.write_text("hello")
+    page.inference.set_image(text)
+    page.run_inference()
+    qtbot.waitUntil(lambda: s2_ctx.last_error is not None, timeout=10_000)
+    assert "is not an image" in s2_ctx.last_error
+    assert page.inference.run_button.isEnabled()
