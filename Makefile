@@ -47,7 +47,8 @@ test-netns: $(STAMP)
 test-gui: $(STAMP)
 	$(PYTEST) -m gui -q
 
-# One PNG per main Studio view in screenshots/ (the app under Xvfb; a tiny run trained first).
+# One PNG per main Studio view in screenshots/ (the app under Xvfb; two tiny runs trained,
+# exported, evaluated and deployed to a local agent on 127.0.0.1 only, first).
 XVFB_DISPLAY ?= :97
 screenshots: $(STAMP)
 	@command -v Xvfb >/dev/null || apt-get install -y xvfb libxcb-icccm4 libxcb-keysyms1 \

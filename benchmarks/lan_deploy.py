@@ -5,8 +5,9 @@ Measures, side by side, in one run on one machine:
 
 - push throughput of a ~50 MB package (signed resumable chunked upload, install included)
   vs a plain HTTP GET of the same file over the same link (``python -m http.server`` +
-  ``curl``); the push is also split into its transfer (every chunk acknowledged) and the
-  commit (whole-package sha256, extraction, load, self-test, switch);
+  ``curl``); the push is also split into its transfer (hashing the file, opening the upload,
+  the streamed bytes acknowledged) and the commit (extraction, load, self-test, switch);
+  with ``OUTPOST_UPLOAD_PROFILE=1`` both sides print their per-request timings on stderr;
 - discovery time: mDNS browse on the veth address only until the agent is found;
 - agent HTTP inference p50 (signed request, 640 px JPEG) vs raw runtime p50 (``session.run``
   on the same model, in-process);
@@ -180,14 +181,15 @@ def desktop_side(args: argparse.Namespace) -> None:
         sent: list[float] = []
 
         def progress(done: int, total: int) -> None:
-            if done >= total and not sent:
+            # The last call follows the agent's answer to the last byte (before the commit).
+            if done >= total:
                 sent.append(time.perf_counter())
 
         t0 = time.perf_counter()
         chunk = spec["chunk_mib"] << 20 if spec["chunk_mib"] else None
         installed = client.upload_package(package, progress, chunk_size=chunk, resumable=True)
         out["push_s"] = time.perf_counter() - t0
-        out["transfer_s"] = (sent[0] if sent else time.perf_counter()) - t0
+        out["transfer_s"] = (sent[-1] if sent else time.perf_counter()) - t0
         get = subprocess.run(  # noqa: S603
             [
                 "curl",
@@ -278,6 +280,10 @@ def main() -> int:
                 proc.terminate()
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     proc.wait(20)
+        with contextlib.suppress(OSError):  # OUTPOST_UPLOAD_PROFILE=1: the agent's timings
+            for line in (work / "agent.log").read_text(errors="replace").splitlines():
+                if '"upload_profile"' in line:
+                    print(line, file=sys.stderr)
     mib = result["size"] / (1 << 20)
     push_mbs, get_mbs = mib / result["push_s"], mib / result["get_s"]
     print(f"package: {package.name}, {mib:.1f} MiB; link: veth pairs on a bridge (namespaces)")

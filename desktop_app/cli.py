@@ -986,6 +986,9 @@ def cmd_jobs_list(args: argparse.Namespace) -> Any:
         row = job.to_dict()
         p = job.progress
         row["epoch"] = f"{p['epoch']}/{p.get('epochs')}" if p.get("epoch") else None
+        if job.kind == "export":  # its run is in its spec; its progress counts formats
+            row["run_id"] = job.spec.get("run_id")
+            row["epoch"] = f"{p.get('formats_done', 0)}/{p.get('formats_total', '?')} formats"
         row["eta_s"] = p.get("eta_s")
         rows.append(row)
     if args.json:
@@ -1087,6 +1090,19 @@ def cmd_export(args: argparse.Namespace) -> Any:
     if getattr(args, "for_tensorrt", False):  # ship ONNX; the device builds the engine
         formats = ["onnx-tensorrt" + f[4:] if f.split(":")[0] == "onnx" else f for f in formats]
     precision = "int8" if getattr(args, "int8", False) else args.precision
+    if getattr(args, "detach", False):
+        from desktop_app.core.export_jobs import submit_export
+
+        ws = _open_ws(args)
+        job = submit_export(
+            ws,
+            args.run,
+            formats,
+            imgsz=args.imgsz,
+            precision=precision,
+            bundle=getattr(args, "bundle_formats", False),
+        )
+        return _detached(args, ws, {"job": job.id, "run": str(job.spec["run_id"])})
     results = export_run(
         _open_ws(args),
         args.run,
@@ -2429,6 +2445,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="write ONE package holding every --format (the first is primary; "
         "`outpost predict --runtime`/`--format` picks one)",
+    )
+    p.add_argument(
+        "--detach",
+        action="store_true",
+        help="queue it as an export job (prints the job id); a background worker runs it",
     )
     exports = sub.add_parser("exports", help="exports").add_subparsers(dest="sub", required=True)
     p = add(exports, "list", cmd_exports_list, "list exports (with the default flag)")

@@ -20,6 +20,8 @@ from collections.abc import Sequence
 
 # Modules a child may be started as (``python -m``) and what runs them here.
 CLI_MODULES = ("desktop_app.cli", "desktop_app")
+# Children that need torch (not frozen): they run in the managed training environment.
+TORCH_MODULES = ("desktop_app.core.export_worker",)
 AGENT_MODULES = ("device_agent", "device_agent.cli")
 
 
@@ -76,7 +78,7 @@ def _module(name: str, argv: list[str]) -> int:
         from device_agent.cli import main as agent_main
 
         return agent_main(argv)
-    if name.startswith("trainers."):
+    if name.startswith("trainers.") or name in TORCH_MODULES:
         from desktop_app.core.training_env import trainer_python
 
         return _delegate([trainer_python(), "-m", name, *argv])

@@ -19,7 +19,7 @@ import hmac
 import os
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -321,3 +321,10 @@ def agent_expected_proof(
 ) -> str:
     shared = agent.exchange_key().exchange(X25519PublicKey.from_public_bytes(ephemeral_raw))
     return pairing_proof(code, shared, agent_id, desktop_public_raw, ephemeral_raw)
+
+
+def pieces_digest(pieces: Sequence[str], first: int) -> str:
+    """The body digest a streamed upload signs: the sha256 of the hex digests of the pieces it
+    carries (``pieces[first:]``, concatenated). The agent checks every piece against its own
+    listed digest as it arrives; this binds the request's signature to exactly those pieces."""
+    return hashlib.sha256("".join(pieces[first:]).encode("ascii")).hexdigest()

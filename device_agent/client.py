@@ -12,9 +12,10 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -37,6 +38,7 @@ from device_agent.auth import (
     desktop_pairing_proof,
     fingerprint,
     new_nonce,
+    pieces_digest,
     request_message,
     response_message,
     sha256_hex,
@@ -50,6 +52,11 @@ from device_agent.protocol_version import (
     IncompatibleProtocolError,
     check_agent_info,
     protocol_headers,
+)
+from device_agent.uploads import (
+    MAX_PIECES,
+    PIECES_CONTENT_TYPE,
+    profile_line,
 )
 from runtimes.errors import PackageError
 from runtimes.fileio import sha256_file
@@ -69,6 +76,8 @@ CHUNK_TIMEOUT_S = 120.0  # one chunk of a resumable upload
 DEFAULT_CHUNK = 4 << 20
 SINGLE_SHOT_BYTES = 1 << 20  # packages up to this size go in one request by default
 UPLOAD_RETRIES = 5  # connection errors in a row before a resumable upload gives up
+PIECE_SIZE = 4 << 20  # the agent checks a streamed upload in pieces of this size
+STREAM_BLOCK = 1 << 20  # a streamed upload reads and sends the file in blocks of this size
 
 
 class SignedAuth(httpx.Auth):
@@ -251,26 +260,34 @@ class AgentClient:
         provider: str | None = None,
         chunk_size: int | None = None,
         resumable: bool | None = None,
+        piece_size: int | None = None,
         retries: int = UPLOAD_RETRIES,
         backoff_s: float = 0.5,
         timeout: float | None = None,
     ) -> dict[str, Any]:
-        """Install a ``.outpost.zip`` on the agent in resumable chunks; returns the install result.
+        """Install a ``.outpost.zip`` on the agent as a resumable upload; returns the result.
 
+        The file is read once to hash it: its sha256 and the sha256 of each piece (4 MiB, or
+        more for packages over 32 GiB: see :func:`piece_size_for`). The upload is opened
+        with that piece list, then the package goes as one streamed request that the agent
+        checks piece by piece. With ``chunk_size`` it goes instead in one request per chunk
+        (each signed with its own digest), as it does to an agent without streamed uploads.
         On a connection error the client asks the agent where the upload stands and resumes
         from there, up to ``retries`` times in a row with doubling pauses (``backoff_s``
         first). A small package (up to :data:`SINGLE_SHOT_BYTES`, unless ``resumable`` is
-        True), or any package for an agent without chunked uploads (404), goes in one
+        True), or any package for an agent without resumable uploads (404), goes in one
         request instead (:meth:`put_package`).
 
         Args:
             path: the package.
-            on_progress: called with (bytes the agent holds, total bytes) after each chunk.
+            on_progress: called with (bytes done, total bytes): while a stream is sent, the
+                bytes sent; after each request, the bytes the agent holds.
             activate: False installs it staged: checked but not serving (see :meth:`activate`).
             provider: an execution provider to ask for; when it is missing or fails, the
                 result's ``fallback`` says what runs instead.
-            chunk_size: bytes per request (default: what the agent asks for, 4 MiB).
-            resumable: True always uses chunks, False never; None decides by size.
+            chunk_size: bytes per request (chunks instead of one stream).
+            resumable: True always uses a resumable upload, False never; None decides by size.
+            piece_size: bytes per checked piece of a stream (default :func:`piece_size_for`).
 
         Raises:
             PackageError: the file cannot be read.
@@ -280,57 +297,62 @@ class AgentClient:
         path = Path(path)
         try:
             size = path.stat().st_size
-            digest = sha256_file(path)
         except OSError as exc:
             raise PackageError(
                 f"cannot read {path}: {exc.strerror}; check the package path"
             ) from None
         if resumable is False or (resumable is None and size <= SINGLE_SHOT_BYTES):
             return self.put_package(path, activate=activate, provider=provider, timeout=timeout)
+        streamed = chunk_size is None
+        piece = chunk_size or piece_size or piece_size_for(size)
+        t0 = time.perf_counter()
         try:
-            upload = self.create_upload(size, digest, path.name)
+            digest, pieces = hash_pieces(path, piece)
+        except OSError as exc:
+            raise PackageError(
+                f"cannot read {path}: {exc.strerror}; check the package path"
+            ) from None
+        t1 = time.perf_counter()
+        try:
+            upload = self.create_upload(
+                size,
+                digest,
+                path.name,
+                piece_size=piece if streamed else None,
+                pieces=pieces if streamed else None,
+            )
         except AgentRejectedError as exc:
             if exc.status in (404, 405) and activate and provider is None:
                 return self.put_package(path, timeout=timeout)  # an agent from before uploads
             raise
+        profile_line("client-open", bytes=size, hash_s=t1 - t0, create_s=time.perf_counter() - t1)
         upload_id = str(upload["id"])
-        step = int(chunk_size or upload.get("chunk_size") or DEFAULT_CHUNK)
         offset = int(upload.get("offset", 0))
-        failures = 0
-        signed = self.auth.key is not None
         try:
-            with open(path, "rb") as fh, ThreadPoolExecutor(1, "outpost-upload-read") as pool:
-                # The next chunk is read (and hashed, for its signature) while this one is on
-                # the wire; a resume from another offset throws the prefetched one away.
-                ahead = pool.submit(_read_chunk, fh, offset, min(step, size - offset), signed)
-                while offset < size:
-                    at, chunk, chunk_sha = ahead.result()
-                    if at != offset:
-                        chunk_at = _read_chunk(fh, offset, min(step, size - offset), signed)
-                        at, chunk, chunk_sha = chunk_at
-                    end = offset + len(chunk)
-                    if end < size:
-                        ahead = pool.submit(_read_chunk, fh, end, min(step, size - end), signed)
-                    try:
-                        offset = int(self.put_chunk(upload_id, at, chunk, chunk_sha)["offset"])
-                        failures = 0
-                    except (AgentUnreachableError, AgentRejectedError) as exc:
-                        if isinstance(exc, AgentRejectedError) and exc.status != 409:
-                            raise
-                        failures += 1
-                        offset = self._resume_offset(upload_id, failures, retries, backoff_s, exc)
-                    if on_progress is not None:
-                        on_progress(offset, size)
+            with open(path, "rb") as fh:
+                if streamed and upload.get("piece_size") == piece:
+                    self._send_stream(
+                        upload_id, fh, offset, size, piece, pieces, on_progress, retries, backoff_s
+                    )
+                else:  # chunks: asked for, or an agent without streamed uploads
+                    step = int(chunk_size or upload.get("chunk_size") or DEFAULT_CHUNK)
+                    known = (piece, pieces)
+                    self._send_chunks(
+                        upload_id, fh, offset, size, step, known, on_progress, retries, backoff_s
+                    )
         except OSError as exc:
             raise PackageError(
                 f"cannot read {path}: {exc.strerror}; check the package path"
             ) from None
         failures = 0
+        t2 = time.perf_counter()
         while True:
             try:
-                return self.commit_upload(
+                result = self.commit_upload(
                     upload_id, activate=activate, provider=provider, timeout=timeout
                 )
+                profile_line("client-commit", commit_s=time.perf_counter() - t2)
+                return result
             except AgentUnreachableError as exc:  # a commit is idempotent: ask again
                 failures += 1
                 if failures > retries:
@@ -338,6 +360,87 @@ class AgentClient:
                         f"{exc}; gave up committing upload {upload_id} after {retries} retries"
                     ) from None
                 time.sleep(backoff_s * 2 ** (failures - 1))
+
+    def _send_stream(
+        self,
+        upload_id: str,
+        fh: BinaryIO,
+        offset: int,
+        size: int,
+        piece: int,
+        pieces: list[str],
+        on_progress: Callable[[int, int], None] | None,
+        retries: int,
+        backoff_s: float,
+    ) -> None:
+        """Stream the rest of the package from ``offset``; after a break, from the agent's."""
+        failures = 0
+        while offset < size:
+            before = offset
+            try:
+                offset = int(
+                    self.put_stream(upload_id, fh, offset, size, piece, pieces, on_progress)[
+                        "offset"
+                    ]
+                )
+                if offset <= before:  # the agent kept nothing of it: count it as a failure
+                    raise AgentRejectedError(
+                        409, f"upload {upload_id} did not move past byte {before}"
+                    )
+                failures = 0
+            except (AgentUnreachableError, AgentRejectedError) as exc:
+                if isinstance(exc, AgentRejectedError) and exc.status not in (409, 422):
+                    raise
+                failures += 1
+                offset = self._resume_offset(upload_id, failures, retries, backoff_s, exc)
+            if on_progress is not None:
+                on_progress(offset, size)
+
+    def _send_chunks(
+        self,
+        upload_id: str,
+        fh: BinaryIO,
+        offset: int,
+        size: int,
+        step: int,
+        known: tuple[int, list[str]],
+        on_progress: Callable[[int, int], None] | None,
+        retries: int,
+        backoff_s: float,
+    ) -> None:
+        """Send the rest of the package from ``offset`` in ``step``-byte requests."""
+        failures = 0
+        signed = self.auth.key is not None
+
+        def read(at: int) -> tuple[int, bytes, str | None]:
+            length = min(step, size - at)
+            piece, pieces = known
+            digest = pieces[at // piece] if at % piece == 0 and piece == step else None
+            return _read_chunk(fh, at, length, signed and digest is None, digest)
+
+        with ThreadPoolExecutor(1, "outpost-upload-read") as pool:
+            # The next chunk is read (and hashed, when its digest is not known yet) while this
+            # one is on the wire; a resume from another offset throws the prefetched one away.
+            ahead = pool.submit(read, offset)
+            while offset < size:
+                at, chunk, chunk_sha = ahead.result()
+                if at != offset:
+                    at, chunk, chunk_sha = read(offset)
+                end = offset + len(chunk)
+                if end < size:
+                    ahead = pool.submit(read, end)
+                t0 = time.perf_counter()
+                try:
+                    offset = int(self.put_chunk(upload_id, at, chunk, chunk_sha)["offset"])
+                    failures = 0
+                except (AgentUnreachableError, AgentRejectedError) as exc:
+                    if isinstance(exc, AgentRejectedError) and exc.status != 409:
+                        raise
+                    failures += 1
+                    offset = self._resume_offset(upload_id, failures, retries, backoff_s, exc)
+                profile_line("client-chunk", bytes=len(chunk), request_s=time.perf_counter() - t0)
+                if on_progress is not None:
+                    on_progress(offset, size)
 
     def _resume_offset(
         self, upload_id: str, failures: int, retries: int, backoff_s: float, cause: Exception
@@ -391,10 +494,85 @@ class AgentClient:
                 timeout=timeout or max(self.timeout, UPLOAD_TIMEOUT_S),
             )
 
-    def create_upload(self, size: int, sha256: str, name: str | None = None) -> dict[str, Any]:
-        """Open a resumable upload (``POST /v1/uploads``): ``{id, chunk_size, offset}``."""
-        body = {"size": size, "sha256": sha256, **({"name": name} if name else {})}
+    def create_upload(
+        self,
+        size: int,
+        sha256: str,
+        name: str | None = None,
+        *,
+        piece_size: int | None = None,
+        pieces: list[str] | None = None,
+    ) -> dict[str, Any]:
+        """Open a resumable upload (``POST /v1/uploads``): ``{id, chunk_size, offset}``.
+
+        With ``piece_size`` and ``pieces`` (see :func:`hash_pieces`) the agent takes the rest
+        as one stream (:meth:`put_stream`) and answers them back (an agent from before
+        streamed uploads does not).
+        """
+        body: dict[str, Any] = {"size": size, "sha256": sha256, **({"name": name} if name else {})}
+        if piece_size is not None and pieces is not None:
+            body["piece_size"], body["pieces"] = piece_size, pieces
         return self._json("POST", "/v1/uploads", body)
+
+    def put_stream(
+        self,
+        upload_id: str,
+        fh: BinaryIO,
+        offset: int,
+        size: int,
+        piece_size: int,
+        pieces: list[str],
+        on_progress: Callable[[int, int], None] | None = None,
+    ) -> dict[str, Any]:
+        """Send the package's bytes from ``offset`` (a piece boundary) to the end in one request.
+
+        The signature covers the digests of the pieces it carries (``pieces_digest``); the
+        agent checks each piece as it arrives and answers with its new offset.
+        """
+        headers = {
+            "Content-Type": PIECES_CONTENT_TYPE,
+            "Upload-Offset": str(offset),
+            "Content-Length": str(size - offset),
+        }
+        if self.auth.key is not None:
+            headers[BODY_HASH_HEADER] = pieces_digest(pieces, offset // piece_size)
+        timings = {"read_s": 0.0, "send_s": 0.0}
+
+        def body() -> Iterator[bytes]:
+            sent = offset
+            fh.seek(offset)
+            while sent < size:
+                t0 = time.perf_counter()
+                block = fh.read(min(STREAM_BLOCK, size - sent))
+                t1 = time.perf_counter()
+                timings["read_s"] += t1 - t0
+                if not block:
+                    raise PackageError(
+                        f"the package got shorter while it was sent (at byte {sent} of {size}); "
+                        "deploy it again"
+                    )
+                sent += len(block)
+                yield block
+                timings["send_s"] += time.perf_counter() - t1
+                if on_progress is not None:
+                    on_progress(sent, size)
+
+        t0 = time.perf_counter()
+        try:
+            return self._request(
+                "PUT",
+                f"/v1/uploads/{quote(upload_id, safe='')}",
+                content=body(),
+                headers=headers,
+                timeout=max(self.timeout, CHUNK_TIMEOUT_S),
+            )
+        finally:
+            profile_line(
+                "client-stream",
+                bytes=size - offset,
+                request_s=time.perf_counter() - t0,
+                **timings,
+            )
 
     def put_chunk(
         self, upload_id: str, offset: int, data: bytes, sha256: str | None = None
@@ -578,12 +756,45 @@ class AgentClient:
 
 
 def _read_chunk(
-    fh: BinaryIO, offset: int, length: int, hashed: bool
+    fh: BinaryIO, offset: int, length: int, hashed: bool, known: str | None = None
 ) -> tuple[int, bytes, str | None]:
-    """``length`` bytes of ``fh`` at ``offset`` and their sha256 (when ``hashed``)."""
+    """``length`` bytes of ``fh`` at ``offset`` and their sha256 (``known``, or computed when
+    ``hashed``)."""
     fh.seek(offset)
     data = fh.read(length)
-    return offset, data, sha256_hex(data) if hashed else None
+    return offset, data, known or (sha256_hex(data) if hashed else None)
+
+
+def piece_size_for(size: int) -> int:
+    """The piece size of a streamed upload of ``size`` bytes: 4 MiB, or larger (a multiple of
+    1 MiB) so that the piece list stays within the agent's limit."""
+    smallest = -(-size // MAX_PIECES)
+    return max(PIECE_SIZE, -(-smallest // (1 << 20)) << 20)
+
+
+def hash_pieces(path: Path, piece_size: int) -> tuple[str, list[str]]:
+    """The sha256 of the file and of each ``piece_size`` piece, in one read of the file.
+
+    The whole-file digest is computed in a second thread while this one hashes the pieces
+    (hashlib lets go of the GIL), so two digests cost about the time of one.
+    """
+    whole = hashlib.sha256()
+    pieces: list[str] = []
+    piece = hashlib.sha256()
+    in_piece = 0
+    block_size = STREAM_BLOCK
+    with open(path, "rb") as fh, ThreadPoolExecutor(1, "outpost-upload-hash") as pool:
+        while block := fh.read(min(block_size, piece_size - in_piece)):
+            job = pool.submit(whole.update, block)
+            piece.update(block)
+            in_piece += len(block)
+            if in_piece == piece_size:
+                pieces.append(piece.hexdigest())
+                piece, in_piece = hashlib.sha256(), 0
+            job.result()
+    if in_piece or not pieces:
+        pieces.append(piece.hexdigest())
+    return whole.hexdigest(), pieces
 
 
 def pair_with_agent(

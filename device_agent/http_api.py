@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import tempfile
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -66,7 +67,14 @@ from device_agent.protocol_version import (
 )
 from device_agent.stats import PROMETHEUS_CONTENT_TYPE, SERIES_MINUTES, prometheus_text
 from device_agent.store import UninstallError
-from device_agent.uploads import UploadError, UploadManager
+from device_agent.uploads import (
+    PIECES_CONTENT_TYPE,
+    PieceWriter,
+    UploadError,
+    UploadManager,
+    profile_line,
+    profiling,
+)
 from runtimes.errors import ImageDecodeError, OutpostError, PackageError, RuntimeUnavailableError
 
 if TYPE_CHECKING:
@@ -584,7 +592,9 @@ async def _blocking(fn: Callable[[], Any]) -> Any:
 
 
 async def post_upload(request: web.Request) -> web.Response:
-    """Open a resumable upload: ``{size, sha256, name?}`` → ``{id, chunk_size, offset: 0}``."""
+    """Open a resumable upload: ``{size, sha256, name?, piece_size?, pieces?}`` →
+    ``{id, chunk_size, offset: 0[, piece_size, pieces]}`` (with a piece list the rest of the
+    package may come as one stream)."""
     service = request.app[SERVICE_KEY]
     data = await _json_object(request)
     size = data.get("size")
@@ -593,7 +603,12 @@ async def post_upload(request: web.Request) -> web.Response:
     try:
         state = await _blocking(
             functools.partial(
-                request.app[UPLOADS_KEY].create, size, data.get("sha256"), data.get("name")
+                request.app[UPLOADS_KEY].create,
+                size,
+                data.get("sha256"),
+                data.get("name"),
+                data.get("piece_size"),
+                data.get("pieces"),
             )
         )
     except UploadError as exc:
@@ -602,21 +617,124 @@ async def post_upload(request: web.Request) -> web.Response:
 
 
 async def put_upload_chunk(request: web.Request) -> web.Response:
-    """Append one chunk at ``Upload-Offset``; 409 with the agent's offset when it differs."""
+    """Append one chunk at ``Upload-Offset``; 409 with the agent's offset when it differs.
+
+    A body of type ``application/x-outpost-pieces`` is a stream of the rest of the package,
+    checked piece by piece (:func:`_put_upload_stream`).
+    """
     raw = request.headers.get(UPLOAD_OFFSET_HEADER, "")
     if not raw.isdigit():
         raise ApiError(
             400, f"send the chunk's position in bytes in the {UPLOAD_OFFSET_HEADER} header"
         )
+    if request.content_type == PIECES_CONTENT_TYPE:
+        return await _put_upload_stream(request, int(raw))
+    t0 = time.perf_counter()
     data = await request.read()
+    t1 = time.perf_counter()
     signed = SIGNED.get()
     if signed is not None:  # hashed in a worker thread: the event loop keeps serving
         check_body(signed, await _blocking(functools.partial(sha256_hex, data)))
+    t2 = time.perf_counter()
     uploads = request.app[UPLOADS_KEY]
     try:
         state = await _blocking(
             functools.partial(uploads.write, request.match_info["id"], int(raw), data)
         )
+    except UploadError as exc:
+        return _upload_refused(exc)
+    profile_line(
+        "agent-chunk",
+        bytes=len(data),
+        receive_s=t1 - t0,
+        hash_s=t2 - t1,
+        write_fsync_s=time.perf_counter() - t2,
+    )
+    return web.json_response(state)
+
+
+async def _put_upload_stream(request: web.Request, offset: int) -> web.Response:
+    """Receive the rest of a streamed upload; every whole piece is checked, then written.
+
+    The socket is read on the event loop while a worker thread hashes and writes the
+    previous piece (at most two pieces in memory). However the request ends (done, a broken
+    connection, a piece that does not match), what was verified is fsynced and recorded
+    before the answer, so the client resumes from the agent's offset.
+    """
+    uploads = request.app[UPLOADS_KEY]
+    upload_id = request.match_info["id"]
+    loop = asyncio.get_running_loop()
+    try:
+        writer: PieceWriter = await _blocking(
+            functools.partial(uploads.open_stream, upload_id, offset)
+        )
+    except UploadError as exc:
+        return _upload_refused(exc)
+    t_start = time.perf_counter()
+    wait_s = 0.0
+    pending: asyncio.Future[int] | None = None
+    try:
+        signed = SIGNED.get()
+        if signed is not None:  # the signature covers exactly the pieces from here on
+            check_body(signed, writer.body_sha256)
+        declared = request.content_length
+        if declared is not None and declared > writer.remaining:
+            raise UploadError(
+                400,
+                f"the stream ends at byte {offset + declared}, past the declared size "
+                f"{writer.size}; start a new upload",
+                offset,
+            )
+        at = offset  # bytes received (whole pieces handed to the writer)
+        need = writer.next_piece_length(at)
+        parts: list[bytes | memoryview] = []
+        have = 0
+        async for data in request.content.iter_any():
+            view = memoryview(data)
+            while view:
+                if at >= writer.size:
+                    raise UploadError(
+                        400,
+                        f"the stream goes past the declared size {writer.size}; start a new upload",
+                        writer.offset,
+                    )
+                take = view[: need - have]
+                parts.append(take)
+                have += len(take)
+                view = view[len(take) :]
+                if have == need:
+                    if pending is not None:
+                        t0 = time.perf_counter()
+                        await pending  # the previous piece: raises when it did not match
+                        wait_s += time.perf_counter() - t0
+                    pending = loop.run_in_executor(None, writer.add, parts)
+                    at += need
+                    parts, have = [], 0
+                    need = writer.next_piece_length(at) if at < writer.size else 0
+        if pending is not None:
+            await pending
+            pending = None
+    except UploadError as exc:
+        return _upload_refused(exc)
+    except (ConnectionError, asyncio.IncompleteReadError) as exc:
+        log.info("upload %s: the stream broke at byte %d (%s)", upload_id, writer.offset, exc)
+    finally:
+        if pending is not None:  # a broken stream: keep the piece that was being written
+            with contextlib.suppress(Exception):  # (an error of its own was raised above)
+                await asyncio.shield(pending)
+        done = loop.run_in_executor(None, writer.close)
+        await asyncio.shield(done)
+        if profiling():
+            profile_line(
+                "agent-stream",
+                bytes=writer.offset - writer.start,
+                pieces=(writer.offset - writer.start + writer.piece_size - 1) // writer.piece_size,
+                total_s=time.perf_counter() - t_start,
+                wait_for_worker_s=wait_s,
+                **writer.timings,
+            )
+    try:
+        state = await _blocking(functools.partial(uploads.describe, upload_id))
     except UploadError as exc:
         return _upload_refused(exc)
     return web.json_response(state)

@@ -46,7 +46,10 @@ BEARER_ROUTES = frozenset(
         ("GET", "/v1/health"),
     }
 )
-_RENAMED = {"class_name": "class", "confidence": "score"}
+# Protocol 1 answered /v1/models/{name}/infer with "class" and "score" where every other
+# result (/v1/infer, the Predictor) says "class_name" and "confidence". Both names are sent
+# while protocol 1 is spoken; the old ones are deprecated and go with protocol 2.
+DEPRECATED_ALIASES = {"class_name": "class", "confidence": "score"}
 
 
 class InferenceLimiter:
@@ -186,10 +189,13 @@ def _predict(
 
 
 def detections_json(detections: Detections) -> list[dict[str, Any]]:
-    """Detections as ``{class_id, class, score, xyxy}`` plus whatever else the runtime gives."""
+    """Detections as ``{class_id, class_name, confidence, xyxy}`` plus whatever else the runtime
+    gives (the same keys as ``/v1/infer``), and the deprecated aliases ``class`` and ``score``
+    (see :data:`DEPRECATED_ALIASES`)."""
     out = []
     for item in detections.to_list():
-        out.append({_RENAMED.get(k, k): v for k, v in item.items()})
+        aliases = {old: item[new] for new, old in DEPRECATED_ALIASES.items() if new in item}
+        out.append({**item, **aliases})
     return out
 
 

@@ -5,12 +5,34 @@ from __future__ import annotations
 from typing import Any
 
 from device_agent import PROTOCOL_VERSION, __version__
+from device_agent.protocol_version import (
+    PROTOCOL_HEADER,
+    PROTOCOL_MIN,
+    PROTOCOL_MIN_HEADER,
+    UPGRADE_STATUS,
+)
 
 _ERROR = {
     "description": "refused",
     "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
 }
 _JSON = {"description": "ok", "content": {"application/json": {"schema": {"type": "object"}}}}
+_UPGRADE = {
+    "description": (
+        f"protocol mismatch: the request's {PROTOCOL_HEADER} / {PROTOCOL_MIN_HEADER} range does "
+        "not meet the agent's; the one-line error names the side to update, and the answer "
+        f"carries the agent's own {PROTOCOL_HEADER} and {PROTOCOL_MIN_HEADER} headers"
+    ),
+    "headers": {
+        PROTOCOL_HEADER: {"schema": {"type": "integer"}},
+        PROTOCOL_MIN_HEADER: {"schema": {"type": "integer"}},
+    },
+    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+}
+_PROTOCOL_PARAMS = [
+    {"$ref": "#/components/parameters/OutpostProtocol"},
+    {"$ref": "#/components/parameters/OutpostProtocolMin"},
+]
 
 
 def _op(
@@ -21,6 +43,18 @@ def _op(
 
 
 def openapi_spec() -> dict[str, Any]:
+    """The description; every operation takes the protocol headers and may answer 426, except
+    ``GET /v1/info``, which always answers (it reports ``protocol`` and ``protocol_min``)."""
+    spec = _spec()
+    for path, operations in spec["paths"].items():
+        for method, operation in operations.items():
+            operation["parameters"] = [*operation.get("parameters", []), *_PROTOCOL_PARAMS]
+            if (method, path) != ("get", "/v1/info"):
+                operation["responses"][str(UPGRADE_STATUS)] = _UPGRADE
+    return spec
+
+
+def _spec() -> dict[str, Any]:
     unit = {"type": "number", "minimum": 0, "maximum": 1}
     return {
         "openapi": "3.0.3",
@@ -28,6 +62,15 @@ def openapi_spec() -> dict[str, Any]:
             "title": "Outpost agent",
             "version": __version__,
             "x-protocol": PROTOCOL_VERSION,
+            "x-protocol-min": PROTOCOL_MIN,
+            "x-protocol-negotiation": (
+                f"The desktop sends {PROTOCOL_HEADER}: <the protocol it speaks> and "
+                f"{PROTOCOL_MIN_HEADER}: <the oldest it accepts> on every request; when that "
+                "range does not meet the agent's (protocol_min..protocol in GET /v1/info, "
+                f"proto/proto_min in the mDNS TXT record) the agent answers {UPGRADE_STATUS} "
+                "with a one-line error naming the side to update. GET /v1/info always answers. "
+                "Requests without the headers are taken as the agent's own protocol."
+            ),
             "x-auth": (
                 "Every route except GET /v1/info, POST /v1/pair and GET /v1/ready (status only "
                 "for an unpaired client) answers 401 unless the request is signed by a paired desktop key (X-Outpost-Key, -Timestamp, -Nonce, "
@@ -65,8 +108,9 @@ def openapi_spec() -> dict[str, Any]:
             },
             "/v1/info": {
                 "get": _op(
-                    "agent id, version, protocol and public keys; for a paired desktop also "
-                    "platform, runtimes and installed models"
+                    "agent id, version, protocol (what the agent speaks) and protocol_min (the "
+                    "oldest desktop protocol it accepts), public keys; for a paired desktop also "
+                    "platform, runtimes and installed models; never answers 426"
                 )
             },
             "/v1/pair": {
@@ -114,7 +158,8 @@ def openapi_spec() -> dict[str, Any]:
             },
             "/v1/infer": {
                 "post": _op(
-                    "detect objects in one image (raw JPEG/PNG body, or multipart field 'image')",
+                    "detect objects in one image (raw JPEG/PNG body, or multipart field "
+                    "'image'); detections [{class_id, class_name, confidence, xyxy}]",
                     errors=("400", "404", "409", "413"),
                     parameters=[
                         {"name": "model", "in": "query", "schema": {"type": "string"}},
@@ -155,13 +200,29 @@ def openapi_spec() -> dict[str, Any]:
             **_install_paths(),
         },
         "components": {
+            "parameters": {
+                "OutpostProtocol": {
+                    "name": PROTOCOL_HEADER,
+                    "in": "header",
+                    "required": False,
+                    "description": "the protocol version the desktop speaks",
+                    "schema": {"type": "integer", "minimum": 1},
+                },
+                "OutpostProtocolMin": {
+                    "name": PROTOCOL_MIN_HEADER,
+                    "in": "header",
+                    "required": False,
+                    "description": "the oldest agent protocol the desktop accepts",
+                    "schema": {"type": "integer", "minimum": 1},
+                },
+            },
             "schemas": {
                 "Error": {
                     "type": "object",
                     "properties": {"error": {"type": "string"}},
                     "required": ["error"],
                 }
-            }
+            },
         },
     }
 
@@ -175,8 +236,9 @@ def _inference_paths(unit: dict[str, Any]) -> dict[str, Any]:
             "post": _op(
                 "run one image through the named model; the image as multipart field 'image', "
                 'a raw JPEG/PNG body, or JSON {"image_base64", "conf", "iou", "max_det"}; '
-                "answers model, version, runtime, detections [{class_id, class, score, xyxy}] "
-                "and timing_ms; also open to an application's API key (Authorization: Bearer); "
+                "answers model, version, runtime, detections [{class_id, class_name, "
+                "confidence, xyxy}] (the keys of /v1/infer, plus 'class' and 'score': the same "
+                "values under their protocol-1 names, deprecated) and timing_ms; also open to an application's API key (Authorization: Bearer); "
                 "503 with Retry-After when the inference queue is full",
                 errors=("400", "401", "404", "409", "413", "503"),
                 parameters=[
@@ -245,8 +307,10 @@ def _install_paths() -> dict[str, Any]:
     return {
         "/v1/uploads": {
             "post": _op(
-                "open a resumable upload: JSON {size, sha256, name?} -> {id, chunk_size, "
-                "offset: 0, size, expires_at}; the same unfinished package again answers its "
+                "open a resumable upload: JSON {size, sha256, name?, piece_size?, pieces?} -> "
+                "{id, chunk_size, offset: 0, size, expires_at[, piece_size, pieces (count)]}; "
+                "pieces lists the sha256 of every piece_size piece (at most 8192) and lets the "
+                "rest come as one stream; the same unfinished package again answers its "
                 "upload and offset; 413 too big, 429 too many open uploads, 507 disk too full",
                 ok="201",
                 errors=("400", "413", "429", "507"),
@@ -258,9 +322,15 @@ def _install_paths() -> dict[str, Any]:
                 "{offset, size, ...}: where to resume", errors=("404",), parameters=[upload_id]
             ),
             "put": _op(
-                "append one chunk (raw body, signed like any request) at header "
-                "Upload-Offset: N -> {offset}; 409 with the agent's 'offset' when N differs",
-                errors=("400", "404", "409"),
+                "append one chunk (application/octet-stream, signed like any request) at "
+                "header Upload-Offset: N -> {offset}; or, with Content-Type "
+                "application/x-outpost-pieces (an upload opened with pieces), the rest of the "
+                "package from N in one stream whose signed body sha256 is the sha256 of the "
+                "concatenated hex digests of the pieces it carries: each piece is checked as it "
+                "arrives and kept only when it matches (422 with 'offset' when one does not); "
+                "the verified prefix is fsynced before the answer and after a broken connection. "
+                "409 with the agent's 'offset' when N differs",
+                errors=("400", "404", "409", "422"),
                 parameters=[
                     upload_id,
                     {
@@ -270,7 +340,13 @@ def _install_paths() -> dict[str, Any]:
                         "schema": {"type": "integer", "minimum": 0},
                     },
                 ],
-                requestBody={"required": True, "content": {"application/octet-stream": {}}},
+                requestBody={
+                    "required": True,
+                    "content": {
+                        "application/octet-stream": {},
+                        "application/x-outpost-pieces": {},
+                    },
+                },
             ),
             "delete": _op("drop an upload", errors=("404",), parameters=[upload_id]),
         },

@@ -2,16 +2,30 @@
 
 Each upload lives in ``<data-dir>/uploads/<id>/``::
 
-    meta.json     {"id", "size", "sha256", "name", "created_at"}
-    data.part     the bytes received so far (its length is the upload's offset)
+    meta.json     {"id", "size", "sha256", "name", "created_at"[, "piece_size", "pieces"]}
+    data.part     the bytes received so far
+    progress.json {"offset", "sha256_verified"}: the verified, fsynced prefix of data.part
+                  (streamed uploads only; without it the file's length is the offset)
     result.json   the install result, once committed (a repeated commit answers it again
                   for an hour; the package bytes are dropped at once)
 
-Every chunk's bytes are checked against the signed body digest before they reach the disk,
-so ``data.part`` only ever holds a verified prefix of the package, even after a kill; the
-total sha256 is checked again at commit. Each chunk is fsynced before it is acknowledged
-(measured: 1-3 ms per 4 MiB chunk, a small share of a push, so durability is kept). Uploads idle for longer than the time-to-live are
-removed, and only a bounded number may be open at once.
+Two ways to send the bytes:
+
+- **Chunks** (one request per chunk): every chunk's bytes are checked against the signed body
+  digest before they reach the disk and fsynced before they are acknowledged, so
+  ``data.part`` only ever holds a verified prefix of the package, even after a kill.
+- **A stream** (:meth:`UploadManager.open_stream`): the upload was opened with the sha256 of
+  every ``piece_size`` piece (the list is part of the signed create request), and one request
+  carries the rest of the package. Each piece is hashed as it arrives and written only when
+  it matches its listed digest; the file is fsynced every :data:`SYNC_BYTES` and when the
+  stream ends, and only then is the new offset recorded in ``progress.json``. A broken
+  connection therefore resumes from the last verified, fsynced piece; bytes past it (written
+  but not yet recorded, e.g. before a kill) are cut off by the next write. When one stream
+  carries the whole package, the whole sha256 is computed on the way and commit does not
+  read the file again.
+
+The total sha256 is checked at commit (or on the way, as above). Uploads idle for longer
+than the time-to-live are removed, and only a bounded number may be open at once.
 """
 
 from __future__ import annotations
@@ -24,14 +38,17 @@ import os
 import re
 import secrets
 import shutil
+import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from device_agent.auth import pieces_digest
 from device_agent.errors import AgentError, one_line
 from runtimes.fileio import CHUNK, atomic_write_text
 
@@ -41,7 +58,14 @@ UPLOADS_DIR = "uploads"
 META_FILE = "meta.json"
 DATA_FILE = "data.part"
 RESULT_FILE = "result.json"
+PROGRESS_FILE = "progress.json"
+PIECES_CONTENT_TYPE = "application/x-outpost-pieces"  # a streamed PUT: the rest, piece by piece
 CHUNK_SIZE = 4 << 20  # what the agent asks clients to send per request
+MAX_PIECES = 8192  # pieces listed for one streamed upload (a 2 GiB package: 256 KiB pieces)
+MAX_PIECE_SIZE = 64 << 20
+SYNC_BYTES = 16 << 20  # a stream is fsynced (and its offset recorded) at least this often
+STREAM_LOCK_TIMEOUT_S = 30.0  # a second stream waits this long for the first one to end
+PROFILE_ENV = "OUTPOST_UPLOAD_PROFILE"  # "1": per-request timings on stderr (both sides)
 MAX_UPLOADS = 4  # open (uncommitted) uploads at once
 TTL_S = 24 * 3600.0  # an upload untouched this long is removed
 COMMITTED_TTL_S = 3600.0  # a committed upload's result answers repeated commits this long
@@ -56,6 +80,17 @@ class UploadError(AgentError):
         super().__init__(message)
         self.status = status
         self.offset = offset
+
+
+def profiling() -> bool:
+    """Whether upload timings are logged (``OUTPOST_UPLOAD_PROFILE=1``)."""
+    return os.environ.get(PROFILE_ENV) == "1"
+
+
+def profile_line(side: str, **fields: Any) -> None:
+    """One JSON line of upload timings on stderr, when :func:`profiling` is on."""
+    if profiling():
+        print(json.dumps({"upload_profile": side, **fields}), file=sys.stderr, flush=True)
 
 
 def _iso(ts: float) -> str:
@@ -74,8 +109,14 @@ class UploadState:
     created_at: float
     updated_at: float
     committed: bool
+    piece_size: int | None = None
+    pieces: tuple[str, ...] = ()
+    sha256_verified: bool = False
 
     def as_dict(self, ttl_s: float, chunk_size: int) -> dict[str, Any]:
+        streamed = (
+            {"piece_size": self.piece_size, "pieces": len(self.pieces)} if self.piece_size else {}
+        )
         return {
             "id": self.id,
             "size": self.size,
@@ -86,6 +127,7 @@ class UploadState:
             "committed": self.committed,
             "created_at": _iso(self.created_at),
             "expires_at": _iso(self.updated_at + ttl_s),
+            **streamed,
         }
 
 
@@ -137,11 +179,15 @@ class UploadManager:
             raise UploadError(
                 410, f"upload {upload_id} is damaged; delete it and start a new one"
             ) from None
+        piece_size, pieces = _pieces_of(meta)
+        verified, sha_ok = _progress(folder)
         data = folder / DATA_FILE
         committed = (folder / RESULT_FILE).exists()
         try:
             stat = data.stat()
             offset, updated = stat.st_size, max(created, stat.st_mtime)
+            if verified is not None:  # a streamed upload: only the recorded prefix counts
+                offset = min(offset, verified)
         except FileNotFoundError:
             offset, updated = (size if committed else 0), created
             if committed:
@@ -157,6 +203,9 @@ class UploadManager:
             created,
             updated,
             committed,
+            piece_size,
+            pieces,
+            sha_ok and verified == size,
         )
 
     def describe(self, upload_id: str) -> dict[str, Any]:
@@ -173,11 +222,22 @@ class UploadManager:
 
     # -- changes ---------------------------------------------------------------------
 
-    def create(self, size: object, sha256: object, name: object = None) -> dict[str, Any]:
+    def create(
+        self,
+        size: object,
+        sha256: object,
+        name: object = None,
+        piece_size: object = None,
+        pieces: object = None,
+    ) -> dict[str, Any]:
         """Open an upload of ``size`` bytes whose whole sha256 is ``sha256``.
 
-        An unfinished upload of the very same package is answered instead (with its offset),
-        so a client that lost track of it (a restarted desktop) resumes where it stopped.
+        With ``piece_size`` and ``pieces`` (the sha256 of each ``piece_size`` piece, the last
+        one shorter) the bytes may come as one stream (:meth:`open_stream`), each piece
+        checked against its digest. An unfinished upload of the very same package is answered
+        instead (with its offset), so a client that lost track of it (a restarted desktop)
+        resumes where it stopped; its piece list is replaced by the new one, and its offset
+        goes back to a piece boundary.
         """
         if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
             raise UploadError(400, f"size must be a positive number of bytes, got {size!r}")
@@ -187,13 +247,16 @@ class UploadManager:
             raise UploadError(400, "sha256 must be the package's 64 lowercase hex digits")
         if name is not None and not isinstance(name, str):
             raise UploadError(400, "name must be a string (the package file name)")
+        layout = _check_pieces(size, piece_size, pieces)
         with self._lock:
             self.purge_expired()
             states = [s for s in self._states() if not s.committed]
             for same in states:  # the same package again (a deploy run again): resume it
                 if (same.sha256, same.size) == (sha256, size):
+                    if layout is not None and (same.piece_size, same.pieces) != layout:
+                        self._relayout(same, layout)
                     log.info("upload %s resumed at byte %d", same.id, same.offset)
-                    return same.as_dict(self.ttl_s, self.chunk_size)
+                    return self.describe(same.id)
             open_ids = [s.id for s in states]
             if len(open_ids) >= self.max_uploads:
                 raise UploadError(
@@ -207,20 +270,44 @@ class UploadManager:
             tmp.mkdir(parents=True)
             try:
                 (tmp / DATA_FILE).touch()
-                meta = {
+                meta: dict[str, Any] = {
                     "id": upload_id,
                     "size": size,
                     "sha256": sha256,
                     "name": one_line(name, 128) if name else None,
                     "created_at": self.clock(),
                 }
-                atomic_write_text(tmp / META_FILE, json.dumps(meta, indent=2) + "\n")
+                if layout is not None:
+                    meta["piece_size"], meta["pieces"] = layout[0], list(layout[1])
+                    _record_progress(tmp, 0, False)
+                atomic_write_text(tmp / META_FILE, json.dumps(meta) + "\n")
                 tmp.rename(folder)
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise
         log.info("upload %s opened (%d bytes)", upload_id, size)
         return self.describe(upload_id)
+
+    def _relayout(self, state: UploadState, layout: tuple[int, tuple[str, ...]]) -> None:
+        """Give an open upload a new piece list; its offset drops to a piece boundary.
+
+        Called with ``self._lock`` held; waits a while for a stream that holds the upload.
+        """
+        lock = self._locks.setdefault(state.id, threading.Lock())
+        if not lock.acquire(timeout=STREAM_LOCK_TIMEOUT_S):
+            raise UploadError(
+                409, f"upload {state.id} is busy with another request; retry in a moment"
+            )
+        try:
+            state = self.state(state.id)
+            folder = self._folder(state.id)
+            meta = json.loads((folder / META_FILE).read_text(encoding="utf-8"))
+            boundary = state.offset - state.offset % layout[0]
+            _record_progress(folder, boundary, False)  # first: never trust more than before
+            meta["piece_size"], meta["pieces"] = layout[0], list(layout[1])
+            atomic_write_text(folder / META_FILE, json.dumps(meta) + "\n")
+        finally:
+            lock.release()
 
     def write(self, upload_id: str, offset: int, data: bytes) -> dict[str, Any]:
         """Append ``data`` at ``offset``, which must be where the upload stands (else 409)."""
@@ -244,14 +331,54 @@ class UploadManager:
                     f"{state.size}; start a new upload",
                     state.offset,
                 )
-            path = self._folder(upload_id) / DATA_FILE
-            with open(path, "r+b") as fh:
+            folder = self._folder(upload_id)
+            with open(folder / DATA_FILE, "r+b") as fh:
                 fh.seek(offset)
                 fh.write(data)
                 fh.truncate()
                 fh.flush()
                 os.fsync(fh.fileno())
+            if state.piece_size is not None:  # a streamed upload also takes plain chunks
+                _record_progress(folder, offset + len(data), False)
             return self.describe(upload_id)
+
+    def open_stream(self, upload_id: str, offset: int) -> PieceWriter:
+        """A writer for the rest of a streamed upload from ``offset`` (where it stands).
+
+        It holds the upload until :meth:`PieceWriter.close` (a second stream waits for it).
+        Raises :class:`UploadError`: 409 (with the agent's offset) when ``offset`` is not where
+        the upload stands, 400 when the upload was opened without a piece list.
+        """
+        lock = self._lock_for(upload_id)
+        if not lock.acquire(timeout=STREAM_LOCK_TIMEOUT_S):
+            raise UploadError(
+                409, f"upload {upload_id} is busy with another request; retry in a moment"
+            )
+        try:
+            state = self.state(upload_id)
+            if state.committed:
+                raise UploadError(409, f"upload {upload_id} is already committed", state.size)
+            if state.piece_size is None:
+                raise UploadError(
+                    400,
+                    f"upload {upload_id} was opened without a piece list; send it in chunks "
+                    "or open it again with piece_size and pieces",
+                )
+            if state.offset % state.piece_size:  # plain chunks left it between two pieces
+                boundary = state.offset - state.offset % state.piece_size
+                _record_progress(self._folder(upload_id), boundary, False)
+                state = self.state(upload_id)
+            if offset != state.offset:
+                raise UploadError(
+                    409,
+                    f"upload {upload_id} is at byte {state.offset}, not {offset}; "
+                    f"resume from {state.offset}",
+                    state.offset,
+                )
+            return PieceWriter(self._folder(upload_id), state, lock)
+        except BaseException:
+            lock.release()
+            raise
 
     def complete_path(self, upload_id: str) -> Path:
         """The received package, once every byte is in and its sha256 matches (else 409/422).
@@ -268,6 +395,8 @@ class UploadManager:
                     state.offset,
                 )
             path = self._folder(upload_id) / DATA_FILE
+            if state.sha256_verified:  # one stream carried it all and hashed it on the way
+                return path
             digest = hashlib.sha256()
             with open(path, "rb") as fh:
                 while chunk := fh.read(CHUNK):
@@ -348,3 +477,195 @@ class UploadManager:
                     with contextlib.suppress(UploadError):
                         states.append(self.state(child.name))
         return states
+
+
+class PieceWriter:
+    """Writes a stream's verified pieces to ``data.part``; used from one thread at a time.
+
+    Made by :meth:`UploadManager.open_stream`, which holds the upload's lock until
+    :meth:`close`. :meth:`add` checks one whole piece against its listed sha256 and writes it.
+    Every :data:`SYNC_BYTES` an fsync starts in a helper thread (the disk writes while the
+    next pieces arrive) and, once it returns, the offset it covered is recorded; :meth:`close`
+    waits for it, fsyncs the rest and records the final offset. When the stream starts at
+    byte 0 the whole sha256 is computed in the helper thread alongside each piece's.
+    """
+
+    def __init__(self, folder: Path, state: UploadState, lock: threading.Lock) -> None:
+        assert state.piece_size is not None
+        self.folder = folder
+        self.upload_id = state.id
+        self.size = state.size
+        self.piece_size = state.piece_size
+        self.pieces = state.pieces
+        self.sha256 = state.sha256
+        self.start = state.offset
+        self.offset = state.offset  # verified and written (not yet all fsynced)
+        self.synced = state.offset  # verified, fsynced and recorded
+        self._lock: threading.Lock | None = lock
+        # The whole sha256 on the way, when this stream starts at byte 0.
+        self._whole = hashlib.sha256() if state.offset == 0 else None
+        self._helpers = ThreadPoolExecutor(2, "outpost-upload-stream")
+        self._syncing: Future[None] | None = None
+        self._fh = open(folder / DATA_FILE, "r+b")  # noqa: SIM115 (closed by close())
+        self._fh.truncate(state.offset)  # bytes past the recorded prefix are not trusted
+        self._fh.seek(state.offset)
+        self.timings = {"hash_s": 0.0, "write_s": 0.0, "fsync_s": 0.0, "final_fsync_s": 0.0}
+
+    @property
+    def body_sha256(self) -> str:
+        """What a signed stream from here signs as its body digest (see ``pieces_digest``)."""
+        return pieces_digest(self.pieces, self.offset // self.piece_size)
+
+    @property
+    def remaining(self) -> int:
+        return self.size - self.offset
+
+    def next_piece_length(self, at: int) -> int:
+        """The length of the piece that starts at byte ``at``."""
+        return min(self.piece_size, self.size - at)
+
+    def add(self, parts: Sequence[bytes | memoryview]) -> int:
+        """Check the piece made of ``parts`` against its digest and append it; the new offset.
+
+        Raises :class:`UploadError` (422, with the verified offset) when it does not match.
+        """
+        t0 = time.perf_counter()
+        index = self.offset // self.piece_size
+        length = sum(len(p) for p in parts)
+        if index >= len(self.pieces) or length != self.next_piece_length(self.offset):
+            raise UploadError(
+                400,
+                f"upload {self.upload_id}: the piece at byte {self.offset} has {length} bytes, "
+                f"not {self.next_piece_length(self.offset)}; resume from {self.offset}",
+                self.offset,
+            )
+        whole = None
+        if self._whole is not None:  # hashed in the helper thread meanwhile (no GIL held)
+            whole = self._whole.copy()
+            whole_job = self._helpers.submit(_update, whole, parts)
+        digest = hashlib.sha256()
+        for part in parts:
+            digest.update(part)
+        if whole is not None:
+            whole_job.result()
+        if digest.hexdigest() != self.pieces[index]:
+            raise UploadError(
+                422,
+                f"upload {self.upload_id}: piece {index} (bytes {self.offset}-"
+                f"{self.offset + length - 1}) does not match its sha256; it was altered on the "
+                f"way, resume from {self.offset}",
+                self.offset,
+            )
+        if whole is not None:
+            self._whole = whole
+        t1 = time.perf_counter()
+        self._fh.writelines(parts)
+        self.offset += length
+        t2 = time.perf_counter()
+        self.timings["hash_s"] += t1 - t0
+        self.timings["write_s"] += t2 - t1
+        syncing = self._syncing
+        if self.offset - self.synced >= SYNC_BYTES and (syncing is None or syncing.done()):
+            if syncing is not None:
+                syncing.result()  # raises what the last fsync raised
+            self._fh.flush()
+            self._syncing = self._helpers.submit(self._sync_to, self.offset)
+        return self.offset
+
+    def _sync_to(self, offset: int) -> None:
+        """fsync what was written up to ``offset`` (flushed already), then record it."""
+        t0 = time.perf_counter()
+        os.fsync(self._fh.fileno())
+        _record_progress(self.folder, offset, self._whole_ok(offset))
+        self.synced = offset
+        self.timings["fsync_s"] += time.perf_counter() - t0
+
+    def _whole_ok(self, offset: int) -> bool:
+        return (
+            self._whole is not None
+            and offset == self.size
+            and self._whole.hexdigest() == self.sha256
+        )
+
+    def close(self) -> int:
+        """Sync what was verified, close the file and let go of the upload; the offset."""
+        try:
+            if self._syncing is not None:
+                self._syncing.result()
+            if self.offset != self.synced:
+                t0 = time.perf_counter()
+                self._fh.flush()
+                self._sync_to(self.offset)
+                self.timings["final_fsync_s"] += time.perf_counter() - t0
+        finally:
+            self._helpers.shutdown(wait=True)
+            self._fh.close()
+            if self._lock is not None:
+                self._lock.release()
+                self._lock = None
+        return self.synced
+
+
+def _update(digest: Any, parts: Sequence[bytes | memoryview]) -> None:
+    for part in parts:
+        digest.update(part)
+
+
+def _check_pieces(
+    size: int, piece_size: object, pieces: object
+) -> tuple[int, tuple[str, ...]] | None:
+    """The upload's piece layout, checked (None when the client sent none)."""
+    if piece_size is None and pieces is None:
+        return None
+    if (
+        not isinstance(piece_size, int)
+        or isinstance(piece_size, bool)
+        or not 0 < piece_size <= MAX_PIECE_SIZE
+    ):
+        raise UploadError(
+            400,
+            f"piece_size must be a number of bytes from 1 to {MAX_PIECE_SIZE}, got {piece_size!r}",
+        )
+    count = -(-size // piece_size)
+    if count > MAX_PIECES:
+        raise UploadError(
+            400,
+            f"{count} pieces of {piece_size} bytes is more than {MAX_PIECES}; use pieces of at "
+            f"least {-(-size // MAX_PIECES)} bytes",
+        )
+    if (
+        not isinstance(pieces, list)
+        or len(pieces) != count
+        or not all(isinstance(p, str) and _SHA256.match(p) for p in pieces)
+    ):
+        raise UploadError(
+            400,
+            f"pieces must list the sha256 (64 lowercase hex digits) of each of the {count} "
+            f"pieces of {piece_size} bytes",
+        )
+    return piece_size, tuple(pieces)
+
+
+def _pieces_of(meta: dict[str, Any]) -> tuple[int | None, tuple[str, ...]]:
+    piece_size, pieces = meta.get("piece_size"), meta.get("pieces")
+    if isinstance(piece_size, int) and piece_size > 0 and isinstance(pieces, list):
+        return piece_size, tuple(str(p) for p in pieces)
+    return None, ()
+
+
+def _progress(folder: Path) -> tuple[int | None, bool]:
+    """The recorded verified offset of a streamed upload (None for a chunked one)."""
+    try:
+        data = json.loads((folder / PROGRESS_FILE).read_text(encoding="utf-8"))
+        return int(data["offset"]), bool(data.get("sha256_verified", False))
+    except FileNotFoundError:
+        return None, False
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0, False  # unreadable: trust nothing, the upload restarts from byte 0
+
+
+def _record_progress(folder: Path, offset: int, sha256_verified: bool) -> None:
+    atomic_write_text(
+        folder / PROGRESS_FILE,
+        json.dumps({"offset": offset, "sha256_verified": sha256_verified}) + "\n",
+    )

@@ -38,6 +38,10 @@ MATCH_IOU = 0.9
 # (every anchor's box and class scores, before thresholds and NMS) always is.
 CONF_LADDER = (0.25, 0.05)
 RAW_TOP_K = 100  # anchors per image whose raw boxes are compared
+# ... of which only those the lowest threshold of the ladder could keep (a trained model's
+# background anchors, scored ~0.01, may wander far in int8 and never become a detection);
+# when none reach it (a barely trained model) all top-k anchors are compared.
+RAW_MIN_SCORE = min(CONF_LADDER)
 DEFAULT_IOU = 0.7
 MAX_IMAGES = 16
 
@@ -292,8 +296,9 @@ def _raw_deviation(
     kpt_shape: tuple[int, int] | None = None,
 ) -> tuple[float, float, float | None]:
     """Max |Δ| of the raw head ``(1, 4 + nc + extra, anchors)``: class scores over every anchor,
-    boxes (input px) over the ``top_k`` anchors the PyTorch model scores highest (the boxes that
-    can become detections; an anchor no threshold would keep may wander a few pixels in fp16),
+    boxes (input px) over the ``top_k`` anchors the PyTorch model scores highest, less those no
+    threshold of the ladder would keep (the boxes that can become detections; an anchor no
+    threshold would keep may wander a few pixels in fp16 and far in int8),
     and for pose the keypoints' ``x, y`` (input px) over the same anchors."""
     ref = reference.reshape(reference.shape[-2], -1).astype(np.float64)
     cand = candidate.reshape(candidate.shape[-2], -1).astype(np.float64)
@@ -303,7 +308,10 @@ def _raw_deviation(
         )
     end = 4 + nc if nc is not None else ref.shape[0]
     diff = np.abs(ref - cand)
-    top = np.argsort(-ref[4:end].max(axis=0), kind="stable")[:top_k]
+    scores = ref[4:end].max(axis=0)
+    top = np.argsort(-scores, kind="stable")[:top_k]
+    kept = top[scores[top] >= RAW_MIN_SCORE]
+    top = kept if kept.size else top
     kpt_dev = None
     if kpt_shape is not None:
         k, ndim = kpt_shape

@@ -6,6 +6,7 @@ import dataclasses
 import re
 import shutil
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
@@ -38,6 +39,9 @@ LATENCY_WARMUP = 5
 # Exported, packaged and verified, but no runtime here can run it to check parity (CoreML
 # off macOS): deployable by ID to a device that can, never chosen as a run's latest.
 UNVALIDATED = "unvalidated"
+# Told ``("format_start", {...})`` before a format's export folder is written and
+# ``("format_end", {...})`` once it is recorded (an export job reports both as events).
+ProgressHook = Callable[[str, dict[str, Any]], None]
 
 
 def _slug(text: str) -> str:
@@ -318,6 +322,7 @@ def export_run(
     imgsz: int | None = None,
     precision: str | None = None,
     bundle: bool = False,
+    on_progress: ProgressHook | None = None,
 ) -> list[dict[str, Any]]:
     """Export a completed run to each format and validate each against the PyTorch model.
 
@@ -330,6 +335,9 @@ def export_run(
     the manifest's ``format`` and the others as ``alternates``, each with its own parity,
     accuracy and latency in its ``details``. The bundle is ``failed`` (nothing kept) when any
     format fails, and ``failed_validation`` when any format is outside its tolerance.
+
+    ``on_progress`` hears each format start (its export id, before anything is written) and
+    end (its status and validation), see :data:`ProgressHook`.
     """
     from desktop_app.core.errors import NotFoundError
 
@@ -374,10 +382,11 @@ def export_run(
         "dataset_name": dataset_name,
         "version_number": version_number,
     }
+    tell: ProgressHook = on_progress or (lambda _kind, _fields: None)
     if bundle:
-        return [_export_bundle(ws, run, jobs, name, provenance, common)]
+        return [_export_bundle(ws, run, jobs, name, provenance, common, tell)]
     results = []
-    for exporter, prec in jobs:
+    for index, (exporter, prec) in enumerate(jobs, start=1):
         key = exporter.capability.key
         export_id = "exp-" + uuid.uuid4().hex[:10]
         export_dir = Path(ws.root) / "exports" / export_id
@@ -390,6 +399,7 @@ def export_run(
             "precision": prec,
         }
         built: _Built | None = None
+        tell("format_start", {**record, "index": index, "total": len(jobs)})
         try:
             built = _export_and_validate(
                 ws,
@@ -408,6 +418,7 @@ def export_run(
             shutil.rmtree(export_dir, ignore_errors=True)
             record.update(status="failed", error=_one_line(exc, key))
         _record(ws, record, run.id, key, size, prec, built)
+        tell("format_end", {**record, "index": index, "total": len(jobs)})
         results.append(record)
     return results
 
@@ -520,6 +531,7 @@ def _export_bundle(
     name: str,
     provenance: dict[str, Any],
     common: dict[str, Any],
+    tell: ProgressHook,
 ) -> dict[str, Any]:
     """Every format of ``jobs`` in one package (see :func:`export_run`)."""
     export_id = "exp-" + uuid.uuid4().hex[:10]
@@ -537,8 +549,11 @@ def _export_bundle(
     args = _package_args(name, export_id, run, provenance)
     built: list[_Built] = []
     try:
-        for exporter, prec in jobs:
+        for index, (exporter, prec) in enumerate(jobs, start=1):
             key = exporter.capability.key
+            step = {"id": export_id, "run_id": run.id, "format": key, "precision": prec}
+            step.update(index=index, total=len(jobs), bundle=keys)
+            tell("format_start", step)
             try:
                 built.append(
                     _export_and_validate(
@@ -555,6 +570,10 @@ def _export_bundle(
                 )
             except Exception as exc:  # noqa: BLE001 - named by its format below
                 raise ExportError(f"{key}: {_one_line(exc, key)}") from exc
+            done = built[-1]
+            status = "failed_validation" if done.failures else "completed"
+            status = UNVALIDATED if done.unvalidated and not done.failures else status
+            tell("format_end", {**step, "status": status, "validation": done.validation})
         first = built[0]
         images = _validation_images(
             ws, run, common["dataset_name"], common["version_number"], export_dir / "valdata"

@@ -44,7 +44,10 @@ ORPHAN_HINT = (
     "the process ended while no desktop was watching; resume it with `outpost runs resume {run}`"
 )
 # A job kind's handler, as "module:attribute" (imported when first needed).
-KINDS = {"train": "desktop_app.core.training:TRAINING_JOBS"}
+KINDS = {
+    "train": "desktop_app.core.training:TRAINING_JOBS",
+    "export": "desktop_app.core.export_jobs:EXPORT_JOBS",
+}
 
 
 @dataclass(frozen=True)
@@ -337,6 +340,26 @@ def format_event(event: dict[str, Any], task: str | None = None) -> str | None:
         return "[job] validation results recorded"
     if kind == "log" and event.get("message"):
         return f"[trainer] {event['message']}"
+    if kind == "format_start":
+        return (
+            f"[job] exporting {event.get('format', '?')} ({event.get('precision', '?')}), "
+            f"format {event.get('index', '?')}/{event.get('total', '?')}, "
+            f"as {event.get('export_id', '?')}"
+        )
+    if kind == "format_end":
+        parity = f", parity {event['parity']}" if event.get("parity") else ""
+        error = f": {event['error']}" if event.get("error") else ""
+        return (
+            f"[job] {event.get('format', '?')} ({event.get('precision', '?')}) "
+            f"{event.get('status', '?')}{parity}{error}"
+        )
+    if kind == "end" and "exports" in event:
+        each = ", ".join(
+            f"{e.get('id')} {e.get('format')} {e.get('status')}" for e in event["exports"]
+        )
+        return f"[job] export finished ({event.get('status', 'completed')}): {each}"
+    if kind == "error" and "exports" in event:
+        return f"[job] export error: {event.get('message', '')}"
     if kind == "end":
         best = f", best checkpoint {event['best']}" if event.get("best") else ""
         return f"[job] trainer finished ({event.get('status', 'completed')}){best}"

@@ -160,8 +160,10 @@ def installed_models(ws: Any, device_id: str, interfaces: list[str] | None = Non
 
 
 def _same_keys(detection: dict[str, Any]) -> dict[str, Any]:
-    """One detection with the Predictor's keys (``/v1/models/{name}/infer`` answers with
-    ``class`` and ``score`` where ``/v1/infer`` has ``class_name`` and ``confidence``)."""
+    """One detection with the Predictor's keys, ``class_name`` and ``confidence`` (what every
+    agent route answers with); ``class`` and ``score`` (the deprecated aliases that
+    ``/v1/models/{name}/infer`` adds while protocol 1 is spoken, and its only names on older
+    agents) are dropped, or renamed when the canonical keys are missing."""
     out = {k: v for k, v in detection.items() if k not in ("class", "score")}
     out.setdefault("class_name", detection.get("class"))
     out.setdefault("confidence", detection.get("score"))

@@ -32,7 +32,9 @@ TRAINER_PYTHON_ENV = "OUTPOST_TRAINER_PYTHON"
 ENVS_DIR_ENV = "OUTPOST_ENVS_DIR"
 BASE_PYTHON_ENV = "OUTPOST_BASE_PYTHON"
 MARKER = "outpost-env.json"
-ENVS = {"training": "train"}  # environment name → the outpost extra it installs
+# environment name → the outpost extras it installs (training, and export jobs, which
+# need torch and open the workspace)
+ENVS = {"training": "train,export,desktop"}
 
 Runner = Callable[[Sequence[str]], None]
 

@@ -211,7 +211,17 @@ class LineChart(_ChartBase):
         left = max(metrics.horizontalAdvance(_fmt(t)) for t in yticks) + 10
         if self.y_label:
             left += metrics.height()
-        legend_h = metrics.height() + 6
+        # Legend rows under the plot: every series named, wrapping across the width.
+        rows: list[list[tuple[str, float]]] = [[]]
+        lx = float(left)
+        for name in self._series:
+            w = metrics.horizontalAdvance(name) + 26
+            if lx + w > self.width() and rows[-1]:
+                rows.append([])
+                lx = float(left)
+            rows[-1].append((name, w))
+            lx += w
+        legend_h = len(rows) * (metrics.height() + 2) + 4
         bottom = metrics.height() * (2 if self.x_label else 1) + 8 + legend_h
         plot = QRectF(left, top, max(10, self.width() - left - 12), self.height() - top - bottom)
         if plot.height() < 10:
@@ -272,16 +282,15 @@ class LineChart(_ChartBase):
             for p in pts:
                 painter.drawEllipse(p, 2.5, 2.5)
             painter.setBrush(Qt.BrushStyle.NoBrush)
-        # Legend under the plot, wrapping across the width.
-        lx, ly = plot.left(), self.height() - legend_h
-        for name in self._series:
-            w = metrics.horizontalAdvance(name) + 26
-            if lx + w > self.width() and lx > plot.left():
-                break
-            painter.fillRect(QRectF(lx, ly + 4, 14, metrics.height() - 6), self._colors[name])
-            painter.setPen(text)
-            painter.drawText(QRectF(lx + 18, ly, w, metrics.height()), 0, name)
-            lx += w
+        ly = float(self.height() - legend_h)
+        for row in rows:
+            lx = plot.left()
+            for name, width in row:
+                painter.fillRect(QRectF(lx, ly + 4, 14, metrics.height() - 6), self._colors[name])
+                painter.setPen(text)
+                painter.drawText(QRectF(lx + 18, ly, width, metrics.height()), 0, name)
+                lx += width
+            ly += metrics.height() + 2
         painter.end()
 
 

@@ -48,6 +48,7 @@ from desktop_app.ui.dataset_index import (
 )
 from desktop_app.ui.grid import ItemGridModel, ThumbnailGrid
 from desktop_app.ui.import_wizard import ImportWizard
+from desktop_app.ui.prelabel_dialog import PrelabelDialog
 from desktop_app.ui.split_dialog import SplitDialog
 from desktop_app.ui.thumbnails import DEFAULT_SIZE, ThumbnailLoader
 
@@ -180,6 +181,7 @@ class ImagesPanel(QWidget):
         self._edits: deque[tuple[Callable[..., Any], tuple[Any, ...]]] = deque()
         self._editing_busy = False
         self._filling = False
+        self._open_first = False
         self._update_buttons()
 
     # ---- loading -----------------------------------------------------------------------
@@ -227,6 +229,16 @@ class ImagesPanel(QWidget):
     def _filters_changed(self) -> None:
         if not self._filling:
             self.reload()
+
+    def show_review(self) -> None:
+        """Filter the grid to the images under review and open the first one."""
+        self._open_first = True
+        self.item = None
+        self.view.set_image(None)
+        if self.status_filter.currentText() == "needs_review":
+            self.reload()
+        else:
+            self.status_filter.setCurrentText("needs_review")  # reloads
 
     def reload(self) -> None:
         """Query the rows of the dataset shown (off the UI thread) and show them."""
@@ -276,6 +288,9 @@ class ImagesPanel(QWidget):
         if index.offset:
             return
         row = self.model.row_of_file(keep) if keep else -1
+        if row < 0 and self._open_first and self.model.rowCount():
+            row = 0
+        self._open_first = False
         if row >= 0:
             self.grid.setCurrentIndex(self.model.index(row))
         elif self.item is not None and index.complete:
@@ -704,6 +719,9 @@ class DatasetsPage(QWidget):
         self.import_button.clicked.connect(lambda: self.open_import())
         self.split_button = QPushButton("Split…")
         self.split_button.clicked.connect(self.open_split)
+        self.prelabel_button = QPushButton("Pre-label…")
+        self.prelabel_button.setToolTip("Propose boxes with an exported detection model")
+        self.prelabel_button.clicked.connect(self.open_prelabel)
         self.header = QLabel("No dataset yet: import one.")
         self.header.setTextFormat(Qt.TextFormat.RichText)
         self.tabs = QTabWidget()
@@ -725,6 +743,7 @@ class DatasetsPage(QWidget):
         buttons.addWidget(self.import_button)
         buttons.addWidget(self.split_button)
         ll.addLayout(buttons)
+        ll.addWidget(self.prelabel_button)
         right = QWidget()
         rl = QVBoxLayout(right)
         rl.setContentsMargins(0, 0, 0, 0)
@@ -739,17 +758,35 @@ class DatasetsPage(QWidget):
         layout.setContentsMargins(6, 6, 6, 6)
         layout.addWidget(splitter)
         self.datasets: list[dict[str, Any]] = []
+        self._list_requests = 0
         self.wizard: ImportWizard | None = None
+        self.prelabel_dialog: PrelabelDialog | None = None
         self.split_dialog: SplitDialog | None = None
         ctx.changed.connect(self._topic)
         ctx.workspace_changed.connect(self._workspace_changed)
         self.split_button.setEnabled(False)
+        self.prelabel_button.setEnabled(False)
 
     # ---- the page contract -------------------------------------------------------------
 
     def refresh(self) -> None:
-        """Reload the dataset list (and, through it, the dataset shown)."""
-        self.ctx.run(datasets.list_datasets, self.ctx.workspace, on_done=self._show_datasets)
+        """Reload the dataset list (and, through it, the dataset shown).
+
+        Listings can finish out of order (one started before an import may end after the
+        one started by it); only the newest request's result is shown.
+        """
+        self._list_requests += 1
+        request = self._list_requests
+        self.ctx.run(
+            datasets.list_datasets,
+            self.ctx.workspace,
+            on_done=lambda rows: self._listed(request, rows),
+        )
+
+    def _listed(self, request: int, rows: list[dict[str, Any]]) -> None:
+        if request != self._list_requests:
+            return  # a stale listing: a newer one is on its way
+        self._show_datasets(rows)
 
     def _topic(self, topic: str) -> None:
         if topic == "datasets" and self.isVisible():
@@ -789,6 +826,7 @@ class DatasetsPage(QWidget):
             self.header.setText("No dataset yet: import one (Ctrl+I).")
             self.images.reload()
             self.split_button.setEnabled(False)
+            self.prelabel_button.setEnabled(False)
 
     def _dataset_chosen(self, item: QListWidgetItem | None, _prev: Any = None) -> None:
         name = item.data(Qt.ItemDataRole.UserRole) if item is not None else None
@@ -808,9 +846,10 @@ class DatasetsPage(QWidget):
     def _load_dataset(self, reload_grid: bool) -> None:
         name = self.current
         self.split_button.setEnabled(name is not None)
+        d = next((d for d in self.datasets if d["name"] == name), None)
+        self.prelabel_button.setEnabled(d is not None and d.get("task") != "classify")
         if name is None:
             return
-        d = next((d for d in self.datasets if d["name"] == name), None)
         if d is not None:
             self.header.setText(
                 f"<b>{name}</b> — {d['task']}, {len(d['classes'])} classes, "
@@ -848,6 +887,24 @@ class DatasetsPage(QWidget):
         if isinstance(name, str):
             self.current = name
         self.refresh()
+
+    def open_prelabel(self) -> PrelabelDialog | None:
+        """Open the pre-label dialog for the dataset shown; its proposals open for review."""
+        if self.current is None:
+            return None
+        self.prelabel_dialog = PrelabelDialog(self.ctx, self.current, self)
+        self.prelabel_dialog.prelabelled.connect(self._prelabelled)
+        self.prelabel_dialog.open()
+        return self.prelabel_dialog
+
+    def _prelabelled(self, result: dict[str, Any]) -> None:
+        """Show the images under review (the proposals) in the grid, the first one opened."""
+        name = result.get("dataset")
+        if isinstance(name, str) and name != self.current:
+            self.select_dataset(name)
+        self.tabs.setCurrentWidget(self.images)
+        self.images.show_review()
+        self.ctx.changed.emit("datasets")
 
     def open_split(self) -> SplitDialog | None:
         """Open the split dialog of the dataset shown."""

@@ -34,12 +34,14 @@ from PySide6.QtWidgets import (
     QVBoxLayout,
     QWidget,
 )
+from sqlalchemy import select
 
 from desktop_app.core import devices as core_devices
 from desktop_app.core import studio_ops
 from desktop_app.core.exports import list_exports
+from desktop_app.core.models import DeviceBenchmark
 from desktop_app.ui.canvas import AnnotatedImageView
-from desktop_app.ui.charts import BarChart
+from desktop_app.ui.charts import BarChart, LineChart
 from desktop_app.ui.context import StudioContext, error_text
 
 DISCOVERY_MS = 4000
@@ -286,6 +288,20 @@ class InferencePanel(QWidget):
                 return
 
 
+def runtime_text(runtime: Any) -> str:
+    """One runtime an agent reports, as ``onnxruntime 1.32.0 (onnx)``; an unavailable one
+    says so."""
+    if not isinstance(runtime, dict):
+        return str(runtime)
+    name = runtime.get("key") or runtime.get("name") or "?"
+    version = f" {runtime['version']}" if runtime.get("version") else ""
+    formats = ", ".join(str(f) for f in runtime.get("formats") or [])
+    text = f"{name}{version}" + (f" ({formats})" if formats else "")
+    if runtime.get("available") is False:
+        text += " — unavailable" + (f": {runtime['reason']}" if runtime.get("reason") else "")
+    return text
+
+
 def _load(ctx: StudioContext) -> dict[str, Any]:
     ws = ctx.workspace
     return {
@@ -314,7 +330,41 @@ def _load_device(
         "detail": detail,
         "history": core_devices.deployment_history(ws, device_id),
         "latency": latency,
+        "bench_history": bench_history(ws, detail["id"]),
     }
+
+
+def bench_history(ws: Any, device_id: str) -> list[dict[str, Any]]:
+    """Every on-device benchmark recorded for a device, oldest first: ``{"model",
+    "format", "runtime", "p50_ms", "p90_ms", "created_at"}`` each (the latency chart)."""
+    with ws.session() as s:
+        rows = s.scalars(
+            select(DeviceBenchmark)
+            .where(DeviceBenchmark.device_id == device_id)
+            .order_by(DeviceBenchmark.created_at, DeviceBenchmark.id)
+        ).all()
+        return [
+            {
+                "model": b.model_name,
+                "format": b.format,
+                "runtime": b.runtime,
+                "p50_ms": float(b.p50_ms),
+                "p90_ms": float(b.p90_ms),
+                "created_at": b.created_at.isoformat() if b.created_at else None,
+            }
+            for b in rows
+        ]
+
+
+def latency_series(history: list[dict[str, Any]]) -> dict[str, list[tuple[float, float]]]:
+    """The latency chart's series: per model and format, p50 and p90 against the
+    benchmark's number on the device (1 = its oldest benchmark)."""
+    series: dict[str, list[tuple[float, float]]] = {}
+    for number, b in enumerate(history, start=1):
+        name = f"{b['model']} ({b['format']})"
+        series.setdefault(f"{name} p50", []).append((float(number), float(b["p50_ms"])))
+        series.setdefault(f"{name} p90", []).append((float(number), float(b["p90_ms"])))
+    return series
 
 
 def _bench(
@@ -377,17 +427,26 @@ class DevicesPage(QWidget):
         self.device_table = _table(DEVICE_COLUMNS)
         self.detail_label = QLabel("Select a device.")
         self.detail_label.setWordWrap(True)
+        self.detail_label.setAlignment(Qt.AlignmentFlag.AlignTop | Qt.AlignmentFlag.AlignLeft)
+        self.detail_label.setMargin(8)
         self.detail_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.latency_table = _table(LATENCY_COLUMNS)
         self.latency_chart = BarChart("p50 latency (ms) per model")
+        self.latency_history = LineChart(
+            "Latency over the device's benchmarks", "benchmark (oldest → newest)", "ms"
+        )
         self.history_table = _table(HISTORY_COLUMNS)
         self.usage_table = _table(USAGE_COLUMNS)
         self.usage_chart = BarChart("Requests per device and model", color="#2ca02c")
         self.inference = InferencePanel()
 
+        latency_charts = QSplitter(Qt.Orientation.Horizontal)
+        latency_charts.addWidget(self.latency_chart)
+        latency_charts.addWidget(self.latency_history)
         latency = QSplitter(Qt.Orientation.Vertical)
         latency.addWidget(self.latency_table)
-        latency.addWidget(self.latency_chart)
+        latency.addWidget(latency_charts)
+        latency.setStretchFactor(1, 2)
         usage = QSplitter(Qt.Orientation.Vertical)
         usage.addWidget(self.usage_table)
         usage.addWidget(self.usage_chart)
@@ -566,7 +625,7 @@ class DevicesPage(QWidget):
         if detail["id"] != self._selected:
             return
         self.detail = detail
-        runtimes = ", ".join(str(r.get("name", r)) for r in detail["runtimes"]) or "unknown"
+        runtimes = ", ".join(runtime_text(r) for r in detail["runtimes"]) or "unknown"
         models = (
             ", ".join(
                 f"{m['name']} v{m.get('version')} ({m.get('runtime')})" for m in detail["models"]
@@ -614,6 +673,9 @@ class DevicesPage(QWidget):
         self.latency_chart.set_data(
             [(f"{b['model']} ({b['format']})", float(b["p50_ms"])) for b in latency]
         )
+        self.latency_history.clear()
+        for name, points in latency_series(data.get("bench_history") or []).items():
+            self.latency_history.set_series(name, points)
         self._update_buttons()
 
     def _update_buttons(self) -> None:

@@ -39,6 +39,7 @@ from desktop_app.core.training import run_summary
 from desktop_app.ui.canvas import AnnotatedImageView
 from desktop_app.ui.charts import BarChart, Heatmap, LineChart
 from desktop_app.ui.context import StudioContext, error_text
+from desktop_app.ui.text import metric_text
 
 RUN_COLUMNS = ("★", "run", "status", "model", "dataset", "experiment", "primary metric", "tags")
 STAR_ON, STAR_OFF = "★", "☆"
@@ -71,12 +72,6 @@ def _fill(table: QTableWidget, rows: list[list[Any]]) -> None:
     for r, row in enumerate(rows):
         for c, value in enumerate(row):
             table.setItem(r, c, QTableWidgetItem(_cell(value)))
-
-
-def _primary_text(primary: Any) -> str:
-    if isinstance(primary, dict) and isinstance(primary.get("value"), (int, float)):
-        return f"{primary.get('name')}={primary['value']:.4f}"
-    return ""
 
 
 def _load_detail(ctx: StudioContext, run_id: str) -> dict[str, Any]:
@@ -273,7 +268,7 @@ class ExperimentsPage(QWidget):
                     r["model"],
                     f"{r.get('dataset') or ''} {r.get('version') or ''}".strip(),
                     r.get("experiment"),
-                    _primary_text(r.get("primary_metric")),
+                    metric_text(r.get("primary_metric")),
                     r.get("tags"),
                 ]
                 for r in runs

@@ -1,15 +1,18 @@
 """Export: a wizard (run, formats, precision with the INT8 calibration note), the format
 capability matrix, and every export with its parity results, versions and default.
 
-Exports run ``desktop_app.core.exports.export_run`` off the UI thread (the core has no
-export job kind); the export itself validates each package against the PyTorch model.
+The wizard queues an export job (``desktop_app.core.export_jobs.submit_export``): the export
+runs in a child process under the job queue (never in the Studio's own process, so a crash
+in native export code cannot take the window down), shows in the jobs panel and validates
+each package against the PyTorch model. The page follows the job (formats done of all) and
+reloads its exports when the job ends.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from PySide6.QtCore import Qt
+from PySide6.QtCore import Qt, QTimer
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QComboBox,
@@ -32,10 +35,13 @@ from PySide6.QtWidgets import (
 )
 
 from desktop_app.core import studio_ops
-from desktop_app.core.exports import delete_export, export_run, list_exports, set_default_export
+from desktop_app.core.export_jobs import export_progress, submit_export
+from desktop_app.core.exports import delete_export, list_exports, set_default_export
+from desktop_app.core.jobs import ACTIVE, JobInfo, JobManager, get_job
 from desktop_app.core.training import list_runs
 from desktop_app.ui.context import StudioContext, error_text
 
+FOLLOW_MS = 500
 CAPABILITY_COLUMNS = ("format", "runtime", "precisions", "tasks", "frameworks", "here")
 EXPORT_COLUMNS = (
     "export",
@@ -224,14 +230,43 @@ def _load(ctx: StudioContext) -> dict[str, Any]:
     }
 
 
-def _export(ctx: StudioContext, request: dict[str, Any]) -> list[dict[str, Any]]:
-    return export_run(
+def _submit(ctx: StudioContext, request: dict[str, Any], manager: JobManager | None) -> JobInfo:
+    """Queue the export job; a background worker runs it unless a manager leads here."""
+    job = submit_export(
         ctx.workspace,
         request["run"],
         request["formats"],
         imgsz=request["imgsz"],
         precision=request["precision"],
     )
+    if manager is None:
+        studio_ops.ensure_worker(ctx.workspace)
+    return job
+
+
+def _follow(ctx: StudioContext, job_id: str, manager: JobManager | None) -> JobInfo:
+    if manager is not None:
+        manager.step()
+    return get_job(ctx.workspace, job_id)
+
+
+def job_text(job: JobInfo) -> str:
+    """The status line of an export job: queued, ``1/2 formats``, or how it ended."""
+    run = job.spec.get("run_id", "")
+    formats = ", ".join(str(f) for f in job.spec.get("formats") or [])
+    if job.status == "queued":
+        return f"export job {job.id} queued: {run} to {formats}"
+    done, total = export_progress(job)
+    if job.status == "running":
+        now = job.progress.get("format")
+        where = f", now {now}" if now else ""
+        return f"exporting {run} to {formats}: {done}/{total or '?'} formats{where} ({job.id})"
+    states = ", ".join(
+        f"{f.get('format')}: {f.get('status')}" for f in job.progress.get("formats") or []
+    )
+    if job.status == "completed":
+        return f"export finished — {states}"
+    return f"export {job.status}: {job.error or states}"
 
 
 class ExportPage(QWidget):
@@ -240,15 +275,30 @@ class ExportPage(QWidget):
     title = "Export"
     topics = ("runs", "exports")
 
-    def __init__(self, ctx: StudioContext, parent: QWidget | None = None) -> None:
+    def __init__(
+        self,
+        ctx: StudioContext,
+        parent: QWidget | None = None,
+        *,
+        manager: JobManager | None = None,
+        follow_ms: int = FOLLOW_MS,
+    ) -> None:
+        """``manager``: step this job manager while following a job (tests); by default a
+        background worker runs export jobs, as the jobs panel's."""
         super().__init__(parent)
         self.ctx = ctx
+        self.manager = manager
         self.capabilities: list[dict[str, Any]] = []
         self.exports: list[dict[str, Any]] = []
         self.runs: list[dict[str, Any]] = []
         self.wizard: ExportWizard | None = None
         self.last_results: list[dict[str, Any]] | None = None
         self.exporting = False
+        self.job: JobInfo | None = None
+        self._following = False
+        self.follow_timer = QTimer(self)
+        self.follow_timer.setInterval(follow_ms)
+        self.follow_timer.timeout.connect(self._follow_job)
 
         self.new_button = QPushButton("Export…")
         self.default_button = QPushButton("Set default")
@@ -407,23 +457,22 @@ class ExportPage(QWidget):
         return wizard
 
     def start_export(self, request: dict[str, Any]) -> None:
-        """Export off the UI thread; the table refreshes when it ends."""
+        """Queue the export job (checked first: a refused export shows a dialog); the page
+        follows it and reloads the exports when it ends."""
         if not request.get("run") or not request.get("formats"):
             return
         self.exporting = True
         self.new_button.setEnabled(False)
         self.status_label.setText(
-            f"exporting {request['run']} to {', '.join(request['formats'])} ({request['precision']}) …"
+            f"queueing the export of {request['run']} to {', '.join(request['formats'])} "
+            f"({request['precision']}) …"
         )
 
-        def done(results: list[dict[str, Any]]) -> None:
-            self.exporting = False
-            self.last_results = results
-            states = ", ".join(f"{r['format']}: {r['status']}" for r in results)
-            self.status_label.setText(f"export finished — {states}")
-            self.ctx.changed.emit("exports")
-            if results:
-                self.refresh()
+        def queued(job: JobInfo) -> None:
+            self.job = job
+            self.status_label.setText(job_text(job))
+            self.ctx.changed.emit("jobs")
+            self.follow_timer.start()
 
         def failed(exc: BaseException) -> None:
             self.exporting = False
@@ -431,7 +480,36 @@ class ExportPage(QWidget):
             self.status_label.setText(error_text(exc))
             self.ctx.show_error(exc, self)
 
-        self.ctx.run(_export, self.ctx, request, on_done=done, on_error=failed)
+        self.ctx.run(_submit, self.ctx, request, self.manager, on_done=queued, on_error=failed)
+
+    def _follow_job(self) -> None:
+        if self.job is None or self._following:
+            return
+        self._following = True
+        self.ctx.run(
+            _follow,
+            self.ctx,
+            self.job.id,
+            self.manager,
+            on_done=self._job_state,
+            on_error=self._follow_failed,
+        )
+
+    def _follow_failed(self, exc: BaseException) -> None:
+        self._following = False
+        self.status_label.setText(f"cannot follow the export job: {error_text(exc)}")
+
+    def _job_state(self, job: JobInfo) -> None:
+        self._following = False
+        self.job = job
+        self.status_label.setText(job_text(job))
+        if job.status in ACTIVE:
+            return
+        self.follow_timer.stop()
+        self.exporting = False
+        self.last_results = list(job.progress.get("exports") or job.progress.get("formats") or [])
+        self.ctx.changed.emit("exports")
+        self.refresh()
 
     def make_default(self) -> None:
         """Make the selected export its run's default."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from PySide6.QtCore import QTimer, Signal
+from PySide6.QtCore import QSize, QTimer, Signal
 from PySide6.QtWidgets import (
     QDockWidget,
     QHeaderView,
@@ -28,6 +28,7 @@ from desktop_app.core.jobs import ACTIVE, JobInfo, JobManager
 from desktop_app.ui.context import StudioContext
 
 POLL_MS = 1000
+DEFAULT_ROWS = 5  # the dock's default height shows about this many jobs
 COLUMNS = ["Job", "Kind", "Status", "Progress", "ETA", "Started", ""]
 
 
@@ -46,6 +47,9 @@ def format_eta(seconds: Any) -> str:
 def progress_of(job: JobInfo) -> tuple[int, int, str]:
     """(done, total, text) for a job's progress bar; total 0 when it is not known."""
     p = job.progress or {}
+    if job.kind == "export" and int(p.get("formats_total") or 0) > 0:
+        done, total = int(p.get("formats_done") or 0), int(p["formats_total"])
+        return done, total, f"{done}/{total} formats"
     epochs = int(p.get("epochs") or 0)
     epoch = int(p.get("epoch") or 0)
     if epochs > 0:
@@ -92,6 +96,21 @@ class JobsPanel(QDockWidget):
         self.timer.timeout.connect(self.poll)
         self.timer.start()
         ctx.changed.connect(lambda topic: self.poll() if topic in ("jobs", "runs") else None)
+
+    # ---- size --------------------------------------------------------------------------
+
+    def default_height(self, rows: int = DEFAULT_ROWS) -> int:
+        """Pixels for the title bar, the table header and ``rows`` job rows."""
+        table = self.table
+        title = self.style().pixelMetric(self.style().PixelMetric.PM_TitleBarHeight, None, self)
+        title = max(title, self.fontMetrics().height() + 8)
+        header = table.horizontalHeader().sizeHint().height()
+        frame = 2 * table.frameWidth() + 4
+        return title + header + rows * table.verticalHeader().defaultSectionSize() + frame
+
+    def sizeHint(self) -> QSize:  # noqa: N802 - Qt API
+        """About :data:`DEFAULT_ROWS` rows high: the areas above keep the rest."""
+        return QSize(super().sizeHint().width(), self.default_height())
 
     # ---- polling -----------------------------------------------------------------------
 

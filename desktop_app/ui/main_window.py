@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QSize, Qt
+from PySide6.QtCore import QSize, Qt, QTimer
 from PySide6.QtGui import QAction, QCloseEvent, QKeySequence, QShowEvent
 from PySide6.QtWidgets import (
     QFileDialog,
@@ -273,9 +273,16 @@ class MainWindow(QMainWindow):
 
     def showEvent(self, event: QShowEvent) -> None:  # noqa: N802 - Qt override
         super().showEvent(event)
-        if not self._sized:  # the jobs dock starts low; the areas get the room
+        if not self._sized:  # the jobs dock starts about five rows high; the areas get the rest
             self._sized = True
-            self.resizeDocks([self.jobs_panel], [140], Qt.Orientation.Vertical)
+            self.size_jobs_dock()
+            QTimer.singleShot(0, self.size_jobs_dock)  # again once the window is laid out
+
+    def size_jobs_dock(self) -> None:
+        """Give the jobs dock its default height (about five jobs)."""
+        self.resizeDocks(
+            [self.jobs_panel], [self.jobs_panel.default_height()], Qt.Orientation.Vertical
+        )
 
     def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802 - Qt override
         self.jobs_panel.stop()

@@ -38,10 +38,28 @@ from desktop_app.core.jobs import JobManager, job_logs
 from desktop_app.core.training import TrainOptions, list_runs, resume_run, submit_training
 from desktop_app.ui.charts import LineChart
 from desktop_app.ui.context import StudioContext, error_text
+from desktop_app.ui.text import clean_log, metric_text, read_log_tail
 
 POLL_MS = 1000
 ACTIVE = ("queued", "running")
 QUEUE_COLUMNS = ("run", "status", "model", "dataset", "epoch", "ETA", "primary metric")
+
+
+def primary_metric_text(run: dict[str, Any]) -> str:
+    """A run's headline metric as ``mAP50-95(B) 0.1234`` (empty when it has none yet).
+
+    Core stores it as ``{"key", "value"}`` (from the trainer's validation event); while a
+    run trains, the job's progress carries the latest one; a detection run without one
+    shows its final mAP50-95.
+    """
+    for primary in (run.get("primary_metric"), (run.get("progress") or {}).get("primary_metric")):
+        text = metric_text(primary)
+        if text:
+            return text
+    fallback = run.get("mAP50-95")  # a detection run without a validation event
+    if run.get("task") == "detect" and isinstance(fallback, int | float):
+        return f"mAP50-95(B) {float(fallback):.4f}"
+    return ""
 
 
 def _fmt_value(value: Any) -> str:
@@ -404,7 +422,8 @@ def _poll(ctx: StudioContext, run_id: str | None) -> dict[str, Any]:
     if run_id is not None and any(r["id"] == run_id for r in runs):
         curves = studio_ops.run_curves(ctx.workspace, run_id)
         if curves["job_id"]:
-            logs = job_logs(ctx.workspace, curves["job_id"], tail=300)["lines"]
+            found = job_logs(ctx.workspace, curves["job_id"], tail=0)
+            logs = read_log_tail(found["log_path"], 300)
     return {"runs": runs, "curves": curves, "logs": logs, "run_id": run_id}
 
 
@@ -519,7 +538,6 @@ class TrainingPage(QWidget):
             progress = run.get("progress") or {}
             epoch = f"{progress['epoch']}/{progress.get('epochs')}" if progress.get("epoch") else ""
             eta = progress.get("eta_s")
-            primary = run.get("primary_metric") or {}
             cells = (
                 run["id"],
                 run["status"],
@@ -527,9 +545,7 @@ class TrainingPage(QWidget):
                 f"{run.get('dataset') or ''} {run.get('dataset_version') or ''}".strip(),
                 epoch,
                 f"{eta:.0f} s" if isinstance(eta, (int, float)) and run["status"] in ACTIVE else "",
-                f"{primary.get('name')}={primary.get('value'):.4f}"
-                if isinstance(primary, dict) and isinstance(primary.get("value"), (int, float))
-                else "",
+                primary_metric_text(run),
             )
             for col, text in enumerate(cells):
                 item = QTableWidgetItem(str(text))
@@ -560,7 +576,7 @@ class TrainingPage(QWidget):
             chart.set_series(name, points)
 
     def _show_logs(self, lines: list[str]) -> None:
-        text = "\n".join(lines)
+        text = "\n".join(clean_log(lines))
         if self.log_view.toPlainText() != text:
             self.log_view.setPlainText(text)
             bar = self.log_view.verticalScrollBar()

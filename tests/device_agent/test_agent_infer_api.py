@@ -48,7 +48,9 @@ def _expected_renamed() -> list[dict[str, Any]]:
     return [
         {
             "class_id": d["class_id"],
-            "class": d["class_name"],
+            "class_name": d["class_name"],
+            "confidence": d["confidence"],
+            "class": d["class_name"],  # deprecated aliases (protocol 1)
             "score": d["confidence"],
             "xyxy": d["xyxy"],
         }

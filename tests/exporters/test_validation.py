@@ -53,3 +53,26 @@ def test_raw_deviation_decides_when_detections_are_not_decisive() -> None:
     assert failures == []
     _, failures = compare([(dets([]), dets([]))], "fp32", decisive=False, raw=(5.0, 1e-6))
     assert failures and "raw box" in failures[0]
+
+
+def test_raw_boxes_compare_only_anchors_a_threshold_could_keep() -> None:
+    import numpy as np
+
+    from exporters.validation import _raw_deviation
+
+    anchors, nc = 120, 2
+    ref = np.zeros((1, 4 + nc, anchors), np.float32)
+    ref[0, :4] = 100.0
+    ref[0, 4] = 0.01  # background: no threshold keeps these
+    ref[0, 4, :3] = 0.9  # three confident anchors
+    cand = ref.copy()
+    cand[0, :4, :3] += 0.5
+    cand[0, :4, 3:] += 30.0  # background boxes wander far (as in int8)
+    box, score, _ = _raw_deviation(ref, cand, nc=nc)
+    assert box == 0.5 and score == 0.0
+
+    # A barely trained model (no anchor reaches the lowest threshold): every top-k anchor counts.
+    ref[0, 4, :3] = 0.02
+    cand[0, 4, :3] = 0.02
+    box, _, _ = _raw_deviation(ref, cand, nc=nc)
+    assert box == 30.0

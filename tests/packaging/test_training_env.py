@@ -55,7 +55,7 @@ def test_the_frozen_app_needs_its_environment_then_uses_it(
     status = te.setup_env(wheel=wheel, runner=runner)
     assert ran[0] == [sys.executable, "-m", "venv", str(folder)]
     assert ran[1][1:5] == ["-m", "pip", "install", "--upgrade"]
-    assert ran[1][-1] == f"outpost[train] @ {wheel.as_uri()}"
+    assert ran[1][-1] == f"outpost[train,export,desktop] @ {wheel.as_uri()}"
     assert status["ready"] is True and te.trainer_python() == str(te.env_python(folder))
     # A newer app finds the environment stale and says so.
     (folder / te.MARKER).write_text(json.dumps({"version": "0.0.1"}))
@@ -99,5 +99,8 @@ def test_frozen_worker_delegates_to_the_training_python(
     argv = ["worker", "train", "--framework", "ultralytics", "--spec", "s.json"]
     assert frozen_entry.main(argv) == 0
     assert became == [[sys.executable, "-m", "trainers.ultralytics", "train", "--spec", "s.json"]]
+    export = ["-m", "desktop_app.core.export_worker", "--workspace", "w", "--spec", "e.json"]
+    assert frozen_entry.main(export) == 0
+    assert became[-1] == [sys.executable, *export]
     monkeypatch.setattr(sys, "frozen", True, raising=False)
     assert frozen_entry.main(argv) == 1  # no training environment yet: a one-line error

@@ -1,5 +1,6 @@
 """Export page: the capability matrix, the wizard's formats and precisions (INT8 note),
-the exports with their parity results, default and delete, and a refused export."""
+the exports with their parity results, default and delete, a refused export, and an export
+run as a real job (a child process the page follows to its end)."""
 
 # ruff: noqa: F811 - the fixtures imported from fixtures_s2 are test parameters
 from __future__ import annotations
@@ -11,6 +12,7 @@ import pytest
 
 from desktop_app.core import studio_ops
 from desktop_app.core.exports import default_export, list_exports
+from desktop_app.core.jobs import JobManager, list_jobs
 from desktop_app.core.models import TrainingRun
 from desktop_app.ui.export_page import INT8_NOTE, ExportPage
 from tests.ui.fixtures_s2 import add_fake_export, s2_ctx, seed_runs  # noqa: F401 - fixtures
@@ -141,3 +143,49 @@ def test_export_of_an_unfinished_run_is_refused_with_a_dialog(qtbot: Any, s2_ctx
     assert "run-beta is failed" in s2_ctx.last_error
     assert "train it first" in s2_ctx.last_error
     assert not page.exporting
+
+
+def test_the_wizard_queues_an_export_job_the_page_follows_to_its_end(
+    qtbot: Any, s2_ctx: Any
+) -> None:
+    """A real export job in a child process: its run's checkpoint is not a checkpoint, so
+    the job fails with the export's one-line error, and the page shows the failed export."""
+    ws = s2_ctx.workspace
+    seed_runs(ws)
+    weights = Path(ws.root) / "runs" / "run-beta" / "best.pt"
+    weights.parent.mkdir(parents=True)
+    weights.write_bytes(b"not a checkpoint")
+    with ws.session() as s:
+        s.get(TrainingRun, "run-beta").best_checkpoint = "runs/run-beta/best.pt"
+    manager = JobManager(ws, resources=["cpu"])
+    page = ExportPage(s2_ctx, manager=manager, follow_ms=200)
+    qtbot.addWidget(page)
+    page.refresh()
+    qtbot.waitUntil(lambda: len(page.runs) == 2, timeout=10_000)
+    wizard = page.open_wizard("run-beta")
+    wizard.next()
+    wizard.accept()
+    qtbot.waitUntil(lambda: page.job is not None, timeout=10_000)
+    assert not page.new_button.isEnabled()
+    job_id = page.job.id
+    qtbot.waitUntil(lambda: not page.exporting, timeout=120_000)
+    manager.close()
+    (job,) = list_jobs(ws)
+    assert (job.id, job.kind, job.status) == (job_id, "export", "failed")
+    assert job.spec["run_id"] == "run-beta" and job.spec["formats"] == ["onnx"]
+    assert page.status_label.text() == f"export failed: {job.error}"
+    (export,) = list_exports(ws)
+    assert export["status"] == "failed" and export["error"] in str(job.error)
+    assert page.last_results == [
+        {
+            "id": export["id"],
+            "format": "onnx",
+            "precision": "fp32",
+            "status": "failed",
+            "package": None,
+            "error": export["error"],
+        }
+    ]
+    qtbot.waitUntil(lambda: page.exports_table.rowCount() == 1, timeout=10_000)
+    assert page.exports_table.item(0, 4).text() == "failed"
+    assert page.new_button.isEnabled()
