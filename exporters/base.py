@@ -92,6 +92,12 @@ class Exporter(ABC):
         """Produce the model file in ``request.out_dir``."""
 
     def check(self, request: ExportRequest) -> None:
+        self.check_supported(request)
+        self.check_checkpoint(request)
+
+    def check_supported(self, request: ExportRequest, pip_extra: str | None = None) -> None:
+        """Framework, task, precision and the Python modules this format needs here
+        (``pip_extra`` names the extra to install when it is not the capability's own)."""
         cap = self.capability
         if request.framework not in cap.frameworks:
             raise ExportError(
@@ -109,8 +115,11 @@ class Exporter(ABC):
         if missing:
             raise ExportError(
                 f"{cap.key} export needs {', '.join(missing)}, not installed here; "
-                f"pip install 'outpost[{cap.extra}]'"
+                f"pip install 'outpost[{pip_extra or cap.extra}]'"
             )
+
+    @staticmethod
+    def check_checkpoint(request: ExportRequest) -> None:
         if not request.checkpoint.exists():
             raise ExportError(
                 f"checkpoint {request.checkpoint} does not exist; train the run first"

@@ -33,7 +33,6 @@ from exporters.base import (
     Exporter,
     ExportError,
     ExportRequest,
-    missing_modules,
 )
 from exporters.formats.timm_common import check_timm_task
 from exporters.toolenv import ToolEnv
@@ -70,26 +69,9 @@ class CoreMlExporter(Exporter):
     def check(self, request: ExportRequest) -> None:
         cap = self.capability
         check_timm_task(request.framework, request.task, cap.key)
-        if request.framework not in cap.frameworks:
-            raise ExportError(
-                f"coreml export does not support {request.framework} models (supports {', '.join(cap.frameworks)})"
-            )
-        if request.task not in cap.tasks:
-            raise ExportError(f"coreml export does not support the {request.task} task")
-        if request.precision not in cap.precisions:
-            raise ExportError(
-                f"coreml export has no {request.precision} precision (choose {', '.join(cap.precisions)})"
-            )
-        missing = missing_modules(cap.needs)
-        if missing:
-            raise ExportError(
-                f"coreml export needs {', '.join(missing)}, not installed here; pip install 'outpost[export]'"
-            )
+        self.check_supported(request, pip_extra="export")
         ToolEnv.for_name(TOOLCHAIN).require("coreml")
-        if not request.checkpoint.exists():
-            raise ExportError(
-                f"checkpoint {request.checkpoint} does not exist; train the run first"
-            )
+        self.check_checkpoint(request)
 
     def export(self, request: ExportRequest) -> ExportArtifact:
         env = ToolEnv.for_name(TOOLCHAIN)

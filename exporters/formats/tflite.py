@@ -30,7 +30,6 @@ from exporters.base import (
     Exporter,
     ExportError,
     ExportRequest,
-    missing_modules,
 )
 from exporters.toolenv import ToolEnv
 
@@ -59,32 +58,14 @@ class TfliteExporter(Exporter):
     )
 
     def check(self, request: ExportRequest) -> None:
-        cap = self.capability
-        if request.framework not in cap.frameworks:
-            raise ExportError(
-                f"tflite export does not support {request.framework} models (supports {', '.join(cap.frameworks)})"
-            )
-        if request.task not in cap.tasks:
-            raise ExportError(f"tflite export does not support the {request.task} task")
-        if request.precision not in cap.precisions:
-            raise ExportError(
-                f"tflite export has no {request.precision} precision (choose {', '.join(cap.precisions)})"
-            )
-        missing = missing_modules(cap.needs)
-        if missing:
-            raise ExportError(
-                f"tflite export needs {', '.join(missing)}, not installed here; pip install 'outpost[export]'"
-            )
+        self.check_supported(request, pip_extra="export")
         ToolEnv.for_name(TOOLCHAIN).require("tflite")
         if request.precision == "int8" and not request.options.get("calibration_images"):
             raise ExportError(
                 "tflite int8 export needs calibration images: the dataset version has none; "
                 "add training images or export fp32/fp16"
             )
-        if not request.checkpoint.exists():
-            raise ExportError(
-                f"checkpoint {request.checkpoint} does not exist; train the run first"
-            )
+        self.check_checkpoint(request)
 
     def export(self, request: ExportRequest) -> ExportArtifact:
         env = ToolEnv.for_name(TOOLCHAIN)

@@ -13,12 +13,13 @@ import pytest
 from desktop_app.cli import main as outpost
 from desktop_app.core import datasets, devices
 from desktop_app.core.dataset_sample import write_sample_dataset
-from desktop_app.core.models import Deployment, DeviceBenchmark, Export, TrainingRun
+from desktop_app.core.models import Deployment, DeviceBenchmark
 from desktop_app.core.workspace import Workspace
 from device_agent.pairing import issue_code
 from tests.device_agent.conftest import AgentThread
 from tests.device_agent.desktop_helpers import record_device
 from tests.fakes import make_image_bytes, make_package
+from tests.records import record_export
 
 
 @pytest.fixture
@@ -40,31 +41,7 @@ def agent(tmp_path: Path) -> Iterator[AgentThread]:
 def _add_export(ws: Workspace, tmp_path: Path, export_id: str, version: str) -> Path:
     """An export row of model ``shapes`` with a real (fake-model) package."""
     package = make_package(tmp_path / "pkgs" / f"shapes-{version}.outpost.zip", version=version)
-    with ws.session() as s:
-        if s.get(TrainingRun, "run1") is None:
-            s.add(
-                TrainingRun(
-                    id="run1",
-                    project_id=ws.default_project_id(),
-                    dataset_version_id=datasets.get_version(ws, "shapes").id,
-                    framework="ultralytics",
-                    task="detect",
-                    model="yolo11n",
-                    run_dir="runs/run1",
-                )
-            )
-            s.flush()
-        s.add(
-            Export(
-                id=export_id,
-                run_id="run1",
-                format="onnx",
-                status="completed",
-                package_path=str(package),
-                manifest={"name": "shapes", "version": version},
-            )
-        )
-    return package
+    return record_export(ws, package, export_id=export_id, version=version)
 
 
 @pytest.fixture

@@ -191,33 +191,11 @@ def test_the_choice_reaches_v1_models_and_the_desktop_deployments(
     try:
         from desktop_app.core import datasets
         from desktop_app.core.dataset_sample import write_sample_dataset
-        from desktop_app.core.models import Export, TrainingRun
+        from tests.records import record_export
 
         write_sample_dataset(tmp_path / "sample", count=4, size=64)
         datasets.import_yolo(ws, tmp_path / "sample", "shapes")
-        with ws.session() as s:
-            s.add(
-                TrainingRun(
-                    id="run1",
-                    project_id=ws.default_project_id(),
-                    dataset_version_id=datasets.get_version(ws, "shapes").id,
-                    framework="ultralytics",
-                    task="detect",
-                    model="yolo11n",
-                    run_dir="runs/run1",
-                )
-            )
-            s.flush()
-            s.add(
-                Export(
-                    id="exp1",
-                    run_id="run1",
-                    format="onnx",
-                    status="completed",
-                    package_path=str(two_formats),
-                    manifest={"name": "shapes", "version": "1"},
-                )
-            )
+        record_export(ws, two_formats)
         device_id = record_device(ws, agent)
         devices.pair(ws, device_id, issue_code(agent.service.data_dir).code)
         deployed = devices.deploy(ws, "exp1", device_id)

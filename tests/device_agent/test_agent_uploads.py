@@ -342,37 +342,16 @@ def test_desktop_deploy_and_model_actions_are_recorded(
     from desktop_app.cli import main as outpost
     from desktop_app.core import datasets, devices
     from desktop_app.core.dataset_sample import write_sample_dataset
-    from desktop_app.core.models import Deployment, Export, TrainingRun
+    from desktop_app.core.models import Deployment
     from device_agent.pairing import issue_code
     from tests.device_agent.desktop_helpers import record_device
+    from tests.records import record_export
 
     write_sample_dataset(tmp_path / "sample", count=4, size=64)
     datasets.import_yolo(ws, tmp_path / "sample", "shapes")
-    with ws.session() as s:
-        s.add(
-            TrainingRun(
-                id="run1",
-                project_id=ws.default_project_id(),
-                dataset_version_id=datasets.get_version(ws, "shapes").id,
-                framework="ultralytics",
-                task="detect",
-                model="yolo11n",
-                run_dir="runs/run1",
-            )
-        )
-        s.flush()
-        for version in ("1", "2"):
-            package = make_package(tmp_path / "pkgs" / f"v{version}.outpost.zip", version=version)
-            s.add(
-                Export(
-                    id=f"exp{version}",
-                    run_id="run1",
-                    format="onnx",
-                    status="completed",
-                    package_path=str(package),
-                    manifest={"name": "shapes", "version": version},
-                )
-            )
+    for version in ("1", "2"):
+        package = make_package(tmp_path / "pkgs" / f"v{version}.outpost.zip", version=version)
+        record_export(ws, package, export_id=f"exp{version}", version=version)
     device = record_device(ws, agent)
     devices.pair(ws, device, issue_code(agent.service.data_dir).code)
 

@@ -27,11 +27,12 @@ from sqlalchemy import select
 
 from desktop_app.core import datasets
 from desktop_app.core.dataset_sample import write_sample_dataset
-from desktop_app.core.models import Deployment, Export, TrainingRun, UsageSample
+from desktop_app.core.models import Deployment, UsageSample
 from desktop_app.core.workspace import Workspace
 from runtimes.package import write_package
 from tests.fakes import EXPECTED, make_detect_onnx, make_package, manifest_fields
 from tests.netns_lan import Host, Lan, preflight
+from tests.records import record_export
 
 ROOT = Path(__file__).resolve().parents[2]
 AGENT_PORT = 8765
@@ -110,29 +111,7 @@ def workspace_with_export(root: Path, package: Path) -> Workspace:
     ws = Workspace.open(root / "ws")
     write_sample_dataset(root / "sample", count=4, size=64)
     datasets.import_yolo(ws, root / "sample", "shapes")
-    with ws.session() as s:
-        s.add(
-            TrainingRun(
-                id="run1",
-                project_id=ws.default_project_id(),
-                dataset_version_id=datasets.get_version(ws, "shapes").id,
-                framework="ultralytics",
-                task="detect",
-                model="yolo11n",
-                run_dir="runs/run1",
-            )
-        )
-        s.flush()
-        s.add(
-            Export(
-                id="exp1",
-                run_id="run1",
-                format="onnx",
-                status="completed",
-                package_path=str(package),
-                manifest={"name": "shapes", "version": "1"},
-            )
-        )
+    record_export(ws, package)
     return ws
 
 

@@ -12,13 +12,12 @@ from typing import Any
 
 import pytest
 
-from desktop_app.core import datasets
 from desktop_app.core.bundle import build_outpost_wheel
-from desktop_app.core.models import Export, TrainingRun
 from desktop_app.core.workspace import Workspace
 from device_agent.protocol_version import LOCAL, package_version
 from tests.fakes import make_package
 from tests.packaging.helpers import AgentProcess, api_key, infer
+from tests.records import record_export as add_export_rows
 
 ROOT = Path(__file__).resolve().parents[2]
 APP = "Outpost Studio"
@@ -69,29 +68,7 @@ def ok(app: Path, *argv: str, env: dict[str, str] | None = None) -> Any:
 def record_export(ws_root: Path, package: Path) -> str:
     ws = Workspace.open(ws_root)
     try:
-        with ws.session() as s:
-            s.add(
-                TrainingRun(
-                    id="run1",
-                    project_id=ws.default_project_id(),
-                    dataset_version_id=datasets.get_version(ws, "shapes").id,
-                    framework="ultralytics",
-                    task="detect",
-                    model="yolo11n",
-                    run_dir="runs/run1",
-                )
-            )
-            s.flush()
-            s.add(
-                Export(
-                    id="exp1",
-                    run_id="run1",
-                    format="onnx",
-                    status="completed",
-                    package_path=str(package),
-                    manifest={"name": "shapes", "version": "1"},
-                )
-            )
+        add_export_rows(ws, package)
     finally:
         ws.close()
     return "exp1"
