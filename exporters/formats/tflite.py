@@ -123,6 +123,10 @@ def _append_metadata(path: Path, metadata: dict[str, Any]) -> None:
         zf.writestr("metadata.json", json.dumps(metadata))
 
 
+# Tensor names of the converted model carry the PyTorch module path; this matches the head.
+HEAD_SCOPE = r".*ultralytics\.nn\.modules\.head\..*"
+
+
 def _quantize(
     source: Path, target: Path, precision: str, images: list[Path], imgsz: int, task: str
 ) -> dict[str, Any]:
@@ -155,6 +159,14 @@ def _quantize(
         qt.update_quantization_recipe(
             regex=".*", operation_name=op, algorithm_key=recipe.AlgorithmName.NO_QUANTIZE
         )
+    # The head (Ultralytics' Detect/Segment/Pose/Classify modules: box regression, class
+    # scores, box decoding) stays float: quantized, its scores drift by ~0.36 and mAP50-95
+    # drops by 0.05 on a small detector, for little speed.
+    qt.update_quantization_recipe(
+        regex=HEAD_SCOPE,
+        operation_name=qtyping.TFLOperationName.ALL_SUPPORTED,
+        algorithm_key=recipe.AlgorithmName.NO_QUANTIZE,
+    )
     from ai_edge_litert.interpreter import Interpreter
 
     signatures = Interpreter(model_path=str(source)).get_signature_list()
@@ -164,7 +176,7 @@ def _quantize(
     qt.quantize(calibration_result=result).export_model(str(target), overwrite=True)
     return {
         "quantized": "int8",
-        "quantizer": "ai-edge-quantizer static_wi8_ai8 (float I/O)",
+        "quantizer": "ai-edge-quantizer static_wi8_ai8 (float I/O, float head)",
         "calibration_images": len(tensors),
     }
 

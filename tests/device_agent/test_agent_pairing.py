@@ -107,6 +107,14 @@ def test_code_is_single_use(agent: Any) -> None:
     assert err.status == 403 and "no pairing code is active" in err.message
 
 
+def test_a_paired_desktop_can_pair_again_with_a_new_code(agent: Any) -> None:
+    """Re-pairing (e.g. after the desktop lost its pin) verifies the request once, not twice:
+    a second check of the same signed request would refuse it as a replay."""
+    desktop = KeyPair.generate()
+    first = _pair(agent, _code(agent), desktop)
+    assert _pair(agent, _code(agent), desktop) == first
+
+
 def test_ten_wrong_codes_lock_pairing(agent: Any) -> None:
     code = _code(agent)
     for _ in range(MAX_WRONG_CODES - 1):

@@ -9,6 +9,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from exporters.base import ExportRequest, try_export
@@ -136,6 +137,14 @@ def test_tflite_int8_is_calibrated_and_judged_by_its_own_tolerance(
     assert details["quantized"] == "int8" and details["calibration_images"] == 3
     with zipfile.ZipFile(out["artifact"].model_file) as zf:  # head facts kept for the runtime
         assert json.loads(zf.read("metadata.json"))["task"] == "detect"
+    from ai_edge_litert.interpreter import Interpreter
+
+    tensors = Interpreter(model_path=str(out["artifact"].model_file)).get_tensor_details()
+    head = [t["dtype"] for t in tensors if ".modules.head." in t["name"]]
+    # The head computes in float (only tensors at its int8 inputs stay quantized).
+    assert head and sum(d == np.float32 for d in head) >= 0.9 * sum(
+        d in (np.float32, np.int8) for d in head
+    )
     numbers = _parity(out, "detect", "int8")
     assert numbers["tolerance"] == TOLERANCES["int8"].__dict__
     # A random-weight model's near-tied boxes may swap; the raw head must stay within INT8's
