@@ -411,6 +411,67 @@ class PackageReader:
         return dest
 
 
+def extract_zip_safely(
+    archive: Path, dest: Path, *, max_total_bytes: int = MAX_TOTAL_BYTES
+) -> Path:
+    """Extract a zip found inside a package (e.g. a CoreML ``.mlpackage`` shipped as one) into
+    a new folder ``dest``: names checked (no absolute paths, ``..`` or drive letters), links,
+    special files, duplicate names, too many entries and suspicious expansion refused, the
+    size limit enforced while writing; via a temp folder and a rename, so nothing is left
+    half-written.
+    """
+    dest = Path(dest)
+    if dest.exists():
+        raise PackageError(f"{dest} already exists; refusing to overwrite it")
+    with zipfile.ZipFile(archive) as zf:
+        infos = zf.infolist()
+        if len(infos) > MAX_ENTRIES:
+            raise PackageError(f"{archive.name} has {len(infos)} entries (limit {MAX_ENTRIES})")
+        seen: set[str] = set()
+        for info in infos:
+            _check_member_name(info.filename.rstrip("/") or info.filename)
+            mode = stat.S_IFMT(info.external_attr >> 16)
+            if mode not in (0, stat.S_IFREG, stat.S_IFDIR):
+                raise PackageError(f"{archive.name}: {info.filename!r} is a link or special file")
+            if info.filename in seen:
+                raise PackageError(f"{archive.name}: {info.filename!r} appears twice")
+            seen.add(info.filename)
+            if (
+                info.compress_size
+                and info.file_size / info.compress_size > MAX_RATIO
+                and info.file_size > 1 << 20
+            ):
+                raise PackageError(f"{archive.name}: {info.filename!r} expands suspiciously")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+        try:
+            written = 0
+            for info in infos:
+                target = tmp.joinpath(*PurePosixPath(info.filename).parts)
+                if not target.resolve().is_relative_to(tmp.resolve()):
+                    raise PackageError(f"{archive.name}: {info.filename!r} points outside")
+                if info.is_dir():
+                    target.mkdir(parents=True, exist_ok=True)
+                    continue
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with zf.open(info) as src, open(target, "wb") as out:
+                    while chunk := src.read(CHUNK):
+                        written += len(chunk)
+                        if written > max_total_bytes:
+                            raise PackageError(
+                                f"{archive.name} expands beyond {max_total_bytes} bytes"
+                            )
+                        out.write(chunk)
+                    out.flush()
+                    os.fsync(out.fileno())
+            os.replace(tmp, dest)
+            fsync_dir(dest.parent)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return dest
+
+
 def read_manifest_dir(folder: Path) -> Manifest:
     """Read the manifest of an extracted package folder."""
     path = Path(folder) / MANIFEST_NAME

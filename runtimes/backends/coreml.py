@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import platform
-import zipfile
+import shutil
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 
 from runtimes.backends.base import Backend, BackendInfo
-from runtimes.errors import RuntimeUnavailableError
+from runtimes.errors import PackageError, RuntimeUnavailableError
+from runtimes.package import extract_zip_safely
 
 COMPUTE_UNITS = "ALL"  # CPU, GPU and the Neural Engine, as CoreML decides
 
@@ -41,15 +42,20 @@ def unpack_mlpackage(model_path: Path) -> Path:
     if target.is_dir():
         return target
     staging = model_path.parent / ".model.mlpackage.unpacking"
-    with zipfile.ZipFile(model_path) as zf:
-        for name in zf.namelist():
-            if name.startswith("/") or ".." in Path(name).parts:
-                raise RuntimeUnavailableError(
-                    f"{model_path.name} holds an unsafe path {name!r}; export the model again"
-                )
-        zf.extractall(staging)
+    shutil.rmtree(staging, ignore_errors=True)  # an earlier unpacking that was cut short
+    try:
+        extract_zip_safely(model_path, staging)
+    except PackageError as exc:
+        raise RuntimeUnavailableError(
+            f"{model_path.name} holds an unsafe path or entry ({exc}); export the model again"
+        ) from None
+    if not (staging / "model.mlpackage").is_dir():
+        shutil.rmtree(staging, ignore_errors=True)
+        raise RuntimeUnavailableError(
+            f"{model_path.name} holds no model.mlpackage folder; export the model again"
+        )
     (staging / "model.mlpackage").rename(target)
-    staging.rmdir()
+    shutil.rmtree(staging, ignore_errors=True)
     return target
 
 
