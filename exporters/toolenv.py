@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from exporters.base import ExportError
+from exporters.base import ExportArtifact, ExportError, ExportRequest
 from runtimes.fileio import atomic_write_text
 
 ENV_VAR = "OUTPOST_TOOLENV_DIR"
@@ -409,3 +409,44 @@ def _child_main(argv: list[str]) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(_child_main(sys.argv[1:]))
+
+
+def child_payload(request: ExportRequest, **extra: Any) -> dict[str, Any]:
+    """The JSON an exporter's child (run in its toolenv) receives for ``request``."""
+    return {
+        "checkpoint": str(request.checkpoint),
+        "framework": request.framework,
+        "task": request.task,
+        "imgsz": request.imgsz,
+        "out_dir": str(request.out_dir),
+        "precision": request.precision,
+        "config_dir": request.options.get("config_dir"),
+        **extra,
+    }
+
+
+def child_artifact(
+    out: dict[str, Any],
+    request: ExportRequest,
+    env: ToolEnv,
+    *,
+    format_key: str,
+    runtime: str,
+    details: dict[str, Any] | None = None,
+) -> ExportArtifact:
+    """The artifact a toolenv child reported (its tools plus the toolenv's package versions)."""
+    return ExportArtifact(
+        format_key=format_key,
+        runtime=runtime,
+        model_file=Path(out["model_file"]),
+        class_names=tuple(out["class_names"]),
+        architecture=out["architecture"],
+        input_name=out["input_name"],
+        input_shape=tuple(out.get("input_shape") or (1, 3, request.imgsz, request.imgsz)),
+        output_layout=out["output_layout"],
+        preprocessing=out["preprocessing"],
+        postprocessing=out["postprocessing"],
+        precision=request.precision,
+        details=out["details"] if details is None else details,
+        tools={**out["tools"], **env.versions()},
+    )

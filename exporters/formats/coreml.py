@@ -35,7 +35,7 @@ from exporters.base import (
     ExportRequest,
 )
 from exporters.formats.timm_common import check_timm_task
-from exporters.toolenv import ToolEnv
+from exporters.toolenv import ToolEnv, child_artifact, child_payload
 
 TOOLCHAIN = "coreml"
 MODEL_ARCHIVE = "model.mlpackage.zip"
@@ -75,35 +75,20 @@ class CoreMlExporter(Exporter):
 
     def export(self, request: ExportRequest) -> ExportArtifact:
         env = ToolEnv.for_name(TOOLCHAIN)
-        payload = {
-            "checkpoint": str(request.checkpoint),
-            "framework": request.framework,
-            "task": request.task,
-            "imgsz": request.imgsz,
-            "out_dir": str(request.out_dir),
-            "precision": request.precision,
-            "config_dir": request.options.get("config_dir"),
-        }
+        payload = child_payload(request)
         try:
             out = env.call(f"{__name__}:child_export", payload, what="coreml")
         except ExportError:
             shutil.rmtree(request.out_dir / "source", ignore_errors=True)
             shutil.rmtree(request.out_dir / "model.mlpackage", ignore_errors=True)
             raise
-        return ExportArtifact(
+        return child_artifact(
+            out,
+            request,
+            env,
             format_key="coreml",
             runtime="coreml",
-            model_file=Path(out["model_file"]),
-            class_names=tuple(out["class_names"]),
-            architecture=out["architecture"],
-            input_name=out["input_name"],
-            input_shape=tuple(out.get("input_shape") or (1, 3, request.imgsz, request.imgsz)),
-            output_layout=out["output_layout"],
-            preprocessing=out["preprocessing"],
-            postprocessing=out["postprocessing"],
-            precision=request.precision,
             details={**out["details"], "parity": dict(PARITY_NOT_RUN)},
-            tools={**out["tools"], **env.versions()},
         )
 
 

@@ -31,7 +31,7 @@ from exporters.base import (
     ExportError,
     ExportRequest,
 )
-from exporters.toolenv import ToolEnv
+from exporters.toolenv import ToolEnv, child_artifact, child_payload
 
 TOOLCHAIN = "litert"
 OUTPUT_BOX_UNITS = "normalized"
@@ -69,37 +69,16 @@ class TfliteExporter(Exporter):
 
     def export(self, request: ExportRequest) -> ExportArtifact:
         env = ToolEnv.for_name(TOOLCHAIN)
-        payload = {
-            "checkpoint": str(request.checkpoint),
-            "framework": request.framework,
-            "task": request.task,
-            "imgsz": request.imgsz,
-            "out_dir": str(request.out_dir),
-            "precision": request.precision,
-            "config_dir": request.options.get("config_dir"),
-            "calibration_images": [str(p) for p in request.options.get("calibration_images", [])],
-        }
+        payload = child_payload(
+            request,
+            calibration_images=[str(p) for p in request.options.get("calibration_images", [])],
+        )
         try:
             out = env.call(f"{__name__}:child_export", payload, what="tflite")
         except ExportError:
             _clean_build(request.out_dir)
             raise
-        target = Path(out["model_file"])
-        return ExportArtifact(
-            format_key="tflite",
-            runtime="litert",
-            model_file=target,
-            class_names=tuple(out["class_names"]),
-            architecture=out["architecture"],
-            input_name=out["input_name"],
-            input_shape=(1, 3, request.imgsz, request.imgsz),
-            output_layout=out["output_layout"],
-            preprocessing=out["preprocessing"],
-            postprocessing=out["postprocessing"],
-            precision=request.precision,
-            details=out["details"],
-            tools={**out["tools"], **env.versions()},
-        )
+        return child_artifact(out, request, env, format_key="tflite", runtime="litert")
 
 
 def _clean_build(out_dir: Path) -> None:
