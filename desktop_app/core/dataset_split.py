@@ -166,6 +166,54 @@ def content_hash(class_names: Sequence[str], items: Sequence[Sequence[Any]]) -> 
     return hashlib.sha256(blob.encode("ascii")).hexdigest()
 
 
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+_quote = json.encoder.encode_basestring_ascii
+
+
+def encode_boxes(boxes: Sequence[Sequence[Any]]) -> str:
+    """One item's boxes as :func:`content_hash` encodes them (canonical, compact JSON).
+
+    The same text is valid JSON for ``DatasetItem.boxes``, so an import encodes each item's
+    boxes once, for the hash (:func:`content_hash_encoded`) and for the database.
+    """
+    return _CANONICAL.encode([list(b) for b in boxes])
+
+
+def content_hash_encoded(
+    class_names: Sequence[str], items: Sequence[tuple[str, str, str, str, str]]
+) -> str:
+    """:func:`content_hash` of items whose boxes are already encoded with :func:`encode_boxes`.
+
+    Args:
+        class_names: The class names, in class-id order.
+        items: ``(file_name, image sha256, encoded boxes, split, label status)`` per item.
+
+    Returns:
+        The same digest :func:`content_hash` gives for the decoded items, computed without
+        encoding the boxes again: the canonical JSON of the whole payload is the encoded
+        items joined in file-name order (file names are unique in a version; with a repeated
+        name the items are decoded and hashed by :func:`content_hash`, which sorts whole rows).
+    """
+    rows = sorted(items, key=lambda item: item[0])
+    if len({item[0] for item in rows}) != len(rows):
+        return content_hash(
+            class_names, [(fn, sha, json.loads(b), sp, st) for fn, sha, b, sp, st in items]
+        )
+    digest = hashlib.sha256(b'{"class_names":')
+    digest.update(_CANONICAL.encode(list(class_names)).encode("ascii"))
+    digest.update(b',"items":[')
+    parts: list[str] = []
+    for k, (fn, sha, boxes, split, status) in enumerate(rows):
+        tail = "]" if status == "labelled" else f",{_quote(status)}]"
+        parts.append(f"{',' if k else ''}[{_quote(fn)},{_quote(sha)},{boxes},{_quote(split)}{tail}")
+        if len(parts) >= 1024:
+            digest.update("".join(parts).encode("ascii"))
+            parts.clear()
+    digest.update("".join(parts).encode("ascii"))
+    digest.update(b"]}")
+    return digest.hexdigest()
+
+
 # ---- split settings ------------------------------------------------------------------------
 
 SPLIT_METHODS = ("auto", "manual", "partial")

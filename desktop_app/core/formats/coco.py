@@ -454,8 +454,14 @@ def _plain_boxes(
     ny0, ny1 = np.maximum(y0, 0.0) / h, np.minimum(y1, h) / h
     cx, cy = ((nx0 + nx1) / 2).tolist(), ((ny0 + ny1) / 2).tolist()
     bw, bh = (nx1 - nx0).tolist(), (ny1 - ny0).tolist()
+    plain_box = Annotation.plain
     return {
-        index[k]: (iids[k], Annotation(classes[k], cx[k], cy[k], bw[k], bh[k], iscrowd=crowds[k]))
+        index[k]: (
+            iids[k],
+            Annotation(classes[k], cx[k], cy[k], bw[k], bh[k], iscrowd=True)
+            if crowds[k]
+            else plain_box(classes[k], cx[k], cy[k], bw[k], bh[k]),
+        )
         for k in np.flatnonzero(ok).tolist()
     }
 

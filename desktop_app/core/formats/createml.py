@@ -26,6 +26,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+try:
+    import orjson
+except ImportError:  # the optional "fast" extra: the standard library's json alone
+    orjson = None  # type: ignore[assignment]
+
 from desktop_app.core.dataset_records import (
     Annotation,
     CopyImage,
@@ -55,8 +60,12 @@ Later = Callable[[int, int], tuple[Annotation, ...]]
 # ---- shared helpers --------------------------------------------------------------------
 
 
+_DIGITS_ONLY = bytes(0x30 if 0x30 <= b <= 0x39 else 0x20 for b in range(256))  # "0" or " "
+_LONG_NUMBER = b"0" * 19  # 19 digits in a row: an integer orjson may not read exactly
+
+
 def load_json(p: Path) -> Any:
-    """Parse a JSON file.
+    """Parse a JSON file (with orjson, or json where the two could differ: the same result).
 
     Raises:
         DatasetFormatError: unreadable, not UTF-8, malformed (with line and column) or
@@ -64,9 +73,18 @@ def load_json(p: Path) -> Any:
     """
     try:
         with open(p, "rb") as fh:
-            return json.load(fh)
+            raw = fh.read()
     except OSError as exc:
         raise DatasetFormatError(f"{p} cannot be read ({exc.strerror}); check the file") from None
+    # orjson is 2-3x faster and builds the same objects, except that it reads an integer
+    # beyond 64 bits as a float: a file with any run of 19 or more digits goes to json
+    if orjson is not None and raw.translate(_DIGITS_ONLY).find(_LONG_NUMBER) < 0:
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            pass  # json gives the message, and accepts what orjson refuses (NaN, a BOM, UTF-16)
+    try:
+        return json.loads(raw)
     except UnicodeDecodeError:
         raise DatasetFormatError(f"{p} is not UTF-8 text; save it as UTF-8 JSON") from None
     except json.JSONDecodeError as exc:
