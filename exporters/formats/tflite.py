@@ -10,7 +10,17 @@ shared post-processing.
 Precisions: fp32; fp16 (weights stored as float16 by ``ai-edge-quantizer``, computed in
 float32); int8 (static INT8 weights and activations by ``ai-edge-quantizer``, calibrated on
 up to 300 images of the run's dataset version preprocessed exactly as the runtime does,
-float32 input and output kept).
+float32 input and output kept; the head and the stem convolution stay float).
+
+Calibration sets each activation's range to the 95th percentile of the ranges the calibration
+images give it, one image at a time (the 5th for the minimum). ``ai-edge-quantizer``'s default
+merges images by an exponential moving average (weight 0.95 on the ranges seen so far),
+which forgets all but the last ~20 images and under-estimates the ranges, so activations of
+other images clip; the widest range over every image lets one unusual image coarsen every
+step. Measured on a yolo11n (160 px, 77 calibration and 16 validation images): moving
+average 0.148 max score deviation, 23/27 detections matched, mAP50-95 0.338 (PyTorch
+0.345); widest range 0.050, 20/27, 0.316; 95th percentile 0.032, 23/27, 0.335. INT16
+activations (finer steps, the same moving-average ranges) were no better than INT8 (0.148).
 
 :func:`child_export` runs inside the toolenv (see :mod:`exporters.toolenv`); the main
 process only sends it a JSON payload and never imports the toolchain.
@@ -23,6 +33,8 @@ import shutil
 import zipfile
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from exporters.base import (
     Capability,
@@ -51,8 +63,8 @@ class TfliteExporter(Exporter):
             "LiteRT flatbuffer for Android, embedded Linux and microcontrollers, converted by "
             "litert-torch in its own toolchain (`outpost export setup litert`, ~1 GB once). "
             "fp16 stores float16 weights; int8 is static INT8 (ai-edge-quantizer, calibrated on "
-            "up to 300 images of the run's dataset version, float I/O). Boxes leave the model "
-            "divided by the input size; the litert runtime scales them back."
+            "up to 300 images of the run's dataset version, float I/O, float head and stem). "
+            "Boxes leave the model divided by the input size; the litert runtime scales them back."
         ),
         extra="litert",
     )
@@ -104,6 +116,38 @@ def _append_metadata(path: Path, metadata: dict[str, Any]) -> None:
 
 # Tensor names of the converted model carry the PyTorch module path; this matches the head.
 HEAD_SCOPE = r".*ultralytics\.nn\.modules\.head\..*"
+# ... and this the stem, the first convolution of every Ultralytics task model (model.0).
+STEM_SCOPE = r".*\.nn\.tasks\.\w+Model_model/ultralytics\.nn\.modules\.conv\.Conv_0[/;].*"
+
+
+RANGE_PERCENTILE = 95.0
+
+
+def collect_ranges(seen: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """The calibrator's merge step: keep every calibration image's range of a tensor (see
+    :func:`percentile_ranges`), the latest as its ``min``/``max``."""
+    if not seen:
+        return new
+    return {
+        **new,
+        "mins": [*seen.get("mins", [seen["min"]]), new["min"]],
+        "maxs": [*seen.get("maxs", [seen["max"]]), new["max"]],
+    }
+
+
+def percentile_ranges(qsvs: dict[str, Any], percentile: float = RANGE_PERCENTILE) -> dict[str, Any]:
+    """Each tensor's range from the per-image ranges :func:`collect_ranges` kept: the
+    ``percentile``-th of the maxima and the ``100 - percentile``-th of the minima."""
+    out = {}
+    for name, qsv in qsvs.items():
+        qsv = dict(qsv)
+        mins = np.stack(qsv.pop("mins", [qsv["min"]]))
+        maxs = np.stack(qsv.pop("maxs", [qsv["max"]]))
+        dtype = np.asarray(qsv["min"]).dtype
+        qsv["min"] = np.percentile(mins, 100.0 - percentile, axis=0).astype(dtype)
+        qsv["max"] = np.percentile(maxs, percentile, axis=0).astype(dtype)
+        out[name] = qsv
+    return out
 
 
 def _quantize(
@@ -140,22 +184,30 @@ def _quantize(
         )
     # The head (Ultralytics' Detect/Segment/Pose/Classify modules: box regression, class
     # scores, box decoding) stays float: quantized, its scores drift by ~0.36 and mAP50-95
-    # drops by 0.05 on a small detector, for little speed.
-    qt.update_quantization_recipe(
-        regex=HEAD_SCOPE,
-        operation_name=qtyping.TFLOperationName.ALL_SUPPORTED,
-        algorithm_key=recipe.AlgorithmName.NO_QUANTIZE,
-    )
+    # drops by 0.05 on a small detector, for little speed. So does the stem convolution (3
+    # input channels, cheap): quantized, it moved a yolo11n's raw boxes by 7.1 px, float 3.2.
+    for scope in (HEAD_SCOPE, STEM_SCOPE):
+        qt.update_quantization_recipe(
+            regex=scope,
+            operation_name=qtyping.TFLOperationName.ALL_SUPPORTED,
+            algorithm_key=recipe.AlgorithmName.NO_QUANTIZE,
+        )
     from ai_edge_litert.interpreter import Interpreter
+    from ai_edge_quantizer import calibrator, recipe_manager
 
     signatures = Interpreter(model_path=str(source)).get_signature_list()
     key, spec = next(iter(signatures.items()))
     samples = [{spec["inputs"][0]: t} for t in tensors]
-    result = qt.calibrate({key: samples})
+    manager = recipe_manager.RecipeManager()
+    manager.load_quantization_recipe(qt.get_quantization_recipe())
+    calibration = calibrator.Calibrator(str(source), qsv_update_func=collect_ranges)
+    calibration.calibrate({key: samples}, manager)
+    result = percentile_ranges(dict(calibration.get_model_qsvs()))
     qt.quantize(calibration_result=result).export_model(str(target), overwrite=True)
     return {
         "quantized": "int8",
-        "quantizer": "ai-edge-quantizer static_wi8_ai8 (float I/O, float head)",
+        "quantizer": "ai-edge-quantizer static_wi8_ai8 (float I/O, float head and stem)",
+        "calibration": f"{RANGE_PERCENTILE:g}th percentile of the per-image activation ranges",
         "calibration_images": len(tensors),
     }
 

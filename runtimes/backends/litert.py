@@ -6,6 +6,12 @@ classifier's probabilities as they are. Ultralytics' LiteRT export divides the c
 channels by the input size (so INT8 keeps score resolution); the facts needed to undo it
 (task, class count, keypoint shape, end-to-end head) are read from the ``metadata.json``
 Ultralytics appends to the ``.tflite`` file. A model without that metadata is taken as is.
+
+Threads: :func:`default_threads` unless the caller asks for a count. XNNPACK's thread pool
+competes with the calling thread, which letterboxes the next image and runs NMS on the CPU
+too; on a small detector per-op work is short, so a pool that takes every core waits on the
+caller more than it helps. The default leaves one core to the caller and stops at
+:data:`MAX_DEFAULT_THREADS` (measurements: README, "Export and runtimes", "LiteRT threads").
 """
 
 from __future__ import annotations
@@ -25,6 +31,15 @@ from runtimes.backends.base import Backend, BackendInfo
 from runtimes.errors import RuntimeUnavailableError
 
 NORMALIZED_TASKS = ("detect", "segment", "pose")
+MAX_DEFAULT_THREADS = 4
+
+
+def default_threads(cpu_count: int | None = None) -> int:
+    """XNNPACK threads when the caller names none: one core less than the machine has (the
+    caller's pre- and post-processing keep one), at least 1, at most
+    :data:`MAX_DEFAULT_THREADS`."""
+    cores = cpu_count if cpu_count is not None else (os.cpu_count() or 1)
+    return max(1, min(MAX_DEFAULT_THREADS, cores - 1))
 
 
 @dataclass(frozen=True)
@@ -113,9 +128,8 @@ class LiteRtBackend(Backend):
             raise RuntimeUnavailableError(
                 "the litert runtime needs ai-edge-litert; pip install 'outpost[litert]'"
             ) from None
-        self.interpreter: Any = Interpreter(
-            model_path=str(model_path), num_threads=int(threads or os.cpu_count() or 1)
-        )
+        self.threads = int(threads) if threads else default_threads()
+        self.interpreter: Any = Interpreter(model_path=str(model_path), num_threads=self.threads)
         self.interpreter.allocate_tensors()
         self.input_details = self.interpreter.get_input_details()[0]
         self.output_details = self.interpreter.get_output_details()

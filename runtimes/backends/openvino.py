@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from runtimes.backends.base import Backend, BackendInfo
-from runtimes.errors import RuntimeUnavailableError
+from runtimes.errors import OutpostError, RuntimeUnavailableError
 
 DEVICE = "CPU"
 
@@ -86,19 +86,45 @@ class OpenVinoBackend(Backend):
             config["INFERENCE_PRECISION_HINT"] = "f32"
         self.compiled = core.compile_model(model, DEVICE, config)
         self.request = self.compiled.create_infer_request()
+        # What the plugin settled on (the benchmark prints them beside Ultralytics' choices).
+        self.threads = int(self.compiled.get_property("INFERENCE_NUM_THREADS"))
+        hint = self.compiled.get_property("INFERENCE_PRECISION_HINT")
+        self.inference_precision = hint.to_string() if isinstance(hint, ov.Type) else str(hint)
+        # A model of one static input reads it from a buffer this backend owns, shared with the
+        # request: a call copies the tensor in and runs the request with nothing to dispatch,
+        # which spares the Python wrapper's per-call input handling (0.15-0.25 ms of a 4-5 ms
+        # 160 px detector; the outputs are bit-identical). Other models pass their input.
+        self._input: np.ndarray | None = None
+        inputs = self.compiled.inputs
+        if len(inputs) == 1 and inputs[0].get_partial_shape().is_static:
+            dtype = inputs[0].get_element_type().to_dtype()
+            self._input = np.zeros(tuple(inputs[0].get_shape()), dtype)
+            self.request.set_input_tensor(ov.Tensor(self._input, shared_memory=True))
 
     @property
     def active_providers(self) -> list[str]:
         return [DEVICE]
 
+    def _infer(self, tensor: np.ndarray) -> None:
+        if self._input is None:  # OpenVINO converts, or says why the tensor does not fit
+            self.request.infer([np.ascontiguousarray(tensor)])
+            return
+        if tensor.shape != self._input.shape:  # checked here: OpenVINO would resize the buffer
+            raise OutpostError(
+                f"the openvino model takes an input of shape {self._input.shape}, not "
+                f"{tensor.shape}; prepare the image at the package's input size"
+            )
+        np.copyto(self._input, tensor, casting="same_kind")
+        self.request.infer(share_outputs=True)  # copied out below
+
     def run(self, tensor: np.ndarray) -> np.ndarray:
-        self.request.infer([np.ascontiguousarray(tensor)])
+        self._infer(tensor)
         # The output buffer is reused by the next inference: hand back a copy.
         out: np.ndarray = np.array(self.request.get_output_tensor(0).data, copy=True)
         return out
 
     def run_all(self, tensor: np.ndarray) -> list[np.ndarray]:
-        self.request.infer([np.ascontiguousarray(tensor)])
+        self._infer(tensor)
         return [
             np.array(self.request.get_output_tensor(i).data, copy=True)
             for i in range(len(self.compiled.outputs))

@@ -94,7 +94,10 @@ class TorchScriptBackend(Backend):
                 "the torchscript runtime needs torch; pip install torch"
             ) from None
         self._torch = torch
-        torch.set_num_threads(threads or os.cpu_count() or 1)
+        # torch's pool spins on every core it owns; one core stays with the caller, which
+        # letterboxes the next image and runs NMS (the LiteRT backend's policy, uncapped).
+        self.threads = int(threads) if threads else max(1, (os.cpu_count() or 1) - 1)
+        torch.set_num_threads(self.threads)
         wanted = [p.lower() for p in providers or [CPU]]
         unknown = [p for p in wanted if p not in (CUDA, CPU)]
         if unknown:

@@ -115,3 +115,18 @@ def test_the_agent_reports_a_gpu_that_does_not_start_as_a_fallback(
     assert "did not initialise" in model.fallback["reason"]
     got, _ = model.predict_bytes(make_image_bytes())
     assert got.to_list() == list(EXPECTED)
+
+
+def test_the_default_thread_count_leaves_a_core_to_the_caller(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    path = _model(tmp_path / "model.torchscript")
+    before = torch.get_num_threads()
+    try:
+        for cores, expected in ((1, 1), (2, 1), (8, 7)):
+            monkeypatch.setattr(ts_module.os, "cpu_count", lambda c=cores: c)
+            assert TorchScriptBackend(path).threads == expected
+            assert torch.get_num_threads() == expected
+        assert TorchScriptBackend(path, threads=3).threads == 3
+    finally:
+        torch.set_num_threads(before)
