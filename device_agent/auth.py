@@ -328,3 +328,33 @@ def pieces_digest(pieces: Sequence[str], first: int) -> str:
     carries (``pieces[first:]``, concatenated). The agent checks every piece against its own
     listed digest as it arrives; this binds the request's signature to exactly those pieces."""
     return hashlib.sha256("".join(pieces[first:]).encode("ascii")).hexdigest()
+
+
+PROOF_DIGEST_BYTES = 32  # raw sha256, one per piece in a chained stream's proof
+PROOF_SIGNATURE_BYTES = 64  # Ed25519, at the end of the proof
+
+
+def chain_body_digest(upload_id: str, offset: int, proof_from: int) -> str:
+    """The body digest a chained upload stream signs (protocol 2): its bytes are not known
+    when the request is signed, so the signature binds the request to the upload and its
+    offsets, and the stream ends with a proof signed on its own (:func:`proof_message`)."""
+    text = f"outpost-chain-v1\n{upload_id}\n{offset}\n{proof_from}"
+    return hashlib.sha256(text.encode("ascii")).hexdigest()
+
+
+def proof_message(
+    agent_id: str, upload_id: str, nonce: str, proof_from: int, digests: bytes
+) -> bytes:
+    """What a desktop signs at the end of a chained stream: for each piece after byte
+    ``proof_from``, the sha256 of the package from byte 0 to that piece's end (``digests``,
+    32 raw bytes each; the last is the whole package's sha256), bound to the agent, the
+    upload and the request's nonce."""
+    fields = (
+        "outpost-proof-v1",
+        agent_id,
+        upload_id,
+        nonce,
+        str(proof_from),
+        hashlib.sha256(digests).hexdigest(),
+    )
+    return "\n".join(fields).encode("ascii")

@@ -18,10 +18,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
-from device_agent import PROTOCOL_VERSION, __version__
+from device_agent import __version__
 from device_agent.identity import load_or_create_identity
 from device_agent.pairing import CODE_TTL_S, Pairing, issue_code
 from device_agent.paths import default_data_dir
+from device_agent.protocol_version import LOCAL as PROTOCOL_RANGE
 from runtimes.errors import OutpostError
 
 if TYPE_CHECKING:
@@ -65,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--version",
         action="version",
-        version=f"outpost-agent {__version__} (protocol {PROTOCOL_VERSION})",
+        version=f"outpost-agent {__version__} (protocol {PROTOCOL_RANGE})",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     serve = sub.add_parser("serve", help="run the agent in the foreground until SIGINT/SIGTERM")

@@ -12,11 +12,13 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import time
+from collections import deque
 from collections.abc import Callable, Generator, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import quote
@@ -28,6 +30,8 @@ from device_agent.auth import (
     BODY_HASH_HEADER,
     KEY_HEADER,
     NONCE_HEADER,
+    PROOF_DIGEST_BYTES,
+    PROOF_SIGNATURE_BYTES,
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
     AuthError,
@@ -35,14 +39,17 @@ from device_agent.auth import (
     KeyPair,
     agent_id_for,
     b64,
+    chain_body_digest,
     desktop_pairing_proof,
     fingerprint,
     new_nonce,
     pieces_digest,
+    proof_message,
     request_message,
     response_message,
     sha256_hex,
     unb64,
+    valid_nonce,
     valid_sha256,
     verify,
 )
@@ -54,6 +61,7 @@ from device_agent.protocol_version import (
     protocol_headers,
 )
 from device_agent.uploads import (
+    CHAIN_CONTENT_TYPE,
     MAX_PIECES,
     PIECES_CONTENT_TYPE,
     profile_line,
@@ -78,6 +86,8 @@ SINGLE_SHOT_BYTES = 1 << 20  # packages up to this size go in one request by def
 UPLOAD_RETRIES = 5  # connection errors in a row before a resumable upload gives up
 PIECE_SIZE = 4 << 20  # the agent checks a streamed upload in pieces of this size
 STREAM_BLOCK = 1 << 20  # a streamed upload reads and sends the file in blocks of this size
+CHAIN_PROTOCOL = 2  # the first protocol whose agents take chained streams
+HASH_BACKLOG = 16  # blocks a chained stream may send ahead of their hashing
 
 
 class SignedAuth(httpx.Auth):
@@ -100,7 +110,10 @@ class SignedAuth(httpx.Auth):
         self.answered_key: bytes | None = None
 
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
-        nonce = new_nonce()
+        nonce = request.headers.get(NONCE_HEADER)  # a chained stream signs pieces with it
+        if not valid_nonce(nonce):
+            nonce = new_nonce()
+        nonce = str(nonce)
         request.headers[NONCE_HEADER] = nonce
         if self.key is not None:
             if self.agent_id is None:
@@ -267,7 +280,10 @@ class AgentClient:
     ) -> dict[str, Any]:
         """Install a ``.outpost.zip`` on the agent as a resumable upload; returns the result.
 
-        The file is read once to hash it: its sha256 and the sha256 of each piece (4 MiB, or
+        To an agent that speaks protocol 2 the package goes at once as a chained stream
+        (:meth:`put_chain`): it is read and hashed once, while it is sent, and the agent
+        checks the signed running sha256 after every piece. To an older agent:
+        the file is read once to hash it: its sha256 and the sha256 of each piece (4 MiB, or
         more for packages over 32 GiB: see :func:`piece_size_for`). The upload is opened
         with that piece list, then the package goes as one streamed request that the agent
         checks piece by piece. With ``chunk_size`` it goes instead in one request per chunk
@@ -305,6 +321,15 @@ class AgentClient:
             return self.put_package(path, activate=activate, provider=provider, timeout=timeout)
         streamed = chunk_size is None
         piece = chunk_size or piece_size or piece_size_for(size)
+        if streamed and self.auth.key is not None and self._speaks_chain():
+            try:
+                chained = self._upload_chain(path, size, piece, on_progress, retries, backoff_s)
+            except OSError as exc:
+                raise PackageError(
+                    f"cannot read {path}: {exc.strerror}; check the package path"
+                ) from None
+            if chained is not None:
+                return self._commit(chained, activate, provider, timeout, retries, backoff_s)
         t0 = time.perf_counter()
         try:
             digest, pieces = hash_pieces(path, piece)
@@ -344,6 +369,18 @@ class AgentClient:
             raise PackageError(
                 f"cannot read {path}: {exc.strerror}; check the package path"
             ) from None
+        return self._commit(upload_id, activate, provider, timeout, retries, backoff_s)
+
+    def _commit(
+        self,
+        upload_id: str,
+        activate: bool,
+        provider: str | None,
+        timeout: float | None,
+        retries: int,
+        backoff_s: float,
+    ) -> dict[str, Any]:
+        """Commit a fully sent upload, asking again after a connection error (idempotent)."""
         failures = 0
         t2 = time.perf_counter()
         while True:
@@ -360,6 +397,94 @@ class AgentClient:
                         f"{exc}; gave up committing upload {upload_id} after {retries} retries"
                     ) from None
                 time.sleep(backoff_s * 2 ** (failures - 1))
+
+    def _speaks_chain(self) -> bool:
+        """Whether to try a chained stream: the agent speaks protocol 2, or its protocol is not
+        known yet (an older agent refuses the chained create with 400: see
+        :meth:`_upload_chain`)."""
+        return self.protocol is None or self.protocol >= CHAIN_PROTOCOL
+
+    def _upload_chain(
+        self,
+        path: Path,
+        size: int,
+        piece: int,
+        on_progress: Callable[[int, int], None] | None,
+        retries: int,
+        backoff_s: float,
+    ) -> str | None:
+        """Send the package as a chained stream; the upload's id, or None when the agent
+        answered without a piece size (it cannot take one: the caller uses the older way)."""
+        t0 = time.perf_counter()
+        with open(path, "rb") as fh:
+            head = hashlib.sha256(fh.read(min(piece, size))).hexdigest()
+            try:
+                upload = self.create_chained(size, head, path.name, piece)
+            except AgentRejectedError as exc:
+                if exc.status in (400, 404, 405):  # an agent before protocol 2 (or uploads)
+                    return None
+                raise
+            if upload.get("piece_size") != piece or not upload.get("chain"):
+                with contextlib.suppress(AgentRejectedError, AgentUnreachableError):
+                    self.delete_upload(str(upload["id"]))
+                return None
+            verified = int(upload.get("offset", 0))
+            received = int(upload.get("received", verified))
+            # The running sha256 at each piece end this client knows (where a stream may start).
+            marks: dict[int, Any] = {0: hashlib.sha256()}
+            if received:  # the agent holds part of a package: resume only if it is this one
+                _hash_prefix(fh, received, piece, marks)
+                if marks[verified].hexdigest() != upload.get("sha256_prefix"):
+                    upload = self.create_chained(size, head, path.name, piece, fresh=True)
+                    verified = received = int(upload.get("offset", 0))
+            upload_id = str(upload["id"])
+            profile_line("client-open", bytes=size, create_s=time.perf_counter() - t0)
+            failures = 0
+            while verified < size:
+                before = verified
+                try:
+                    answer = self.put_chain(
+                        upload_id, fh, verified, received, size, piece, marks, on_progress
+                    )
+                    verified = int(answer["offset"])
+                    if verified <= before:  # nothing more was verified: count it as a failure
+                        raise AgentRejectedError(
+                            409, f"upload {upload_id} did not move past byte {before}"
+                        )
+                    failures = 0
+                    received = int(answer.get("received", verified))
+                except (AgentUnreachableError, AgentRejectedError) as exc:
+                    if isinstance(exc, AgentRejectedError) and exc.status not in (409, 422):
+                        raise
+                    failures += 1
+                    status = self._resume_status(upload_id, failures, retries, backoff_s, exc)
+                    verified = int(status["offset"])
+                    received = int(status.get("received", verified))
+                if received not in marks:
+                    _hash_prefix(fh, received, piece, marks)
+                if on_progress is not None:
+                    on_progress(verified, size)
+        return upload_id
+
+    def _resume_status(
+        self, upload_id: str, failures: int, retries: int, backoff_s: float, cause: Exception
+    ) -> dict[str, Any]:
+        """Where the agent's copy of an interrupted upload stands (waits and retries first)."""
+        while True:
+            if failures > retries:
+                raise (
+                    AgentUnreachableError(
+                        f"{cause}; gave up on upload {upload_id} after {retries} retries "
+                        "(run the deploy again)"
+                    )
+                    if isinstance(cause, AgentUnreachableError)
+                    else cause
+                )
+            time.sleep(backoff_s * 2 ** (failures - 1))
+            try:
+                return self.upload_status(upload_id)
+            except AgentUnreachableError as exc:
+                failures, cause = failures + 1, exc
 
     def _send_stream(
         self,
@@ -513,6 +638,113 @@ class AgentClient:
         if piece_size is not None and pieces is not None:
             body["piece_size"], body["pieces"] = piece_size, pieces
         return self._json("POST", "/v1/uploads", body)
+
+    def create_chained(
+        self, size: int, head: str, name: str | None, piece_size: int, *, fresh: bool = False
+    ) -> dict[str, Any]:
+        """Open a chained upload (protocol 2, ``POST /v1/uploads``): only the size, the piece
+        size and the sha256 of the first piece are known before the bytes go. The agent may
+        answer an unfinished upload that may hold the same package, with its ``offset`` and
+        ``sha256_prefix``; ``fresh`` asks for a new one."""
+        body: dict[str, Any] = {"size": size, "piece_size": piece_size, "head_sha256": head}
+        if name:
+            body["name"] = name
+        if fresh:
+            body["fresh"] = True
+        return self._json("POST", "/v1/uploads", body)
+
+    def put_chain(
+        self,
+        upload_id: str,
+        fh: BinaryIO,
+        proof_from: int,
+        offset: int,
+        size: int,
+        piece_size: int,
+        marks: dict[int, Any],
+        on_progress: Callable[[int, int], None] | None = None,
+    ) -> dict[str, Any]:
+        """Send the package from ``offset`` (a piece boundary) to the end as a chained stream,
+        then the proof of every piece after ``proof_from`` (where the agent is verified).
+
+        The file is read once and hashed in a helper thread behind the socket; the proof is
+        the running sha256 at each piece end and the desktop's signature over them, bound to
+        this request's nonce. ``marks`` holds the running sha256 at ``offset`` and at the
+        piece ends from ``proof_from``, and receives the new ones (a later stream may start
+        there).
+        """
+        key = self.auth.key
+        agent_id = self.auth.agent_id
+        if key is None or agent_id is None:
+            raise AuthError("a chained upload needs the desktop's key and the agent's id")
+        nonce = new_nonce()
+        ends = [*range(proof_from + piece_size, size, piece_size), size]
+        proof_bytes = len(ends) * PROOF_DIGEST_BYTES + PROOF_SIGNATURE_BYTES
+        headers = {
+            "Content-Type": CHAIN_CONTENT_TYPE,
+            "Upload-Offset": str(offset),
+            "Upload-Proof-From": str(proof_from),
+            "Content-Length": str(size - offset + proof_bytes),
+            NONCE_HEADER: nonce,
+            BODY_HASH_HEADER: chain_body_digest(upload_id, offset, proof_from),
+        }
+        timings = {"read_s": 0.0, "hash_wait_s": 0.0, "send_s": 0.0}
+        running = marks[offset].copy()
+
+        def mark(end: int) -> None:
+            marks[end] = running.copy()
+
+        def body() -> Iterator[bytes]:
+            sent = offset
+            fh.seek(offset)
+            # One helper thread hashes the blocks in order, behind the socket: the digests are
+            # needed only for the proof at the end, so the send never waits for a block's hash
+            # (at most HASH_BACKLOG blocks are held for it).
+            backlog: deque[Future[None]] = deque()
+            with ThreadPoolExecutor(1, "outpost-upload-hash") as pool:
+                while sent < size:
+                    t0 = time.perf_counter()
+                    piece_end = min(size, (sent // piece_size + 1) * piece_size)
+                    block = fh.read(min(STREAM_BLOCK, piece_end - sent))
+                    t1 = time.perf_counter()
+                    timings["read_s"] += t1 - t0
+                    if not block:
+                        raise PackageError(
+                            f"the package got shorter while it was sent (at byte {sent} of "
+                            f"{size}); deploy it again"
+                        )
+                    backlog.append(pool.submit(running.update, block))  # lets go of the GIL
+                    sent += len(block)
+                    if sent == piece_end:
+                        backlog.append(pool.submit(mark, sent))
+                    yield block
+                    t2 = time.perf_counter()
+                    timings["send_s"] += t2 - t1
+                    while len(backlog) > HASH_BACKLOG or (backlog and backlog[0].done()):
+                        backlog.popleft().result()
+                    timings["hash_wait_s"] += time.perf_counter() - t2
+                    if on_progress is not None:
+                        on_progress(sent, size)
+                t2 = time.perf_counter()
+                while backlog:
+                    backlog.popleft().result()
+                timings["hash_wait_s"] += time.perf_counter() - t2
+            digests = b"".join(marks[end].digest() for end in ends)
+            yield digests + key.sign(proof_message(agent_id, upload_id, nonce, proof_from, digests))
+
+        t0 = time.perf_counter()
+        try:
+            return self._request(
+                "PUT",
+                f"/v1/uploads/{quote(upload_id, safe='')}",
+                content=body(),
+                headers=headers,
+                timeout=max(self.timeout, CHUNK_TIMEOUT_S),
+            )
+        finally:
+            profile_line(
+                "client-chain", bytes=size - offset, request_s=time.perf_counter() - t0, **timings
+            )
 
     def put_stream(
         self,
@@ -763,6 +995,25 @@ def _read_chunk(
     fh.seek(offset)
     data = fh.read(length)
     return offset, data, known or (sha256_hex(data) if hashed else None)
+
+
+def _hash_prefix(fh: BinaryIO, end: int, piece_size: int, marks: dict[int, Any]) -> None:
+    """Hash the file's bytes ``[0, end)``, keeping the running sha256 at each piece end (and
+    at ``end``) in ``marks``."""
+    digest = hashlib.sha256()
+    fh.seek(0)
+    at = 0
+    while at < end:
+        block = fh.read(min(STREAM_BLOCK, end - at, piece_size - at % piece_size))
+        if not block:
+            raise PackageError(
+                f"the package is shorter than the {end} bytes the agent holds; deploy it again"
+            )
+        digest.update(block)
+        at += len(block)
+        if at % piece_size == 0:
+            marks[at] = digest.copy()
+    marks[end] = digest.copy()
 
 
 def piece_size_for(size: int) -> int:

@@ -14,6 +14,7 @@ An application's API key (``Authorization: Bearer``) opens the inference routes 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import contextvars
 import email.parser
@@ -40,8 +41,10 @@ from device_agent.auth import (
     SignedHeaders,
     agent_expected_proof,
     b64,
+    chain_body_digest,
     fingerprint,
     parse_signed_headers,
+    proof_message,
     request_message,
     response_message,
     sha256_hex,
@@ -68,7 +71,9 @@ from device_agent.protocol_version import (
 from device_agent.stats import PROMETHEUS_CONTENT_TYPE, SERIES_MINUTES, prometheus_text
 from device_agent.store import UninstallError
 from device_agent.uploads import (
+    CHAIN_CONTENT_TYPE,
     PIECES_CONTENT_TYPE,
+    ChainWriter,
     PieceWriter,
     UploadError,
     UploadManager,
@@ -597,7 +602,8 @@ async def _blocking(fn: Callable[[], Any]) -> Any:
 async def post_upload(request: web.Request) -> web.Response:
     """Open a resumable upload: ``{size, sha256, name?, piece_size?, pieces?}`` →
     ``{id, chunk_size, offset: 0[, piece_size, pieces]}`` (with a piece list the rest of the
-    package may come as one stream)."""
+    package may come as one stream); or, protocol 2, ``{size, name?, piece_size, head_sha256,
+    fresh?}`` for a chained stream (``sha256_prefix`` in the answer when it resumes one)."""
     service = request.app[SERVICE_KEY]
     data = await _json_object(request)
     size = data.get("size")
@@ -612,6 +618,8 @@ async def post_upload(request: web.Request) -> web.Response:
                 data.get("name"),
                 data.get("piece_size"),
                 data.get("pieces"),
+                data.get("head_sha256"),
+                data.get("fresh") is True,
             )
         )
     except UploadError as exc:
@@ -623,7 +631,8 @@ async def put_upload_chunk(request: web.Request) -> web.Response:
     """Append one chunk at ``Upload-Offset``; 409 with the agent's offset when it differs.
 
     A body of type ``application/x-outpost-pieces`` is a stream of the rest of the package,
-    checked piece by piece (:func:`_put_upload_stream`).
+    checked piece by piece (:func:`_put_upload_stream`); one of type
+    ``application/x-outpost-chain`` is a chained stream (:func:`_put_upload_chain`).
     """
     raw = request.headers.get(UPLOAD_OFFSET_HEADER, "")
     if not raw.isdigit():
@@ -632,6 +641,8 @@ async def put_upload_chunk(request: web.Request) -> web.Response:
         )
     if request.content_type == PIECES_CONTENT_TYPE:
         return await _put_upload_stream(request, int(raw))
+    if request.content_type == CHAIN_CONTENT_TYPE:
+        return await _put_upload_chain(request, int(raw))
     t0 = time.perf_counter()
     data = await request.read()
     t1 = time.perf_counter()
@@ -732,6 +743,118 @@ async def _put_upload_stream(request: web.Request, offset: int) -> web.Response:
                 "agent-stream",
                 bytes=writer.offset - writer.start,
                 pieces=(writer.offset - writer.start + writer.piece_size - 1) // writer.piece_size,
+                total_s=time.perf_counter() - t_start,
+                wait_for_worker_s=wait_s,
+                **writer.timings,
+            )
+    try:
+        state = await _blocking(functools.partial(uploads.describe, upload_id))
+    except UploadError as exc:
+        return _upload_refused(exc)
+    return web.json_response(state)
+
+
+CHAIN_READ = 1 << 20  # a chained stream is read from the socket in blocks of up to this size
+CHAIN_BACKLOG = 4  # whole pieces a chained stream may read ahead of the worker that writes them
+UPLOAD_PROOF_FROM_HEADER = "Upload-Proof-From"  # a chained stream: where its proof starts
+
+
+async def _put_upload_chain(request: web.Request, offset: int) -> web.Response:
+    """Receive a chained stream (protocol 2): the package's bytes from ``offset``, then the
+    proof of every piece after ``Upload-Proof-From`` (see ``device_agent.uploads``).
+
+    The socket is read on the event loop while the writer's threads hash and write the
+    pieces before (at most :data:`CHAIN_BACKLOG` pieces in memory). However the request
+    ends, the pieces received stay on disk and what the proof verified is recorded before the answer, so the
+    client resumes from the agent's offsets.
+    """
+    service = request.app[SERVICE_KEY]
+    uploads = request.app[UPLOADS_KEY]
+    upload_id = request.match_info["id"]
+    raw = request.headers.get(UPLOAD_PROOF_FROM_HEADER, "")
+    if not raw.isdigit():
+        raise ApiError(
+            400, f"a chained stream says where its proof starts in {UPLOAD_PROOF_FROM_HEADER}"
+        )
+    proof_from = int(raw)
+    signed = SIGNED.get()
+    public_raw = service.pairing.public_key(signed.key_fingerprint) if signed else None
+    if signed is None or public_raw is None:
+        raise ApiError(401, "a chained upload stream must be signed by a paired desktop")
+    check_body(signed, chain_body_digest(upload_id, offset, proof_from))
+    agent_id, nonce, key = service.identity.agent_id, signed.nonce, public_raw
+
+    def authentic(start: int, digests: bytes, signature: bytes) -> bool:
+        return verify(key, signature, proof_message(agent_id, upload_id, nonce, start, digests))
+
+    loop = asyncio.get_running_loop()
+    try:
+        writer: ChainWriter = await _blocking(
+            functools.partial(uploads.open_chain, upload_id, proof_from, offset, authentic)
+        )
+    except UploadError as exc:
+        return _upload_refused(exc)
+    t_start = time.perf_counter()
+    wait_s = 0.0
+    pending: collections.deque[asyncio.Future[int]] = collections.deque()
+    try:
+        expected = writer.remaining + writer.proof_length
+        declared = request.content_length
+        if declared is not None and declared != expected:
+            raise UploadError(
+                400,
+                f"a chained stream from byte {offset} carries {expected} bytes (the rest of the "
+                f"package and its proof), not {declared}; resume from {writer.verified}",
+                writer.verified,
+            )
+        at = offset  # package bytes received (whole pieces handed to the writer)
+        need = writer.next_piece_length(at) if at < writer.size else 0
+        parts: list[bytes | memoryview] = []
+        have = 0
+        proof = bytearray()
+        async for data in request.content.iter_chunked(CHAIN_READ):
+            view = memoryview(data)
+            while view:
+                if at < writer.size:
+                    take = view[: need - have]
+                    parts.append(take)
+                    have += len(take)
+                else:
+                    take = view[: writer.proof_length - len(proof)]
+                    if not take:
+                        raise UploadError(
+                            400,
+                            f"the stream goes past its proof; resume from {writer.verified}",
+                            writer.verified,
+                        )
+                    proof += take
+                view = view[len(take) :]
+                if need and have == need:
+                    while len(pending) >= CHAIN_BACKLOG or (pending and pending[0].done()):
+                        t0 = time.perf_counter()
+                        await pending.popleft()
+                        wait_s += time.perf_counter() - t0
+                    pending.append(asyncio.wrap_future(writer.submit(parts)))
+                    at += need
+                    parts, have = [], 0
+                    need = writer.next_piece_length(at) if at < writer.size else 0
+        while pending:
+            await pending.popleft()
+        await _blocking(functools.partial(writer.prove, bytes(proof)))
+    except UploadError as exc:
+        return _upload_refused(exc)
+    except (ConnectionError, asyncio.IncompleteReadError) as exc:
+        log.info("upload %s: the stream broke at byte %d (%s)", upload_id, writer.offset, exc)
+    finally:
+        for piece in pending:  # a broken stream: keep the pieces that were being written
+            with contextlib.suppress(Exception):  # (an error of its own was raised above)
+                await asyncio.shield(piece)
+        done = loop.run_in_executor(None, writer.close)
+        await asyncio.shield(done)
+        if profiling():
+            profile_line(
+                "agent-chain",
+                bytes=writer.offset - writer.start,
                 total_s=time.perf_counter() - t_start,
                 wait_for_worker_s=wait_s,
                 **writer.timings,

@@ -151,6 +151,15 @@ class Lan:
             "tbf", "rate", rate, "burst", "32kbit", "latency", "400ms",
         )  # fmt: skip
 
+    def shape(self, host: Host, rate: str) -> None:
+        """Cap ``host``'s sending rate at ``rate`` (``tc`` units: ``1gbit``, ``100mbit``), no
+        loss: a real LAN's line rate instead of the veth's memory-copy speed."""
+        self._impaired.append(host)
+        sh(
+            "ip", "netns", "exec", host.ns, "tc", "qdisc", "add", "dev", "eth0", "root",
+            "tbf", "rate", rate, "burst", "1mb", "latency", "50ms",
+        )  # fmt: skip
+
     def popen(self, host: Host, argv: list[str], **kwargs: Any) -> subprocess.Popen[Any]:
         """Start ``argv`` inside ``host``; :meth:`close` stops it if it still runs."""
         proc = subprocess.Popen(host.argv(argv), **kwargs)  # noqa: S603

@@ -1,0 +1,426 @@
+"""Chained upload streams (protocol 2): the package goes at once, hashed once on each side,
+and a signed proof at the end of the stream verifies every piece before it counts."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from device_agent import uploads
+from device_agent.auth import KeyPair, chain_body_digest, new_nonce, proof_message
+from device_agent.client import AgentClient, AgentRejectedError
+from device_agent.protocol_version import PROTOCOL, PROTOCOL_MIN
+from device_agent.uploads import (
+    CHAIN_CONTENT_TYPE,
+    DATA_FILE,
+    META_FILE,
+    PIECES_CONTENT_TYPE,
+    PROGRESS_FILE,
+    VOLATILE_FILE,
+    UploadError,
+    UploadManager,
+)
+from tests.fakes import EXPECTED, make_image_bytes
+
+PIECE = 256  # the fake packages are ~1.5 KiB: several pieces each
+
+
+class Recorder(httpx.BaseTransport):
+    """Records every upload request (method, content type, offsets, JSON body); on the
+    ``cut``-th chained PUT breaks the connection after that many body bytes, on the
+    ``flip``-th flips the body byte at that position."""
+
+    def __init__(self, *, cut: tuple[int, int] | None = None, flip: tuple[int, int] | None = None):
+        self.inner = httpx.HTTPTransport()
+        self.cut, self.flip = cut, flip
+        self.seen: list[dict[str, Any]] = []
+        self.puts = 0
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if not request.url.path.startswith("/v1/uploads"):
+            return self.inner.handle_request(request)
+        entry: dict[str, Any] = {
+            "method": request.method,
+            "type": request.headers.get("Content-Type"),
+            "offset": request.headers.get("Upload-Offset"),
+            "proof_from": request.headers.get("Upload-Proof-From"),
+        }
+        if request.method == "POST" and not request.url.path.endswith("/commit"):
+            entry["body"] = json.loads(request.read())
+        if request.method == "PUT":
+            self.puts += 1
+            cut = self.cut[1] if self.cut and self.cut[0] == self.puts else None
+            flip = self.flip[1] if self.flip and self.flip[0] == self.puts else None
+            if cut is not None or flip is not None:
+                request.stream = _Altered(request.stream, cut, flip, request)
+        self.seen.append(entry)
+        response = self.inner.handle_request(request)
+        response.read()
+        entry["status"] = response.status_code
+        return response
+
+
+class _Altered(httpx.SyncByteStream):
+    def __init__(self, inner: Any, cut: int | None, flip: int | None, request: Any) -> None:
+        self.inner, self.cut, self.flip, self.request = inner, cut, flip, request
+
+    def __iter__(self) -> Iterator[bytes]:
+        sent = 0
+        for block in self.inner:
+            block = bytes(block)
+            if self.flip is not None and sent <= self.flip < sent + len(block):
+                at = self.flip - sent
+                block = block[:at] + bytes([block[at] ^ 0xFF]) + block[at + 1 :]
+            if self.cut is not None and sent + len(block) > self.cut:
+                yield block[: self.cut - sent]
+                raise httpx.WriteError("connection reset mid-stream (test)", request=self.request)
+            sent += len(block)
+            yield block
+
+
+def _serving(client: AgentClient) -> str:
+    result = client.infer(make_image_bytes())
+    assert result["detections"] == list(EXPECTED)
+    return str(result["version"])
+
+
+def _folder(agent: Any, upload_id: str) -> Path:
+    return Path(agent.service.data_dir) / "uploads" / upload_id
+
+
+def _proof(
+    key: KeyPair, agent_id: str, upload_id: str, nonce: str, data: bytes, start: int
+) -> bytes:
+    ends = [*range(start + PIECE, len(data), PIECE), len(data)]
+    digests = b"".join(hashlib.sha256(data[:end]).digest() for end in ends)
+    return digests + key.sign(proof_message(agent_id, upload_id, nonce, start, digests))
+
+
+def _chain_put(
+    agent: Any, upload_id: str, body: bytes, offset: int, start: int, nonce: str
+) -> httpx.Response:
+    """A chained stream of ``body``, sent chunked (no length: it may end before its proof)."""
+    return httpx.put(
+        f"{agent.url}/v1/uploads/{upload_id}",
+        auth=agent.auth(),
+        content=iter([body]),
+        headers={
+            "Content-Type": CHAIN_CONTENT_TYPE,
+            "Upload-Offset": str(offset),
+            "Upload-Proof-From": str(start),
+            "X-Outpost-Nonce": nonce,
+            "X-Outpost-Content-SHA256": chain_body_digest(upload_id, offset, start),
+        },
+    )
+
+
+def test_the_agent_speaks_protocol_2_and_still_accepts_1(agent: Any) -> None:
+    assert (PROTOCOL, PROTOCOL_MIN) == (2, 1)
+    with agent.client() as client:
+        info = client.info()
+        assert (info["protocol"], info["protocol_min"]) == (2, 1) and client.protocol == 2
+
+
+def test_a_chained_upload_sends_at_once_and_verifies_every_piece(agent: Any, package: Path) -> None:
+    data = package.read_bytes()
+    transport = Recorder()
+    progress: list[tuple[int, int]] = []
+    with agent.client(transport=transport) as client:
+        result = client.upload_package(
+            package, lambda d, t: progress.append((d, t)), resumable=True, piece_size=PIECE
+        )
+        assert (result["name"], result["version"]) == ("shapes", "1") and _serving(client) == "1"
+    create, stream, commit = transport.seen
+    # opened with the first piece's digest only: nothing read the whole file before sending
+    assert create["body"] == {
+        "size": len(data),
+        "piece_size": PIECE,
+        "head_sha256": hashlib.sha256(data[:PIECE]).hexdigest(),
+        "name": package.name,
+    }
+    assert (stream["type"], stream["offset"], stream["proof_from"]) == (
+        CHAIN_CONTENT_TYPE,
+        "0",
+        "0",
+    )
+    assert stream["status"] == 200 and commit["status"] == 201
+    assert progress[-1] == (len(data), len(data))
+    (folder,) = list((Path(agent.service.data_dir) / "uploads").iterdir())
+    assert sorted(p.name for p in folder.iterdir()) == [META_FILE, PROGRESS_FILE, "result.json"]
+    assert json.loads((folder / PROGRESS_FILE).read_text()) == {
+        "offset": len(data),
+        "sha256_verified": True,  # the proof's last digest: commit did not read the file again
+    }
+    assert (
+        json.loads((folder / META_FILE).read_text())["sha256"] == hashlib.sha256(data).hexdigest()
+    )
+
+
+def test_a_broken_chain_keeps_its_pieces_and_the_next_stream_proves_them(
+    agent: Any, package: Path
+) -> None:
+    transport = Recorder(cut=(1, 3 * PIECE + 40))
+    with agent.client(transport=transport) as client:
+        result = client.upload_package(package, resumable=True, piece_size=PIECE, backoff_s=0.01)
+        assert result["version"] == "1" and _serving(client) == "1"
+    first, *rest = [s for s in transport.seen if s["method"] == "PUT"]
+    assert (first["offset"], first["proof_from"]) == ("0", "0") and rest
+    # each resume starts after the pieces received so far (no further than the first stream
+    # carried) and its proof covers them too; the last one verified everything
+    assert all(int(s["offset"]) % PIECE == 0 and int(s["offset"]) <= 3 * PIECE for s in rest)
+    assert all(s["proof_from"] == "0" for s in rest) and rest[-1]["status"] == 200
+
+
+def test_a_received_piece_that_does_not_match_the_proof_is_cut(agent: Any, package: Path) -> None:
+    data = package.read_bytes()
+    with agent.client() as client:
+        upload = client.create_chained(
+            len(data), hashlib.sha256(data[:PIECE]).hexdigest(), None, PIECE
+        )
+    upload_id = upload["id"]
+    key, agent_id = agent.desktop_key, agent.service.identity.agent_id
+    # a first stream ends after three pieces, without its proof; the link altered one byte
+    # of the second piece on the way
+    folder = _folder(agent, upload_id)
+    bad = bytearray(data[: 3 * PIECE])
+    bad[PIECE + 9] ^= 0x01
+    broken = _chain_put(agent, upload_id, bytes(bad), 0, 0, new_nonce())
+    assert broken.status_code == 400  # the stream ended early, without its proof
+    with AgentClient(agent.url, key=key, agent_key=agent.service.identity.key.public_raw) as c:
+        status = c.upload_status(upload_id)
+    assert (status["offset"], status["received"]) == (0, 3 * PIECE)  # kept, not verified
+    nonce = new_nonce()
+    body = data[3 * PIECE :] + _proof(key, agent_id, upload_id, nonce, data, 0)
+    refused = _chain_put(agent, upload_id, body, 3 * PIECE, 0, nonce)
+    assert refused.status_code == 422 and refused.json()["offset"] == PIECE
+    assert "piece 1 " in refused.json()["error"] and "does not match" in refused.json()["error"]
+    assert (folder / DATA_FILE).read_bytes() == data[:PIECE]  # cut at the piece: nothing more
+    assert json.loads((folder / PROGRESS_FILE).read_text())["offset"] == PIECE
+    nonce = new_nonce()
+    body = data[PIECE:] + _proof(key, agent_id, upload_id, nonce, data, PIECE)
+    done = _chain_put(agent, upload_id, body, PIECE, PIECE, nonce)
+    assert done.status_code == 200 and done.json()["offset"] == len(data)
+
+
+def test_a_forged_proof_or_request_is_refused(agent: Any, package: Path) -> None:
+    data = package.read_bytes()
+    with agent.client() as client:
+        upload = client.create_chained(
+            len(data), hashlib.sha256(data[:PIECE]).hexdigest(), None, PIECE
+        )
+    upload_id, agent_id = upload["id"], agent.service.identity.agent_id
+    folder = _folder(agent, upload_id)
+    # the bytes and the digests of someone else's package, signed by a key not paired
+    other = KeyPair.generate()
+    nonce = new_nonce()
+    body = data + _proof(other, agent_id, upload_id, nonce, data, 0)
+    refused = _chain_put(agent, upload_id, body, 0, 0, nonce)
+    assert refused.status_code == 422 and "proof of the stream does not verify" in refused.text
+    assert json.loads((folder / PROGRESS_FILE).read_text())["offset"] == 0  # nothing verified
+    # a proof signed for another request (its nonce) does not verify either
+    body = data + _proof(agent.desktop_key, agent_id, upload_id, new_nonce(), data, 0)
+    assert _chain_put(agent, upload_id, body, 0, 0, new_nonce()).status_code == 422
+    # the request's signed body digest binds it to its offsets
+    nonce = new_nonce()
+    forged = httpx.put(
+        f"{agent.url}/v1/uploads/{upload_id}",
+        auth=agent.auth(),
+        content=body,
+        headers={
+            "Content-Type": CHAIN_CONTENT_TYPE,
+            "Upload-Offset": "0",
+            "Upload-Proof-From": "0",
+            "X-Outpost-Nonce": nonce,
+            "X-Outpost-Content-SHA256": chain_body_digest(upload_id, PIECE, 0),
+        },
+    )
+    assert forged.status_code == 401 and "signed sha256" in forged.json()["error"]
+    # the agent's own proof of the package verifies; the upload commits
+    nonce = new_nonce()
+    body = data + _proof(agent.desktop_key, agent_id, upload_id, nonce, data, 0)
+    assert _chain_put(agent, upload_id, body, 0, 0, nonce).status_code == 200
+    with agent.client() as client:
+        assert client.commit_upload(upload_id)["version"] == "1" and _serving(client) == "1"
+
+
+def test_a_restarted_desktop_resumes_only_its_own_package(agent: Any, package: Path) -> None:
+    data = package.read_bytes()
+    head = hashlib.sha256(data[:PIECE]).hexdigest()
+    with agent.client() as client:
+        upload = client.create_chained(len(data), head, None, PIECE)
+    # another package of the same size and first piece was half sent before
+    other = data[: 2 * PIECE] + bytes(b ^ 0x55 for b in data[2 * PIECE :])
+    nonce = new_nonce()
+    _chain_put(agent, upload["id"], other[: 4 * PIECE], 0, 0, nonce)
+    transport = Recorder()
+    with agent.client(transport=transport) as client:
+        again = client.create_chained(len(data), head, None, PIECE)
+        assert again["id"] == upload["id"] and again["received"] == 4 * PIECE
+        assert again["sha256_prefix"] == hashlib.sha256(b"").hexdigest()  # nothing verified
+        result = client.upload_package(package, resumable=True, piece_size=PIECE, backoff_s=0.01)
+        assert result["version"] == "1" and _serving(client) == "1"
+    puts = [s for s in transport.seen if s["method"] == "PUT"]
+    # the first stream proves pieces 0-3 too: 2 and 3 are the other package's, so they are cut
+    assert puts[0]["status"] == 422 and puts[-1]["offset"] == str(2 * PIECE)
+    # a desktop whose verified prefix differs asks for a fresh upload
+    manager = UploadManager(Path(agent.service.data_dir) / "uploads-2")
+    first = manager.create(len(data), None, None, PIECE, None, head)
+    writer = manager.open_chain(first["id"], 0, 0, lambda *_: True)
+    for at in range(0, 2 * PIECE, PIECE):
+        writer.add([other[at : at + PIECE]])
+    writer.close()
+    resumed = manager.create(len(data), None, None, PIECE, None, head)
+    assert resumed["id"] == first["id"] and resumed["received"] == 2 * PIECE
+    # a restarted agent reads the received pieces again to hash them
+    restarted = UploadManager(Path(agent.service.data_dir) / "uploads-2")
+    again = restarted.create(len(data), None, None, PIECE, None, head)
+    assert again["received"] == 2 * PIECE
+    writer = restarted.open_chain(first["id"], 0, 2 * PIECE, lambda *_: True)
+    assert writer._digests == {e: hashlib.sha256(other[:e]).digest() for e in (PIECE, 2 * PIECE)}
+    writer.close()
+    fresh = restarted.create(len(data), None, None, PIECE, None, head, fresh=True)
+    assert fresh["id"] != first["id"] and fresh["offset"] == 0
+
+
+def test_after_a_restart_of_the_machine_unsynced_bytes_are_not_trusted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = os.urandom(5 * PIECE + 10)
+    head = hashlib.sha256(data[:PIECE]).hexdigest()
+    boot = tmp_path / "boot_id"
+    boot.write_text("boot-a\n")
+    monkeypatch.setattr(uploads, "BOOT_ID_PATH", boot)
+    manager = UploadManager(tmp_path / "uploads")
+    upload = manager.create(len(data), None, None, PIECE, None, head)
+    writer = manager.open_chain(upload["id"], 0, 0, lambda *_: True)
+    for at in range(0, len(data), PIECE):
+        writer.add([data[at : at + PIECE]])
+    ends = [*range(PIECE, len(data), PIECE), len(data)]
+    writer.prove(b"".join(hashlib.sha256(data[:e]).digest() for e in ends) + b"\0" * 64)
+    writer.close()
+    folder = tmp_path / "uploads" / upload["id"]
+    assert json.loads((folder / VOLATILE_FILE).read_text()) == {"boot": "boot-a"}
+    state = manager.state(upload["id"])
+    assert state.offset == len(data) and state.sha256_verified  # same boot: the page cache
+    assert state.sha256 == hashlib.sha256(data).hexdigest()
+    boot.write_text("boot-b\n")  # the machine restarted: the bytes may not be on the disk
+    state = manager.state(upload["id"])
+    assert (state.offset, state.received, state.sha256_verified) == (0, 0, False)
+    assert (folder / DATA_FILE).read_bytes() == b"" and not (folder / VOLATILE_FILE).exists()
+    with pytest.raises(UploadError) as early:
+        manager.complete_path(upload["id"])
+    assert early.value.status == 409 and early.value.offset == 0
+
+
+def test_without_a_boot_id_the_verified_offset_is_fsynced_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = os.urandom(2 * PIECE)
+    monkeypatch.setattr(uploads, "BOOT_ID_PATH", tmp_path / "missing")
+    synced: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(uploads.os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd)))
+    manager = UploadManager(tmp_path / "uploads")
+    upload = manager.create(
+        len(data), None, None, PIECE, None, hashlib.sha256(data[:PIECE]).hexdigest()
+    )
+    writer = manager.open_chain(upload["id"], 0, 0, lambda *_: True)
+    for at in range(0, len(data), PIECE):
+        writer.add([data[at : at + PIECE]])
+    before = len(synced)
+    ends = [PIECE, len(data)]
+    writer.prove(b"".join(hashlib.sha256(data[:e]).digest() for e in ends) + b"\0" * 64)
+    writer.close()
+    assert len(synced) > before  # data.part itself, before its offset was recorded
+    assert not (tmp_path / "uploads" / upload["id"] / VOLATILE_FILE).exists()
+
+
+def test_an_agent_before_protocol_2_gets_the_piece_list_stream(
+    agent: Any, package: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An agent that refuses the chained create (400) gets the protocol 1 stream."""
+
+    def older(self: Any, *args: Any) -> dict[str, Any]:
+        raise UploadError(400, "sha256 must be the package's 64 lowercase hex digits")
+
+    monkeypatch.setattr(UploadManager, "_create_chained", older)
+    transport = Recorder()
+    with agent.client(transport=transport) as client:
+        result = client.upload_package(package, resumable=True, piece_size=PIECE)
+        assert result["version"] == "1" and _serving(client) == "1"
+    posts = [s for s in transport.seen if s["method"] == "POST" and "body" in s]
+    assert posts[0]["status"] == 400 and "head_sha256" in posts[0]["body"]
+    assert len(posts[1]["body"]["pieces"]) == -(-package.stat().st_size // PIECE)
+    assert [s["type"] for s in transport.seen if s["method"] == "PUT"] == [PIECES_CONTENT_TYPE]
+    # a client that knows the agent speaks protocol 1 does not try
+    transport = Recorder()
+    with agent.client(transport=transport) as client:
+        client.protocol = 1
+        client.upload_package(package, resumable=True, piece_size=PIECE, activate=False)
+    assert "head_sha256" not in transport.seen[0]["body"]
+
+
+def test_chained_uploads_refuse_plain_chunks_and_unsigned_streams(
+    agent: Any, package: Path
+) -> None:
+    data = package.read_bytes()
+    with agent.client() as client:
+        upload = client.create_chained(
+            len(data), hashlib.sha256(data[:PIECE]).hexdigest(), None, PIECE
+        )
+        with pytest.raises(AgentRejectedError) as chunk:
+            client.put_chunk(upload["id"], 0, data[:PIECE])
+        assert chunk.value.status == 400 and "chained upload" in str(chunk.value)
+    unsigned = httpx.put(
+        f"{agent.url}/v1/uploads/{upload['id']}",
+        content=data,
+        headers={
+            "Content-Type": CHAIN_CONTENT_TYPE,
+            "Upload-Offset": "0",
+            "Upload-Proof-From": "0",
+        },
+    )
+    assert unsigned.status_code == 401
+
+
+def test_a_stream_that_lost_only_its_proof_is_finished_by_a_proof_alone(
+    agent: Any, package: Path
+) -> None:
+    data = package.read_bytes()
+    with agent.client() as client:
+        upload = client.create_chained(
+            len(data), hashlib.sha256(data[:PIECE]).hexdigest(), package.name, PIECE
+        )
+    assert _chain_put(agent, upload["id"], data, 0, 0, new_nonce()).status_code == 400
+    transport = Recorder()
+    with agent.client(transport=transport) as client:
+        assert client.upload_status(upload["id"])["received"] == len(data)
+        result = client.upload_package(package, resumable=True, piece_size=PIECE)
+        assert result["version"] == "1" and _serving(client) == "1"
+    (stream,) = [s for s in transport.seen if s["method"] == "PUT"]
+    assert (stream["offset"], stream["proof_from"], stream["status"]) == (str(len(data)), "0", 200)
+
+
+def test_a_verified_offset_without_the_sha256_in_meta_does_not_count(tmp_path: Path) -> None:
+    """The proof writes meta.json (the sha256) and progress.json at once: if only the second
+    reached the disk, commit hashes the file against a sha256 it does not have and refuses."""
+    data = os.urandom(3 * PIECE)
+    manager = UploadManager(tmp_path / "uploads")
+    upload = manager.create(
+        len(data), None, None, PIECE, None, hashlib.sha256(data[:PIECE]).hexdigest()
+    )
+    folder = tmp_path / "uploads" / upload["id"]
+    (folder / DATA_FILE).write_bytes(data)
+    (folder / PROGRESS_FILE).write_text(json.dumps({"offset": len(data), "sha256_verified": True}))
+    state = manager.state(upload["id"])
+    assert (state.offset, state.sha256, state.sha256_verified) == (len(data), "", False)
+    with pytest.raises(UploadError) as refused:
+        manager.complete_path(upload["id"])
+    assert refused.value.status == 422 and not folder.exists()
