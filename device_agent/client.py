@@ -571,21 +571,8 @@ class AgentClient:
         self, upload_id: str, failures: int, retries: int, backoff_s: float, cause: Exception
     ) -> int:
         """Where the agent's copy of an interrupted upload ends (waits and retries first)."""
-        while True:
-            if failures > retries:
-                raise (
-                    AgentUnreachableError(
-                        f"{cause}; gave up on upload {upload_id} after {retries} retries "
-                        "(run the deploy again)"
-                    )
-                    if isinstance(cause, AgentUnreachableError)
-                    else cause
-                )
-            time.sleep(backoff_s * 2 ** (failures - 1))
-            try:
-                return int(self.upload_status(upload_id)["offset"])
-            except AgentUnreachableError as exc:
-                failures, cause = failures + 1, exc
+        status = self._resume_status(upload_id, failures, retries, backoff_s, cause)
+        return int(status["offset"])
 
     def put_package(
         self,
