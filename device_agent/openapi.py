@@ -310,8 +310,14 @@ def _install_paths() -> dict[str, Any]:
                 "open a resumable upload: JSON {size, sha256, name?, piece_size?, pieces?} -> "
                 "{id, chunk_size, offset: 0, size, expires_at[, piece_size, pieces (count)]}; "
                 "pieces lists the sha256 of every piece_size piece (at most 8192) and lets the "
-                "rest come as one stream; the same unfinished package again answers its "
-                "upload and offset; 413 too big, 429 too many open uploads, 507 disk too full",
+                "rest come as one stream; or (protocol 2) {size, piece_size, head_sha256, "
+                "name?, fresh?} for a chained stream: head_sha256 is the sha256 of the first "
+                "piece only, so sending starts at once; an unfinished chained upload of the "
+                "same size and first piece answers again with offset, received and "
+                "sha256_prefix (the sha256 of its verified prefix, for the desktop to compare "
+                "with its file; fresh: true starts over); the same unfinished package again "
+                "answers its upload and offset; 413 too big, 429 too many open uploads, 507 "
+                "disk too full",
                 ok="201",
                 errors=("400", "413", "429", "507"),
                 requestBody={"required": True, "content": obj},
@@ -319,7 +325,10 @@ def _install_paths() -> dict[str, Any]:
         },
         "/v1/uploads/{id}": {
             "get": _op(
-                "{offset, size, ...}: where to resume", errors=("404",), parameters=[upload_id]
+                "{offset, size, ...}: where to resume (offset: the verified prefix; "
+                "received: whole pieces of a chained stream on disk past it, not verified yet)",
+                errors=("404",),
+                parameters=[upload_id],
             ),
             "put": _op(
                 "append one chunk (application/octet-stream, signed like any request) at "
@@ -328,8 +337,15 @@ def _install_paths() -> dict[str, Any]:
                 "package from N in one stream whose signed body sha256 is the sha256 of the "
                 "concatenated hex digests of the pieces it carries: each piece is checked as it "
                 "arrives and kept only when it matches (422 with 'offset' when one does not); "
-                "the verified prefix is fsynced before the answer and after a broken connection. "
-                "409 with the agent's 'offset' when N differs",
+                "the verified prefix is fsynced before the answer and after a broken connection; "
+                "or, with Content-Type application/x-outpost-chain (protocol 2, an upload "
+                "opened with head_sha256) and header Upload-Proof-From: V, the package bytes "
+                "from N (the end of the received pieces) then a proof: for every piece after "
+                "V, the 32-byte sha256 of the package from byte 0 to that piece's end, and the "
+                "desktop's Ed25519 signature over them, the agent, the upload, V and the "
+                "request's nonce; pieces count as verified up to the first digest that does "
+                "not match (the file is cut there: 422 with 'offset'); the last digest is the "
+                "whole package's sha256. 409 with the agent's 'offset' when N differs",
                 errors=("400", "404", "409", "422"),
                 parameters=[
                     upload_id,
@@ -339,12 +355,20 @@ def _install_paths() -> dict[str, Any]:
                         "required": True,
                         "schema": {"type": "integer", "minimum": 0},
                     },
+                    {
+                        "name": "Upload-Proof-From",
+                        "in": "header",
+                        "required": False,
+                        "description": "a chained stream: the verified offset its proof starts at",
+                        "schema": {"type": "integer", "minimum": 0},
+                    },
                 ],
                 requestBody={
                     "required": True,
                     "content": {
                         "application/octet-stream": {},
                         "application/x-outpost-pieces": {},
+                        "application/x-outpost-chain": {},
                     },
                 },
             ),
