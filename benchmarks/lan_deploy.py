@@ -14,8 +14,10 @@ Measures, side by side, in one run on one machine:
   (goal >= 0.9). With ``OUTPOST_UPLOAD_PROFILE=1`` both sides print their per-request
   timings on stderr;
 - discovery time: mDNS browse on the veth address only until the agent is found;
-- agent HTTP inference p50 (signed request, 640 px JPEG) vs raw runtime p50 (``session.run``
-  on the same model, in-process);
+- agent HTTP inference p50 (signed request, a 640x640 JPEG photo) vs raw runtime p50
+  (``session.run`` on the same model in the desktop's process), timed in alternating blocks:
+  the model is a yolo11n at 640 px built from its YAML when Ultralytics is installed
+  (installed beside the pushed package), else the pushed package's own;
 - the agent's resident memory when idle (before and after the model is installed).
 
 Without ``--workspace`` the model is the fake ONNX detector at 640 px, padded with a random
@@ -40,6 +42,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +85,57 @@ def build_fake_package(workdir: Path, size_mb: int) -> Path:
     return out
 
 
+def build_inference_package(workdir: Path) -> Path | None:
+    """A yolo11n ONNX package at 640 px (from its YAML, random weights: the same compute as a
+    trained one), built in a child process by ``runtime_overhead.py``; None without
+    Ultralytics/torch (the inference row then uses the push package's model)."""
+    import importlib.util
+
+    if importlib.util.find_spec("ultralytics") is None or importlib.util.find_spec("torch") is None:
+        return None
+    out = workdir / "infer"
+    out.mkdir()
+    build = subprocess.run(  # noqa: S603
+        [sys.executable, str(ROOT / "benchmarks" / "runtime_overhead.py"), "--sizes", "640",
+         "--build-into", str(out)],
+        capture_output=True,
+        text=True,
+    )  # fmt: skip
+    package = out / "bench-640.outpost.zip"
+    if build.returncode != 0 or not package.is_file():
+        print(f"lan_deploy: no yolo11n package ({build.stderr.strip()[-300:]})", file=sys.stderr)
+        return None
+    return package
+
+
+def test_image_jpeg(size: int) -> tuple[bytes, str]:
+    """A ``size`` x ``size`` JPEG of a real photograph (the centre of Ultralytics' ``bus.jpg``,
+    scaled so its short side is ``size``), or random pixels without Ultralytics' assets."""
+    import importlib.util
+
+    import cv2
+    import numpy as np
+
+    spec = importlib.util.find_spec("ultralytics")
+    photo = None
+    if spec is not None and spec.origin:
+        photo = cv2.imread(str(Path(spec.origin).parent / "assets" / "bus.jpg"))
+    if photo is None:
+        img = np.random.default_rng(0).integers(0, 255, (size, size, 3), dtype=np.uint8)
+        what = f"{size}x{size} random pixels"
+    else:
+        h, w = photo.shape[:2]
+        scale = size / min(h, w)
+        photo = cv2.resize(
+            photo, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA
+        )
+        h, w = photo.shape[:2]
+        top, left = (h - size) // 2, (w - size) // 2
+        img = np.ascontiguousarray(photo[top : top + size, left : left + size])
+        what = f"{size}x{size} crop of bus.jpg"
+    return cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes(), what
+
+
 def workspace_package(workspace: Path, export_ref: str, workdir: Path) -> Path:
     from desktop_app.core.exports import get_export
     from desktop_app.core.workspace import Workspace
@@ -100,20 +154,24 @@ def workspace_package(workspace: Path, export_ref: str, workdir: Path) -> Path:
     return out
 
 
-def raw_runtime_p50(package: Path, runs: int) -> tuple[float, str]:
-    """p50 ms of ``session.run`` on the package's model with its own input size."""
-    import numpy as np
-
-    from runtimes.latency import benchmark
-    from runtimes.predictor import Predictor
-
-    predictor = Predictor.from_path(package)
-    try:
-        tensor = np.random.default_rng(0).random((1, 3, *predictor.input_hw), dtype=np.float32)
-        p50 = benchmark(lambda: predictor.backend.run(tensor), warmup=5, runs=runs)["p50"]
-        return p50, f"{predictor.input_hw[1]}x{predictor.input_hw[0]}"
-    finally:
-        predictor.close()
+def paired_p50s(
+    raw: Callable[[], object], agent: Callable[[], object], runs: int, blocks: int = 5
+) -> tuple[float, float]:
+    """p50 ms of ``raw`` (``session.run`` in this process) and ``agent`` (the HTTP request),
+    timed in alternating blocks after a warm-up of each, so both see the same moments of a
+    noisy machine (blocks, not single calls: ONNX Runtime's threads spin after each run)."""
+    for fn in (raw, agent):
+        for _ in range(5):
+            fn()
+    times: dict[int, list[float]] = {0: [], 1: []}
+    per_block = max(1, -(-runs // blocks))
+    for _ in range(blocks):
+        for which, fn in enumerate((raw, agent)):
+            for _ in range(per_block):
+                t0 = time.perf_counter()
+                fn()
+                times[which].append((time.perf_counter() - t0) * 1000)
+    return statistics.median(times[0]), statistics.median(times[1])
 
 
 def rss_mib(pid: int) -> float:
@@ -161,14 +219,13 @@ def start_agent(
 
 def desktop_side(args: argparse.Namespace) -> None:
     """Runs inside the desktop namespace: discovery, pairing, push, GET, inference."""
-    import cv2
     import numpy as np
 
     from device_agent.auth import KeyPair
     from device_agent.client import AgentClient, pair_with_agent
     from device_agent.discovery import browse
     from device_agent.pairing import issue_code
-    from runtimes.latency import benchmark
+    from runtimes.predictor import Predictor
 
     spec = json.loads(args.desktop_side)
     out: dict[str, Any] = {}
@@ -216,12 +273,24 @@ def desktop_side(args: argparse.Namespace) -> None:
                         )
                     fetched.unlink()
             out[key] = statistics.median(times)
+        if spec.get("infer_package"):  # the real detector, installed beside the pushed one
+            installed = client.upload_package(Path(spec["infer_package"]))
         h, w = installed["input"]["shape"][2:4] if "shape" in installed["input"] else (640, 640)
-        img = np.random.default_rng(0).integers(0, 255, (h, w, 3), dtype=np.uint8)
-        jpeg = cv2.imencode(".jpg", img)[1].tobytes()
+        jpeg, out["image"] = test_image_jpeg(int(w))
         name = installed["name"]
-        stats = benchmark(lambda: client.infer_model(name, jpeg), warmup=5, runs=spec["runs"])
-        out["agent_p50_ms"] = stats["p50"]
+        predictor = Predictor.from_path(Path(spec.get("infer_package") or package))
+        try:
+            tensor = np.random.default_rng(0).random((1, 3, h, w), dtype=np.float32)
+            out["raw_p50_ms"], out["agent_p50_ms"] = paired_p50s(
+                lambda: predictor.backend.run(tensor),
+                lambda: client.infer_model(name, jpeg),
+                spec["runs"],
+            )
+        finally:
+            predictor.close()
+        out["input_size"] = f"{w}x{h}"
+        timings = [client.infer_model(name, jpeg)["timing_ms"] for _ in range(10)]
+        out["agent_timing_ms"] = {k: statistics.median(t[k] for t in timings) for k in timings[0]}
     out["size"] = size
     print(json.dumps(out), flush=True)
 
@@ -261,7 +330,10 @@ def main() -> int:
             if args.workspace
             else build_fake_package(work, args.size_mb)
         )
-        raw_p50, input_size = raw_runtime_p50(package, args.runs)
+        infer_package = None if args.workspace else build_inference_package(work)
+        infer_model = (
+            "yolo11n (random weights)" if infer_package else f"the model of {package.name}"
+        )
         agent, ready = start_agent(lan, agent_host, work / "agent", work / "agent.log")
         files = lan.popen(
             agent_host,
@@ -282,6 +354,7 @@ def main() -> int:
                 "agent_ip": agent_host.ip,
                 "desktop_ip": desk_host.ip,
                 "get_dir": str(work / "curl"),  # beside the agent's data folder: same disk
+                "infer_package": str(infer_package) if infer_package else None,
             }
             (work / "curl").mkdir()
             desk = lan.popen(
@@ -309,6 +382,7 @@ def main() -> int:
     mib = result["size"] / (1 << 20)
     push_mbs, get_mbs = mib / result["transfer_s"], mib / result["get_s"]
     push_ratio = push_mbs / get_mbs
+    raw_p50, input_size = result["raw_p50_ms"], result["input_size"]
     infer_ratio = result["agent_p50_ms"] / raw_p50
     link = f"capped at {args.link_rate} each way" if args.link_rate else "no rate cap"
     print(f"package: {package.name}, {mib:.1f} MiB; link: veth pairs on a bridge ({link})")
@@ -330,9 +404,12 @@ def main() -> int:
             f"<= 1.10x: {'yes' if infer_ratio <= 1.10 else 'NO'}",
         ),
     ]
+    print(f"inference: {infer_model}, one {result['image']} JPEG, {args.runs} runs, p50")
     for label, ours, ref, ratio, goal in rows:
         shown = f"{ratio:>7.2f}x" if ratio is not None else " " * 8
         print(f"{label:<40}{ours:>10.2f}{ref:>11.2f}{shown}  {goal}")
+    parts = ", ".join(f"{k} {v:.2f}" for k, v in result["agent_timing_ms"].items())
+    print(f"  the agent's own timing (ms, p50 of 10): {parts}")
     commit_s = result["push_s"] - result["transfer_s"]
     print(f"{'commit + install (s), after the transfer':<40}{commit_s:>10.2f}")
     print(f"{'push incl. install (s)':<40}{result['push_s']:>10.2f}")
