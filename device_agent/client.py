@@ -719,19 +719,7 @@ class AgentClient:
             digests = b"".join(marks[end].digest() for end in ends)
             yield digests + key.sign(proof_message(agent_id, upload_id, nonce, proof_from, digests))
 
-        t0 = time.perf_counter()
-        try:
-            return self._request(
-                "PUT",
-                f"/v1/uploads/{quote(upload_id, safe='')}",
-                content=body(),
-                headers=headers,
-                timeout=max(self.timeout, CHUNK_TIMEOUT_S),
-            )
-        finally:
-            profile_line(
-                "client-chain", bytes=size - offset, request_s=time.perf_counter() - t0, **timings
-            )
+        return self._put_body(upload_id, body(), headers, "client-chain", size - offset, timings)
 
     def put_stream(
         self,
@@ -776,22 +764,30 @@ class AgentClient:
                 if on_progress is not None:
                     on_progress(sent, size)
 
+        return self._put_body(upload_id, body(), headers, "client-stream", size - offset, timings)
+
+    def _put_body(
+        self,
+        upload_id: str,
+        body: Iterator[bytes],
+        headers: dict[str, str],
+        label: str,
+        length: int,
+        timings: dict[str, float],
+    ) -> dict[str, Any]:
+        """One streamed ``PUT /v1/uploads/{id}``; with ``OUTPOST_UPLOAD_PROFILE=1`` its
+        timings go to stderr as ``label``."""
         t0 = time.perf_counter()
         try:
             return self._request(
                 "PUT",
                 f"/v1/uploads/{quote(upload_id, safe='')}",
-                content=body(),
+                content=body,
                 headers=headers,
                 timeout=max(self.timeout, CHUNK_TIMEOUT_S),
             )
         finally:
-            profile_line(
-                "client-stream",
-                bytes=size - offset,
-                request_s=time.perf_counter() - t0,
-                **timings,
-            )
+            profile_line(label, bytes=length, request_s=time.perf_counter() - t0, **timings)
 
     def put_chunk(
         self, upload_id: str, offset: int, data: bytes, sha256: str | None = None

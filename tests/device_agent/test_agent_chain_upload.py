@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,7 @@ from device_agent.uploads import (
     UploadError,
     UploadManager,
 )
-from tests.fakes import EXPECTED, make_image_bytes
+from tests.device_agent.stream_faults import AlteredStream, serving_version
 
 PIECE = 256  # the fake packages are ~1.5 KiB: several pieces each
 
@@ -59,36 +58,12 @@ class Recorder(httpx.BaseTransport):
             cut = self.cut[1] if self.cut and self.cut[0] == self.puts else None
             flip = self.flip[1] if self.flip and self.flip[0] == self.puts else None
             if cut is not None or flip is not None:
-                request.stream = _Altered(request.stream, cut, flip, request)
+                request.stream = AlteredStream(request.stream, cut, flip, request)
         self.seen.append(entry)
         response = self.inner.handle_request(request)
         response.read()
         entry["status"] = response.status_code
         return response
-
-
-class _Altered(httpx.SyncByteStream):
-    def __init__(self, inner: Any, cut: int | None, flip: int | None, request: Any) -> None:
-        self.inner, self.cut, self.flip, self.request = inner, cut, flip, request
-
-    def __iter__(self) -> Iterator[bytes]:
-        sent = 0
-        for block in self.inner:
-            block = bytes(block)
-            if self.flip is not None and sent <= self.flip < sent + len(block):
-                at = self.flip - sent
-                block = block[:at] + bytes([block[at] ^ 0xFF]) + block[at + 1 :]
-            if self.cut is not None and sent + len(block) > self.cut:
-                yield block[: self.cut - sent]
-                raise httpx.WriteError("connection reset mid-stream (test)", request=self.request)
-            sent += len(block)
-            yield block
-
-
-def _serving(client: AgentClient) -> str:
-    result = client.infer(make_image_bytes())
-    assert result["detections"] == list(EXPECTED)
-    return str(result["version"])
 
 
 def _folder(agent: Any, upload_id: str) -> Path:
@@ -136,7 +111,9 @@ def test_a_chained_upload_sends_at_once_and_verifies_every_piece(agent: Any, pac
         result = client.upload_package(
             package, lambda d, t: progress.append((d, t)), resumable=True, piece_size=PIECE
         )
-        assert (result["name"], result["version"]) == ("shapes", "1") and _serving(client) == "1"
+        assert (result["name"], result["version"]) == ("shapes", "1") and serving_version(
+            client
+        ) == "1"
     create, stream, commit = transport.seen
     # opened with the first piece's digest only: nothing read the whole file before sending
     assert create["body"] == {
@@ -169,7 +146,7 @@ def test_a_broken_chain_keeps_its_pieces_and_the_next_stream_proves_them(
     transport = Recorder(cut=(1, 3 * PIECE + 40))
     with agent.client(transport=transport) as client:
         result = client.upload_package(package, resumable=True, piece_size=PIECE, backoff_s=0.01)
-        assert result["version"] == "1" and _serving(client) == "1"
+        assert result["version"] == "1" and serving_version(client) == "1"
     first, *rest = [s for s in transport.seen if s["method"] == "PUT"]
     assert (first["offset"], first["proof_from"]) == ("0", "0") and rest
     # each resume starts after the pieces received so far (no further than the first stream
@@ -247,7 +224,7 @@ def test_a_forged_proof_or_request_is_refused(agent: Any, package: Path) -> None
     body = data + _proof(agent.desktop_key, agent_id, upload_id, nonce, data, 0)
     assert _chain_put(agent, upload_id, body, 0, 0, nonce).status_code == 200
     with agent.client() as client:
-        assert client.commit_upload(upload_id)["version"] == "1" and _serving(client) == "1"
+        assert client.commit_upload(upload_id)["version"] == "1" and serving_version(client) == "1"
 
 
 def test_a_restarted_desktop_resumes_only_its_own_package(agent: Any, package: Path) -> None:
@@ -265,7 +242,7 @@ def test_a_restarted_desktop_resumes_only_its_own_package(agent: Any, package: P
         assert again["id"] == upload["id"] and again["received"] == 4 * PIECE
         assert again["sha256_prefix"] == hashlib.sha256(b"").hexdigest()  # nothing verified
         result = client.upload_package(package, resumable=True, piece_size=PIECE, backoff_s=0.01)
-        assert result["version"] == "1" and _serving(client) == "1"
+        assert result["version"] == "1" and serving_version(client) == "1"
     puts = [s for s in transport.seen if s["method"] == "PUT"]
     # the first stream proves pieces 0-3 too: 2 and 3 are the other package's, so they are cut
     assert puts[0]["status"] == 422 and puts[-1]["offset"] == str(2 * PIECE)
@@ -354,7 +331,7 @@ def test_an_agent_before_protocol_2_gets_the_piece_list_stream(
     transport = Recorder()
     with agent.client(transport=transport) as client:
         result = client.upload_package(package, resumable=True, piece_size=PIECE)
-        assert result["version"] == "1" and _serving(client) == "1"
+        assert result["version"] == "1" and serving_version(client) == "1"
     posts = [s for s in transport.seen if s["method"] == "POST" and "body" in s]
     assert posts[0]["status"] == 400 and "head_sha256" in posts[0]["body"]
     assert len(posts[1]["body"]["pieces"]) == -(-package.stat().st_size // PIECE)
@@ -403,7 +380,7 @@ def test_a_stream_that_lost_only_its_proof_is_finished_by_a_proof_alone(
     with agent.client(transport=transport) as client:
         assert client.upload_status(upload["id"])["received"] == len(data)
         result = client.upload_package(package, resumable=True, piece_size=PIECE)
-        assert result["version"] == "1" and _serving(client) == "1"
+        assert result["version"] == "1" and serving_version(client) == "1"
     (stream,) = [s for s in transport.seen if s["method"] == "PUT"]
     assert (stream["offset"], stream["proof_from"], stream["status"]) == (str(len(data)), "0", 200)
 

@@ -10,7 +10,6 @@ import hashlib
 import json
 import os
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +28,7 @@ from device_agent.uploads import (
     UploadError,
     UploadManager,
 )
+from tests.device_agent.stream_faults import AlteredStream, serving_version
 from tests.fakes import EXPECTED, make_image_bytes
 
 PIECE = 256  # the fake packages are ~1.5 KiB: several pieces each
@@ -84,35 +84,13 @@ class StreamTransport(httpx.BaseTransport):
         self.offsets.append(int(request.headers["Upload-Offset"]))
         n = len(self.offsets)
         if n in self.cut or n in self.flip:
-            request.stream = _Altered(request.stream, self.cut.get(n), self.flip.get(n), request)
+            request.stream = AlteredStream(
+                request.stream, self.cut.get(n), self.flip.get(n), request
+            )
         response = self.inner.handle_request(request)
         response.read()
         self.statuses.append(response.status_code)
         return response
-
-
-class _Altered(httpx.SyncByteStream):
-    def __init__(self, inner: Any, cut: int | None, flip: int | None, request: Any) -> None:
-        self.inner, self.cut, self.flip, self.request = inner, cut, flip, request
-
-    def __iter__(self) -> Iterator[bytes]:
-        sent = 0
-        for block in self.inner:
-            block = bytes(block)
-            if self.flip is not None and sent <= self.flip < sent + len(block):
-                at = self.flip - sent
-                block = block[:at] + bytes([block[at] ^ 0xFF]) + block[at + 1 :]
-            if self.cut is not None and sent + len(block) > self.cut:
-                yield block[: self.cut - sent]
-                raise httpx.WriteError("connection reset mid-stream (test)", request=self.request)
-            sent += len(block)
-            yield block
-
-
-def _serving(client: Any) -> str:
-    result = client.infer(make_image_bytes())
-    assert result["detections"] == list(EXPECTED)
-    return str(result["version"])
 
 
 def test_a_streamed_upload_is_one_request_checked_on_the_way(agent: Any, package: Path) -> None:
@@ -127,7 +105,7 @@ def test_a_streamed_upload_is_one_request_checked_on_the_way(agent: Any, package
             piece_size=PIECE,
         )
         assert (result["name"], result["version"]) == ("shapes", "1")
-        assert _serving(client) == "1"
+        assert serving_version(client) == "1"
     assert transport.offsets == [0] and transport.statuses == [200]
     assert progress[-1] == (size, size)
     (folder,) = list((Path(agent.service.data_dir) / "uploads").iterdir())
@@ -146,7 +124,7 @@ def test_a_broken_stream_resumes_from_the_last_verified_piece(agent: Any, packag
     with agent.client() as client:
         upload = _open(client, data)
         url = f"{agent.url}/v1/uploads/{upload['id']}"
-        body = _Altered([data], cut, None, None)
+        body = AlteredStream([data], cut, None, None)
         with pytest.raises(httpx.TransportError):
             httpx.put(
                 url,
@@ -175,7 +153,7 @@ def test_a_broken_stream_resumes_from_the_last_verified_piece(agent: Any, packag
         result = client.upload_package(
             package, lambda done, _: sent.append(done), resumable=True, piece_size=PIECE
         )
-        assert result["version"] == "1" and _serving(client) == "1"
+        assert result["version"] == "1" and serving_version(client) == "1"
     assert transport.offsets == [kept]  # the same package resumed where the agent stood
     assert sent[-1] == len(data)
 
@@ -185,7 +163,7 @@ def test_the_client_resumes_after_a_connection_breaks_mid_stream(agent: Any, pac
     transport = StreamTransport(cut={1: 2 * PIECE + 7})
     with agent.client(transport=transport) as client:
         result = client.upload_package(package, resumable=True, piece_size=PIECE, backoff_s=0.05)
-        assert result["version"] == "1" and _serving(client) == "1"
+        assert result["version"] == "1" and serving_version(client) == "1"
     first, *rest = transport.offsets
     assert first == 0 and len(rest) >= 1
     # every resume starts on a piece boundary no further than what the first stream carried
@@ -203,7 +181,7 @@ def test_a_chunked_upload_of_the_same_package_continues_as_a_stream(
         transport = StreamTransport()
     with agent.client(transport=transport) as client:
         result = client.upload_package(package, resumable=True, piece_size=PIECE)
-        assert result["version"] == "1" and _serving(client) == "1"
+        assert result["version"] == "1" and serving_version(client) == "1"
     assert transport.offsets == [PIECE]  # back to the piece boundary, then one stream
 
 
@@ -239,7 +217,7 @@ def test_a_corrupted_byte_is_refused_and_never_kept(agent: Any, package: Path) -
     with agent.client(transport=transport) as client:
         client.delete_upload(upload["id"])
         result = client.upload_package(package, resumable=True, piece_size=PIECE, backoff_s=0.01)
-        assert result["version"] == "1" and _serving(client) == "1"
+        assert result["version"] == "1" and serving_version(client) == "1"
     assert transport.statuses[0] == 422 and transport.offsets[1] == 4 * PIECE
 
 
@@ -316,7 +294,7 @@ def test_an_agent_without_streams_gets_chunks(
     transport = StreamTransport()
     with agent.client(transport=transport) as client:
         result = client.upload_package(package, resumable=True, piece_size=PIECE)
-        assert result["version"] == "1" and _serving(client) == "1"
+        assert result["version"] == "1" and serving_version(client) == "1"
     size = package.stat().st_size
     assert transport.offsets == list(range(0, size, 512))
 
