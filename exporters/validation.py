@@ -137,6 +137,46 @@ class ParityReport:
         return asdict(self)
 
 
+def classification_report(
+    precision: str,
+    runtime: str,
+    images: int,
+    numbers: dict[str, Any],
+    tolerance: dict[str, float],
+    failures: list[str],
+    *,
+    seconds: float,
+    note: str,
+    iou: float = 0.0,
+) -> ParityReport:
+    """A classifier's parity report: ``numbers`` from :func:`compare_classification` (its
+    ``tolerance`` already taken out), the detection fields left neutral."""
+    numbers = dict(numbers)
+    return ParityReport(
+        precision=precision,
+        runtime=runtime,
+        images=images,
+        conf=0.0,
+        iou=iou,
+        reference_detections=0,
+        export_detections=0,
+        matched=0,
+        match_ratio=1.0,
+        max_box_deviation_px=0.0,
+        max_score_deviation=0.0,
+        detections_decisive=False,
+        raw_max_box_deviation_px=None,
+        raw_max_score_deviation=numbers.pop("raw_max_score_deviation", None),
+        tolerance=tolerance,
+        passed=not failures,
+        failures=failures,
+        seconds=seconds,
+        task="classify",
+        notes=[note],
+        **numbers,
+    )
+
+
 def compare(
     pairs_of_results: list[tuple[Detections, Detections]],
     precision: str,
@@ -440,32 +480,18 @@ def validate_package(
     if task == "classify":
         numbers, failures = compare_classification(probs, precision, raw=raw_probs)
         tol = numbers.pop("tolerance")
-        return ParityReport(
-            precision=precision,
-            runtime=runtime_key,
-            images=len(images),
-            conf=0.0,
-            iou=iou,
-            reference_detections=0,
-            export_detections=0,
-            matched=0,
-            match_ratio=1.0,
-            max_box_deviation_px=0.0,
-            max_score_deviation=0.0,
-            detections_decisive=False,
-            raw_max_box_deviation_px=None,
-            raw_max_score_deviation=numbers.pop("raw_max_score_deviation", None),
-            tolerance=tol,
-            passed=not failures,
-            failures=failures,
+        return classification_report(
+            precision,
+            runtime_key,
+            len(images),
+            numbers,
+            tol,
+            failures,
             seconds=round(time.perf_counter() - t0, 3),
-            task=task,
-            notes=[
-                "classify: the runtime resizes with OpenCV where Ultralytics uses PIL, so "
-                "end-to-end probabilities differ by the resize; the raw numbers (one shared "
-                "input tensor) measure the export itself"
-            ],
-            **numbers,
+            iou=iou,
+            note="classify: the runtime resizes with OpenCV where Ultralytics uses PIL, so "
+            "end-to-end probabilities differ by the resize; the raw numbers (one shared "
+            "input tensor) measure the export itself",
         )
     chosen, decisive = (conf, True) if conf is not None else _pick_conf(results, len(images))
     results = [(_above(r, chosen), _above(c, chosen)) for r, c in results]
@@ -584,31 +610,16 @@ def validate_timm_package(
             f"probability deviation {numbers['max_prob_deviation']:.4f} > {tol.max_score}"
         )
     numbers.pop("tolerance")
-    return ParityReport(
-        precision=precision,
-        runtime=runtime_key,
-        images=len(images),
-        conf=0.0,
-        iou=0.0,
-        reference_detections=0,
-        export_detections=0,
-        matched=0,
-        match_ratio=1.0,
-        max_box_deviation_px=0.0,
-        max_score_deviation=0.0,
-        detections_decisive=False,
-        raw_max_box_deviation_px=None,
-        raw_max_score_deviation=numbers.pop("raw_max_score_deviation", None),
-        tolerance=asdict(tol),
-        passed=not failures,
-        failures=failures,
+    return classification_report(
+        precision,
+        runtime_key,
+        len(images),
+        numbers,
+        asdict(tol),
+        failures,
         seconds=round(time.perf_counter() - t0, 3),
-        task="classify",
-        notes=[
-            "timm: the runtime's preprocessing (Pillow-bilinear letterbox, mean/std) is the "
-            "run's own, so the end-to-end probabilities decide as well as the raw ones"
-        ],
-        **numbers,
+        note="timm: the runtime's preprocessing (Pillow-bilinear letterbox, mean/std) is the "
+        "run's own, so the end-to-end probabilities decide as well as the raw ones",
     )
 
 
