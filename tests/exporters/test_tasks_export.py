@@ -68,9 +68,11 @@ def sample_images(folder: Path, n: int = 3) -> list[Path]:
     return paths
 
 
-def export_package(
-    task: str, fmt: str, tmp_path: Path, precision: str = "fp32"
-) -> tuple[Path, Path, list[Path]]:
+def export_built(
+    task: str, fmt: str, tmp_path: Path, precision: str = "fp32", package_name: str | None = None
+) -> dict[str, Any]:
+    """Train a tiny ``task`` checkpoint, export it to ``fmt`` (calibrated on the sample images)
+    and package it: the artifact, package, checkpoint, images and config folder."""
     config_dir = tmp_path / "cfg"
     checkpoint = tiny_checkpoint(task, tmp_path, config_dir)
     images = sample_images(tmp_path)
@@ -86,7 +88,7 @@ def export_package(
             {"config_dir": str(config_dir), "calibration_images": [str(p) for p in images]},
         ),
     )
-    package = tmp_path / f"{task}.outpost.zip"
+    package = tmp_path / (package_name or f"{task}.outpost.zip")
     build_package(
         artifact,
         name=task,
@@ -96,7 +98,20 @@ def export_package(
         task=task,
         provenance={},
     )
-    return package, checkpoint, images
+    return {
+        "artifact": artifact,
+        "package": package,
+        "checkpoint": checkpoint,
+        "images": images,
+        "config_dir": config_dir,
+    }
+
+
+def export_package(
+    task: str, fmt: str, tmp_path: Path, precision: str = "fp32"
+) -> tuple[Path, Path, list[Path]]:
+    out = export_built(task, fmt, tmp_path, precision)
+    return out["package"], out["checkpoint"], out["images"]
 
 
 def _parity(task: str, fmt: str, tmp_path: Path) -> dict[str, Any]:

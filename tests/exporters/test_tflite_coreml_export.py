@@ -12,9 +12,6 @@ from typing import Any
 import numpy as np
 import pytest
 
-from exporters.base import ExportRequest, try_export
-from exporters.package import build_package
-from exporters.registry import default_registry
 from exporters.toolenv import ToolEnv
 from exporters.validation import TOLERANCES, validate_package
 from runtimes.backends.litert import LiteRtBackend
@@ -45,38 +42,7 @@ def _export(
     from tests.exporters import test_tasks_export as tasks
 
     mp.setitem(tasks.YAMLS, "detect", "yolo11n.yaml")
-    config_dir = tmp_path / "cfg"
-    checkpoint = tasks.tiny_checkpoint(task, tmp_path, config_dir)
-    images = tasks.sample_images(tmp_path)
-    artifact = try_export(
-        default_registry().get(fmt),
-        ExportRequest(
-            checkpoint,
-            "ultralytics",
-            task,
-            IMGSZ,
-            tmp_path / "build",
-            precision,
-            {"config_dir": str(config_dir), "calibration_images": [str(p) for p in images]},
-        ),
-    )
-    package = tmp_path / f"{task}-{fmt}.outpost.zip"
-    build_package(
-        artifact,
-        name=task,
-        version="1",
-        out_path=package,
-        framework="ultralytics",
-        task=task,
-        provenance={},
-    )
-    return {
-        "artifact": artifact,
-        "package": package,
-        "checkpoint": checkpoint,
-        "images": images,
-        "config_dir": config_dir,
-    }
+    return tasks.export_built(task, fmt, tmp_path, precision, f"{task}-{fmt}.outpost.zip")
 
 
 def _parity(out: dict[str, Any], task: str, precision: str) -> dict[str, Any]:
