@@ -956,11 +956,11 @@ class AgentClient:
                 f"cannot reach agent at {url}: {one_line(exc) or type(exc).__name__}; "
                 "check that outpost-agent is running and the address is right"
             ) from None
-        try:
-            body = response.json()
-        except ValueError:
-            body = None
         if response.status_code >= 400:
+            try:
+                body = response.json()
+            except ValueError:
+                body = None
             message = body.get("error") if isinstance(body, dict) else None
             if response.status_code == UPGRADE_STATUS and message:
                 raise IncompatibleProtocolError(one_line(message))

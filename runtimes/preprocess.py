@@ -169,13 +169,25 @@ def to_tensor(
 ) -> np.ndarray:
     """HWC BGR uint8 → NCHW float tensor (RGB by default), scaled, then ``(x - mean) / std``
     per channel (in the tensor's channel order) when ``mean``/``std`` are given."""
-    chw = img_bgr[:, :, ::-1].transpose(2, 0, 1) if rgb else img_bgr.transpose(2, 0, 1)
-    out = np.ascontiguousarray(chw[None], dtype=np.float32)
     divisor = 1.0 / scale
-    if abs(divisor - round(divisor)) < 1e-6:
-        out /= np.float32(round(divisor))  # bit-identical to Ultralytics' ``div_(255)``
+    whole = abs(divisor - round(divisor)) < 1e-6
+    if whole and img_bgr.ndim == 3 and img_bgr.dtype == np.uint8:
+        # Split the planes (OpenCV), then one division per plane into the tensor: the same
+        # float32 quotients as converting first and dividing after, in about half the time.
+        channels = img_bgr.shape[2]
+        planes = cv2.split(img_bgr) if channels in (3, 4) else list(np.moveaxis(img_bgr, 2, 0))
+        out = np.empty((1, channels, *img_bgr.shape[:2]), np.float32)
+        divide_by = np.float32(round(divisor))
+        for c in range(channels):
+            plane = planes[channels - 1 - c if rgb else c]
+            np.divide(plane, divide_by, out=out[0, c], dtype=np.float32)
     else:
-        out *= np.float32(scale)
+        chw = img_bgr[:, :, ::-1].transpose(2, 0, 1) if rgb else img_bgr.transpose(2, 0, 1)
+        out = np.ascontiguousarray(chw[None], dtype=np.float32)
+        if whole:
+            out /= np.float32(round(divisor))  # bit-identical to Ultralytics' ``div_(255)``
+        else:
+            out *= np.float32(scale)
     if mean is not None:
         out -= np.asarray(mean, np.float32).reshape(1, -1, 1, 1)
     if std is not None:

@@ -23,6 +23,7 @@ import shutil
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -124,9 +125,11 @@ class BlobStore:
 
         In three stages, so no blob name ever points at content that is not on disk yet:
 
-        1. every file is read once, hashed and written to a temp file in the store, in
-           ``workers`` threads (each takes a run of files, so 10,000 small images cost a few
-           hundred thread hand-offs, not 10,000), without a per-file fsync;
+        1. every file is read once, hashed and written to a temp file in the store, without a
+           per-file fsync: in the calling thread while the files go fast (a local disk), in
+           ``workers`` threads once they go slowly (a network share or a busy disk; see
+           :data:`SLOW_FILE_S`), each thread taking a run of files, so 10,000 small images
+           cost a few hundred thread hand-offs, not 10,000;
         2. the store's file system is synced once (Linux ``syncfs``; elsewhere each temp file
            is fsynced);
         3. the temp files are renamed to their sha256 names, and the file system (or each
@@ -141,7 +144,9 @@ class BlobStore:
             paths: The files to store.
             expected: For each file, the sha256 the caller already knows it has, or None (see
                 :meth:`ingest_file`: a file whose blob is stored is not read).
-            workers: Copy threads (default: 4 per CPU, at most 32).
+            workers: Copy threads. Default: the calling thread alone while each file takes
+                less than :data:`SLOW_FILE_S`, then 4 per CPU (at most 32) for the rest. A
+                number given here is used from the start.
             created: Every blob this call creates is appended here once its file is in
                 place, also when the call then fails, so the caller can remove them again.
             progress: Called as ``progress(done, total)`` in the calling thread, in order, as
@@ -184,21 +189,41 @@ class BlobStore:
         stager = _Stager(os.fspath(self.root))
         staged: dict[int, _Staged] = {}
         done = 0
+
+        def report(upto: int) -> None:
+            nonlocal done
+            if progress is not None:
+                for d in range(done + 1, upto + 1):
+                    progress(d, total)
+            done = max(done, upto)
+
+        pace = _Pace(adaptive=workers is None and count > 1)
         try:
             with ThreadPoolExecutor(max_workers=count, thread_name_prefix="blobs") as pool:
-                futures = [
-                    pool.submit(stager.stage_run, [(files[i], shas[i]) for i in run])
-                    for run in runs
-                ]
+                futures: list[Future[list[_Staged]]] = []
                 try:
-                    for run, fut in zip(runs, futures, strict=True):
+                    k = 0
+                    while k < len(runs) and not pace.fan_out and (count == 1 or pace.adaptive):
+                        # In this thread while the disk keeps up: on a fast file system the
+                        # copy is CPU-bound, and more threads only contend (GIL, folder locks).
+                        run = runs[k]
+                        started = time.perf_counter()
+                        for i, st in zip(
+                            run, stager.stage_run([(files[i], shas[i]) for i in run]), strict=True
+                        ):
+                            staged[i] = st
+                        pace.add(len(run), time.perf_counter() - started)
+                        report(run[-1] + 1)
+                        k += 1
+                    rest = runs[k:]
+                    futures = [
+                        pool.submit(stager.stage_run, [(files[i], shas[i]) for i in run])
+                        for run in rest
+                    ]
+                    for run, fut in zip(rest, futures, strict=True):
                         for i, st in zip(run, fut.result(), strict=True):
                             staged[i] = st
-                        if progress is not None:
-                            upto = run[-1] + 1
-                            for d in range(done + 1, upto + 1):
-                                progress(d, total)
-                            done = upto
+                        report(run[-1] + 1)
                 except BaseException:
                     for fut in futures:
                         fut.cancel()
@@ -207,19 +232,22 @@ class BlobStore:
                         if fut.done() and not fut.cancelled() and fut.exception() is None:
                             for st in fut.result():
                                 st.discard()
+                    for st in staged.values():
+                        st.discard()
                     raise
-                if progress is not None:
-                    for d in range(done + 1, total + 1):
-                        progress(d, total)
+                report(total)
                 try:
                     pending = [st.tmp for st in staged.values() if st.tmp is not None]
                     if pending and not _syncfs(self.root):
                         _all_done([pool.submit(_fsync_file, tmp) for tmp in pending])
                     commits = [staged[i] for i in jobs]
-                    parts = [commits[k : k + size] for k in range(0, len(commits), size)]
-                    outcomes: list[StoredBlob] = []
-                    for part in _all_done([pool.submit(stager.commit_run, p) for p in parts]):
-                        outcomes.extend(part)
+                    if pace.fan_out or (count > 1 and not pace.adaptive):
+                        parts = [commits[k : k + size] for k in range(0, len(commits), size)]
+                        outcomes: list[StoredBlob] = []
+                        for part in _all_done([pool.submit(stager.commit_run, p) for p in parts]):
+                            outcomes.extend(part)
+                    else:  # the renames are as cheap as the copies were
+                        outcomes = stager.commit_run(commits)
                 except BaseException:
                     for st in staged.values():
                         st.discard()
@@ -351,6 +379,36 @@ class BlobStore:
             target = dest / sha[:2] / sha
             target.parent.mkdir(exist_ok=True)
             shutil.copyfile(self.path(sha), target)
+
+
+# Files are copied in the calling thread while each costs less than this on average (a
+# local SSD or tmpfs: tens of microseconds, where threads only contend for the GIL and the
+# folders' locks); past it (a network share, a busy or slow disk: hundreds of microseconds
+# or more) the rest fan out to the thread pool, which overlaps the waits.
+SLOW_FILE_S = 150e-6
+PACE_WINDOW = 128  # files per measurement
+
+
+class _Pace:
+    """Decides, from the measured time per file, when :meth:`BlobStore.ingest_files` fans out.
+
+    Once the files of the last window took more than :data:`SLOW_FILE_S` each on average,
+    ``fan_out`` is set (and stays set).
+    """
+
+    def __init__(self, adaptive: bool) -> None:
+        self.adaptive = adaptive
+        self.fan_out = False
+        self._files = 0
+        self._seconds = 0.0
+
+    def add(self, files: int, seconds: float) -> None:
+        self._files += files
+        self._seconds += seconds
+        if self._files >= PACE_WINDOW:
+            if self.adaptive and self._seconds / self._files > SLOW_FILE_S:
+                self.fan_out = True
+            self._files, self._seconds = 0, 0.0
 
 
 @dataclass

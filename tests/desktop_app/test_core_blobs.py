@@ -167,3 +167,85 @@ def test_register_blobs_rows_are_complete_and_visible_in_the_session(ws: Workspa
         assert register_blobs(s, shas) == 0  # the same transaction sees its own rows
     with ws.session() as s:
         assert s.query(Blob).count() == 30
+
+
+def test_pace_fans_out_once_files_go_slowly() -> None:
+    from desktop_app.core import blobs
+
+    pace = blobs._Pace(adaptive=True)
+    for _ in range(10):  # a fast disk: each window well under the threshold
+        pace.add(blobs.PACE_WINDOW, blobs.PACE_WINDOW * blobs.SLOW_FILE_S / 10)
+    assert not pace.fan_out
+    pace.add(blobs.PACE_WINDOW // 2, 0.0)  # half a window is not judged yet
+    assert not pace.fan_out
+    pace.add(blobs.PACE_WINDOW // 2, blobs.PACE_WINDOW * blobs.SLOW_FILE_S * 2)
+    assert pace.fan_out
+    pace.add(blobs.PACE_WINDOW, 0.0)  # a fast window after that does not go back
+    assert pace.fan_out
+    fixed = blobs._Pace(adaptive=False)  # a worker count given by the caller is kept
+    fixed.add(blobs.PACE_WINDOW, 10.0)
+    assert not fixed.fan_out
+
+
+def _threads_used(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    import threading
+
+    from desktop_app.core import blobs
+
+    names: list[str] = []
+    stage_run = blobs._Stager.stage_run
+
+    def recording(self: blobs._Stager, run: list[tuple[str, str | None]]) -> list[blobs._Staged]:
+        names.append(threading.current_thread().name)
+        return stage_run(self, run)
+
+    monkeypatch.setattr(blobs._Stager, "stage_run", recording)
+    monkeypatch.setattr(blobs, "PACE_WINDOW", 4)
+    return names
+
+
+@pytest.mark.parametrize("slow", [False, True])
+def test_ingest_files_copies_in_this_thread_until_the_disk_is_slow(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, slow: bool
+) -> None:
+    import threading
+
+    from desktop_app.core import blobs
+
+    names = _threads_used(monkeypatch)
+    # every file "slow" (any time is over 0 s) or none (no file takes an hour)
+    monkeypatch.setattr(blobs, "SLOW_FILE_S", 0.0 if slow else 3600.0)
+    contents = [f"image {i}".encode() for i in range(300)]
+    paths = _files(tmp_path, contents)
+    store = BlobStore(tmp_path / "blobs")
+    seen: list[tuple[int, int]] = []
+    results = store.ingest_files(paths, progress=lambda d, t: seen.append((d, t)))
+    assert [r.sha256 for r in results] == [sha256_bytes(c) for c in contents]
+    assert all(r.created and store.verify(r.sha256) for r in results)
+    assert seen == [(i, 300) for i in range(1, 301)]
+    assert _temp_files(store.root) == []
+    here = threading.current_thread().name
+    assert names[0] == here  # the first run always goes in the calling thread
+    if slow:  # measured slow after the first window: the rest went to the pool
+        assert all(name.startswith("blobs") for name in names[1:]) and len(names) > 1
+    else:
+        assert set(names) == {here}
+
+
+@pytest.mark.parametrize("slow", [False, True])
+def test_ingest_files_failure_in_either_mode_leaves_no_temp_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, slow: bool
+) -> None:
+    from desktop_app.core import blobs
+
+    _threads_used(monkeypatch)
+    monkeypatch.setattr(blobs, "SLOW_FILE_S", 0.0 if slow else 3600.0)
+    paths = _files(tmp_path, [f"ok {i}".encode() for i in range(200)])
+    paths.insert(150, tmp_path / "src" / "missing.bin")
+    store = BlobStore(tmp_path / "blobs")
+    created: list[str] = []
+    with pytest.raises(FileNotFoundError):
+        store.ingest_files(paths, created=created)
+    assert created == [] and list(store.iter_shas()) == []  # nothing was renamed yet
+    assert _temp_files(store.root) == []
+    assert [p.name for p in store.root.iterdir()] == []  # no shard folder left either

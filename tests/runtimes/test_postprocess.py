@@ -40,6 +40,46 @@ def test_to_tensor_matches_ultralytics_division() -> None:
     assert np.array_equal(ours, theirs)
 
 
+def _to_tensor_reference(
+    img: np.ndarray, *, rgb: bool = True, scale: float = 1 / 255.0, **norm: list[float]
+) -> np.ndarray:
+    """to_tensor spelled out: convert the whole image to float32, then scale and normalise."""
+    chw = img[:, :, ::-1].transpose(2, 0, 1) if rgb else img.transpose(2, 0, 1)
+    out = np.ascontiguousarray(chw[None], dtype=np.float32)
+    out = (
+        out / np.float32(round(1 / scale))
+        if abs(1 / scale - round(1 / scale)) < 1e-6
+        else out * np.float32(scale)
+    )
+    if "mean" in norm:
+        out = out - np.asarray(norm["mean"], np.float32).reshape(1, -1, 1, 1)
+    if "std" in norm:
+        out = out / np.asarray(norm["std"], np.float32).reshape(1, -1, 1, 1)
+    return out
+
+
+@pytest.mark.parametrize("channels", [1, 2, 3, 4])
+@pytest.mark.parametrize("rgb", [True, False])
+def test_to_tensor_plane_by_plane_is_bit_identical(channels: int, rgb: bool) -> None:
+    """The per-plane division gives the same float32s as converting the image first, for any
+    channel count and order, a strided (cropped) image, and with mean/std after it."""
+    rng = np.random.default_rng(channels)
+    whole = rng.integers(0, 256, (90, 130, channels), dtype=np.uint8)
+    for img in (whole, whole[7:83, 11:121]):  # contiguous, then a view with strides
+        assert np.array_equal(to_tensor(img, rgb=rgb), _to_tensor_reference(img, rgb=rgb))
+        stats = {
+            "mean": [0.485, 0.456, 0.406, 0.5][:channels],
+            "std": [0.229, 0.224, 0.225, 0.25][:channels],
+        }
+        assert np.array_equal(
+            to_tensor(img, rgb=rgb, **stats), _to_tensor_reference(img, rgb=rgb, **stats)
+        )
+        assert np.array_equal(to_tensor(img, scale=1.0), _to_tensor_reference(img, scale=1.0))
+        half = to_tensor(img, dtype="float16")
+        assert half.dtype == np.float16
+        assert np.array_equal(half, _to_tensor_reference(img).astype(np.float16))
+
+
 @pytest.mark.parametrize("hw", [(480, 640), (1080, 810), (37, 1000)])
 def test_scale_boxes_matches_ultralytics(hw: tuple[int, int]) -> None:
     from ultralytics.utils.ops import scale_boxes as ul_scale_boxes
