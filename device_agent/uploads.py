@@ -717,7 +717,7 @@ class PieceWriter:
         self._helpers = ThreadPoolExecutor(2, "outpost-upload-stream")
         self._syncing: Future[None] | None = None
         self._fh = open(folder / DATA_FILE, "r+b")  # noqa: SIM115 (closed by close())
-        self._fh.truncate(state.offset)  # bytes past the recorded prefix are not trusted
+        _cut_to(self._fh.fileno(), state.offset)  # bytes past the recorded prefix are not trusted
         self._fh.seek(state.offset)
         self.timings = {"hash_s": 0.0, "write_s": 0.0, "fsync_s": 0.0, "final_fsync_s": 0.0}
 
@@ -864,7 +864,7 @@ class ChainWriter:
         self._worker = ThreadPoolExecutor(1, "outpost-upload-chain")
         self._io = ThreadPoolExecutor(1, "outpost-upload-write")
         self._fd = os.open(folder / DATA_FILE, os.O_WRONLY | getattr(os, "O_BINARY", 0))
-        os.ftruncate(self._fd, offset)  # a partial piece past it is not kept
+        _cut_to(self._fd, offset)  # a partial piece past it is not kept
         os.lseek(self._fd, offset, os.SEEK_SET)
         self.timings = {"hash_s": 0.0, "write_wait_s": 0.0, "prove_s": 0.0}
 
@@ -1001,6 +1001,18 @@ class ChainWriter:
                 self._lock.release()
                 self._lock = None
         return self.verified
+
+
+def _cut_to(fd: int, size: int) -> None:
+    """Make the open file ``size`` bytes long, leaving it alone when it is already.
+
+    Truncating a file to its own length is not a no-op on ext4: a truncate to zero marks the
+    file so that closing it starts the writeback of everything written since (its
+    ``auto_da_alloc`` safeguard for files rewritten in place), which made closing a fresh
+    50 MiB upload cost 5-6 ms in the agent's stream handler.
+    """
+    if os.fstat(fd).st_size != size:
+        os.ftruncate(fd, size)
 
 
 def boot_id() -> str | None:
