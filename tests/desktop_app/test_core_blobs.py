@@ -249,3 +249,30 @@ def test_ingest_files_failure_in_either_mode_leaves_no_temp_files(
     assert created == [] and list(store.iter_shas()) == []  # nothing was renamed yet
     assert _temp_files(store.root) == []
     assert [p.name for p in store.root.iterdir()] == []  # no shard folder left either
+
+
+@pytest.mark.parametrize("slow", [False, True])
+def test_a_cancel_from_the_progress_callback_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, slow: bool
+) -> None:
+    """The desktop cancels an import by raising from its progress callback: in either mode
+    the temp files go, and no blob is left under its name."""
+    from desktop_app.core import blobs
+
+    _threads_used(monkeypatch)
+    monkeypatch.setattr(blobs, "SLOW_FILE_S", 0.0 if slow else 3600.0)
+    paths = _files(tmp_path, [f"img {i}".encode() for i in range(200)])
+    store = BlobStore(tmp_path / "blobs")
+
+    class Cancelled(Exception):
+        pass
+
+    def progress(done: int, total: int) -> None:
+        if done == 120:
+            raise Cancelled
+
+    created: list[str] = []
+    with pytest.raises(Cancelled):
+        store.ingest_files(paths, progress=progress, created=created)
+    assert created == [] and list(store.iter_shas()) == []
+    assert _temp_files(store.root) == []
