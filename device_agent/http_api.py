@@ -747,11 +747,7 @@ async def _put_upload_stream(request: web.Request, offset: int) -> web.Response:
                 wait_for_worker_s=wait_s,
                 **writer.timings,
             )
-    try:
-        state = await _blocking(functools.partial(uploads.describe, upload_id))
-    except UploadError as exc:
-        return _upload_refused(exc)
-    return web.json_response(state)
+    return await _describe(uploads, upload_id)
 
 
 CHAIN_READ = 1 << 20  # a chained stream is read from the socket in blocks of up to this size
@@ -859,18 +855,17 @@ async def _put_upload_chain(request: web.Request, offset: int) -> web.Response:
                 wait_for_worker_s=wait_s,
                 **writer.timings,
             )
-    try:
-        state = await _blocking(functools.partial(uploads.describe, upload_id))
-    except UploadError as exc:
-        return _upload_refused(exc)
-    return web.json_response(state)
+    return await _describe(uploads, upload_id)
 
 
 async def get_upload(request: web.Request) -> web.Response:
+    return await _describe(request.app[UPLOADS_KEY], request.match_info["id"])
+
+
+async def _describe(uploads: UploadManager, upload_id: str) -> web.Response:
+    """Where an upload stands, as JSON (or why it cannot say)."""
     try:
-        state = await _blocking(
-            functools.partial(request.app[UPLOADS_KEY].describe, request.match_info["id"])
-        )
+        state = await _blocking(functools.partial(uploads.describe, upload_id))
     except UploadError as exc:
         return _upload_refused(exc)
     return web.json_response(state)

@@ -498,15 +498,8 @@ class UploadManager:
         Raises :class:`UploadError`: 409 (with the agent's offset) when ``offset`` is not where
         the upload stands, 400 when the upload was opened without a piece list.
         """
-        lock = self._lock_for(upload_id)
-        if not lock.acquire(timeout=STREAM_LOCK_TIMEOUT_S):
-            raise UploadError(
-                409, f"upload {upload_id} is busy with another request; retry in a moment"
-            )
+        lock, state = self._hold_open(upload_id)
         try:
-            state = self.state(upload_id)
-            if state.committed:
-                raise UploadError(409, f"upload {upload_id} is already committed", state.size)
             if state.piece_size is None or not state.pieces:
                 raise UploadError(
                     400,
@@ -518,6 +511,23 @@ class UploadManager:
         except BaseException:
             lock.release()
             raise
+
+    def _hold_open(self, upload_id: str) -> tuple[threading.Lock, UploadState]:
+        """Take the upload's lock for a stream and read its state; 409 when another request
+        holds it or the upload is committed (the lock is not kept then)."""
+        lock = self._lock_for(upload_id)
+        if not lock.acquire(timeout=STREAM_LOCK_TIMEOUT_S):
+            raise UploadError(
+                409, f"upload {upload_id} is busy with another request; retry in a moment"
+            )
+        try:
+            state = self.state(upload_id)
+            if state.committed:
+                raise UploadError(409, f"upload {upload_id} is already committed", state.size)
+        except BaseException:
+            lock.release()
+            raise
+        return lock, state
 
     def _at_boundary(self, state: UploadState, offset: int) -> UploadState:
         """The upload moved back to a piece boundary; 409 when ``offset`` is not where it is."""
@@ -552,15 +562,8 @@ class UploadManager:
         the upload is verified or ``offset`` is not a received piece boundary, 400 when the
         upload was opened without a piece size.
         """
-        lock = self._lock_for(upload_id)
-        if not lock.acquire(timeout=STREAM_LOCK_TIMEOUT_S):
-            raise UploadError(
-                409, f"upload {upload_id} is busy with another request; retry in a moment"
-            )
+        lock, state = self._hold_open(upload_id)
         try:
-            state = self.state(upload_id)
-            if state.committed:
-                raise UploadError(409, f"upload {upload_id} is already committed", state.size)
             if state.piece_size is None:
                 raise UploadError(
                     400,
