@@ -35,6 +35,7 @@ from sqlalchemy.orm import Session
 
 from desktop_app.core.errors import BlobIntegrityError, InvalidArgumentError, NotFoundError
 from desktop_app.core.models import Blob
+from desktop_app.core.pacing import Pace
 from runtimes.fileio import CHUNK, atomic_write_bytes, fsync_dir, sha256_bytes, sha256_file
 
 _T = TypeVar("_T")
@@ -128,7 +129,7 @@ class BlobStore:
         1. every file is read once, hashed and written to a temp file in the store, without a
            per-file fsync: in the calling thread while the files go fast (a local disk), in
            ``workers`` threads once they go slowly (a network share or a busy disk; see
-           :data:`SLOW_FILE_S`), each thread taking a run of files, so 10,000 small images
+           :data:`desktop_app.core.pacing.SLOW_FILE_S`), each thread taking a run of files, so 10,000 small images
            cost a few hundred thread hand-offs, not 10,000;
         2. the store's file system is synced once (Linux ``syncfs``; elsewhere each temp file
            is fsynced);
@@ -145,7 +146,7 @@ class BlobStore:
             expected: For each file, the sha256 the caller already knows it has, or None (see
                 :meth:`ingest_file`: a file whose blob is stored is not read).
             workers: Copy threads. Default: the calling thread alone while each file takes
-                less than :data:`SLOW_FILE_S`, then 4 per CPU (at most 32) for the rest. A
+                less than :data:`desktop_app.core.pacing.SLOW_FILE_S`, then 4 per CPU (at most 32) for the rest. A
                 number given here is used from the start.
             created: Every blob this call creates is appended here once its file is in
                 place, also when the call then fails, so the caller can remove them again.
@@ -197,7 +198,7 @@ class BlobStore:
                     progress(d, total)
             done = max(done, upto)
 
-        pace = _Pace(adaptive=workers is None and count > 1)
+        pace = Pace(adaptive=workers is None and count > 1)
         try:
             with ThreadPoolExecutor(max_workers=count, thread_name_prefix="blobs") as pool:
                 futures: list[Future[list[_Staged]]] = []
@@ -381,34 +382,132 @@ class BlobStore:
             shutil.copyfile(self.path(sha), target)
 
 
-# Files are copied in the calling thread while each costs less than this on average (a
-# local SSD or tmpfs: tens of microseconds, where threads only contend for the GIL and the
-# folders' locks); past it (a network share, a busy or slow disk: hundreds of microseconds
-# or more) the rest fan out to the thread pool, which overlaps the waits.
-SLOW_FILE_S = 150e-6
-PACE_WINDOW = 128  # files per measurement
+class BlobBatch:
+    """Blobs staged from content already in memory, stored together by :meth:`commit`.
 
+    An import reads each image once to check and hash it, and hands the bytes here
+    (:meth:`add`, from any thread); each new one is written to a temp file in the store at
+    once. :meth:`commit` then stores the blobs the caller keeps as :meth:`BlobStore.ingest_files`
+    does (one sync, the renames, one more sync: durable when it returns, and no blob name
+    ever points at content not on disk) and drops the rest; :meth:`discard` drops them all.
 
-class _Pace:
-    """Decides, from the measured time per file, when :meth:`BlobStore.ingest_files` fans out.
-
-    Once the files of the last window took more than :data:`SLOW_FILE_S` each on average,
-    ``fan_out`` is set (and stays set).
+    Args:
+        store: The store the blobs go to.
     """
 
-    def __init__(self, adaptive: bool) -> None:
-        self.adaptive = adaptive
-        self.fan_out = False
-        self._files = 0
-        self._seconds = 0.0
+    def __init__(self, store: BlobStore) -> None:
+        self.store = store
+        self._stager = _Stager(os.fspath(store.root))
+        self._staged: dict[str, _Staged | None] = {}  # None: being written by another thread
+        self._lock = threading.Lock()
+        self._made_root = False
 
-    def add(self, files: int, seconds: float) -> None:
-        self._files += files
-        self._seconds += seconds
-        if self._files >= PACE_WINDOW:
-            if self.adaptive and self._seconds / self._files > SLOW_FILE_S:
-                self.fan_out = True
-            self._files, self._seconds = 0, 0.0
+    def add(self, sha: str, data: bytes) -> None:
+        """Stage ``data`` as the blob ``sha`` (its sha256, computed by the caller); thread-safe.
+
+        Content already stored, or already added, is not written again.
+        """
+        with self._lock:
+            if sha in self._staged:
+                return
+            self._staged[sha] = None
+            if not self._made_root:
+                self.store.root.mkdir(parents=True, exist_ok=True)
+                self._made_root = True
+        try:
+            st = self._stager.stage_data(data, sha)
+        except BaseException:
+            with self._lock:
+                del self._staged[sha]
+            raise
+        with self._lock:
+            self._staged[sha] = st
+
+    def commit(
+        self, keep: Iterable[str], created: list[str], workers: int | None = None
+    ) -> dict[str, int]:
+        """Store the staged blobs named in ``keep``; drop every other one.
+
+        Args:
+            keep: The sha256s to store; each must have been added.
+            created: Every blob this call creates is appended here once its file is in
+                place, also when the call then fails, so the caller can remove them again.
+            workers: Rename threads. Default: the calling thread while renames go fast, then
+                4 per CPU (at most 32) once they go slowly (see :mod:`desktop_app.core.pacing`).
+
+        Returns:
+            The size of each kept blob, by sha256.
+
+        Raises:
+            InvalidArgumentError: a sha256 in ``keep`` was never added.
+            OSError: the store cannot be written; every temp file is removed, and every blob
+                created so far is in ``created``.
+        """
+        wanted = set(keep)
+        with self._lock:
+            staged = dict(self._staged)
+        missing = [sha for sha in wanted if staged.get(sha) is None]
+        if missing:
+            self.discard()
+            raise InvalidArgumentError(
+                f"blob {missing[0]} was not staged in this batch; add its content first"
+            )
+        commits = [st for sha, st in staged.items() if sha in wanted and st is not None]
+        for sha, st in staged.items():
+            if sha not in wanted and st is not None:
+                st.discard()
+        count = max(1, workers or min(32, 4 * (os.cpu_count() or 1)))
+        try:
+            with ThreadPoolExecutor(max_workers=count, thread_name_prefix="blobs") as pool:
+                pending = [st.tmp for st in commits if st.tmp is not None]
+                if pending and not _syncfs(self.store.root):
+                    _all_done([pool.submit(_fsync_file, tmp) for tmp in pending])
+                outcomes = _renamed(
+                    self._stager, commits, pool, Pace(workers is None and count > 1)
+                )
+                new = [o.sha256 for o in outcomes if o.created]
+                created.extend(new)
+                touched = {os.path.dirname(self._stager.dest(sha)) for sha in new}
+                if touched and not _syncfs(self.store.root):
+                    list(pool.map(fsync_dir, [Path(d) for d in sorted(touched)]))
+                    fsync_dir(self.store.root)
+        except BaseException:
+            created.extend(st.sha256 for st in commits if st.committed and st.sha256 not in created)
+            self.discard()
+            raise
+        finally:
+            self._stager.drop_empty_dirs()
+        return {st.sha256: st.size for st in commits}
+
+    def discard(self) -> None:
+        """Remove every temp file this batch still holds (blobs already stored stay)."""
+        with self._lock:
+            staged = [st for st in self._staged.values() if st is not None]
+        for st in staged:
+            st.discard()
+        self._stager.drop_empty_dirs()
+
+
+def _renamed(
+    stager: _Stager, commits: list[_Staged], pool: ThreadPoolExecutor, pace: Pace
+) -> list[StoredBlob]:
+    """Rename staged files to their blob names: in this thread while that goes fast, then
+    in ``pool`` in runs."""
+    out: list[StoredBlob] = []
+    k, size = 0, PACE_RUN
+    while k < len(commits) and pace.adaptive and not pace.fan_out:
+        started = time.perf_counter()
+        part = stager.commit_run(commits[k : k + size])
+        pace.add(len(part), time.perf_counter() - started)
+        out.extend(part)
+        k += size
+    parts = [commits[j : j + size] for j in range(k, len(commits), size)]
+    for part in _all_done([pool.submit(stager.commit_run, p) for p in parts]):
+        out.extend(part)
+    return out
+
+
+PACE_RUN = 64  # files per run, in this thread or a worker's
 
 
 @dataclass
@@ -498,6 +597,28 @@ class _Stager:
                     os.unlink(tmp)
                 raise
         return _Staged(tmp, digest.hexdigest(), size)
+
+    def stage_data(self, data: bytes, sha: str) -> _Staged:
+        """Write ``data``, whose sha256 the caller computed, to a temp file (no fsync)."""
+        try:
+            st = os.stat(self.dest(sha))
+        except FileNotFoundError:
+            pass
+        else:
+            return _Staged(None, sha, st.st_size)
+        fd, tmp = _temp_file(self.shard(sha))
+        try:
+            try:
+                view, done = memoryview(data), 0
+                while done < len(data):
+                    done += os.write(fd, view[done:])
+            finally:
+                os.close(fd)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        return _Staged(tmp, sha, len(data))
 
     def commit_run(self, run: list[_Staged]) -> list[StoredBlob]:
         return [self.commit(st) for st in run]

@@ -18,9 +18,14 @@ from sqlalchemy import Table, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from desktop_app.core.blobs import register_blobs
+from desktop_app.core.blobs import BlobBatch, register_blobs
 from desktop_app.core.dataset_archive import opened_source
-from desktop_app.core.dataset_records import Progress, ScannedDataset, ScannedImage
+from desktop_app.core.dataset_records import (
+    Progress,
+    ScannedDataset,
+    ScannedImage,
+    handing_images_to,
+)
 from desktop_app.core.dataset_split import (
     check_val_fraction,
     content_hash_encoded,
@@ -134,9 +139,13 @@ def import_dataset(
     check_dataset_name(name)
     vf = check_val_fraction(val_fraction)
     _refuse_existing(ws, name)
-    with _gc_paused(), opened_source(Path(path)) as folder:
-        scanned = read_dataset(folder, fmt, progress, lenient=lenient)
-        summary = store_scanned(ws, scanned, name, vf, seed, progress)
+    batch = BlobBatch(ws.blobs)  # each image is staged from the bytes its check just read
+    try:
+        with _gc_paused(), opened_source(Path(path)) as folder, handing_images_to(batch.add):
+            scanned = read_dataset(folder, fmt, progress, lenient=lenient)
+            summary = store_scanned(ws, scanned, name, vf, seed, progress, batch=batch)
+    finally:
+        batch.discard()  # what a failure left staged (the stored blobs stay)
     if folder != Path(path).expanduser():
         summary["source"] = str(Path(path).expanduser().resolve())
     return summary
@@ -167,8 +176,14 @@ def store_scanned(
     val_fraction: float,
     seed: int,
     progress: Progress | None = None,
+    *,
+    batch: BlobBatch | None = None,
 ) -> dict[str, Any]:
     """Store a validated dataset as version v1 of a new dataset named ``name`` (atomically).
+
+    With ``batch`` (the images were staged while they were read, see
+    :func:`desktop_app.core.dataset_records.handing_images_to`), the staged images are
+    stored; otherwise each image file is copied into the store.
 
     Raises:
         DatasetFormatError: ``scanned`` holds no image (a lenient read skipped them all).
@@ -190,7 +205,7 @@ def store_scanned(
     project_id = ws.default_project_id()
     created: list[str] = []
     try:
-        _store_blobs(ws, scanned.images, created, progress)
+        _store_blobs(ws, scanned.images, created, progress, batch)
         with ws.session() as s:
             _create_rows(
                 s, project_id, name, scanned, items, boxes, method, seed, val_fraction, digest
@@ -266,13 +281,25 @@ def _assign_splits(
 
 
 def _store_blobs(
-    ws: Workspace, images: tuple[ScannedImage, ...], created: list[str], progress: Progress | None
+    ws: Workspace,
+    images: tuple[ScannedImage, ...],
+    created: list[str],
+    progress: Progress | None,
+    batch: BlobBatch | None,
 ) -> None:
-    """Copy every image into the blob store, recording the blobs this call created.
+    """Store every image in the blob store, recording the blobs this call created.
 
     Images already stored (by their sha256) are not copied again; every new blob is durable
-    before this returns (see :meth:`BlobStore.ingest_files`).
+    before this returns (see :meth:`BlobStore.ingest_files` and :meth:`BlobBatch.commit`).
     """
+    total = len(images)
+    if batch is not None:
+        if progress is not None:
+            progress("store", 0, total)
+        batch.commit([img.sha256 for img in images], created)
+        if progress is not None:
+            progress("store", total, total)
+        return
     stored = ws.blobs.ingest_files(
         [img.path for img in images],
         expected=[img.sha256 for img in images],

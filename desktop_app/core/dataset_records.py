@@ -24,15 +24,20 @@ recorded, the offending annotation or image is skipped, and the list ends up in
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from desktop_app.core.errors import DatasetFormatError, InvalidArgumentError
+from desktop_app.core.image_check import ImageStructureError, check_structure, image_header_size
+from desktop_app.core.pacing import Pace
 from runtimes.errors import ImageDecodeError
 from runtimes.fileio import sha256_bytes
 from runtimes.preprocess import decode_image
@@ -43,6 +48,7 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".
 SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 Progress = Callable[[str, int, int], None]  # stage, done, total
 CopyImage = Callable[[str, Path], None]  # sha256, destination
+ImageSink = Callable[[str, bytes], None]  # sha256, content: an image read and found valid
 MAX_IMAGE_PIXELS_ENV = "OUTPOST_MAX_IMAGE_PIXELS"
 DEFAULT_MAX_IMAGE_PIXELS = 100_000_000  # larger images are refused before decoding
 
@@ -314,32 +320,36 @@ def safe_relative(name: str, where: str) -> str:
     return "/".join(parts)
 
 
-def check_inside(
-    root: Path, path: Path, where: str, parents: dict[Path, Path] | None = None
-) -> None:
+def check_inside(root: Path, path: Path, where: str, parents: dict[str, str] | None = None) -> None:
     """Refuse a file that is (or links to) something outside ``root``.
 
     Args:
         root: The dataset folder (resolved).
         path: The file.
         where: What to name in the message.
-        parents: A cache of resolved folders, for callers that check many files of few
-            folders (a link itself is always resolved in full).
+        parents: A cache of resolved folders (by the folder's path as given), for callers
+            that check many files of few folders (a link itself is always resolved in full).
+            Paths are compared as strings here: 10,000 images cost no ``pathlib`` objects.
 
     Raises:
         DatasetFormatError: the resolved path is outside the dataset folder.
     """
-    if parents is None or path.is_symlink():
-        resolved = path.resolve()
+    p = os.fspath(path)
+    if parents is None or os.path.islink(p):
+        resolved = os.fspath(Path(p).resolve())
     else:
-        folder = parents.get(path.parent)
+        head, tail = os.path.split(p)
+        folder = parents.get(head)
         if folder is None:
-            folder = parents[path.parent] = path.parent.resolve()
-        resolved = folder / path.name
-    if not resolved.is_relative_to(root):
-        kind = "is a link to" if path.is_symlink() or resolved != path.absolute() else "is"
+            folder = parents[head] = os.fspath(Path(head).resolve())
+        resolved = os.path.join(folder, tail)
+    base = os.path.normcase(os.fspath(root))
+    inside = os.path.normcase(resolved)
+    if inside != base and not inside.startswith(base.rstrip(os.sep) + os.sep):
+        shown = Path(resolved)
+        kind = "is a link to" if path.is_symlink() or shown != path.absolute() else "is"
         raise DatasetFormatError(
-            f"{where}: {path} {kind} {resolved}, outside the dataset folder {root}; copy the file in"
+            f"{where}: {path} {kind} {shown}, outside the dataset folder {root}; copy the file in"
         )
 
 
@@ -348,6 +358,25 @@ def finite(values: Sequence[float]) -> bool:
 
 
 # ---- images ----------------------------------------------------------------------------
+
+_IMAGE_SINK: ContextVar[ImageSink | None] = ContextVar("outpost_image_sink", default=None)
+
+
+@contextlib.contextmanager
+def handing_images_to(sink: ImageSink) -> Iterator[None]:
+    """Within this block, :func:`inspect_images` hands each valid image it reads to ``sink``.
+
+    ``sink(sha256, content)`` is called once per valid image, possibly from worker threads
+    and before the image's later checks (a declared size) pass, so the sink keeps what it
+    gets provisionally: an import stages each image into the blob store from the bytes it
+    has just checked, instead of reading every file a second time, and stores only the
+    images the finished read accepted.
+    """
+    token = _IMAGE_SINK.set(sink)
+    try:
+        yield
+    finally:
+        _IMAGE_SINK.reset(token)
 
 
 def inspect_images(
@@ -363,12 +392,19 @@ def inspect_images(
     task: str = "detect",
     keypoint_shape: tuple[int, int] | None = None,
 ) -> ScannedDataset:
-    """Hash and decode every image (in threads; OpenCV releases the GIL), in a stable order.
+    """Read every image once, check and hash it, in a stable order.
 
     Also checks that each image stays inside ``root`` (links included), that file names are
     unique and valid UTF-8, that the image is not a decompression bomb (its header's width x
-    height is read before decoding and refused above :func:`max_image_pixels`), that it is
-    complete, and that a size the annotation file declares matches the file.
+    height is read first and refused above :func:`max_image_pixels`), that it is whole (a
+    PNG's chunk checksums, a JPEG's segments and end marker; other formats are decoded), and
+    that a size the annotation file declares matches the file.
+
+    The images are read in the calling thread while that goes fast (a local disk: threads
+    would only contend for the GIL), and in ``workers`` threads once files take longer
+    (:mod:`desktop_app.core.pacing`: a network share, a slow disk, large images whose
+    hashing and decoding release the GIL). Inside :func:`handing_images_to`, each valid
+    image's content is also handed to that sink as it is read.
 
     Args:
         root: The dataset folder (resolved); every image must be inside it.
@@ -377,7 +413,8 @@ def inspect_images(
         sources: The images the reader found, with their annotations.
         has_source_split: True when the source assigns splits.
         progress: Called as ``progress("validate", done, total)``.
-        workers: Threads that decode images (default: up to 8).
+        workers: Threads that read images, used from the first image (default: the
+            calling thread, then up to 8 threads once files go slowly).
         problems: Where problems go; None (strict) raises on the first one. Lenient: each
             problem is recorded and its image skipped; the reader's earlier messages are kept.
         task: The dataset's task (``detect``, ``segment``, ``pose`` or ``classify``).
@@ -392,8 +429,9 @@ def inspect_images(
     """
     report = problems if problems is not None else Problems()
     limit = max_image_pixels()
+    sink = _IMAGE_SINK.get()
     seen: dict[str, Path] = {}
-    parents: dict[Path, Path] = {}
+    parents: dict[str, str] = {}
     accepted: list[SourceImage] = []
     for src in sources:
         try:
@@ -409,14 +447,25 @@ def inspect_images(
     # runs of images per task: thousands of small images cost a few hundred hand-offs
     size = max(1, min(64, -(-total // (4 * count))))
     runs = [accepted[k : k + size] for k in range(0, total, size)]
+    pace = Pace(adaptive=workers is None and count > 1)
+
+    def inspect_run(run: list[SourceImage]) -> list[tuple[str, int, int, int] | DatasetFormatError]:
+        return [_inspect_or_error(s, limit, sink) for s in run]
+
+    def results() -> Iterator[tuple[str, int, int, int] | DatasetFormatError]:
+        k = 0
+        while k < len(runs) and pace.adaptive and not pace.fan_out:
+            started = time.perf_counter()
+            part = inspect_run(runs[k])
+            pace.add(len(part), time.perf_counter() - started)
+            yield from part
+            k += 1
+        for part in pool.map(inspect_run, runs[k:]):
+            yield from part
+
     pool = ThreadPoolExecutor(max_workers=count)
     try:
-        infos = (
-            info
-            for part in pool.map(lambda run: [_inspect_or_error(s, limit) for s in run], runs)
-            for info in part
-        )
-        for i, (src, info) in enumerate(zip(accepted, infos, strict=True), start=1):
+        for i, (src, info) in enumerate(zip(accepted, results(), strict=True), start=1):
             if progress is not None:
                 progress("validate", i, total)
             if isinstance(info, DatasetFormatError):
@@ -457,7 +506,7 @@ def inspect_images(
 
 
 def _check_source(
-    root: Path, src: SourceImage, seen: dict[str, Path], parents: dict[Path, Path]
+    root: Path, src: SourceImage, seen: dict[str, Path], parents: dict[str, str]
 ) -> None:
     """The checks that need no file content: a UTF-8 name, inside ``root``, not a duplicate."""
     try:
@@ -495,37 +544,62 @@ def max_image_pixels() -> int:
 
 
 def _inspect_or_error(
-    src: SourceImage, max_pixels: int
+    src: SourceImage, max_pixels: int, sink: ImageSink | None
 ) -> tuple[str, int, int, int] | DatasetFormatError:
     try:
-        return _inspect_image(src, max_pixels=max_pixels)
+        return _inspect_image(src, max_pixels=max_pixels, sink=sink)
     except DatasetFormatError as exc:
         return exc
 
 
-def _inspect_image(src: SourceImage, *, max_pixels: int | None = None) -> tuple[str, int, int, int]:
+def _inspect_image(
+    src: SourceImage, *, max_pixels: int | None = None, sink: ImageSink | None = None
+) -> tuple[str, int, int, int]:
+    """Read one image once: check it, hash it, hand it to ``sink``; ``(sha256, size, w, h)``.
+
+    A PNG or JPEG is checked by its structure (:func:`check_structure`: every PNG chunk's
+    CRC, a JPEG's segments and end marker); any other file is decoded. The QA report
+    decodes every stored image again (:mod:`desktop_app.core.dataset_qa`).
+    """
     p = src.path
-    if not p.is_file():
+    try:
+        with open(p, "rb", buffering=0) as fh:
+            data = fh.readall()
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
         where = f"{src.origin}: " if src.origin else ""
         raise DatasetFormatError(
             f"{where}image {src.file_name} is missing (expected {p}); add the file or remove its entry"
-        )
-    try:
-        data = p.read_bytes()
+        ) from None
     except OSError as exc:
         raise DatasetFormatError(
             f"{p} cannot be read ({exc.strerror}); check its permissions"
         ) from None
-    _check_pixels(p, data, max_image_pixels() if max_pixels is None else max_pixels)
-    _check_complete(p, data)
+    limit = max_image_pixels() if max_pixels is None else max_pixels
     try:
-        img = decode_image(data)
-    except ImageDecodeError as exc:
+        size = check_structure(data)  # decodes nothing: the pixel limit is checked after it
+    except ImageStructureError as exc:
+        if exc.truncated:
+            raise DatasetFormatError(
+                f"{p} is a truncated {exc.kind} ({exc.reason}); re-export or remove it"
+            ) from None
         raise DatasetFormatError(
-            f"{p} is not a readable image ({exc}); remove or replace it"
+            f"{p} is not a readable image (a damaged {exc.kind}: {exc.reason}); remove or replace it"
         ) from None
-    h, w = img.shape[:2]
-    return sha256_bytes(data), len(data), int(w), int(h)
+    if size is not None:
+        _refuse_bomb(p, size, limit)
+    else:  # not a PNG or JPEG this check vouches for: decode it, when its header allows
+        _check_pixels(p, data, limit)
+        try:
+            img = decode_image(data)
+        except ImageDecodeError as exc:
+            raise DatasetFormatError(
+                f"{p} is not a readable image ({exc}); remove or replace it"
+            ) from None
+        size = (int(img.shape[1]), int(img.shape[0]))
+    sha = sha256_bytes(data)
+    if sink is not None:
+        sink(sha, data)
+    return sha, len(data), size[0], size[1]
 
 
 def _check_pixels(p: Path, data: bytes, max_pixels: int) -> None:
@@ -533,130 +607,16 @@ def _check_pixels(p: Path, data: bytes, max_pixels: int) -> None:
     size = image_header_size(data)
     if size is None:
         return  # not a header we know: the decoder's own checks apply
+    _refuse_bomb(p, size, max_pixels)
+
+
+def _refuse_bomb(p: Path, size: tuple[int, int], max_pixels: int) -> None:
     w, h = size
     if w * h > max_pixels:
         raise DatasetFormatError(
             f"{p} is {w}×{h} pixels, over the {max_pixels / 1e6:g}-megapixel limit (a decompression bomb?); "
             f"shrink the image, or raise the limit with {MAX_IMAGE_PIXELS_ENV}"
         )
-
-
-def image_header_size(data: bytes) -> tuple[int, int] | None:
-    """``(width, height)`` from a PNG, JPEG, GIF, BMP, WebP or TIFF header, without decoding.
-
-    Returns None when the bytes are none of these or the header is cut short.
-    """
-    try:
-        if data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR":
-            return _u32be(data, 16), _u32be(data, 20)
-        if data[:3] == b"\xff\xd8\xff":
-            return _jpeg_size(data)
-        if data[:6] in (b"GIF87a", b"GIF89a"):
-            return _u16le(data, 6), _u16le(data, 8)
-        if data[:2] == b"BM" and len(data) >= 26:
-            if _u32le(data, 14) == 12:  # OS/2 BITMAPCOREHEADER
-                return _u16le(data, 18), _u16le(data, 20)
-            w = int.from_bytes(data[18:22], "little", signed=True)
-            h = int.from_bytes(data[22:26], "little", signed=True)
-            return abs(w), abs(h)
-        if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-            return _webp_size(data)
-        if data[:4] in (b"II*\x00", b"MM\x00*"):
-            return _tiff_size(data)
-    except (IndexError, ValueError):
-        return None
-    return None
-
-
-_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
-
-
-def _jpeg_size(data: bytes) -> tuple[int, int] | None:
-    i = 2
-    n = len(data)
-    while i + 3 < n:
-        if data[i] != 0xFF:
-            return None
-        while i < n and data[i] == 0xFF:  # fill bytes
-            i += 1
-        if i + 2 >= n:
-            return None
-        marker = data[i]
-        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
-            i += 1
-            continue
-        if marker in (0xD9, 0xDA):  # end of image, or image data before any frame header
-            return None
-        if marker in _JPEG_SOF:
-            if i + 8 > n:
-                return None
-            return _u16be(data, i + 6), _u16be(data, i + 4)
-        i += 1 + _u16be(data, i + 1)
-    return None
-
-
-def _webp_size(data: bytes) -> tuple[int, int] | None:
-    chunk = data[12:16]
-    if chunk == b"VP8 " and data[23:26] == b"\x9d\x01\x2a":
-        return _u16le(data, 26) & 0x3FFF, _u16le(data, 28) & 0x3FFF
-    if chunk == b"VP8L" and data[20] == 0x2F:
-        bits = _u32le(data, 21)
-        return 1 + (bits & 0x3FFF), 1 + ((bits >> 14) & 0x3FFF)
-    if chunk == b"VP8X" and len(data) >= 30:
-        w = int.from_bytes(data[24:27], "little") + 1
-        h = int.from_bytes(data[27:30], "little") + 1
-        return w, h
-    return None
-
-
-def _tiff_size(data: bytes) -> tuple[int, int] | None:
-    order: Literal["little", "big"] = "little" if data[:2] == b"II" else "big"
-
-    def num(offset: int, size: int) -> int:
-        return _num(data, offset, size, order)
-
-    ifd = num(4, 4)
-    found: dict[int, int] = {}
-    for k in range(num(ifd, 2)):
-        entry = ifd + 2 + 12 * k
-        tag, kind = num(entry, 2), num(entry + 2, 2)
-        if tag in (256, 257):
-            found[tag] = num(entry + 8, 2) if kind == 3 else num(entry + 8, 4)
-    if 256 in found and 257 in found:
-        return found[256], found[257]
-    return None
-
-
-def _u16be(data: bytes, i: int) -> int:
-    return _num(data, i, 2, "big")
-
-
-def _u32be(data: bytes, i: int) -> int:
-    return _num(data, i, 4, "big")
-
-
-def _u16le(data: bytes, i: int) -> int:
-    return _num(data, i, 2, "little")
-
-
-def _u32le(data: bytes, i: int) -> int:
-    return _num(data, i, 4, "little")
-
-
-def _num(data: bytes, i: int, size: int, order: Literal["little", "big"]) -> int:
-    if i + size > len(data):
-        raise IndexError(i)
-    return int.from_bytes(data[i : i + size], order)
-
-
-def _check_complete(p: Path, data: bytes) -> None:
-    """Catch truncated JPEG and PNG files, which OpenCV decodes silently with grey rows."""
-    if data[:3] == b"\xff\xd8\xff" and data.rfind(b"\xff\xd9") < data.rfind(b"\xff\xda"):
-        raise DatasetFormatError(
-            f"{p} is a truncated JPEG (no end marker after its image data); re-export or remove it"
-        )
-    if data[:8] == b"\x89PNG\r\n\x1a\n" and b"IEND" not in data[-32:]:
-        raise DatasetFormatError(f"{p} is a truncated PNG (no IEND chunk); re-export or remove it")
 
 
 def box_from_pixels(

@@ -11,6 +11,11 @@ from typing import Any
 
 import numpy as np
 
+try:
+    import orjson
+except ImportError:  # the optional "fast" extra: the standard library's json alone
+    orjson = None  # type: ignore[assignment]
+
 from desktop_app.core.errors import InvalidArgumentError
 
 SPLITS = ("train", "val", "test")
@@ -176,6 +181,16 @@ def encode_boxes(boxes: Sequence[Sequence[Any]]) -> str:
     The same text is valid JSON for ``DatasetItem.boxes``, so an import encodes each item's
     boxes once, for the hash (:func:`content_hash_encoded`) and for the database.
     """
+    if orjson is not None and all(len(b) == 5 for b in boxes):
+        # Plain boxes, the common case: orjson writes them 10-15x faster, in the same text
+        # except where it spells a number differently (an exponent, "0.0000..." where json
+        # writes 1e-05, null for nan) or meets a non-number; those go to json.
+        try:
+            raw = orjson.dumps(boxes)
+        except (TypeError, orjson.JSONEncodeError):
+            raw = b"n"
+        if not (b"e" in raw or b"n" in raw or b"0.0000" in raw or b'"' in raw):
+            return raw.decode("ascii")
     return _CANONICAL.encode([list(b) for b in boxes])
 
 

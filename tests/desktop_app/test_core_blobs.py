@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from desktop_app.core import pacing
 from desktop_app.core.blobs import BlobStore, StoredBlob, register_blob, register_blobs
 from desktop_app.core.errors import BlobIntegrityError, InvalidArgumentError
 from desktop_app.core.models import Blob
@@ -170,20 +171,19 @@ def test_register_blobs_rows_are_complete_and_visible_in_the_session(ws: Workspa
 
 
 def test_pace_fans_out_once_files_go_slowly() -> None:
-    from desktop_app.core import blobs
 
-    pace = blobs._Pace(adaptive=True)
+    pace = pacing.Pace(adaptive=True)
     for _ in range(10):  # a fast disk: each window well under the threshold
-        pace.add(blobs.PACE_WINDOW, blobs.PACE_WINDOW * blobs.SLOW_FILE_S / 10)
+        pace.add(pacing.PACE_WINDOW, pacing.PACE_WINDOW * pacing.SLOW_FILE_S / 10)
     assert not pace.fan_out
-    pace.add(blobs.PACE_WINDOW // 2, 0.0)  # half a window is not judged yet
+    pace.add(pacing.PACE_WINDOW // 2, 0.0)  # half a window is not judged yet
     assert not pace.fan_out
-    pace.add(blobs.PACE_WINDOW // 2, blobs.PACE_WINDOW * blobs.SLOW_FILE_S * 2)
+    pace.add(pacing.PACE_WINDOW // 2, pacing.PACE_WINDOW * pacing.SLOW_FILE_S * 2)
     assert pace.fan_out
-    pace.add(blobs.PACE_WINDOW, 0.0)  # a fast window after that does not go back
+    pace.add(pacing.PACE_WINDOW, 0.0)  # a fast window after that does not go back
     assert pace.fan_out
-    fixed = blobs._Pace(adaptive=False)  # a worker count given by the caller is kept
-    fixed.add(blobs.PACE_WINDOW, 10.0)
+    fixed = pacing.Pace(adaptive=False)  # a worker count given by the caller is kept
+    fixed.add(pacing.PACE_WINDOW, 10.0)
     assert not fixed.fan_out
 
 
@@ -200,7 +200,7 @@ def _threads_used(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         return stage_run(self, run)
 
     monkeypatch.setattr(blobs._Stager, "stage_run", recording)
-    monkeypatch.setattr(blobs, "PACE_WINDOW", 4)
+    monkeypatch.setattr(pacing, "PACE_WINDOW", 4)
     return names
 
 
@@ -210,11 +210,9 @@ def test_ingest_files_copies_in_this_thread_until_the_disk_is_slow(
 ) -> None:
     import threading
 
-    from desktop_app.core import blobs
-
     names = _threads_used(monkeypatch)
     # every file "slow" (any time is over 0 s) or none (no file takes an hour)
-    monkeypatch.setattr(blobs, "SLOW_FILE_S", 0.0 if slow else 3600.0)
+    monkeypatch.setattr(pacing, "SLOW_FILE_S", 0.0 if slow else 3600.0)
     contents = [f"image {i}".encode() for i in range(300)]
     paths = _files(tmp_path, contents)
     store = BlobStore(tmp_path / "blobs")
@@ -236,10 +234,9 @@ def test_ingest_files_copies_in_this_thread_until_the_disk_is_slow(
 def test_ingest_files_failure_in_either_mode_leaves_no_temp_files(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, slow: bool
 ) -> None:
-    from desktop_app.core import blobs
 
     _threads_used(monkeypatch)
-    monkeypatch.setattr(blobs, "SLOW_FILE_S", 0.0 if slow else 3600.0)
+    monkeypatch.setattr(pacing, "SLOW_FILE_S", 0.0 if slow else 3600.0)
     paths = _files(tmp_path, [f"ok {i}".encode() for i in range(200)])
     paths.insert(150, tmp_path / "src" / "missing.bin")
     store = BlobStore(tmp_path / "blobs")
@@ -257,10 +254,9 @@ def test_a_cancel_from_the_progress_callback_leaves_nothing(
 ) -> None:
     """The desktop cancels an import by raising from its progress callback: in either mode
     the temp files go, and no blob is left under its name."""
-    from desktop_app.core import blobs
 
     _threads_used(monkeypatch)
-    monkeypatch.setattr(blobs, "SLOW_FILE_S", 0.0 if slow else 3600.0)
+    monkeypatch.setattr(pacing, "SLOW_FILE_S", 0.0 if slow else 3600.0)
     paths = _files(tmp_path, [f"img {i}".encode() for i in range(200)])
     store = BlobStore(tmp_path / "blobs")
 

@@ -92,6 +92,33 @@ def test_encoded_boxes_are_the_json_of_the_boxes() -> None:
     assert encode_boxes(tuples) == encode_boxes([list(t) for t in tuples])
 
 
+def test_encoded_boxes_are_byte_identical_to_the_canonical_encoder() -> None:
+    from desktop_app.core.dataset_split import _CANONICAL
+
+    rng = np.random.default_rng(3)
+    odd = [
+        [0, 1e-05, 0.1 + 0.2, 1.0, 5e-324],  # exponents, long reprs, subnormals
+        [7, 1e16, 123456789.0, 0.5, 2.0**-30],
+        [1, float("inf"), 0.5, 0.5, 0.5],  # not finite: json's spelling, not repr's
+        [2, float("nan"), 0.5, 0.5, 0.5],
+        [True, 0.5, 0.5, 0.5, 0.5],  # a bool is not an int here
+        [3, 1, 0.5, 0.5, 0.5],  # an int coordinate
+        [4, 0.5, 0.5, 0.5, 0.5, {"iscrowd": True, "polygons": [[0.1, 0.2]]}],
+        [2**70, 0.25, 0.25, 0.5, 0.5],
+    ]
+    scales = np.exp(rng.uniform(-14, 14, (5000, 1)))  # 1e-6 .. 1e6: both spellings
+    random_rows = [
+        [int(c), *map(float, v)]
+        for c, v in zip(rng.integers(0, 80, 5000), rng.random((5000, 4)) * scales, strict=True)
+    ]
+    for boxes in (odd, random_rows, [], *([row] for row in odd)):
+        assert encode_boxes(boxes) == _CANONICAL.encode(boxes)
+    for k in range(0, 5000, 10):  # item by item, as an import encodes them
+        rows = random_rows[k : k + 10]
+        assert encode_boxes(rows) == _CANONICAL.encode(rows)
+        assert encode_boxes([tuple(r) for r in rows]) == _CANONICAL.encode(rows)
+
+
 def _png(path: Path, seed: int) -> None:
     rng = np.random.default_rng(seed)
     ok, buf = cv2.imencode(".png", rng.integers(0, 255, (H, W, 3), dtype=np.uint8))

@@ -24,11 +24,11 @@ from desktop_app.core.dataset_records import (
     ScannedDataset,
     ScannedImage,
     SourceImage,
-    image_header_size,
     inspect_images,
 )
 from desktop_app.core.dataset_split import content_hash
 from desktop_app.core.errors import DatasetFormatError, InvalidArgumentError
+from desktop_app.core.image_check import image_header_size
 from desktop_app.core.models import Blob, Dataset, DatasetItem, DatasetVersion
 from desktop_app.core.workspace import Workspace
 from runtimes.fileio import sha256_bytes
@@ -179,13 +179,19 @@ def test_bomb_is_refused_before_decoding(tmp_path: Path, monkeypatch: pytest.Mon
     bomb = _bomb_png(root / "bomb.png")
     assert image_header_size(bomb.read_bytes()) == (30000, 30000)
     decoded: list[int] = []
-    real = dataset_records.decode_image
+    checked: list[int] = []
+    real_decode, real_check = dataset_records.decode_image, dataset_records.check_structure
 
-    def spy(data: bytes) -> Any:
+    def spy_decode(data: bytes) -> Any:
         decoded.append(len(data))
-        return real(data)
+        return real_decode(data)
 
-    monkeypatch.setattr(dataset_records, "decode_image", spy)
+    def spy_check(data: bytes) -> Any:
+        checked.append(len(data))
+        return real_check(data)
+
+    monkeypatch.setattr(dataset_records, "decode_image", spy_decode)
+    monkeypatch.setattr(dataset_records, "check_structure", spy_check)
     good = SourceImage("good.png", _image(root / "good.png", 1), None, ())
     src = SourceImage("bomb.png", bomb, None, ())
     with pytest.raises(DatasetFormatError, match=r"decompression bomb\?"):
@@ -194,7 +200,9 @@ def test_bomb_is_refused_before_decoding(tmp_path: Path, monkeypatch: pytest.Mon
     scanned = inspect_images(root, "yolo", NAMES, [good, src], False, problems=problems)
     assert [img.file_name for img in scanned.images] == ["good.png"]
     assert len(scanned.problems) == 1 and "bomb.png is 30000×30000" in scanned.problems[0]
-    assert decoded == [good.path.stat().st_size]  # the bomb was never decoded
+    # both PNGs had their structure checked, which decodes nothing; neither was decoded
+    assert decoded == []
+    assert sorted(set(checked)) == sorted({bomb.stat().st_size, good.path.stat().st_size})
 
 
 def test_pixel_limit_comes_from_the_environment(

@@ -99,6 +99,24 @@ def test_plain_boxes_equal_the_full_check_bit_for_bit() -> None:
         assert a.to_json() == _full_check(ann).to_json()
 
 
+def test_all_plain_columns_equal_the_full_check_in_order() -> None:
+    every = coco._all_plain(PLAIN, IMAGES, CLASS_OF)
+    assert every is not None and len(every) == len(PLAIN)
+    for (iid, a), ann in zip(every, PLAIN, strict=True):
+        assert iid == ann["image_id"]
+        assert a == _full_check(ann)
+        assert a.to_json() == _full_check(ann).to_json()
+    assert coco._all_plain([], IMAGES, CLASS_OF) == []
+
+
+@pytest.mark.parametrize("other", range(len(OTHER)))
+def test_one_annotation_not_plain_leaves_the_columns_to_the_other_paths(other: int) -> None:
+    mixed = [*PLAIN[:3], OTHER[other], *PLAIN[3:]]
+    assert coco._all_plain(mixed, IMAGES, CLASS_OF) is None
+    huge = {"id": 33, "image_id": 1, "category_id": 3, "bbox": [10**400, 1, 2, 2]}
+    assert coco._all_plain([*PLAIN, huge], IMAGES, CLASS_OF) is None
+
+
 def test_a_number_too_large_for_a_float_leaves_all_to_the_full_check() -> None:
     huge = {"id": 33, "image_id": 1, "category_id": 3, "bbox": [10**400, 1, 2, 2]}
     assert coco._plain_boxes([*PLAIN, huge], IMAGES, CLASS_OF) == {}

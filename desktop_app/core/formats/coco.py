@@ -25,6 +25,7 @@ whose ``images``/``categories`` are not lists, is still refused.
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import math
 import os
@@ -237,6 +238,11 @@ class _Reader:
             images[iid] = entry
         anns: dict[int, list[Annotation]] = {iid: [] for iid in images}
         raw = _list(doc, "annotations", where)
+        every = _all_plain(raw, images, self.class_of)
+        if every is not None:  # the common case: all plain valid boxes, checked at once
+            for iid, a in every:
+                anns[iid].append(a)
+            raw = []
         plain = _plain_boxes(raw, images, self.class_of)
         for i, ann in enumerate(raw):
             done = plain.get(i)
@@ -429,9 +435,86 @@ def _plain_boxes(
     if not index:
         return {}
     try:
-        xywh = np.array(boxes, dtype=np.float64)
+        ok, cx, cy, bw, bh = _normalised(boxes, widths, heights)
     except (OverflowError, ValueError):
         return {}  # numbers too large for a float: the full check reports them
+    plain_box = Annotation.plain
+    return {
+        index[k]: (
+            iids[k],
+            Annotation(classes[k], cx[k], cy[k], bw[k], bh[k], iscrowd=True)
+            if crowds[k]
+            else plain_box(classes[k], cx[k], cy[k], bw[k], bh[k]),
+        )
+        for k in np.flatnonzero(ok).tolist()
+    }
+
+
+_COLUMN_KEYS = _PLAIN_KEYS | {"segmentation", "keypoints"}
+_NUMBER_TYPES = frozenset({int, float})
+
+
+def _all_plain(
+    raw: list[Any], images: dict[int, tuple[str, int, int, Path]], class_of: dict[int, int]
+) -> list[tuple[int, Annotation]] | None:
+    """``(image id, box)`` for every annotation, in order, when all are plain valid boxes
+    (see :func:`_plain_boxes`); None as soon as one is not (the caller then sorts them out).
+
+    Checks column by column (each a pass in C over the 100,000 annotations of a large file)
+    instead of annotation by annotation: about half the cost of :func:`_plain_boxes`, and the
+    same values.
+    """
+    if not raw:
+        return []
+    if not all(type(a) is dict and a.keys() <= _COLUMN_KEYS for a in raw):
+        return None
+    for key in ("segmentation", "keypoints"):
+        if any(v is not None and v != [] for v in (a.get(key) for a in raw if key in a)):
+            return None
+    iids = [a.get("image_id") for a in raw]
+    cids = [a.get("category_id") for a in raw]
+    boxes = [a.get("bbox") for a in raw]
+    if (
+        set(map(type, iids)) != {int}
+        or set(map(type, cids)) != {int}
+        or set(map(type, boxes)) != {list}
+        or set(map(len, boxes)) != {4}
+        or not set(map(type, itertools.chain.from_iterable(boxes))) <= _NUMBER_TYPES
+    ):
+        return None
+    try:
+        sizes = [images[i] for i in iids]
+        classes = [class_of[c] for c in cids]
+    except KeyError:
+        return None
+    try:
+        ok, cx, cy, bw, bh = _normalised(boxes, [z[1] for z in sizes], [z[2] for z in sizes])
+    except (OverflowError, ValueError):
+        return None
+    if not ok.all():
+        return None
+    crowd = [a.get("iscrowd", 0) in (1, True) for a in raw]
+    plain_box = Annotation.plain
+    return [
+        (
+            iid,
+            Annotation(c, x, y, w, h, iscrowd=True) if k else plain_box(c, x, y, w, h),
+        )
+        for iid, c, x, y, w, h, k in zip(iids, classes, cx, cy, bw, bh, crowd, strict=True)
+    ]
+
+
+def _normalised(
+    boxes: list[list[Any]], widths: list[int], heights: list[int]
+) -> tuple[np.ndarray, list[float], list[float], list[float], list[float]]:
+    """:func:`box_from_pixels` and :meth:`Annotation.from_xyxy` for many ``[x, y, w, h]``
+    pixel boxes at once, with the same float operations in the same order (identical values):
+    ``(ok, cx, cy, w, h)``, ``ok`` False where the per-box check would refuse the box.
+
+    Raises:
+        OverflowError, ValueError: a number too large for a float.
+    """
+    xywh = np.array(boxes, dtype=np.float64)
     w = np.array(widths, dtype=np.float64)
     h = np.array(heights, dtype=np.float64)
     x0, y0 = xywh[:, 0], xywh[:, 1]
@@ -454,16 +537,7 @@ def _plain_boxes(
     ny0, ny1 = np.maximum(y0, 0.0) / h, np.minimum(y1, h) / h
     cx, cy = ((nx0 + nx1) / 2).tolist(), ((ny0 + ny1) / 2).tolist()
     bw, bh = (nx1 - nx0).tolist(), (ny1 - ny0).tolist()
-    plain_box = Annotation.plain
-    return {
-        index[k]: (
-            iids[k],
-            Annotation(classes[k], cx[k], cy[k], bw[k], bh[k], iscrowd=True)
-            if crowds[k]
-            else plain_box(classes[k], cx[k], cy[k], bw[k], bh[k]),
-        )
-        for k in np.flatnonzero(ok).tolist()
-    }
+    return ok, cx, cy, bw, bh
 
 
 @functools.lru_cache(maxsize=64)
@@ -480,20 +554,18 @@ def _folders(root: Path, f: _File) -> tuple[Path, ...]:
 def _locate(root: Path, f: _File, name: str, listings: dict[Path, frozenset[str]]) -> Path:
     """The image file for ``name``: beside the JSON, in an images/ folder, or a split folder.
 
-    Each candidate folder is listed once per read (``listings``), so a plain file name costs
-    set lookups, not a stat per folder.
+    Each candidate folder is listed once per read (``listings``: its entries that are not
+    folders), so a plain file name costs set lookups, not a stat.
     """
     dirs = _folders(root, f)
     for d in dirs:
         if "/" not in name:
             names = listings.get(d)
             if names is None:
-                try:
-                    names = listings[d] = frozenset(os.listdir(d))
-                except OSError:
-                    names = listings[d] = frozenset()
-            if name not in names:
-                continue
+                names = listings[d] = _file_names(d)
+            if name in names:
+                return d / name
+            continue
         p = d / name
         if p.is_file() or p.is_symlink():
             return p
@@ -502,6 +574,15 @@ def _locate(root: Path, f: _File, name: str, listings: dict[Path, frozenset[str]
         if p.is_file() or p.is_symlink():
             return p
     return dirs[0] / name  # missing: inspect_images reports it
+
+
+def _file_names(folder: Path) -> frozenset[str]:
+    """The names in ``folder`` that are files or links (to anything but a folder)."""
+    try:
+        with os.scandir(folder) as entries:
+            return frozenset(e.name for e in entries if not e.is_dir())
+    except OSError:
+        return frozenset()
 
 
 def _polygons(seg: list[Any], w: int, h: int, at: str) -> tuple[tuple[float, ...], ...]:

@@ -1,0 +1,38 @@
+"""When a loop over many small files should leave the calling thread for a thread pool.
+
+On a fast file system (a local SSD, tmpfs) reading, hashing and writing a small image is
+CPU-bound work of tens of microseconds, where more threads only contend for the GIL and the
+folders' locks; on a slow one (a network share, a busy disk) each file waits hundreds of
+microseconds or more, and threads overlap those waits. :class:`Pace` measures the time per
+file in windows of :data:`PACE_WINDOW` files and says when to fan out.
+"""
+
+from __future__ import annotations
+
+# Past this average time per file, the rest of the files fan out to threads.
+SLOW_FILE_S = 150e-6
+PACE_WINDOW = 128  # files per measurement
+
+
+class Pace:
+    """Decides, from the measured time per file, when a loop fans out to threads.
+
+    Once the files of the last window took more than :data:`SLOW_FILE_S` each on average,
+    ``fan_out`` is set (and stays set). Not ``adaptive`` (the caller fixed a thread count),
+    it never is.
+    """
+
+    def __init__(self, adaptive: bool) -> None:
+        self.adaptive = adaptive
+        self.fan_out = False
+        self._files = 0
+        self._seconds = 0.0
+
+    def add(self, files: int, seconds: float) -> None:
+        """Record that ``files`` files took ``seconds``."""
+        self._files += files
+        self._seconds += seconds
+        if self._files >= PACE_WINDOW:
+            if self.adaptive and self._seconds / self._files > SLOW_FILE_S:
+                self.fan_out = True
+            self._files, self._seconds = 0, 0.0
