@@ -10,7 +10,8 @@ seconds (best of ``--repeat``), CPU seconds (user + system), peak RSS and each r
 by side:
 
 * ours: :func:`desktop_app.core.datasets.import_dataset` into a fresh workspace (parse,
-  validate, hash and decode every image, store the blobs, one transaction), with its stages;
+  validate, read each image once to check it (PNG chunk CRCs, JPEG segments; other formats
+  decoded), hash it and stage its blob, store the blobs, one transaction), with its stages;
 * pycocotools: ``COCO(json)``, the bare JSON load and index;
 * torchvision: ``CocoDetection`` iterated fully (a pycocotools load, then every image decoded
   with PIL, with its annotations);
@@ -151,7 +152,7 @@ def run_ours(data: Path, scratch: Path) -> dict[str, Any]:
     assert summary["images"] > 0, summary
     stages = {
         "parse": marks["validate_first"] - t0,
-        "validate+hash+decode": marks["read_end"] - marks["validate_first"],
+        "read+check+hash+stage": marks["read_end"] - marks["validate_first"],
         "split+content hash": marks["blobs_start"] - marks["read_end"],
         "store blobs": marks["blobs_end"] - marks["blobs_start"],
         "database": t1 - marks["blobs_end"],

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import hashlib
+import itertools
 import os
 import re
 import secrets
@@ -540,13 +541,27 @@ class _Stager:
         self.known: set[str] = set()  # shard folders known to exist
         self.made: set[str] = set()  # shard folders this call created
         self.lock = threading.Lock()
+        self._prefix = os.path.join(root, "")  # root and a separator, joined once
+        # temp names: one random part per stager, then a counter (O_EXCL guards the rest)
+        self._tmp_names = (f"{_TMP_PREFIX}{secrets.token_hex(6)}-{n}" for n in itertools.count())
 
     def dest(self, sha: str) -> str:
-        return os.path.join(self.root, sha[:2], sha)
+        return f"{self._prefix}{sha[:2]}{os.sep}{sha}"
+
+    def temp_file(self, folder: str) -> tuple[int, str]:
+        """Create and open a new temp file (mode 0600) in ``folder``: ``(fd, path)``."""
+        while True:
+            with self.lock:
+                name = next(self._tmp_names)
+            tmp = f"{folder}{os.sep}{name}"
+            try:
+                return os.open(tmp, _TEMP_FLAGS, 0o600), tmp
+            except FileExistsError:
+                continue
 
     def shard(self, sha: str) -> str:
         """The shard folder of ``sha``, created when missing."""
-        folder = os.path.join(self.root, sha[:2])
+        folder = f"{self._prefix}{sha[:2]}"
         if folder not in self.known:
             try:
                 os.mkdir(folder)
@@ -583,7 +598,7 @@ class _Stager:
         with open(src, "rb", buffering=0) as fin:
             small = os.fstat(fin.fileno()).st_size <= _ONE_READ
             data = fin.readall() if small else b""  # the whole file in one read
-            fd, tmp = _temp_file(here)
+            fd, tmp = self.temp_file(here)
             try:
                 digest, size = hashlib.sha256(data), len(data)
                 with os.fdopen(fd, "wb") as out:
@@ -606,7 +621,7 @@ class _Stager:
             pass
         else:
             return _Staged(None, sha, st.st_size)
-        fd, tmp = _temp_file(self.shard(sha))
+        fd, tmp = self.temp_file(self.shard(sha))
         try:
             try:
                 view, done = memoryview(data), 0
@@ -643,16 +658,9 @@ class _Stager:
                 os.rmdir(folder)
 
 
-def _temp_file(folder: str) -> tuple[int, str]:
-    """Create and open a new temp file (mode 0600) in ``folder``: ``(fd, path)``."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
-    flags |= getattr(os, "O_BINARY", 0)
-    while True:
-        tmp = os.path.join(folder, f"{_TMP_PREFIX}{secrets.token_hex(8)}")
-        try:
-            return os.open(tmp, flags, 0o600), tmp
-        except FileExistsError:
-            continue
+_TEMP_FLAGS = (
+    os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+)
 
 
 def _all_done(futures: list[Future[_T]]) -> list[_T]:

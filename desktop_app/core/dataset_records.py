@@ -53,6 +53,17 @@ MAX_IMAGE_PIXELS_ENV = "OUTPOST_MAX_IMAGE_PIXELS"
 DEFAULT_MAX_IMAGE_PIXELS = 100_000_000  # larger images are refused before decoding
 
 
+_PLAIN_EXTRAS: dict[str, Any] = {
+    "polygons": (),
+    "keypoints": (),
+    "rle": None,
+    "iscrowd": False,
+    "difficult": False,
+    "truncated": False,
+    "score": None,
+}  # what a plain box holds beyond its class and box (Annotation.plain)
+
+
 @dataclass(frozen=True)
 class Annotation:
     """One labelled object: a box (normalised centre and size) and what else the source said.
@@ -94,24 +105,13 @@ class Annotation:
         for readers that make 100,000 boxes at once; the caller passes checked values.
         """
         ann = object.__new__(cls)
-        object.__setattr__(
-            ann,
-            "__dict__",
-            {
-                "cls": class_id,
-                "cx": cx,
-                "cy": cy,
-                "w": w,
-                "h": h,
-                "polygons": (),
-                "keypoints": (),
-                "rle": None,
-                "iscrowd": False,
-                "difficult": False,
-                "truncated": False,
-                "score": None,
-            },
-        )
+        fields = ann.__dict__  # filled in place: a frozen dataclass refuses setattr only
+        fields["cls"] = class_id  # in field order, as the constructor leaves them
+        fields["cx"] = cx
+        fields["cy"] = cy
+        fields["w"] = w
+        fields["h"] = h
+        fields.update(_PLAIN_EXTRAS)
         return ann
 
     @classmethod

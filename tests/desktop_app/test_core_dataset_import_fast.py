@@ -200,6 +200,7 @@ def test_plain_annotation_equals_the_constructor() -> None:
     assert fast == slow and hash(fast) == hash(slow) and repr(fast) == repr(slow)
     assert fast.to_json() == slow.to_json() == [2, 0.5, 0.25, 0.125, 1 / 3]
     assert dataclasses.asdict(fast) == dataclasses.asdict(slow)
+    assert list(vars(fast)) == list(vars(slow))  # the same fields, in the same order
     assert dataclasses.replace(fast, iscrowd=True) == Annotation(
         2, 0.5, 0.25, 0.125, 1 / 3, iscrowd=True
     )
