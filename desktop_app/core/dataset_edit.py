@@ -30,14 +30,16 @@ from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from desktop_app.core.blobs import register_blobs
+from desktop_app.core.blobs import BlobBatch, register_blobs
 from desktop_app.core.dataset_draft import ensure_draft, get_draft, latest_version, refresh_version
 from desktop_app.core.dataset_draft import touch as touch_dataset
 from desktop_app.core.dataset_records import (
     LABEL_STATUSES,
     Annotation,
+    ScannedDataset,
     SourceImage,
     box_from_pixels,
+    handing_images_to,
     inspect_images,
     is_image_name,
 )
@@ -706,22 +708,27 @@ def add_images(
         NotFoundError: no such dataset or path.
         InvalidArgumentError: no images found, or an unknown split.
         AlreadyExistsError: an image's file name is already in the draft (nothing added).
-        DatasetFormatError: an image cannot be read or decoded (nothing added).
+        DatasetFormatError: an image cannot be read, or is cut short or damaged (nothing added).
     """
     if split is not None and split not in SPLITS:
         raise InvalidArgumentError(f"split {split!r} is not valid; use one of {', '.join(SPLITS)}")
     root, sources = _image_sources(path)
-    scanned = inspect_images(root, "images", [], sources, has_source_split=False)
+    batch = BlobBatch(ws.blobs)  # each image is staged from the bytes its check just read
+    try:
+        with handing_images_to(batch.add):
+            scanned = inspect_images(root, "images", [], sources, has_source_split=False)
+        return _add_checked_images(ws, name, scanned, split, batch)
+    finally:
+        batch.discard()  # what a failure left staged (the stored blobs stay)
+
+
+def _add_checked_images(
+    ws: Workspace, name: str, scanned: ScannedDataset, split: str | None, batch: BlobBatch
+) -> dict[str, Any]:
     created: list[str] = []
     try:
-        sizes: dict[str, int] = {}
-        for img in scanned.images:
-            stored = ws.blobs.ingest_file(img.path)
-            if stored.created:
-                created.append(stored.sha256)
-            if stored.sha256 != img.sha256:
-                raise DatasetFormatError(f"{img.path} changed while it was added; add it again")
-            sizes[img.sha256] = img.size
+        batch.commit([img.sha256 for img in scanned.images], created)
+        sizes = {img.sha256: img.size for img in scanned.images}
         with ws.session() as s:
             ed = DraftEditor(s, name)
             existing = dict(
