@@ -130,8 +130,8 @@ class BlobStore:
         1. every file is read once, hashed and written to a temp file in the store, without a
            per-file fsync: in the calling thread while the files go fast (a local disk), in
            ``workers`` threads once they go slowly (a network share or a busy disk; see
-           :data:`desktop_app.core.pacing.SLOW_FILE_S`), each thread taking a run of files, so 10,000 small images
-           cost a few hundred thread hand-offs, not 10,000;
+           :mod:`desktop_app.core.pacing`), each thread taking a run of files, so 10,000
+           small images cost a few hundred thread hand-offs, not 10,000;
         2. the store's file system is synced once (Linux ``syncfs``; elsewhere each temp file
            is fsynced);
         3. the temp files are renamed to their sha256 names, and the file system (or each
@@ -146,8 +146,8 @@ class BlobStore:
             paths: The files to store.
             expected: For each file, the sha256 the caller already knows it has, or None (see
                 :meth:`ingest_file`: a file whose blob is stored is not read).
-            workers: Copy threads. Default: the calling thread alone while each file takes
-                less than :data:`desktop_app.core.pacing.SLOW_FILE_S`, then 4 per CPU (at most 32) for the rest. A
+            workers: Copy threads. Default: the calling thread alone while files go fast
+                (:mod:`desktop_app.core.pacing`), then 4 per CPU (at most 32) for the rest. A
                 number given here is used from the start.
             created: Every blob this call creates is appended here once its file is in
                 place, also when the call then fails, so the caller can remove them again.
@@ -473,7 +473,10 @@ class BlobBatch:
                     list(pool.map(fsync_dir, [Path(d) for d in sorted(touched)]))
                     fsync_dir(self.store.root)
         except BaseException:
-            created.extend(st.sha256 for st in commits if st.committed and st.sha256 not in created)
+            reported = set(created)  # renames that went through before the failure are blobs
+            created.extend(
+                st.sha256 for st in commits if st.committed and st.sha256 not in reported
+            )
             self.discard()
             raise
         finally:

@@ -272,3 +272,80 @@ def test_a_cancel_from_the_progress_callback_leaves_nothing(
         store.ingest_files(paths, progress=progress, created=created)
     assert created == [] and list(store.iter_shas()) == []
     assert _temp_files(store.root) == []
+
+
+# ---- BlobBatch: staged from bytes already read, stored together -----------------------------
+
+
+def test_batch_stores_what_is_kept_and_drops_the_rest(tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from desktop_app.core.blobs import BlobBatch
+
+    store = BlobStore(tmp_path / "blobs")
+    old = store.put_bytes(b"stored before")
+    contents = [f"image {i}".encode() for i in range(300)] + [b"stored before"]
+    batch = BlobBatch(store)
+    with ThreadPoolExecutor(4) as pool:  # from several threads, each content twice
+        list(pool.map(lambda d: batch.add(sha256_bytes(d), d), contents + contents))
+    keep = [sha256_bytes(d) for d in contents[::2]] + [old]
+    created: list[str] = []
+    sizes = batch.commit(keep, created)
+    assert sizes == {sha256_bytes(d): len(d) for d in contents[::2]} | {old: 13}
+    assert sorted(created) == sorted(set(keep) - {old})  # the stored one was not written again
+    assert sorted(store.iter_shas()) == sorted(set(keep))
+    assert all(store.verify(sha) for sha in keep)
+    assert _temp_files(store.root) == []
+    batch.discard()  # after a commit: nothing left to drop, the blobs stay
+    assert sorted(store.iter_shas()) == sorted(set(keep))
+
+
+def test_batch_discard_and_an_unstaged_sha_leave_nothing(tmp_path: Path) -> None:
+    from desktop_app.core.blobs import BlobBatch
+
+    store = BlobStore(tmp_path / "blobs")
+    batch = BlobBatch(store)
+    for i in range(50):
+        data = f"img {i}".encode()
+        batch.add(sha256_bytes(data), data)
+    assert len(_temp_files(store.root)) == 50
+    with pytest.raises(InvalidArgumentError, match="not staged"):
+        batch.commit([sha256_bytes(b"never added")], [])
+    assert _temp_files(store.root) == [] and list(store.iter_shas()) == []
+    assert list(store.root.iterdir()) == []  # no empty shard folder either
+    again = BlobBatch(store)
+    again.add(sha256_bytes(b"x"), b"x")
+    again.discard()
+    assert _temp_files(store.root) == [] and list(store.root.iterdir()) == []
+
+
+@pytest.mark.parametrize("slow", [False, True])
+def test_batch_failure_while_renaming_reports_what_it_created(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, slow: bool
+) -> None:
+    from desktop_app.core import blobs
+
+    monkeypatch.setattr(pacing, "PACE_WINDOW", 4)
+    monkeypatch.setattr(pacing, "SLOW_FILE_S", 0.0 if slow else 3600.0)
+    monkeypatch.setattr(blobs, "PACE_RUN", 8)
+    real = blobs._Stager.commit
+    calls = {"n": 0}
+
+    def commit_then_fail(self: blobs._Stager, st: blobs._Staged) -> StoredBlob:
+        calls["n"] += 1
+        if calls["n"] == 150:
+            raise OSError(28, "No space left on device")
+        return real(self, st)
+
+    monkeypatch.setattr(blobs._Stager, "commit", commit_then_fail)
+    store = BlobStore(tmp_path / "blobs")
+    batch = blobs.BlobBatch(store)
+    contents = [f"image {i}".encode() for i in range(200)]
+    for d in contents:
+        batch.add(sha256_bytes(d), d)
+    created: list[str] = []
+    with pytest.raises(OSError, match="No space left"):
+        batch.commit([sha256_bytes(d) for d in contents], created)
+    assert sorted(created) == sorted(store.iter_shas())  # every blob in place is reported
+    assert 0 < len(created) < 200 and len(set(created)) == len(created)
+    assert _temp_files(store.root) == []
