@@ -170,6 +170,24 @@ def test_register_blobs_rows_are_complete_and_visible_in_the_session(ws: Workspa
         assert s.query(Blob).count() == 30
 
 
+def test_register_blobs_stores_the_timestamp_as_the_orm_does(ws: Workspace) -> None:
+    from sqlalchemy import text
+
+    with ws.session() as s:
+        register_blobs(s, {"a" * 64: 1})
+        register_blob(s, "b" * 64, 2)  # through the ORM
+    with ws.session() as s:
+        stored = dict(s.execute(text("SELECT sha256, created_at FROM blobs")).all())
+        bulk, orm = stored["a" * 64], stored["b" * 64]
+        assert len(bulk) == len(orm) and bulk[:4] == orm[:4]  # the same text form
+        a, b = s.get(Blob, "a" * 64), s.get(Blob, "b" * 64)
+        assert a is not None and b is not None
+        assert (
+            type(a.created_at) is type(b.created_at) and a.created_at.tzinfo == b.created_at.tzinfo
+        )
+        assert abs((b.created_at - a.created_at).total_seconds()) < 60
+
+
 def test_pace_fans_out_once_files_go_slowly() -> None:
 
     pace = pacing.Pace(adaptive=True)
