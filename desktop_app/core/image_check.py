@@ -159,15 +159,17 @@ def check_structure(data: bytes) -> tuple[int, int] | None:
 
 
 _CHUNK_HEAD = struct.Struct(">I4s")
+_SIZE = struct.Struct(">II")
+_CRC = struct.Struct(">I")
 # colour type → the bit depths the PNG specification allows for it
 _PNG_DEPTHS = {0: (1, 2, 4, 8, 16), 2: (8, 16), 3: (1, 2, 4, 8), 4: (8, 16), 6: (8, 16)}
 
 
 def _check_png(data: bytes) -> tuple[int, int]:
     n = len(data)
-    if n < 33 or data[12:16] != b"IHDR" or _u32be(data, 8) != 13:
+    if n < 33 or data[12:16] != b"IHDR" or data[8:12] != b"\x00\x00\x00\x0d":
         raise ImageStructureError("PNG", "it has no IHDR header", truncated=n < 33)
-    w, h = _u32be(data, 16), _u32be(data, 20)
+    w, h = _SIZE.unpack_from(data, 16)
     depth, colour, method, filt, interlace = data[24:29]
     if (
         not w
@@ -179,16 +181,19 @@ def _check_png(data: bytes) -> tuple[int, int]:
     ):
         raise ImageStructureError("PNG", "its IHDR header holds invalid values")
     view = memoryview(data)
-    crc32, head = zlib.crc32, _CHUNK_HEAD.unpack_from
+    crc32, head, stated = zlib.crc32, _CHUNK_HEAD.unpack_from, _CRC.unpack_from
     i, image_data, palette = 8, False, False
     while i + 12 <= n:
         length, kind = head(data, i)
         end = i + 12 + length
-        name = kind.decode("latin-1")
         if end > n:
-            raise ImageStructureError("PNG", f"its {name} chunk is cut short", truncated=True)
-        if crc32(view[i + 4 : end - 4]) != int.from_bytes(view[end - 4 : end], "big"):
-            raise ImageStructureError("PNG", f"its {name} chunk fails its CRC check")
+            raise ImageStructureError(
+                "PNG", f"its {kind.decode('latin-1')} chunk is cut short", truncated=True
+            )
+        if crc32(view[i + 4 : end - 4]) != stated(data, end - 4)[0]:
+            raise ImageStructureError(
+                "PNG", f"its {kind.decode('latin-1')} chunk fails its CRC check"
+            )
         if kind == b"IDAT":
             if colour == 3 and not palette:
                 raise ImageStructureError("PNG", "it is palette-coloured but has no PLTE chunk")
