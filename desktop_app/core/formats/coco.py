@@ -479,8 +479,10 @@ def _all_plain(
         or set(map(type, cids)) != {int}
         or set(map(type, boxes)) != {list}
         or set(map(len, boxes)) != {4}
-        or not set(map(type, itertools.chain.from_iterable(boxes))) <= _NUMBER_TYPES
     ):
+        return None
+    numbers = list(itertools.chain.from_iterable(boxes))  # x, y, w, h, x, y, ...
+    if not set(map(type, numbers)) <= _NUMBER_TYPES:
         return None
     try:
         sizes = [images[i] for i in iids]
@@ -488,7 +490,7 @@ def _all_plain(
     except KeyError:
         return None
     try:
-        ok, cx, cy, bw, bh = _normalised(boxes, [z[1] for z in sizes], [z[2] for z in sizes])
+        ok, cx, cy, bw, bh = _normalised(numbers, [z[1] for z in sizes], [z[2] for z in sizes])
     except (OverflowError, ValueError):
         return None
     if not ok.all():
@@ -505,16 +507,17 @@ def _all_plain(
 
 
 def _normalised(
-    boxes: list[list[Any]], widths: list[int], heights: list[int]
+    boxes: list[Any], widths: list[int], heights: list[int]
 ) -> tuple[np.ndarray, list[float], list[float], list[float], list[float]]:
     """:func:`box_from_pixels` and :meth:`Annotation.from_xyxy` for many ``[x, y, w, h]``
     pixel boxes at once, with the same float operations in the same order (identical values):
     ``(ok, cx, cy, w, h)``, ``ok`` False where the per-box check would refuse the box.
+    ``boxes`` holds the boxes, or their numbers one after another.
 
     Raises:
         OverflowError, ValueError: a number too large for a float.
     """
-    xywh = np.array(boxes, dtype=np.float64)
+    xywh = np.array(boxes, dtype=np.float64).reshape(-1, 4)
     w = np.array(widths, dtype=np.float64)
     h = np.array(heights, dtype=np.float64)
     x0, y0 = xywh[:, 0], xywh[:, 1]
