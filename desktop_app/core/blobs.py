@@ -580,6 +580,14 @@ class _Stager:
             self.known.add(folder)
         return folder
 
+    def stored(self, sha: str) -> _Staged | None:
+        """The blob ``sha`` when the store holds it already (nothing to write), else None."""
+        try:
+            st = os.stat(self.dest(sha))
+        except FileNotFoundError:
+            return None
+        return _Staged(None, sha, st.st_size)
+
     def stage_run(self, run: list[tuple[str, str | None]]) -> list[_Staged]:
         """Stage a run of files in order; on a failure, remove what this run staged."""
         out: list[_Staged] = []
@@ -594,13 +602,8 @@ class _Stager:
 
     def stage(self, src: str, expected: str | None) -> _Staged:
         """Read ``src`` once, hashing it and writing it to a temp file (no fsync)."""
-        if expected is not None:
-            try:
-                st = os.stat(self.dest(expected))
-            except FileNotFoundError:
-                pass
-            else:
-                return _Staged(None, expected, st.st_size)
+        if expected is not None and (stored := self.stored(expected)) is not None:
+            return stored
         here = self.shard(expected) if expected is not None else self.root
         with open(src, "rb", buffering=0) as fin:
             small = os.fstat(fin.fileno()).st_size <= _ONE_READ
@@ -622,12 +625,8 @@ class _Stager:
 
     def stage_data(self, data: bytes, sha: str) -> _Staged:
         """Write ``data``, whose sha256 the caller computed, to a temp file (no fsync)."""
-        try:
-            st = os.stat(self.dest(sha))
-        except FileNotFoundError:
-            pass
-        else:
-            return _Staged(None, sha, st.st_size)
+        if (stored := self.stored(sha)) is not None:
+            return stored
         fd, tmp = self.temp_file(self.shard(sha))
         try:
             try:
