@@ -2287,7 +2287,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FORMAT",
         help="%(choices)s (default: auto)",
     )
-    p = add(ds, "export", cmd_dataset_export, "write a dataset version as yolo, coco or voc")
+    p = add(
+        ds,
+        "export",
+        cmd_dataset_export,
+        "write a dataset version in any format that can hold it (folder or zip)",
+    )
     p.add_argument("ref", metavar="NAME[@VERSION]")
     p.add_argument(
         "--format",
