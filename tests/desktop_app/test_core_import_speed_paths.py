@@ -339,3 +339,73 @@ def test_database_failure_after_the_blobs_leaves_nothing(
         for model in (Dataset, DatasetVersion, DatasetItem, Blob):
             assert s.scalar(select(func.count()).select_from(model)) == 0
     assert [p for p in ws.blobs_dir.rglob("*") if p.is_file()] == []
+
+
+def _coco_many(root: Path, n: int, declared: dict[int, tuple[int, int]] | None = None) -> Path:
+    declared = declared or {}
+    images = []
+    for i in range(n):
+        _png(root / "images" / f"i{i:03d}.png", 100 + i)
+        w, h = declared.get(i, (W, H))
+        images.append({"id": i + 1, "file_name": f"i{i:03d}.png", "width": w, "height": h})
+    doc = {
+        "images": images,
+        "annotations": [
+            {"id": i + 1, "image_id": i + 1, "category_id": 5, "bbox": [1, 2, 10, 10]}
+            for i in range(n)
+        ],
+        "categories": [{"id": 5, "name": "thing"}],
+    }
+    (root / "annotations.json").write_text(json.dumps(doc))
+    return root
+
+
+@pytest.mark.parametrize("slow", [False, True])
+def test_import_is_the_same_read_in_this_thread_or_by_threads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, slow: bool
+) -> None:
+    """Files going slowly fan the reads (and the blobs they stage) out to threads: the same
+    stored dataset, every blob whole, no temp file left."""
+    import threading
+
+    from desktop_app.core import blobs, pacing
+
+    monkeypatch.setattr(pacing, "PACE_WINDOW", 4)
+    monkeypatch.setattr(pacing, "SLOW_FILE_S", 0.0 if slow else 3600.0)
+    threads: set[str] = set()
+    add = blobs.BlobBatch.add
+
+    def recording(self: blobs.BlobBatch, sha: str, data: bytes) -> None:
+        threads.add(threading.current_thread().name)
+        add(self, sha, data)
+
+    monkeypatch.setattr(blobs.BlobBatch, "add", recording)
+    src = _coco_many(tmp_path / "src", 120)
+    ws = Workspace.open(tmp_path / "ws", create=True)
+    summary = import_dataset(ws, src, "many", "coco")
+    assert summary["images"] == 120 and summary["annotations"] == 120
+    assert (len(threads) > 1) == slow  # threads only once the files went slowly
+    with ws.session() as s:
+        shas = set(s.scalars(select(Blob.sha256)))
+    assert len(shas) == 120 and all(ws.blobs.verify(sha) for sha in shas)
+    assert _temp_files(ws.blobs_dir) == []
+    other = Workspace.open(tmp_path / "ws2", create=True)
+    monkeypatch.setattr(pacing, "SLOW_FILE_S", 3600.0)
+    again = import_dataset(other, src, "many", "coco")
+    assert again["content_hash"] == summary["content_hash"]
+
+
+def test_lenient_import_drops_what_it_staged_for_a_skipped_image(
+    ws: Workspace, tmp_path: Path
+) -> None:
+    """An image read and staged, then skipped for a size its annotation file misstates,
+    leaves no blob and no temp file."""
+    src = _coco_many(tmp_path / "src", 6, declared={2: (W + 1, H)})
+    summary = import_dataset(ws, src, "some", "coco", lenient=True)
+    assert summary["images"] == 5 and summary["problem_count"] == 1
+    assert "declares i002.png as 65x48 but the image is 64x48" in summary["problems"][0]
+    skipped = sha256_bytes((src / "images" / "i002.png").read_bytes())
+    assert not ws.blobs.exists(skipped)
+    assert _temp_files(ws.blobs_dir) == []
+    with ws.session() as s:
+        assert s.scalar(select(func.count()).select_from(Blob)) == 5
