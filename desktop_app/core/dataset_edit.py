@@ -42,6 +42,7 @@ from desktop_app.core.dataset_records import (
     handing_images_to,
     inspect_images,
     is_image_name,
+    snap,
 )
 from desktop_app.core.errors import (
     AlreadyExistsError,
@@ -417,7 +418,7 @@ def add_polygon(
         w, h = item.width, item.height
         flat: list[float] = []
         for x, y in pts:
-            flat += [min(max(x, 0.0), w) / w, min(max(y, 0.0), h) / h]
+            flat += [snap(min(max(x, 0.0), w) / w), snap(min(max(y, 0.0), h) / h)]
         ann = Annotation.from_xyxy(cid, x0, y0, x1, y1, polygons=(tuple(flat),))
         ed.set_item(item, [*item.boxes, ann.to_json()], _labelled_if_unlabelled(item.label_status))
         ed.commit("add_polygon", f"add a {class_name} polygon to {file_name}")
@@ -1063,10 +1064,10 @@ def _refit(old: Annotation, box: tuple[float, float, float, float]) -> Annotatio
     sy = (ny1 - ny0) / (oy1 - oy0) if oy1 > oy0 else 1.0
 
     def fx(x: float) -> float:
-        return min(max(nx0 + (x - ox0) * sx, 0.0), 1.0)
+        return snap(min(max(nx0 + (x - ox0) * sx, 0.0), 1.0))
 
     def fy(y: float) -> float:
-        return min(max(ny0 + (y - oy0) * sy, 0.0), 1.0)
+        return snap(min(max(ny0 + (y - oy0) * sy, 0.0), 1.0))
 
     polygons = tuple(
         tuple(fx(v) if i % 2 == 0 else fy(v) for i, v in enumerate(p)) for p in old.polygons

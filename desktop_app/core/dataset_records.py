@@ -53,6 +53,31 @@ MAX_IMAGE_PIXELS_ENV = "OUTPOST_MAX_IMAGE_PIXELS"
 DEFAULT_MAX_IMAGE_PIXELS = 100_000_000  # larger images are refused before decoding
 
 
+SNAP = 1e10  # normalised box centres and sizes are kept to 10 decimal places
+
+
+def snap(value: float) -> float:
+    """``value`` rounded to 10 decimal places (a 1e-10 share of the image: 1e-5 pixel of a
+    100,000-pixel side), as ``round(value * 1e10) / 1e10`` (halves to even), ``-0.0`` as 0.
+
+    A box computed from pixel coordinates carries float noise (``123 / 160 - 68 / 160`` is
+    ``0.34375000000000006``); snapped, the same box read back from any format that stores
+    pixels (COCO, CVAT, Label Studio, Create ML) is the same number, so an export and
+    re-import keeps the content hash. The vectorised COCO path does the same operations in
+    numpy (``np.rint(v * 1e10) / 1e10``), with the same result bit for bit.
+    """
+    return round(value * SNAP) / SNAP
+
+
+def exact_text(value: float) -> str:
+    """``value`` as text that reads back as the same float: fixed-point with up to 10
+    decimals when that is exact (every value :func:`snap` keeps, and most pixel values),
+    else the shortest exact form (``repr``). For writers of text formats (YOLO, CVAT)."""
+    text = f"{value:.10f}".rstrip("0")
+    text = text + "0" if text.endswith(".") else text
+    return text if float(text) == value else repr(float(value))
+
+
 _PLAIN_EXTRAS: dict[str, Any] = {
     "polygons": (),
     "keypoints": (),
@@ -118,8 +143,15 @@ class Annotation:
     def from_xyxy(
         cls, class_id: int, x0: float, y0: float, x1: float, y1: float, **extra: Any
     ) -> Annotation:
-        """From normalised corners."""
-        return cls(class_id, (x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0, **extra)
+        """From normalised corners; the centre and size kept to :data:`SNAP` (see :func:`snap`)."""
+        return cls(
+            class_id,
+            snap((x0 + x1) / 2),
+            snap((y0 + y1) / 2),
+            snap(x1 - x0),
+            snap(y1 - y0),
+            **extra,
+        )
 
     @property
     def xyxy(self) -> tuple[float, float, float, float]:

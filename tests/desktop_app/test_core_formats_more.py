@@ -628,3 +628,65 @@ def test_bad_import_leaves_the_workspace_empty(ws: Workspace, tmp_path: Path, fm
         datasets.import_dataset(ws, root / "images" if fmt == "createml" else root, "bad", fmt)
     _assert_workspace_empty(ws)
     assert FORMATS[fmt].key == fmt
+
+
+def _odd_coco(root: Path, polygons: bool) -> Path:
+    """A COCO folder of 97x61 images whose boxes (and outlines) lie at fractional pixels."""
+    rng = np.random.default_rng(11)
+    doc: dict[str, Any] = {
+        "categories": [{"id": 4, "name": "cat"}, {"id": 9, "name": "dog"}],
+        "images": [],
+        "annotations": [],
+    }
+    for i in range(6):
+        name = f"img{i}.png"
+        ok, buf = cv2.imencode(".png", rng.integers(0, 255, (61, 97, 3), dtype=np.uint8))
+        assert ok
+        (root / "images").mkdir(parents=True, exist_ok=True)
+        (root / "images" / name).write_bytes(buf.tobytes())
+        doc["images"].append({"id": i + 1, "file_name": name, "width": 97, "height": 61})
+        for _ in range(3):
+            xs = sorted(float(v) for v in np.round(rng.uniform(0, 97, 4), 2))
+            ys = sorted(float(v) for v in np.round(rng.uniform(0, 61, 4), 2))
+            ann: dict[str, Any] = {
+                "id": len(doc["annotations"]) + 1,
+                "image_id": i + 1,
+                "category_id": int(rng.choice([4, 9])),
+                "bbox": [xs[0], ys[0], xs[3] - xs[0], ys[3] - ys[0]],
+                "iscrowd": 0,
+            }
+            if polygons:  # a quadrilateral touching the box on every side
+                ann["segmentation"] = [[xs[0], ys[1], xs[2], ys[0], xs[3], ys[2], xs[1], ys[3]]]
+            doc["annotations"].append(ann)
+    (root / "annotations").mkdir(parents=True, exist_ok=True)
+    (root / "annotations" / "instances_train.json").write_text(json.dumps(doc))
+    (root / "annotations" / "instances_val.json").write_text(
+        json.dumps(dict(doc, images=[], annotations=[]))
+    )
+    return root
+
+
+@pytest.mark.parametrize(
+    ("polygons", "fmts"),
+    [
+        (False, ["coco", "createml", "cvat", "labelstudio", "yolo"]),
+        (True, ["coco", "cvat", "coco"]),
+    ],
+    ids=["boxes", "polygons"],
+)
+def test_export_and_import_keep_the_content_hash(
+    ws: Workspace, tmp_path: Path, polygons: bool, fmts: list[str]
+) -> None:
+    """Fractional pixel boxes and outlines read back from every format that stores floats
+    as the same numbers (normalised values are kept to 10 decimals), so a round trip, or a
+    chain of them, keeps the content hash and `dataset duplicates` sees the same dataset."""
+    src = _odd_coco(tmp_path / "src", polygons)
+    base = datasets.import_dataset(ws, src, "base", "coco")
+    assert base["annotations"] == 18
+    previous = "base"
+    for k, fmt in enumerate(fmts):
+        out = tmp_path / f"out{k}-{fmt}"
+        datasets.export_dataset(ws, previous, fmt, out)
+        again = datasets.import_dataset(ws, out, f"again{k}", fmt)
+        assert again["content_hash"] == base["content_hash"], (previous, fmt)
+        previous = f"again{k}"

@@ -38,6 +38,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from desktop_app.core.dataset_records import (
+    SNAP,
     Annotation,
     CopyImage,
     ExportDataset,
@@ -50,6 +51,7 @@ from desktop_app.core.dataset_records import (
     finite,
     inspect_images,
     safe_relative,
+    snap,
     split_of,
 )
 from desktop_app.core.errors import DatasetFormatError
@@ -367,7 +369,7 @@ class _Reader:
                 raise DatasetFormatError(
                     f"{at}: keypoint {i // 3 + 1} ({x:g}, {y:g}) lies outside the {w}x{h} image; fix it"
                 )
-            out.extend((min(max(x / w, 0.0), 1.0), min(max(y / h, 0.0), 1.0), float(v)))
+            out.extend((snap(min(max(x / w, 0.0), 1.0)), snap(min(max(y / h, 0.0), 1.0)), float(v)))
         return tuple(out)
 
 
@@ -506,6 +508,12 @@ def _all_plain(
     ]
 
 
+def _snapped(values: np.ndarray) -> list[float]:
+    """:func:`snap` of every value (the same float operations, so the same numbers)."""
+    out: list[float] = (np.rint(values * SNAP) / SNAP + 0.0).tolist()
+    return out
+
+
 def _normalised(
     boxes: list[Any], widths: list[int], heights: list[int]
 ) -> tuple[np.ndarray, list[float], list[float], list[float], list[float]]:
@@ -538,8 +546,8 @@ def _normalised(
     # box_from_pixels: clip to the image, normalise; Annotation.from_xyxy: centre and size
     nx0, nx1 = np.maximum(x0, 0.0) / w, np.minimum(x1, w) / w
     ny0, ny1 = np.maximum(y0, 0.0) / h, np.minimum(y1, h) / h
-    cx, cy = ((nx0 + nx1) / 2).tolist(), ((ny0 + ny1) / 2).tolist()
-    bw, bh = (nx1 - nx0).tolist(), (ny1 - ny0).tolist()
+    cx, cy = _snapped((nx0 + nx1) / 2), _snapped((ny0 + ny1) / 2)
+    bw, bh = _snapped(nx1 - nx0), _snapped(ny1 - ny0)
     return ok, cx, cy, bw, bh
 
 
@@ -607,7 +615,7 @@ def _polygons(seg: list[Any], w: int, h: int, at: str) -> tuple[tuple[float, ...
                 f"{at}: a segmentation polygon lies outside the {w}x{h} image; fix it"
             )
         out.append(
-            tuple(min(max(v / (w if i % 2 == 0 else h), 0.0), 1.0) for i, v in enumerate(pts))
+            tuple(snap(min(max(v / (w if i % 2 == 0 else h), 0.0), 1.0)) for i, v in enumerate(pts))
         )
     return tuple(out)
 

@@ -49,8 +49,10 @@ from desktop_app.core.dataset_records import (
     ScannedDataset,
     SourceImage,
     box_from_pixels,
+    exact_text,
     finite,
     safe_relative,
+    snap,
     split_of,
 )
 from desktop_app.core.errors import DatasetFormatError
@@ -329,7 +331,7 @@ def _shape(shape: ET.Element, label: str, size: tuple[int, int], where: str) -> 
         raise DatasetFormatError(f"{where}: a polygon needs at least 3 points; fix or remove it")
     if any(v < -1 or v > (w if k % 2 == 0 else h) + 1 for k, v in enumerate(pts)):
         raise DatasetFormatError(f"{where}: the polygon lies outside the {w}x{h} image; fix it")
-    poly = tuple(min(max(v / (w if k % 2 == 0 else h), 0.0), 1.0) for k, v in enumerate(pts))
+    poly = tuple(snap(min(max(v / (w if k % 2 == 0 else h), 0.0), 1.0)) for k, v in enumerate(pts))
     return _Object(label, where, polygons=[poly])
 
 
@@ -401,7 +403,7 @@ def to_xml(data: ExportDataset) -> bytes:
             if not a.polygons:
                 ET.SubElement(image, "box", _box_attrs(a, name, item, "0"))
                 continue
-            with_box = _bounds_differ(a)
+            with_box = not _box_implied(a, item.width, item.height)
             gid = "0"
             if with_box or len(a.polygons) > 1:
                 group += 1
@@ -440,16 +442,22 @@ def _box_attrs(a: Annotation, name: str, item: ExportItem, gid: str) -> dict[str
     return attrs
 
 
-def _bounds_differ(a: Annotation) -> bool:
+def _box_implied(a: Annotation, width: int, height: int) -> bool:
+    """True when the reader, given only the outlines, derives exactly ``a``'s box (so the
+    writer leaves the box out); its outlines' points are written exactly (:func:`_px`)."""
     xs = [v for p in a.polygons for v in p[0::2]]
     ys = [v for p in a.polygons for v in p[1::2]]
-    bounds = (min(xs), min(ys), max(xs), max(ys))
-    return any(abs(u - v) > 1e-9 for u, v in zip(bounds, a.xyxy, strict=True))
+    corners = (min(xs) * width, min(ys) * height, max(xs) * width, max(ys) * height)
+    try:
+        derived = Annotation.from_xyxy(a.cls, *box_from_pixels(corners, width, height, ""))
+    except DatasetFormatError:
+        return False
+    return (derived.cx, derived.cy, derived.w, derived.h) == (a.cx, a.cy, a.w, a.h)
 
 
 def _px(v: float) -> str:
-    """A pixel coordinate: exact enough to read back within 1e-6 of the normalised value."""
-    return f"{v:.6f}".rstrip("0").rstrip(".") or "0"
+    """A pixel coordinate, as text that reads back as the same float."""
+    return exact_text(v)
 
 
 FORMAT = DatasetFormat(

@@ -48,6 +48,7 @@ from desktop_app.core.dataset_records import (
     box_from_pixels,
     is_image_name,
     safe_relative,
+    snap,
     split_of,
 )
 from desktop_app.core.errors import DatasetFormatError
@@ -347,7 +348,7 @@ def _annotation(
         raise DatasetFormatError(
             f"{at}: the polygon lies outside the {width}x{height} image; fix it"
         )
-    poly = tuple(min(max(v / 100, 0.0), 1.0) for v in values)
+    poly = tuple(snap(min(max(v / 100, 0.0), 1.0)) for v in values)
     xs, ys = px[0::2], px[1::2]
     x0, y0, x1, y1 = box_from_pixels((min(xs), min(ys), max(xs), max(ys)), width, height, at)
     return Annotation.from_xyxy(cls, x0, y0, x1, y1, polygons=(poly,))

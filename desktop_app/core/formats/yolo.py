@@ -29,6 +29,7 @@ from desktop_app.core.dataset_records import (
     Problems,
     Progress,
     ScannedDataset,
+    exact_text,
 )
 from desktop_app.core.dataset_yolo import NAME_FILES, find_class_names, scan_yolo
 from desktop_app.core.formats import imagefolder
@@ -122,7 +123,7 @@ def _keypoint_count(data: ExportDataset) -> int:
 
 def label_line(a: Annotation) -> str:
     """A detection line: ``cls cx cy w h``."""
-    return f"{a.cls} {a.cx:.6f} {a.cy:.6f} {a.w:.6f} {a.h:.6f}\n"
+    return f"{a.cls} {exact_text(a.cx)} {exact_text(a.cy)} {exact_text(a.w)} {exact_text(a.h)}\n"
 
 
 def polygon_line(a: Annotation) -> str:
@@ -132,13 +133,16 @@ def polygon_line(a: Annotation) -> str:
     else:
         x0, y0, x1, y1 = a.xyxy
         points = (x0, y0, x1, y0, x1, y1, x0, y1)
-    return f"{a.cls} " + " ".join(f"{v:.6f}" for v in points) + "\n"
+    return f"{a.cls} " + " ".join(exact_text(v) for v in points) + "\n"
 
 
 def pose_line(a: Annotation, k: int) -> str:
     """A pose line: the box and ``k`` keypoints ``x y v`` (missing ones as ``0 0 0``)."""
     kps = list(a.keypoints[: 3 * k]) + [0.0] * max(0, 3 * k - len(a.keypoints))
-    parts = [f"{kps[i]:.6f} {kps[i + 1]:.6f} {int(kps[i + 2])}" for i in range(0, 3 * k, 3)]
+    parts = [
+        f"{exact_text(kps[i])} {exact_text(kps[i + 1])} {int(kps[i + 2])}"
+        for i in range(0, 3 * k, 3)
+    ]
     return label_line(a).rstrip("\n") + " " + " ".join(parts) + "\n"
 
 
