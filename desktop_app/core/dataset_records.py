@@ -123,8 +123,18 @@ class Annotation:
     score: float | None = None
 
     @classmethod
-    def plain(cls, class_id: int, cx: float, cy: float, w: float, h: float) -> Annotation:
-        """A plain box (no extras): equal to ``Annotation(class_id, cx, cy, w, h)``.
+    def plain(
+        cls,
+        class_id: int,
+        cx: float,
+        cy: float,
+        w: float,
+        h: float,
+        polygons: tuple[tuple[float, ...], ...] = (),
+        iscrowd: bool = False,
+    ) -> Annotation:
+        """A box with at most outlines and a crowd flag: equal to ``Annotation(class_id, cx,
+        cy, w, h, polygons=polygons, iscrowd=iscrowd)``.
 
         Built without the frozen dataclass's per-field ``__setattr__`` (about 4x cheaper),
         for readers that make 100,000 boxes at once; the caller passes checked values.
@@ -137,6 +147,10 @@ class Annotation:
         fields["w"] = w
         fields["h"] = h
         fields.update(_PLAIN_EXTRAS)
+        if polygons:
+            fields["polygons"] = polygons
+        if iscrowd:
+            fields["iscrowd"] = True
         return ann
 
     @classmethod

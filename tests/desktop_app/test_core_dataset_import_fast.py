@@ -113,6 +113,23 @@ def test_encoded_boxes_are_byte_identical_to_the_canonical_encoder() -> None:
     ]
     for boxes in (odd, random_rows, [], *([row] for row in odd)):
         assert encode_boxes(boxes) == _CANONICAL.encode(boxes)
+    outlined = [
+        [*row, {"polygons": [list(map(float, rng.random(8) * scale)) for _ in range(k % 3 + 1)]}]
+        for k, (row, scale) in enumerate(zip(random_rows[:300], scales[:300, 0], strict=True))
+    ]
+    odd_outlines = [
+        [0, 0.5, 0.5, 0.5, 0.5, {"polygons": [[0.1, 0.2, 1e-05, 0.3, 0.4, 0.5]]}],
+        [0, 0.5, 0.5, 0.5, 0.5, {"polygons": [[0.1, float("nan"), 0.2, 0.3, 0.4, 0.5]]}],
+        [0, 0.5, 0.5, 0.5, 0.5, {"polygons": [["x", 0.2, 0.1, 0.3, 0.4, 0.5]]}],
+        [0, 0.5, 0.5, 0.5, 0.5, {"polygons": [[True, 0.2, 0.1, 0.3, 0.4, 0.5]]}],
+        [0, 0.5, 0.5, 0.5, 0.5, {"polygons": [[0.1, 0.2, 0.1, 0.3]], "iscrowd": True}],
+        [0, 0.5, 0.5, 0.5, 0.5, {"keypoints": [0.1, 0.2, 2.0]}],
+    ]
+    for boxes in (outlined, odd_outlines, *([row] for row in odd_outlines)):
+        assert encode_boxes(boxes) == _CANONICAL.encode(boxes)
+    for k in range(0, 300, 7):
+        rows = outlined[k : k + 7] + random_rows[k : k + 3]
+        assert encode_boxes(rows) == _CANONICAL.encode(rows)
     for k in range(0, 5000, 10):  # item by item, as an import encodes them
         rows = random_rows[k : k + 10]
         assert encode_boxes(rows) == _CANONICAL.encode(rows)

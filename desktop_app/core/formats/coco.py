@@ -378,6 +378,9 @@ _PLAIN_KEYS = frozenset(
 )
 
 
+_COLUMN_KEYS = _PLAIN_KEYS | {"segmentation", "keypoints"}
+
+
 def _plain_extra(key: str, value: Any) -> bool:
     """True for a ``segmentation`` or ``keypoints`` that says nothing (None or ``[]``)."""
     return key in ("segmentation", "keypoints") and (
@@ -388,14 +391,17 @@ def _plain_extra(key: str, value: Any) -> bool:
 def _plain_boxes(
     raw: list[Any], images: dict[int, tuple[str, int, int, Path]], class_of: dict[int, int]
 ) -> dict[int, tuple[int, Annotation]]:
-    """The annotations that are plain valid boxes, checked all at once: index → (image id, box).
+    """The annotations that are valid boxes, with or without outlines, checked all at once:
+    index → (image id, annotation).
 
-    A plain box has an integer ``image_id`` of a listed image, an integer ``category_id`` of
-    a known category, a ``bbox`` of four numbers, no polygon, mask, keypoints or attributes,
-    and a box that passes :func:`box_from_pixels`, here computed for every box in one
-    vectorised pass, with the same float operations in the same order, so the stored values
-    are identical. Every other annotation (anything unusual, and every invalid one) is left
-    out and goes through the full per-annotation check, which names the problem.
+    Such an annotation has an integer ``image_id`` of a listed image, an integer
+    ``category_id`` of a known category, a ``bbox`` of four numbers, no mask, keypoints or
+    attributes, maybe a ``segmentation`` list of polygons, and a box (and outlines) that pass
+    :func:`box_from_pixels` (and :func:`_polygons`), here computed for every box and every
+    outline point in vectorised passes, with the same float operations in the same order, so
+    the stored values are identical. Every other annotation (anything unusual, and every
+    invalid one) is left out and goes through the full per-annotation check, which names
+    the problem.
     """
     index: list[int] = []
     iids: list[int] = []
@@ -404,14 +410,22 @@ def _plain_boxes(
     widths: list[int] = []
     heights: list[int] = []
     crowds: list[bool] = []
+    outlines: list[list[Any] | None] = []
     plain = _PLAIN_KEYS
     for i, ann in enumerate(raw):
         if type(ann) is not dict:
             continue
-        if not ann.keys() <= plain and not all(
-            k in plain or _plain_extra(k, v) for k, v in ann.items()
-        ):
-            continue
+        seg = None
+        if not ann.keys() <= plain:
+            if not ann.keys() <= _COLUMN_KEYS or not _plain_extra(
+                "keypoints", ann.get("keypoints")
+            ):
+                continue  # attributes, keypoints, ...: the full check
+            seg = ann.get("segmentation")
+            if _plain_extra("segmentation", seg):
+                seg = None  # an empty or null outline says nothing
+            elif type(seg) is not list:
+                continue  # a mask: the full check
         iid, cid, bbox = ann.get("image_id"), ann.get("category_id"), ann.get("bbox")
         if type(iid) is not int or type(cid) is not int or type(bbox) is not list:
             continue
@@ -434,33 +448,124 @@ def _plain_boxes(
         widths.append(size[1])
         heights.append(size[2])
         crowds.append(ann.get("iscrowd", 0) in (1, True))
+        outlines.append(seg)
     if not index:
         return {}
     try:
         ok, cx, cy, bw, bh = _normalised(boxes, widths, heights)
+        good, polygons = _polygon_columns(outlines, widths, heights)
     except (OverflowError, ValueError):
         return {}  # numbers too large for a float: the full check reports them
     plain_box = Annotation.plain
     return {
         index[k]: (
             iids[k],
-            Annotation(classes[k], cx[k], cy[k], bw[k], bh[k], iscrowd=True)
-            if crowds[k]
-            else plain_box(classes[k], cx[k], cy[k], bw[k], bh[k]),
+            plain_box(classes[k], cx[k], cy[k], bw[k], bh[k], polygons[k], crowds[k]),
         )
         for k in np.flatnonzero(ok).tolist()
+        if good[k]
     }
 
 
-_COLUMN_KEYS = _PLAIN_KEYS | {"segmentation", "keypoints"}
+def _polygon_columns(
+    outlines: list[list[Any] | None], widths: list[int], heights: list[int]
+) -> tuple[list[bool], list[tuple[tuple[float, ...], ...]]]:
+    """:func:`_polygons` for many annotations at once: ``(valid, polygons)`` per annotation
+    (None: no outline, valid with none). An annotation whose outlines :func:`_polygons`
+    would refuse is not valid here (the full check then names the problem); the values of
+    the valid ones are the same floats, computed with the same operations.
+
+    Raises:
+        OverflowError: a number too large for a float.
+    """
+    valid = [True] * len(outlines)
+    out: list[tuple[tuple[float, ...], ...]] = [()] * len(outlines)
+    have = [k for k, seg in enumerate(outlines) if seg]
+    if not have:
+        return valid, out
+    segs: list[list[Any]] = [outlines[k] or [] for k in have]
+    polys: list[Any] = list(itertools.chain.from_iterable(segs))
+    lengths = list(map(len, polys)) if set(map(type, polys)) == {list} else []
+    if (
+        not lengths
+        or min(lengths) < 6
+        or any(n % 2 for n in lengths)
+        or not set(map(type, itertools.chain.from_iterable(polys))) <= _NUMBER_TYPES
+    ):
+        # something the full check refuses, somewhere: sort the outlines one by one
+        keep = []
+        for k in have:
+            if all(
+                type(poly) is list
+                and len(poly) >= 6
+                and not len(poly) % 2
+                and set(map(type, poly)) <= _NUMBER_TYPES
+                for poly in outlines[k] or []
+            ):
+                keep.append(k)
+            else:
+                valid[k] = False
+        have = keep
+        if not have:
+            return valid, out
+        segs = [outlines[k] or [] for k in have]
+        polys = list(itertools.chain.from_iterable(segs))
+        lengths = list(map(len, polys))
+    counts = list(map(len, segs))  # outlines per annotation
+    owners = np.repeat(np.array(have), counts)  # the annotation of each outline
+    values = np.array(list(itertools.chain.from_iterable(polys)), dtype=np.float64)
+    per_point = np.repeat(owners, np.array(lengths) // 2)  # ... and of each (x, y) pair
+    sizes = np.empty_like(values)
+    sizes[0::2] = np.array(widths, dtype=np.float64)[per_point]
+    sizes[1::2] = np.array(heights, dtype=np.float64)[per_point]
+    with np.errstate(invalid="ignore", over="ignore"):
+        bad = ~np.isfinite(values) | (values < -1) | (values > sizes + 1)
+        norm = _snapped(np.minimum(np.maximum(values / sizes, 0.0), 1.0))
+    ends = list(itertools.accumulate(lengths))
+    starts = [0, *ends[:-1]]
+    for k in owners[np.add.reduceat(bad, starts) > 0].tolist():
+        valid[k] = False
+    shapes = [tuple(norm[i:j]) for i, j in zip(starts, ends, strict=True)]
+    if len(shapes) == len(have):  # one outline each, the common case
+        for k, shape in zip(have, shapes, strict=True):
+            out[k] = (shape,)
+    else:
+        at = 0
+        for k, n in zip(have, counts, strict=True):
+            out[k] = tuple(shapes[at : at + n])
+            at += n
+    return valid, out
+    lengths = np.array([len(p) for p in polys])
+    values = np.array(list(itertools.chain.from_iterable(polys)), dtype=np.float64)
+    owner = np.array(owners)
+    per_point = np.repeat(owner, lengths // 2)  # the annotation of each (x, y) pair
+    sizes = np.empty_like(values)
+    sizes[0::2] = np.array(widths, dtype=np.float64)[per_point]
+    sizes[1::2] = np.array(heights, dtype=np.float64)[per_point]
+    with np.errstate(invalid="ignore", over="ignore"):
+        bad = ~np.isfinite(values) | (values < -1) | (values > sizes + 1)
+        norm = _snapped(np.minimum(np.maximum(values / sizes, 0.0), 1.0))
+    starts = np.concatenate(([0], np.cumsum(lengths)[:-1]))
+    for k in owner[np.add.reduceat(bad, starts) > 0].tolist():
+        valid[k] = False
+    grouped: dict[int, list[tuple[float, ...]]] = {}
+    for k, start, length in zip(owners, starts.tolist(), lengths.tolist(), strict=True):
+        grouped.setdefault(k, []).append(tuple(norm[start : start + length]))
+    for k, group in grouped.items():
+        out[k] = tuple(group)
+    return valid, out
+
+
 _NUMBER_TYPES = frozenset({int, float})
+_OUTLINE_TYPES = frozenset({type(None), list})
 
 
 def _all_plain(
     raw: list[Any], images: dict[int, tuple[str, int, int, Path]], class_of: dict[int, int]
 ) -> list[tuple[int, Annotation]] | None:
-    """``(image id, box)`` for every annotation, in order, when all are plain valid boxes
-    (see :func:`_plain_boxes`); None as soon as one is not (the caller then sorts them out).
+    """``(image id, annotation)`` for every annotation, in order, when all are valid boxes,
+    with or without outlines (see :func:`_plain_boxes`); None as soon as one is not (the
+    caller then sorts them out).
 
     Checks column by column (each a pass in C over the 100,000 annotations of a large file)
     instead of annotation by annotation: about half the cost of :func:`_plain_boxes`, and the
@@ -470,9 +575,11 @@ def _all_plain(
         return []
     if not all(type(a) is dict and a.keys() <= _COLUMN_KEYS for a in raw):
         return None
-    for key in ("segmentation", "keypoints"):
-        if any(v is not None and v != [] for v in (a.get(key) for a in raw if key in a)):
-            return None
+    if any(v is not None and v != [] for v in (a["keypoints"] for a in raw if "keypoints" in a)):
+        return None
+    segs = [a.get("segmentation") for a in raw]
+    if not set(map(type, segs)) <= _OUTLINE_TYPES:
+        return None  # a mask: the other paths
     iids = [a.get("image_id") for a in raw]
     cids = [a.get("category_id") for a in raw]
     boxes = [a.get("bbox") for a in raw]
@@ -499,11 +606,23 @@ def _all_plain(
         return None
     crowd = [a.get("iscrowd", 0) in (1, True) for a in raw]
     plain_box = Annotation.plain
+    if any(segs):  # outlines too: checked and normalised in one pass
+        try:
+            good, outlines = _polygon_columns(
+                [seg or None for seg in segs], [z[1] for z in sizes], [z[2] for z in sizes]
+            )
+        except (OverflowError, ValueError):
+            return None
+        if not all(good):
+            return None
+        return [
+            (iid, plain_box(c, x, y, w, h, o, k))
+            for iid, c, x, y, w, h, o, k in zip(
+                iids, classes, cx, cy, bw, bh, outlines, crowd, strict=True
+            )
+        ]
     return [
-        (
-            iid,
-            Annotation(c, x, y, w, h, iscrowd=True) if k else plain_box(c, x, y, w, h),
-        )
+        (iid, plain_box(c, x, y, w, h, (), k))
         for iid, c, x, y, w, h, k in zip(iids, classes, cx, cy, bw, bh, crowd, strict=True)
     ]
 
