@@ -181,15 +181,16 @@ class Annotation:
         """The stored form: ``[cls, cx, cy, w, h]`` plus a dict of extras when there are any."""
         row: list[Any] = [self.cls, self.cx, self.cy, self.w, self.h]
         if not (
-            self.polygons
-            or self.keypoints
+            self.keypoints
             or self.iscrowd
             or self.difficult
             or self.truncated
             or self.rle is not None
             or self.score is not None
-        ):
-            return row  # a plain box (most of them)
+        ):  # a plain box (most of them), or a box and its outlines
+            if self.polygons:
+                row.append({"polygons": [list(p) for p in self.polygons]})
+            return row
         extra: dict[str, Any] = {}
         if self.polygons:
             extra["polygons"] = [list(p) for p in self.polygons]
