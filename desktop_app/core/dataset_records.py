@@ -1,9 +1,10 @@
 """The in-memory records every dataset format reader produces and every writer consumes.
 
 A reader (YOLO, COCO, VOC, ...) turns the files on disk into :class:`SourceImage` records
-(image path, split, annotations normalised to 0..1); :func:`inspect_images` then hashes and
-decodes every image once, checks its declared size, and returns a :class:`ScannedDataset`
-that one writer (:mod:`desktop_app.core.dataset_import`) stores. Exports go the other way:
+(image path, split, annotations normalised to 0..1); :func:`inspect_images` then reads every
+image once, checks that it is whole and hashes it, checks its declared size, and returns a
+:class:`ScannedDataset` that one writer (:mod:`desktop_app.core.dataset_import`) stores.
+Exports go the other way:
 :class:`ExportDataset` holds a stored version, and each format's writer turns it into files.
 
 Annotations are stored in ``DatasetItem.boxes`` as ``[cls, cx, cy, w, h]`` (normalised),
@@ -605,8 +606,8 @@ def _inspect_image(
     """Read one image once: check it, hash it, hand it to ``sink``; ``(sha256, size, w, h)``.
 
     A PNG or JPEG is checked by its structure (:func:`check_structure`: every PNG chunk's
-    CRC, a JPEG's segments and end marker); any other file is decoded. The QA report
-    decodes every stored image again (:mod:`desktop_app.core.dataset_qa`).
+    CRC, a JPEG's segments and end marker); any other file is decoded. ``outpost dataset qa
+    --deep`` decodes every stored image (:mod:`desktop_app.core.dataset_qa`).
     """
     p = src.path
     try:
