@@ -4,8 +4,8 @@ A reader (YOLO, COCO, VOC, ...) turns the files on disk into :class:`SourceImage
 (image path, split, annotations normalised to 0..1); :func:`inspect_images` then reads every
 image once, checks that it is whole and hashes it, checks its declared size, and returns a
 :class:`ScannedDataset` that one writer (:mod:`desktop_app.core.dataset_import`) stores.
-Exports go the other way:
-:class:`ExportDataset` holds a stored version, and each format's writer turns it into files.
+Exports go the other way: :class:`ExportDataset` holds a stored version, and each format's
+writer turns it into files.
 
 Annotations are stored in ``DatasetItem.boxes`` as ``[cls, cx, cy, w, h]`` (normalised),
 optionally followed by one dict of extras: ``{"polygons": [[x, y, ...], ...],
