@@ -180,3 +180,13 @@ def test_an_import_names_the_damaged_file_and_reads_the_rest(tmp_path: Path) -> 
     cut.write_bytes(_encoded(".png", COLOUR)[:-20])
     with pytest.raises(DatasetFormatError, match=r"cut.png is a truncated PNG"):
         inspect_images(root, "yolo", ["a"], [SourceImage("cut.png", cut, None, ())], False)
+
+
+def test_hostile_jpeg_headers_end_the_walk_or_are_skipped() -> None:
+    """Thousands of empty segments or megabytes of fill bytes before the image data: the walk
+    stops (the file goes to the decoder) or skips them in one step."""
+    data = _encoded(".jpg", COLOUR)
+    many = data[:2] + b"\xff\xfe\x00\x02" * 200_000 + data[2:]  # empty comment segments
+    fill = data[:2] + b"\xff" * 5_000_000 + data[2:]
+    assert check_structure(many) is None  # left to the decoder
+    assert check_structure(fill) == (50, 30)
