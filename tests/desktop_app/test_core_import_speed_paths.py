@@ -133,65 +133,30 @@ OUTLINED: list[dict[str, Any]] = [
         "segmentation": [[3, 4, 8, 4, 8, 10, 3.000000001, 10.1234567891234]],
     },
 ]
+
+
+def _on_box(id_: int, segmentation: Any, **extra: Any) -> dict[str, Any]:
+    """An annotation of box [1, 1, 5, 5] on image 1 with this segmentation."""
+    return {
+        "id": id_,
+        "image_id": 1,
+        "category_id": 3,
+        "bbox": [1, 1, 5, 5],
+        "segmentation": segmentation,
+        **extra,
+    }
+
+
 # outlines the full check refuses or handles itself: left to it
 BAD_OUTLINES: list[dict[str, Any]] = [
-    {
-        "id": 50,
-        "image_id": 1,
-        "category_id": 3,
-        "bbox": [1, 1, 5, 5],
-        "segmentation": [[1, 1, 6, 1, 6]],
-    },  # odd
-    {
-        "id": 51,
-        "image_id": 1,
-        "category_id": 3,
-        "bbox": [1, 1, 5, 5],
-        "segmentation": [[1, 1, 6, 1]],
-    },  # too short
-    {
-        "id": 52,
-        "image_id": 1,
-        "category_id": 3,
-        "bbox": [1, 1, 5, 5],
-        "segmentation": [[1, 1, 70, 1, 6, 6]],
-    },  # outside
-    {
-        "id": 53,
-        "image_id": 1,
-        "category_id": 3,
-        "bbox": [1, 1, 5, 5],
-        "segmentation": [[1, 1, float("nan"), 1, 6, 6]],
-    },
-    {
-        "id": 54,
-        "image_id": 1,
-        "category_id": 3,
-        "bbox": [1, 1, 5, 5],
-        "segmentation": [[1, 1, True, 1, 6, 6]],
-    },
-    {
-        "id": 55,
-        "image_id": 1,
-        "category_id": 3,
-        "bbox": [1, 1, 5, 5],
-        "segmentation": [[1, 1, 6, 1, 6, 6], "x"],
-    },
-    {
-        "id": 56,
-        "image_id": 1,
-        "category_id": 3,
-        "bbox": [1, 1, 5, 5],
-        "segmentation": {"counts": [10, 5], "size": [48, 64]},
-    },  # a mask
-    {
-        "id": 57,
-        "image_id": 1,
-        "category_id": 3,
-        "bbox": [1, 1, 5, 5],
-        "segmentation": [[1, 1, 6, 1, 6, 6]],
-        "keypoints": [1, 1, 2],
-    },
+    _on_box(50, [[1, 1, 6, 1, 6]]),  # odd
+    _on_box(51, [[1, 1, 6, 1]]),  # too short
+    _on_box(52, [[1, 1, 70, 1, 6, 6]]),  # outside
+    _on_box(53, [[1, 1, float("nan"), 1, 6, 6]]),
+    _on_box(54, [[1, 1, True, 1, 6, 6]]),
+    _on_box(55, [[1, 1, 6, 1, 6, 6], "x"]),
+    _on_box(56, {"counts": [10, 5], "size": [48, 64]}),  # a mask
+    _on_box(57, [[1, 1, 6, 1, 6, 6]], keypoints=[1, 1, 2]),
 ]
 
 

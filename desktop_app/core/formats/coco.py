@@ -535,25 +535,6 @@ def _polygon_columns(
             out[k] = tuple(shapes[at : at + n])
             at += n
     return valid, out
-    lengths = np.array([len(p) for p in polys])
-    values = np.array(list(itertools.chain.from_iterable(polys)), dtype=np.float64)
-    owner = np.array(owners)
-    per_point = np.repeat(owner, lengths // 2)  # the annotation of each (x, y) pair
-    sizes = np.empty_like(values)
-    sizes[0::2] = np.array(widths, dtype=np.float64)[per_point]
-    sizes[1::2] = np.array(heights, dtype=np.float64)[per_point]
-    with np.errstate(invalid="ignore", over="ignore"):
-        bad = ~np.isfinite(values) | (values < -1) | (values > sizes + 1)
-        norm = _snapped(np.minimum(np.maximum(values / sizes, 0.0), 1.0))
-    starts = np.concatenate(([0], np.cumsum(lengths)[:-1]))
-    for k in owner[np.add.reduceat(bad, starts) > 0].tolist():
-        valid[k] = False
-    grouped: dict[int, list[tuple[float, ...]]] = {}
-    for k, start, length in zip(owners, starts.tolist(), lengths.tolist(), strict=True):
-        grouped.setdefault(k, []).append(tuple(norm[start : start + length]))
-    for k, group in grouped.items():
-        out[k] = tuple(group)
-    return valid, out
 
 
 _NUMBER_TYPES = frozenset({int, float})
