@@ -29,6 +29,7 @@ The classification layout (``train/<class>/*.jpg``) is read by
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 from collections.abc import Iterator
@@ -36,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from desktop_app.core.dataset_records import (
@@ -129,15 +131,20 @@ def scan_yolo(
             report.add_error(exc)
     task = "pose" if kpt_shape is not None else _guess_task(lines)
     parser = _LineParser(task, len(names), kpt_shape)
+    boxes = _plain_lines(lines, len(names)) if task == "detect" else None
     sources: list[SourceImage] = []
-    for e, numbered in zip(kept, lines, strict=True):
+    for k, (e, numbered) in enumerate(zip(kept, lines, strict=True)):
         if numbered is None:
             sources.append(SourceImage(e.file_name, e.image, e.split, (), labelled=False))
             continue
+        if boxes is not None:  # every line checked at once: all are valid boxes
+            sources.append(SourceImage(e.file_name, e.image, e.split, boxes[k]))
+            continue
         anns: list[Annotation] = []
+        label = str(e.label)
         for n, parts in numbered:
             try:
-                anns.append(parser.parse(f"{e.label}:{n}", parts))
+                anns.append(parser.parse(f"{label}:{n}", parts))
             except DatasetFormatError as exc:
                 report.add_error(exc)
         sources.append(SourceImage(e.file_name, e.image, e.split, tuple(anns)))
@@ -377,12 +384,54 @@ def _load_yaml(p: Path) -> Any:
 # ---- labels ----------------------------------------------------------------------------
 
 
-def _read_lines(p: Path) -> _Lines | None:
-    """The non-blank lines of a label file, split into words; None when there is no file."""
-    if not p.is_file():
+def _plain_lines(lines: list[_Lines | None], nc: int) -> list[tuple[Annotation, ...]] | None:
+    """Each label file's boxes when every line of every file is a valid ``cls cx cy w h``
+    box, checked in one vectorised pass (the same numbers as :meth:`_LineParser.parse`);
+    None as soon as one is not (the per-line check then names the problem).
+    """
+    rows = [parts for numbered in lines for _, parts in numbered or ()]
+    if not rows:
+        return [() for _ in lines]
+    if set(map(len, rows)) != {5}:
         return None
     try:
-        text = p.read_text(encoding="utf-8-sig")
+        values = np.array(list(map(float, itertools.chain.from_iterable(rows))), np.float64)
+    except ValueError:
+        return None
+    table = values.reshape(-1, 5)
+    cls, box = table[:, 0], table[:, 1:]
+    with np.errstate(invalid="ignore"):
+        ok = (
+            np.isfinite(cls).all()
+            and (cls == np.floor(cls)).all()
+            and ((cls >= 0) & (cls < nc)).all()
+            and np.isfinite(box).all()
+            and ((box >= 0.0) & (box <= 1.0)).all()
+            and (box[:, 2:] > 0).all()
+        )
+    if not ok:
+        return None
+    plain = Annotation.plain
+    made = [
+        plain(c, x, y, w, h)
+        for c, (x, y, w, h) in zip(cls.astype(np.int64).tolist(), box.tolist(), strict=True)
+    ]
+    out: list[tuple[Annotation, ...]] = []
+    at = 0
+    for numbered in lines:
+        n = len(numbered) if numbered else 0
+        out.append(tuple(made[at : at + n]))
+        at += n
+    return out
+
+
+def _read_lines(p: Path) -> _Lines | None:
+    """The non-blank lines of a label file, split into words; None when there is no file."""
+    try:
+        with open(p, encoding="utf-8-sig") as fh:
+            text = fh.read()
+    except (FileNotFoundError, IsADirectoryError):
+        return None
     except (OSError, UnicodeDecodeError) as exc:
         raise DatasetFormatError(
             f"{p} cannot be read ({type(exc).__name__}); save it as UTF-8 text"

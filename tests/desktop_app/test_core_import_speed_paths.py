@@ -489,3 +489,47 @@ def test_lenient_import_drops_what_it_staged_for_a_skipped_image(
     assert _temp_files(ws.blobs_dir) == []
     with ws.session() as s:
         assert s.scalar(select(func.count()).select_from(Blob)) == 5
+
+
+# ---- YOLO: label lines checked at once --------------------------------------------------------
+
+YOLO_GOOD = [
+    "0 0.5 0.5 0.25 0.125",
+    "2 1 1 1 1",
+    "1.0 0.0 -0.0 1e-5 0.3333333333333333",
+    "0 .5 .5 .2 .2",
+    "2 1E-3 0.999999 0.000001 1_0e-1",
+]
+YOLO_BAD = [
+    "2.5 0.5 0.5 0.1 0.1",  # class not whole
+    "3 0.5 0.5 0.1 0.1",  # class out of range
+    "-1 0.5 0.5 0.1 0.1",
+    "inf 0.5 0.5 0.1 0.1",
+    "0 nan 0.5 0.1 0.1",
+    "0 0.5 1.01 0.1 0.1",
+    "0 0.5 0.5 0 0.1",  # no width
+    "0 0.5 0.5 0.1",
+    "0 0.5 0.5 0.1 0.1 0.2 0.3",
+    "0 a 0.5 0.1 0.1",
+]
+
+
+def test_yolo_lines_at_once_equal_the_line_parser() -> None:
+    from desktop_app.core import dataset_yolo
+
+    parser = dataset_yolo._LineParser("detect", 3, None)
+    files = [[(n, line.split()) for n, line in enumerate(YOLO_GOOD[:3], 1)], None, []]
+    files.append([(1, YOLO_GOOD[3].split()), (2, YOLO_GOOD[4].split())])
+    fast = dataset_yolo._plain_lines(files, 3)
+    assert fast is not None and len(fast) == len(files)
+    for got, numbered in zip(fast, files, strict=True):
+        want = tuple(parser.parse("x", parts) for _, parts in numbered or ())
+        assert got == want
+        assert [a.to_json() for a in got] == [a.to_json() for a in want]
+        assert all(type(a.cls) is int for a in got)
+    assert dataset_yolo._plain_lines([None, []], 3) == [(), ()]
+    for bad in YOLO_BAD:
+        with_bad = [*files, [(1, YOLO_GOOD[0].split()), (2, bad.split())]]
+        assert dataset_yolo._plain_lines(with_bad, 3) is None, bad
+        with pytest.raises(DatasetFormatError):
+            parser.parse("x", bad.split())
