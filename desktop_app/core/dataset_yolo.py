@@ -211,9 +211,9 @@ def _image_files(folder: Path) -> list[Path]:
     for dirpath, dirnames, filenames in os.walk(folder):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         out.extend(
-            Path(dirpath) / f
+            Path(os.path.join(dirpath, f))
             for f in sorted(filenames)
-            if _is_image(Path(f)) and not f.startswith(".")
+            if _is_image_name(f) and not f.startswith(".")
         )
     return sorted(out)
 
@@ -222,31 +222,46 @@ def _is_image(p: Path) -> bool:
     return p.suffix.lower() in IMAGE_SUFFIXES
 
 
+def _is_image_name(name: str) -> bool:
+    """:func:`_is_image` of a file name, without a ``Path`` (thousands of files)."""
+    return os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES
+
+
 def _entry(image: Path, split_root: Path, label_root: Path, split: str | None) -> _Entry:
-    rel = image.relative_to(split_root)
-    return _Entry(rel.as_posix(), image, (label_root / rel).with_suffix(".txt"), split)
+    """The image under ``split_root`` and its label file under ``label_root`` (paths joined
+    as strings: ``relative_to``/``with_suffix`` cost more than the rest of the scan)."""
+    text, top = os.fspath(image), os.path.join(os.fspath(split_root), "")
+    if not text.startswith(top):  # not below it as written: let pathlib say why
+        rel = image.relative_to(split_root)
+        return _Entry(rel.as_posix(), image, (label_root / rel).with_suffix(".txt"), split)
+    rel_text = text[len(top) :]
+    label = Path(os.path.join(os.fspath(label_root), os.path.splitext(rel_text)[0] + ".txt"))
+    return _Entry(rel_text.replace(os.sep, "/"), image, label, split)
 
 
 def _check_labels_files(root: Path, entries: list[_Entry], report: Problems) -> list[_Entry]:
     """Images that share a label file, and label files without an image, are problems."""
     labels_dir = root / "labels"
-    expected: dict[Path, Path] = {}
+    expected: dict[str, Path] = {}  # label file (as a string: thousands of them) → its image
     kept: list[_Entry] = []
     for e in entries:
-        if e.label in expected:
+        label = os.fspath(e.label)
+        if label in expected:
             report.add(
-                f"{e.image} and {expected[e.label]} share the label file {e.label}; rename one image"
+                f"{e.image} and {expected[label]} share the label file {e.label}; rename one image"
             )
             continue
-        expected[e.label] = e.image
+        expected[label] = e.image
         kept.append(e)
+    classes_txt = os.path.join(labels_dir, "classes.txt")
     for dirpath, dirnames, filenames in os.walk(labels_dir):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for f in sorted(filenames):
-            p = Path(dirpath) / f
-            if p.suffix != ".txt" or f.startswith(".") or p == labels_dir / "classes.txt":
+            text = os.path.join(dirpath, f)
+            if not f.endswith(".txt") or f.startswith(".") or text == classes_txt:
                 continue
-            if p not in expected:
+            if text not in expected:
+                p = Path(text)
                 image_dir = root / "images" / p.parent.relative_to(labels_dir)
                 report.add(
                     f"label {p} has no image (expected {image_dir / p.stem}.jpg or .png); add the image or remove the label"
