@@ -64,9 +64,11 @@ test-all: lint
 bench: $(STAMP)
 	$(PY) benchmarks/runtime_overhead.py
 	$(PY) benchmarks/dataset_import.py
+	$(PY) benchmarks/yolo_import.py
 
 bench-import: $(STAMP)
 	$(PY) benchmarks/dataset_import.py
+	$(PY) benchmarks/yolo_import.py
 
 bench-studio: $(STAMP)
 	QT_QPA_PLATFORM=offscreen $(PY) benchmarks/studio_responsiveness.py

@@ -1,0 +1,164 @@
+"""YOLO dataset import: ``outpost dataset import --format yolo`` vs Ultralytics' own dataset
+scan, on the same YOLO folder, in one run on one machine.
+
+The folder is the COCO dataset of ``benchmarks/dataset_import.py`` (``--images`` small PNG
+images, ``--boxes-per-image`` boxes each, five classes) exported once as YOLO
+(``images/{train,val}``, ``labels/{train,val}``, ``data.yaml``) and reused. Each case runs in
+a fresh child process, best of ``--repeat``; seconds, CPU seconds, peak RSS and the ratio:
+
+* ours: :func:`desktop_app.core.datasets.import_dataset` into a fresh workspace (every label
+  line checked, every image read once, checked, hashed and stored as a blob, one
+  transaction);
+* ultralytics: ``YOLODataset`` built over both splits with its label cache removed first
+  (``cache_labels``: every image opened and ``verify()``-ed with Pillow, every label file read
+  and checked, in a thread pool): the scan ``model.train`` runs before its first epoch.
+
+    .venv/bin/python benchmarks/yolo_import.py [--images 10000] [--boxes-per-image 10]
+        [--repeat 1] [--workdir DIR] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from dataset_import import build_dataset, cpu_seconds, peak_rss_mb  # noqa: E402
+
+CASES = ("ours", "ultralytics")
+
+
+def build_yolo(workdir: Path, images: int, boxes: int) -> Path:
+    """The YOLO folder (made once from the COCO dataset, then reused)."""
+    out = workdir / "yolo"
+    marker = workdir / "yolo.json"
+    shape = {"images": images, "boxes_per_image": boxes}
+    if out.is_dir() and marker.is_file() and json.loads(marker.read_text()) == shape:
+        return out
+    shutil.rmtree(out, ignore_errors=True)
+    coco = workdir / "coco"
+    build_dataset(coco, images, boxes, "png", seed=0)
+    from desktop_app.core.datasets import export_dataset, import_dataset
+    from desktop_app.core.workspace import Workspace
+
+    scratch = Path(tempfile.mkdtemp(prefix="yolo-build-", dir=workdir))
+    try:
+        ws = Workspace.open(scratch / "ws", create=True)
+        import_dataset(ws, coco, "source", "coco")
+        export_dataset(ws, "source", "yolo", out)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    marker.write_text(json.dumps(shape))
+    return out
+
+
+def run_ours(data: Path, scratch: Path) -> dict[str, Any]:
+    from desktop_app.core.datasets import import_dataset
+    from desktop_app.core.workspace import Workspace
+
+    ws = Workspace.open(scratch / "ws", create=True)
+    t0 = time.perf_counter()
+    summary = import_dataset(ws, data, "bench", "yolo")
+    return {"seconds": time.perf_counter() - t0, "annotations": summary["annotations"]}
+
+
+def run_ultralytics(data: Path, scratch: Path) -> dict[str, Any]:
+    import yaml
+    from ultralytics.data.dataset import YOLODataset
+    from ultralytics.utils import LOGGER
+
+    LOGGER.disabled = True
+    for cache in (data / "labels").glob("*.cache"):
+        cache.unlink()  # a scan, not a cache read
+    names = yaml.safe_load((data / "data.yaml").read_text())["names"]
+    names = dict(enumerate(names)) if isinstance(names, list) else names
+    splits = [str(data / "images" / s) for s in ("train", "val") if (data / "images" / s).is_dir()]
+    t0 = time.perf_counter()
+    ds = YOLODataset(
+        img_path=splits, data={"names": names, "nc": len(names), "channels": 3}, augment=False
+    )
+    seconds = time.perf_counter() - t0
+    return {"seconds": seconds, "annotations": int(sum(len(lb["cls"]) for lb in ds.labels))}
+
+
+RUNNERS = {"ours": run_ours, "ultralytics": run_ultralytics}
+
+
+def child(case: str, data: Path) -> None:
+    scratch = Path(tempfile.mkdtemp(prefix=f"{case}-", dir=data.parent))
+    try:
+        cpu0 = cpu_seconds()
+        result = RUNNERS[case](data, scratch)
+        result["cpu_s"] = cpu_seconds() - cpu0
+        result["rss_mb"] = peak_rss_mb()
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    sys.stdout.write("\n" + json.dumps(result) + "\n")
+
+
+def measure(case: str, data: Path, repeat: int) -> dict[str, Any]:
+    best: dict[str, Any] | None = None
+    for _ in range(repeat):
+        proc = subprocess.run(  # noqa: S603
+            [sys.executable, __file__, "--child", case, "--data", str(data)],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        result = json.loads(proc.stdout.strip().splitlines()[-1])
+        if best is None or result["seconds"] < best["seconds"]:
+            best = result
+    assert best is not None
+    return best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--images", type=int, default=10_000)
+    parser.add_argument("--boxes-per-image", type=int, default=10)
+    parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--child", choices=CASES, help=argparse.SUPPRESS)
+    parser.add_argument("--data", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args.child, args.data)
+        return
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="outpost-bench-yolo-"))
+    try:
+        data = build_yolo(workdir, args.images, args.boxes_per_image)
+        results = {case: measure(case, data, max(1, args.repeat)) for case in CASES}
+    finally:
+        if args.workdir is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+    ratio = results["ours"]["seconds"] / results["ultralytics"]["seconds"]
+    if args.json:
+        print(json.dumps({"results": results, "ours/ultralytics": ratio}, indent=2))
+        return
+    print(
+        f"YOLO folder: {args.images} 64x48 PNG images, {args.images * args.boxes_per_image} boxes; "
+        f"each case in a fresh process, best of {max(1, args.repeat)}"
+    )
+    print(f"{'case':<14}{'seconds':>9}{'ours/x':>9}{'CPU s':>9}{'peak RSS MB':>13}{'boxes':>9}")
+    for case, r in results.items():
+        shown = "" if case == "ours" else f"{ratio:.2f}x"
+        print(
+            f"{case:<14}{r['seconds']:>9.2f}{shown:>9}{r['cpu_s']:>9.2f}{r['rss_mb']:>13.0f}"
+            f"{r['annotations']:>9}"
+        )
+    print(f"goal ours faster than Ultralytics' scan: {'met' if ratio < 1 else 'NOT met'}")
+
+
+if __name__ == "__main__":
+    main()
