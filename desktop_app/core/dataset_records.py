@@ -211,6 +211,10 @@ class Annotation:
     @classmethod
     def from_json(cls, row: Sequence[Any]) -> Annotation:
         """Inverse of :meth:`to_json` (also reads the plain 5-number form)."""
+        if len(row) == 5:  # a plain box, most rows: no extras to read
+            return cls.plain(
+                int(row[0]), float(row[1]), float(row[2]), float(row[3]), float(row[4])
+            )
         extra: dict[str, Any] = row[5] if len(row) > 5 and isinstance(row[5], dict) else {}
         return cls(
             int(row[0]),

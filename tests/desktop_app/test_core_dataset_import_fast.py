@@ -211,6 +211,20 @@ def test_import_stores_the_records_and_a_hash_of_what_is_stored(
 # ---- Annotation.plain ------------------------------------------------------------------------
 
 
+def test_from_json_of_a_plain_row_equals_the_constructor() -> None:
+    for row in ([2, 0.5, 0.25, 0.125, 1 / 3], [1.0, 1, 0, 0.5, 0.5], (0, 0.1, 0.2, 0.3, 0.4)):
+        fast = Annotation.from_json(row)
+        slow = Annotation(int(row[0]), *(float(v) for v in row[1:5]))
+        assert fast == slow and repr(fast) == repr(slow) and list(vars(fast)) == list(vars(slow))
+        assert type(fast.cls) is int and all(type(v) is float for v in row_values(fast))
+    extra = Annotation.from_json([0, 0.5, 0.5, 0.2, 0.2, {"iscrowd": True}])
+    assert extra.iscrowd and extra == Annotation(0, 0.5, 0.5, 0.2, 0.2, iscrowd=True)
+
+
+def row_values(a: Annotation) -> tuple[float, ...]:
+    return (a.cx, a.cy, a.w, a.h)
+
+
 def test_plain_annotation_equals_the_constructor() -> None:
     fast = Annotation.plain(2, 0.5, 0.25, 0.125, 1 / 3)
     slow = Annotation(2, 0.5, 0.25, 0.125, 1 / 3)

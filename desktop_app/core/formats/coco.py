@@ -865,9 +865,8 @@ def to_coco(data: ExportDataset, items: list[ExportItem]) -> dict[str, Any]:
             }
             if k:
                 row["keypoints"], row["num_keypoints"] = _pixel_keypoints(a, k, item)
-            attrs = {k: True for k in ("difficult", "truncated") if getattr(a, k)}
-            if attrs:
-                row["attributes"] = attrs
+            if a.difficult or a.truncated:
+                row["attributes"] = {k: True for k in ("difficult", "truncated") if getattr(a, k)}
             anns.append(row)
     return {
         "info": {
