@@ -262,26 +262,27 @@ def file_create_us(data: Path, count: int = 2000) -> float:
     return (time.perf_counter() - t0) / count * 1e6
 
 
-def child(case: str, data: Path) -> None:
+def child(case: str, data: Path, runners: dict[str, Any] | None = None) -> None:
     """Run one case in this (fresh) process and print its figures as one JSON line.
 
     Besides wall seconds, the case's CPU seconds (user + system, every thread) are kept: on
     a shared machine the wall clock also counts other processes' turns, the CPU time less so.
+    ``runners``: the cases by name (default this script's).
     """
     scratch = Path(tempfile.mkdtemp(prefix=f"{case}-", dir=scratch_root(data)))
     cpu0 = cpu_seconds()
-    result = RUNNERS[case](data, scratch)  # its files stay until the whole run ends
+    result = (runners or RUNNERS)[case](data, scratch)  # its files stay until the run ends
     result["cpu_s"] = cpu_seconds() - cpu0
     result["rss_mb"] = peak_rss_mb()
     sys.stdout.write("\n" + json.dumps(result) + "\n")
 
 
-def measure(case: str, data: Path, repeat: int) -> dict[str, Any]:
-    """Best of ``repeat`` fresh children (the fastest run's figures)."""
+def measure(case: str, data: Path, repeat: int, script: str = __file__) -> dict[str, Any]:
+    """Best of ``repeat`` fresh children of ``script`` (the fastest run's figures)."""
     best: dict[str, Any] | None = None
     for _ in range(repeat):
         proc = subprocess.run(  # noqa: S603
-            [sys.executable, __file__, "--child", case, "--data", str(data)],
+            [sys.executable, script, "--child", case, "--data", str(data)],
             check=True,
             capture_output=True,
             text=True,
@@ -291,6 +292,18 @@ def measure(case: str, data: Path, repeat: int) -> dict[str, Any]:
             best = result
     assert best is not None
     return best
+
+
+def print_table(results: dict[str, dict[str, Any]]) -> None:
+    """One line per case: seconds, ours / case, CPU seconds, peak RSS and boxes read."""
+    ours = results["ours"]["seconds"]
+    print(f"{'case':<14}{'seconds':>9}{'ours/x':>9}{'CPU s':>9}{'peak RSS MB':>13}{'boxes':>9}")
+    for case, r in results.items():
+        ratio = "" if case == "ours" else f"{ours / r['seconds']:.2f}x"
+        print(
+            f"{case:<14}{r['seconds']:>9.2f}{ratio:>9}{r['cpu_s']:>9.2f}"
+            f"{r['rss_mb']:>13.0f}{r['annotations']:>9}"
+        )
 
 
 def profile_ours(data: Path, top: int) -> None:
@@ -397,13 +410,7 @@ def main() -> None:
         "after mass deletions)"
     )
     print(f"each case in a fresh process, best of {max(1, args.repeat)}")
-    print(f"{'case':<14}{'seconds':>9}{'ours/x':>9}{'CPU s':>9}{'peak RSS MB':>13}{'boxes':>9}")
-    for case, r in results.items():
-        ratio = "" if case == "ours" else f"{ours / r['seconds']:.2f}x"
-        print(
-            f"{case:<14}{r['seconds']:>9.2f}{ratio:>9}{r['cpu_s']:>9.2f}"
-            f"{r['rss_mb']:>13.0f}{r['annotations']:>9}"
-        )
+    print_table(results)
     print(
         "ours by stage: "
         + ", ".join(f"{k} {v:.2f} s" for k, v in results["ours"]["stages"].items())

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,7 +32,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from dataset_import import build_dataset, cpu_seconds, peak_rss_mb  # noqa: E402
+from dataset_import import (  # noqa: E402
+    build_dataset,
+    child,
+    measure,
+    print_table,
+    scratch_root,
+)
 
 CASES = ("ours", "ultralytics")
 
@@ -94,34 +99,6 @@ def run_ultralytics(data: Path, scratch: Path) -> dict[str, Any]:
 RUNNERS = {"ours": run_ours, "ultralytics": run_ultralytics}
 
 
-def child(case: str, data: Path) -> None:
-    scratch = Path(tempfile.mkdtemp(prefix=f"{case}-", dir=data.parent))
-    try:
-        cpu0 = cpu_seconds()
-        result = RUNNERS[case](data, scratch)
-        result["cpu_s"] = cpu_seconds() - cpu0
-        result["rss_mb"] = peak_rss_mb()
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    sys.stdout.write("\n" + json.dumps(result) + "\n")
-
-
-def measure(case: str, data: Path, repeat: int) -> dict[str, Any]:
-    best: dict[str, Any] | None = None
-    for _ in range(repeat):
-        proc = subprocess.run(  # noqa: S603
-            [sys.executable, __file__, "--child", case, "--data", str(data)],
-            check=True,
-            capture_output=True,
-            text=True,
-        )
-        result = json.loads(proc.stdout.strip().splitlines()[-1])
-        if best is None or result["seconds"] < best["seconds"]:
-            best = result
-    assert best is not None
-    return best
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--images", type=int, default=10_000)
@@ -133,13 +110,16 @@ def main() -> None:
     parser.add_argument("--data", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(args.child, args.data)
+        child(args.child, args.data, RUNNERS)
         return
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="outpost-bench-yolo-"))
     try:
         data = build_yolo(workdir, args.images, args.boxes_per_image)
-        results = {case: measure(case, data, max(1, args.repeat)) for case in CASES}
+        results = {
+            case: measure(case, data, max(1, args.repeat), script=__file__) for case in CASES
+        }
     finally:
+        shutil.rmtree(scratch_root(data), ignore_errors=True)
         if args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)
     ratio = results["ours"]["seconds"] / results["ultralytics"]["seconds"]
@@ -150,13 +130,7 @@ def main() -> None:
         f"YOLO folder: {args.images} 64x48 PNG images, {args.images * args.boxes_per_image} boxes; "
         f"each case in a fresh process, best of {max(1, args.repeat)}"
     )
-    print(f"{'case':<14}{'seconds':>9}{'ours/x':>9}{'CPU s':>9}{'peak RSS MB':>13}{'boxes':>9}")
-    for case, r in results.items():
-        shown = "" if case == "ours" else f"{ratio:.2f}x"
-        print(
-            f"{case:<14}{r['seconds']:>9.2f}{shown:>9}{r['cpu_s']:>9.2f}{r['rss_mb']:>13.0f}"
-            f"{r['annotations']:>9}"
-        )
+    print_table(results)
     print(f"goal ours faster than Ultralytics' scan: {'met' if ratio < 1 else 'NOT met'}")
 
 
