@@ -142,3 +142,17 @@ def test_openvino_dynamic_input_passes_its_tensor(tmp_path: Path) -> None:
     for side in (8, 4):
         x = np.full((1, 3, side, side), 2.0, np.float32)
         np.testing.assert_allclose(backend.run(x), np.full((1, 4, side, side), 3.0, np.float32))
+
+
+def test_onnxruntime_threads_stop_spinning_when_a_run_returns(tmp_path: Path) -> None:
+    """The pool spins only during a run: after it, the agent's decode and reply get the cores."""
+    pytest.importorskip("onnxruntime")
+    from runtimes.backends.onnxruntime import FORCE_SPINNING_STOP, OnnxRuntimeBackend
+    from tests.fakes import make_detect_onnx
+
+    backend = OnnxRuntimeBackend(make_detect_onnx(tmp_path / "m.onnx", 64), threads=2)
+    options = backend.session.get_session_options()
+    assert options.get_session_config_entry(FORCE_SPINNING_STOP) == "1"
+    assert options.intra_op_num_threads == 2
+    out = backend.run(np.zeros((1, 3, 64, 64), np.float32))
+    assert out.ndim == 3
