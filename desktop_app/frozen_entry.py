@@ -23,6 +23,8 @@ CLI_MODULES = ("desktop_app.cli", "desktop_app")
 # Children that need torch (not frozen): they run in the managed training environment.
 TORCH_MODULES = ("desktop_app.core.export_worker",)
 AGENT_MODULES = ("device_agent", "device_agent.cli")
+# Helper processes of the core, run as they are.
+HELPER_MODULES = ("desktop_app.core.image_prefetch",)
 
 
 def _studio(argv: Sequence[str]) -> int:
@@ -78,6 +80,10 @@ def _module(name: str, argv: list[str]) -> int:
         from device_agent.cli import main as agent_main
 
         return agent_main(argv)
+    if name in HELPER_MODULES:
+        from desktop_app.core.image_prefetch import helper_main
+
+        return helper_main()
     if name.startswith("trainers.") or name in TORCH_MODULES:
         from desktop_app.core.training_env import trainer_python
 

@@ -428,6 +428,23 @@ class BlobBatch:
         with self._lock:
             self._staged[sha] = st
 
+    def adopt(self, sha: str, tmp: str, size: int) -> None:
+        """Take over a temp file in the store's folder that holds the blob ``sha`` (written and
+        hashed elsewhere, e.g. by :mod:`desktop_app.core.image_prefetch`); thread-safe.
+
+        Content already added is not kept twice: the temp file is removed.
+        """
+        with self._lock:
+            if sha not in self._staged:
+                self._staged[sha] = _Staged(tmp, sha, size)
+                return
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+    def new_temp_prefix(self) -> str:
+        """A temp-file name prefix of its own for a writer beside this batch (see :meth:`adopt`)."""
+        return f"{_TMP_PREFIX}{secrets.token_hex(6)}-"
+
     def commit(
         self, keep: Iterable[str], created: list[str], workers: int | None = None
     ) -> dict[str, int]:

@@ -25,6 +25,7 @@ from desktop_app.core.dataset_records import (
     ScannedDataset,
     ScannedImage,
     handing_images_to,
+    prefetching,
 )
 from desktop_app.core.dataset_split import (
     check_val_fraction,
@@ -40,6 +41,7 @@ from desktop_app.core.errors import (
     WorkspaceError,
 )
 from desktop_app.core.formats import read_dataset
+from desktop_app.core.image_prefetch import ImagePrefetch
 from desktop_app.core.models import Blob, Dataset, DatasetItem, DatasetVersion
 
 if TYPE_CHECKING:
@@ -140,11 +142,21 @@ def import_dataset(
     vf = check_val_fraction(val_fraction)
     _refuse_existing(ws, name)
     batch = BlobBatch(ws.blobs)  # each image is staged from the bytes its check just read
+    prefetch = ImagePrefetch(batch)  # ... by a helper process while the annotations are parsed
     try:
-        with _gc_paused(), opened_source(Path(path)) as folder, handing_images_to(batch.add):
-            scanned = read_dataset(folder, fmt, progress, lenient=lenient)
+        with (
+            _gc_paused(),
+            opened_source(Path(path)) as folder,
+            handing_images_to(batch.add),
+            prefetching(prefetch),
+        ):
+            try:
+                scanned = read_dataset(folder, fmt, progress, lenient=lenient)
+            finally:
+                prefetch.close()  # its temp files not adopted are removed
             summary = store_scanned(ws, scanned, name, vf, seed, progress, batch=batch)
     finally:
+        prefetch.close()
         batch.discard()  # what a failure left staged (the stored blobs stay)
     if folder != Path(path).expanduser():
         summary["source"] = str(Path(path).expanduser().resolve())

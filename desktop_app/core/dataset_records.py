@@ -28,8 +28,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -38,7 +37,8 @@ from typing import Any
 
 from desktop_app.core.errors import DatasetFormatError, InvalidArgumentError
 from desktop_app.core.image_check import ImageStructureError, check_structure, image_header_size
-from desktop_app.core.pacing import Pace
+from desktop_app.core.image_prefetch import ImagePrefetch
+from desktop_app.core.pacing import Pace, paced_map
 from runtimes.errors import ImageDecodeError
 from runtimes.fileio import sha256_bytes
 from runtimes.preprocess import decode_image
@@ -412,6 +412,27 @@ def finite(values: Sequence[float]) -> bool:
 # ---- images ----------------------------------------------------------------------------
 
 _IMAGE_SINK: ContextVar[ImageSink | None] = ContextVar("outpost_image_sink", default=None)
+_PREFETCH: ContextVar[ImagePrefetch | None] = ContextVar("outpost_prefetch", default=None)
+
+
+@contextlib.contextmanager
+def prefetching(prefetch: ImagePrefetch) -> Iterator[None]:
+    """Within this block, images the readers announce (:func:`announce_images`) are read by
+    ``prefetch``'s helper process while the annotations are parsed, and :func:`inspect_images`
+    takes what it staged (see :mod:`desktop_app.core.image_prefetch`)."""
+    token = _PREFETCH.set(prefetch)
+    try:
+        yield
+    finally:
+        _PREFETCH.reset(token)
+
+
+def announce_images(root: Path, paths: Iterable[Path]) -> None:
+    """A reader knows these image files of the dataset folder ``root`` before it parses the
+    annotations: inside :func:`prefetching`, a helper process starts reading them."""
+    prefetch = _PREFETCH.get()
+    if prefetch is not None:
+        prefetch.announce(root, paths)
 
 
 @contextlib.contextmanager
@@ -499,25 +520,27 @@ def inspect_images(
     # runs of images per task: thousands of small images cost a few hundred hand-offs
     size = max(1, min(64, -(-total // (4 * count))))
     runs = [accepted[k : k + size] for k in range(0, total, size)]
+    prefetch = _PREFETCH.get()
+    if prefetch is not None:
+        prefetch.finish()  # every image is known now
+        if not prefetch.running:
+            prefetch = None
     pace = Pace(adaptive=workers is None and count > 1)
+
+    def inspect_one(src: SourceImage) -> tuple[str, int, int, int] | DatasetFormatError:
+        return _inspect_or_error(src, limit, sink)
 
     def inspect_run(run: list[SourceImage]) -> list[tuple[str, int, int, int] | DatasetFormatError]:
         return [_inspect_or_error(s, limit, sink) for s in run]
 
-    def results() -> Iterator[tuple[str, int, int, int] | DatasetFormatError]:
-        k = 0
-        while k < len(runs) and pace.adaptive and not pace.fan_out:
-            started = time.perf_counter()
-            part = inspect_run(runs[k])
-            pace.add(len(part), time.perf_counter() - started)
-            yield from part
-            k += 1
-        for part in pool.map(inspect_run, runs[k:]):
-            yield from part
-
     pool = ThreadPoolExecutor(max_workers=count)
     try:
-        for i, (src, info) in enumerate(zip(accepted, results(), strict=True), start=1):
+        results = (  # the helper reads (and paces itself); this thread reads the rest
+            prefetch.results(accepted, inspect_one)
+            if prefetch is not None
+            else paced_map(inspect_run, runs, pool, pace)
+        )
+        for i, (src, info) in enumerate(zip(accepted, results, strict=True), start=1):
             if progress is not None:
                 progress("validate", i, total)
             if isinstance(info, DatasetFormatError):

@@ -48,6 +48,7 @@ from desktop_app.core.dataset_records import (
     ScannedDataset,
     ScannedImage,
     SourceImage,
+    announce_images,
     inspect_images,
 )
 from desktop_app.core.errors import DatasetFormatError
@@ -118,6 +119,7 @@ def scan_yolo(
         raise DatasetFormatError(
             f"not a YOLO dataset: {images_dir} holds no images (.jpg, .png, ...); add images"
         )
+    announce_images(root, [e.image for e in entries])  # read while the labels are parsed
     names = read_class_names(root)
     kpt_shape = read_keypoint_shape(root)
     entries = _check_labels_files(root, entries, report)

@@ -9,6 +9,14 @@ file in windows of :data:`PACE_WINDOW` files and says when to fan out.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Executor
+from typing import TypeVar
+
+_T = TypeVar("_T")
+_R = TypeVar("_R")
+
 # Past this average time per file, the rest of the files fan out to threads.
 SLOW_FILE_S = 150e-6
 PACE_WINDOW = 128  # files per measurement
@@ -36,3 +44,20 @@ class Pace:
             if self.adaptive and self._seconds / self._files > SLOW_FILE_S:
                 self.fan_out = True
             self._files, self._seconds = 0, 0.0
+
+
+def paced_map(
+    fn: Callable[[list[_T]], list[_R]], runs: Sequence[list[_T]], pool: Executor, pace: Pace
+) -> Iterator[_R]:
+    """``fn`` over ``runs`` of files, the results in order: in the calling thread while the
+    files go fast (timed by ``pace``), the remaining runs in ``pool`` once they go slowly
+    (from the first run when ``pace`` is not adaptive)."""
+    k = 0
+    while k < len(runs) and pace.adaptive and not pace.fan_out:
+        started = time.perf_counter()
+        part = fn(runs[k])
+        pace.add(len(part), time.perf_counter() - started)
+        yield from part
+        k += 1
+    for part in pool.map(fn, runs[k:]):
+        yield from part

@@ -47,6 +47,7 @@ from desktop_app.core.dataset_records import (
     Progress,
     ScannedDataset,
     SourceImage,
+    announce_images,
     box_from_pixels,
     finite,
     inspect_images,
@@ -238,6 +239,7 @@ class _Reader:
                     skipped.add(img["id"])
                 continue
             images[iid] = entry
+        announce_images(root, [entry[3] for entry in images.values()])
         anns: dict[int, list[Annotation]] = {iid: [] for iid in images}
         raw = _list(doc, "annotations", where)
         every = _all_plain(raw, images, self.class_of)

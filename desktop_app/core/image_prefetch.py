@@ -1,0 +1,424 @@
+"""A helper process that reads, checks, hashes and stages an import's images while the
+importing process parses the annotations.
+
+An import's two big costs are independent: parsing the annotation file into records (Python
+work that holds the GIL) and reading every image once (open, read, check the PNG chunks or
+JPEG segments, hash, write the blob's temp file). Threads cannot overlap them — the file work
+would wait for the GIL the parser holds — so a second process does the file work.
+
+A reader calls :func:`desktop_app.core.dataset_records.announce_images` as soon as it knows
+the image files (a COCO file's ``images`` list, a YOLO folder's listing); inside
+:func:`desktop_app.core.dataset_records.prefetching` that hands them to :class:`ImagePrefetch`,
+which starts ``python -m desktop_app.core.image_prefetch`` once (for
+:data:`PREFETCH_MIN_IMAGES` images or more, on a machine with two cores or more). The helper
+answers, in order, one line per image: ``+SHA256 SIZE WIDTH HEIGHT`` when the file is a whole
+PNG or JPEG within the pixel limit (its content then lies in the blob store under a temp name
+only this import uses), or ``-`` for anything else. :func:`inspect_images` takes each answer
+and adopts the temp file into the import's :class:`desktop_app.core.blobs.BlobBatch`; an image
+answered ``-`` (missing, unreadable, damaged, a link, another format, too large) or never
+answered (the helper failed) is read in the importing process as before, which names the
+problem. So the helper only ever speeds an import up: every message, every check and every
+decision stays with the importer.
+
+The helper reads only regular files that are not links and whose folder resolves inside the
+dataset folder (the importer checks each path again), writes only temp files named with this
+import's prefix in the store's folder, and removes them itself when the importer goes away;
+:meth:`ImagePrefetch.close` removes every one the import did not adopt.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import queue
+import stat
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
+
+from desktop_app.core.image_check import ImageStructureError, check_structure
+from desktop_app.core.pacing import Pace, paced_map
+
+if TYPE_CHECKING:
+    from desktop_app.core.blobs import BlobBatch
+    from desktop_app.core.dataset_records import SourceImage
+
+_R = TypeVar("_R")
+
+PREFETCH_MIN_IMAGES = 1000  # fewer: the helper's start costs more than it saves
+MODULE = "desktop_app.core.image_prefetch"
+RUN = 64  # images per run in the helper (the unit it hands to its threads)
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_READ_FLAGS = os.O_RDONLY | _NOFOLLOW | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+_WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+
+ImageFacts = tuple[str, int, int, int]  # sha256, size in bytes, width, height
+
+
+class ImagePrefetch:
+    """The importer's side of the helper process (see the module docstring).
+
+    Args:
+        batch: The import's blob batch; adopted images become its staged blobs.
+        min_images: Start the helper for this many announced images or more (default
+            :data:`PREFETCH_MIN_IMAGES`).
+        cpus: The machine's CPU count (default ``os.cpu_count()``); one CPU: no helper.
+    """
+
+    def __init__(
+        self,
+        batch: BlobBatch,
+        *,
+        min_images: int | None = None,
+        cpus: int | None = None,
+    ) -> None:
+        self.batch = batch
+        self.min_images = PREFETCH_MIN_IMAGES if min_images is None else min_images
+        self.cpus = cpus if cpus is not None else os.cpu_count() or 1
+        self.store = os.fspath(batch.store.root)
+        self.prefix = batch.new_temp_prefix()
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._reader: threading.Thread | None = None
+        self._writer: threading.Thread | None = None
+        self._outbox: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self._root: str | None = None
+        self._index: dict[str, int] = {}  # path → its number in the helper's list
+        self._answers: dict[int, bytes] = {}
+        self._answered_all = False
+        self._taken: set[int] = set()
+        self._cond = threading.Condition()
+        self._finished = False
+        self._closed = False
+
+    @property
+    def running(self) -> bool:
+        """True once the helper was started (it may have finished since)."""
+        return self._proc is not None
+
+    def announce(self, root: Path, paths: Iterable[Path]) -> None:
+        """Hand image files of the dataset folder ``root`` to the helper (started on first use)."""
+        if self._closed or self._finished:
+            return
+        names = [os.fspath(p) for p in paths]
+        if self._proc is None:
+            if len(names) < self.min_images or self.cpus < 2:
+                return
+            if not self._start(os.fspath(root)):
+                return
+        elif os.fspath(root) != self._root:
+            return  # one dataset folder per helper: these are read by the importer
+        data = bytearray()
+        for name in names:
+            if "\0" in name or name in self._index:
+                continue
+            self._index[name] = len(self._index)
+            data += b"p" + os.fsencode(name) + b"\0"
+        self._send(bytes(data))
+
+    def finish(self) -> None:
+        """No more images: the helper exits once it has answered for every one."""
+        if self._proc is not None and not self._finished:
+            self._finished = True
+            self._send(None)
+
+    def results(
+        self, sources: Sequence[SourceImage], own: Callable[[SourceImage], _R]
+    ) -> Iterator[_R | ImageFacts]:
+        """For each of ``sources`` in order, the helper's facts (its temp file adopted) or
+        ``own(source)``: what the importer finds reading the image itself.
+
+        While the next image's answer is not in yet, this thread takes runs of images from
+        the end of the helper's list (the helper skips each run it has not started), so both
+        processes work until the last image.
+        """
+        number = [self._index.get(os.fspath(src.path)) for src in sources]
+        # the sources the helper may answer, by their number in its list
+        queue_order = sorted((n, j) for j, n in enumerate(number) if n is not None)
+        place = {j: k for k, (_, j) in enumerate(queue_order)}
+        end = len(queue_order)  # queue_order[end:] are this thread's now
+        own_results: dict[int, _R] = {}
+        for j, src in enumerate(sources):
+            n = number[j]
+            if n is None:
+                yield own(src)
+                continue
+            if j in own_results:
+                yield own_results.pop(j)
+                continue
+            while not self._answered(n) and place[j] + 1 < end:
+                start = max(place[j] + 1, end - RUN)
+                self._send(b"l%d\0" % queue_order[start][0])  # the helper stops before it
+                for _, k in queue_order[start:end]:
+                    own_results[k] = own(sources[k])
+                end = start
+            facts = self._take(n)
+            yield facts if facts is not None else own(src)
+
+    def close(self) -> None:
+        """Stop the helper and remove every temp file of it the import did not adopt."""
+        proc = self._proc
+        if proc is None or self._closed:
+            self._closed = True
+            return
+        self._closed = True
+        self.finish()
+        if proc.poll() is None:
+            proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        for thread in (self._writer, self._reader):
+            if thread is not None:
+                thread.join()
+        if proc.stdout is not None:
+            proc.stdout.close()
+        for i in range(len(self._index)):
+            if i not in self._taken:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self._temp(i))
+
+    def _answered(self, n: int) -> bool:
+        with self._cond:
+            return n in self._answers or self._answered_all
+
+    def _take(self, n: int) -> ImageFacts | None:
+        """The helper's answer for image ``n`` (waiting for it), its temp file adopted; None
+        when the importer must read the image itself."""
+        if n in self._taken:
+            return None
+        with self._cond:
+            while n not in self._answers and not self._answered_all:
+                self._cond.wait()
+            answer = self._answers.get(n, b"-")
+        if not answer.startswith(b"+"):
+            return None
+        try:
+            sha, size, width, height = answer[1:].decode("ascii").split(" ")
+            facts = (sha, int(size), int(width), int(height))
+        except ValueError:
+            return None
+        self._taken.add(n)
+        self.batch.adopt(sha, self._temp(n), facts[1])
+        return facts
+
+    def _temp(self, n: int) -> str:
+        return os.path.join(self.store, f"{self.prefix}{n}")
+
+    def _start(self, root: str) -> bool:
+        from desktop_app.core.dataset_records import max_image_pixels
+
+        header = {
+            "store": self.store,
+            "prefix": self.prefix,
+            "root": root,
+            "max_pixels": max_image_pixels(),
+        }
+        os.makedirs(self.store, exist_ok=True)
+        try:
+            proc = subprocess.Popen(  # noqa: S603 - this Python, one of our modules
+                [sys.executable, "-m", MODULE],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+            )
+        except OSError:
+            return False
+        self._proc, self._root = proc, root
+        self._reader = threading.Thread(target=self._read_answers, daemon=True)
+        self._reader.start()
+        self._writer = threading.Thread(target=self._write_requests, daemon=True)
+        self._writer.start()
+        self._send(json.dumps(header).encode("utf-8") + b"\n")
+        return True
+
+    def _send(self, data: bytes | None) -> None:
+        """Queue ``data`` for the helper's stdin (None: close it). A thread of its own writes
+        it, so this thread goes on parsing while the helper starts and drains the pipe."""
+        if self._proc is not None:
+            self._outbox.put(data)
+
+    def _write_requests(self) -> None:
+        assert self._proc is not None and self._proc.stdin is not None
+        stdin = self._proc.stdin
+        try:
+            while (data := self._outbox.get()) is not None:
+                stdin.write(data)
+                stdin.flush()
+        except OSError:  # the helper is gone: what it did not answer, the importer reads
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                stdin.close()
+
+    def _read_answers(self) -> None:
+        """Collect the helper's answer lines (``+N SHA256 SIZE W H`` or ``-N``) by number."""
+        assert self._proc is not None and self._proc.stdout is not None
+        fd = self._proc.stdout.fileno()
+        pending = b""
+        try:
+            while chunk := os.read(fd, 1 << 16):
+                *lines, pending = (pending + chunk).split(b"\n")
+                parsed = {}
+                for line in lines:
+                    head, _, rest = line.partition(b" ")
+                    if head[1:].isdigit():
+                        parsed[int(head[1:])] = line[:1] + rest if rest else line[:1]
+                if parsed:
+                    with self._cond:
+                        self._answers.update(parsed)
+                        self._cond.notify_all()
+        except OSError:
+            pass
+        finally:
+            with self._cond:
+                self._answered_all = True
+                self._cond.notify_all()
+
+
+# ---- the helper process ---------------------------------------------------------------------
+
+
+class _Helper:
+    """Reads, checks, hashes and stages images; one answer line per image."""
+
+    def __init__(self, store: str, prefix: str, root: str, max_pixels: int) -> None:
+        self.store = os.fsencode(store)
+        self.prefix = os.fsencode(prefix)
+        self.root = os.fsencode(os.path.realpath(root))
+        self.max_pixels = max_pixels
+        self.folders: dict[bytes, bool] = {}  # folder as given → resolves inside the root
+        self.limit = sys.maxsize  # runs from this number on are the importer's
+
+    def inside(self, path: bytes) -> bool:
+        head = os.path.dirname(path)
+        ok = self.folders.get(head)
+        if ok is None:
+            real = os.path.realpath(head)
+            ok = self.folders[head] = real == self.root or real.startswith(
+                self.root.rstrip(b"/") + b"/"
+            )
+        return ok
+
+    def answer(self, n: int, path: bytes) -> bytes:
+        facts = self.stage(n, path) if self.inside(path) else None
+        if facts is None:
+            return b"-%d\n" % n
+        sha, size, width, height = facts
+        return f"+{n} {sha} {size} {width} {height}\n".encode("ascii")
+
+    def answer_run(self, run: list[tuple[int, bytes]]) -> list[bytes]:
+        if not run or run[0][0] >= self.limit:
+            return []  # the importer took this run
+        return [self.answer(n, path) for n, path in run]
+
+    def stage(self, n: int, path: bytes) -> ImageFacts | None:
+        try:
+            fd = os.open(path, _READ_FLAGS)
+        except OSError:
+            return None
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return None  # a FIFO, a device, a folder: the importer says what it is
+            with open(fd, "rb", buffering=0, closefd=False) as fh:
+                data = fh.readall()
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+        try:
+            size = check_structure(data)
+        except ImageStructureError:
+            return None
+        if size is None or size[0] * size[1] > self.max_pixels:
+            return None
+        sha = hashlib.sha256(data).hexdigest()
+        temp = os.path.join(self.store, self.prefix + b"%d" % n)
+        try:
+            out = os.open(temp, _WRITE_FLAGS, 0o600)
+        except OSError:
+            return None
+        try:
+            view, done = memoryview(data), 0
+            while done < len(data):
+                done += os.write(out, view[done:])
+        except OSError:
+            os.close(out)
+            with contextlib.suppress(OSError):
+                os.unlink(temp)
+            return None
+        os.close(out)
+        return sha, len(data), size[0], size[1]
+
+    def remove_temps(self) -> None:
+        """The importer went away: remove every temp file of this helper."""
+        with contextlib.suppress(OSError), os.scandir(self.store) as entries:
+            for entry in entries:
+                if entry.name.startswith(self.prefix):
+                    with contextlib.suppress(OSError):
+                        os.unlink(entry.path)
+
+    def read_requests(self, paths: queue.SimpleQueue[list[bytes] | None]) -> None:
+        """Read stdin as it comes: ``p PATH`` records go to ``paths`` (None at the end),
+        ``l N`` records lower :attr:`limit`. Each record ends with a NUL byte."""
+        pending = b""
+        try:
+            while chunk := os.read(0, 1 << 16):
+                *records, pending = (pending + chunk).split(b"\0")
+                found = []
+                for record in records:
+                    if record[:1] == b"p":
+                        found.append(record[1:])
+                    elif record[:1] == b"l" and record[1:].isdigit():
+                        self.limit = min(self.limit, int(record[1:]))
+                if found:
+                    paths.put(found)
+        except OSError:
+            pass
+        paths.put(None)
+
+
+def helper_main() -> int:
+    """``python -m desktop_app.core.image_prefetch``: a JSON header line on stdin, then
+    NUL-terminated records; one answer line per image on stdout."""
+    header = b""
+    while not header.endswith(b"\n"):
+        byte = os.read(0, 1)
+        if not byte:
+            return 0
+        header += byte
+    cfg = json.loads(header)
+    helper = _Helper(cfg["store"], cfg["prefix"], cfg["root"], int(cfg["max_pixels"]))
+    paths: queue.SimpleQueue[list[bytes] | None] = queue.SimpleQueue()
+    threading.Thread(target=helper.read_requests, args=(paths,), daemon=True).start()
+    out = sys.stdout.buffer
+    importer = os.getppid()
+    count = 0
+    pace = Pace(adaptive=(os.cpu_count() or 1) > 1)
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        try:
+            while (found := paths.get()) is not None:
+                items = list(enumerate(found, start=count))
+                count += len(found)
+                runs = [items[k : k + RUN] for k in range(0, len(items), RUN)]
+                for line in paced_map(helper.answer_run, runs, pool, pace):
+                    out.write(line)
+                out.flush()
+        except (BrokenPipeError, ConnectionResetError):
+            helper.remove_temps()
+            return 1
+    if os.getppid() != importer:  # the importer died: nobody will adopt these
+        helper.remove_temps()
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(helper_main())

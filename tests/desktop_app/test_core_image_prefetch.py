@@ -1,0 +1,347 @@
+"""The import's helper process (:mod:`desktop_app.core.image_prefetch`): an import with it
+stores exactly what an import without it stores, every problem is still found and named by the
+importer, the helper reads only regular files inside the dataset folder, and no temp file of
+it outlives the import (success, failure, or a helper that dies)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+from sqlalchemy import func, select
+
+from desktop_app.core import dataset_import, image_prefetch
+from desktop_app.core.blobs import BlobBatch, BlobStore
+from desktop_app.core.dataset_records import SourceImage
+from desktop_app.core.datasets import import_dataset
+from desktop_app.core.errors import DatasetFormatError
+from desktop_app.core.image_check import check_structure
+from desktop_app.core.image_prefetch import ImagePrefetch, _Helper
+from desktop_app.core.models import Blob, Dataset, DatasetItem
+from desktop_app.core.workspace import Workspace
+from runtimes.fileio import sha256_bytes
+
+ROOT = Path(__file__).resolve().parents[2]
+W, H = 40, 30
+
+
+def _image(path: Path, seed: int, ext: str = ".png") -> bytes:
+    rng = np.random.default_rng(seed)
+    ok, buf = cv2.imencode(ext, rng.integers(0, 255, (H, W, 3), dtype=np.uint8))
+    assert ok
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(buf.tobytes())
+    return buf.tobytes()
+
+
+def _leftovers(ws: Workspace) -> list[Path]:
+    return list(ws.blobs_dir.rglob(".tmp-*")) if ws.blobs_dir.exists() else []
+
+
+def _coco(root: Path, n: int, *, extra: list[dict[str, Any]] | None = None) -> Path:
+    """``n`` PNGs (one a copy of another, a few JPEGs and a BMP), one box each, and
+    ``extra`` image entries; the annotations in ``root/annotations.json``."""
+    images = []
+    for i in range(n):
+        ext = ".jpg" if i % 25 == 3 else ".bmp" if i == 7 else ".png"
+        name = f"i{i:03d}{ext}"
+        _image(root / "images" / name, 101 if i == 11 else 100 + i, ext)  # i011 copies i001
+        images.append({"id": i + 1, "file_name": name, "width": W, "height": H})
+    for j, entry in enumerate(extra or []):
+        images.append({"id": n + j + 1, "width": W, "height": H, **entry})
+    doc = {
+        "images": images,
+        "annotations": [
+            {"id": k + 1, "image_id": img["id"], "category_id": 5, "bbox": [1, 2, 10, 10]}
+            for k, img in enumerate(images)
+        ],
+        "categories": [{"id": 5, "name": "thing"}],
+    }
+    (root / "annotations.json").write_text(json.dumps(doc))
+    return root
+
+
+def _stored(ws: Workspace) -> tuple[list[tuple[str, str, int, int]], set[str]]:
+    with ws.session() as s:
+        items = [
+            (i.file_name, i.image_sha256, i.width, i.height)
+            for i in s.scalars(select(DatasetItem).order_by(DatasetItem.file_name))
+        ]
+        shas = set(s.scalars(select(Blob.sha256)))
+    return items, shas
+
+
+@pytest.fixture
+def helper_on(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The helper starts for any number of images, and the importer lets it answer for every
+    one before it takes the answers (else, this quick, it reads them all itself); returns the
+    count of images the helper staged."""
+    monkeypatch.setattr(image_prefetch, "PREFETCH_MIN_IMAGES", 1)
+    results = ImagePrefetch.results
+
+    def after_the_helper(self: ImagePrefetch, sources: Any, own: Any) -> Any:
+        self.finish()
+        with self._cond:
+            while not self._answered_all:
+                self._cond.wait()
+        return results(self, sources, own)
+
+    monkeypatch.setattr(ImagePrefetch, "results", after_the_helper)
+    adopted: list[int] = [0]
+    adopt = BlobBatch.adopt
+
+    def counting(self: BlobBatch, sha: str, tmp: str, size: int) -> None:
+        adopted[0] += 1
+        adopt(self, sha, tmp, size)
+
+    monkeypatch.setattr(BlobBatch, "adopt", counting)
+    return adopted
+
+
+def test_import_with_the_helper_stores_what_the_import_without_it_stores(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, helper_on: list[int]
+) -> None:
+    root = tmp_path / "src"
+    outside = tmp_path / "outside.png"
+    _image(outside, 7)
+    (root / "images").mkdir(parents=True)
+    os.symlink(root / "images" / "i000.png", root / "images" / "link.png")
+    os.symlink(outside, root / "images" / "escape.png")
+    cut = _image(root / "images" / "cut.png", 8)
+    (root / "images" / "cut.png").write_bytes(cut[: len(cut) // 2])
+    _coco(
+        root,
+        150,
+        extra=[
+            {"file_name": "link.png"},  # a link inside the folder: the importer reads it
+            {"file_name": "escape.png"},  # a link out of it: refused
+            {"file_name": "cut.png"},  # truncated
+            {"file_name": "gone.png"},  # missing
+        ],
+    )
+    with_helper = Workspace.open(tmp_path / "ws1", create=True)
+    first = import_dataset(with_helper, root, "d", "coco", lenient=True)
+    assert helper_on[0] >= 140  # the helper staged the PNGs and JPEGs
+
+    monkeypatch.setattr(image_prefetch, "PREFETCH_MIN_IMAGES", 10**9)
+    helper_on[0] = 0
+    without = Workspace.open(tmp_path / "ws2", create=True)
+    second = import_dataset(without, root, "d", "coco", lenient=True)
+    assert helper_on[0] == 0
+
+    assert first["content_hash"] == second["content_hash"]
+    assert first["problems"] == second["problems"]
+    assert first["images"] == second["images"] == 151  # 150 + the link inside
+    joined = "\n".join(first["problems"])
+    for name in ("escape.png", "cut.png", "gone.png"):
+        assert name in joined
+    assert _stored(with_helper) == _stored(without)
+    items, shas = _stored(with_helper)
+    assert len(shas) == 149  # a copy and a link share their blobs
+    assert all(with_helper.blobs.verify(sha) for sha in shas)
+    assert _leftovers(with_helper) == [] and _leftovers(without) == []
+
+
+def test_a_strict_import_names_the_first_problem_with_the_helper(
+    tmp_path: Path, helper_on: list[int]
+) -> None:
+    root = _coco(tmp_path / "src", 60, extra=[{"file_name": "gone.png"}])
+    ws = Workspace.open(tmp_path / "ws", create=True)
+    with pytest.raises(DatasetFormatError, match=r"image gone\.png is missing"):
+        import_dataset(ws, root, "d", "coco")
+    assert _leftovers(ws) == []
+    assert [p for p in ws.blobs_dir.rglob("*") if p.is_file()] == []
+
+
+def test_a_failure_after_the_images_were_staged_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, helper_on: list[int]
+) -> None:
+    root = _coco(tmp_path / "src", 60)
+    ws = Workspace.open(tmp_path / "ws", create=True)
+
+    def fail(*args: Any, **kwargs: Any) -> None:
+        raise OSError(5, "disk I/O error")
+
+    monkeypatch.setattr(dataset_import, "_create_rows", fail)
+    with pytest.raises(OSError, match="disk I/O"):
+        import_dataset(ws, root, "d", "coco")
+    assert helper_on[0] > 0
+    with ws.session() as s:
+        for model in (Dataset, DatasetItem, Blob):
+            assert s.scalar(select(func.count()).select_from(model)) == 0
+    assert [p for p in ws.blobs_dir.rglob("*") if p.is_file()] == []
+
+
+def test_a_parse_error_after_the_helper_started_leaves_nothing(
+    tmp_path: Path, helper_on: list[int]
+) -> None:
+    root = _coco(tmp_path / "src", 60)
+    doc = json.loads((root / "annotations.json").read_text())
+    doc["annotations"][-1]["category_id"] = 99
+    (root / "annotations.json").write_text(json.dumps(doc))
+    ws = Workspace.open(tmp_path / "ws", create=True)
+    started: list[ImagePrefetch] = []
+    real_start = ImagePrefetch._start
+
+    def start(self: ImagePrefetch, root_: str) -> bool:
+        started.append(self)
+        return real_start(self, root_)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ImagePrefetch, "_start", start)
+        with pytest.raises(DatasetFormatError, match="unknown category id 99"):
+            import_dataset(ws, root, "d", "coco")
+    assert started and started[0]._proc is not None
+    assert started[0]._proc.poll() is not None  # the helper is gone
+    assert [p for p in ws.blobs_dir.rglob("*") if p.is_file()] == []
+
+
+def test_a_helper_that_dies_leaves_the_images_to_the_importer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, helper_on: list[int]
+) -> None:
+    root = _coco(tmp_path / "src", 60)
+    real_start = ImagePrefetch._start
+
+    def start_and_kill(self: ImagePrefetch, root_: str) -> bool:
+        ok = real_start(self, root_)
+        assert self._proc is not None
+        self._proc.kill()
+        return ok
+
+    monkeypatch.setattr(ImagePrefetch, "_start", start_and_kill)
+    ws = Workspace.open(tmp_path / "ws", create=True)
+    summary = import_dataset(ws, root, "d", "coco")
+    assert summary["images"] == 60
+    _, shas = _stored(ws)
+    assert len(shas) == 59 and all(ws.blobs.verify(sha) for sha in shas)
+    assert _leftovers(ws) == []
+
+
+def test_no_helper_for_few_images_or_one_cpu(tmp_path: Path) -> None:
+    store = BlobStore(tmp_path / "blobs")
+    few = ImagePrefetch(BlobBatch(store), min_images=10)
+    few.announce(tmp_path, [tmp_path / f"{i}.png" for i in range(9)])
+    one_cpu = ImagePrefetch(BlobBatch(store), min_images=1, cpus=1)
+    one_cpu.announce(tmp_path, [tmp_path / "a.png"])
+    assert not few.running and not one_cpu.running
+    few.close()
+    one_cpu.close()
+
+
+# ---- the helper's own checks ------------------------------------------------------------------
+
+
+def test_the_helper_stages_only_whole_images_it_may_read(tmp_path: Path) -> None:
+    root = (tmp_path / "data").resolve()
+    store = tmp_path / "blobs"
+    store.mkdir()
+    good = _image(root / "good.png", 1)
+    jpeg = _image(root / "photo.jpg", 2, ".jpg")
+    _image(root / "other.bmp", 3, ".bmp")
+    cut = _image(root / "cut.png", 4)
+    (root / "cut.png").write_bytes(cut[:-20])
+    os.symlink(root / "good.png", root / "link.png")
+    outside = tmp_path / "elsewhere"
+    _image(outside / "x.png", 5)
+    os.symlink(outside, root / "linked-folder")
+    os.mkfifo(root / "pipe.png")
+    (root / "folder.png").mkdir()
+    helper = _Helper(str(store), ".tmp-test-", str(root), max_pixels=10**8)
+
+    def answer(n: int, name: str) -> bytes:
+        return helper.answer(n, os.fsencode(root / name))
+
+    assert answer(0, "good.png") == b"+0 %s %d %d %d\n" % (
+        sha256_bytes(good).encode(),
+        len(good),
+        W,
+        H,
+    )
+    assert (store / ".tmp-test-0").read_bytes() == good
+    size = check_structure(jpeg)
+    assert size is not None
+    assert answer(1, "photo.jpg") == b"+1 %s %d %d %d\n" % (
+        sha256_bytes(jpeg).encode(),
+        len(jpeg),
+        *size,
+    )
+    for n, name in enumerate(
+        [
+            "other.bmp",
+            "cut.png",
+            "link.png",
+            "linked-folder/x.png",
+            "pipe.png",
+            "folder.png",
+            "no.png",
+        ],
+        start=2,
+    ):
+        assert answer(n, name) == b"-%d\n" % n, name
+    small = _Helper(str(store), ".tmp-test-", str(root), max_pixels=W * H - 1)
+    assert small.answer(20, os.fsencode(root / "good.png")) == b"-20\n"  # over the limit
+    assert sorted(p.name for p in store.iterdir()) == [".tmp-test-0", ".tmp-test-1"]
+    helper.remove_temps()
+    assert list(store.iterdir()) == []
+
+
+def test_the_helper_skips_runs_the_importer_took() -> None:
+    helper = _Helper("/nonexistent", ".tmp-x-", "/", max_pixels=1)
+    helper.limit = 64
+    assert helper.answer_run([(64, b"/a"), (65, b"/b")]) == []
+    assert helper.answer_run([(0, b"/nonexistent/a")]) == [b"-0\n"]
+
+
+def test_the_importer_takes_runs_from_the_end_while_the_helper_is_behind(tmp_path: Path) -> None:
+    """Waiting for image 1, the importer reads images 2..4 itself (and tells the helper to
+    stop before 2); the results still come in the sources' order."""
+    prefetch = ImagePrefetch(BlobBatch(BlobStore(tmp_path / "blobs")), min_images=1)
+    sources = [SourceImage(f"{i}.png", tmp_path / f"{i}.png", None, ()) for i in range(5)]
+    prefetch._index = {os.fspath(src.path): i for i, src in enumerate(sources)}
+    prefetch._answers = {0: b"-"}
+    prefetch._proc = object()  # type: ignore[assignment]  # requests only go to the outbox
+    order: list[str] = []
+
+    def own(src: SourceImage) -> str:
+        order.append(src.file_name)
+        return f"own {src.file_name}"
+
+    def helper_answers_1_after_the_limit() -> None:
+        message = prefetch._outbox.get(timeout=10)
+        assert message == b"l2\0"
+        with prefetch._cond:
+            prefetch._answers[1] = b"-"
+            prefetch._cond.notify_all()
+
+    thread = threading.Thread(target=helper_answers_1_after_the_limit)
+    thread.start()
+    results = list(prefetch.results(sources, own))
+    thread.join()
+    assert results == [f"own {i}.png" for i in range(5)]
+    assert order == ["0.png", "2.png", "3.png", "4.png", "1.png"]
+
+
+def test_the_frozen_app_runs_the_helper() -> None:
+    """``Outpost -m desktop_app.core.image_prefetch`` in the frozen app: the same helper."""
+    done = subprocess.run(  # noqa: S603
+        [
+            sys.executable,
+            "-c",
+            "import sys; from desktop_app.frozen_entry import main; "
+            "sys.exit(main(['-m', 'desktop_app.core.image_prefetch']))",
+        ],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        cwd=ROOT,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
