@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import hashlib
 import os
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +15,37 @@ from typing import BinaryIO
 CHUNK = 1 << 20
 
 
-def fsync_dir(path: Path) -> None:
+def syncfs(folder: str | bytes | os.PathLike[str]) -> bool:
+    """Flush every dirty page of the file system holding ``folder`` (Linux ``syncfs``).
+
+    Returns False where the call does not exist or fails; the caller then fsyncs file by
+    file instead.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        return bool(libc.syncfs(fd) == 0)
+    except AttributeError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def fsync_file(path: str | bytes | os.PathLike[str]) -> None:
+    """Flush one file's content to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(path: str | bytes | os.PathLike[str]) -> None:
     """Flush a directory entry so a rename inside it survives a power cut."""
     with contextlib.suppress(OSError):
         fd = os.open(path, os.O_RDONLY)

@@ -14,14 +14,12 @@ points at content that is not on disk.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import hashlib
 import itertools
 import os
 import re
 import secrets
 import shutil
-import sys
 import tempfile
 import threading
 import time
@@ -29,7 +27,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar, cast
+from typing import Protocol, TypeVar, cast
 
 from sqlalchemy import Table, insert, select
 from sqlalchemy.orm import Session
@@ -37,7 +35,15 @@ from sqlalchemy.orm import Session
 from desktop_app.core.errors import BlobIntegrityError, InvalidArgumentError, NotFoundError
 from desktop_app.core.models import Blob, utcnow
 from desktop_app.core.pacing import Pace
-from runtimes.fileio import CHUNK, atomic_write_bytes, fsync_dir, sha256_bytes, sha256_file
+from runtimes.fileio import (
+    CHUNK,
+    atomic_write_bytes,
+    fsync_dir,
+    sha256_bytes,
+    sha256_file,
+)
+from runtimes.fileio import fsync_file as _fsync_file
+from runtimes.fileio import syncfs as _syncfs
 
 _T = TypeVar("_T")
 _BLOBS = cast(Table, Blob.__table__)
@@ -387,6 +393,24 @@ class BlobStore:
             shutil.copyfile(self.path(sha), target)
 
 
+RenameOutcome = tuple[str, list[str], OSError | None]  # flags, shard folders made, error
+
+
+class Renamer(Protocol):
+    """Stores staged blobs in another process (see :meth:`BlobBatch.start_commit`)."""
+
+    def rename(
+        self, moves: list[tuple[str, str]]
+    ) -> Callable[[], RenameOutcome | None] | None:
+        """Start syncing the store, renaming each ``(temp file relative to the store, sha256)``
+        to its blob name (or dropping the temp file when that blob exists) and syncing again.
+
+        Returns None when it cannot take the request; else the call that waits for the
+        outcome: one flag per move (``"1"`` stored, ``"0"`` found stored, ``"e"`` failed), the
+        shard folders it created and the first error; None if it died before answering.
+        """
+
+
 class BlobBatch:
     """Blobs staged from content already in memory, stored together by :meth:`commit`.
 
@@ -465,19 +489,7 @@ class BlobBatch:
             OSError: the store cannot be written; every temp file is removed, and every blob
                 created so far is in ``created``.
         """
-        wanted = set(keep)
-        with self._lock:
-            staged = dict(self._staged)
-        missing = [sha for sha in wanted if staged.get(sha) is None]
-        if missing:
-            self.discard()
-            raise InvalidArgumentError(
-                f"blob {missing[0]} was not staged in this batch; add its content first"
-            )
-        commits = [st for sha, st in staged.items() if sha in wanted and st is not None]
-        for sha, st in staged.items():
-            if sha not in wanted and st is not None:
-                st.discard()
+        commits = self._chosen(keep)
         count = max(1, workers or min(32, 4 * (os.cpu_count() or 1)))
         try:
             with ThreadPoolExecutor(max_workers=count, thread_name_prefix="blobs") as pool:
@@ -503,6 +515,68 @@ class BlobBatch:
         finally:
             self._stager.drop_empty_dirs()
         return {st.sha256: st.size for st in commits}
+
+    def start_commit(
+        self, keep: Iterable[str], renamer: Renamer | None
+    ) -> Callable[[list[str]], dict[str, int]]:
+        """Begin :meth:`commit` in ``renamer`` (another process: the sync, the renames and the
+        second sync go on while this one works); returns the call that finishes it.
+
+        The returned function takes ``created`` and returns what :meth:`commit` returns,
+        raising what it raises. Without a renamer, or when the renamer cannot take the
+        request, or dies before it answers, it is :meth:`commit` itself (which finds what the
+        renamer renamed already stored).
+        """
+        keep = list(keep)
+        if renamer is None:
+            return lambda created: self.commit(keep, created)
+        commits = self._chosen(keep)
+        moving = [st for st in commits if st.tmp is not None]
+        prefix = self._stager.prefix
+        answer = renamer.rename([(str(st.tmp)[len(prefix) :], st.sha256) for st in moving])
+        if answer is None:
+            return lambda created: self.commit(keep, created)
+
+        def finish(created: list[str]) -> dict[str, int]:
+            outcome = answer()
+            if outcome is None:  # the renamer is gone: finish here
+                return self.commit(keep, created)
+            flags, made, error = outcome
+            with self._stager.lock:
+                self._stager.made.update(made)
+            self._stager.known.update(made)
+            for st, flag in zip(moving, flags, strict=False):
+                if flag in "01":  # stored, or found stored already: the temp file is gone
+                    st.tmp = None
+                    if flag == "1":
+                        st.committed = True
+                        created.append(st.sha256)
+            if error is not None or len(flags) != len(moving) or "e" in flags:
+                self.discard()
+                raise error or OSError(f"the blob store {self.store.root} could not be written")
+            return {st.sha256: st.size for st in commits}
+
+        return finish
+
+    def _chosen(self, keep: Iterable[str]) -> list[_Staged]:
+        """The staged blobs named in ``keep``; every other one is dropped.
+
+        Raises:
+            InvalidArgumentError: a sha256 in ``keep`` was never added (all are dropped).
+        """
+        wanted = set(keep)
+        with self._lock:
+            staged = dict(self._staged)
+        missing = [sha for sha in wanted if staged.get(sha) is None]
+        if missing:
+            self.discard()
+            raise InvalidArgumentError(
+                f"blob {missing[0]} was not staged in this batch; add its content first"
+            )
+        for sha, st in staged.items():
+            if sha not in wanted and st is not None:
+                st.discard()
+        return [st for sha, st in staged.items() if sha in wanted and st is not None]
 
     def discard(self) -> None:
         """Remove every temp file this batch still holds (blobs already stored stay)."""
@@ -565,12 +639,12 @@ class _Stager:
         self.known: set[str] = set()  # shard folders known to exist
         self.made: set[str] = set()  # shard folders this call created
         self.lock = threading.Lock()
-        self._prefix = os.path.join(root, "")  # root and a separator, joined once
+        self.prefix = os.path.join(root, "")  # root and a separator, joined once
         # temp names: one random part per stager, then a counter (O_EXCL guards the rest)
         self._tmp_names = (f"{_TMP_PREFIX}{secrets.token_hex(6)}-{n}" for n in itertools.count())
 
     def dest(self, sha: str) -> str:
-        return f"{self._prefix}{sha[:2]}{os.sep}{sha}"
+        return f"{self.prefix}{sha[:2]}{os.sep}{sha}"
 
     def temp_file(self, folder: str) -> tuple[int, str]:
         """Create and open a new temp file (mode 0600) in ``folder``: ``(fd, path)``."""
@@ -585,7 +659,7 @@ class _Stager:
 
     def shard(self, sha: str) -> str:
         """The shard folder of ``sha``, created when missing."""
-        folder = f"{self._prefix}{sha[:2]}"
+        folder = f"{self.prefix}{sha[:2]}"
         if folder not in self.known:
             try:
                 os.mkdir(folder)
@@ -696,35 +770,6 @@ def _all_done(futures: list[Future[_T]]) -> list[_T]:
         if exc is not None:
             raise exc
     return [fut.result() for fut in futures]
-
-
-def _fsync_file(path: str | Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _syncfs(folder: Path) -> bool:
-    """Flush every dirty page of the file system holding ``folder`` (Linux ``syncfs``).
-
-    Returns False where the call does not exist or fails; the caller then fsyncs file by
-    file instead.
-    """
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return False
-    try:
-        return bool(libc.syncfs(fd) == 0)
-    except AttributeError:
-        return False
-    finally:
-        os.close(fd)
 
 
 def _make_dir(folder: Path) -> bool:

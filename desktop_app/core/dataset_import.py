@@ -10,7 +10,7 @@ import contextlib
 import gc
 import re
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -18,7 +18,7 @@ from sqlalchemy import Table, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from desktop_app.core.blobs import BlobBatch, register_blobs
+from desktop_app.core.blobs import BlobBatch, Renamer, register_blobs
 from desktop_app.core.dataset_archive import opened_source
 from desktop_app.core.dataset_records import (
     Progress,
@@ -152,9 +152,12 @@ def import_dataset(
         ):
             try:
                 scanned = read_dataset(folder, fmt, progress, lenient=lenient)
-            finally:
-                prefetch.close()  # its temp files not adopted are removed
-            summary = store_scanned(ws, scanned, name, vf, seed, progress, batch=batch)
+            except BaseException:
+                prefetch.close()  # at once: its temp files not adopted are removed
+                raise
+            summary = store_scanned(
+                ws, scanned, name, vf, seed, progress, batch=batch, renamer=prefetch
+            )
     finally:
         prefetch.close()
         batch.discard()  # what a failure left staged (the stored blobs stay)
@@ -190,12 +193,15 @@ def store_scanned(
     progress: Progress | None = None,
     *,
     batch: BlobBatch | None = None,
+    renamer: Renamer | None = None,
 ) -> dict[str, Any]:
     """Store a validated dataset as version v1 of a new dataset named ``name`` (atomically).
 
     With ``batch`` (the images were staged while they were read, see
     :func:`desktop_app.core.dataset_records.handing_images_to`), the staged images are
-    stored; otherwise each image file is copied into the store.
+    stored; otherwise each image file is copied into the store. With a ``renamer`` too (the
+    import's helper process), the staged blobs are stored by it while this thread builds
+    the split, the content hash and the rows; they are durable before the rows are written.
 
     Raises:
         DatasetFormatError: ``scanned`` holds no image (a lenient read skipped them all).
@@ -206,18 +212,21 @@ def store_scanned(
         raise DatasetFormatError(
             f"{scanned.root}: no valid image is left after skipping {skipped} problems{first}; fix the source"
         )
-    boxes = [_boxes_json(img) for img in scanned.images]  # the stored form, built once
-    encoded = [encode_boxes(rows) for rows in boxes]  # its JSON, for the hash and the rows
-    splits, method = _assign_splits(scanned, boxes, val_fraction, seed)
-    items = [
-        (img.file_name, img.sha256, text, split, _status(img))
-        for img, text, split in zip(scanned.images, encoded, splits, strict=True)
-    ]
-    digest = content_hash_encoded(scanned.class_names, items)
-    project_id = ws.default_project_id()
     created: list[str] = []
+    finish = _start_blobs(ws, scanned.images, progress, batch, renamer)
+    stored = False
     try:
-        _store_blobs(ws, scanned.images, created, progress, batch)
+        boxes = [_boxes_json(img) for img in scanned.images]  # the stored form, built once
+        encoded = [encode_boxes(rows) for rows in boxes]  # its JSON, for the hash and the rows
+        splits, method = _assign_splits(scanned, boxes, val_fraction, seed)
+        items = [
+            (img.file_name, img.sha256, text, split, _status(img))
+            for img, text, split in zip(scanned.images, encoded, splits, strict=True)
+        ]
+        digest = content_hash_encoded(scanned.class_names, items)
+        project_id = ws.default_project_id()
+        stored = True  # from here on, a failure is the blobs' own or a later one
+        finish(created)
         with ws.session() as s:
             _create_rows(
                 s, project_id, name, scanned, items, boxes, method, seed, val_fraction, digest
@@ -230,6 +239,9 @@ def store_scanned(
             f"importing {name!r} failed in the database ({reason}); run a workspace check"
         ) from None
     except BaseException:
+        if not stored:  # let the blobs' storing end, to know which blobs it created
+            with contextlib.suppress(Exception):
+                finish(created)
         _discard_blobs(ws, created)
         raise
     counts = Counter(splits)
@@ -292,37 +304,49 @@ def _assign_splits(
     return out, "partial" if keep else "auto"
 
 
-def _store_blobs(
+def _start_blobs(
     ws: Workspace,
     images: tuple[ScannedImage, ...],
-    created: list[str],
     progress: Progress | None,
     batch: BlobBatch | None,
-) -> None:
-    """Store every image in the blob store, recording the blobs this call created.
+    renamer: Renamer | None,
+) -> Callable[[list[str]], None]:
+    """Begin storing every image in the blob store; returns the call that finishes it,
+    recording the blobs it created in the list it is given.
 
     Images already stored (by their sha256) are not copied again; every new blob is durable
-    before this returns (see :meth:`BlobStore.ingest_files` and :meth:`BlobBatch.commit`).
+    when the returned call returns (see :meth:`BlobStore.ingest_files` and
+    :meth:`BlobBatch.start_commit`).
     """
     total = len(images)
     if batch is not None:
         if progress is not None:
             progress("store", 0, total)
-        batch.commit([img.sha256 for img in images], created)
-        if progress is not None:
-            progress("store", total, total)
-        return
-    stored = ws.blobs.ingest_files(
-        [img.path for img in images],
-        expected=[img.sha256 for img in images],
-        created=created,
-        progress=None if progress is None else (lambda done, total: progress("store", done, total)),
-    )
-    for img, blob in zip(images, stored, strict=True):
-        if blob.sha256 != img.sha256:
-            raise DatasetFormatError(
-                f"{img.path} changed while it was imported; run the import again"
-            )
+        done = batch.start_commit([img.sha256 for img in images], renamer)
+
+        def finish_batch(created: list[str]) -> None:
+            done(created)
+            if progress is not None:
+                progress("store", total, total)
+
+        return finish_batch
+
+    def copy(created: list[str]) -> None:
+        stored = ws.blobs.ingest_files(
+            [img.path for img in images],
+            expected=[img.sha256 for img in images],
+            created=created,
+            progress=None
+            if progress is None
+            else (lambda done, total: progress("store", done, total)),
+        )
+        for img, blob in zip(images, stored, strict=True):
+            if blob.sha256 != img.sha256:
+                raise DatasetFormatError(
+                    f"{img.path} changed while it was imported; run the import again"
+                )
+
+    return copy
 
 
 def _create_rows(

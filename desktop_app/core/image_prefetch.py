@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from desktop_app.core.image_check import ImageStructureError, check_structure
 from desktop_app.core.pacing import Pace, paced_map
+from runtimes.fileio import fsync_dir, fsync_file, syncfs
 
 if TYPE_CHECKING:
     from desktop_app.core.blobs import BlobBatch
@@ -59,6 +60,7 @@ _READ_FLAGS = os.O_RDONLY | _NOFOLLOW | getattr(os, "O_NONBLOCK", 0) | getattr(o
 _WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
 
 ImageFacts = tuple[str, int, int, int]  # sha256, size in bytes, width, height
+RenameOutcome = tuple[str, list[str], OSError | None]  # flags, shard folders made, error
 
 
 class ImagePrefetch:
@@ -95,6 +97,8 @@ class ImagePrefetch:
         self._cond = threading.Condition()
         self._finished = False
         self._closed = False
+        self._renaming = False
+        self._renamed: RenameOutcome | None = None
 
     @property
     def running(self) -> bool:
@@ -122,10 +126,35 @@ class ImagePrefetch:
         self._send(bytes(data))
 
     def finish(self) -> None:
-        """No more images: the helper exits once it has answered for every one."""
-        if self._proc is not None and not self._finished:
-            self._finished = True
-            self._send(None)
+        """No more images will be announced."""
+        self._finished = True
+
+    def rename(self, moves: list[tuple[str, str]]) -> Callable[[], RenameOutcome | None] | None:
+        """Have the helper store staged blobs: sync the store, rename each ``(temp file
+        relative to the store, sha256)`` to its blob name (or drop the temp file when that
+        blob exists), sync again (see :meth:`desktop_app.core.blobs.BlobBatch.start_commit`).
+
+        Returns None when the helper is not running; else the call that waits for its
+        outcome (None when the helper died before it answered).
+        """
+        if self._proc is None or self._closed or self._renaming:
+            return None
+        with self._cond:
+            if self._answered_all:
+                return None
+        self._renaming = True
+        data = bytearray()
+        for rel, sha in moves:
+            data += b"c" + os.fsencode(rel) + b"\t" + sha.encode("ascii") + b"\0"
+        self._send(bytes(data) + b"s\0")
+
+        def outcome() -> RenameOutcome | None:
+            with self._cond:
+                while self._renamed is None and not self._answered_all:
+                    self._cond.wait()
+                return self._renamed
+
+        return outcome
 
     def results(
         self, sources: Sequence[SourceImage], own: Callable[[SourceImage], _R]
@@ -161,17 +190,23 @@ class ImagePrefetch:
             yield facts if facts is not None else own(src)
 
     def close(self) -> None:
-        """Stop the helper and remove every temp file of it the import did not adopt."""
+        """Stop the helper and remove every temp file of it the import did not adopt.
+
+        A helper still renaming blobs is let finish (its answer may be what an import is
+        about to report), otherwise it is stopped at once."""
         proc = self._proc
         if proc is None or self._closed:
             self._closed = True
             return
         self._closed = True
         self.finish()
-        if proc.poll() is None:
+        self._send(None)  # end of requests: the helper exits when it has answered them
+        with self._cond:
+            busy = self._renaming and self._renamed is None and not self._answered_all
+        if not busy and proc.poll() is None:
             proc.terminate()
         try:
-            proc.wait(timeout=10)
+            proc.wait(timeout=600 if busy else 10)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
@@ -259,21 +294,35 @@ class ImagePrefetch:
                 stdin.close()
 
     def _read_answers(self) -> None:
-        """Collect the helper's answer lines (``+N SHA256 SIZE W H`` or ``-N``) by number."""
+        """Collect the helper's answer lines: ``+N SHA256 SIZE W H`` or ``-N`` per image, by
+        number; for a rename request ``M FOLDER`` per shard folder made, ``! ERRNO MESSAGE``
+        for a failure, then ``R FLAGS``."""
         assert self._proc is not None and self._proc.stdout is not None
         fd = self._proc.stdout.fileno()
         pending = b""
+        made: list[str] = []
+        error: OSError | None = None
         try:
             while chunk := os.read(fd, 1 << 16):
                 *lines, pending = (pending + chunk).split(b"\n")
                 parsed = {}
+                renamed: RenameOutcome | None = None
                 for line in lines:
                     head, _, rest = line.partition(b" ")
                     if head[1:].isdigit():
                         parsed[int(head[1:])] = line[:1] + rest if rest else line[:1]
-                if parsed:
+                    elif head == b"M":
+                        made.append(os.fsdecode(rest))
+                    elif head == b"!":
+                        code, _, message = rest.partition(b" ")
+                        error = OSError(int(code) if code.isdigit() else 0, message.decode())
+                    elif head == b"R":
+                        renamed = (rest.decode("ascii"), made, error)
+                if parsed or renamed is not None:
                     with self._cond:
                         self._answers.update(parsed)
+                        if renamed is not None:
+                            self._renamed = renamed
                         self._cond.notify_all()
         except OSError:
             pass
@@ -296,6 +345,7 @@ class _Helper:
         self.max_pixels = max_pixels
         self.folders: dict[bytes, bool] = {}  # folder as given → resolves inside the root
         self.limit = sys.maxsize  # runs from this number on are the importer's
+        self.shards: set[bytes] = set()  # shard folders known to exist
 
     def inside(self, path: bytes) -> bool:
         head = os.path.dirname(path)
@@ -365,24 +415,102 @@ class _Helper:
                     with contextlib.suppress(OSError):
                         os.unlink(entry.path)
 
-    def read_requests(self, paths: queue.SimpleQueue[list[bytes] | None]) -> None:
-        """Read stdin as it comes: ``p PATH`` records go to ``paths`` (None at the end),
-        ``l N`` records lower :attr:`limit`. Each record ends with a NUL byte."""
+    def commit(self, moves: list[bytes], pool: ThreadPoolExecutor) -> list[bytes]:
+        """Store staged blobs as :meth:`desktop_app.core.blobs.BlobBatch.commit` does: sync
+        the store (or fsync each temp file), rename each temp file to its blob name (or drop
+        it when that blob exists), sync again (or fsync the folders). ``moves``: ``TEMP\tSHA``
+        with the temp file relative to the store. Returns the answer lines."""
+        pairs = []
+        for move in moves:
+            rel, _, sha = move.partition(b"\t")
+            dest = os.path.join(self.store, sha[:2], sha)
+            pairs.append((os.path.join(self.store, rel), dest))
+        made: list[bytes] = []
+        errors: list[OSError] = []
+        lock = threading.Lock()
+
+        def move_one(pair: tuple[bytes, bytes]) -> bytes:
+            tmp, dest = pair
+            try:
+                if os.path.isfile(dest):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(tmp)
+                    return b"0"
+                folder = os.path.dirname(dest)
+                if folder not in self.shards:
+                    try:
+                        os.mkdir(folder)
+                    except FileExistsError:
+                        pass
+                    else:
+                        with lock:
+                            made.append(folder)
+                    self.shards.add(folder)
+                os.replace(tmp, dest)
+                return b"1"
+            except OSError as exc:
+                with lock:
+                    errors.append(exc)
+                return b"e"
+
+        def move_run(run: list[tuple[bytes, bytes]]) -> list[bytes]:
+            return [move_one(pair) for pair in run]
+
+        try:
+            if pairs and not syncfs(self.store):
+                for tmp, _ in pairs:
+                    fsync_file(tmp)
+        except OSError as exc:
+            errors.append(exc)
+            flags = b""
+        else:
+            runs = [pairs[k : k + RUN] for k in range(0, len(pairs), RUN)]
+            done: list[bytes] = list(paced_map(move_run, runs, pool, Pace(adaptive=True)))
+            flags = b"".join(done)
+            touched = {
+                os.path.dirname(d) for (_, d), f in zip(pairs, flags, strict=True) if f == ord("1")
+            }
+            if touched and not syncfs(self.store):
+                for folder in sorted(touched):
+                    fsync_dir(folder)
+                fsync_dir(self.store)
+        lines = [b"M " + folder + b"\n" for folder in made]
+        if errors:
+            first = errors[0]
+            message = str(first.strerror or first).replace("\n", " ")
+            lines.append(b"! %d %s\n" % (first.errno or 0, message.encode("utf-8", "replace")))
+        lines.append(b"R " + flags + b"\n")
+        return lines
+
+    def read_requests(self, requests: queue.SimpleQueue[tuple[bytes, list[bytes]] | None]) -> None:
+        """Read stdin as it comes: ``p PATH`` records go to ``requests`` as ``(b"p", paths)``,
+        ``c TEMP\tSHA`` records up to an ``s`` record as ``(b"c", moves)``, ``l N`` records
+        lower :attr:`limit`; None at the end. Each record ends with a NUL byte."""
         pending = b""
+        moves: list[bytes] = []
         try:
             while chunk := os.read(0, 1 << 16):
                 *records, pending = (pending + chunk).split(b"\0")
                 found = []
                 for record in records:
-                    if record[:1] == b"p":
+                    kind = record[:1]
+                    if kind == b"p":
                         found.append(record[1:])
-                    elif record[:1] == b"l" and record[1:].isdigit():
+                    elif kind == b"l" and record[1:].isdigit():
                         self.limit = min(self.limit, int(record[1:]))
+                    elif kind == b"c":
+                        moves.append(record[1:])
+                    elif kind == b"s":
+                        if found:
+                            requests.put((b"p", found))
+                            found = []
+                        requests.put((b"c", moves))
+                        moves = []
                 if found:
-                    paths.put(found)
+                    requests.put((b"p", found))
         except OSError:
             pass
-        paths.put(None)
+        requests.put(None)
 
 
 def helper_main() -> int:
@@ -396,15 +524,20 @@ def helper_main() -> int:
         header += byte
     cfg = json.loads(header)
     helper = _Helper(cfg["store"], cfg["prefix"], cfg["root"], int(cfg["max_pixels"]))
-    paths: queue.SimpleQueue[list[bytes] | None] = queue.SimpleQueue()
-    threading.Thread(target=helper.read_requests, args=(paths,), daemon=True).start()
+    requests: queue.SimpleQueue[tuple[bytes, list[bytes]] | None] = queue.SimpleQueue()
+    threading.Thread(target=helper.read_requests, args=(requests,), daemon=True).start()
     out = sys.stdout.buffer
     importer = os.getppid()
     count = 0
     pace = Pace(adaptive=(os.cpu_count() or 1) > 1)
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
         try:
-            while (found := paths.get()) is not None:
+            while (request := requests.get()) is not None:
+                kind, found = request
+                if kind == b"c":
+                    out.writelines(helper.commit(found, pool))
+                    out.flush()
+                    continue
                 items = list(enumerate(found, start=count))
                 count += len(found)
                 runs = [items[k : k + RUN] for k in range(0, len(items), RUN)]

@@ -88,9 +88,8 @@ def helper_on(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     results = ImagePrefetch.results
 
     def after_the_helper(self: ImagePrefetch, sources: Any, own: Any) -> Any:
-        self.finish()
         with self._cond:
-            while not self._answered_all:
+            while len(self._answers) < len(self._index) and not self._answered_all:
                 self._cond.wait()
         return results(self, sources, own)
 
@@ -345,3 +344,91 @@ def test_the_frozen_app_runs_the_helper() -> None:
         check=False,
     )
     assert done.returncode == 0, done.stderr
+
+
+# ---- the blobs stored by the helper -----------------------------------------------------------
+
+
+def test_the_helper_stores_the_blobs_while_the_rows_are_built(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, helper_on: list[int]
+) -> None:
+    root = _coco(tmp_path / "src", 80)
+    asked: list[int] = []
+    rename = ImagePrefetch.rename
+
+    def recording(self: ImagePrefetch, moves: list[tuple[str, str]]) -> Any:
+        asked.append(len(moves))
+        return rename(self, moves)
+
+    monkeypatch.setattr(ImagePrefetch, "rename", recording)
+    ws = Workspace.open(tmp_path / "ws", create=True)
+    summary = import_dataset(ws, root, "d", "coco")
+    assert asked == [79]  # 80 images, one a copy
+    _, shas = _stored(ws)
+    assert len(shas) == 79 and all(ws.blobs.verify(sha) for sha in shas)
+    assert _leftovers(ws) == []
+    again = Workspace.open(tmp_path / "ws2", create=True)
+    monkeypatch.setattr(image_prefetch, "PREFETCH_MIN_IMAGES", 10**9)
+    assert import_dataset(again, root, "d", "coco")["content_hash"] == summary["content_hash"]
+
+
+def test_a_blob_the_helper_cannot_store_fails_the_import_and_leaves_nothing(
+    tmp_path: Path, helper_on: list[int]
+) -> None:
+    root = _coco(tmp_path / "src", 40)
+    ws = Workspace.open(tmp_path / "ws", create=True)
+    ws.blobs_dir.mkdir(parents=True, exist_ok=True)
+    sha = sha256_bytes((root / "images" / "i020.png").read_bytes())
+    blocker = ws.blobs_dir / sha[:2]
+    blocker.write_bytes(b"not a folder")  # the blob's shard folder cannot be made
+    with pytest.raises(OSError):
+        import_dataset(ws, root, "d", "coco")
+    with ws.session() as s:
+        for model in (Dataset, DatasetItem, Blob):
+            assert s.scalar(select(func.count()).select_from(model)) == 0
+    assert [p for p in ws.blobs_dir.rglob("*") if p.is_file()] == [blocker]
+
+
+def test_a_helper_that_dies_before_storing_the_blobs_leaves_them_to_the_importer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, helper_on: list[int]
+) -> None:
+    root = _coco(tmp_path / "src", 40)
+    rename = ImagePrefetch.rename
+
+    def kill_first(self: ImagePrefetch, moves: list[tuple[str, str]]) -> Any:
+        assert self._proc is not None
+        self._proc.kill()
+        self._proc.wait()
+        return rename(self, moves)
+
+    monkeypatch.setattr(ImagePrefetch, "rename", kill_first)
+    ws = Workspace.open(tmp_path / "ws", create=True)
+    assert import_dataset(ws, root, "d", "coco")["images"] == 40
+    _, shas = _stored(ws)
+    assert len(shas) == 39 and all(ws.blobs.verify(sha) for sha in shas)
+    assert _leftovers(ws) == []
+
+
+def test_the_helper_renames_what_is_new_and_drops_what_is_stored(tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    store = tmp_path / "blobs"
+    (store / "aa").mkdir(parents=True)
+    shas = ["aa" + "1" * 62, "bb" + "2" * 62, "aa" + "3" * 62]
+    (store / "aa" / shas[2]).write_bytes(b"stored before")
+    for i in range(3):
+        (store / f".tmp-t-{i}").write_bytes(b"x%d" % i)
+    helper = _Helper(str(store), ".tmp-t-", str(tmp_path), max_pixels=1)
+    moves = [b".tmp-t-%d\t%s" % (i, sha.encode()) for i, sha in enumerate(shas)]
+    with ThreadPoolExecutor(2) as pool:
+        lines = helper.commit(moves, pool)
+    assert lines == [b"M " + os.fsencode(store / "bb") + b"\n", b"R 110\n"]
+    assert (store / "aa" / shas[0]).read_bytes() == b"x0"
+    assert (store / "bb" / shas[1]).read_bytes() == b"x1"
+    assert (store / "aa" / shas[2]).read_bytes() == b"stored before"
+    assert not list(store.glob(".tmp-*"))
+    (store / ".tmp-t-9").write_bytes(b"y")
+    (store / "cc").write_bytes(b"in the way")
+    with ThreadPoolExecutor(2) as pool:
+        failed = helper.commit([b".tmp-t-9\tcc" + b"4" * 62], pool)
+    assert failed[-1] == b"R e\n" and failed[0].startswith(b"! ")
