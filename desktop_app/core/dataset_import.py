@@ -181,6 +181,10 @@ def _gc_paused() -> Iterator[None]:
         yield
     finally:
         if was_enabled:
+            # what survived the import joins the oldest generation without a scan (the
+            # first collection after it would otherwise walk a million young objects)
+            gc.freeze()
+            gc.unfreeze()
             gc.enable()
 
 

@@ -7,6 +7,7 @@ import json
 import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from operator import itemgetter
 from typing import Any
 
 import numpy as np
@@ -41,8 +42,9 @@ def dominant_class(boxes: Sequence[Sequence[Any]]) -> int:
     """The most frequent class id among ``boxes`` (lowest id on ties; -1 with no boxes)."""
     if not boxes:
         return BACKGROUND
-    counts = Counter(int(b[0]) for b in boxes)
-    return min(counts, key=lambda c: (-counts[c], c))
+    counts = Counter(map(itemgetter(0), boxes))
+    top = max(counts.values())
+    return int(min(c for c, n in counts.items() if n == top))
 
 
 def check_test_fraction(test_fraction: float, val_fraction: float = 0.0) -> float:

@@ -298,3 +298,17 @@ def test_materialize_writes_a_training_tree(ws: Workspace, sample: Path, tmp_pat
     (foreign / "x.txt").write_text("mine")
     with pytest.raises(DestinationNotEmptyError):
         datasets.materialize_yolo(ws, "shapes", out_dir=foreign)
+
+
+def test_dominant_class_is_the_most_frequent_lowest_on_ties() -> None:
+    import random
+    from collections import Counter
+
+    rng = random.Random(3)
+    assert dominant_class([]) == -1
+    for _ in range(500):
+        rows = [[rng.randrange(6), 0.5, 0.5, 0.1, 0.1] for _ in range(rng.randrange(1, 12))]
+        counts = Counter(int(r[0]) for r in rows)
+        expected = min(counts, key=lambda c: (-counts[c], c))
+        assert dominant_class(rows) == expected
+        assert type(dominant_class(rows)) is int
