@@ -1,29 +1,39 @@
 """A helper process that reads, checks, hashes and stages an import's images while the
-importing process parses the annotations.
+importing process parses the annotations, then stores the blobs while it builds the rows.
 
 An import's two big costs are independent: parsing the annotation file into records (Python
 work that holds the GIL) and reading every image once (open, read, check the PNG chunks or
-JPEG segments, hash, write the blob's temp file). Threads cannot overlap them — the file work
-would wait for the GIL the parser holds — so a second process does the file work.
+JPEG segments, hash, write the blob's temp file). Threads cannot overlap them (the file work
+would wait for the GIL the parser holds), so a second process does the file work.
 
 A reader calls :func:`desktop_app.core.dataset_records.announce_images` as soon as it knows
 the image files (a COCO file's ``images`` list, a YOLO folder's listing); inside
 :func:`desktop_app.core.dataset_records.prefetching` that hands them to :class:`ImagePrefetch`,
 which starts ``python -m desktop_app.core.image_prefetch`` once (for
-:data:`PREFETCH_MIN_IMAGES` images or more, on a machine with two cores or more). The helper
-answers, in order, one line per image: ``+SHA256 SIZE WIDTH HEIGHT`` when the file is a whole
+:data:`PREFETCH_MIN_IMAGES` images or more, on a machine with two cores or more).
+
+Requests go to the helper's stdin as NUL-terminated records: a JSON header line first, then
+``pPATH`` (an image to read), ``lN`` (the importer reads images N and later itself: skip
+runs not started), ``cTEMP<TAB>SHA256`` ... ``s`` (store these staged blobs). The helper
+answers on stdout, one line each: ``+N SHA256 SIZE WIDTH HEIGHT`` when image N is a whole
 PNG or JPEG within the pixel limit (its content then lies in the blob store under a temp name
-only this import uses), or ``-`` for anything else. :func:`inspect_images` takes each answer
-and adopts the temp file into the import's :class:`desktop_app.core.blobs.BlobBatch`; an image
-answered ``-`` (missing, unreadable, damaged, a link, another format, too large) or never
-answered (the helper failed) is read in the importing process as before, which names the
-problem. So the helper only ever speeds an import up: every message, every check and every
-decision stays with the importer.
+only this import uses) or ``-N`` for anything else; for a store request ``M FOLDER`` per
+shard folder it made, ``! ERRNO MESSAGE`` on a failure, then ``R FLAGS`` (``1`` stored, ``0``
+found stored already, ``e`` failed, one per blob).
+
+:func:`inspect_images` takes each answer and adopts the temp file into the import's
+:class:`desktop_app.core.blobs.BlobBatch`; an image answered ``-`` (missing, unreadable,
+damaged, a link, another format, too large) or never answered (the helper failed) is read in
+the importing process as before, which names the problem. So every message, every check and
+every decision stays with the importer, and a helper that fails only makes the import slower.
+:meth:`desktop_app.core.blobs.BlobBatch.start_commit` hands the sync and the renames to the
+helper (:meth:`ImagePrefetch.rename`) and finishes them itself if the helper is gone.
 
 The helper reads only regular files that are not links and whose folder resolves inside the
 dataset folder (the importer checks each path again), writes only temp files named with this
-import's prefix in the store's folder, and removes them itself when the importer goes away;
-:meth:`ImagePrefetch.close` removes every one the import did not adopt.
+import's prefix in the store's folder and the blobs it is asked to store, and removes its temp
+files itself when the importer goes away; :meth:`ImagePrefetch.close` removes every one the
+import did not adopt.
 """
 
 from __future__ import annotations
@@ -526,7 +536,7 @@ def helper_main() -> int:
     helper = _Helper(cfg["store"], cfg["prefix"], cfg["root"], int(cfg["max_pixels"]))
     requests: queue.SimpleQueue[tuple[bytes, list[bytes]] | None] = queue.SimpleQueue()
     threading.Thread(target=helper.read_requests, args=(requests,), daemon=True).start()
-    out = sys.stdout.buffer
+    out = open(1, "wb", closefd=False)  # noqa: SIM115 - stdout, which a windowed app may not set up
     importer = os.getppid()
     count = 0
     pace = Pace(adaptive=(os.cpu_count() or 1) > 1)

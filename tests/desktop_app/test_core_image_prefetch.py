@@ -432,3 +432,23 @@ def test_the_helper_renames_what_is_new_and_drops_what_is_stored(tmp_path: Path)
     with ThreadPoolExecutor(2) as pool:
         failed = helper.commit([b".tmp-t-9\tcc" + b"4" * 62], pool)
     assert failed[-1] == b"R e\n" and failed[0].startswith(b"! ")
+
+
+def test_a_yolo_folder_imports_the_same_with_the_helper(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, helper_on: list[int]
+) -> None:
+    root = tmp_path / "yolo"
+    (root / "labels" / "train").mkdir(parents=True)
+    for i in range(70):
+        _image(root / "images" / "train" / f"y{i:03d}.png", 300 + i)
+        (root / "labels" / "train" / f"y{i:03d}.txt").write_text(f"{i % 2} 0.5 0.5 0.25 0.25\n")
+    (root / "data.yaml").write_text("names: [a, b]\n")
+    ws = Workspace.open(tmp_path / "ws1", create=True)
+    first = import_dataset(ws, root, "y", "yolo")
+    assert helper_on[0] == 70
+    monkeypatch.setattr(image_prefetch, "PREFETCH_MIN_IMAGES", 10**9)
+    other = Workspace.open(tmp_path / "ws2", create=True)
+    second = import_dataset(other, root, "y", "yolo")
+    assert first["content_hash"] == second["content_hash"]
+    assert _stored(ws) == _stored(other)
+    assert _leftovers(ws) == []
