@@ -57,6 +57,28 @@ def _stream_headers(offset: int, data: bytes, body_len: int, piece: int = PIECE)
     }
 
 
+def _note_stream_closed(uploads: Any) -> threading.Event:
+    """An event set once the next stream the agent opens on ``uploads`` is closed."""
+    closed = threading.Event()
+    open_stream = uploads.open_stream
+
+    def opening(upload_id: str, offset: int) -> Any:
+        writer = open_stream(upload_id, offset)
+        close = writer.close
+
+        def closing() -> int:
+            try:
+                return int(close())
+            finally:
+                closed.set()
+
+        writer.close = closing
+        return writer
+
+    uploads.open_stream = opening
+    return closed
+
+
 def _wait_for(condition: Any, what: str) -> None:
     event = threading.Event()
     for _ in range(2000):
@@ -125,6 +147,7 @@ def test_a_broken_stream_resumes_from_the_last_verified_piece(agent: Any, packag
         upload = _open(client, data)
         url = f"{agent.url}/v1/uploads/{upload['id']}"
         body = AlteredStream([data], cut, None, None)
+        closed = _note_stream_closed(agent.service.app[UPLOADS_KEY])
         with pytest.raises(httpx.TransportError):
             httpx.put(
                 url,
@@ -133,16 +156,9 @@ def test_a_broken_stream_resumes_from_the_last_verified_piece(agent: Any, packag
                 headers=_stream_headers(0, data, len(data)),
             )
         # the agent keeps the verified, fsynced pieces and drops the partial one (bytes it
-        # had not read yet when the connection broke are lost with it)
-        lock = agent.service.app[UPLOADS_KEY]._lock_for(upload["id"])
-
-        def stream_ended() -> bool:
-            if not lock.acquire(blocking=False):
-                return False
-            lock.release()
-            return True
-
-        _wait_for(stream_ended, "the agent to finish the broken stream")
+        # had not read yet when the connection broke are lost with it); its handler may start
+        # after the client gave up, so wait for the stream it opened to be closed
+        _wait_for(closed.is_set, "the agent to finish the broken stream")
         kept = client.upload_status(upload["id"])["offset"]
         assert kept % PIECE == 0 and kept <= 3 * PIECE
         folder = Path(agent.service.data_dir) / "uploads" / upload["id"]
