@@ -399,9 +399,7 @@ RenameOutcome = tuple[str, list[str], OSError | None]  # flags, shard folders ma
 class Renamer(Protocol):
     """Stores staged blobs in another process (see :meth:`BlobBatch.start_commit`)."""
 
-    def rename(
-        self, moves: list[tuple[str, str]]
-    ) -> Callable[[], RenameOutcome | None] | None:
+    def rename(self, moves: list[tuple[str, str]]) -> Callable[[], RenameOutcome | None] | None:
         """Start syncing the store, renaming each ``(temp file relative to the store, sha256)``
         to its blob name (or dropping the temp file when that blob exists) and syncing again.
 

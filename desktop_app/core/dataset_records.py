@@ -28,7 +28,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -372,7 +372,14 @@ def safe_relative(name: str, where: str) -> str:
     return "/".join(parts)
 
 
-def check_inside(root: Path, path: Path, where: str, parents: dict[str, str] | None = None) -> None:
+def check_inside(
+    root: Path,
+    path: Path,
+    where: str,
+    parents: dict[str, str] | None = None,
+    *,
+    not_a_link: bool = False,
+) -> None:
     """Refuse a file that is (or links to) something outside ``root``.
 
     Args:
@@ -382,12 +389,14 @@ def check_inside(root: Path, path: Path, where: str, parents: dict[str, str] | N
         parents: A cache of resolved folders (by the folder's path as given), for callers
             that check many files of few folders (a link itself is always resolved in full).
             Paths are compared as strings here: 10,000 images cost no ``pathlib`` objects.
+        not_a_link: The caller knows ``path`` is a plain file (the import's helper process
+            opened it without following links): with ``parents``, no ``lstat`` is made.
 
     Raises:
         DatasetFormatError: the resolved path is outside the dataset folder.
     """
     p = os.fspath(path)
-    if parents is None or os.path.islink(p):
+    if parents is None or (not not_a_link and os.path.islink(p)):
         resolved = os.fspath(Path(p).resolve())
     else:
         head, tail = os.path.split(p)
@@ -506,9 +515,11 @@ def inspect_images(
     seen: dict[str, Path] = {}
     parents: dict[str, str] = {}
     accepted: list[SourceImage] = []
+    prefetch = _PREFETCH.get()
+    opened = prefetch.opened() if prefetch is not None else frozenset()
     for src in sources:
         try:
-            _check_source(root, src, seen, parents)
+            _check_source(root, src, seen, parents, opened)
         except DatasetFormatError as exc:
             report.add_error(exc)
             continue
@@ -520,7 +531,6 @@ def inspect_images(
     # runs of images per task: thousands of small images cost a few hundred hand-offs
     size = max(1, min(64, -(-total // (4 * count))))
     runs = [accepted[k : k + size] for k in range(0, total, size)]
-    prefetch = _PREFETCH.get()
     if prefetch is not None:
         prefetch.finish()  # every image is known now
         if not prefetch.running:
@@ -581,16 +591,24 @@ def inspect_images(
 
 
 def _check_source(
-    root: Path, src: SourceImage, seen: dict[str, Path], parents: dict[str, str]
+    root: Path,
+    src: SourceImage,
+    seen: dict[str, Path],
+    parents: dict[str, str],
+    opened: Collection[str] = frozenset(),
 ) -> None:
-    """The checks that need no file content: a UTF-8 name, inside ``root``, not a duplicate."""
+    """The checks that need no file content: a UTF-8 name, inside ``root``, not a duplicate.
+
+    ``opened``: paths the import's helper process opened as plain files (no link to test).
+    """
     try:
         src.file_name.encode("utf-8")
     except UnicodeEncodeError:
         raise DatasetFormatError(
             f"{os.fsencode(src.path).decode('utf-8', 'backslashreplace')}: the file name is not valid UTF-8; rename the file"
         ) from None
-    check_inside(root, src.path, str(src.origin or src.path), parents)
+    where = str(src.origin or src.path)
+    check_inside(root, src.path, where, parents, not_a_link=os.fspath(src.path) in opened)
     if src.file_name in seen:
         raise DatasetFormatError(
             f"{src.path} and {seen[src.file_name]} are both named {src.file_name!r}; rename one"

@@ -101,6 +101,7 @@ class ImagePrefetch:
         self._outbox: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
         self._root: str | None = None
         self._index: dict[str, int] = {}  # path → its number in the helper's list
+        self._paths: list[str] = []  # by number
         self._answers: dict[int, bytes] = {}
         self._answered_all = False
         self._taken: set[int] = set()
@@ -132,8 +133,16 @@ class ImagePrefetch:
             if "\0" in name or name in self._index:
                 continue
             self._index[name] = len(self._index)
+            self._paths.append(name)
             data += b"p" + os.fsencode(name) + b"\0"
         self._send(bytes(data))
+
+    def opened(self) -> frozenset[str]:
+        """The paths the helper has staged so far: each one it opened as a regular file, not
+        following a link, in a folder that resolves inside the dataset folder."""
+        with self._cond:
+            numbers = [n for n, answer in self._answers.items() if answer[:1] == b"+"]
+        return frozenset(self._paths[n] for n in numbers)
 
     def finish(self) -> None:
         """No more images will be announced."""

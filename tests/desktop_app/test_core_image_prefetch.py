@@ -452,3 +452,23 @@ def test_a_yolo_folder_imports_the_same_with_the_helper(
     assert first["content_hash"] == second["content_hash"]
     assert _stored(ws) == _stored(other)
     assert _leftovers(ws) == []
+
+
+def test_paths_the_helper_staged_skip_the_importers_link_test(tmp_path: Path) -> None:
+    """Only images the helper staged (opened as plain files, not following links) are
+    spared the importer's lstat; a link it answered ``-`` for is still resolved in full."""
+    from desktop_app.core.dataset_records import check_inside
+
+    prefetch = ImagePrefetch(BlobBatch(BlobStore(tmp_path / "blobs")), min_images=1)
+    prefetch._paths = ["/d/a.png", "/d/link.png", "/d/c.png"]
+    prefetch._answers = {0: b"+x 1 1 1", 1: b"-"}
+    assert prefetch.opened() == frozenset({"/d/a.png"})
+
+    root = (tmp_path / "data").resolve()
+    root.mkdir()
+    outside = tmp_path / "x.png"
+    outside.write_bytes(b"x")
+    os.symlink(outside, root / "link.png")
+    with pytest.raises(DatasetFormatError, match="outside the dataset folder"):
+        check_inside(root, root / "link.png", "here", {})
+    check_inside(root, root / "link.png", "here", {}, not_a_link=True)  # the caller's word
