@@ -57,7 +57,7 @@ from desktop_app.core.pacing import Pace, paced_map
 from runtimes.fileio import fsync_dir, fsync_file, syncfs
 
 if TYPE_CHECKING:
-    from desktop_app.core.blobs import BlobBatch
+    from desktop_app.core.blobs import BlobBatch, RenameOutcome
     from desktop_app.core.dataset_records import SourceImage
 
 _R = TypeVar("_R")
@@ -70,7 +70,6 @@ _READ_FLAGS = os.O_RDONLY | _NOFOLLOW | getattr(os, "O_NONBLOCK", 0) | getattr(o
 _WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
 
 ImageFacts = tuple[str, int, int, int]  # sha256, size in bytes, width, height
-RenameOutcome = tuple[str, list[str], OSError | None]  # flags, shard folders made, error
 
 
 class ImagePrefetch:
