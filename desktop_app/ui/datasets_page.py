@@ -180,6 +180,8 @@ class ImagesPanel(QWidget):
         self._generation = 0
         self._edits: deque[tuple[Callable[..., Any], tuple[Any, ...]]] = deque()
         self._editing_busy = False
+        self._edit_count = 0  # edits started so far: a read begun before one is stale
+        self._reads = 0  # image reads started: only the newest is shown
         self._filling = False
         self._open_first = False
         self._update_buttons()
@@ -303,13 +305,26 @@ class ImagesPanel(QWidget):
         if row < 0 or row >= self.model.rowCount() or self.page.current is None:
             return
         r = self.model.row_at(row)
+        self._reads += 1
+        read, edits = self._reads, self._edit_count
         self.page.ctx.run(
             datasets.get_item,
             self.page.ctx.workspace,
             self.page.current,
             r.file_name,
-            on_done=self.show_item,
+            on_done=lambda item: self._read_done(read, edits, item),
         )
+
+    def _read_done(self, read: int, edits: int, item: dict[str, Any]) -> None:
+        # Reads run beside edits on the pool: one overtaken by a newer read, or one of the
+        # image shown that began before an edit of it (it may hold the boxes from before
+        # the edit), would put old boxes back on screen.
+        if read != self._reads:
+            return
+        shown = self.item is not None and self.item["file_name"] == item["file_name"]
+        if shown and (edits != self._edit_count or self.pending_edits()):
+            return
+        self.show_item(item)
 
     def show_item(self, item: dict[str, Any]) -> None:
         """Show an item (from ``get_item`` or an edit's result)."""
@@ -365,6 +380,7 @@ class ImagesPanel(QWidget):
             return
         fn, args = self._edits.popleft()
         self._editing_busy = True
+        self._edit_count += 1
         self.page.ctx.run(
             fn,
             self.page.ctx.workspace,

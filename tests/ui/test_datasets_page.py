@@ -3,6 +3,7 @@ split dialog, versions and diff, QA, statistics, pre-labelling review."""
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -157,6 +158,47 @@ def test_editor_add_move_resize_delete_then_undo_restores(qtbot: Any, studio: An
     _settle(qtbot, page)
     stored = datasets.get_item(page.ctx.workspace, "shapes", original["file_name"])
     assert len(stored["annotations"]) == n + 1
+
+
+def test_a_read_that_began_before_an_edit_does_not_bring_old_boxes_back(
+    qtbot: Any, studio: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    page = _page(qtbot, studio)
+    images = page.images
+    original = _open(qtbot, page, 0)
+    n = len(original["annotations"])
+    real_get_item = datasets.get_item
+    release = threading.Event()
+    read_started = threading.Event()
+
+    def slow_get_item(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        item = real_get_item(*args, **kwargs)  # the boxes as they are now...
+        read_started.set()
+        release.wait(WAIT / 1000)  # ...handed back after the edit below is done
+        return item
+
+    monkeypatch.setattr(datasets, "get_item", slow_get_item)
+    # no re-reads after the edit (the page's refresh would mend a stale read later)
+    page.ctx.changed.disconnect(page._topic)
+    images.open_row(0)  # e.g. a grid refresh re-reading the image shown
+    assert read_started.wait(WAIT / 1000)
+    images.set_editing(True)
+    images.view.select(0)
+    images.view.delete_selected()
+    qtbot.waitUntil(lambda: images.pending_edits() == 0, timeout=WAIT)
+    assert len(images.item["annotations"]) == n - 1
+    release.set()
+    page.ctx.wait()
+    qtbot.wait(50)  # let the read's result reach the event loop
+    assert len(images.item["annotations"]) == n - 1
+    assert len(images.view.box_items()) == n - 1
+    # a read begun after the edit is shown as usual
+    monkeypatch.setattr(datasets, "get_item", real_get_item)
+    images.open_row(0)
+    page.ctx.wait()
+    qtbot.wait(50)
+    stored = real_get_item(page.ctx.workspace, "shapes", original["file_name"])
+    assert images.item == stored
 
 
 def test_filters_by_class_status_split_and_qa(qtbot: Any, studio: Any) -> None:
