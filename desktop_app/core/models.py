@@ -148,9 +148,8 @@ class DatasetItem(Base):
     __tablename__ = "dataset_items"
     __table_args__ = (UniqueConstraint("version_id", "file_name"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    version_id: Mapped[int] = mapped_column(
-        ForeignKey("dataset_versions.id", ondelete="CASCADE"), index=True
-    )
+    # no index of its own: the unique (version_id, file_name) index serves lookups by version
+    version_id: Mapped[int] = mapped_column(ForeignKey("dataset_versions.id", ondelete="CASCADE"))
     file_name: Mapped[str] = mapped_column(String(512))
     image_sha256: Mapped[str] = mapped_column(ForeignKey("blobs.sha256"), index=True)
     width: Mapped[int] = mapped_column(Integer)
