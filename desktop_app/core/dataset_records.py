@@ -26,8 +26,10 @@ recorded, the offending annotation or image is skipped, and the list ends up in
 from __future__ import annotations
 
 import contextlib
+import errno
 import math
 import os
+import stat
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextvars import ContextVar
@@ -40,7 +42,7 @@ from desktop_app.core.image_check import ImageStructureError, check_structure, i
 from desktop_app.core.image_prefetch import ImagePrefetch
 from desktop_app.core.pacing import Pace, paced_map
 from runtimes.errors import ImageDecodeError
-from runtimes.fileio import sha256_bytes
+from runtimes.fileio import read_open_file, sha256_bytes
 from runtimes.preprocess import decode_image
 
 TASKS = ("detect", "segment", "pose", "classify")
@@ -656,8 +658,7 @@ def _inspect_image(
     """
     p = src.path
     try:
-        with open(p, "rb", buffering=0) as fh:
-            data = fh.readall()
+        data = _read_image_file(p)
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
         where = f"{src.origin}: " if src.origin else ""
         raise DatasetFormatError(
@@ -693,6 +694,39 @@ def _inspect_image(
     if sink is not None:
         sink(sha, data)
     return sha, len(data), size[0], size[1]
+
+
+_OPEN_FLAGS = (
+    os.O_RDONLY
+    | getattr(os, "O_NONBLOCK", 0)  # a named pipe: no wait for a writer that never comes
+    | getattr(os, "O_CLOEXEC", 0)
+    | getattr(os, "O_BINARY", 0)
+)
+_NOT_FILES = ((stat.S_ISFIFO, "named pipe"), (stat.S_ISSOCK, "socket"))
+
+
+def _read_image_file(p: Path) -> bytes:
+    """The bytes of the image file ``p``: one ``open``, ``fstat`` and ``read`` (see
+    :func:`runtimes.fileio.read_open_file`).
+
+    Raises:
+        IsADirectoryError: ``p`` is a folder.
+        DatasetFormatError: ``p`` is a named pipe, a socket or a device.
+        OSError: it cannot be opened or read.
+    """
+    fd = os.open(p, _OPEN_FLAGS)
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), os.fspath(p))
+        if not stat.S_ISREG(st.st_mode):
+            kind = next((name for test, name in _NOT_FILES if test(st.st_mode)), "device")
+            raise DatasetFormatError(
+                f"{p} is a {kind}, not an image file; replace it with the image or remove its entry"
+            )
+        return read_open_file(fd, st.st_size)
+    finally:
+        os.close(fd)
 
 
 def _check_pixels(p: Path, data: bytes, max_pixels: int) -> None:

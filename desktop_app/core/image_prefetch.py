@@ -54,7 +54,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from desktop_app.core.image_check import ImageStructureError, check_structure
 from desktop_app.core.pacing import Pace, paced_map
-from runtimes.fileio import fsync_dir, fsync_file, syncfs
+from runtimes.fileio import fsync_dir, fsync_file, read_open_file, syncfs
 
 if TYPE_CHECKING:
     from desktop_app.core.blobs import BlobBatch, RenameOutcome
@@ -94,6 +94,7 @@ class ImagePrefetch:
         self.cpus = cpus if cpus is not None else os.cpu_count() or 1
         self.store = os.fspath(batch.store.root)
         self.prefix = batch.new_temp_prefix()
+        self._temp_base = os.path.join(self.store, self.prefix)  # + the image's number
         self._proc: subprocess.Popen[bytes] | None = None
         self._reader: threading.Thread | None = None
         self._writer: threading.Thread | None = None
@@ -165,6 +166,7 @@ class ImagePrefetch:
         for rel, sha in moves:
             data += b"c" + os.fsencode(rel) + b"\t" + sha.encode("ascii") + b"\0"
         self._send(bytes(data) + b"s\0")
+        self._send(None)  # the last request: the helper exits once it has answered it
 
         def outcome() -> RenameOutcome | None:
             with self._cond:
@@ -263,7 +265,7 @@ class ImagePrefetch:
         return facts
 
     def _temp(self, n: int) -> str:
-        return os.path.join(self.store, f"{self.prefix}{n}")
+        return f"{self._temp_base}{n}"
 
     def _start(self, root: str) -> bool:
         from desktop_app.core.dataset_records import max_image_pixels
@@ -393,10 +395,10 @@ class _Helper:
         except OSError:
             return None
         try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
                 return None  # a FIFO, a device, a folder: the importer says what it is
-            with open(fd, "rb", buffering=0, closefd=False) as fh:
-                data = fh.readall()
+            data = read_open_file(fd, st.st_size)
         except OSError:
             return None
         finally:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -9,7 +10,7 @@ import yaml
 from sqlalchemy import func, select
 
 from desktop_app.core import dataset_import, datasets
-from desktop_app.core.dataset_split import dominant_class
+from desktop_app.core.dataset_split import dominant_class, dominant_classes
 from desktop_app.core.errors import (
     AlreadyExistsError,
     DatasetFormatError,
@@ -169,6 +170,12 @@ def _polygon_label(root: Path) -> None:
     (root / "labels" / "sample_0008.txt").write_text("0 0.1 0.1 0.2 0.1 0.2 0.2\n")
 
 
+def _named_pipe_image(root: Path) -> None:
+    p = root / "images" / "sample_0009.jpg"
+    p.unlink()
+    os.mkfifo(p)  # opening it to read would wait for a writer that never comes
+
+
 BAD: dict[str, tuple[Callable[[Path], None], str]] = {
     "not a yolo dataset": (_not_yolo, "has no images/ folder"),
     "class id out of range": (
@@ -187,6 +194,7 @@ BAD: dict[str, tuple[Callable[[Path], None], str]] = {
     "no images": (_no_images, "holds no images"),
     "stray folder beside splits": (_stray_folder, "sits beside images/train/"),
     "polygon label": (_polygon_label, "polygons"),
+    "named pipe image": (_named_pipe_image, r"sample_0009.jpg is a named pipe, not an image"),
 }
 
 
@@ -312,3 +320,23 @@ def test_dominant_class_is_the_most_frequent_lowest_on_ties() -> None:
         expected = min(counts, key=lambda c: (-counts[c], c))
         assert dominant_class(rows) == expected
         assert type(dominant_class(rows)) is int
+
+
+def test_dominant_classes_of_all_images_equal_one_by_one() -> None:
+    import random
+
+    rng = random.Random(5)
+    for n_classes in (1, 3, 7):
+        images = [
+            [[rng.randrange(n_classes), 0.5, 0.5, 0.1, 0.1] for _ in range(rng.randrange(0, 9))]
+            for _ in range(300)
+        ]
+        assert dominant_classes(images, n_classes) == [dominant_class(b) for b in images]
+        assert all(type(c) is int for c in dominant_classes(images, n_classes))
+    assert dominant_classes([], 3) == []
+    assert dominant_classes([[], []], 3) == [-1, -1]
+    # ids the table cannot hold, and a table too large: counted image by image
+    odd = [[[5, 0.5, 0.5, 0.1, 0.1]], [[-2, 0.5, 0.5, 0.1, 0.1]]]
+    assert dominant_classes(odd, 3) == [5, -2]
+    wide = [[[c, 0.5, 0.5, 0.1, 0.1] for c in (9, 9, 2)]] * 5
+    assert dominant_classes(wide, 10**7) == [9] * 5
