@@ -30,8 +30,8 @@ from desktop_app.core.dataset_records import (
 from desktop_app.core.dataset_split import (
     check_val_fraction,
     content_hash_encoded,
-    dominant_class,
-    encode_boxes,
+    dominant_classes,
+    encode_boxes_all,
     stratified_split,
 )
 from desktop_app.core.errors import (
@@ -221,7 +221,7 @@ def store_scanned(
     stored = False
     try:
         boxes = [_boxes_json(img) for img in scanned.images]  # the stored form, built once
-        encoded = [encode_boxes(rows) for rows in boxes]  # its JSON, for the hash and the rows
+        encoded = encode_boxes_all(boxes)  # its JSON, for the hash and the rows
         splits, method = _assign_splits(scanned, boxes, val_fraction, seed)
         items = [
             (img.file_name, img.sha256, text, split, _status(img))
@@ -301,7 +301,8 @@ def _assign_splits(
         pool = [i for i, s in enumerate(source) if s is None]
     else:
         pool = [i for i, s in enumerate(source) if s != "test"]
-    drawn = stratified_split([dominant_class(boxes[i]) for i in pool], vf, seed)
+    strata = dominant_classes([boxes[i] for i in pool], len(scanned.class_names))
+    drawn = stratified_split(strata, vf, seed)
     out = [s or "train" for s in source] if keep else ["test"] * len(images)
     for i, split in zip(pool, drawn, strict=True):
         out[i] = split

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 from collections import Counter
@@ -45,6 +46,36 @@ def dominant_class(boxes: Sequence[Sequence[Any]]) -> int:
     counts = Counter(map(itemgetter(0), boxes))
     top = max(counts.values())
     return int(min(c for c, n in counts.items() if n == top))
+
+
+DOMINANT_TABLE_MAX = 1 << 22  # images x classes counted in one table (32 MiB of int64)
+
+
+def dominant_classes(boxes: Sequence[Sequence[Sequence[Any]]], n_classes: int) -> list[int]:
+    """:func:`dominant_class` of each image's ``boxes`` (integer class ids), counted for all
+    images at once.
+
+    One table of counts per (image, class) when the class ids are ``0..n_classes-1`` and the
+    table stays small; otherwise image by image (the same answers).
+    """
+    lengths = np.fromiter(map(len, boxes), dtype=np.int64, count=len(boxes))
+    total = int(lengths.sum())
+    if not total or n_classes <= 0 or len(boxes) * n_classes > DOMINANT_TABLE_MAX:
+        return [dominant_class(b) for b in boxes]
+    try:
+        classes = np.fromiter(
+            map(itemgetter(0), itertools.chain.from_iterable(boxes)), dtype=np.int64, count=total
+        )
+    except (TypeError, ValueError, OverflowError):
+        return [dominant_class(b) for b in boxes]
+    if int(classes.min()) < 0 or int(classes.max()) >= n_classes:
+        return [dominant_class(b) for b in boxes]
+    image = np.repeat(np.arange(len(boxes), dtype=np.int64), lengths)
+    counts = np.bincount(image * n_classes + classes, minlength=len(boxes) * n_classes)
+    top = counts.reshape(len(boxes), n_classes).argmax(axis=1)  # the first (lowest) on ties
+    top[lengths == 0] = BACKGROUND
+    out: list[int] = top.tolist()
+    return out
 
 
 def check_test_fraction(test_fraction: float, val_fraction: float = 0.0) -> float:
@@ -174,6 +205,7 @@ def content_hash(class_names: Sequence[str], items: Sequence[Sequence[Any]]) -> 
 
 
 _OUTLINES_ONLY = frozenset({"polygons"})
+_PLAIN_ROW = frozenset({5})  # [cls, cx, cy, w, h]: a box alone
 _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=True)
 _quote = json.encoder.encode_basestring_ascii
 
@@ -186,12 +218,13 @@ def encode_boxes(boxes: Sequence[Sequence[Any]]) -> str:
     """
     if orjson is not None:
         extras = 0  # rows with a dict of extras: only outlines are written this way
-        for b in boxes:
-            if len(b) == 6 and type(b[5]) is dict and b[5].keys() == _OUTLINES_ONLY:
-                extras += 1
-            elif len(b) != 5:
-                extras = -1
-                break
+        if not set(map(len, boxes)) <= _PLAIN_ROW:
+            for b in boxes:
+                if len(b) == 6 and type(b[5]) is dict and b[5].keys() == _OUTLINES_ONLY:
+                    extras += 1
+                elif len(b) != 5:
+                    extras = -1
+                    break
         if extras >= 0:
             # Boxes (and outlines), the common case: orjson writes them 10-15x faster, in the
             # same text except where it spells a number differently (an exponent, "0.0000..."
@@ -208,6 +241,22 @@ def encode_boxes(boxes: Sequence[Sequence[Any]]) -> str:
             ):
                 return raw.decode("ascii")
     return _CANONICAL.encode([list(b) for b in boxes])
+
+
+def encode_boxes_all(items: Sequence[Sequence[Sequence[Any]]]) -> list[str]:
+    """:func:`encode_boxes` of each item's boxes (the same texts), checked all at once when
+    every row is a box alone (the common case): one scan of all the texts instead of one
+    per item."""
+    if orjson is None or not set(map(len, itertools.chain.from_iterable(items))) <= _PLAIN_ROW:
+        return [encode_boxes(boxes) for boxes in items]
+    try:
+        raws = list(map(orjson.dumps, items))
+    except (TypeError, orjson.JSONEncodeError):
+        return [encode_boxes(boxes) for boxes in items]
+    joined = b"".join(raws)  # "]][[" between items: no spelling spans two of them
+    if b"e" in joined or b"null" in joined or b"0.0000" in joined or b'"' in joined:
+        return [encode_boxes(boxes) for boxes in items]
+    return [raw.decode("ascii") for raw in raws]
 
 
 def content_hash_encoded(

@@ -27,7 +27,12 @@ from sqlalchemy import func, select
 from desktop_app.core import blobs as blobs_mod
 from desktop_app.core import dataset_import, formats
 from desktop_app.core.dataset_records import Annotation
-from desktop_app.core.dataset_split import content_hash, content_hash_encoded, encode_boxes
+from desktop_app.core.dataset_split import (
+    content_hash,
+    content_hash_encoded,
+    encode_boxes,
+    encode_boxes_all,
+)
 from desktop_app.core.datasets import import_dataset
 from desktop_app.core.errors import DatasetFormatError
 from desktop_app.core.formats import coco, createml
@@ -134,6 +139,18 @@ def test_encoded_boxes_are_byte_identical_to_the_canonical_encoder() -> None:
         rows = random_rows[k : k + 10]
         assert encode_boxes(rows) == _CANONICAL.encode(rows)
         assert encode_boxes([tuple(r) for r in rows]) == _CANONICAL.encode(rows)
+    # all items at once: the same texts, whether or not one item needs json's spelling
+    plain = [[[int(c), 0.25, 0.5, 0.125, 0.0625]] * (int(c) % 4) for c in range(40)]
+    for items in (
+        plain,
+        [*plain, [random_rows[0]]],
+        [random_rows[k : k + 10] for k in range(0, 5000, 10)],
+        [*plain, *([row] for row in odd)],
+        [*plain, outlined[:3], odd_outlines],
+        [],
+        [[], []],
+    ):
+        assert encode_boxes_all(items) == [_CANONICAL.encode(boxes) for boxes in items]
 
 
 def _png(path: Path, seed: int) -> None:

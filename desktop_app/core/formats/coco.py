@@ -29,7 +29,7 @@ import itertools
 import json
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -556,7 +556,7 @@ def _all_plain(
     """
     if not raw:
         return []
-    if not all(type(a) is dict and a.keys() <= _COLUMN_KEYS for a in raw):
+    if set(map(type, raw)) != {dict} or not set().union(*raw) <= _COLUMN_KEYS:
         return None
     if any(v is not None and v != [] for v in (a["keypoints"] for a in raw if "keypoints" in a)):
         return None
@@ -573,8 +573,7 @@ def _all_plain(
         or set(map(len, boxes)) != {4}
     ):
         return None
-    numbers = list(itertools.chain.from_iterable(boxes))  # x, y, w, h, x, y, ...
-    if not set(map(type, numbers)) <= _NUMBER_TYPES:
+    if not set(map(type, itertools.chain.from_iterable(boxes))) <= _NUMBER_TYPES:
         return None
     try:
         sizes = [images[i] for i in iids]
@@ -582,6 +581,9 @@ def _all_plain(
     except KeyError:
         return None
     try:
+        numbers = np.fromiter(  # x, y, w, h, x, y, ...
+            itertools.chain.from_iterable(boxes), dtype=np.float64, count=4 * len(boxes)
+        )
         ok, cx, cy, bw, bh = _normalised(numbers, [z[1] for z in sizes], [z[2] for z in sizes])
     except (OverflowError, ValueError):
         return None
@@ -617,7 +619,7 @@ def _snapped(values: np.ndarray) -> list[float]:
 
 
 def _normalised(
-    boxes: list[Any], widths: list[int], heights: list[int]
+    boxes: Sequence[Any] | np.ndarray, widths: list[int], heights: list[int]
 ) -> tuple[np.ndarray, list[float], list[float], list[float], list[float]]:
     """:func:`box_from_pixels` and :meth:`Annotation.from_xyxy` for many ``[x, y, w, h]``
     pixel boxes at once, with the same float operations in the same order (identical values):
@@ -627,7 +629,7 @@ def _normalised(
     Raises:
         OverflowError, ValueError: a number too large for a float.
     """
-    xywh = np.array(boxes, dtype=np.float64).reshape(-1, 4)
+    xywh = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     w = np.array(widths, dtype=np.float64)
     h = np.array(heights, dtype=np.float64)
     x0, y0 = xywh[:, 0], xywh[:, 1]
