@@ -438,6 +438,19 @@ def prefetching(prefetch: ImagePrefetch) -> Iterator[None]:
         _PREFETCH.reset(token)
 
 
+def expect_images(root: Path, annotation_file: Path) -> None:
+    """A reader is about to parse ``annotation_file`` (the images it names are in the dataset
+    folder ``root``): inside :func:`prefetching`, a large one starts the helper process now
+    (see :meth:`ImagePrefetch.expect`)."""
+    prefetch = _PREFETCH.get()
+    if prefetch is not None:
+        try:
+            size = os.stat(annotation_file).st_size
+        except OSError:
+            return  # the reader names the problem
+        prefetch.expect(root, size)
+
+
 def announce_images(root: Path, paths: Iterable[Path]) -> None:
     """A reader knows these image files of the dataset folder ``root`` before it parses the
     annotations: inside :func:`prefetching`, a helper process starts reading them."""

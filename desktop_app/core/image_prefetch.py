@@ -10,7 +10,9 @@ A reader calls :func:`desktop_app.core.dataset_records.announce_images` as soon 
 the image files (a COCO file's ``images`` list, a YOLO folder's listing); inside
 :func:`desktop_app.core.dataset_records.prefetching` that hands them to :class:`ImagePrefetch`,
 which starts ``python -m desktop_app.core.image_prefetch`` once (for
-:data:`PREFETCH_MIN_IMAGES` images or more, on a machine with two cores or more).
+:data:`PREFETCH_MIN_IMAGES` images or more, on a machine with two cores or more; a reader
+about to parse a large annotation file starts it early with
+:func:`desktop_app.core.dataset_records.expect_images`).
 
 Requests go to the helper's stdin as NUL-terminated records: a JSON header line first, then
 ``pPATH`` (an image to read), ``lN`` (the importer reads images N and later itself: skip
@@ -63,6 +65,9 @@ if TYPE_CHECKING:
 _R = TypeVar("_R")
 
 PREFETCH_MIN_IMAGES = 1000  # fewer: the helper's start costs more than it saves
+# An annotation file this large describes about PREFETCH_MIN_IMAGES images or more: the
+# helper is started before it is parsed, so that it is ready when the image list is known.
+PREFETCH_EARLY_BYTES = 1 << 20
 MODULE = "desktop_app.core.image_prefetch"
 RUN = 64  # images per run in the helper (the unit it hands to its threads)
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
@@ -115,6 +120,19 @@ class ImagePrefetch:
     def running(self) -> bool:
         """True once the helper was started (it may have finished since)."""
         return self._proc is not None
+
+    def expect(self, root: Path, annotation_bytes: int) -> None:
+        """A reader is about to parse ``annotation_bytes`` of annotations for images of the
+        dataset folder ``root``: from :data:`PREFETCH_EARLY_BYTES` on, start the helper now
+        (its start takes as long as parsing a few MB), so that it reads the images as soon as
+        they are announced, however many they turn out to be."""
+        if (
+            self._proc is None
+            and not (self._closed or self._finished)
+            and self.cpus >= 2
+            and annotation_bytes >= PREFETCH_EARLY_BYTES
+        ):
+            self._start(os.fspath(root))
 
     def announce(self, root: Path, paths: Iterable[Path]) -> None:
         """Hand image files of the dataset folder ``root`` to the helper (started on first use)."""

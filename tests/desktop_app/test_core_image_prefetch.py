@@ -18,11 +18,12 @@ import numpy as np
 import pytest
 from sqlalchemy import func, select
 
-from desktop_app.core import dataset_import, image_prefetch
+from desktop_app.core import dataset_import, dataset_records, image_prefetch
 from desktop_app.core.blobs import BlobBatch, BlobStore
 from desktop_app.core.dataset_records import SourceImage
 from desktop_app.core.datasets import import_dataset
 from desktop_app.core.errors import DatasetFormatError
+from desktop_app.core.formats import coco
 from desktop_app.core.image_check import check_structure
 from desktop_app.core.image_prefetch import ImagePrefetch, _Helper
 from desktop_app.core.models import Blob, Dataset, DatasetItem
@@ -85,6 +86,12 @@ def helper_on(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     one before it takes the answers (else, this quick, it reads them all itself); returns the
     count of images the helper staged."""
     monkeypatch.setattr(image_prefetch, "PREFETCH_MIN_IMAGES", 1)
+    return _count_adopted(monkeypatch)
+
+
+def _count_adopted(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The importer lets a running helper answer for every image before it takes the answers;
+    returns the count of images the helper staged (its temp files the import adopted)."""
     results = ImagePrefetch.results
 
     def after_the_helper(self: ImagePrefetch, sources: Any, own: Any) -> Any:
@@ -233,6 +240,49 @@ def test_no_helper_for_few_images_or_one_cpu(tmp_path: Path) -> None:
     assert not few.running and not one_cpu.running
     few.close()
     one_cpu.close()
+
+
+def test_a_large_annotation_file_starts_the_helper_before_it_is_parsed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = _coco(tmp_path / "src", 40)
+    ann = root / "annotations.json"
+    started: list[bool] = []  # was the helper running when the file's parse began?
+    load_json = coco.load_json
+
+    def parse(path: Path) -> Any:
+        prefetch = dataset_records._PREFETCH.get()
+        started.append(prefetch is not None and prefetch.running)
+        return load_json(path)
+
+    monkeypatch.setattr(coco, "load_json", parse)
+    small = import_dataset(Workspace.open(tmp_path / "ws1", create=True), root, "d", "coco")
+    assert started == [False]  # a small file: the helper waits for 1,000 images (it never came)
+    monkeypatch.setattr(image_prefetch, "PREFETCH_EARLY_BYTES", ann.stat().st_size)
+    started.clear()
+    ws = Workspace.open(tmp_path / "ws2", create=True)
+    adopted = _count_adopted(monkeypatch)
+    early = import_dataset(ws, root, "d", "coco")
+    assert started == [True]
+    assert adopted[0] == 39  # every PNG and JPEG (not the BMP), though fewer than 1,000
+    assert early["content_hash"] == small["content_hash"]
+    assert _leftovers(ws) == []
+
+
+def test_a_helper_started_early_for_a_file_that_names_no_image_is_stopped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = BlobStore(tmp_path / "blobs")
+    prefetch = ImagePrefetch(BlobBatch(store))
+    monkeypatch.setattr(image_prefetch, "PREFETCH_EARLY_BYTES", 10)
+    prefetch.expect(tmp_path, 9)
+    assert not prefetch.running
+    prefetch.expect(tmp_path, 10)
+    assert prefetch.running
+    proc = prefetch._proc
+    prefetch.close()
+    assert proc is not None and proc.poll() is not None
+    assert list(store.root.rglob("*")) == []
 
 
 # ---- the helper's own checks ------------------------------------------------------------------

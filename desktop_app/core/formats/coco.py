@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from desktop_app.core import image_prefetch
 from desktop_app.core.dataset_records import (
     SNAP,
     Annotation,
@@ -49,6 +50,7 @@ from desktop_app.core.dataset_records import (
     SourceImage,
     announce_images,
     box_from_pixels,
+    expect_images,
     finite,
     inspect_images,
     safe_relative,
@@ -93,11 +95,13 @@ def read(
     if path.is_file():
         root = path.parent.parent if path.parent.name.lower() == "annotations" else path.parent
         files = [_File(path, *_split_token(path))]
+        expect_images(root, path)
         docs = [load_json(path)]
     else:
         root = path
         files, docs = [], []
         for f in _candidates(path):
+            expect_images(root, f.path)
             doc = load_json(f.path)
             if isinstance(doc, dict) and "images" in doc and "annotations" in doc:
                 files.append(f)
@@ -230,6 +234,7 @@ class _Reader:
         where = str(f.path)
         images: dict[int, tuple[str, int, int, Path]] = {}
         skipped: set[int] = set()
+        found: list[Path] = []  # announced a run at a time: the helper starts on the first
         for i, img in enumerate(_list(doc, "images", where)):
             try:
                 iid, entry = self._image(root, f, img, f"{where}: images[{i}]", images)
@@ -239,7 +244,11 @@ class _Reader:
                     skipped.add(img["id"])
                 continue
             images[iid] = entry
-        announce_images(root, [entry[3] for entry in images.values()])
+            found.append(entry[3])
+            if len(found) >= image_prefetch.PREFETCH_MIN_IMAGES:
+                announce_images(root, found)
+                found = []
+        announce_images(root, found)
         anns: dict[int, list[Annotation]] = {iid: [] for iid in images}
         raw = _list(doc, "annotations", where)
         every = _all_plain(raw, images, self.class_of)
