@@ -8,9 +8,10 @@ Measures, side by side, in one run on one machine:
   to disk (the same filesystem as the agent's data folder) as the agent writes the upload,
   neither fsyncs, and both are timed from the first request to the last byte on disk
   (``transfer``: opening the signed resumable upload, the chained stream, its proof checked
-  and the agent's answer; curl's ``time_total``, the median of 3 GETs). The commit
-  (extraction with every file's sha256 checked and fsynced, load, self-test, switch) is
-  reported on its own line, as is curl to ``/dev/null``. The ratio is ours / curl in MiB/s
+  and the agent's answer; curl's ``time_total``): three pushes and three GETs in turn,
+  the median of each. The commit (extraction with every file's sha256 checked and
+  fsynced, load, self-test, switch) is reported on its own line, as is curl to
+  ``/dev/null``. The ratio is ours / curl in MiB/s
   (goal >= 0.9). With ``OUTPOST_UPLOAD_PROFILE=1`` both sides print their per-request
   timings on stderr;
 - discovery time: mDNS browse on the veth address only until the agent is found;
@@ -52,7 +53,18 @@ sys.path.insert(0, str(ROOT))
 from tests.netns_lan import Host, Lan  # noqa: E402 (after the path is set)
 
 AGENT_PORT, FILE_PORT = 8765, 8800
-GET_REPEATS = 3  # curl GETs per reference figure (their median)
+REPEATS = 3  # pushes and curl GETs per figure (their medians)
+
+
+def curl_get(url: str, target: str) -> float:
+    """``curl`` ``url`` into ``target``; its ``time_total`` in seconds."""
+    get = subprocess.run(  # noqa: S603
+        ["curl", "-sS", "-o", target, "-w", "%{time_total}", url],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return float(get.stdout)
 
 
 def preflight() -> str | None:
@@ -242,37 +254,37 @@ def desktop_side(args: argparse.Namespace) -> None:
     package = Path(spec["package"])
     size = package.stat().st_size
     with AgentClient(url, timeout=600.0, key=key, agent_key=pinned) as client:
-        sent: list[float] = []
-
-        def progress(done: int, total: int) -> None:
-            # The last call follows the agent's answer to the last byte (before the commit).
-            if done >= total:
-                sent.append(time.perf_counter())
-
-        t0 = time.perf_counter()
-        chunk = spec["chunk_mib"] << 20 if spec["chunk_mib"] else None
-        installed = client.upload_package(package, progress, chunk_size=chunk, resumable=True)
-        out["push_s"] = time.perf_counter() - t0
-        out["transfer_s"] = (sent[-1] if sent else time.perf_counter()) - t0
         url_get = f"http://{agent_ip}:{FILE_PORT}/{package.name}"
         fetched = Path(spec["get_dir"]) / package.name
-        for key, target in (("get_s", str(fetched)), ("get_null_s", "/dev/null")):
-            times = []
-            for _ in range(GET_REPEATS):  # the median: one GET is a noisy reference
-                get = subprocess.run(  # noqa: S603
-                    ["curl", "-sS", "-o", target, "-w", "%{time_total}", url_get],
-                    capture_output=True,
-                    text=True,
-                    check=True,
+        chunk = spec["chunk_mib"] << 20 if spec["chunk_mib"] else None
+        transfers: list[float] = []
+        pushes: list[float] = []
+        gets: list[float] = []
+        for _ in range(REPEATS):  # a push, then a GET, in turn: both see the same moments
+            sent: list[float] = []
+
+            def progress(done: int, total: int, sent: list[float] = sent) -> None:
+                # The last call follows the agent's answer to the last byte (before the commit).
+                if done >= total:
+                    sent.append(time.perf_counter())
+
+            t0 = time.perf_counter()
+            installed = client.upload_package(package, progress, chunk_size=chunk, resumable=True)
+            pushes.append(time.perf_counter() - t0)
+            transfers.append((sent[-1] if sent else time.perf_counter()) - t0)
+            gets.append(curl_get(url_get, str(fetched)))
+            if fetched.stat().st_size != size:
+                raise SystemExit(
+                    f"lan_deploy: curl fetched {fetched.stat().st_size} of {size} bytes"
                 )
-                times.append(float(get.stdout))
-                if target != "/dev/null":
-                    if fetched.stat().st_size != size:
-                        raise SystemExit(
-                            f"lan_deploy: curl fetched {fetched.stat().st_size} of {size} bytes"
-                        )
-                    fetched.unlink()
-            out[key] = statistics.median(times)
+            fetched.unlink()
+        out["transfer_s"] = statistics.median(transfers)
+        out["push_s"] = statistics.median(pushes)
+        out["commit_s"] = statistics.median(p - t for p, t in zip(pushes, transfers, strict=True))
+        out["get_s"] = statistics.median(gets)
+        out["get_null_s"] = statistics.median(
+            curl_get(url_get, "/dev/null") for _ in range(REPEATS)
+        )
         if spec.get("infer_package"):  # the real detector, installed beside the pushed one
             installed = client.upload_package(Path(spec["infer_package"]))
         h, w = installed["input"]["shape"][2:4] if "shape" in installed["input"] else (640, 640)
@@ -410,8 +422,7 @@ def main() -> int:
         print(f"{label:<40}{ours:>10.2f}{ref:>11.2f}{shown}  {goal}")
     parts = ", ".join(f"{k} {v:.2f}" for k, v in result["agent_timing_ms"].items())
     print(f"  the agent's own timing (ms, p50 of 10): {parts}")
-    commit_s = result["push_s"] - result["transfer_s"]
-    print(f"{'commit + install (s), after the transfer':<40}{commit_s:>10.2f}")
+    print(f"{'commit + install (s), after the transfer':<40}{result['commit_s']:>10.2f}")
     print(f"{'push incl. install (s)':<40}{result['push_s']:>10.2f}")
     print(f"{'curl GET to /dev/null (s), for scale':<40}{'':>10}{result['get_null_s']:>11.2f}")
     found = "found" if result["discovered"] else "NOT found"
