@@ -69,6 +69,7 @@ bench: $(STAMP)
 bench-import: $(STAMP)
 	$(PY) benchmarks/dataset_import.py
 	$(PY) benchmarks/yolo_import.py
+	$(PY) benchmarks/format_import.py
 
 bench-studio: $(STAMP)
 	QT_QPA_PLATFORM=offscreen $(PY) benchmarks/studio_responsiveness.py

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from desktop_app.core import image_prefetch
 from desktop_app.core.errors import DatasetFormatError, InvalidArgumentError
 from desktop_app.core.image_check import ImageStructureError, check_structure, image_header_size
 from desktop_app.core.image_prefetch import ImagePrefetch
@@ -459,6 +460,26 @@ def announce_images(root: Path, paths: Iterable[Path]) -> None:
         prefetch.announce(root, paths)
 
 
+class ImageRuns:
+    """Announces a reader's image files a run at a time as it finds them (see
+    :func:`announce_images`): the helper starts on the first run, not after the last file."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._found: list[Path] = []
+
+    def add(self, path: Path) -> None:
+        self._found.append(path)
+        if len(self._found) >= image_prefetch.PREFETCH_MIN_IMAGES:
+            self.flush()
+
+    def flush(self) -> None:
+        """Announce what was found since the last run."""
+        if self._found:
+            announce_images(self.root, self._found)
+            self._found = []
+
+
 @contextlib.contextmanager
 def handing_images_to(sink: ImageSink) -> Iterator[None]:
     """Within this block, :func:`inspect_images` hands each valid image it reads to ``sink``.
@@ -547,6 +568,10 @@ def inspect_images(
     size = max(1, min(64, -(-total // (4 * count))))
     runs = [accepted[k : k + size] for k in range(0, total, size)]
     if prefetch is not None:
+        # what the reader did not announce as it went (a format that knows its images only
+        # now, or an image folder with nothing else to parse): the helper reads beside this
+        # thread, each taking runs from its own end of the list
+        prefetch.announce(root, [src.path for src in accepted])
         prefetch.finish()  # every image is known now
         if not prefetch.running:
             prefetch = None

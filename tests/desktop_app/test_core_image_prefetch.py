@@ -21,6 +21,7 @@ from sqlalchemy import func, select
 from desktop_app.core import dataset_import, dataset_records, image_prefetch
 from desktop_app.core.blobs import BlobBatch, BlobStore
 from desktop_app.core.dataset_records import SourceImage
+from desktop_app.core.dataset_export import export_dataset
 from desktop_app.core.datasets import import_dataset
 from desktop_app.core.errors import DatasetFormatError
 from desktop_app.core.formats import coco
@@ -499,6 +500,47 @@ def test_a_yolo_folder_imports_the_same_with_the_helper(
     monkeypatch.setattr(image_prefetch, "PREFETCH_MIN_IMAGES", 10**9)
     other = Workspace.open(tmp_path / "ws2", create=True)
     second = import_dataset(other, root, "y", "yolo")
+    assert first["content_hash"] == second["content_hash"]
+    assert _stored(ws) == _stored(other)
+    assert _leftovers(ws) == []
+
+
+@pytest.mark.parametrize("fmt", ["voc", "cvat", "labelstudio", "createml"])
+def test_every_format_imports_the_same_with_the_helper(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, helper_on: list[int], fmt: str
+) -> None:
+    """A reader that announces its images as it parses (VOC) or not at all (the helper then
+    gets them when the images are inspected) stores what an import without the helper does."""
+    source = _coco(tmp_path / "src", 60)
+    base = Workspace.open(tmp_path / "ws0", create=True)
+    monkeypatch.setattr(image_prefetch, "PREFETCH_MIN_IMAGES", 10**9)
+    import_dataset(base, source, "d", "coco")
+    export_dataset(base, "d", fmt, tmp_path / fmt)
+    without = Workspace.open(tmp_path / "ws2", create=True)
+    second = import_dataset(without, tmp_path / fmt, "d", fmt)
+    assert helper_on[0] == 0
+    monkeypatch.setattr(image_prefetch, "PREFETCH_MIN_IMAGES", 1)
+    ws = Workspace.open(tmp_path / "ws1", create=True)
+    first = import_dataset(ws, tmp_path / fmt, "d", fmt)
+    assert helper_on[0] >= 55  # every PNG and JPEG the export wrote (it keeps the BMP's bytes)
+    assert first["content_hash"] == second["content_hash"]
+    assert first["problems"] == second["problems"]
+    assert _stored(ws) == _stored(without)
+    assert _leftovers(ws) == []
+
+
+def test_an_image_folder_is_read_by_the_helper_and_the_importer_together(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, helper_on: list[int]
+) -> None:
+    root = tmp_path / "classes"
+    for i in range(50):
+        _image(root / ("cat" if i % 3 else "dog") / f"c{i:03d}.png", 500 + i)
+    ws = Workspace.open(tmp_path / "ws1", create=True)
+    first = import_dataset(ws, root, "c", "imagefolder")
+    assert helper_on[0] == 50
+    monkeypatch.setattr(image_prefetch, "PREFETCH_MIN_IMAGES", 10**9)
+    other = Workspace.open(tmp_path / "ws2", create=True)
+    second = import_dataset(other, root, "c", "imagefolder")
     assert first["content_hash"] == second["content_hash"]
     assert _stored(ws) == _stored(other)
     assert _leftovers(ws) == []

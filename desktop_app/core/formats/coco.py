@@ -37,18 +37,17 @@ from typing import Any
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from desktop_app.core import image_prefetch
 from desktop_app.core.dataset_records import (
     SNAP,
     Annotation,
     CopyImage,
     ExportDataset,
     ExportItem,
+    ImageRuns,
     Problems,
     Progress,
     ScannedDataset,
     SourceImage,
-    announce_images,
     box_from_pixels,
     expect_images,
     finite,
@@ -234,7 +233,7 @@ class _Reader:
         where = str(f.path)
         images: dict[int, tuple[str, int, int, Path]] = {}
         skipped: set[int] = set()
-        found: list[Path] = []  # announced a run at a time: the helper starts on the first
+        image_runs = ImageRuns(root)
         for i, img in enumerate(_list(doc, "images", where)):
             try:
                 iid, entry = self._image(root, f, img, f"{where}: images[{i}]", images)
@@ -244,11 +243,8 @@ class _Reader:
                     skipped.add(img["id"])
                 continue
             images[iid] = entry
-            found.append(entry[3])
-            if len(found) >= image_prefetch.PREFETCH_MIN_IMAGES:
-                announce_images(root, found)
-                found = []
-        announce_images(root, found)
+            image_runs.add(entry[3])
+        image_runs.flush()
         anns: dict[int, list[Annotation]] = {iid: [] for iid in images}
         raw = _list(doc, "annotations", where)
         every = _all_plain(raw, images, self.class_of)

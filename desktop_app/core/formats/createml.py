@@ -35,6 +35,7 @@ from desktop_app.core.dataset_records import (
     Annotation,
     CopyImage,
     ExportDataset,
+    ImageRuns,
     Problems,
     Progress,
     ScannedDataset,
@@ -209,12 +210,15 @@ def read(
             )
     sources: list[SourceImage] = []
     pending: dict[str, list[_Box]] = {}
+    image_runs = ImageRuns(root)  # read by the import's helper while the rest is parsed
     for json_path, split in files:
         for src, boxes in _read_file(json_path, split, problems):
             sources.append(src)
+            image_runs.add(src.path)
             # A name listed again (another split folder) is refused by inspect_images,
             # which keeps the first: keep the first one's boxes too.
             pending.setdefault(src.file_name, boxes)
+    image_runs.flush()
     names = tuple(sorted({label for boxes in pending.values() for label, _, _ in boxes}))
     class_of = {n: i for i, n in enumerate(names)}
 

@@ -44,6 +44,7 @@ from desktop_app.core.dataset_records import (
     CopyImage,
     ExportDataset,
     ExportItem,
+    ImageRuns,
     Problems,
     Progress,
     ScannedDataset,
@@ -150,10 +151,13 @@ def read(
         known = set(names)
     class_of = {n: i for i, n in enumerate(names)}
     sources: list[SourceImage] = []
+    image_runs = ImageRuns(root)  # read by the import's helper while the rest is parsed
     for i, el in enumerate(elements):
         src = _image(root, xml_path, i, el, task, known, class_of, problems)
         if src is not None:
             sources.append(src)
+            image_runs.add(src.path)
+    image_runs.flush()
     if not sources and not elements:
         raise DatasetFormatError(f"{xml_path} lists no <image> elements; add them")
     sources.sort(key=lambda s: s.file_name)

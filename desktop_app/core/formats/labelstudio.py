@@ -41,6 +41,7 @@ from desktop_app.core.dataset_records import (
     CopyImage,
     ExportDataset,
     ExportItem,
+    ImageRuns,
     Problems,
     Progress,
     ScannedDataset,
@@ -123,6 +124,7 @@ def read(
             f"{json_path} looks like Label Studio's JSON-MIN export, which is not supported; export as JSON"
         )
     finder = _Finder(root)
+    image_runs = ImageRuns(root)  # read by the import's helper while the rest is parsed
     sources: list[SourceImage] = []
     pending: dict[str, list[_Result]] = {}
     seen: dict[str, str] = {}
@@ -165,6 +167,8 @@ def read(
                 file_name, image_path, split, (), declared, json_path, annotation is not None
             )
         )
+        image_runs.add(image_path)
+    image_runs.flush()
     kinds = {kind for results in pending.values() for kind, *_ in results}
     task_kind = (
         "classify" if kinds == {"choices"} else "segment" if "polygonlabels" in kinds else "detect"

@@ -24,6 +24,7 @@ from desktop_app.core.dataset_records import (
     CopyImage,
     ExportDataset,
     ExportItem,
+    ImageRuns,
     Problems,
     Progress,
     ScannedDataset,
@@ -68,12 +69,16 @@ def read(
         )
     parsed: list[_Parsed] = []
     skipped: set[str] = set()  # image stems whose XML was skipped: not background images
+    image_runs = ImageRuns(root)  # read by the import's helper while the rest is parsed
     for p in _walk(ann_dir, lambda n: n.lower().endswith(".xml")):
         try:
             parsed.append(_parse(p, img_dir))
         except DatasetFormatError as exc:
             report.add_error(exc)
             skipped.add(p.relative_to(ann_dir).with_suffix("").as_posix())
+            continue
+        image_runs.add(parsed[-1][2])  # the image it describes
+    image_runs.flush()
     names = _class_names(root, parsed)
     class_of = {n: i for i, n in enumerate(names)}
     splits = _read_sets(root)
