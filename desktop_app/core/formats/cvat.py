@@ -25,8 +25,8 @@ the group's ``<box>`` when there is one, else the bounds of its polygons; the wr
 an object's polygons this way (with its box when that differs from their bounds).
 ``occluded``, ``z_order``, attributes and ``source`` are not kept (there is no such field in
 the stored annotations); ``<points>``, ``<polyline>``, ``<ellipse>``, ``<mask>``,
-``<cuboid>`` and ``<skeleton>`` shapes are reported as problems. The XML is parsed with
-defusedxml: entity declarations and external references are refused.
+``<cuboid>`` and ``<skeleton>`` shapes are reported as problems. Entity declarations and
+external references are refused (:mod:`desktop_app.core.formats.xml_input`).
 """
 
 from __future__ import annotations
@@ -36,7 +36,6 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import defusedxml.ElementTree as SafeET
 from defusedxml import DefusedXmlException
 
 from desktop_app.core.dataset_records import (
@@ -59,6 +58,7 @@ from desktop_app.core.dataset_records import (
 from desktop_app.core.errors import DatasetFormatError
 from desktop_app.core.formats.base import DatasetFormat, FormatCapabilities
 from desktop_app.core.formats.createml import finish_scan
+from desktop_app.core.formats.xml_input import parse_xml_file
 from runtimes.fileio import atomic_write_bytes
 
 ANNOTATION_FILE = "annotations.xml"
@@ -167,7 +167,7 @@ def read(
 
 def _parse(p: Path) -> ET.Element:
     try:
-        tree = SafeET.parse(p)
+        root: ET.Element = parse_xml_file(p)
     except DefusedXmlException as exc:
         raise DatasetFormatError(
             f"{p} declares XML entities or external references ({type(exc).__name__}), which are refused; remove the DOCTYPE"
@@ -179,7 +179,6 @@ def _parse(p: Path) -> ET.Element:
         ) from None
     except OSError as exc:
         raise DatasetFormatError(f"{p} cannot be read ({exc.strerror}); check the file") from None
-    root: ET.Element = tree.getroot()
     if root.tag != "annotations":
         raise DatasetFormatError(
             f"{p}: the root element is <{root.tag}>, expected <annotations> (CVAT for images 1.1); fix the file or --format"

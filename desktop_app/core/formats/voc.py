@@ -4,19 +4,18 @@ Boxes are 1-based pixel coordinates with inclusive ends (``xmin=1, xmax=W`` cove
 whole width), so a box spans ``[xmin - 1, xmax)`` in 0-based pixels; a box that sticks out
 by up to one pixel (0-based tools) is clipped. ``difficult`` and ``truncated`` are kept.
 Class order comes from ``labels.txt`` (or ``classes.txt``) when present, else the sorted
-names found. Images in ``JPEGImages/`` without an XML file are background images. XML is
-parsed with defusedxml: entity declarations (billion laughs) and external references are
-refused. Lenient reads skip a bad object or XML file (and its image) and list it.
+names found. Images in ``JPEGImages/`` without an XML file are background images. Entity
+declarations (billion laughs) and external references are refused
+(:mod:`desktop_app.core.formats.xml_input`). Lenient reads skip a bad object or XML file (and its image) and list it.
 """
 
 from __future__ import annotations
 
 import os
-import xml.etree.ElementTree as ET  # writing only; reading goes through defusedxml
+import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from pathlib import Path
 
-import defusedxml.ElementTree as SafeET
 from defusedxml import DefusedXmlException
 
 from desktop_app.core.dataset_records import (
@@ -37,6 +36,7 @@ from desktop_app.core.dataset_records import (
 from desktop_app.core.dataset_yolo import names_from_txt
 from desktop_app.core.errors import DatasetFormatError
 from desktop_app.core.formats.base import DatasetFormat, FormatCapabilities
+from desktop_app.core.formats.xml_input import parse_xml_file
 from runtimes.fileio import atomic_write_text
 
 ANNOTATIONS, IMAGES, SETS = "Annotations", "JPEGImages", "ImageSets/Main"
@@ -139,7 +139,7 @@ _Parsed = tuple[Path, str, Path, tuple[int, int], list[_Object]]
 def _parse(p: Path, img_dir: Path) -> _Parsed:
     """One XML file; a bad file raises, a bad object's box is returned as its problem."""
     try:
-        tree = SafeET.parse(p)
+        root = parse_xml_file(p)
     except ET.ParseError as exc:
         raise DatasetFormatError(f"{p} is not valid XML ({exc}); fix the file") from None
     except DefusedXmlException as exc:
@@ -148,7 +148,6 @@ def _parse(p: Path, img_dir: Path) -> _Parsed:
         ) from None
     except OSError as exc:
         raise DatasetFormatError(f"{p} cannot be read ({exc.strerror}); check the file") from None
-    root = tree.getroot()
     if root.tag != "annotation":
         raise DatasetFormatError(
             f"{p}: the root element is <{root.tag}>, expected <annotation>; fix the file"
