@@ -20,8 +20,8 @@ from sqlalchemy import func, select
 
 from desktop_app.core import dataset_import, dataset_records, image_prefetch
 from desktop_app.core.blobs import BlobBatch, BlobStore
-from desktop_app.core.dataset_records import SourceImage
 from desktop_app.core.dataset_export import export_dataset
+from desktop_app.core.dataset_records import SourceImage
 from desktop_app.core.datasets import import_dataset
 from desktop_app.core.errors import DatasetFormatError
 from desktop_app.core.formats import coco
