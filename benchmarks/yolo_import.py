@@ -32,39 +32,15 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from dataset_import import (  # noqa: E402
-    build_dataset,
-    child,
-    measure,
-    print_table,
-    scratch_root,
-)
+from dataset_import import child, measure, print_table, scratch_root  # noqa: E402
+from format_import import build_formats  # noqa: E402
 
 CASES = ("ours", "ultralytics")
 
 
 def build_yolo(workdir: Path, images: int, boxes: int) -> Path:
     """The YOLO folder (made once from the COCO dataset, then reused)."""
-    out = workdir / "yolo"
-    marker = workdir / "yolo.json"
-    shape = {"images": images, "boxes_per_image": boxes}
-    if out.is_dir() and marker.is_file() and json.loads(marker.read_text()) == shape:
-        return out
-    shutil.rmtree(out, ignore_errors=True)
-    coco = workdir / "coco"
-    build_dataset(coco, images, boxes, "png", seed=0)
-    from desktop_app.core.datasets import export_dataset, import_dataset
-    from desktop_app.core.workspace import Workspace
-
-    scratch = Path(tempfile.mkdtemp(prefix="yolo-build-", dir=workdir))
-    try:
-        ws = Workspace.open(scratch / "ws", create=True)
-        import_dataset(ws, coco, "source", "coco")
-        export_dataset(ws, "source", "yolo", out)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    marker.write_text(json.dumps(shape))
-    return out
+    return build_formats(workdir, images, boxes, ["yolo"]) / "yolo"
 
 
 def run_ours(data: Path, scratch: Path) -> dict[str, Any]:

@@ -485,6 +485,25 @@ def test_the_helper_renames_what_is_new_and_drops_what_is_stored(tmp_path: Path)
     assert failed[-1] == b"R e\n" and failed[0].startswith(b"! ")
 
 
+def _same_with_and_without_the_helper(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, helper_on: list[int], root: Path, fmt: str
+) -> int:
+    """Import ``root`` with the helper, then without it: the same content hash, problems,
+    items and blobs, and no temp file left; returns how many images the helper staged."""
+    ws = Workspace.open(tmp_path / "with", create=True)
+    first = import_dataset(ws, root, "d", fmt)
+    staged = helper_on[0]
+    monkeypatch.setattr(image_prefetch, "PREFETCH_MIN_IMAGES", 10**9)
+    other = Workspace.open(tmp_path / "without", create=True)
+    second = import_dataset(other, root, "d", fmt)
+    assert helper_on[0] == staged  # the helper did not start
+    assert first["content_hash"] == second["content_hash"]
+    assert first["problems"] == second["problems"]
+    assert _stored(ws) == _stored(other)
+    assert _leftovers(ws) == []
+    return staged
+
+
 def test_a_yolo_folder_imports_the_same_with_the_helper(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, helper_on: list[int]
 ) -> None:
@@ -494,56 +513,37 @@ def test_a_yolo_folder_imports_the_same_with_the_helper(
         _image(root / "images" / "train" / f"y{i:03d}.png", 300 + i)
         (root / "labels" / "train" / f"y{i:03d}.txt").write_text(f"{i % 2} 0.5 0.5 0.25 0.25\n")
     (root / "data.yaml").write_text("names: [a, b]\n")
-    ws = Workspace.open(tmp_path / "ws1", create=True)
-    first = import_dataset(ws, root, "y", "yolo")
-    assert helper_on[0] == 70
-    monkeypatch.setattr(image_prefetch, "PREFETCH_MIN_IMAGES", 10**9)
-    other = Workspace.open(tmp_path / "ws2", create=True)
-    second = import_dataset(other, root, "y", "yolo")
-    assert first["content_hash"] == second["content_hash"]
-    assert _stored(ws) == _stored(other)
-    assert _leftovers(ws) == []
+    assert _same_with_and_without_the_helper(tmp_path, monkeypatch, helper_on, root, "yolo") == 70
 
 
 @pytest.mark.parametrize("fmt", ["voc", "cvat", "labelstudio", "createml"])
 def test_every_format_imports_the_same_with_the_helper(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, helper_on: list[int], fmt: str
 ) -> None:
-    """A reader that announces its images as it parses (VOC) or not at all (the helper then
-    gets them when the images are inspected) stores what an import without the helper does."""
-    source = _coco(tmp_path / "src", 60)
+    """A reader that announces its images as it parses (VOC, CVAT, Label Studio, Create ML)
+    stores what an import without the helper does."""
     base = Workspace.open(tmp_path / "ws0", create=True)
-    monkeypatch.setattr(image_prefetch, "PREFETCH_MIN_IMAGES", 10**9)
-    import_dataset(base, source, "d", "coco")
+    import_dataset(base, _coco(tmp_path / "src", 60), "d", "coco")
     export_dataset(base, "d", fmt, tmp_path / fmt)
-    without = Workspace.open(tmp_path / "ws2", create=True)
-    second = import_dataset(without, tmp_path / fmt, "d", fmt)
-    assert helper_on[0] == 0
-    monkeypatch.setattr(image_prefetch, "PREFETCH_MIN_IMAGES", 1)
-    ws = Workspace.open(tmp_path / "ws1", create=True)
-    first = import_dataset(ws, tmp_path / fmt, "d", fmt)
-    assert helper_on[0] >= 55  # every PNG and JPEG the export wrote (it keeps the BMP's bytes)
-    assert first["content_hash"] == second["content_hash"]
-    assert first["problems"] == second["problems"]
-    assert _stored(ws) == _stored(without)
-    assert _leftovers(ws) == []
+    helper_on[0] = 0
+    staged = _same_with_and_without_the_helper(
+        tmp_path, monkeypatch, helper_on, tmp_path / fmt, fmt
+    )
+    assert staged >= 55  # every PNG and JPEG the export wrote (the BMP is the importer's)
 
 
 def test_an_image_folder_is_read_by_the_helper_and_the_importer_together(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, helper_on: list[int]
 ) -> None:
+    """No reader announces an image folder's files: the helper gets them when the images
+    are inspected, and reads them beside the importer."""
     root = tmp_path / "classes"
     for i in range(50):
         _image(root / ("cat" if i % 3 else "dog") / f"c{i:03d}.png", 500 + i)
-    ws = Workspace.open(tmp_path / "ws1", create=True)
-    first = import_dataset(ws, root, "c", "imagefolder")
-    assert helper_on[0] == 50
-    monkeypatch.setattr(image_prefetch, "PREFETCH_MIN_IMAGES", 10**9)
-    other = Workspace.open(tmp_path / "ws2", create=True)
-    second = import_dataset(other, root, "c", "imagefolder")
-    assert first["content_hash"] == second["content_hash"]
-    assert _stored(ws) == _stored(other)
-    assert _leftovers(ws) == []
+    staged = _same_with_and_without_the_helper(
+        tmp_path, monkeypatch, helper_on, root, "imagefolder"
+    )
+    assert staged == 50
 
 
 def test_paths_the_helper_staged_skip_the_importers_link_test(tmp_path: Path) -> None:
