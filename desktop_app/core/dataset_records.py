@@ -37,6 +37,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from desktop_app.core import image_prefetch
 from desktop_app.core.errors import DatasetFormatError, InvalidArgumentError
 from desktop_app.core.image_check import ImageStructureError, check_structure, image_header_size
@@ -782,6 +784,46 @@ def _refuse_bomb(p: Path, size: tuple[int, int], max_pixels: int) -> None:
             f"{p} is {w}×{h} pixels, over the {max_pixels / 1e6:g}-megapixel limit (a decompression bomb?); "
             f"shrink the image, or raise the limit with {MAX_IMAGE_PIXELS_ENV}"
         )
+
+
+def snapped(values: np.ndarray) -> list[float]:
+    """:func:`snap` of every value (the same float operations, so the same numbers)."""
+    out: list[float] = (np.rint(values * SNAP) / SNAP + 0.0).tolist()
+    return out
+
+
+def boxes_from_pixels(
+    x0: np.ndarray,
+    y0: np.ndarray,
+    x1: np.ndarray,
+    y1: np.ndarray,
+    widths: np.ndarray,
+    heights: np.ndarray,
+) -> tuple[np.ndarray, list[float], list[float], list[float], list[float]]:
+    """:func:`box_from_pixels` and :meth:`Annotation.from_xyxy` for many boxes at once (pixel
+    corners and image sizes as float64 arrays), with the same float operations in the same
+    order, so the same numbers: ``(ok, cx, cy, w, h)``, ``ok`` False where
+    :func:`box_from_pixels` would refuse the box (its caller then names the problem)."""
+    w, h = widths, heights
+    with np.errstate(invalid="ignore", over="ignore"):
+        ok = (
+            np.isfinite(x0)
+            & np.isfinite(y0)
+            & np.isfinite(x1)
+            & np.isfinite(y1)
+            & (x1 > x0)
+            & (y1 > y0)
+            & (x0 >= -1.0)
+            & (y0 >= -1.0)
+            & (x1 <= w + 1.0)
+            & (y1 <= h + 1.0)
+        )
+        # box_from_pixels: clip to the image, normalise; Annotation.from_xyxy: centre, size
+        nx0, nx1 = np.maximum(x0, 0.0) / w, np.minimum(x1, w) / w
+        ny0, ny1 = np.maximum(y0, 0.0) / h, np.minimum(y1, h) / h
+        cx, cy = snapped((nx0 + nx1) / 2), snapped((ny0 + ny1) / 2)
+        bw, bh = snapped(nx1 - nx0), snapped(ny1 - ny0)
+    return ok, cx, cy, bw, bh
 
 
 def box_from_pixels(

@@ -533,3 +533,47 @@ def test_yolo_lines_at_once_equal_the_line_parser() -> None:
         assert dataset_yolo._plain_lines(with_bad, 3) is None, bad
         with pytest.raises(DatasetFormatError):
             parser.parse("x", bad.split())
+
+
+# ---- VOC: every box checked at once ------------------------------------------------------
+
+
+def test_voc_boxes_checked_at_once_equal_object_by_object() -> None:
+    from desktop_app.core.formats import voc
+
+    rng = np.random.default_rng(11)
+    class_of = {"cat": 0, "dog": 1, "bird": 2}
+    parsed = []
+    for k in range(300):
+        w, h = int(rng.integers(1, 2000)), int(rng.integers(1, 2000))
+        objects = []
+        for _ in range(int(rng.integers(0, 6))):
+            x0, y0 = rng.uniform(-1.0, w - 0.5), rng.uniform(-1.0, h - 0.5)
+            x1 = min(x0 + rng.uniform(0.01, w), w + 1.0)  # may stick out by up to a pixel
+            y1 = min(y0 + rng.uniform(0.01, h), h + 1.0)
+            corners = (float(x0), float(y0), float(x1), float(y1))
+            if k % 7 == 0:  # whole pixels, as most tools write them
+                corners = tuple(float(round(v)) for v in corners)  # type: ignore[assignment]
+                if corners[2] <= corners[0] or corners[3] <= corners[1]:
+                    continue
+            flags = (bool(rng.integers(0, 2)), bool(rng.integers(0, 4) == 0))
+            objects.append((str(rng.choice(list(class_of))), corners, *flags))
+        parsed.append((Path(f"{k}.xml"), f"{k}.jpg", Path(f"{k}.jpg"), (w, h), objects))
+    fast = voc._all_valid(parsed, class_of)
+    assert fast is not None
+    report = Problems()
+    for (xml_path, _, _, size, objects), anns in zip(parsed, fast, strict=True):
+        slow = voc._annotations(xml_path, size, objects, class_of, Path("."), report)
+        assert anns == slow
+        assert [a.to_json() for a in anns] == [a.to_json() for a in slow]
+    assert report.messages == []
+    # one object the per-object path must name: no fast result at all
+    bad_boxes = [(5.0, 5.0, 5.0, 9.0), (-3.0, 0.0, 4.0, 4.0), (0.0, 0.0, float("nan"), 4.0)]
+    for bad in (
+        *(("cat", box, False, False) for box in bad_boxes),
+        ("horse", (1.0, 1.0, 4.0, 4.0), False, False),
+        ("cat", DatasetFormatError("x.xml: object 1 xmin is not a number"), False, False),
+    ):
+        mixed = [*parsed[:3], (Path("x.xml"), "x.jpg", Path("x.jpg"), (64, 48), [bad])]
+        assert voc._all_valid(mixed, class_of) is None
+    assert voc._all_valid([], class_of) == []

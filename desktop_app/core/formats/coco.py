@@ -38,7 +38,6 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from desktop_app.core.dataset_records import (
-    SNAP,
     Annotation,
     CopyImage,
     ExportDataset,
@@ -49,11 +48,13 @@ from desktop_app.core.dataset_records import (
     ScannedDataset,
     SourceImage,
     box_from_pixels,
+    boxes_from_pixels,
     expect_images,
     finite,
     inspect_images,
     safe_relative,
     snap,
+    snapped,
     split_of,
 )
 from desktop_app.core.errors import DatasetFormatError
@@ -527,7 +528,7 @@ def _polygon_columns(
     sizes[1::2] = np.array(heights, dtype=np.float64)[per_point]
     with np.errstate(invalid="ignore", over="ignore"):
         bad = ~np.isfinite(values) | (values < -1) | (values > sizes + 1)
-        norm = _snapped(np.minimum(np.maximum(values / sizes, 0.0), 1.0))
+        norm = snapped(np.minimum(np.maximum(values / sizes, 0.0), 1.0))
     ends = list(itertools.accumulate(lengths))
     starts = [0, *ends[:-1]]
     for k in owners[np.add.reduceat(bad, starts) > 0].tolist():
@@ -617,47 +618,22 @@ def _all_plain(
     ]
 
 
-def _snapped(values: np.ndarray) -> list[float]:
-    """:func:`snap` of every value (the same float operations, so the same numbers)."""
-    out: list[float] = (np.rint(values * SNAP) / SNAP + 0.0).tolist()
-    return out
-
-
 def _normalised(
     boxes: Sequence[Any] | np.ndarray, widths: list[int], heights: list[int]
 ) -> tuple[np.ndarray, list[float], list[float], list[float], list[float]]:
-    """:func:`box_from_pixels` and :meth:`Annotation.from_xyxy` for many ``[x, y, w, h]``
-    pixel boxes at once, with the same float operations in the same order (identical values):
-    ``(ok, cx, cy, w, h)``, ``ok`` False where the per-box check would refuse the box.
-    ``boxes`` holds the boxes, or their numbers one after another.
+    """:func:`boxes_from_pixels` for many ``[x, y, w, h]`` pixel boxes: ``(ok, cx, cy, w,
+    h)``. ``boxes`` holds the boxes, or their numbers one after another.
 
     Raises:
         OverflowError, ValueError: a number too large for a float.
     """
     xywh = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    x0, y0 = xywh[:, 0], xywh[:, 1]
+    with np.errstate(over="ignore"):
+        x1, y1 = x0 + xywh[:, 2], y0 + xywh[:, 3]
     w = np.array(widths, dtype=np.float64)
     h = np.array(heights, dtype=np.float64)
-    x0, y0 = xywh[:, 0], xywh[:, 1]
-    x1, y1 = x0 + xywh[:, 2], y0 + xywh[:, 3]
-    with np.errstate(invalid="ignore", over="ignore"):
-        ok = (
-            np.isfinite(x0)
-            & np.isfinite(y0)
-            & np.isfinite(x1)
-            & np.isfinite(y1)
-            & (x1 > x0)
-            & (y1 > y0)
-            & (x0 >= -1.0)
-            & (y0 >= -1.0)
-            & (x1 <= w + 1.0)
-            & (y1 <= h + 1.0)
-        )
-    # box_from_pixels: clip to the image, normalise; Annotation.from_xyxy: centre and size
-    nx0, nx1 = np.maximum(x0, 0.0) / w, np.minimum(x1, w) / w
-    ny0, ny1 = np.maximum(y0, 0.0) / h, np.minimum(y1, h) / h
-    cx, cy = _snapped((nx0 + nx1) / 2), _snapped((ny0 + ny1) / 2)
-    bw, bh = _snapped(nx1 - nx0), _snapped(ny1 - ny0)
-    return ok, cx, cy, bw, bh
+    return boxes_from_pixels(x0, y0, x1, y1, w, h)
 
 
 @functools.lru_cache(maxsize=64)

@@ -16,6 +16,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 from defusedxml import DefusedXmlException
 
 from desktop_app.core.dataset_records import (
@@ -29,6 +30,7 @@ from desktop_app.core.dataset_records import (
     ScannedDataset,
     SourceImage,
     box_from_pixels,
+    boxes_from_pixels,
     inspect_images,
     is_image_name,
     safe_relative,
@@ -84,28 +86,12 @@ def read(
     splits = _read_sets(root)
     sources: list[SourceImage] = []
     labelled: set[Path] = set()
-    for xml_path, file_name, image, size, objects in parsed:
-        anns = []
-        for i, (name, corners, difficult, truncated) in enumerate(objects, start=1):
-            at = f"{xml_path}: object {i}"
-            if isinstance(corners, DatasetFormatError):
-                report.add_error(corners)
-                continue
-            if name not in class_of:
-                report.add(
-                    f"{at}: class {name!r} is not in {root / NAME_FILES[0]}; add it or fix the name"
-                )
-                continue
-            try:
-                x0, y0, x1, y1 = box_from_pixels(corners, size[0], size[1], at)
-            except DatasetFormatError as exc:
-                report.add_error(exc)
-                continue
-            anns.append(
-                Annotation.from_xyxy(
-                    class_of[name], x0, y0, x1, y1, difficult=difficult, truncated=truncated
-                )
-            )
+    valid = _all_valid(parsed, class_of)  # the common case: every box checked at once
+    for k, (xml_path, file_name, image, size, objects) in enumerate(parsed):
+        if valid is not None:
+            anns = valid[k]
+        else:
+            anns = _annotations(xml_path, size, objects, class_of, root, report)
         stem = xml_path.relative_to(ann_dir).with_suffix("").as_posix()
         labelled.add(image)
         sources.append(SourceImage(file_name, image, splits.get(stem), tuple(anns), size, xml_path))
@@ -119,6 +105,87 @@ def read(
         raise DatasetFormatError(f"not a VOC dataset: {ann_dir} holds no .xml files; add them")
     sources.sort(key=lambda s: s.file_name)
     return inspect_images(root, "voc", names, sources, bool(splits), progress, problems=report)
+
+
+def _annotations(
+    xml_path: Path,
+    size: tuple[int, int],
+    objects: list[_Object],
+    class_of: dict[str, int],
+    root: Path,
+    report: Problems,
+) -> list[Annotation]:
+    """One file's annotations, object by object: each problem is reported and its object
+    skipped."""
+    anns = []
+    for i, (name, corners, difficult, truncated) in enumerate(objects, start=1):
+        at = f"{xml_path}: object {i}"
+        if isinstance(corners, DatasetFormatError):
+            report.add_error(corners)
+            continue
+        if name not in class_of:
+            report.add(
+                f"{at}: class {name!r} is not in {root / NAME_FILES[0]}; add it or fix the name"
+            )
+            continue
+        try:
+            x0, y0, x1, y1 = box_from_pixels(corners, size[0], size[1], at)
+        except DatasetFormatError as exc:
+            report.add_error(exc)
+            continue
+        anns.append(
+            Annotation.from_xyxy(
+                class_of[name], x0, y0, x1, y1, difficult=difficult, truncated=truncated
+            )
+        )
+    return anns
+
+
+def _all_valid(parsed: list[_Parsed], class_of: dict[str, int]) -> list[list[Annotation]] | None:
+    """Each file's annotations when every object of every file is valid (a known class, a
+    box inside its image), checked and normalised in one pass over all the boxes
+    (:func:`boxes_from_pixels`: the same numbers as object by object); None as soon as one
+    is not (the caller then names each problem, in order)."""
+    classes: list[int] = []
+    corners: list[tuple[float, float, float, float]] = []
+    sizes: list[tuple[int, int]] = []
+    flags: list[tuple[bool, bool]] = []
+    for _, _, _, size, objects in parsed:
+        for name, box, difficult, truncated in objects:
+            if isinstance(box, DatasetFormatError) or name not in class_of:
+                return None
+            classes.append(class_of[name])
+            corners.append(box)
+            sizes.append(size)
+            flags.append((difficult, truncated))
+    cx: list[float] = []
+    cy: list[float] = []
+    bw: list[float] = []
+    bh: list[float] = []
+    if corners:
+        xyxy = np.array(corners, dtype=np.float64)
+        wh = np.array(sizes, dtype=np.float64)
+        ok, cx, cy, bw, bh = boxes_from_pixels(
+            xyxy[:, 0], xyxy[:, 1], xyxy[:, 2], xyxy[:, 3], wh[:, 0], wh[:, 1]
+        )
+        if not ok.all():
+            return None
+    out: list[list[Annotation]] = []
+    k = 0
+    for _, _, _, _, objects in parsed:
+        anns = []
+        for j in range(k, k + len(objects)):
+            difficult, truncated = flags[j]
+            anns.append(
+                Annotation(
+                    classes[j], cx[j], cy[j], bw[j], bh[j], difficult=difficult, truncated=truncated
+                )
+                if difficult or truncated
+                else Annotation.plain(classes[j], cx[j], cy[j], bw[j], bh[j])
+            )
+        out.append(anns)
+        k += len(objects)
+    return out
 
 
 def _walk(folder: Path, keep: Callable[[str], bool]) -> list[Path]:
