@@ -39,11 +39,11 @@ from runtimes.fileio import (
     CHUNK,
     atomic_write_bytes,
     fsync_dir,
+    fsync_file,
     sha256_bytes,
     sha256_file,
+    syncfs,
 )
-from runtimes.fileio import fsync_file as _fsync_file
-from runtimes.fileio import syncfs as _syncfs
 
 _T = TypeVar("_T")
 _BLOBS = cast(Table, Blob.__table__)
@@ -250,8 +250,8 @@ class BlobStore:
                 report(total)
                 try:
                     pending = [st.tmp for st in staged.values() if st.tmp is not None]
-                    if pending and not _syncfs(self.root):
-                        _all_done([pool.submit(_fsync_file, tmp) for tmp in pending])
+                    if pending and not syncfs(self.root):
+                        _all_done([pool.submit(fsync_file, tmp) for tmp in pending])
                     commits = [staged[i] for i in jobs]
                     if pace.fan_out or (count > 1 and not pace.adaptive):
                         parts = [commits[k : k + size] for k in range(0, len(commits), size)]
@@ -282,7 +282,7 @@ class BlobStore:
                         shared = results[first[sha]]
                         assert shared is not None
                         results[i] = StoredBlob(shared.sha256, shared.size, created=False)
-                if touched and not _syncfs(self.root):
+                if touched and not syncfs(self.root):
                     list(pool.map(fsync_dir, [Path(d) for d in sorted(touched)]))
                     fsync_dir(self.root)
         finally:
@@ -492,15 +492,15 @@ class BlobBatch:
         try:
             with ThreadPoolExecutor(max_workers=count, thread_name_prefix="blobs") as pool:
                 pending = [st.tmp for st in commits if st.tmp is not None]
-                if pending and not _syncfs(self.store.root):
-                    _all_done([pool.submit(_fsync_file, tmp) for tmp in pending])
+                if pending and not syncfs(self.store.root):
+                    _all_done([pool.submit(fsync_file, tmp) for tmp in pending])
                 outcomes = _renamed(
                     self._stager, commits, pool, Pace(workers is None and count > 1)
                 )
                 new = [o.sha256 for o in outcomes if o.created]
                 created.extend(new)
                 touched = {os.path.dirname(self._stager.dest(sha)) for sha in new}
-                if touched and not _syncfs(self.store.root):
+                if touched and not syncfs(self.store.root):
                     list(pool.map(fsync_dir, [Path(d) for d in sorted(touched)]))
                     fsync_dir(self.store.root)
         except BaseException:

@@ -407,7 +407,7 @@ def test_a_failure_at_any_later_step_leaves_nothing_referenced(
         raise OSError(5, f"{step} failed")
 
     if step.startswith("sync"):
-        syncfs = blobs_mod._syncfs
+        syncfs = blobs_mod.syncfs
         nth = 2 if "after" in step else 1
 
         def sync_then_fail(folder: Path) -> bool:
@@ -416,7 +416,7 @@ def test_a_failure_at_any_later_step_leaves_nothing_referenced(
                 raise OSError(5, f"{step} failed")
             return syncfs(folder)
 
-        monkeypatch.setattr(blobs_mod, "_syncfs", sync_then_fail)
+        monkeypatch.setattr(blobs_mod, "syncfs", sync_then_fail)
     elif step == "rename":
         commit = blobs_mod._Stager.commit
 
