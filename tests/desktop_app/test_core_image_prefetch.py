@@ -249,25 +249,51 @@ def test_a_large_annotation_file_starts_the_helper_before_it_is_parsed(
     root = _coco(tmp_path / "src", 40)
     ann = root / "annotations.json"
     started: list[bool] = []  # was the helper running when the file's parse began?
-    load_json = coco.load_json
+    known: list[int] = []  # ... and how many images had it been given by then?
+    parse_json = coco.parse_json
 
-    def parse(path: Path) -> Any:
-        prefetch = dataset_records._PREFETCH.get()
-        started.append(prefetch is not None and prefetch.running)
-        return load_json(path)
+    def parse(raw: bytes, path: Path) -> Any:
+        if len(raw) == ann.stat().st_size:  # the whole file (not its images list alone)
+            prefetch = dataset_records._PREFETCH.get()
+            started.append(prefetch is not None and prefetch.running)
+            known.append(len(prefetch._paths) if prefetch is not None else 0)
+        return parse_json(raw, path)
 
-    monkeypatch.setattr(coco, "load_json", parse)
+    monkeypatch.setattr(coco, "parse_json", parse)
     small = import_dataset(Workspace.open(tmp_path / "ws1", create=True), root, "d", "coco")
     assert started == [False]  # a small file: the helper waits for 1,000 images (it never came)
     monkeypatch.setattr(image_prefetch, "PREFETCH_EARLY_BYTES", ann.stat().st_size)
     started.clear()
+    known.clear()
     ws = Workspace.open(tmp_path / "ws2", create=True)
     adopted = _count_adopted(monkeypatch)
     early = import_dataset(ws, root, "d", "coco")
     assert started == [True]
+    assert known == [40]  # its images list, read on its own first: the helper reads them now
     assert adopted[0] == 39  # every PNG and JPEG (not the BMP), though fewer than 1,000
     assert early["content_hash"] == small["content_hash"]
     assert _leftovers(ws) == []
+
+
+@pytest.mark.parametrize(
+    ("doc", "want"),
+    [
+        ('{"images": [{"id": 1}, {"id": 2}], "annotations": [], "categories": []}', 2),
+        ('{"categories": [], "images" :\n [{"id": 1}]\n,\n"annotations":[]}', 1),  # spaced
+        ('{"info": {"images": "none"}, "images": [], "annotations": []}', 0),  # a value first
+        ('{"annotations": [], "images": [{"id": 1}]}', None),  # annotations first
+        ('{"images": [{"id": 1}], "licenses": [], "annotations": []}', None),  # one between
+        ('{"images": [{"file_name": "annotations\\": [x.png"}], "annotations": []}', 1),
+        ('{"images": [{"id": 1, "annotations": [1]}], "annotations": []}', None),  # a key inside
+        ('{"images": {"id": 1}, "annotations": []}', None),  # not a list
+        ('{"images": [{"id": 1}]}', None),  # no annotations
+    ],
+)
+def test_the_images_list_is_read_on_its_own_only_when_its_span_is_clear(
+    doc: str, want: int | None
+) -> None:
+    early = coco._early_images(doc.encode(), Path("a.json"))
+    assert (len(early) if early is not None else None) == want
 
 
 def test_a_helper_started_early_for_a_file_that_names_no_image_is_stopped(

@@ -209,6 +209,64 @@ def test_everything_else_is_left_to_the_full_check() -> None:
     assert sorted(fast) == list(range(len(OTHER), len(mixed)))
 
 
+def _images_one_by_one(
+    root: Path, f: Any, raw: list[Any]
+) -> dict[int, tuple[str, int, int, Path]] | DatasetFormatError:
+    """The per-image path of :meth:`coco._Reader.read_file`: its entries, or its first error."""
+    reader = coco._Reader(CLASS_OF, None, Problems(False))
+    images: dict[int, tuple[str, int, int, Path]] = {}
+    for i, img in enumerate(raw):
+        try:
+            iid, entry = reader._image(root, f, img, f"images[{i}]", images)
+        except DatasetFormatError as exc:
+            return exc
+        images[iid] = entry
+    return images
+
+
+def test_all_images_at_once_equal_image_by_image(tmp_path: Path) -> None:
+    root = tmp_path / "ds"
+    for name in ("a.png", "b c.png", "é.png", "dup.png"):
+        _png(root / "images" / name, 0)
+    _png(root / "beside.png", 1)  # in the dataset folder itself, a later candidate
+    (root / "annotations").mkdir()
+    (root / "images" / "dup.png").with_name("folder.png").mkdir()  # a folder, not an image
+    f = coco._File(root / "annotations" / "instances.json", None, None)
+    good = [
+        {"id": 1, "file_name": "a.png", "width": W, "height": H},
+        {"id": 7, "file_name": "b c.png", "width": 3, "height": 5, "extra": [1]},
+        {"id": 3, "file_name": "é.png", "width": W, "height": H},
+        {"id": 4, "file_name": "beside.png", "width": W, "height": H},
+        {"id": 5, "file_name": "missing.png", "width": W, "height": H},
+        {"id": 6, "file_name": "folder.png", "width": W, "height": H},
+    ]
+    fast = coco._all_images(root, f, good, {})
+    assert fast is not None and list(fast) == [1, 7, 3, 4, 5, 6]
+    assert fast == _images_one_by_one(root, f, good)
+    assert fast[4][3] == root / "beside.png" and fast[1][3] == root / "images" / "a.png"
+    others: list[dict[str, Any]] = [  # each needs the per-image path (a fix, or a problem)
+        {"id": 1, "file_name": "sub/a.png", "width": W, "height": H},
+        {"id": 1, "file_name": "..\\a.png", "width": W, "height": H},
+        {"id": 1, "file_name": "C:a.png", "width": W, "height": H},
+        {"id": 1, "file_name": " a.png", "width": W, "height": H},
+        {"id": 1, "file_name": "..", "width": W, "height": H},
+        {"id": 1, "file_name": "", "width": W, "height": H},
+        {"id": 1.0, "file_name": "a.png", "width": W, "height": H},
+        {"id": True, "file_name": "a.png", "width": W, "height": H},
+        {"id": 1, "file_name": "a.png", "width": 64.0, "height": H},
+        {"id": 1, "file_name": "a.png", "width": 0, "height": H},
+        {"id": 1, "file_name": "a.png", "width": W, "height": -1},
+        {"id": 1, "file_name": "a.png", "width": W},
+        {"id": 1, "file_name": 5, "width": W, "height": H},
+        {"id": 7, "file_name": "a.png", "width": W, "height": H},  # the id of good[1] again
+    ]
+    for other in others:
+        mixed = [*good[1:3], other]
+        assert coco._all_images(root, f, mixed, {}) is None, other
+    assert coco._all_images(root, f, [*good[1:], "not an object"], {}) is None
+    assert coco._all_images(root, f, [], {}) is None  # nothing to check at once
+
+
 def _coco_source(root: Path, anns: list[Any]) -> Path:
     for i, name in enumerate(("a.png", "b.png")):
         _png(root / "images" / name, i)

@@ -29,6 +29,7 @@ import itertools
 import json
 import math
 import os
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,7 +60,7 @@ from desktop_app.core.dataset_records import (
 )
 from desktop_app.core.errors import DatasetFormatError
 from desktop_app.core.formats.base import DatasetFormat, FormatCapabilities
-from desktop_app.core.formats.createml import load_json
+from desktop_app.core.formats.createml import parse_json, read_json_bytes
 from runtimes.fileio import atomic_write_text
 
 _SPLIT_FOLDERS = ("train", "valid", "val", "validation", "test")
@@ -88,6 +89,7 @@ def read(
             file and what is wrong.
     """
     report = problems if problems is not None else Problems()
+    listings: dict[Path, frozenset[str]] = {}  # folder → its file names, listed once
     path = Path(path).expanduser()
     if not path.exists():
         raise DatasetFormatError(f"not a COCO dataset: {path} does not exist; check the path")
@@ -95,14 +97,12 @@ def read(
     if path.is_file():
         root = path.parent.parent if path.parent.name.lower() == "annotations" else path.parent
         files = [_File(path, *_split_token(path))]
-        expect_images(root, path)
-        docs = [load_json(path)]
+        docs = [_load(root, files[0], listings)]
     else:
         root = path
         files, docs = [], []
         for f in _candidates(path):
-            expect_images(root, f.path)
-            doc = load_json(f.path)
+            doc = _load(root, f, listings)
             if isinstance(doc, dict) and "images" in doc and "annotations" in doc:
                 files.append(f)
                 docs.append(doc)
@@ -114,7 +114,7 @@ def read(
     ids = sorted(categories)
     class_of = {cid: i for i, cid in enumerate(ids)}
     names = tuple(categories[cid] for cid in ids)
-    reader = _Reader(class_of, _keypoint_count(files, docs), report)
+    reader = _Reader(class_of, _keypoint_count(files, docs), report, listings)
     sources: list[SourceImage] = []
     for f, doc in zip(files, docs, strict=True):
         sources.extend(reader.read_file(root, f, doc))
@@ -201,6 +201,49 @@ def _merge_categories(files: list[_File], docs: list[Any]) -> dict[int, str]:
     return merged
 
 
+def _load(root: Path, f: _File, listings: dict[Path, frozenset[str]]) -> Any:
+    """Parse annotation file ``f``; one large enough for the import's helper process hands it
+    the images it names first (see :func:`_early_images`), so the helper reads them while
+    the rest of the file is parsed.
+
+    Raises:
+        DatasetFormatError: the file cannot be read or is not valid JSON.
+    """
+    raw = read_json_bytes(f.path)
+    if expect_images(root, f.path):
+        early = _early_images(raw, f.path)
+        every = _all_images(root, f, early, listings) if early is not None else None
+        if every is not None:
+            ImageRuns(root).extend([entry[3] for entry in every.values()])
+    return parse_json(raw, f.path)
+
+
+_IMAGES_KEY = re.compile(rb'"images"\s*:\s*\[')
+_ANNOTATIONS_KEY = re.compile(rb'"annotations"\s*:\s*\[')
+
+
+def _early_images(raw: bytes, where: Path) -> list[Any] | None:
+    """The ``images`` list of a COCO file, parsed on its own from the file's bytes: the
+    span from ``"images": [`` to the last ``]`` before ``"annotations": [`` (the order of
+    every common exporter), or None when that span is not a JSON list.
+
+    A guess, used only to start reading images early: the whole file is parsed and checked
+    afterwards as always, and an image it does not name is never imported.
+    """
+    head = _IMAGES_KEY.search(raw)
+    tail = _ANNOTATIONS_KEY.search(raw, head.end()) if head is not None else None
+    if head is None or tail is None:
+        return None
+    close = raw.rfind(b"]", head.end(), tail.start())
+    if close < 0:
+        return None
+    try:
+        images = parse_json(raw[head.end() - 1 : close + 1], where)
+    except DatasetFormatError:
+        return None
+    return images if isinstance(images, list) else None
+
+
 def _keypoint_count(files: list[_File], docs: list[Any]) -> int | None:
     """K from ``categories[].keypoints`` (one layout for all), None when none names any.
 
@@ -224,18 +267,31 @@ def _keypoint_count(files: list[_File], docs: list[Any]) -> int | None:
 class _Reader:
     """Reads the images and annotations of COCO files, reporting problems as it goes."""
 
-    def __init__(self, class_of: dict[int, int], keypoints: int | None, report: Problems) -> None:
+    def __init__(
+        self,
+        class_of: dict[int, int],
+        keypoints: int | None,
+        report: Problems,
+        listings: dict[Path, frozenset[str]] | None = None,
+    ) -> None:
         self.class_of = class_of
         self.keypoints = keypoints  # K, from the categories or the first annotation with any
         self.report = report
-        self.listings: dict[Path, frozenset[str]] = {}  # folder → its file names, read once
+        # folder → its file names, read once
+        self.listings: dict[Path, frozenset[str]] = {} if listings is None else listings
 
     def read_file(self, root: Path, f: _File, doc: dict[str, Any]) -> Iterator[SourceImage]:
         where = str(f.path)
         images: dict[int, tuple[str, int, int, Path]] = {}
         skipped: set[int] = set()
         image_runs = ImageRuns(root)
-        for i, img in enumerate(_list(doc, "images", where)):
+        listed = _list(doc, "images", where)
+        at_once = _all_images(root, f, listed, self.listings)
+        if at_once is not None:  # the common case: all valid, plain names, checked at once
+            images = at_once
+            image_runs.extend([entry[3] for entry in at_once.values()])
+            listed = []
+        for i, img in enumerate(listed):
             try:
                 iid, entry = self._image(root, f, img, f"{where}: images[{i}]", images)
             except DatasetFormatError as exc:
@@ -616,6 +672,62 @@ def _all_plain(
         (iid, plain_box(c, x, y, w, h, (), k))
         for iid, c, x, y, w, h, k in zip(iids, classes, cx, cy, bw, bh, crowd, strict=True)
     ]
+
+
+_NAME_SPECIALS = frozenset("/\\:\0")  # a name with one of these takes the checks one by one
+
+
+def _all_images(
+    root: Path, f: _File, raw: list[Any], listings: dict[Path, frozenset[str]]
+) -> dict[int, tuple[str, int, int, Path]] | None:
+    """``{id: (file name, width, height, path)}`` for every image of a COCO ``images`` list,
+    in order, when all are valid and plainly named (see :meth:`_Reader._image`); None as
+    soon as one is not (the caller then checks them one by one, which names the problem).
+
+    Checks column by column, like :func:`_all_plain`: whole-number ids, widths and heights
+    given as ints, each id once, sizes positive, names that are bare file names (no folder,
+    no drive, no surrounding space, not ``.`` or ``..``), so :func:`safe_relative` would
+    return them as they are. Each file is looked for as :func:`_locate` does: the first
+    candidate folder whose listing has the name; one that no listing has goes through
+    :func:`_locate` (a case-insensitive file system, or a missing file).
+    """
+    if not raw or set(map(type, raw)) != {dict}:
+        return None
+    ids = [img.get("id") for img in raw]
+    names = [img.get("file_name") for img in raw]
+    widths = [img.get("width") for img in raw]
+    heights = [img.get("height") for img in raw]
+    if (
+        set(map(type, ids)) != {int}
+        or set(map(type, widths)) != {int}
+        or set(map(type, heights)) != {int}
+        or set(map(type, names)) != {str}
+        or len(set(ids)) != len(ids)
+        or min(widths) <= 0
+        or min(heights) <= 0
+    ):
+        return None
+    if not _NAME_SPECIALS.isdisjoint("".join(names)) or not all(
+        name == name.strip() and name not in ("", ".", "..") for name in names
+    ):
+        return None
+    pending = set(names)
+    folder_of: dict[str, Path] = {}
+    for folder in _folders(root, f):
+        listing = listings.get(folder)
+        if listing is None:
+            listing = listings[folder] = _file_names(folder)
+        found = pending & listing
+        if found:
+            folder_of.update(dict.fromkeys(found, folder))
+            pending -= found
+            if not pending:
+                break
+    paths = [
+        folder_of[name] / name if name in folder_of else _locate(root, f, name, listings)
+        for name in names
+    ]
+    return dict(zip(ids, zip(names, widths, heights, paths, strict=True), strict=True))
 
 
 def _normalised(

@@ -72,11 +72,28 @@ def load_json(p: Path) -> Any:
         DatasetFormatError: unreadable, not UTF-8, malformed (with line and column) or
             nested too deeply.
     """
+    return parse_json(read_json_bytes(p), p)
+
+
+def read_json_bytes(p: Path) -> bytes:
+    """The bytes of a JSON file (:func:`load_json`'s first half).
+
+    Raises:
+        DatasetFormatError: the file cannot be read.
+    """
     try:
         with open(p, "rb") as fh:
-            raw = fh.read()
+            return fh.read()
     except OSError as exc:
         raise DatasetFormatError(f"{p} cannot be read ({exc.strerror}); check the file") from None
+
+
+def parse_json(raw: bytes, p: Path) -> Any:
+    """Parse the bytes of the JSON file ``p`` (:func:`load_json`'s second half).
+
+    Raises:
+        DatasetFormatError: not UTF-8, malformed (with line and column) or nested too deeply.
+    """
     # orjson is 2-3x faster and builds the same objects, except that it reads an integer
     # beyond 64 bits as a float: a file with any run of 19 or more digits goes to json
     if orjson is not None and raw.translate(_DIGITS_ONLY).find(_LONG_NUMBER) < 0:
