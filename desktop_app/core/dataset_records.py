@@ -562,7 +562,10 @@ def inspect_images(
     accepted: list[SourceImage] = []
     prefetch = _PREFETCH.get()
     opened = prefetch.opened() if prefetch is not None else frozenset()
-    for src in sources:
+    at_once = _all_sources_ok(root, sources, opened, parents)  # the common case
+    if at_once:
+        accepted = list(sources)
+    for src in () if at_once else sources:
         try:
             _check_source(root, src, seen, parents, opened)
         except DatasetFormatError as exc:
@@ -637,6 +640,41 @@ def inspect_images(
         problems=tuple(report.messages),
         keypoint_shape=keypoint_shape,
     )
+
+
+def _all_sources_ok(
+    root: Path,
+    sources: Sequence[SourceImage],
+    opened: Collection[str],
+    parents: dict[str, str],
+) -> bool:
+    """True when every one of ``sources`` passes :func:`_check_source`, checked at once: the
+    names unique and valid UTF-8, no file a link (the helper process opened it as a plain
+    file, or ``lstat`` says so), each in a folder that resolves inside ``root`` (each folder
+    resolved once). False when any might not: the caller checks them one by one and names
+    each."""
+    if not sources:
+        return False
+    names = [src.file_name for src in sources]
+    if len(set(names)) != len(names):
+        return False
+    try:
+        "\0".join(names).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    paths = [os.fspath(src.path) for src in sources]
+    if any(p not in opened and os.path.islink(p) for p in paths):
+        return False
+    base = os.path.normcase(os.fspath(root))
+    prefix = base.rstrip(os.sep) + os.sep
+    for head in {os.path.dirname(p) for p in paths}:
+        folder = parents.get(head)
+        if folder is None:
+            folder = parents[head] = os.fspath(Path(head).resolve())
+        inside = os.path.normcase(folder)
+        if inside != base and not inside.startswith(prefix):
+            return False
+    return True
 
 
 def _check_source(

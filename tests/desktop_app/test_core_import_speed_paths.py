@@ -19,7 +19,7 @@ import pytest
 from sqlalchemy import func, select
 
 from desktop_app.core import blobs as blobs_mod
-from desktop_app.core import dataset_import
+from desktop_app.core import dataset_import, dataset_records
 from desktop_app.core.blobs import BlobStore
 from desktop_app.core.dataset_records import (
     Annotation,
@@ -265,6 +265,46 @@ def test_all_images_at_once_equal_image_by_image(tmp_path: Path) -> None:
         assert coco._all_images(root, f, mixed, {}) is None, other
     assert coco._all_images(root, f, [*good[1:], "not an object"], {}) is None
     assert coco._all_images(root, f, [], {}) is None  # nothing to check at once
+
+
+def test_sources_checked_at_once_only_when_each_would_pass(tmp_path: Path) -> None:
+    root = (tmp_path / "ds").resolve()
+    outside = tmp_path / "elsewhere"
+    for i in range(3):
+        _png(root / "images" / f"{i}.png", i)
+    _png(outside / "x.png", 9)
+    (root / "linked").symlink_to(outside, target_is_directory=True)
+    sources = [
+        SourceImage(f"{i}.png", root / "images" / f"{i}.png", None, ()) for i in range(3)
+    ]
+    opened = {os.fspath(s.path) for s in sources}
+
+    def ok(srcs: list[SourceImage], seen: set[str] = opened) -> bool:
+        parents: dict[str, str] = {}
+        at_once = dataset_records._all_sources_ok(root, srcs, seen, parents)
+        one_by_one = []
+        for src in srcs:  # the per-image check, as inspect_images makes it
+            try:
+                dataset_records._check_source(root, src, {}, {}, seen)
+                one_by_one.append(src.file_name)
+            except DatasetFormatError:
+                one_by_one.append("")
+        if at_once:  # at once only when each passes (and no name repeats)
+            assert all(one_by_one) and len(set(one_by_one)) == len(srcs)
+        return at_once
+
+    assert ok(sources)
+    escaped = SourceImage("x.png", root / "linked" / "x.png", None, ())
+    assert not ok([*sources, escaped], {*opened, os.fspath(escaped.path)})  # folder outside
+    assert ok(sources, set())  # not opened by the helper: lstat shows no link
+    link = SourceImage("l.png", root / "images" / "l.png", None, ())
+    link.path.symlink_to(root / "images" / "0.png")
+    assert not ok([*sources, link])  # a link, even to a file inside
+    twice = SourceImage("0.png", root / "images" / "1.png", None, ())
+    assert not ok([*sources, twice])  # a name twice
+    bad = SourceImage("\udcff.png", root / "images" / "\udcff.png", None, ())
+    assert not ok([*sources, bad], {*opened, os.fspath(bad.path)})  # not UTF-8
+    assert not ok([])
 
 
 def _coco_source(root: Path, anns: list[Any]) -> Path:

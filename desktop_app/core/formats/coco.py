@@ -31,7 +31,7 @@ import math
 import os
 import re
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -89,7 +89,7 @@ def read(
             file and what is wrong.
     """
     report = problems if problems is not None else Problems()
-    listings: dict[Path, frozenset[str]] = {}  # folder → its file names, listed once
+    found = _Found()  # the folders listed, the image lists read before their files' parse
     path = Path(path).expanduser()
     if not path.exists():
         raise DatasetFormatError(f"not a COCO dataset: {path} does not exist; check the path")
@@ -97,12 +97,12 @@ def read(
     if path.is_file():
         root = path.parent.parent if path.parent.name.lower() == "annotations" else path.parent
         files = [_File(path, *_split_token(path))]
-        docs = [_load(root, files[0], listings)]
+        docs = [_load(root, files[0], found)]
     else:
         root = path
         files, docs = [], []
         for f in _candidates(path):
-            doc = _load(root, f, listings)
+            doc = _load(root, f, found)
             if isinstance(doc, dict) and "images" in doc and "annotations" in doc:
                 files.append(f)
                 docs.append(doc)
@@ -114,7 +114,7 @@ def read(
     ids = sorted(categories)
     class_of = {cid: i for i, cid in enumerate(ids)}
     names = tuple(categories[cid] for cid in ids)
-    reader = _Reader(class_of, _keypoint_count(files, docs), report, listings)
+    reader = _Reader(class_of, _keypoint_count(files, docs), report, found)
     sources: list[SourceImage] = []
     for f, doc in zip(files, docs, strict=True):
         sources.extend(reader.read_file(root, f, doc))
@@ -201,7 +201,20 @@ def _merge_categories(files: list[_File], docs: list[Any]) -> dict[int, str]:
     return merged
 
 
-def _load(root: Path, f: _File, listings: dict[Path, frozenset[str]]) -> Any:
+@dataclass
+class _Found:
+    """What a read learns of the images before it checks them, kept for that check."""
+
+    # folder → its file names, listed once per read
+    listings: dict[Path, frozenset[str]] = field(default_factory=dict)
+    # annotation file → its images list read on its own (see _early_images) and what
+    # _all_images made of it, already handed to the helper
+    early: dict[Path, tuple[list[Any], dict[int, tuple[str, int, int, Path]]]] = field(
+        default_factory=dict
+    )
+
+
+def _load(root: Path, f: _File, found: _Found) -> Any:
     """Parse annotation file ``f``; one large enough for the import's helper process hands it
     the images it names first (see :func:`_early_images`), so the helper reads them while
     the rest of the file is parsed.
@@ -212,9 +225,10 @@ def _load(root: Path, f: _File, listings: dict[Path, frozenset[str]]) -> Any:
     raw = read_json_bytes(f.path)
     if expect_images(root, f.path):
         early = _early_images(raw, f.path)
-        every = _all_images(root, f, early, listings) if early is not None else None
-        if every is not None:
+        every = _all_images(root, f, early, found.listings) if early is not None else None
+        if early is not None and every is not None:
             ImageRuns(root).extend([entry[3] for entry in every.values()])
+            found.early[f.path] = (early, every)
     return parse_json(raw, f.path)
 
 
@@ -272,13 +286,13 @@ class _Reader:
         class_of: dict[int, int],
         keypoints: int | None,
         report: Problems,
-        listings: dict[Path, frozenset[str]] | None = None,
+        found: _Found | None = None,
     ) -> None:
         self.class_of = class_of
         self.keypoints = keypoints  # K, from the categories or the first annotation with any
         self.report = report
-        # folder → its file names, read once
-        self.listings: dict[Path, frozenset[str]] = {} if listings is None else listings
+        self.found = found if found is not None else _Found()
+        self.listings = self.found.listings  # folder → its file names, read once
 
     def read_file(self, root: Path, f: _File, doc: dict[str, Any]) -> Iterator[SourceImage]:
         where = str(f.path)
@@ -286,7 +300,10 @@ class _Reader:
         skipped: set[int] = set()
         image_runs = ImageRuns(root)
         listed = _list(doc, "images", where)
-        at_once = _all_images(root, f, listed, self.listings)
+        early, at_once = self.found.early.pop(f.path, ([], None))
+        if at_once is not None and early == listed:  # checked as read first, and announced
+            images, listed = at_once, []
+        at_once = _all_images(root, f, listed, self.listings) if listed else None
         if at_once is not None:  # the common case: all valid, plain names, checked at once
             images = at_once
             image_runs.extend([entry[3] for entry in at_once.values()])
