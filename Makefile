@@ -8,7 +8,7 @@ PYTEST := $(VENV)/bin/pytest
 TORCH  := torch==2.14.1 torchvision==0.29.1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup demo test lint test-slow test-gpu test-netns test-all bench bench-import clean bundle test-gui screenshots bench-studio
+.PHONY: setup bytecode demo test lint test-slow test-gpu test-netns test-all bench bench-import clean bundle test-gui screenshots bench-studio
 
 setup: $(STAMP)
 
@@ -19,9 +19,17 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install -q --upgrade "pip>=24"
 	$(PIP) install -q $(TORCH)
 	$(PIP) install -q -e ".[all,dev]"
+	$(PY) -m compileall -q -j 0 $(PACKAGES)
 	touch $(STAMP)
 
-demo: $(STAMP)
+# The project's modules compiled once, as pip compiles an installed package: where
+# PYTHONDONTWRITEBYTECODE is set (CI, these sandboxes) every process (the CLI, the tests'
+# subprocesses, an import's helper process) would otherwise compile them again from source.
+PACKAGES := desktop_app device_agent runtimes exporters trainers
+bytecode: $(STAMP)
+	$(PY) -m compileall -q -j 0 $(PACKAGES)
+
+demo: bytecode
 	$(VENV)/bin/outpost demo
 
 lint: $(STAMP)
@@ -29,17 +37,17 @@ lint: $(STAMP)
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/mypy
 
-test: lint
+test: lint bytecode
 	QT_QPA_PLATFORM=offscreen $(PYTEST) -m "not slow and not gpu and not netns" -q
 
-test-slow: $(STAMP)
+test-slow: bytecode
 	$(PYTEST) -m slow -q
 
 test-gpu: $(STAMP)
 	$(PYTEST) -m gpu -q
 
 # The simulated-LAN tier lives in tests/netns/ (root and `ip netns`; see README "Tests").
-test-netns: $(STAMP)
+test-netns: bytecode
 	@command -v nft >/dev/null || apt-get install -y -q nftables >/dev/null 2>&1 || \
 		echo "nftables unavailable: the lossy-link test will skip"
 	$(PYTEST) -m netns -q tests/netns
@@ -58,15 +66,15 @@ screenshots: $(STAMP)
 	DISPLAY=$(XVFB_DISPLAY) QT_QPA_PLATFORM=xcb $(PY) -m desktop_app.ui.screenshots \
 		--out screenshots --train; rc=$$?; kill $$xpid; exit $$rc
 
-test-all: lint
+test-all: lint bytecode
 	$(PYTEST) -q
 
-bench: $(STAMP)
+bench: bytecode
 	$(PY) benchmarks/runtime_overhead.py
 	$(PY) benchmarks/dataset_import.py
 	$(PY) benchmarks/yolo_import.py
 
-bench-import: $(STAMP)
+bench-import: bytecode
 	$(PY) benchmarks/dataset_import.py
 	$(PY) benchmarks/yolo_import.py
 	$(PY) benchmarks/format_import.py

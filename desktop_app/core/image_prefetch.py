@@ -72,6 +72,9 @@ MODULE = "desktop_app.core.image_prefetch"
 RUN = 64  # images per run in the helper (the unit it hands to its threads)
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _READ_FLAGS = os.O_RDONLY | _NOFOLLOW | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+_DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0)
+# rename and stat relative to a folder's descriptor (POSIX; not Windows)
+_DIR_FDS = hasattr(os, "O_DIRECTORY") and {os.rename, os.stat} <= os.supports_dir_fd
 _WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
 
 ImageFacts = tuple[str, int, int, int]  # sha256, size in bytes, width, height
@@ -462,41 +465,74 @@ class _Helper:
         for move in moves:
             rel, _, sha = move.partition(b"\t")
             dest = os.path.join(self.store, sha[:2], sha)
-            pairs.append((os.path.join(self.store, rel), dest))
+            pairs.append((os.path.join(self.store, rel), dest, rel))
         made: list[bytes] = []
         errors: list[OSError] = []
         lock = threading.Lock()
+        # Each name is looked up from its folder's descriptor where the system can (a third
+        # less time per blob than whole paths, each of which is walked from the root again).
+        folders: dict[bytes, int] = {}  # shard folder -> its descriptor
+        store_fd = None
+        if _DIR_FDS:
+            with contextlib.suppress(OSError):  # then by whole paths, which name the problem
+                store_fd = os.open(self.store, _DIR_FLAGS)
 
-        def move_one(pair: tuple[bytes, bytes]) -> bytes:
-            tmp, dest = pair
+        def shard(folder: bytes) -> None:
+            if folder in self.shards:
+                return
+            with lock:
+                try:
+                    os.mkdir(folder)
+                except FileExistsError:
+                    pass
+                else:
+                    made.append(folder)
+                self.shards.add(folder)
+
+        def shard_fd(folder: bytes) -> int:
+            fd = folders.get(folder)
+            if fd is None:
+                with lock:
+                    fd = folders.get(folder)
+                    if fd is None:
+                        fd = folders[folder] = os.open(folder, _DIR_FLAGS)
+            return fd
+
+        def move_one(pair: tuple[bytes, bytes, bytes]) -> bytes:
+            tmp, dest, rel = pair
             try:
-                if os.path.isfile(dest):
+                folder, name = os.path.split(dest)
+                if store_fd is None:
+                    if os.path.isfile(dest):
+                        with contextlib.suppress(FileNotFoundError):
+                            os.unlink(tmp)
+                        return b"0"
+                    shard(folder)
+                    os.replace(tmp, dest)
+                    return b"1"
+                shard(folder)
+                fd = shard_fd(folder)
+                try:
+                    found = stat.S_ISREG(os.stat(name, dir_fd=fd).st_mode)
+                except FileNotFoundError:
+                    found = False
+                if found:
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(tmp)
                     return b"0"
-                folder = os.path.dirname(dest)
-                if folder not in self.shards:
-                    try:
-                        os.mkdir(folder)
-                    except FileExistsError:
-                        pass
-                    else:
-                        with lock:
-                            made.append(folder)
-                    self.shards.add(folder)
-                os.replace(tmp, dest)
+                os.rename(rel, name, src_dir_fd=store_fd, dst_dir_fd=fd)
                 return b"1"
             except OSError as exc:
                 with lock:
                     errors.append(exc)
                 return b"e"
 
-        def move_run(run: list[tuple[bytes, bytes]]) -> list[bytes]:
+        def move_run(run: list[tuple[bytes, bytes, bytes]]) -> list[bytes]:
             return [move_one(pair) for pair in run]
 
         try:
             if pairs and not syncfs(self.store):
-                for tmp, _ in pairs:
+                for tmp, _, _ in pairs:
                     fsync_file(tmp)
         except OSError as exc:
             errors.append(exc)
@@ -506,12 +542,17 @@ class _Helper:
             done: list[bytes] = list(paced_map(move_run, runs, pool, Pace(adaptive=True)))
             flags = b"".join(done)
             touched = {
-                os.path.dirname(d) for (_, d), f in zip(pairs, flags, strict=True) if f == ord("1")
+                os.path.dirname(d)
+                for (_, d, _), f in zip(pairs, flags, strict=True)
+                if f == ord("1")
             }
             if touched and not syncfs(self.store):
                 for folder in sorted(touched):
                     fsync_dir(folder)
                 fsync_dir(self.store)
+        finally:
+            for fd in [*folders.values(), *([] if store_fd is None else [store_fd])]:
+                os.close(fd)
         lines = [b"M " + folder + b"\n" for folder in made]
         if errors:
             first = errors[0]

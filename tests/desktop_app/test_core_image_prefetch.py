@@ -486,9 +486,15 @@ def test_a_helper_that_dies_before_storing_the_blobs_leaves_them_to_the_importer
     assert _leftovers(ws) == []
 
 
-def test_the_helper_renames_what_is_new_and_drops_what_is_stored(tmp_path: Path) -> None:
+@pytest.mark.parametrize("by_folder", [True, False], ids=["folder-descriptors", "paths"])
+def test_the_helper_renames_what_is_new_and_drops_what_is_stored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, by_folder: bool
+) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
+    if by_folder and not image_prefetch._DIR_FDS:
+        pytest.skip("this system renames by whole paths only")
+    monkeypatch.setattr(image_prefetch, "_DIR_FDS", by_folder)
     store = tmp_path / "blobs"
     (store / "aa").mkdir(parents=True)
     shas = ["aa" + "1" * 62, "bb" + "2" * 62, "aa" + "3" * 62]
@@ -509,6 +515,11 @@ def test_the_helper_renames_what_is_new_and_drops_what_is_stored(tmp_path: Path)
     with ThreadPoolExecutor(2) as pool:
         failed = helper.commit([b".tmp-t-9\tcc" + b"4" * 62], pool)
     assert failed[-1] == b"R e\n" and failed[0].startswith(b"! ")
+    (store / ".tmp-t-8").write_bytes(b"z")
+    (store / "aa" / ("aa" + "5" * 62)).mkdir()  # a folder where the blob goes
+    with ThreadPoolExecutor(2) as pool:
+        failed = helper.commit([b".tmp-t-8\taa" + b"5" * 62], pool)
+    assert failed[-1] == b"R e\n" and (store / ".tmp-t-8").read_bytes() == b"z"
 
 
 def _same_with_and_without_the_helper(
