@@ -211,6 +211,31 @@ def test_a_parse_error_after_the_helper_started_leaves_nothing(
     assert [p for p in ws.blobs_dir.rglob("*") if p.is_file()] == []
 
 
+def test_a_file_malformed_after_its_images_list_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = _coco(tmp_path / "src", 60)
+    ann = root / "annotations.json"
+    ann.write_text(ann.read_text()[:-20] + "}")  # cut inside the categories, after the images
+    monkeypatch.setattr(image_prefetch, "PREFETCH_EARLY_BYTES", 1)  # the helper starts early
+    given: list[Path] = []
+    announce = ImagePrefetch.announce
+
+    def noting(self: ImagePrefetch, root_: Path, paths: Any) -> None:
+        paths = list(paths)
+        given.extend(paths)
+        announce(self, root_, paths)
+
+    monkeypatch.setattr(ImagePrefetch, "announce", noting)
+    ws = Workspace.open(tmp_path / "ws", create=True)
+    with pytest.raises(DatasetFormatError, match="is not valid JSON"):
+        import_dataset(ws, root, "d", "coco")
+    assert len(given) == 60  # its images list was read on its own and handed to the helper
+    assert [p for p in ws.blobs_dir.rglob("*") if p.is_file()] == []
+    with ws.session() as s:
+        assert s.scalar(select(func.count()).select_from(Dataset)) == 0
+
+
 def test_a_helper_that_dies_leaves_the_images_to_the_importer(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, helper_on: list[int]
 ) -> None:
