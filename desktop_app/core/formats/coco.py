@@ -618,6 +618,16 @@ def _polygon_columns(
     return valid, out
 
 
+def _columns(rows: list[dict[str, Any]], *keys: str) -> list[list[Any]]:
+    """Each key's column: every row's value under it, None where a row has none."""
+    return [[row.get(key) for row in rows] for key in keys]
+
+
+def _only(column: list[Any], kind: type) -> bool:
+    """Every value of ``column`` is exactly of type ``kind`` (a bool is not an int here)."""
+    return set(map(type, column)) == {kind}
+
+
 _NUMBER_TYPES = frozenset({int, float})
 _OUTLINE_TYPES = frozenset({type(None), list})
 
@@ -642,15 +652,10 @@ def _all_plain(
     segs = [a.get("segmentation") for a in raw]
     if not set(map(type, segs)) <= _OUTLINE_TYPES:
         return None  # a mask: the other paths
-    iids = [a.get("image_id") for a in raw]
-    cids = [a.get("category_id") for a in raw]
-    boxes = [a.get("bbox") for a in raw]
-    if (
-        set(map(type, iids)) != {int}
-        or set(map(type, cids)) != {int}
-        or set(map(type, boxes)) != {list}
-        or set(map(len, boxes)) != {4}
-    ):
+    iids, cids, boxes = _columns(raw, "image_id", "category_id", "bbox")
+    if not (_only(iids, int) and _only(cids, int) and _only(boxes, list)):
+        return None
+    if set(map(len, boxes)) != {4}:
         return None
     if not set(map(type, itertools.chain.from_iterable(boxes))) <= _NUMBER_TYPES:
         return None
@@ -710,15 +715,10 @@ def _all_images(
     """
     if not raw or set(map(type, raw)) != {dict}:
         return None
-    ids = [img.get("id") for img in raw]
-    names = [img.get("file_name") for img in raw]
-    widths = [img.get("width") for img in raw]
-    heights = [img.get("height") for img in raw]
+    ids, names, widths, heights = _columns(raw, "id", "file_name", "width", "height")
     if (
-        set(map(type, ids)) != {int}
-        or set(map(type, widths)) != {int}
-        or set(map(type, heights)) != {int}
-        or set(map(type, names)) != {str}
+        not (_only(ids, int) and _only(widths, int) and _only(heights, int))
+        or not _only(names, str)
         or len(set(ids)) != len(ids)
         or min(widths) <= 0
         or min(heights) <= 0
