@@ -92,3 +92,4 @@ bundle: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .outpost-demo .pytest_cache .ruff_cache
+	find $(PACKAGES) tests benchmarks -name __pycache__ -type d -prune -exec rm -rf {} +
