@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from device_agent.auth import AuthError, KeyPair, ReplayGuard, new_nonce
+from device_agent.auth import AuthError, KeyPair, ReplayGuard, new_nonce, verify
 from device_agent.cli import main
 from device_agent.client import (
     AgentClient,
@@ -228,6 +228,18 @@ def test_an_altered_answer_is_refused(agent: Any) -> None:
     )
     with pytest.raises(AuthError, match="altered"):
         flow.send(forged)
+
+
+def test_signatures_verify_with_each_key_loaded_once() -> None:
+    from device_agent import auth
+
+    a, b = KeyPair.generate(), KeyPair.generate()
+    signed = a.sign(b"message")
+    assert verify(a.public_raw, signed, b"message")
+    assert not verify(a.public_raw, signed, b"other message")
+    assert not verify(b.public_raw, signed, b"message")  # another key, even once cached
+    assert not verify(b"short", signed, b"message")  # not a key at all: refused, not raised
+    assert auth._public_key(a.public_raw) is auth._public_key(a.public_raw)
 
 
 def test_replay_guard_refuses_stale_timestamps() -> None:
