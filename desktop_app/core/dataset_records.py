@@ -402,18 +402,28 @@ def check_inside(
         resolved = os.fspath(Path(p).resolve())
     else:
         head, tail = os.path.split(p)
-        folder = parents.get(head)
-        if folder is None:
-            folder = parents[head] = os.fspath(Path(head).resolve())
-        resolved = os.path.join(folder, tail)
-    base = os.path.normcase(os.fspath(root))
-    inside = os.path.normcase(resolved)
-    if inside != base and not inside.startswith(base.rstrip(os.sep) + os.sep):
+        resolved = os.path.join(_resolved_folder(head, parents), tail)
+    if not _within(root, resolved):
         shown = Path(resolved)
         kind = "is a link to" if path.is_symlink() or shown != path.absolute() else "is"
         raise DatasetFormatError(
             f"{where}: {path} {kind} {shown}, outside the dataset folder {root}; copy the file in"
         )
+
+
+def _resolved_folder(head: str, parents: dict[str, str]) -> str:
+    """Folder ``head`` resolved (links followed), once per folder (``parents`` caches it)."""
+    folder = parents.get(head)
+    if folder is None:
+        folder = parents[head] = os.fspath(Path(head).resolve())
+    return folder
+
+
+def _within(root: Path, resolved: str) -> bool:
+    """Whether the resolved path ``resolved`` is ``root`` or lies under it."""
+    base = os.path.normcase(os.fspath(root))
+    inside = os.path.normcase(resolved)
+    return inside == base or inside.startswith(base.rstrip(os.sep) + os.sep)
 
 
 def finite(values: Sequence[float]) -> bool:
@@ -665,16 +675,10 @@ def _all_sources_ok(
     paths = [os.fspath(src.path) for src in sources]
     if any(p not in opened and os.path.islink(p) for p in paths):
         return False
-    base = os.path.normcase(os.fspath(root))
-    prefix = base.rstrip(os.sep) + os.sep
-    for head in {os.path.dirname(p) for p in paths}:
-        folder = parents.get(head)
-        if folder is None:
-            folder = parents[head] = os.fspath(Path(head).resolve())
-        inside = os.path.normcase(folder)
-        if inside != base and not inside.startswith(prefix):
-            return False
-    return True
+    return all(
+        _within(root, _resolved_folder(head, parents))
+        for head in {os.path.dirname(p) for p in paths}
+    )
 
 
 def _check_source(

@@ -502,25 +502,22 @@ class _Helper:
             tmp, dest, rel = pair
             try:
                 folder, name = os.path.split(dest)
-                if store_fd is None:
-                    if os.path.isfile(dest):
-                        with contextlib.suppress(FileNotFoundError):
-                            os.unlink(tmp)
-                        return b"0"
-                    shard(folder)
-                    os.replace(tmp, dest)
-                    return b"1"
                 shard(folder)
-                fd = shard_fd(folder)
-                try:
-                    found = stat.S_ISREG(os.stat(name, dir_fd=fd).st_mode)
-                except FileNotFoundError:
-                    found = False
-                if found:
+                if store_fd is None:
+                    found = os.path.isfile(dest)
+                else:
+                    try:
+                        found = stat.S_ISREG(os.stat(name, dir_fd=shard_fd(folder)).st_mode)
+                    except FileNotFoundError:
+                        found = False
+                if found:  # stored already: drop the temp file
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(tmp)
                     return b"0"
-                os.rename(rel, name, src_dir_fd=store_fd, dst_dir_fd=fd)
+                if store_fd is None:
+                    os.replace(tmp, dest)
+                else:
+                    os.rename(rel, name, src_dir_fd=store_fd, dst_dir_fd=shard_fd(folder))
                 return b"1"
             except OSError as exc:
                 with lock:
