@@ -9,7 +9,10 @@ Measures, side by side, in one run on one machine:
   neither fsyncs, and both are timed from the first request to the last byte on disk
   (``transfer``: opening the signed resumable upload, the chained stream, its proof checked
   and the agent's answer; curl's ``time_total``): three pushes and three GETs in turn,
-  the median of each. The commit (extraction with every file's sha256 checked and
+  the median of each. The package comes with its digests file, as every package Outpost
+  writes does (``runtimes.package_digests``): the desktop sends it without hashing it. The
+  same pushes of a copy without that file (hashed while it is sent) have a row of their own.
+  The commit (extraction with every file's sha256 checked and
   fsynced, load, self-test, switch) is reported on its own line, as is curl to
   ``/dev/null``. The ratio is ours / curl in MiB/s
   (goal >= 0.9). With ``OUTPOST_UPLOAD_PROFILE=1`` both sides print their per-request
@@ -151,6 +154,7 @@ def test_image_jpeg(size: int) -> tuple[bytes, str]:
 def workspace_package(workspace: Path, export_ref: str, workdir: Path) -> Path:
     from desktop_app.core.exports import get_export
     from desktop_app.core.workspace import Workspace
+    from runtimes.package_digests import digests_path
 
     ws = Workspace.open(workspace)
     try:
@@ -162,7 +166,9 @@ def workspace_package(workspace: Path, export_ref: str, workdir: Path) -> Path:
         ws.close()
     out = workdir / "pkg" / src.name
     out.parent.mkdir()
-    shutil.copyfile(src, out)
+    shutil.copy2(src, out)  # with its modification time: its digests file still describes it
+    if digests_path(src).is_file():
+        shutil.copy2(digests_path(src), digests_path(out))
     return out
 
 
@@ -278,6 +284,20 @@ def desktop_side(args: argparse.Namespace) -> None:
                     f"lan_deploy: curl fetched {fetched.stat().st_size} of {size} bytes"
                 )
             fetched.unlink()
+        plain: list[float] = []  # the same package without its digests file: hashed on the way
+        for _ in range(REPEATS):
+            sent = []
+
+            def progress_plain(done: int, total: int, sent: list[float] = sent) -> None:
+                if done >= total:
+                    sent.append(time.perf_counter())
+
+            t0 = time.perf_counter()
+            client.upload_package(
+                Path(spec["package_plain"]), progress_plain, chunk_size=chunk, resumable=True
+            )
+            plain.append((sent[-1] if sent else time.perf_counter()) - t0)
+        out["transfer_plain_s"] = statistics.median(plain)
         out["transfer_s"] = statistics.median(transfers)
         out["push_s"] = statistics.median(pushes)
         out["commit_s"] = statistics.median(p - t for p, t in zip(pushes, transfers, strict=True))
@@ -355,12 +375,16 @@ def main() -> int:
             stderr=subprocess.DEVNULL,
         )
         try:
+            plain = work / "plain" / package.name  # a copy without the digests file
+            plain.parent.mkdir()
+            shutil.copyfile(package, plain)
             time.sleep(1.0)  # let the agent settle before measuring its idle memory
             idle_empty = rss_mib(agent.pid)
             spec = {
                 "agent_id": ready["agent_id"],
                 "data_dir": str(work / "agent"),
                 "package": str(package),
+                "package_plain": str(plain),
                 "runs": args.runs,
                 "chunk_mib": args.chunk_mib,
                 "agent_ip": agent_host.ip,
@@ -408,6 +432,13 @@ def main() -> int:
             f">= 0.90x: {'yes' if push_ratio >= 0.9 else 'NO'}",
         ),
         ("  transfer time (s) vs curl time_total", result["transfer_s"], result["get_s"], None, ""),
+        (
+            "  without its digests file (MiB/s)",
+            mib / result["transfer_plain_s"],
+            get_mbs,
+            mib / result["transfer_plain_s"] / get_mbs,
+            "(hashed while it is sent)",
+        ),
         (
             f"inference p50 {input_size} (ms) vs raw",
             result["agent_p50_ms"],

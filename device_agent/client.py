@@ -15,10 +15,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import threading
 import time
-from collections import deque
-from collections.abc import Callable, Generator, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Generator, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import quote
@@ -54,6 +54,7 @@ from device_agent.auth import (
     verify,
 )
 from device_agent.errors import AgentRejectedError, AgentUnreachableError, one_line
+from device_agent.file_body import FILE_BODY, FileBody, FileBodyTransport
 from device_agent.protocol_version import (
     UPGRADE_STATUS,
     IncompatibleProtocolError,
@@ -62,12 +63,12 @@ from device_agent.protocol_version import (
 )
 from device_agent.uploads import (
     CHAIN_CONTENT_TYPE,
-    MAX_PIECES,
     PIECES_CONTENT_TYPE,
     profile_line,
 )
 from runtimes.errors import PackageError
 from runtimes.fileio import sha256_file
+from runtimes.package_digests import piece_size_for, read_digests
 
 __all__ = [
     "AgentClient",
@@ -84,10 +85,8 @@ CHUNK_TIMEOUT_S = 120.0  # one chunk of a resumable upload
 DEFAULT_CHUNK = 4 << 20
 SINGLE_SHOT_BYTES = 1 << 20  # packages up to this size go in one request by default
 UPLOAD_RETRIES = 5  # connection errors in a row before a resumable upload gives up
-PIECE_SIZE = 4 << 20  # the agent checks a streamed upload in pieces of this size
 STREAM_BLOCK = 1 << 20  # a streamed upload reads and sends the file in blocks of this size
 CHAIN_PROTOCOL = 2  # the first protocol whose agents take chained streams
-HASH_BACKLOG = 16  # blocks a chained stream may send ahead of their hashing
 
 
 class SignedAuth(httpx.Auth):
@@ -204,7 +203,7 @@ class AgentClient:
             base_url=self.base_url,
             timeout=timeout,
             auth=self.auth,
-            transport=transport,
+            transport=transport or FileBodyTransport(),
             headers=protocol_headers(),
         )
 
@@ -416,8 +415,16 @@ class AgentClient:
         """Send the package as a chained stream; the upload's id, or None when the agent
         answered without a piece size (it cannot take one: the caller uses the older way)."""
         t0 = time.perf_counter()
+        # The running sha256 at each piece end this client knows (where a stream may start):
+        # all of them when the package's digests file is current, else hashed on the way.
+        marks = _known_marks(path, piece)
         with open(path, "rb") as fh:
-            head = hashlib.sha256(fh.read(min(piece, size))).hexdigest()
+            first = min(piece, size)
+            head = (
+                marks[first].hexdigest()
+                if first in marks
+                else hashlib.sha256(fh.read(first)).hexdigest()
+            )
             try:
                 upload = self.create_chained(size, head, path.name, piece)
             except AgentRejectedError as exc:
@@ -430,10 +437,9 @@ class AgentClient:
                 return None
             verified = int(upload.get("offset", 0))
             received = int(upload.get("received", verified))
-            # The running sha256 at each piece end this client knows (where a stream may start).
-            marks: dict[int, Any] = {0: hashlib.sha256()}
             if received:  # the agent holds part of a package: resume only if it is this one
-                _hash_prefix(fh, received, piece, marks)
+                if received not in marks:
+                    _hash_prefix(fh, received, piece, marks)
                 if marks[verified].hexdigest() != upload.get("sha256_prefix"):
                     upload = self.create_chained(size, head, path.name, piece, fresh=True)
                     verified = received = int(upload.get("offset", 0))
@@ -456,6 +462,10 @@ class AgentClient:
                 except (AgentUnreachableError, AgentRejectedError) as exc:
                     if isinstance(exc, AgentRejectedError) and exc.status not in (409, 422):
                         raise
+                    if isinstance(exc, AgentRejectedError) and exc.status == 422 and marks.known:
+                        # The digests file does not match the package (changed in place
+                        # within the same second?): hash the package itself from now on.
+                        marks = _Marks()
                     failures += 1
                     status = self._resume_status(upload_id, failures, retries, backoff_s, exc)
                     verified = int(status["offset"])
@@ -654,11 +664,12 @@ class AgentClient:
         """Send the package from ``offset`` (a piece boundary) to the end as a chained stream,
         then the proof of every piece after ``proof_from`` (where the agent is verified).
 
-        The file is read once and hashed in a helper thread behind the socket; the proof is
-        the running sha256 at each piece end and the desktop's signature over them, bound to
-        this request's nonce. ``marks`` holds the running sha256 at ``offset`` and at the
-        piece ends from ``proof_from``, and receives the new ones (a later stream may start
-        there).
+        The bytes go from the page cache to the socket (:class:`FileBody`: ``sendfile``);
+        the proof is the running sha256 at each piece end and the desktop's signature over
+        them, bound to this request's nonce. ``marks`` holds the running sha256 at ``offset``
+        and at the piece ends from ``proof_from``, and receives the new ones (a later stream
+        may start there); when it lacks any, a helper thread reads and hashes the file while
+        it is sent (when the package's digests file gave them all, nothing is hashed).
         """
         key = self.auth.key
         agent_id = self.auth.agent_id
@@ -675,51 +686,40 @@ class AgentClient:
             NONCE_HEADER: nonce,
             BODY_HASH_HEADER: chain_body_digest(upload_id, offset, proof_from),
         }
-        timings = {"read_s": 0.0, "hash_wait_s": 0.0, "send_s": 0.0}
-        running = marks[offset].copy()
+        hashing = ThreadPoolExecutor(1, "outpost-upload-hash")
+        stop = threading.Event()  # the stream failed: the digests are not needed
+        hashed = (
+            hashing.submit(_hash_range, fh, offset, size, piece_size, marks, stop)
+            if any(end not in marks for end in ends)
+            else None
+        )
 
-        def mark(end: int) -> None:
-            marks[end] = running.copy()
-
-        def body() -> Iterator[bytes]:
-            sent = offset
-            fh.seek(offset)
-            # One helper thread hashes the blocks in order, behind the socket: the digests are
-            # needed only for the proof at the end, so the send never waits for a block's hash
-            # (at most HASH_BACKLOG blocks are held for it).
-            backlog: deque[Future[None]] = deque()
-            with ThreadPoolExecutor(1, "outpost-upload-hash") as pool:
-                while sent < size:
-                    t0 = time.perf_counter()
-                    piece_end = min(size, (sent // piece_size + 1) * piece_size)
-                    block = fh.read(min(STREAM_BLOCK, piece_end - sent))
-                    t1 = time.perf_counter()
-                    timings["read_s"] += t1 - t0
-                    if not block:
-                        raise PackageError(
-                            f"the package got shorter while it was sent (at byte {sent} of "
-                            f"{size}); deploy it again"
-                        )
-                    backlog.append(pool.submit(running.update, block))  # lets go of the GIL
-                    sent += len(block)
-                    if sent == piece_end:
-                        backlog.append(pool.submit(mark, sent))
-                    yield block
-                    t2 = time.perf_counter()
-                    timings["send_s"] += t2 - t1
-                    while len(backlog) > HASH_BACKLOG or (backlog and backlog[0].done()):
-                        backlog.popleft().result()
-                    timings["hash_wait_s"] += time.perf_counter() - t2
-                    if on_progress is not None:
-                        on_progress(sent, size)
-                t2 = time.perf_counter()
-                while backlog:
-                    backlog.popleft().result()
-                timings["hash_wait_s"] += time.perf_counter() - t2
+        def proof() -> bytes:
+            t0 = time.perf_counter()
+            try:
+                if hashed is not None:
+                    hashed.result()
+            finally:
+                body.timings["hash_wait_s"] = time.perf_counter() - t0
             digests = b"".join(marks[end].digest() for end in ends)
-            yield digests + key.sign(proof_message(agent_id, upload_id, nonce, proof_from, digests))
+            return digests + key.sign(
+                proof_message(agent_id, upload_id, nonce, proof_from, digests)
+            )
 
-        return self._put_body(upload_id, body(), headers, "client-chain", size - offset, timings)
+        body = FileBody(fh, offset, size, proof, on_progress)
+        try:
+            return self._put_body(
+                upload_id,
+                body,
+                headers,
+                "client-chain",
+                size - offset,
+                body.timings,
+                extensions={FILE_BODY: body},
+            )
+        finally:
+            stop.set()
+            hashing.shutdown(wait=True)
 
     def put_stream(
         self,
@@ -769,11 +769,12 @@ class AgentClient:
     def _put_body(
         self,
         upload_id: str,
-        body: Iterator[bytes],
+        body: Iterable[bytes],
         headers: dict[str, str],
         label: str,
         length: int,
         timings: dict[str, float],
+        extensions: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """One streamed ``PUT /v1/uploads/{id}``; with ``OUTPOST_UPLOAD_PROFILE=1`` its
         timings go to stderr as ``label``."""
@@ -785,6 +786,7 @@ class AgentClient:
                 content=body,
                 headers=headers,
                 timeout=max(self.timeout, CHUNK_TIMEOUT_S),
+                extensions=extensions,
             )
         finally:
             profile_line(label, bytes=length, request_s=time.perf_counter() - t0, **timings)
@@ -980,6 +982,69 @@ def _read_chunk(
     return offset, data, known or (sha256_hex(data) if hashed else None)
 
 
+class _Known:
+    """A running sha256 read from the package's digests file: its value only."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: bytes) -> None:
+        self.value = value
+
+    def digest(self) -> bytes:
+        return self.value
+
+    def hexdigest(self) -> str:
+        return self.value.hex()
+
+
+class _Marks(dict[int, Any]):
+    """The running sha256 of the package at the offsets a stream may start or end at: hash
+    objects as the client computes them, or (``known``) every piece end from the digests file."""
+
+    known = False
+
+
+def _known_marks(path: Path, piece_size: int) -> _Marks:
+    """Every piece end's digest from ``path``'s digests file when it is current, else only
+    the empty prefix (the rest is hashed on the way)."""
+    marks = _Marks({0: hashlib.sha256()})
+    listed = read_digests(path, piece_size)
+    if listed is not None:
+        marks.update((end, _Known(value)) for end, value in listed.items())
+        marks.known = True
+    return marks
+
+
+def _hash_range(
+    fh: BinaryIO,
+    offset: int,
+    size: int,
+    piece_size: int,
+    marks: dict[int, Any],
+    stop: threading.Event,
+) -> None:
+    """Hash the file's bytes ``[offset, size)`` on from the running sha256 at ``offset`` (in
+    ``marks``), adding the running sha256 at each piece end, until ``stop`` is set; reads
+    through a handle of its own into one reused buffer (the sender keeps ``fh``)."""
+    running = marks[offset].copy()
+    buffer = memoryview(bytearray(STREAM_BLOCK))
+    with open(fh.name, "rb", buffering=0) as own:
+        own.seek(offset)
+        at = offset
+        while at < size and not stop.is_set():
+            piece_end = min(size, (at // piece_size + 1) * piece_size)
+            got = own.readinto(buffer[: min(STREAM_BLOCK, piece_end - at)])
+            if not got:
+                raise PackageError(
+                    f"the package got shorter while it was sent (at byte {at} of {size}); "
+                    "deploy it again"
+                )
+            running.update(buffer[:got])
+            at += got
+            if at == piece_end:
+                marks[at] = running.copy()
+
+
 def _hash_prefix(fh: BinaryIO, end: int, piece_size: int, marks: dict[int, Any]) -> None:
     """Hash the file's bytes ``[0, end)``, keeping the running sha256 at each piece end (and
     at ``end``) in ``marks``."""
@@ -997,13 +1062,6 @@ def _hash_prefix(fh: BinaryIO, end: int, piece_size: int, marks: dict[int, Any])
         if at % piece_size == 0:
             marks[at] = digest.copy()
     marks[end] = digest.copy()
-
-
-def piece_size_for(size: int) -> int:
-    """The piece size of a streamed upload of ``size`` bytes: 4 MiB, or larger (a multiple of
-    1 MiB) so that the piece list stays within the agent's limit."""
-    smallest = -(-size // MAX_PIECES)
-    return max(PIECE_SIZE, -(-smallest // (1 << 20)) << 20)
 
 
 def hash_pieces(path: Path, piece_size: int) -> tuple[str, list[str]]:

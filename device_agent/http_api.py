@@ -750,7 +750,6 @@ async def _put_upload_stream(request: web.Request, offset: int) -> web.Response:
     return await _describe(uploads, upload_id)
 
 
-CHAIN_READ = 1 << 20  # a chained stream is read from the socket in blocks of up to this size
 CHAIN_BACKLOG = 4  # whole pieces a chained stream may read ahead of the worker that writes them
 UPLOAD_PROOF_FROM_HEADER = "Upload-Proof-From"  # a chained stream: where its proof starts
 
@@ -808,7 +807,7 @@ async def _put_upload_chain(request: web.Request, offset: int) -> web.Response:
         parts: list[bytes | memoryview] = []
         have = 0
         proof = bytearray()
-        async for data in request.content.iter_chunked(CHAIN_READ):
+        async for data, _ in request.content.iter_chunks():
             view = memoryview(data)
             while view:
                 if at < writer.size:

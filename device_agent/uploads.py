@@ -66,6 +66,7 @@ from typing import Any
 from device_agent.auth import PROOF_DIGEST_BYTES, PROOF_SIGNATURE_BYTES, pieces_digest
 from device_agent.errors import AgentError, one_line
 from runtimes.fileio import CHUNK, atomic_write_text
+from runtimes.package_digests import MAX_PIECES
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +80,6 @@ PIECES_CONTENT_TYPE = "application/x-outpost-pieces"  # a streamed PUT: the rest
 CHAIN_CONTENT_TYPE = "application/x-outpost-chain"  # protocol 2: pieces with signed digests
 BOOT_ID_PATH = Path("/proc/sys/kernel/random/boot_id")
 CHUNK_SIZE = 4 << 20  # what the agent asks clients to send per request
-MAX_PIECES = 8192  # pieces listed for one streamed upload (a 2 GiB package: 256 KiB pieces)
 MAX_PIECE_SIZE = 64 << 20
 SYNC_BYTES = 16 << 20  # a stream is fsynced (and its offset recorded) at least this often
 STREAM_LOCK_TIMEOUT_S = 30.0  # a second stream waits this long for the first one to end

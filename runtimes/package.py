@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import shutil
 import stat
@@ -29,6 +30,9 @@ from pydantic import (
 
 from runtimes.errors import PackageError
 from runtimes.fileio import CHUNK, atomic_writer, fsync_dir, sha256_bytes
+from runtimes.package_digests import write_digests
+
+log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -263,6 +267,10 @@ def write_package(
         zf.writestr(MANIFEST_NAME, manifest.to_json())
         for arcname, src in files.items():
             zf.write(src, arcname)
+    try:  # so that pushing it does not hash it again (runtimes.package_digests)
+        write_digests(Path(out_path))
+    except OSError as exc:
+        log.warning("%s: no digests file (%s); a push hashes the package on the way", out_path, exc)
     return manifest
 
 

@@ -422,3 +422,62 @@ def test_a_data_file_of_the_right_length_is_not_truncated(
         uploads._cut_to(fh.fileno(), 256)  # a partial piece past the offset: cut
         uploads._cut_to(fh.fileno(), 256)  # now the right length: left alone
     assert calls == [256] and data.stat().st_size == 256
+
+
+def test_a_package_with_its_digests_file_goes_without_being_hashed(
+    agent: Any, package: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from device_agent import client as client_module
+
+    def no_hashing(*args: object) -> None:
+        raise AssertionError("the package was hashed although its digests file is current")
+
+    monkeypatch.setattr(client_module, "_hash_range", no_hashing)
+    monkeypatch.setattr(client_module, "_hash_prefix", no_hashing)
+    data = package.read_bytes()
+    transport = Recorder()
+    with agent.client(transport=transport) as client:
+        result = client.upload_package(package, resumable=True)
+        assert result["version"] == "1" and serving_version(client) == "1"
+    create, stream, commit = transport.seen
+    assert create["body"]["head_sha256"] == hashlib.sha256(data).hexdigest()  # one piece
+    assert stream["status"] == 200 and commit["status"] == 201
+
+
+def test_a_digests_file_that_lies_costs_a_resend_not_the_install(
+    agent: Any, package: Path
+) -> None:
+    from runtimes.package_digests import digests_path
+
+    record = json.loads(digests_path(package).read_text())
+    record["digests"] = ["00" * 32 for _ in record["digests"]]  # same size and time: trusted
+    digests_path(package).write_text(json.dumps(record))
+    transport = Recorder()
+    with agent.client(transport=transport) as client:
+        result = client.upload_package(package, resumable=True, backoff_s=0.01)
+        assert result["version"] == "1" and serving_version(client) == "1"
+    puts = [s["status"] for s in transport.seen if s["method"] == "PUT"]
+    assert puts == [422, 200]  # the agent refused the proof; the desktop hashed and resent
+
+
+def test_the_default_transport_sends_the_stream_with_sendfile(
+    agent: Any, package: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from device_agent import file_body
+
+    sent: list[int] = []
+    real = file_body.send_file_body
+
+    def counting(request: httpx.Request, body: file_body.FileBody) -> httpx.Response:
+        sent.append(body.size - body.offset)
+        return real(request, body)
+
+    monkeypatch.setattr(file_body, "send_file_body", counting)
+    progress: list[tuple[int, int]] = []
+    with agent.client() as client:
+        result = client.upload_package(
+            package, lambda d, t: progress.append((d, t)), resumable=True, piece_size=PIECE
+        )
+        assert result["version"] == "1" and serving_version(client) == "1"
+    size = package.stat().st_size
+    assert sent == [size] and progress[-1] == (size, size)
