@@ -30,6 +30,7 @@ from exporters.validation import (
 from runtimes.errors import OutpostError
 from runtimes.fileio import sha256_file
 from runtimes.package import PACKAGE_SUFFIX, PackageReader
+from runtimes.package_digests import digests_path
 
 MAP_IMAGES = 200  # validation images the export-time mAP is measured on, at most
 MAP_CONF = 0.001  # like a validation run
@@ -736,5 +737,6 @@ def delete_export(ws: Any, export_id: str, *, force: bool = False) -> dict[str, 
     # pointing at a missing package.
     if package is not None and package.exists() and not package.is_relative_to(folder):
         package.unlink()
+        digests_path(package).unlink(missing_ok=True)
     shutil.rmtree(folder, ignore_errors=True)
     return {"id": export_id, "deleted": True, "was_default": was_default, "deployed_on": devices}

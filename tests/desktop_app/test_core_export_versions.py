@@ -124,6 +124,20 @@ def test_delete_removes_package_and_row(ws: Workspace) -> None:
         delete_export(ws, "exp-1")
 
 
+def test_delete_removes_a_package_kept_elsewhere_with_its_digests(ws: Workspace) -> None:
+    from runtimes.package_digests import write_digests
+
+    inside = add_export(ws, "exp-1", "run-a", 1)
+    elsewhere = Path(ws.root) / "shared" / inside.name
+    elsewhere.parent.mkdir()
+    inside.rename(elsewhere)
+    write_digests(elsewhere)
+    with ws.session() as s:
+        s.get(Export, "exp-1").package_path = ws.relative(elsewhere)  # type: ignore[union-attr]
+    delete_export(ws, "exp-1")
+    assert list(elsewhere.parent.iterdir()) == []  # the package and its digests file
+
+
 def test_delete_refuses_a_deployed_export_unless_forced(ws: Workspace) -> None:
     package = add_export(ws, "exp-1", "run-a", 1)
     with ws.session() as s:

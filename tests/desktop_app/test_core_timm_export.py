@@ -78,9 +78,11 @@ def test_timm_run_exports_to_onnx_with_parity_and_accuracy(ws: Workspace) -> Non
     assert manifest.model.preprocessing.interpolation == "pil_bilinear"
     assert manifest.format.details["validation"]["passed"]
     assert "wrappers/python/outpost_predict.py" in manifest.files
-    # Nothing but the package is left in the export's folder.
-    assert [p.name for p in Path(record["package"]).parent.iterdir()] == [
-        Path(record["package"]).name
+    # Nothing but the package (and its digests, for pushes) is left in the export's folder.
+    name = Path(record["package"]).name
+    assert sorted(p.name for p in Path(record["package"]).parent.iterdir()) == [
+        name,
+        name + ".digests.json",
     ]
     row = set_default_export(ws, record["id"])
     assert row["default"] and row["format"] == "onnx"
