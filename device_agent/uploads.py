@@ -65,7 +65,7 @@ from typing import Any
 
 from device_agent.auth import PROOF_DIGEST_BYTES, PROOF_SIGNATURE_BYTES, pieces_digest
 from device_agent.errors import AgentError, one_line
-from runtimes.fileio import CHUNK, atomic_write_text
+from runtimes.fileio import CHUNK, atomic_write_text, fsync_dir
 from runtimes.package_digests import MAX_PIECES
 
 log = logging.getLogger(__name__)
@@ -309,8 +309,7 @@ class UploadManager:
             raise UploadError(400, "sha256 must be the package's 64 lowercase hex digits")
         layout = _check_pieces(size, piece_size, pieces)
         with self._lock:
-            self.purge_expired()
-            states = [s for s in self._states() if not s.committed]
+            states = self._scan()
             for same in states:  # the same package again (a deploy run again): resume it
                 if (same.sha256, same.size) == (sha256, size):
                     if layout is not None and (same.piece_size, same.pieces) != layout:
@@ -341,6 +340,8 @@ class UploadManager:
         tmp = self.root / f".new-{upload_id}"
         tmp.mkdir(parents=True)
         try:
+            # The folder is this call's alone until it is renamed into place: its files are
+            # written (and fsynced) where they stay, then the folder once.
             (tmp / DATA_FILE).touch()
             meta: dict[str, Any] = {
                 "id": upload_id,
@@ -351,11 +352,14 @@ class UploadManager:
             }
             if layout is not None:
                 meta["piece_size"], meta["pieces"] = layout[0], list(layout[1])
-                _record_progress(tmp, 0, False)
+                _write_synced(tmp / PROGRESS_FILE, _progress_text(0, False))
+            boot = boot_id() if head is not None else None
             if head is not None:
                 meta["head_sha256"] = head
-                _mark_unsynced(tmp)  # its stream will not fsync: saves a write when it opens
-            atomic_write_text(tmp / META_FILE, json.dumps(meta) + "\n")
+            if boot is not None:  # its stream will not fsync: saves a write when it opens
+                _write_synced(tmp / VOLATILE_FILE, _volatile_text(boot))
+            _write_synced(tmp / META_FILE, json.dumps(meta) + "\n")
+            fsync_dir(tmp)
             tmp.rename(folder)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -372,8 +376,7 @@ class UploadManager:
                 400, "head_sha256 must be the sha256 (64 lowercase hex digits) of the first piece"
             )
         with self._lock:
-            self.purge_expired()
-            states = [s for s in self._states() if not s.committed]
+            states = self._scan()
             same = None
             if not fresh:  # the newest open upload that may hold the same package
                 candidates = [
@@ -394,9 +397,11 @@ class UploadManager:
                 upload_id = self._new(size, None, name, (piece, ()), head)
         with self._lock_for(upload_id):
             state = self.state(upload_id)
-            running, _ = self._prefix(upload_id, state.offset, state.offset)
-        answer = self.describe(upload_id)
-        if state.offset or state.received:
+            resumed = bool(state.offset or state.received)
+            if resumed:
+                running, _ = self._prefix(upload_id, state.offset, state.offset)
+        answer = state.as_dict(self.ttl_s, self.chunk_size)
+        if resumed:
             log.info("upload %s resumed at byte %d", upload_id, state.offset)
             answer["sha256_prefix"] = running.hexdigest()
         return answer
@@ -650,25 +655,46 @@ class UploadManager:
     def purge_expired(self) -> list[str]:
         """Remove uploads idle past the time-to-live, and leftovers of interrupted changes."""
         removed: list[str] = []
+        self._scan(removed)
+        return removed
+
+    def _scan(self, removed: list[str] | None = None) -> list[UploadState]:
+        """:meth:`purge_expired` (the ids removed go to ``removed``); the open uploads' states.
+
+        A committed upload is known by its result file: its age is that file's, and nothing
+        else of it is read (they stay an hour, so a busy agent holds many).
+        """
+        removed = [] if removed is None else removed
+        live: list[UploadState] = []
         if not self.root.is_dir():
-            return removed
+            return live
         now = self.clock()
         for child in self.root.iterdir():
             if child.name.startswith("."):
                 shutil.rmtree(child, ignore_errors=True)
                 continue
             try:
+                done: float | None = (child / RESULT_FILE).stat().st_mtime
+            except OSError:
+                done = None
+            if done is not None and _ID.match(child.name):
+                if now - done > min(self.ttl_s, COMMITTED_TTL_S):
+                    shutil.rmtree(child, ignore_errors=True)
+                    removed.append(child.name)
+                continue
+            try:
                 state = self.state(child.name)
             except UploadError:
                 shutil.rmtree(child, ignore_errors=True)
                 continue
-            ttl = min(self.ttl_s, COMMITTED_TTL_S) if state.committed else self.ttl_s
-            if now - state.updated_at > ttl:
+            if now - state.updated_at > self.ttl_s:
                 shutil.rmtree(child, ignore_errors=True)
                 removed.append(child.name)
+            else:
+                live.append(state)
         for upload_id in removed:
             log.info("upload %s expired and was removed", upload_id)
-        return removed
+        return live
 
     # -- helpers ---------------------------------------------------------------------
 
@@ -682,14 +708,6 @@ class UploadManager:
         with self._lock:
             return self._locks.setdefault(upload_id, threading.Lock())
 
-    def _states(self) -> list[UploadState]:
-        states = []
-        if self.root.is_dir():
-            for child in self.root.iterdir():
-                if child.is_dir() and _ID.match(child.name):
-                    with contextlib.suppress(UploadError):
-                        states.append(self.state(child.name))
-        return states
 
 
 class PieceWriter:
@@ -1031,7 +1049,19 @@ def _mark_unsynced(folder: Path) -> None:
     """Record that ``data.part`` may hold bytes not fsynced during this boot."""
     boot = boot_id()
     if boot is not None:
-        atomic_write_text(folder / VOLATILE_FILE, json.dumps({"boot": boot}) + "\n")
+        atomic_write_text(folder / VOLATILE_FILE, _volatile_text(boot))
+
+
+def _volatile_text(boot: str) -> str:
+    return json.dumps({"boot": boot}) + "\n"
+
+
+def _write_synced(path: Path, text: str) -> None:
+    """Write a new file in a folder no one else sees yet, and fsync it."""
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
 
 
 def _volatile_boot(folder: Path) -> str | None:
@@ -1116,7 +1146,8 @@ def _progress(folder: Path) -> tuple[int | None, bool]:
 
 
 def _record_progress(folder: Path, offset: int, sha256_verified: bool) -> None:
-    atomic_write_text(
-        folder / PROGRESS_FILE,
-        json.dumps({"offset": offset, "sha256_verified": sha256_verified}) + "\n",
-    )
+    atomic_write_text(folder / PROGRESS_FILE, _progress_text(offset, sha256_verified))
+
+
+def _progress_text(offset: int, sha256_verified: bool) -> str:
+    return json.dumps({"offset": offset, "sha256_verified": sha256_verified}) + "\n"

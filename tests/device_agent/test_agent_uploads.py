@@ -221,6 +221,39 @@ def test_idle_uploads_expire(tmp_path: Path) -> None:
         manager.state("../../etc")
 
 
+def test_opening_an_upload_reads_only_the_open_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Committed uploads stay an hour (a repeated commit answers their result): opening a
+    new upload looks at their result file's age only, and removes leftovers."""
+    import os
+    import time
+
+    from device_agent.uploads import COMMITTED_TTL_S, RESULT_FILE
+
+    root = tmp_path / "uploads"
+    now = time.time()
+    manager = UploadManager(root, clock=lambda: now)
+    done = [manager.create(4, f"{i}" * 64)["id"] for i in range(3)]
+    for upload_id in done:
+        manager.finish(upload_id, {"version": "1"})
+    still_open = manager.create(8, "a" * 64)["id"]
+    (root / "not-an-upload").mkdir()
+    (root / ".new-interrupted").mkdir()
+    read: list[str] = []
+    real = manager.state
+    monkeypatch.setattr(
+        manager, "state", lambda upload_id: (read.append(upload_id), real(upload_id))[1]
+    )
+    new = manager.create(16, "b" * 64)["id"]
+    assert still_open in read and not set(read) & set(done)
+    assert sorted(p.name for p in root.iterdir()) == sorted([*done, still_open, new])
+    old = now - COMMITTED_TTL_S - 60
+    os.utime(root / done[0] / RESULT_FILE, (old, old))
+    assert manager.purge_expired() == [done[0]]
+    assert manager.state(done[1]).committed
+
+
 # --- activate / deactivate / uninstall ---------------------------------------------------------
 
 
