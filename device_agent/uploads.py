@@ -977,15 +977,13 @@ class ChainWriter:
         whole = self._running.hexdigest()
         if self.declared:
             self._record(self.size, whole == self.declared)
-        else:  # the last digest of the proof is the package's sha256: both files at once (a
+        else:  # the last digest of the proof is the package's sha256: meta.json first (a
             # verified offset without the sha256 in meta.json does not count, see ``state``)
             meta_path = self.folder / META_FILE
             meta = json.loads(meta_path.read_text(encoding="utf-8"))
             meta["sha256"] = whole
-            with ThreadPoolExecutor(1, "outpost-upload-meta") as pool:
-                written = pool.submit(atomic_write_text, meta_path, json.dumps(meta) + "\n")
-                self._record(self.size, True)
-                written.result()
+            atomic_write_text(meta_path, json.dumps(meta) + "\n", sync=self._boot is None)
+            self._record(self.size, True)
             self.declared = whole
         self.timings["prove_s"] += time.perf_counter() - t0
         return self.size
@@ -999,10 +997,16 @@ class ChainWriter:
         self.manager._chains.pop(self.upload_id, None)
 
     def _record(self, offset: int, sha256_verified: bool) -> None:
-        """Record ``offset`` (written already, proven) as where the upload is verified."""
+        """Record ``offset`` (written already, proven) as where the upload is verified.
+
+        With a boot id the data is not fsynced, and neither is the record: a killed agent
+        finds both in the page cache, and after a restart of the machine the upload starts
+        again whatever the record says (see :meth:`UploadManager.state`). Without one, the
+        data is fsynced first, then the record.
+        """
         if self._boot is None:
             os.fsync(self._fd)
-        _record_progress(self.folder, offset, sha256_verified)
+        _record_progress(self.folder, offset, sha256_verified, sync=self._boot is None)
         self.verified = offset
 
     def close(self) -> int:
@@ -1145,8 +1149,10 @@ def _progress(folder: Path) -> tuple[int | None, bool]:
         return 0, False  # unreadable: trust nothing, the upload restarts from byte 0
 
 
-def _record_progress(folder: Path, offset: int, sha256_verified: bool) -> None:
-    atomic_write_text(folder / PROGRESS_FILE, _progress_text(offset, sha256_verified))
+def _record_progress(
+    folder: Path, offset: int, sha256_verified: bool, *, sync: bool = True
+) -> None:
+    atomic_write_text(folder / PROGRESS_FILE, _progress_text(offset, sha256_verified), sync=sync)
 
 
 def _progress_text(offset: int, sha256_verified: bool) -> str:

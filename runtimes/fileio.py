@@ -70,8 +70,13 @@ def fsync_dir(path: str | bytes | os.PathLike[str]) -> None:
 
 
 @contextlib.contextmanager
-def atomic_writer(path: Path) -> Iterator[BinaryIO]:
-    """Yield a binary file that replaces ``path`` only once it is complete and synced."""
+def atomic_writer(path: Path, *, sync: bool = True) -> Iterator[BinaryIO]:
+    """Yield a binary file that replaces ``path`` only once it is complete and synced.
+
+    ``sync=False`` keeps the replacement atomic but leaves it to the kernel's writeback: for
+    records that describe data which is not fsynced either (a process killed meanwhile finds
+    both in the page cache; after a machine crash neither is trusted).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -79,22 +84,24 @@ def atomic_writer(path: Path) -> Iterator[BinaryIO]:
         with os.fdopen(fd, "wb") as fh:
             yield fh
             fh.flush()
-            os.fsync(fh.fileno())
+            if sync:
+                os.fsync(fh.fileno())
         os.replace(tmp, path)
-        fsync_dir(path.parent)
+        if sync:
+            fsync_dir(path.parent)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    with atomic_writer(path) as fh:
+def atomic_write_bytes(path: Path, data: bytes, *, sync: bool = True) -> None:
+    with atomic_writer(path, sync=sync) as fh:
         fh.write(data)
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
+def atomic_write_text(path: Path, text: str, *, sync: bool = True) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"), sync=sync)
 
 
 def sha256_file(path: Path) -> str:

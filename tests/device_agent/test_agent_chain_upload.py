@@ -319,6 +319,38 @@ def test_without_a_boot_id_the_verified_offset_is_fsynced_first(
     assert not (tmp_path / "uploads" / upload["id"] / VOLATILE_FILE).exists()
 
 
+def test_with_a_boot_id_the_proof_is_recorded_without_fsync(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The data is not fsynced, so neither are the records that describe it: a killed agent
+    finds both in the page cache; after a restart of the machine (another boot id) the upload
+    starts again whatever they say."""
+    from runtimes import fileio
+
+    data = os.urandom(2 * PIECE)
+    manager = UploadManager(tmp_path / "uploads")
+    upload = manager.create(
+        len(data), None, None, PIECE, None, hashlib.sha256(data[:PIECE]).hexdigest()
+    )
+    writer = manager.open_chain(upload["id"], 0, 0, lambda *_: True)
+    for at in range(0, len(data), PIECE):
+        writer.add([data[at : at + PIECE]])
+    synced: list[int] = []
+    monkeypatch.setattr(uploads.os, "fsync", synced.append)
+    monkeypatch.setattr(fileio.os, "fsync", synced.append)
+    ends = [PIECE, len(data)]
+    writer.prove(b"".join(hashlib.sha256(data[:e]).digest() for e in ends) + b"\0" * 64)
+    writer.close()
+    assert synced == []
+    state = manager.state(upload["id"])
+    assert (state.offset, state.sha256_verified) == (len(data), True)
+    assert state.sha256 == hashlib.sha256(data).hexdigest()
+    # written under another boot: nothing of it is trusted
+    monkeypatch.undo()
+    (tmp_path / "uploads" / upload["id"] / VOLATILE_FILE).write_text('{"boot": "other"}')
+    assert manager.state(upload["id"]).offset == 0
+
+
 def test_an_agent_before_protocol_2_gets_the_piece_list_stream(
     agent: Any, package: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
