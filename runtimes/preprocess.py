@@ -151,9 +151,10 @@ def letterbox(
             img = cv2.resize(img, (unpad_w, unpad_h), interpolation=cv2.INTER_LINEAR)
     top, bottom = round(dh - 0.1), round(dh + 0.1)
     left, right = round(dw - 0.1), round(dw + 0.1)
-    img = cv2.copyMakeBorder(
-        img, top, bottom, left, right, cv2.BORDER_CONSTANT, value=(pad_value,) * 3
-    )
+    if top or bottom or left or right:  # else the image already fills the input: no copy
+        img = cv2.copyMakeBorder(
+            img, top, bottom, left, right, cv2.BORDER_CONSTANT, value=(pad_value,) * 3
+        )
     info = LetterboxInfo(orig_hw=(h0, w0), gain_xy=(unpad_w / w0, unpad_h / h0), pad_xy=(left, top))
     return img, info
 

@@ -14,7 +14,7 @@ torchvision = pytest.importorskip("torchvision")
 
 
 @pytest.mark.parametrize(
-    "hw", [(480, 640), (640, 480), (1080, 810), (37, 1000), (160, 160), (1, 300)]
+    "hw", [(480, 640), (640, 480), (1080, 810), (37, 1000), (160, 160), (1, 300), (320, 320)]
 )
 @pytest.mark.parametrize("target", [(320, 320), (640, 640), (256, 384)])
 def test_letterbox_matches_ultralytics(hw: tuple[int, int], target: tuple[int, int]) -> None:
