@@ -513,3 +513,19 @@ def test_the_default_transport_sends_the_stream_with_sendfile(
         assert result["version"] == "1" and serving_version(client) == "1"
     size = package.stat().st_size
     assert sent == [size] and progress[-1] == (size, size)
+
+
+def test_a_stream_is_read_in_large_blocks_then_the_transport_is_put_back() -> None:
+    from types import SimpleNamespace
+
+    from device_agent.http_api import STREAM_READ, _large_reads
+
+    selector = SimpleNamespace(max_size=256 * 1024)  # asyncio's selector transport
+    restore = _large_reads(SimpleNamespace(transport=selector))  # type: ignore[arg-type]
+    assert selector.max_size == STREAM_READ
+    restore()
+    assert selector.max_size == 256 * 1024
+    other = SimpleNamespace()  # a transport of another event loop: left alone
+    _large_reads(SimpleNamespace(transport=other))()  # type: ignore[arg-type]
+    assert not hasattr(other, "max_size")
+    _large_reads(SimpleNamespace(transport=None))()  # type: ignore[arg-type]  # closed
