@@ -299,11 +299,20 @@ def test_after_a_restart_of_the_machine_unsynced_bytes_are_not_trusted(
 def test_without_a_boot_id_the_verified_offset_is_fsynced_first(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    data = os.urandom(2 * PIECE)
     monkeypatch.setattr(uploads, "BOOT_ID_PATH", tmp_path / "missing")
     synced: list[int] = []
     real_fsync = os.fsync
     monkeypatch.setattr(uploads.os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd)))
+    manager, upload_id, writer, data = _received(tmp_path, 2)
+    before = len(synced)
+    _prove_all(writer, data)
+    assert len(synced) > before  # data.part itself, before its offset was recorded
+    assert not (tmp_path / "uploads" / upload_id / VOLATILE_FILE).exists()
+
+
+def _received(tmp_path: Path, pieces: int) -> tuple[UploadManager, str, Any, bytes]:
+    """A chained upload of ``pieces`` random pieces, all received (not proven yet)."""
+    data = os.urandom(pieces * PIECE)
     manager = UploadManager(tmp_path / "uploads")
     upload = manager.create(
         len(data), None, None, PIECE, None, hashlib.sha256(data[:PIECE]).hexdigest()
@@ -311,12 +320,14 @@ def test_without_a_boot_id_the_verified_offset_is_fsynced_first(
     writer = manager.open_chain(upload["id"], 0, 0, lambda *_: True)
     for at in range(0, len(data), PIECE):
         writer.add([data[at : at + PIECE]])
-    before = len(synced)
-    ends = [PIECE, len(data)]
+    return manager, upload["id"], writer, data
+
+
+def _prove_all(writer: Any, data: bytes) -> None:
+    """The proof of every piece (its signature is not checked here), then the writer closed."""
+    ends = range(PIECE, len(data) + 1, PIECE)
     writer.prove(b"".join(hashlib.sha256(data[:e]).digest() for e in ends) + b"\0" * 64)
     writer.close()
-    assert len(synced) > before  # data.part itself, before its offset was recorded
-    assert not (tmp_path / "uploads" / upload["id"] / VOLATILE_FILE).exists()
 
 
 def test_with_a_boot_id_the_proof_is_recorded_without_fsync(
@@ -327,28 +338,19 @@ def test_with_a_boot_id_the_proof_is_recorded_without_fsync(
     starts again whatever they say."""
     from runtimes import fileio
 
-    data = os.urandom(2 * PIECE)
-    manager = UploadManager(tmp_path / "uploads")
-    upload = manager.create(
-        len(data), None, None, PIECE, None, hashlib.sha256(data[:PIECE]).hexdigest()
-    )
-    writer = manager.open_chain(upload["id"], 0, 0, lambda *_: True)
-    for at in range(0, len(data), PIECE):
-        writer.add([data[at : at + PIECE]])
+    manager, upload_id, writer, data = _received(tmp_path, 2)
     synced: list[int] = []
     monkeypatch.setattr(uploads.os, "fsync", synced.append)
     monkeypatch.setattr(fileio.os, "fsync", synced.append)
-    ends = [PIECE, len(data)]
-    writer.prove(b"".join(hashlib.sha256(data[:e]).digest() for e in ends) + b"\0" * 64)
-    writer.close()
+    _prove_all(writer, data)
     assert synced == []
-    state = manager.state(upload["id"])
+    state = manager.state(upload_id)
     assert (state.offset, state.sha256_verified) == (len(data), True)
     assert state.sha256 == hashlib.sha256(data).hexdigest()
     # written under another boot: nothing of it is trusted
     monkeypatch.undo()
-    (tmp_path / "uploads" / upload["id"] / VOLATILE_FILE).write_text('{"boot": "other"}')
-    assert manager.state(upload["id"]).offset == 0
+    (tmp_path / "uploads" / upload_id / VOLATILE_FILE).write_text('{"boot": "other"}')
+    assert manager.state(upload_id).offset == 0
 
 
 def test_an_agent_before_protocol_2_gets_the_piece_list_stream(

@@ -111,3 +111,36 @@ def test_other_requests_go_through_httpx(tmp_path: Path) -> None:
         response = client.send(request)
     server.thread.join(10)
     assert response.status_code == 204 and server.got.endswith(b"\r\n\r\nabc")
+
+
+def test_an_answer_sent_before_the_body_is_read_is_the_answer(tmp_path: Path) -> None:
+    """An agent that refuses a stream at once (a bad signature, a wrong offset) answers and
+    closes without reading the body: the sender's write fails, and the answer is read."""
+    path, data = _file(tmp_path, 32 << 20)
+    sock = socket.create_server(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+
+    def refuse() -> None:
+        conn, _ = sock.accept()
+        with conn:
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += conn.recv(65536)
+            body = b'{"error": "no"}'
+            conn.sendall(
+                b"HTTP/1.1 401 Unauthorized\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+            )
+            conn.shutdown(socket.SHUT_WR)
+        sock.close()
+
+    thread = threading.Thread(target=refuse, daemon=True)
+    thread.start()
+    with open(path, "rb") as fh:
+        try:
+            response = send_file_body(
+                _request(port, len(data)), FileBody(fh, 0, len(data), lambda: b"")
+            )
+        except httpx.WriteError:
+            pytest.fail("the answer sent before the body was read was lost")
+    thread.join(10)
+    assert response.status_code == 401 and response.json() == {"error": "no"}
