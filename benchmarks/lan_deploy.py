@@ -7,7 +7,8 @@ Measures, side by side, in one run on one machine:
   link (``python -m http.server`` on the agent's host), like for like: curl writes the file
   to disk (the same filesystem as the agent's data folder) as the agent writes the upload,
   neither fsyncs, and both are timed from the first request to the last byte on disk
-  (``transfer``: opening the signed resumable upload, the chained stream, its proof checked
+  (``transfer``: the signed chained stream, which opens its upload (protocol 3; the desktop
+  reads the protocol from ``/v1/info`` first, as ``outpost deploy`` does), its proof checked
   and the agent's answer; curl's ``time_total``): three pushes and three GETs in turn,
   the median of each. The package comes with its digests file, as every package Outpost
   writes does (``runtimes.package_digests``): the desktop sends it without hashing it. The
@@ -260,6 +261,7 @@ def desktop_side(args: argparse.Namespace) -> None:
     package = Path(spec["package"])
     size = package.stat().st_size
     with AgentClient(url, timeout=600.0, key=key, agent_key=pinned) as client:
+        client.info()  # as ``outpost deploy`` connects: the agent's protocol is known
         url_get = f"http://{agent_ip}:{FILE_PORT}/{package.name}"
         fetched = Path(spec["get_dir"]) / package.name
         chunk = spec["chunk_mib"] << 20 if spec["chunk_mib"] else None

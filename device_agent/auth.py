@@ -351,6 +351,13 @@ def chain_body_digest(upload_id: str, offset: int, proof_from: int) -> str:
     return hashlib.sha256(text.encode("ascii")).hexdigest()
 
 
+def chain_open_digest(upload_id: str, size: int, piece_size: int, head: str, name: str) -> str:
+    """The body digest of a chained stream that opens its own upload (protocol 3): binds the
+    request to the id the desktop chose and to everything the upload is opened with."""
+    text = f"outpost-chain-open-v1\n{upload_id}\n{size}\n{piece_size}\n{head}\n{name}"
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
 def proof_message(
     agent_id: str, upload_id: str, nonce: str, proof_from: int, digests: bytes
 ) -> bytes:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import secrets
 import threading
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator
@@ -40,6 +41,7 @@ from device_agent.auth import (
     agent_id_for,
     b64,
     chain_body_digest,
+    chain_open_digest,
     desktop_pairing_proof,
     fingerprint,
     new_nonce,
@@ -63,6 +65,10 @@ from device_agent.protocol_version import (
 )
 from device_agent.uploads import (
     CHAIN_CONTENT_TYPE,
+    OPEN_HEAD_HEADER,
+    OPEN_LENGTH_HEADER,
+    OPEN_NAME_HEADER,
+    OPEN_PIECE_HEADER,
     PIECES_CONTENT_TYPE,
     profile_line,
 )
@@ -87,6 +93,8 @@ SINGLE_SHOT_BYTES = 1 << 20  # packages up to this size go in one request by def
 UPLOAD_RETRIES = 5  # connection errors in a row before a resumable upload gives up
 STREAM_BLOCK = 1 << 20  # a streamed upload reads and sends the file in blocks of this size
 CHAIN_PROTOCOL = 2  # the first protocol whose agents take chained streams
+OPEN_IN_STREAM_PROTOCOL = 3  # the first whose chained streams may open their upload
+OPEN_IN_STREAM_BYTES = 256 << 20  # larger packages open their upload first (it may resume)
 
 
 class SignedAuth(httpx.Auth):
@@ -397,6 +405,17 @@ class AgentClient:
                     ) from None
                 time.sleep(backoff_s * 2 ** (failures - 1))
 
+    def _opens_in_stream(self, size: int) -> bool:
+        """Whether the chained stream opens its own upload: the agent speaks protocol 3 (its
+        ``/v1/info`` said so) and the package is small enough that sending it again from byte
+        0 costs little (such a stream does not resume an unfinished upload of the same package
+        that a restarted desktop left behind; :meth:`create_chained` does)."""
+        return (
+            self.protocol is not None
+            and self.protocol >= OPEN_IN_STREAM_PROTOCOL
+            and size <= OPEN_IN_STREAM_BYTES
+        )
+
     def _speaks_chain(self) -> bool:
         """Whether to try a chained stream: the agent speaks protocol 2, or its protocol is not
         known yet (an older agent refuses the chained create with 400: see
@@ -425,33 +444,41 @@ class AgentClient:
                 if first in marks
                 else hashlib.sha256(fh.read(first)).hexdigest()
             )
-            try:
-                upload = self.create_chained(size, head, path.name, piece)
-            except AgentRejectedError as exc:
-                if exc.status in (400, 404, 405):  # an agent before protocol 2 (or uploads)
+            # What the stream opens its upload with (protocol 3), until the agent has it.
+            opening: dict[str, Any] | None = None
+            if self._opens_in_stream(size):
+                upload_id = secrets.token_hex(16)
+                opening = {"size": size, "piece_size": piece, "head": head, "name": path.name}
+                verified = received = 0
+            else:
+                try:
+                    upload = self.create_chained(size, head, path.name, piece)
+                except AgentRejectedError as exc:
+                    if exc.status in (400, 404, 405):  # an agent before protocol 2 (or uploads)
+                        return None
+                    raise
+                if upload.get("piece_size") != piece or not upload.get("chain"):
+                    with contextlib.suppress(AgentRejectedError, AgentUnreachableError):
+                        self.delete_upload(str(upload["id"]))
                     return None
-                raise
-            if upload.get("piece_size") != piece or not upload.get("chain"):
-                with contextlib.suppress(AgentRejectedError, AgentUnreachableError):
-                    self.delete_upload(str(upload["id"]))
-                return None
-            verified = int(upload.get("offset", 0))
-            received = int(upload.get("received", verified))
-            if received:  # the agent holds part of a package: resume only if it is this one
-                if received not in marks:
-                    _hash_prefix(fh, received, piece, marks)
-                if marks[verified].hexdigest() != upload.get("sha256_prefix"):
-                    upload = self.create_chained(size, head, path.name, piece, fresh=True)
-                    verified = received = int(upload.get("offset", 0))
-            upload_id = str(upload["id"])
+                verified = int(upload.get("offset", 0))
+                received = int(upload.get("received", verified))
+                if received:  # the agent holds part of a package: resume only if it is this one
+                    if received not in marks:
+                        _hash_prefix(fh, received, piece, marks)
+                    if marks[verified].hexdigest() != upload.get("sha256_prefix"):
+                        upload = self.create_chained(size, head, path.name, piece, fresh=True)
+                        verified = received = int(upload.get("offset", 0))
+                upload_id = str(upload["id"])
             profile_line("client-open", bytes=size, create_s=time.perf_counter() - t0)
             failures = 0
             while verified < size:
                 before = verified
                 try:
                     answer = self.put_chain(
-                        upload_id, fh, verified, received, size, piece, marks, on_progress
+                        upload_id, fh, verified, received, size, piece, marks, on_progress, opening
                     )
+                    opening = None
                     verified = int(answer["offset"])
                     if verified <= before:  # nothing more was verified: count it as a failure
                         raise AgentRejectedError(
@@ -460,14 +487,23 @@ class AgentClient:
                     failures = 0
                     received = int(answer.get("received", verified))
                 except (AgentUnreachableError, AgentRejectedError) as exc:
-                    if isinstance(exc, AgentRejectedError) and exc.status not in (409, 422):
-                        raise
+                    if isinstance(exc, AgentRejectedError):
+                        if exc.status not in (409, 422):
+                            raise
+                        opening = None  # the agent has the upload
                     if isinstance(exc, AgentRejectedError) and exc.status == 422 and marks.known:
                         # The digests file does not match the package (changed in place
                         # within the same second?): hash the package itself from now on.
                         marks = _Marks()
                     failures += 1
-                    status = self._resume_status(upload_id, failures, retries, backoff_s, exc)
+                    try:
+                        status = self._resume_status(upload_id, failures, retries, backoff_s, exc)
+                    except AgentRejectedError as missing:
+                        if opening is None or missing.status != 404:
+                            raise
+                        status = {"offset": 0}  # it broke before the upload opened: open it
+                    else:
+                        opening = None
                     verified = int(status["offset"])
                     received = int(status.get("received", verified))
                 if received not in marks:
@@ -660,9 +696,12 @@ class AgentClient:
         piece_size: int,
         marks: dict[int, Any],
         on_progress: Callable[[int, int], None] | None = None,
+        opening: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Send the package from ``offset`` (a piece boundary) to the end as a chained stream,
         then the proof of every piece after ``proof_from`` (where the agent is verified).
+        With ``opening`` (``size``, ``piece_size``, ``head``, ``name``; protocol 3) the stream
+        opens the upload ``upload_id``, an id the desktop chose, from byte 0.
 
         The bytes go from the page cache to the socket (:class:`FileBody`: ``sendfile``);
         the proof is the running sha256 at each piece end and the desktop's signature over
@@ -686,6 +725,15 @@ class AgentClient:
             NONCE_HEADER: nonce,
             BODY_HASH_HEADER: chain_body_digest(upload_id, offset, proof_from),
         }
+        if opening is not None:
+            name = str(opening.get("name") or "")
+            headers[OPEN_LENGTH_HEADER] = str(opening["size"])
+            headers[OPEN_PIECE_HEADER] = str(opening["piece_size"])
+            headers[OPEN_HEAD_HEADER] = str(opening["head"])
+            headers[OPEN_NAME_HEADER] = quote(name, safe="")
+            headers[BODY_HASH_HEADER] = chain_open_digest(
+                upload_id, int(opening["size"]), int(opening["piece_size"]), opening["head"], name
+            )
         hashing = ThreadPoolExecutor(1, "outpost-upload-hash")
         stop = threading.Event()  # the stream failed: the digests are not needed
         hashed = (

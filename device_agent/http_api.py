@@ -30,6 +30,7 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
 
 from aiohttp import web
 
@@ -42,6 +43,7 @@ from device_agent.auth import (
     agent_expected_proof,
     b64,
     chain_body_digest,
+    chain_open_digest,
     fingerprint,
     parse_signed_headers,
     proof_message,
@@ -72,6 +74,10 @@ from device_agent.stats import PROMETHEUS_CONTENT_TYPE, SERIES_MINUTES, promethe
 from device_agent.store import UninstallError
 from device_agent.uploads import (
     CHAIN_CONTENT_TYPE,
+    OPEN_HEAD_HEADER,
+    OPEN_LENGTH_HEADER,
+    OPEN_NAME_HEADER,
+    OPEN_PIECE_HEADER,
     PIECES_CONTENT_TYPE,
     ChainWriter,
     PieceWriter,
@@ -773,7 +779,28 @@ def _large_reads(request: web.Request) -> Callable[[], None]:
         transport.max_size = before  # type: ignore[attr-defined]
 
     return restore
+
+
 UPLOAD_PROOF_FROM_HEADER = "Upload-Proof-From"  # a chained stream: where its proof starts
+
+
+def _open_fields(request: web.Request, offset: int, proof_from: int) -> tuple[int, int, str, str]:
+    """What a chained stream that opens its upload opens it with: size, piece size, the first
+    piece's sha256 and the package's name (400 when a header is missing or malformed)."""
+    headers = request.headers
+    size, piece = headers.get(OPEN_LENGTH_HEADER, ""), headers.get(OPEN_PIECE_HEADER, "")
+    head = headers.get(OPEN_HEAD_HEADER, "")
+    if not (size.isdigit() and piece.isdigit() and head) or (offset, proof_from) != (0, 0):
+        raise ApiError(
+            400,
+            f"a stream that opens its upload starts at byte 0 and says {OPEN_LENGTH_HEADER}, "
+            f"{OPEN_PIECE_HEADER} and {OPEN_HEAD_HEADER}",
+        )
+    try:
+        name = unquote(headers.get(OPEN_NAME_HEADER, ""), errors="strict")
+    except UnicodeDecodeError:
+        raise ApiError(400, f"{OPEN_NAME_HEADER} is not percent-encoded UTF-8") from None
+    return int(size), int(piece), head, name
 
 
 async def _put_upload_chain(request: web.Request, offset: int) -> web.Response:
@@ -798,7 +825,18 @@ async def _put_upload_chain(request: web.Request, offset: int) -> web.Response:
     public_raw = service.pairing.public_key(signed.key_fingerprint) if signed else None
     if signed is None or public_raw is None:
         raise ApiError(401, "a chained upload stream must be signed by a paired desktop")
-    check_body(signed, chain_body_digest(upload_id, offset, proof_from))
+    if OPEN_LENGTH_HEADER in request.headers:  # protocol 3: the stream opens its upload
+        size, piece_size, head, name = _open_fields(request, offset, proof_from)
+        check_body(signed, chain_open_digest(upload_id, size, piece_size, head, name))
+        check_disk_space(service, size)
+        try:
+            await _blocking(
+                functools.partial(uploads.open_new, upload_id, size, name or None, piece_size, head)
+            )
+        except UploadError as exc:
+            return _upload_refused(exc)
+    else:
+        check_body(signed, chain_body_digest(upload_id, offset, proof_from))
     agent_id, nonce, key = service.identity.agent_id, signed.nonce, public_raw
 
     def authentic(start: int, digests: bytes, signature: bytes) -> bool:

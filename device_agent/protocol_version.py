@@ -28,7 +28,7 @@ from typing import Any
 from device_agent.errors import AgentRejectedError
 
 DISTRIBUTION = "outpost"
-PROTOCOL = 2  # what this build speaks (2: chained upload streams)
+PROTOCOL = 3  # what this build speaks (2: chained upload streams; 3: a stream may open its upload)
 PROTOCOL_MIN = 1  # the oldest peer protocol this build still accepts
 PROTOCOL_HEADER = "Outpost-Protocol"
 PROTOCOL_MIN_HEADER = "Outpost-Protocol-Min"

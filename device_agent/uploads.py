@@ -78,6 +78,12 @@ PROGRESS_FILE = "progress.json"
 VOLATILE_FILE = "unsynced.json"  # {"boot"}: data.part holds bytes not fsynced in that boot
 PIECES_CONTENT_TYPE = "application/x-outpost-pieces"  # a streamed PUT: the rest, piece by piece
 CHAIN_CONTENT_TYPE = "application/x-outpost-chain"  # protocol 2: pieces with signed digests
+# Protocol 3: a chained stream from byte 0 that opens its upload says what with (the name is
+# percent-encoded UTF-8); its signed body digest is ``device_agent.auth.chain_open_digest``.
+OPEN_LENGTH_HEADER = "Upload-Length"
+OPEN_PIECE_HEADER = "Upload-Piece-Size"
+OPEN_HEAD_HEADER = "Upload-Head-SHA256"
+OPEN_NAME_HEADER = "Upload-Name"
 BOOT_ID_PATH = Path("/proc/sys/kernel/random/boot_id")
 CHUNK_SIZE = 4 << 20  # what the agent asks clients to send per request
 MAX_PIECE_SIZE = 64 << 20
@@ -297,12 +303,7 @@ class UploadManager:
         resumes where it stopped; its piece list is replaced by the new one, and its offset
         goes back to a piece boundary.
         """
-        if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
-            raise UploadError(400, f"size must be a positive number of bytes, got {size!r}")
-        if size > self.max_size:
-            raise UploadError(413, f"the package is larger than {self.max_size} bytes; refusing it")
-        if name is not None and not isinstance(name, str):
-            raise UploadError(400, "name must be a string (the package file name)")
+        size = self._check_size_name(size, name)
         if sha256 is None and head is not None:
             return self._create_chained(size, name, piece_size, head, fresh)
         if not isinstance(sha256, str) or not _SHA256.match(sha256):
@@ -316,15 +317,47 @@ class UploadManager:
                         self._relayout(same, layout)
                     log.info("upload %s resumed at byte %d", same.id, same.offset)
                     return self.describe(same.id)
-            open_ids = [s.id for s in states]
-            if len(open_ids) >= self.max_uploads:
-                raise UploadError(
-                    429,
-                    f"{len(open_ids)} uploads are already in progress (limit {self.max_uploads}); "
-                    "finish one, or DELETE /v1/uploads/ID, and retry",
-                )
+            self._check_room(states)
             upload_id = self._new(size, sha256, name, layout)
         return self.describe(upload_id)
+
+    def open_new(
+        self, upload_id: str, size: object, name: object, piece_size: object, head: object
+    ) -> None:
+        """Open a chained upload under the id the desktop chose (protocol 3: the stream that
+        carries the package opens its upload, without a round trip before it). Unlike
+        :meth:`create` it never answers an unfinished upload of the same package: the stream
+        is already on its way from byte 0. 409 when the id is taken."""
+        if not _ID.match(upload_id):
+            raise UploadError(400, "a new upload's id is 32 lowercase hex digits")
+        size = self._check_size_name(size, name)
+        piece = _check_piece_size(size, piece_size)
+        head = _check_head(head)
+        with self._lock:
+            states = self._scan()
+            if (self.root / upload_id).exists():
+                raise UploadError(409, f"upload {upload_id} exists already; resume it")
+            self._check_room(states)
+            self._new(size, None, name, (piece, ()), head, upload_id)
+
+    def _check_size_name(self, size: object, name: object) -> int:
+        """``size`` as a whole number of bytes within the limit (and ``name`` a string)."""
+        if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
+            raise UploadError(400, f"size must be a positive number of bytes, got {size!r}")
+        if size > self.max_size:
+            raise UploadError(413, f"the package is larger than {self.max_size} bytes; refusing it")
+        if name is not None and not isinstance(name, str):
+            raise UploadError(400, "name must be a string (the package file name)")
+        return size
+
+    def _check_room(self, states: list[UploadState]) -> None:
+        """429 when as many uploads as allowed are open already."""
+        if len(states) >= self.max_uploads:
+            raise UploadError(
+                429,
+                f"{len(states)} uploads are already in progress (limit {self.max_uploads}); "
+                "finish one, or DELETE /v1/uploads/ID, and retry",
+            )
 
     def _new(
         self,
@@ -333,9 +366,11 @@ class UploadManager:
         name: object,
         layout: tuple[int, tuple[str, ...]] | None,
         head: str | None = None,
+        upload_id: str | None = None,
     ) -> str:
-        """Make a new upload's folder (called with ``self._lock`` held); its id."""
-        upload_id = secrets.token_hex(16)
+        """Make a new upload's folder (called with ``self._lock`` held); its id (a new one
+        unless given)."""
+        upload_id = upload_id or secrets.token_hex(16)
         folder = self.root / upload_id
         tmp = self.root / f".new-{upload_id}"
         tmp.mkdir(parents=True)
@@ -371,10 +406,7 @@ class UploadManager:
         self, size: int, name: object, piece_size: object, head: object, fresh: bool
     ) -> dict[str, Any]:
         piece = _check_piece_size(size, piece_size)
-        if not isinstance(head, str) or not _SHA256.match(head):
-            raise UploadError(
-                400, "head_sha256 must be the sha256 (64 lowercase hex digits) of the first piece"
-            )
+        head = _check_head(head)
         with self._lock:
             states = self._scan()
             same = None
@@ -388,12 +420,7 @@ class UploadManager:
                     self._relayout(same, (piece, ()))
                 upload_id = same.id
             else:
-                if len(states) >= self.max_uploads:
-                    raise UploadError(
-                        429,
-                        f"{len(states)} uploads are already in progress (limit "
-                        f"{self.max_uploads}); finish one, or DELETE /v1/uploads/ID, and retry",
-                    )
+                self._check_room(states)
                 upload_id = self._new(size, None, name, (piece, ()), head)
         with self._lock_for(upload_id):
             state = self.state(upload_id)
@@ -707,7 +734,6 @@ class UploadManager:
         self._folder(upload_id)
         with self._lock:
             return self._locks.setdefault(upload_id, threading.Lock())
-
 
 
 class PieceWriter:
@@ -1078,6 +1104,14 @@ def _volatile_boot(folder: Path) -> str | None:
         return ""  # unreadable: treat as another boot
     boot = data.get("boot") if isinstance(data, dict) else None
     return boot if isinstance(boot, str) else ""
+
+
+def _check_head(head: object) -> str:
+    if not isinstance(head, str) or not _SHA256.match(head):
+        raise UploadError(
+            400, "head_sha256 must be the sha256 (64 lowercase hex digits) of the first piece"
+        )
+    return head
 
 
 def _may_start_with(state: UploadState, piece_size: int, head: str) -> bool:

@@ -36,9 +36,16 @@ class Recorder(httpx.BaseTransport):
     ``cut``-th chained PUT breaks the connection after that many body bytes, on the
     ``flip``-th flips the body byte at that position."""
 
-    def __init__(self, *, cut: tuple[int, int] | None = None, flip: tuple[int, int] | None = None):
+    def __init__(
+        self,
+        *,
+        cut: tuple[int, int] | None = None,
+        flip: tuple[int, int] | None = None,
+        unreachable_puts: int = 0,
+    ):
         self.inner = httpx.HTTPTransport()
         self.cut, self.flip = cut, flip
+        self.unreachable_puts = unreachable_puts  # the first PUTs fail before they connect
         self.seen: list[dict[str, Any]] = []
         self.puts = 0
 
@@ -50,11 +57,16 @@ class Recorder(httpx.BaseTransport):
             "type": request.headers.get("Content-Type"),
             "offset": request.headers.get("Upload-Offset"),
             "proof_from": request.headers.get("Upload-Proof-From"),
+            "opens": request.headers.get("Upload-Length"),
         }
         if request.method == "POST" and not request.url.path.endswith("/commit"):
             entry["body"] = json.loads(request.read())
         if request.method == "PUT":
             self.puts += 1
+            if self.puts <= self.unreachable_puts:
+                entry["status"] = "unreachable"
+                self.seen.append(entry)
+                raise httpx.ConnectError("connection refused (test)", request=request)
             cut = self.cut[1] if self.cut and self.cut[0] == self.puts else None
             flip = self.flip[1] if self.flip and self.flip[0] == self.puts else None
             if cut is not None or flip is not None:
@@ -96,11 +108,11 @@ def _chain_put(
     )
 
 
-def test_the_agent_speaks_protocol_2_and_still_accepts_1(agent: Any) -> None:
-    assert (PROTOCOL, PROTOCOL_MIN) == (2, 1)
+def test_the_agent_speaks_protocol_3_and_still_accepts_1(agent: Any) -> None:
+    assert (PROTOCOL, PROTOCOL_MIN) == (3, 1)
     with agent.client() as client:
         info = client.info()
-        assert (info["protocol"], info["protocol_min"]) == (2, 1) and client.protocol == 2
+        assert (info["protocol"], info["protocol_min"]) == (3, 1) and client.protocol == 3
 
 
 def test_a_chained_upload_sends_at_once_and_verifies_every_piece(agent: Any, package: Path) -> None:
@@ -478,9 +490,7 @@ def test_a_package_with_its_digests_file_goes_without_being_hashed(
     assert stream["status"] == 200 and commit["status"] == 201
 
 
-def test_a_digests_file_that_lies_costs_a_resend_not_the_install(
-    agent: Any, package: Path
-) -> None:
+def test_a_digests_file_that_lies_costs_a_resend_not_the_install(agent: Any, package: Path) -> None:
     from runtimes.package_digests import digests_path
 
     record = json.loads(digests_path(package).read_text())
@@ -531,3 +541,105 @@ def test_a_stream_is_read_in_large_blocks_then_the_transport_is_put_back() -> No
     _large_reads(SimpleNamespace(transport=other))()  # type: ignore[arg-type]
     assert not hasattr(other, "max_size")
     _large_reads(SimpleNamespace(transport=None))()  # type: ignore[arg-type]  # closed
+
+
+def test_a_stream_opens_its_upload_when_the_agent_speaks_3(agent: Any, package: Path) -> None:
+    """No round trip before the bytes go: the stream carries what the upload is opened with."""
+    data = package.read_bytes()
+    transport = Recorder()
+    with agent.client(transport=transport) as client:
+        client.info()  # as outpost deploy does: the protocol is known (3)
+        result = client.upload_package(package, resumable=True, piece_size=PIECE)
+        assert result["version"] == "1" and serving_version(client) == "1"
+    stream, commit = [s for s in transport.seen if s["method"] != "GET"]
+    assert (stream["method"], stream["opens"], stream["status"]) == ("PUT", str(len(data)), 200)
+    assert (stream["offset"], stream["proof_from"]) == ("0", "0") and commit["status"] == 201
+
+
+def test_a_stream_that_could_not_open_its_upload_opens_it_again(agent: Any, package: Path) -> None:
+    transport = Recorder(unreachable_puts=1)
+    with agent.client(transport=transport) as client:
+        client.info()
+        result = client.upload_package(package, resumable=True, piece_size=PIECE, backoff_s=0.01)
+        assert result["version"] == "1"
+    puts = [s for s in transport.seen if s["method"] == "PUT"]
+    assert [p["status"] for p in puts] == ["unreachable", 200] and all(p["opens"] for p in puts)
+
+
+def test_a_stream_that_broke_after_opening_its_upload_resumes_it(agent: Any, package: Path) -> None:
+    transport = Recorder(cut=(1, 3 * PIECE + 40))
+    with agent.client(transport=transport) as client:
+        client.info()
+        result = client.upload_package(package, resumable=True, piece_size=PIECE, backoff_s=0.01)
+        assert result["version"] == "1" and serving_version(client) == "1"
+    first, *rest = [s for s in transport.seen if s["method"] == "PUT"]
+    assert first["opens"] and rest and not any(s["opens"] for s in rest)
+    # it resumes the upload the first stream opened, after the pieces received by then
+    assert rest[-1]["status"] == 200
+    assert all(int(s["offset"]) % PIECE == 0 and int(s["offset"]) <= 3 * PIECE for s in rest)
+
+
+def test_a_large_package_opens_its_upload_first(
+    agent: Any, package: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past OPEN_IN_STREAM_BYTES the upload is opened first: it may resume one a restarted
+    desktop left behind."""
+    from device_agent import client as client_module
+
+    monkeypatch.setattr(client_module, "OPEN_IN_STREAM_BYTES", 100)
+    transport = Recorder()
+    with agent.client(transport=transport) as client:
+        client.info()
+        client.upload_package(package, resumable=True, piece_size=PIECE)
+    create, stream, _ = [s for s in transport.seen if s["method"] != "GET"]
+    assert "head_sha256" in create["body"] and stream["opens"] is None
+
+
+def test_what_a_stream_opens_its_upload_with_is_signed(agent: Any, package: Path) -> None:
+    from device_agent.auth import chain_open_digest
+
+    data = package.read_bytes()
+    head = hashlib.sha256(data[:PIECE]).hexdigest()
+    upload_id = "ab" * 16
+
+    def put(size: int, signed_size: int) -> httpx.Response:
+        return httpx.put(
+            f"{agent.url}/v1/uploads/{upload_id}",
+            auth=agent.auth(),
+            content=b"",
+            headers={
+                "Content-Type": CHAIN_CONTENT_TYPE,
+                "Upload-Offset": "0",
+                "Upload-Proof-From": "0",
+                "Upload-Length": str(size),
+                "Upload-Piece-Size": str(PIECE),
+                "Upload-Head-SHA256": head,
+                "Upload-Name": "shapes%201.zip",
+                "X-Outpost-Nonce": new_nonce(),
+                "X-Outpost-Content-SHA256": chain_open_digest(
+                    upload_id, signed_size, PIECE, head, "shapes 1.zip"
+                ),
+            },
+        )
+
+    forged = put(len(data) + 1, len(data))  # another size than the one signed
+    assert forged.status_code == 401 and "signed sha256" in forged.json()["error"]
+    assert not (Path(agent.service.data_dir) / "uploads" / upload_id).exists()
+    opened = put(len(data), len(data))  # opened, then the stream ended without its bytes
+    assert opened.status_code == 400
+    with agent.client() as client:
+        status = client.upload_status(upload_id)
+    assert (status["size"], status["offset"]) == (len(data), 0)
+    assert put(len(data), len(data)).status_code == 409  # the id is taken now
+
+
+def test_a_new_upload_id_must_be_free_and_well_formed(tmp_path: Path) -> None:
+    manager = UploadManager(tmp_path / "uploads")
+    head = "c" * 64
+    manager.open_new("d" * 32, 10, "p.zip", PIECE, head)
+    with pytest.raises(UploadError) as taken:
+        manager.open_new("d" * 32, 10, "p.zip", PIECE, head)
+    assert taken.value.status == 409
+    with pytest.raises(UploadError) as bad:
+        manager.open_new("../x", 10, "p.zip", PIECE, head)
+    assert bad.value.status == 400
