@@ -17,6 +17,7 @@ import asyncio
 import collections
 import contextlib
 import contextvars
+import ctypes
 import email.parser
 import email.policy
 import functools
@@ -25,6 +26,7 @@ import hmac
 import json
 import logging
 import os
+import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -746,6 +748,7 @@ async def _put_upload_stream(request: web.Request, offset: int) -> web.Response:
                 await asyncio.shield(pending)
         done = loop.run_in_executor(None, writer.close)
         await asyncio.shield(done)
+        _release_memory(loop)
         if profiling():
             profile_line(
                 "agent-stream",
@@ -760,6 +763,26 @@ async def _put_upload_stream(request: web.Request, offset: int) -> web.Response:
 
 CHAIN_BACKLOG = 4  # whole pieces a chained stream may read ahead of the worker that writes them
 STREAM_READ = 1 << 20  # a streamed upload is read from the socket in blocks of up to this size
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's ``malloc_trim`` (None elsewhere: another C library or OS)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+def _release_memory(loop: asyncio.AbstractEventLoop) -> None:
+    """Hand the heap memory a streamed upload freed back to the system, in a worker thread,
+    after the answer: the 1 MiB reads come from glibc's heap, which keeps what is freed (an
+    idle agent held 25 MiB more after a 50 MiB push: 298-303 against 274-276 MiB with it)."""
+    trim = _malloc_trim()
+    if trim is not None:
+        loop.run_in_executor(None, trim, 0)
 
 
 def _large_reads(request: web.Request) -> Callable[[], None]:
@@ -908,6 +931,7 @@ async def _put_upload_chain(request: web.Request, offset: int) -> web.Response:
                 await asyncio.shield(piece)
         done = loop.run_in_executor(None, writer.close)
         await asyncio.shield(done)
+        _release_memory(loop)
         if profiling():
             profile_line(
                 "agent-chain",

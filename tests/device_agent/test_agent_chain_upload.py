@@ -6,6 +6,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -643,3 +645,20 @@ def test_a_new_upload_id_must_be_free_and_well_formed(tmp_path: Path) -> None:
     with pytest.raises(UploadError) as bad:
         manager.open_new("../x", 10, "p.zip", PIECE, head)
     assert bad.value.status == 400
+
+
+def test_a_stream_hands_the_memory_it_freed_back(
+    agent: Any, package: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from device_agent import http_api
+
+    glibc = sys.platform.startswith("linux") and bool(os.confstr("CS_GNU_LIBC_VERSION"))
+    assert (http_api._malloc_trim() is not None) == glibc
+    trimmed: list[int] = []
+    monkeypatch.setattr(http_api, "_malloc_trim", lambda: trimmed.append)
+    with agent.client() as client:
+        client.upload_package(package, resumable=True, piece_size=PIECE)
+    deadline = time.monotonic() + 10
+    while not trimmed and time.monotonic() < deadline:  # in a worker thread, after the answer
+        time.sleep(0.01)
+    assert trimmed == [0]
