@@ -9,6 +9,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -530,8 +531,6 @@ def test_the_default_transport_sends_the_stream_with_sendfile(
 
 
 def test_a_stream_is_read_in_large_blocks_then_the_transport_is_put_back() -> None:
-    from types import SimpleNamespace
-
     from device_agent.http_api import STREAM_READ, _large_reads
 
     selector = SimpleNamespace(max_size=256 * 1024)  # asyncio's selector transport
@@ -656,9 +655,38 @@ def test_a_stream_hands_the_memory_it_freed_back(
     assert (http_api._malloc_trim() is not None) == glibc
     trimmed: list[int] = []
     monkeypatch.setattr(http_api, "_malloc_trim", lambda: trimmed.append)
+    monkeypatch.setattr(http_api, "RELEASE_DELAY_S", 0.05)
     with agent.client() as client:
         client.upload_package(package, resumable=True, piece_size=PIECE)
     deadline = time.monotonic() + 10
-    while not trimmed and time.monotonic() < deadline:  # in a worker thread, after the answer
+    while not trimmed and time.monotonic() < deadline:  # in a worker thread, later
         time.sleep(0.01)
+    assert trimmed == [0]
+
+
+def test_streams_in_a_row_put_the_trim_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Trimming after each stream would make the next one fault the pages in again."""
+    from device_agent import http_api
+
+    class Loop:
+        def __init__(self) -> None:
+            self.timers: list[Any] = []
+
+        def call_later(self, delay: float, fn: Any) -> Any:
+            timer = SimpleNamespace(cancelled=False, fn=fn, delay=delay)
+            timer.cancel = lambda: setattr(timer, "cancelled", True)
+            self.timers.append(timer)
+            return timer
+
+        def run_in_executor(self, pool: Any, fn: Any, *args: Any) -> None:
+            fn(*args)
+
+    trimmed: list[int] = []
+    monkeypatch.setattr(http_api, "_malloc_trim", lambda: trimmed.append)
+    release, loop = http_api._MemoryRelease(), Loop()
+    for _ in range(3):
+        release.after_stream(loop)  # type: ignore[arg-type]
+    assert [t.cancelled for t in loop.timers] == [True, True, False]
+    assert {t.delay for t in loop.timers} == {http_api.RELEASE_DELAY_S}
+    loop.timers[-1].fn()
     assert trimmed == [0]
