@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from device_agent.errors import IdentityError, one_line
+from device_agent.errors import IdentityError, ascii_digits, one_line
 from runtimes.fileio import atomic_write_bytes
 
 # Request headers (desktop → agent) and response headers (agent → desktop).
@@ -258,7 +258,7 @@ def parse_signed_headers(headers: Mapping[str, str]) -> SignedHeaders | None:
         )
     if not valid_sha256(key) or not valid_nonce(nonce) or not valid_sha256(body):
         raise AuthError("malformed signature headers")
-    if not timestamp.isdigit():
+    if not ascii_digits(timestamp):
         raise AuthError(f"{TIMESTAMP_HEADER} must be unix seconds")
     return SignedHeaders(key, timestamp, nonce, body, unb64(signature, SIGNATURE_HEADER, 64))
 

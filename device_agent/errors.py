@@ -5,6 +5,12 @@ from __future__ import annotations
 from runtimes.errors import OutpostError
 
 
+def ascii_digits(text: str) -> bool:
+    """Whether ``text`` is a whole number in ASCII digits (``str.isdigit`` also takes "²" and
+    other digits ``int`` refuses; headers arrive as Latin-1, which has some)."""
+    return text.isascii() and text.isdigit()
+
+
 def one_line(text: object, limit: int = 300) -> str:
     """Collapse a (possibly multi-line, third-party) message to one bounded line."""
     line = " ".join(str(text).split())

@@ -62,6 +62,7 @@ from device_agent.errors import (
     ModelNotFoundError,
     NoModelError,
     RollbackError,
+    ascii_digits,
     one_line,
 )
 from device_agent.openapi import openapi_spec
@@ -420,7 +421,7 @@ async def get_info(request: web.Request) -> web.Response:
 async def get_stats(request: web.Request) -> web.Response:
     service = request.app[SERVICE_KEY]
     raw = request.query.get("minutes", "60")
-    if not raw.isdigit() or not 1 <= int(raw) <= SERIES_MINUTES:
+    if not ascii_digits(raw) or not 1 <= int(raw) <= SERIES_MINUTES:
         raise ApiError(
             400, f"minutes must be a whole number from 1 to {SERIES_MINUTES}, got {raw!r}"
         )
@@ -643,7 +644,7 @@ async def put_upload_chunk(request: web.Request) -> web.Response:
     ``application/x-outpost-chain`` is a chained stream (:func:`_put_upload_chain`).
     """
     raw = request.headers.get(UPLOAD_OFFSET_HEADER, "")
-    if not raw.isdigit():
+    if not ascii_digits(raw):
         raise ApiError(
             400, f"send the chunk's position in bytes in the {UPLOAD_OFFSET_HEADER} header"
         )
@@ -829,7 +830,7 @@ def _open_fields(request: web.Request, offset: int, proof_from: int) -> tuple[in
     headers = request.headers
     size, piece = headers.get(OPEN_LENGTH_HEADER, ""), headers.get(OPEN_PIECE_HEADER, "")
     head = headers.get(OPEN_HEAD_HEADER, "")
-    if not (size.isdigit() and piece.isdigit() and head) or (offset, proof_from) != (0, 0):
+    if not (ascii_digits(size) and ascii_digits(piece) and head) or (offset, proof_from) != (0, 0):
         raise ApiError(
             400,
             f"a stream that opens its upload starts at byte 0 and says {OPEN_LENGTH_HEADER}, "
@@ -855,7 +856,7 @@ async def _put_upload_chain(request: web.Request, offset: int) -> web.Response:
     uploads = request.app[UPLOADS_KEY]
     upload_id = request.match_info["id"]
     raw = request.headers.get(UPLOAD_PROOF_FROM_HEADER, "")
-    if not raw.isdigit():
+    if not ascii_digits(raw):
         raise ApiError(
             400, f"a chained stream says where its proof starts in {UPLOAD_PROOF_FROM_HEADER}"
         )

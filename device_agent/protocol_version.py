@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from device_agent.errors import AgentRejectedError
+from device_agent.errors import AgentRejectedError, ascii_digits
 
 DISTRIBUTION = "outpost"
 PROTOCOL = 3  # what this build speaks (2: chained upload streams; 3: a stream may open its upload)
@@ -91,7 +91,7 @@ def _as_int(value: object) -> int | None:
         return None
     if isinstance(value, int):
         return value
-    if isinstance(value, str) and value.strip().isdigit():
+    if isinstance(value, str) and ascii_digits(value.strip()):
         return int(value.strip())
     return None
 

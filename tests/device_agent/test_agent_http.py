@@ -272,3 +272,26 @@ def test_concurrent_inference_requests_all_answer(agent: Any, package: Path) -> 
     assert results == [list(EXPECTED)] * 16
     with agent.client() as client:
         assert client.stats()["models"]["shapes"]["requests"] == 16
+
+
+def test_digits_that_are_not_a_number_are_refused_not_an_internal_error(agent: Any) -> None:
+    """``str.isdigit`` takes "²" (Latin-1, so a header may carry it), which ``int`` refuses."""
+    auth = agent.auth()
+    odd = "\u00b2"
+    offset = httpx.put(
+        f"{agent.url}/v1/uploads/{'a' * 32}",
+        auth=auth,
+        content=b"x",
+        headers={
+            "Upload-Offset": odd.encode("latin-1"),
+            "Content-Type": "application/octet-stream",
+        },
+    )
+    assert offset.status_code == 400 and "Upload-Offset" in _error(offset)
+    minutes = httpx.get(f"{agent.url}/v1/stats", params={"minutes": odd}, auth=auth)
+    assert minutes.status_code == 400 and "minutes" in _error(minutes)
+    protocol = httpx.get(
+        f"{agent.url}/v1/info",
+        headers={"Outpost-Protocol": odd.encode("latin-1"), "Outpost-Protocol-Min": b"1"},
+    )
+    assert protocol.status_code == 200
