@@ -236,6 +236,21 @@ def start_agent(
     return proc, ready
 
 
+def timed_push(client: Any, package: Path, chunk: int | None) -> tuple[Any, float, float]:
+    """Push ``package``: the install result, the transfer's seconds (to the agent's answer to
+    the last byte, before the commit) and the whole push's."""
+    sent: list[float] = []
+
+    def progress(done: int, total: int) -> None:
+        if done >= total:  # the last call follows the agent's answer to the last byte
+            sent.append(time.perf_counter())
+
+    t0 = time.perf_counter()
+    installed = client.upload_package(package, progress, chunk_size=chunk, resumable=True)
+    push = time.perf_counter() - t0
+    return installed, (sent[-1] - t0 if sent else push), push
+
+
 def desktop_side(args: argparse.Namespace) -> None:
     """Runs inside the desktop namespace: discovery, pairing, push, GET, inference."""
     import numpy as np
@@ -269,36 +284,17 @@ def desktop_side(args: argparse.Namespace) -> None:
         pushes: list[float] = []
         gets: list[float] = []
         for _ in range(REPEATS):  # a push, then a GET, in turn: both see the same moments
-            sent: list[float] = []
-
-            def progress(done: int, total: int, sent: list[float] = sent) -> None:
-                # The last call follows the agent's answer to the last byte (before the commit).
-                if done >= total:
-                    sent.append(time.perf_counter())
-
-            t0 = time.perf_counter()
-            installed = client.upload_package(package, progress, chunk_size=chunk, resumable=True)
-            pushes.append(time.perf_counter() - t0)
-            transfers.append((sent[-1] if sent else time.perf_counter()) - t0)
+            installed, transfer, push = timed_push(client, package, chunk)
+            pushes.append(push)
+            transfers.append(transfer)
             gets.append(curl_get(url_get, str(fetched)))
             if fetched.stat().st_size != size:
                 raise SystemExit(
                     f"lan_deploy: curl fetched {fetched.stat().st_size} of {size} bytes"
                 )
             fetched.unlink()
-        plain: list[float] = []  # the same package without its digests file: hashed on the way
-        for _ in range(REPEATS):
-            sent = []
-
-            def progress_plain(done: int, total: int, sent: list[float] = sent) -> None:
-                if done >= total:
-                    sent.append(time.perf_counter())
-
-            t0 = time.perf_counter()
-            client.upload_package(
-                Path(spec["package_plain"]), progress_plain, chunk_size=chunk, resumable=True
-            )
-            plain.append((sent[-1] if sent else time.perf_counter()) - t0)
+        # the same package without its digests file: hashed on the way
+        plain = [timed_push(client, Path(spec["package_plain"]), chunk)[1] for _ in range(REPEATS)]
         out["transfer_plain_s"] = statistics.median(plain)
         out["transfer_s"] = statistics.median(transfers)
         out["push_s"] = statistics.median(pushes)

@@ -56,7 +56,7 @@ from device_agent.auth import (
     verify,
 )
 from device_agent.errors import AgentRejectedError, AgentUnreachableError, one_line
-from device_agent.file_body import FILE_BODY, FileBody, FileBodyTransport
+from device_agent.file_body import FILE_BODY, FileBody, FileBodyTransport, shorter_while_sent
 from device_agent.protocol_version import (
     UPGRADE_STATUS,
     IncompatibleProtocolError,
@@ -74,7 +74,7 @@ from device_agent.uploads import (
 )
 from runtimes.errors import PackageError
 from runtimes.fileio import sha256_file
-from runtimes.package_digests import piece_size_for, read_digests
+from runtimes.package_digests import hash_piece_ends, piece_size_for, read_digests
 
 __all__ = [
     "AgentClient",
@@ -802,10 +802,7 @@ class AgentClient:
                 t1 = time.perf_counter()
                 timings["read_s"] += t1 - t0
                 if not block:
-                    raise PackageError(
-                        f"the package got shorter while it was sent (at byte {sent} of {size}); "
-                        "deploy it again"
-                    )
+                    raise shorter_while_sent(sent, size)
                 sent += len(block)
                 yield block
                 timings["send_s"] += time.perf_counter() - t1
@@ -1073,24 +1070,15 @@ def _hash_range(
 ) -> None:
     """Hash the file's bytes ``[offset, size)`` on from the running sha256 at ``offset`` (in
     ``marks``), adding the running sha256 at each piece end, until ``stop`` is set; reads
-    through a handle of its own into one reused buffer (the sender keeps ``fh``)."""
+    through a handle of its own (the sender keeps ``fh``)."""
     running = marks[offset].copy()
-    buffer = memoryview(bytearray(STREAM_BLOCK))
+    at = offset
     with open(fh.name, "rb", buffering=0) as own:
         own.seek(offset)
-        at = offset
-        while at < size and not stop.is_set():
-            piece_end = min(size, (at // piece_size + 1) * piece_size)
-            got = own.readinto(buffer[: min(STREAM_BLOCK, piece_end - at)])
-            if not got:
-                raise PackageError(
-                    f"the package got shorter while it was sent (at byte {at} of {size}); "
-                    "deploy it again"
-                )
-            running.update(buffer[:got])
-            at += got
-            if at == piece_end:
-                marks[at] = running.copy()
+        for at in hash_piece_ends(own, running, offset, size, piece_size, stop):
+            marks[at] = running.copy()
+    if at < size and not stop.is_set():
+        raise shorter_while_sent(at, size)
 
 
 def _hash_prefix(fh: BinaryIO, end: int, piece_size: int, marks: dict[int, Any]) -> None:
@@ -1099,17 +1087,13 @@ def _hash_prefix(fh: BinaryIO, end: int, piece_size: int, marks: dict[int, Any])
     digest = hashlib.sha256()
     fh.seek(0)
     at = 0
-    while at < end:
-        block = fh.read(min(STREAM_BLOCK, end - at, piece_size - at % piece_size))
-        if not block:
-            raise PackageError(
-                f"the package is shorter than the {end} bytes the agent holds; deploy it again"
-            )
-        digest.update(block)
-        at += len(block)
-        if at % piece_size == 0:
-            marks[at] = digest.copy()
-    marks[end] = digest.copy()
+    for at in hash_piece_ends(fh, digest, 0, end, piece_size):
+        marks[at] = digest.copy()
+    if at < end:
+        raise PackageError(
+            f"the package is shorter than the {end} bytes the agent holds; deploy it again"
+        )
+    marks[end] = digest.copy()  # byte 0 too
 
 
 def hash_pieces(path: Path, piece_size: int) -> tuple[str, list[str]]:

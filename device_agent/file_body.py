@@ -18,7 +18,7 @@ import http.client
 import os
 import socket
 from collections.abc import Callable, Iterator
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 import httpx
 
@@ -27,6 +27,12 @@ from runtimes.errors import PackageError
 FILE_BODY = "outpost_file_body"  # the request extension that carries a FileBody
 SEND_SLICE = 4 << 20  # bytes per sendfile call (progress is reported between them)
 READ_BLOCK = 1 << 20  # bytes per block where the range is read instead
+
+
+def shorter_while_sent(at: int, size: int) -> PackageError:
+    return PackageError(
+        f"the package got shorter while it was sent (at byte {at} of {size}); deploy it again"
+    )
 
 
 class FileBody:
@@ -51,12 +57,6 @@ class FileBody:
         self.on_progress = on_progress
         self.timings: dict[str, float] = {}  # filled by the caller (the proof's wait)
 
-    def _shorter(self, at: int) -> PackageError:
-        return PackageError(
-            f"the package got shorter while it was sent (at byte {at} of {self.size}); "
-            "deploy it again"
-        )
-
     def __iter__(self) -> Iterator[bytes]:
         """The body as blocks (for a transport that takes an iterator)."""
         sent = self.offset
@@ -64,7 +64,7 @@ class FileBody:
         while sent < self.size:
             block = self.fh.read(min(READ_BLOCK, self.size - sent))
             if not block:
-                raise self._shorter(sent)
+                raise shorter_while_sent(sent, self.size)
             sent += len(block)
             yield block
             if self.on_progress is not None:
@@ -78,7 +78,7 @@ class FileBody:
             count = min(SEND_SLICE, self.size - sent)
             done = sock.sendfile(self.fh, sent, count)
             if done <= 0:
-                raise self._shorter(sent)
+                raise shorter_while_sent(sent, self.size)
             sent += done
             if self.on_progress is not None:
                 self.on_progress(sent, self.size)
@@ -159,7 +159,3 @@ def _can_sendfile(body: FileBody) -> bool:
     except (OSError, ValueError, AttributeError):
         return False
     return hasattr(os, "sendfile")
-
-
-def file_body_extension(body: FileBody) -> dict[str, Any]:
-    return {FILE_BODY: body}

@@ -13,9 +13,13 @@ that does not match, and the desktop then hashes the package itself.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
+import threading
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, BinaryIO, cast
 
 from runtimes.fileio import CHUNK, atomic_write_text
 
@@ -42,22 +46,41 @@ def digests_path(package: Path) -> Path:
     return package.with_name(package.name + SUFFIX)
 
 
+def hash_piece_ends(
+    fh: BinaryIO,
+    running: Any,
+    start: int,
+    end: int,
+    piece_size: int,
+    stop: threading.Event | None = None,
+) -> Iterator[int]:
+    """Extend the sha256 ``running`` with ``fh``'s bytes from ``start`` (where ``fh`` stands)
+    to ``end``, read into one reused buffer; yields each piece end and ``end`` once hashed up
+    to it. Stops early at the file's end or when ``stop`` is set: the caller compares the last
+    offset it saw with ``end``."""
+    buffer = memoryview(bytearray(CHUNK))
+    at = start
+    while at < end and not (stop is not None and stop.is_set()):
+        piece_end = min(end, (at // piece_size + 1) * piece_size)
+        got = cast(io.BufferedIOBase, fh).readinto(buffer[: min(CHUNK, piece_end - at)])
+        if not got:
+            return
+        running.update(buffer[:got])
+        at += got
+        if at == piece_end:
+            yield at
+
+
 def prefix_digests(package: Path, piece_size: int) -> dict[int, bytes]:
     """Read ``package`` once: the sha256 of its bytes ``[0, end)`` at each piece end."""
     running = hashlib.sha256()
-    out: dict[int, bytes] = {}
-    buffer = memoryview(bytearray(CHUNK))
-    at = 0
     with open(package, "rb", buffering=0) as fh:
-        while True:
-            got = fh.readinto(buffer[: min(CHUNK, piece_size - at % piece_size)])
-            if not got:
-                break
-            running.update(buffer[:got])
-            at += got
-            if at % piece_size == 0:
-                out[at] = running.digest()
-    out[at] = running.digest()
+        size = os.fstat(fh.fileno()).st_size
+        out = {0: running.digest()} if size == 0 else {}
+        for end in hash_piece_ends(fh, running, 0, size, piece_size):
+            out[end] = running.digest()
+    if size not in out:
+        raise OSError(f"{package} changed while it was hashed")
     return out
 
 
