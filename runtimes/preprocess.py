@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 
 from runtimes.errors import ImageDecodeError
+from runtimes.image_header import image_header_size
 
 MAX_IMAGE_PIXELS = 100_000_000
 PIL_PRECISION_BITS = 32 - 8 - 2  # Pillow's fixed-point precision for 8-bit resampling
@@ -31,19 +32,37 @@ class LetterboxInfo:
     pad_xy: tuple[int, int]
 
 
-def decode_image(data: bytes) -> np.ndarray:
-    """Decode encoded image bytes to a BGR uint8 array, or raise ImageDecodeError."""
+def decode_image(data: bytes, *, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+    """Decode encoded image bytes to a BGR uint8 array, or raise ImageDecodeError.
+
+    The size is read from the header first (:func:`runtimes.image_header.image_header_size`):
+    an image over ``max_pixels``, or bytes that are not a PNG, JPEG, GIF, BMP, WebP or TIFF
+    with a readable header, are refused before the decoder allocates anything. (A JPEG of a
+    few hundred bytes whose header claims 30000 x 30000 pixels would otherwise cost gigabytes
+    of memory and seconds of CPU to decode, then be refused.)
+    """
     if not data:
         raise ImageDecodeError("the image is empty; send a JPEG or PNG file")
-    buf = np.frombuffer(data, np.uint8)
-    img = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+    size = image_header_size(data)
+    if size is None:
+        raise ImageDecodeError(
+            "the image could not be decoded (not a JPEG, PNG, GIF, BMP, WebP or TIFF file, or "
+            "its header is cut short); send a valid JPEG or PNG file"
+        )
+    _check_pixels(*size, max_pixels)
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if img is None:
         raise ImageDecodeError("the image could not be decoded; send a valid JPEG or PNG file")
-    if img.shape[0] * img.shape[1] > MAX_IMAGE_PIXELS:
-        raise ImageDecodeError(
-            f"the image is larger than {MAX_IMAGE_PIXELS} pixels; resize it first"
-        )
+    _check_pixels(img.shape[1], img.shape[0], max_pixels)
     return img
+
+
+def _check_pixels(width: int, height: int, max_pixels: int) -> None:
+    if width * height > max_pixels:
+        raise ImageDecodeError(
+            f"the image is {width}x{height} pixels, over the {max_pixels / 1e6:g}-megapixel "
+            "limit; resize it first"
+        )
 
 
 def read_image(path: Path) -> np.ndarray:

@@ -167,3 +167,12 @@ def make_image_bytes(width: int = 64, height: int = 64, ext: str = ".png") -> by
     if not ok:
         raise RuntimeError(f"cv2 could not encode {ext}")
     return buf.tobytes()
+
+
+def header_bomb(width: int = 30000, height: int = 30000) -> bytes:
+    """A 16x16 JPEG whose frame header claims ``width`` x ``height`` pixels (a few hundred
+    bytes: a decoder would allocate width * height * 3 bytes before it found the data short)."""
+    data = bytearray(cv2.imencode(".jpg", np.zeros((16, 16, 3), np.uint8))[1].tobytes())
+    sof = data.find(b"\xff\xc0")
+    data[sof + 5 : sof + 9] = height.to_bytes(2, "big") + width.to_bytes(2, "big")
+    return bytes(data)

@@ -25,6 +25,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from desktop_app.core.dataset_draft import get_draft
+from desktop_app.core.dataset_records import max_image_pixels
 from desktop_app.core.errors import InvalidArgumentError, NotFoundError
 from desktop_app.core.models import Dataset, DatasetItem, DatasetVersion
 from runtimes.errors import ImageDecodeError
@@ -386,11 +387,12 @@ def _check_stored_sizes(
     by_sha: dict[str, list[QARecord]] = defaultdict(list)
     for rec in records:
         by_sha[rec.sha256].append(rec)
+    limit = max_image_pixels()  # the limit the import applied
 
     def measure(sha: str) -> tuple[int, int] | str:
         path = ws.blobs.path(sha)
         try:
-            img = decode_image(path.read_bytes())
+            img = decode_image(path.read_bytes(), max_pixels=limit)
         except FileNotFoundError:
             return "the stored image is missing; run `outpost dataset validate`"
         except OSError as exc:

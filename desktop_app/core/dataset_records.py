@@ -41,11 +41,12 @@ import numpy as np
 
 from desktop_app.core import image_prefetch
 from desktop_app.core.errors import DatasetFormatError, InvalidArgumentError
-from desktop_app.core.image_check import ImageStructureError, check_structure, image_header_size
+from desktop_app.core.image_check import ImageStructureError, check_structure
 from desktop_app.core.image_prefetch import ImagePrefetch
 from desktop_app.core.pacing import Pace, paced_map
 from runtimes.errors import ImageDecodeError
 from runtimes.fileio import read_open_file, sha256_bytes
+from runtimes.image_header import image_header_size
 from runtimes.preprocess import decode_image
 
 TASKS = ("detect", "segment", "pose", "classify")
@@ -773,7 +774,7 @@ def _inspect_image(
     else:  # not a PNG or JPEG this check vouches for: decode it, when its header allows
         _check_pixels(p, data, limit)
         try:
-            img = decode_image(data)
+            img = decode_image(data, max_pixels=limit)
         except ImageDecodeError as exc:
             raise DatasetFormatError(
                 f"{p} is not a readable image ({exc}); remove or replace it"

@@ -31,7 +31,7 @@ from sqlalchemy import select
 
 from desktop_app.core.blobs import require_blob
 from desktop_app.core.dataset_prelabel import Proposal, check_statuses, store_proposals
-from desktop_app.core.dataset_records import IMAGE_SUFFIXES
+from desktop_app.core.dataset_records import IMAGE_SUFFIXES, max_image_pixels
 from desktop_app.core.errors import InvalidArgumentError, NotFoundError
 from desktop_app.core.evaluation import check_split, resolve_export
 from desktop_app.core.models import DatasetItem, PredictionSet
@@ -215,7 +215,7 @@ def _predict_one(
 
     try:
         data = read()
-        img = decode_image(data)
+        img = decode_image(data, max_pixels=max_image_pixels())
     except OSError as exc:
         return {"file": name, "error": f"cannot read it: {exc.strerror or exc}"}
     except ImageDecodeError as exc:

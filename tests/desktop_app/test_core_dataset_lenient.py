@@ -28,10 +28,10 @@ from desktop_app.core.dataset_records import (
 )
 from desktop_app.core.dataset_split import content_hash
 from desktop_app.core.errors import DatasetFormatError, InvalidArgumentError
-from desktop_app.core.image_check import image_header_size
 from desktop_app.core.models import Blob, Dataset, DatasetItem, DatasetVersion
 from desktop_app.core.workspace import Workspace
 from runtimes.fileio import sha256_bytes
+from runtimes.image_header import image_header_size
 
 W, H = 64, 48
 NAMES = ["cat", "dog"]

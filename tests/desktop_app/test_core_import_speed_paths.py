@@ -274,9 +274,7 @@ def test_sources_checked_at_once_only_when_each_would_pass(tmp_path: Path) -> No
         _png(root / "images" / f"{i}.png", i)
     _png(outside / "x.png", 9)
     (root / "linked").symlink_to(outside, target_is_directory=True)
-    sources = [
-        SourceImage(f"{i}.png", root / "images" / f"{i}.png", None, ()) for i in range(3)
-    ]
+    sources = [SourceImage(f"{i}.png", root / "images" / f"{i}.png", None, ()) for i in range(3)]
     opened = {os.fspath(s.path) for s in sources}
 
     def ok(srcs: list[SourceImage], seen: set[str] = opened) -> bool:

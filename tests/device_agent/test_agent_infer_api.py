@@ -21,7 +21,7 @@ from device_agent.cli import main as agent_cli
 from device_agent.client import AgentRejectedError
 from device_agent.http_api import ApiError
 from device_agent.inference import BEARER_ROUTES, InferenceLimiter
-from tests.fakes import EXPECTED, make_image_bytes
+from tests.fakes import EXPECTED, header_bomb, make_image_bytes
 
 TIMING_KEYS = {"decode", "preprocess", "inference", "postprocess", "total"}
 INFER = "/v1/models/shapes/infer"
@@ -146,13 +146,18 @@ def test_infer_bad_image_unknown_model_and_error_counts(served: Any) -> None:
                 content=json.dumps({"image_base64": garbage}).encode(),
                 headers={"Content-Type": "application/json"},
             )
+        # 631 bytes whose header claims 30000 x 30000: refused before the decoder allocates
+        # 2.7 GB for it (tests/runtimes: the decoder is never called)
+        with pytest.raises(AgentRejectedError) as bomb:
+            client.infer_model("shapes", header_bomb())
+        assert bomb.value.status == 400 and "over the 100-megapixel limit" in bomb.value.message
         with pytest.raises(AgentRejectedError) as missing:
             client.infer_model("nope", make_image_bytes())
         assert missing.value.status == 404 and "not installed" in missing.value.message
         client.infer_model("shapes", make_image_bytes())
         shapes = client.stats()["models"]["shapes"]
-    assert (shapes["requests"], shapes["errors"]) == (3, 2)
-    assert (shapes["versions"]["1"]["requests"], shapes["versions"]["1"]["errors"]) == (3, 2)
+    assert (shapes["requests"], shapes["errors"]) == (4, 3)
+    assert (shapes["versions"]["1"]["requests"], shapes["versions"]["1"]["errors"]) == (4, 3)
 
 
 # --- POST /v1/models/{name}/bench ------------------------------------------------------------

@@ -8,6 +8,7 @@ import pytest
 from runtimes.detections import Detections
 from runtimes.postprocess import decode_yolo_detect, nms, scale_boxes, xywh2xyxy
 from runtimes.preprocess import decode_image, letterbox, to_tensor
+from tests.fakes import header_bomb
 
 torch = pytest.importorskip("torch")
 torchvision = pytest.importorskip("torchvision")
@@ -162,3 +163,28 @@ def test_decode_image_errors() -> None:
         decode_image(b"")
     with pytest.raises(ImageDecodeError, match="could not be decoded"):
         decode_image(b"\xff\xd8\xff garbage")
+
+
+def test_decode_image_refuses_a_bomb_and_unknown_bytes_before_decoding(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import cv2
+
+    from runtimes import preprocess
+    from runtimes.errors import ImageDecodeError
+
+    small = cv2.imencode(".png", np.full((20, 30, 3), 7, np.uint8))[1].tobytes()
+    ppm = b"P6\n30000 30000\n255\n" + bytes(64)  # a header OpenCV reads: not one we vouch for
+
+    def no_decode(*_: object) -> None:
+        raise AssertionError("the decoder ran")
+
+    monkeypatch.setattr(preprocess.cv2, "imdecode", no_decode)
+    with pytest.raises(ImageDecodeError, match="30000x30000 pixels, over the 100-megapixel"):
+        decode_image(header_bomb())
+    with pytest.raises(ImageDecodeError, match="not a JPEG, PNG, GIF, BMP, WebP or TIFF"):
+        decode_image(ppm)
+    with pytest.raises(ImageDecodeError, match="20x30 pixels|30x20 pixels"):
+        decode_image(small, max_pixels=599)
+    monkeypatch.undo()
+    assert decode_image(small, max_pixels=600).shape == (20, 30, 3)
