@@ -98,6 +98,9 @@ log = logging.getLogger(__name__)
 
 MAX_PACKAGE_BYTES = 2 << 30  # 2 GiB, streamed to disk
 MAX_IMAGE_BYTES = 64 << 20  # 64 MiB, read into memory (also the multipart limit)
+# A pairing request is a few hundred bytes, and anyone on the network may send one: its body
+# is read under this limit, not the image limit (64 MiB a connection, before any check).
+MAX_PAIR_BYTES = 16 << 10
 SERVICE_KEY: web.AppKey[AgentService] = web.AppKey("outpost_agent_service")
 # Set by the auth middleware for the request being handled (aiohttp runs each in its own task).
 PEER: contextvars.ContextVar[str | None] = contextvars.ContextVar("outpost_peer", default=None)
@@ -440,7 +443,7 @@ async def post_pair(request: web.Request) -> web.Response:
     signed = SIGNED.get()
     if signed is None:
         raise ApiError(400, "a pairing request must be signed by the desktop's key")
-    body = await request.read()
+    body = await _pairing_body(request)
     try:
         data = json.loads(body)
         public_raw = unb64(data["desktop_key"], "desktop_key", 32)
@@ -476,6 +479,22 @@ async def post_pair(request: web.Request) -> web.Response:
     return web.json_response(
         {**_discovery_info(service), "paired": True, "desktop_fingerprint": desktop.fingerprint}
     )
+
+
+async def _pairing_body(request: web.Request) -> bytes:
+    """The body of a pairing request, read under :data:`MAX_PAIR_BYTES` unless a paired desktop
+    sent it (the auth middleware read and checked it then)."""
+    if PEER.get() is not None:
+        return await request.read()
+    too_large = ApiError(
+        413, f"a pairing request is at most {MAX_PAIR_BYTES} bytes; send only the pairing fields"
+    )
+    if request.content_length is not None and request.content_length > MAX_PAIR_BYTES:
+        raise too_large
+    try:
+        return await request.clone(client_max_size=MAX_PAIR_BYTES).read()
+    except web.HTTPRequestEntityTooLarge:  # a chunked body without a length
+        raise too_large from None
 
 
 def hmac_equal(a: str, b: str) -> bool:

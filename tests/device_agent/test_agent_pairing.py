@@ -115,6 +115,23 @@ def test_a_paired_desktop_can_pair_again_with_a_new_code(agent: Any) -> None:
     assert _pair(agent, _code(agent), desktop) == first
 
 
+def test_a_large_pairing_request_is_refused_before_it_is_read(agent: Any) -> None:
+    """Anyone on the network may send a pairing request: its body is read under 16 KiB, not
+    the image routes' 64 MiB, with a length or chunked; a real pairing still works after."""
+    stranger = SignedAuth(KeyPair.generate(), agent_id=agent.service.identity.agent_id)
+    big = json.dumps({"desktop_key": "x", "exchange_key": "y", "proof": "z" * (1 << 20)})
+
+    def chunked() -> Any:
+        yield big.encode()
+
+    with httpx.Client(auth=stranger) as http:
+        for body in (big.encode(), chunked()):
+            response = http.post(f"{agent.url}/v1/pair", content=body)
+            assert response.status_code == 413, response.text
+            assert "a pairing request is at most 16384 bytes" in response.json()["error"]
+    _pair(agent, _code(agent))
+
+
 def test_ten_wrong_codes_lock_pairing(agent: Any) -> None:
     code = _code(agent)
     for _ in range(MAX_WRONG_CODES - 1):
