@@ -20,7 +20,8 @@ Measures, side by side, in one run on one machine:
   timings on stderr;
 - discovery time: mDNS browse on the veth address only until the agent is found;
 - agent HTTP inference p50 (signed request, a 640x640 JPEG photo) vs raw runtime p50
-  (``session.run`` on the same model in the desktop's process), timed in alternating blocks:
+  (``session.run`` on the same model in the desktop's process), and vs the same prediction
+  (decode to NMS) in the desktop's process: what HTTP adds. Timed in alternating blocks;
   the model is a yolo11n at 640 px built from its YAML when Ultralytics is installed
   (installed beside the pushed package), else the pushed package's own;
 - the agent's resident memory when idle (before and after the model is installed).
@@ -47,7 +48,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -173,24 +174,23 @@ def workspace_package(workspace: Path, export_ref: str, workdir: Path) -> Path:
     return out
 
 
-def paired_p50s(
-    raw: Callable[[], object], agent: Callable[[], object], runs: int, blocks: int = 5
-) -> tuple[float, float]:
-    """p50 ms of ``raw`` (``session.run`` in this process) and ``agent`` (the HTTP request),
-    timed in alternating blocks after a warm-up of each, so both see the same moments of a
-    noisy machine (blocks, not single calls: ONNX Runtime's threads spin after each run)."""
-    for fn in (raw, agent):
+def paired_p50s(fns: Sequence[Callable[[], object]], runs: int, blocks: int = 5) -> list[float]:
+    """p50 ms of each of ``fns`` (``session.run`` in this process, the same prediction from the
+    JPEG in this process, the HTTP request), timed in alternating blocks after a warm-up of
+    each, so all see the same moments of a noisy machine (blocks, not single calls: ONNX
+    Runtime's threads spin after each run)."""
+    for fn in fns:
         for _ in range(5):
             fn()
-    times: dict[int, list[float]] = {0: [], 1: []}
+    times: list[list[float]] = [[] for _ in fns]
     per_block = max(1, -(-runs // blocks))
     for _ in range(blocks):
-        for which, fn in enumerate((raw, agent)):
+        for which, fn in enumerate(fns):
             for _ in range(per_block):
                 t0 = time.perf_counter()
                 fn()
                 times[which].append((time.perf_counter() - t0) * 1000)
-    return statistics.median(times[0]), statistics.median(times[1])
+    return [statistics.median(t) for t in times]
 
 
 def rss_mib(pid: int) -> float:
@@ -311,9 +311,12 @@ def desktop_side(args: argparse.Namespace) -> None:
         predictor = Predictor.from_path(Path(spec.get("infer_package") or package))
         try:
             tensor = np.random.default_rng(0).random((1, 3, h, w), dtype=np.float32)
-            out["raw_p50_ms"], out["agent_p50_ms"] = paired_p50s(
-                lambda: predictor.backend.run(tensor),
-                lambda: client.infer_model(name, jpeg),
+            out["raw_p50_ms"], out["local_p50_ms"], out["agent_p50_ms"] = paired_p50s(
+                [
+                    lambda: predictor.backend.run(tensor),
+                    lambda: predictor.predict_bytes(jpeg),
+                    lambda: client.infer_model(name, jpeg),
+                ],
                 spec["runs"],
             )
         finally:
@@ -443,6 +446,13 @@ def main() -> int:
             raw_p50,
             infer_ratio,
             f"<= 1.10x: {'yes' if infer_ratio <= 1.10 else 'NO'}",
+        ),
+        (
+            "  vs the same predict in-process (ms)",
+            result["agent_p50_ms"],
+            result["local_p50_ms"],
+            result["agent_p50_ms"] / result["local_p50_ms"],
+            "(decode to NMS, no HTTP)",
         ),
     ]
     print(f"inference: {infer_model}, one {result['image']} JPEG, {args.runs} runs, p50")
