@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import errno
+
 from runtimes.errors import OutpostError
+
+
+def disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` is a write that failed for want of disk space (or of quota)."""
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 def ascii_digits(text: str) -> bool:

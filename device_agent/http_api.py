@@ -63,6 +63,7 @@ from device_agent.errors import (
     NoModelError,
     RollbackError,
     ascii_digits,
+    disk_full,
     one_line,
 )
 from device_agent.openapi import openapi_spec
@@ -171,11 +172,35 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except OutpostError as exc:
         status = next(code for cls, code in ERROR_STATUS if isinstance(exc, cls))
         return error_response(status, str(exc))
+    except OSError as exc:
+        if not disk_full(exc):
+            log.exception("unexpected error on %s %s", request.method, request.path)
+            return _internal_error(exc)
+        log.warning("%s %s: the disk is full (%s)", request.method, request.path, exc)
+        full = disk_full_error(request.app[SERVICE_KEY])
+        return error_response(full.status, full.message)
     except Exception as exc:
         log.exception("unexpected error on %s %s", request.method, request.path)
-        return error_response(
-            500, f"internal error ({type(exc).__name__}: {one_line(exc)}); see the agent log"
-        )
+        return _internal_error(exc)
+
+
+def _internal_error(exc: Exception) -> web.Response:
+    return error_response(
+        500, f"internal error ({type(exc).__name__}: {one_line(exc)}); see the agent log"
+    )
+
+
+def disk_full_error(service: AgentService, dropped: str = "") -> ApiError:
+    """507 for a write that found the device's disk full (``dropped``: what was removed)."""
+    try:
+        free = f"{_mib(service.free_space(service.data_dir))} free"
+    except OSError:
+        free = "free space unknown"
+    return ApiError(
+        507,
+        f"the device ran out of disk space in {service.data_dir} ({free} now){dropped}; free "
+        "some space (or roll back and remove old models) and retry",
+    )
 
 
 def _route_key(request: web.Request) -> tuple[str, str]:
@@ -667,10 +692,28 @@ async def put_upload_chunk(request: web.Request) -> web.Response:
         raise ApiError(
             400, f"send the chunk's position in bytes in the {UPLOAD_OFFSET_HEADER} header"
         )
-    if request.content_type == PIECES_CONTENT_TYPE:
-        return await _put_upload_stream(request, int(raw))
-    if request.content_type == CHAIN_CONTENT_TYPE:
-        return await _put_upload_chain(request, int(raw))
+    try:
+        if request.content_type == PIECES_CONTENT_TYPE:
+            return await _put_upload_stream(request, int(raw))
+        if request.content_type == CHAIN_CONTENT_TYPE:
+            return await _put_upload_chain(request, int(raw))
+        return await _put_upload_bytes(request, int(raw))
+    except OSError as exc:
+        if not disk_full(exc):
+            raise
+        # What the upload holds is given back: kept for a resume, it would leave the device
+        # with no room for anything, this upload included.
+        upload_id = request.match_info["id"]
+        with contextlib.suppress(UploadError, OSError):
+            await _blocking(functools.partial(request.app[UPLOADS_KEY].delete, upload_id))
+        log.warning("upload %s: the disk is full (%s); the upload was removed", upload_id, exc)
+        raise disk_full_error(
+            request.app[SERVICE_KEY], f"; upload {upload_id} was removed"
+        ) from None
+
+
+async def _put_upload_bytes(request: web.Request, offset: int) -> web.Response:
+    """One chunk's bytes at ``offset`` (protocol 1)."""
     t0 = time.perf_counter()
     data = await request.read()
     t1 = time.perf_counter()
@@ -681,7 +724,7 @@ async def put_upload_chunk(request: web.Request) -> web.Response:
     uploads = request.app[UPLOADS_KEY]
     try:
         state = await _blocking(
-            functools.partial(uploads.write, request.match_info["id"], int(raw), data)
+            functools.partial(uploads.write, request.match_info["id"], offset, data)
         )
     except UploadError as exc:
         return _upload_refused(exc)

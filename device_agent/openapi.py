@@ -345,8 +345,9 @@ def _install_paths() -> dict[str, Any]:
                 "desktop's Ed25519 signature over them, the agent, the upload, V and the "
                 "request's nonce; pieces count as verified up to the first digest that does "
                 "not match (the file is cut there: 422 with 'offset'); the last digest is the "
-                "whole package's sha256. 409 with the agent's 'offset' when N differs",
-                errors=("400", "404", "409", "422"),
+                "whole package's sha256. 409 with the agent's 'offset' when N differs; 507 "
+                "when the disk fills up while it is written (the upload is removed)",
+                errors=("400", "404", "409", "422", "507"),
                 parameters=[
                     upload_id,
                     {

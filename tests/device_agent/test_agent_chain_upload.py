@@ -3,6 +3,7 @@ and a signed proof at the end of the stream verifies every piece before it count
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -15,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from device_agent import uploads
+from device_agent import http_api, uploads
 from device_agent.auth import KeyPair, chain_body_digest, new_nonce, proof_message
 from device_agent.client import AgentClient, AgentRejectedError
 from device_agent.protocol_version import PROTOCOL, PROTOCOL_MIN
@@ -26,6 +27,7 @@ from device_agent.uploads import (
     PIECES_CONTENT_TYPE,
     PROGRESS_FILE,
     VOLATILE_FILE,
+    ChainWriter,
     UploadError,
     UploadManager,
 )
@@ -690,3 +692,40 @@ def test_streams_in_a_row_put_the_trim_off(monkeypatch: pytest.MonkeyPatch) -> N
     assert {t.delay for t in loop.timers} == {http_api.RELEASE_DELAY_S}
     loop.timers[-1].fn()
     assert trimmed == [0]
+
+
+def test_a_disk_that_fills_up_answers_507_and_gives_back_what_the_upload_held(
+    agent: Any, package: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another program fills the disk after the upload's space check: the write that fails
+    answers 507 with what to do (not a 500), and the upload is removed, not kept for a resume
+    that would leave the device without room for anything."""
+    real_write = ChainWriter._write
+    writes: list[int] = []
+
+    def fills_up(self: ChainWriter, parts: Any) -> None:
+        writes.append(len(parts))
+        if len(writes) > 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_write(self, parts)
+
+    monkeypatch.setattr(ChainWriter, "_write", fills_up)
+    uploads_dir = Path(agent.service.data_dir) / "uploads"
+    with agent.client() as client:
+        with pytest.raises(AgentRejectedError) as full:
+            client.upload_package(package, resumable=True, piece_size=PIECE)
+        assert full.value.status == 507
+        assert "ran out of disk space" in full.value.message and "was removed" in full.value.message
+        assert len(writes) > 2 and not [p for p in uploads_dir.iterdir() if p.is_dir()]
+        # the plain upload's receive: a file it cannot create is a 507 too, nothing left over
+        monkeypatch.setattr(
+            http_api.tempfile,
+            "mkstemp",
+            lambda **_: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left on device")),
+        )
+        with pytest.raises(AgentRejectedError) as plain:
+            client.upload_package(package, resumable=False)
+        assert plain.value.status == 507 and "free some space" in plain.value.message
+        monkeypatch.undo()
+        assert client.upload_package(package, resumable=True)["version"] == "1"
+        assert serving_version(client) == "1"
