@@ -55,7 +55,13 @@ from device_agent.auth import (
     valid_sha256,
     verify,
 )
-from device_agent.errors import AgentRejectedError, AgentUnreachableError, one_line
+from device_agent.errors import (
+    AgentAnswerError,
+    AgentRejectedError,
+    AgentUnreachableError,
+    ascii_digits,
+    one_line,
+)
 from device_agent.file_body import FILE_BODY, FileBody, FileBodyTransport, shorter_while_sent
 from device_agent.protocol_version import (
     UPGRADE_STATUS,
@@ -213,6 +219,7 @@ class AgentClient:
             auth=self.auth,
             transport=transport or FileBodyTransport(),
             headers=protocol_headers(),
+            event_hooks={"response": [_capped_answer]},
         )
 
     def __enter__(self) -> AgentClient:
@@ -1015,6 +1022,45 @@ class AgentClient:
                 response.status_code, one_line(message or response.text or response.reason_phrase)
             )
         return response
+
+
+MAX_ANSWER_BYTES = 64 << 20  # far above any agent answer (stats, OpenAPI: kilobytes)
+
+
+def _capped_answer(response: httpx.Response) -> None:
+    """Read the answer under :data:`MAX_ANSWER_BYTES`: an address that streams without end
+    (not an agent: a device on the network the user was about to pair with, say) gets a typed
+    error instead of the desktop's memory. Runs before httpx reads the body."""
+    declared = response.headers.get("Content-Length", "")
+    if ascii_digits(declared) and int(declared) > MAX_ANSWER_BYTES:
+        raise _too_large(response)
+    response.stream = _CappedStream(response)
+
+
+def _too_large(response: httpx.Response) -> AgentAnswerError:
+    return AgentAnswerError(
+        f"the answer from {response.request.url} is larger than {MAX_ANSWER_BYTES >> 20} MiB, "
+        "which no outpost-agent sends; is another program listening there?"
+    )
+
+
+class _CappedStream(httpx.SyncByteStream):
+    def __init__(self, response: httpx.Response) -> None:
+        self.response = response
+        self.inner = response.stream
+
+    def __iter__(self) -> Iterator[bytes]:
+        got = 0
+        for chunk in self.inner:  # type: ignore[union-attr]
+            got += len(chunk)
+            if got > MAX_ANSWER_BYTES:
+                raise _too_large(self.response)
+            yield chunk
+
+    def close(self) -> None:
+        close = getattr(self.inner, "close", None)
+        if close is not None:
+            close()
 
 
 def _read_chunk(

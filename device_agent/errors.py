@@ -65,6 +65,11 @@ class AgentRejectedError(OutpostError):
         self.message = message
 
 
+class AgentAnswerError(OutpostError):
+    """The answer is not one an agent gives (larger than any of its answers): another program
+    may be listening at the address."""
+
+
 class AdvertiseError(AgentError):
     """The mDNS advertisement could not be started."""
 

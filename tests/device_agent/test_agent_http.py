@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import http.server
 import socket
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -12,7 +15,9 @@ import httpx
 import pytest
 
 from device_agent import PROTOCOL_VERSION, __version__
+from device_agent import client as client_module
 from device_agent.client import AgentClient, AgentRejectedError, AgentUnreachableError
+from device_agent.errors import AgentAnswerError
 from tests.fakes import EXPECTED, flip_last_byte, make_image_bytes, make_package, rewrite_package
 
 TIMING_KEYS = {"decode", "preprocess", "inference", "postprocess", "total"}
@@ -256,6 +261,44 @@ def test_client_reports_an_unreachable_agent() -> None:
             AgentUnreachableError, match=f"cannot reach agent at http://127.0.0.1:{port}/v1/health"
         ):
             client.health()
+
+
+class _Endless(http.server.BaseHTTPRequestHandler):
+    """Not an agent: /v1/health streams without end, /v1/info declares 100 GiB."""
+
+    def do_GET(self) -> None:  # noqa: N802
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        if self.path == "/v1/info":
+            self.send_header("Content-Length", str(100 << 30))
+            self.end_headers()
+            return
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        block = b"%x\r\n%s\r\n" % (1 << 16, b" " * (1 << 16))
+        with contextlib.suppress(OSError):
+            while True:
+                self.wfile.write(block)
+
+    def log_message(self, *_: object) -> None:
+        pass
+
+
+def test_client_refuses_an_answer_no_agent_gives(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An address that streams without end (or says it will) gets a typed error, not the
+    desktop's memory."""
+    monkeypatch.setattr(client_module, "MAX_ANSWER_BYTES", 1 << 20)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Endless)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        with AgentClient(url, timeout=10) as client:
+            for call in (client.health, client.info):
+                with pytest.raises(AgentAnswerError, match="is larger than 1 MiB, which no"):
+                    call()
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def test_concurrent_inference_requests_all_answer(agent: Any, package: Path) -> None:
