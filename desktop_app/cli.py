@@ -1752,7 +1752,7 @@ def cmd_devices_sync(args: argparse.Namespace) -> Any:
 
 
 def cmd_devices_show(args: argparse.Namespace) -> Any:
-    from desktop_app.core.devices import device_detail
+    from desktop_app.core.devices import clock_note, device_detail
 
     d = device_detail(_open_ws(args), args.device, args.interface)
     if d["warning"]:
@@ -1765,6 +1765,7 @@ def cmd_devices_show(args: argparse.Namespace) -> Any:
         f"{'paired' if d['paired'] else 'not paired'}  last seen {d['last_seen']}",
         f"system: {d['os'] or d['platform']}  arch {d['arch']}  agent {d['agent_version']}",
         f"cpu: {d['cpu_model'] or '?'} x{d['cpu_count'] or '?'}  ram {ram}",
+        *filter(None, [clock_note(d.get("clock_offset_s"))]),
         "accelerators: "
         + (", ".join(a.get("name", a.get("kind", "?")) for a in d["accelerators"]) or "none"),
         "runtimes:",

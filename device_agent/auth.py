@@ -20,7 +20,7 @@ import hmac
 import os
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +42,9 @@ SIGNATURE_HEADER = "X-Outpost-Signature"  # base64 Ed25519 signature
 AGENT_KEY_HEADER = "X-Outpost-Agent-Key"  # base64 raw public key of the answering agent
 
 MAX_SKEW_S = 300  # a signed request older or newer than this is refused
+# The agent's clock (unix seconds) in GET /v1/info and in a 401 for a timestamp outside the
+# window: answers signed over the request's nonce, so the desktop can trust it and sign with it.
+AGENT_TIME_KEY = "agent_time"
 AGENT_ID_HEX = 16
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 _NONCE = re.compile(r"^[0-9a-f]{16,64}$")
@@ -263,21 +266,37 @@ def parse_signed_headers(headers: Mapping[str, str]) -> SignedHeaders | None:
     return SignedHeaders(key, timestamp, nonce, body, unb64(signature, SIGNATURE_HEADER, 64))
 
 
+class ClockSkewError(AuthError):
+    """A request's timestamp is outside the freshness window of the agent's clock; the
+    agent's time goes back in the (signed) answer, so the desktop can sign with it."""
+
+    def __init__(self, message: str, agent_time: float) -> None:
+        super().__init__(message)
+        self.agent_time = agent_time
+
+
 class ReplayGuard:
     """Refuses stale timestamps and nonces seen within the freshness window."""
 
-    def __init__(self, window_s: int = MAX_SKEW_S, max_entries: int = 100_000) -> None:
+    def __init__(
+        self,
+        window_s: int = MAX_SKEW_S,
+        max_entries: int = 100_000,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.window_s = window_s
         self.max_entries = max_entries
+        self.clock = clock  # the agent's clock: requests are judged by it, answers carry it
         self._seen: dict[str, float] = {}
 
     def check(self, timestamp: str, nonce: str, now: float | None = None) -> None:
-        now = time.time() if now is None else now
+        now = self.clock() if now is None else now
         sent = int(timestamp)
         if abs(now - sent) > self.window_s:
-            raise AuthError(
+            raise ClockSkewError(
                 f"the request timestamp is {int(sent - now):+d} s off this agent's clock; "
-                f"clocks must agree within {self.window_s} s (check NTP on both machines)"
+                f"clocks must agree within {self.window_s} s (check NTP on both machines)",
+                now,
             )
         if len(self._seen) >= self.max_entries:
             self._seen = {n: t for n, t in self._seen.items() if t > now}

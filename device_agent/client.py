@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import secrets
 import threading
 import time
@@ -28,6 +29,7 @@ import httpx
 
 from device_agent.auth import (
     AGENT_KEY_HEADER,
+    AGENT_TIME_KEY,
     BODY_HASH_HEADER,
     KEY_HEADER,
     NONCE_HEADER,
@@ -121,6 +123,22 @@ class SignedAuth(httpx.Auth):
         self.agent_key = agent_key
         self.agent_id = agent_id_for(agent_key) if agent_key is not None else agent_id
         self.answered_key: bytes | None = None
+        # The agent's clock minus this machine's (seconds): requests are signed with the
+        # agent's time, so a device whose clock is off (no NTP on an offline LAN, no RTC
+        # battery) still takes them. Learnt from its signed answers only.
+        self.clock_offset = 0.0
+        self.clock_known = False
+
+    def learn_clock(self, agent_time: object, sent: float, answered: float) -> bool:
+        """Take the agent's clock from an answer it signed (``agent_time``, read between
+        ``sent`` and ``answered``); whether it was a number."""
+        if isinstance(agent_time, bool) or not isinstance(agent_time, (int, float)):
+            return False
+        if not math.isfinite(agent_time):
+            return False
+        self.clock_offset = float(agent_time) - (sent + answered) / 2
+        self.clock_known = True
+        return True
 
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
         nonce = request.headers.get(NONCE_HEADER)  # a chained stream signs pieces with it
@@ -135,23 +153,38 @@ class SignedAuth(httpx.Auth):
             if not valid_sha256(body_sha):
                 # In-memory bodies (bytes, multipart forms); upload_package hashes its file.
                 body_sha = sha256_hex(request.read())
-            timestamp = str(int(time.time()))
-            message = request_message(
-                self.agent_id,
-                request.method,
-                request.url.raw_path.decode("ascii"),
-                request.headers.get("Content-Type", ""),
-                timestamp,
-                nonce,
-                str(body_sha),
-            )
-            request.headers[KEY_HEADER] = self.key.fingerprint
-            request.headers[TIMESTAMP_HEADER] = timestamp
             request.headers[BODY_HASH_HEADER] = str(body_sha)
-            request.headers[SIGNATURE_HEADER] = b64(self.key.sign(message))
+            self._sign(request, nonce)
+        sent = time.time()
         response = yield request
-        if self.agent_id is not None:
-            self._check_response(request, response, nonce)
+        if self.agent_id is None:
+            return
+        self._check_response(request, response, nonce)
+        if self.key is not None and response.status_code != 401:
+            self.clock_known = True  # the agent took this timestamp
+        elif self.key is not None and _replayable(request):
+            # Refused for its timestamp alone (the nonce was not spent): sign it again with
+            # the clock the agent sent, once.
+            if self.learn_clock(_answer_field(response, AGENT_TIME_KEY), sent, time.time()):
+                self._sign(request, nonce)
+                response = yield request
+                self._check_response(request, response, nonce)
+
+    def _sign(self, request: httpx.Request, nonce: str) -> None:
+        assert self.key is not None and self.agent_id is not None
+        timestamp = str(int(time.time() + self.clock_offset))
+        message = request_message(
+            self.agent_id,
+            request.method,
+            request.url.raw_path.decode("ascii"),
+            request.headers.get("Content-Type", ""),
+            timestamp,
+            nonce,
+            request.headers[BODY_HASH_HEADER],
+        )
+        request.headers[KEY_HEADER] = self.key.fingerprint
+        request.headers[TIMESTAMP_HEADER] = timestamp
+        request.headers[SIGNATURE_HEADER] = b64(self.key.sign(message))
 
     def _check_response(self, request: httpx.Request, response: httpx.Response, nonce: str) -> None:
         where = f"{request.url.scheme}://{request.url.netloc.decode('ascii', 'replace')}"
@@ -237,7 +270,10 @@ class AgentClient:
     def info(self) -> dict[str, Any]:
         """The agent's ``/v1/info``; an agent whose protocol range misses this desktop's
         raises :class:`IncompatibleProtocolError` (its message names the side to update)."""
+        sent = time.time()
         info = self._request("GET", "/v1/info")
+        if self.auth.agent_id is not None:  # an answer checked against the agent's key
+            self.auth.learn_clock(info.get(AGENT_TIME_KEY), sent, time.time())
         self.protocol = check_agent_info(info)
         return info
 
@@ -422,6 +458,13 @@ class AgentClient:
             and self.protocol >= OPEN_IN_STREAM_PROTOCOL
             and size <= OPEN_IN_STREAM_BYTES
         )
+
+    def _know_clock(self) -> None:
+        """Learn the agent's clock (``info()``) before a request whose body is a stream, when
+        no answer brought it yet: a request in memory is signed again after a 401 for its
+        timestamp (see :class:`SignedAuth`), a stream cannot be."""
+        if self.auth.key is not None and not self.auth.clock_known:
+            self.info()
 
     def _speaks_chain(self) -> bool:
         """Whether to try a chained stream: the agent speaks protocol 2, or its protocol is not
@@ -650,6 +693,7 @@ class AgentClient:
                 f"cannot read {path}: {exc.strerror}; check the package path"
             ) from None
         with fh:
+            self._know_clock()  # a streamed body cannot be signed again after a 401
             return self._request(
                 "PUT",
                 "/v1/packages",
@@ -1022,6 +1066,19 @@ class AgentClient:
                 response.status_code, one_line(message or response.text or response.reason_phrase)
             )
         return response
+
+
+def _replayable(request: httpx.Request) -> bool:
+    """Whether ``request`` can be sent again as it is: its body in memory, not a stream."""
+    return FILE_BODY not in request.extensions and isinstance(request.stream, httpx.ByteStream)
+
+
+def _answer_field(response: httpx.Response, key: str) -> object:
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    return body.get(key) if isinstance(body, dict) else None
 
 
 MAX_ANSWER_BYTES = 64 << 20  # far above any agent answer (stats, OpenAPI: kilobytes)

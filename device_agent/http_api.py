@@ -38,9 +38,11 @@ from aiohttp import web
 
 from device_agent.auth import (
     AGENT_KEY_HEADER,
+    AGENT_TIME_KEY,
     NONCE_HEADER,
     SIGNATURE_HEADER,
     AuthError,
+    ClockSkewError,
     SignedHeaders,
     agent_expected_proof,
     b64,
@@ -137,15 +139,22 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 class ApiError(Exception):
     """A request the API refuses, with its status and one-line reason."""
 
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        headers: dict[str, str] | None = None,
+        fields: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.headers = headers or {}
+        self.fields = fields or {}  # more keys of the JSON answer, beside "error"
 
 
-def error_response(status: int, message: str) -> web.Response:
-    return web.json_response({"error": one_line(message)}, status=status)
+def error_response(status: int, message: str, fields: dict[str, Any] | None = None) -> web.Response:
+    return web.json_response({"error": one_line(message), **(fields or {})}, status=status)
 
 
 @web.middleware
@@ -154,7 +163,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         return await handler(request)
     except ApiError as exc:
-        refused = error_response(exc.status, exc.message)
+        refused = error_response(exc.status, exc.message, exc.fields)
         refused.headers.update(exc.headers)
         return refused
     except web.HTTPException as exc:
@@ -233,6 +242,8 @@ def check_signature(
         raise ApiError(401, "the request signature does not verify; it was altered or mis-signed")
     try:
         service.replay_guard.check(signed.timestamp, signed.nonce)
+    except ClockSkewError as exc:  # the desktop signs again with this agent's time
+        raise ApiError(401, str(exc), fields={AGENT_TIME_KEY: exc.agent_time}) from None
     except AuthError as exc:
         raise ApiError(401, str(exc)) from None
 
@@ -426,6 +437,7 @@ def _discovery_info(service: AgentService) -> dict[str, Any]:
         "public_key": key.public_b64,
         "fingerprint": key.fingerprint,
         "exchange_key": service.exchange_public_b64,
+        AGENT_TIME_KEY: service.replay_guard.clock(),  # the desktop signs with this clock
     }
 
 

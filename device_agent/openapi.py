@@ -76,7 +76,9 @@ def _spec() -> dict[str, Any]:
                 "for an unpaired client) answers 401 unless the request is signed by a paired desktop key (X-Outpost-Key, -Timestamp, -Nonce, "
                 "-Content-SHA256, -Signature: Ed25519 over agent id, method, path with query, "
                 "content type, timestamp, nonce, body sha256). Responses to a request with "
-                "X-Outpost-Nonce carry X-Outpost-Agent-Key and X-Outpost-Signature. An "
+                "X-Outpost-Nonce carry X-Outpost-Agent-Key and X-Outpost-Signature. A "
+                "timestamp more than 300 s off the agent's clock gets 401 with agent_time (the "
+                "agent's clock; sign again with it, same nonce). An "
                 "application's API key (Authorization: Bearer, outpost-agent keys create) opens "
                 "POST /v1/infer, POST /v1/models/{name}/infer and GET /v1/health only."
             ),
@@ -109,8 +111,9 @@ def _spec() -> dict[str, Any]:
             "/v1/info": {
                 "get": _op(
                     "agent id, version, protocol (what the agent speaks) and protocol_min (the "
-                    "oldest desktop protocol it accepts), public keys; for a paired desktop also "
-                    "platform, runtimes and installed models; never answers 426"
+                    "oldest desktop protocol it accepts), public keys, agent_time (its clock: "
+                    "the desktop signs with it); for a paired desktop also platform, runtimes and "
+                    "installed models; never answers 426"
                 )
             },
             "/v1/pair": {

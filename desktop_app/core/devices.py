@@ -581,6 +581,23 @@ def _model_entry(model: dict[str, Any]) -> dict[str, Any]:
     return entry
 
 
+CLOCK_NOTE_S = 60.0  # a device clock further off than this is named to the user
+
+
+def clock_note(offset: float | None) -> str | None:
+    """A line about a device clock more than :data:`CLOCK_NOTE_S` off this desktop's
+    (requests are signed with the device's clock, so it still answers), or None."""
+    if offset is None or abs(offset) < CLOCK_NOTE_S:
+        return None
+    minutes = round(abs(offset) / 60)
+    span = f"{minutes // 60} h {minutes % 60} min" if minutes >= 60 else f"{minutes} min"
+    side = "ahead of" if offset > 0 else "behind"
+    return (
+        f"clock: {span} {side} this desktop's (requests are signed with the device's clock; "
+        "set up NTP on it for the right times in its logs)"
+    )
+
+
 def device_detail(ws: Any, device_id: str, interfaces: list[str] | None = None) -> dict[str, Any]:
     """One device: what the desktop knows, refreshed from the agent when it answers.
 
@@ -615,6 +632,8 @@ def device_detail(ws: Any, device_id: str, interfaces: list[str] | None = None) 
                 )
             }
             details["fetched_at"] = utcnow().isoformat(timespec="seconds")
+            # the device's clock minus this desktop's: requests are signed with its clock
+            details["clock_offset_s"] = round(client.auth.clock_offset, 1)
             with ws.session() as s:
                 row = s.get(Device, dev.id)
                 if row is not None:
@@ -659,6 +678,7 @@ def device_detail(ws: Any, device_id: str, interfaces: list[str] | None = None) 
         "runtimes": [r for r in details.get("runtimes") or [] if r.get("available")],
         "models": [_model_entry(m) for m in details.get("models") or []],
         "details_fetched_at": details.get("fetched_at"),
+        "clock_offset_s": details.get("clock_offset_s"),
         "last_usage": usage,
         "warning": warning,
     }

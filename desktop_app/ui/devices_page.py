@@ -8,6 +8,7 @@ list is empty); every call to a device goes through ``desktop_app.core.devices``
 
 from __future__ import annotations
 
+import html
 from pathlib import Path
 from typing import Any
 
@@ -643,6 +644,9 @@ class DevicesPage(QWidget):
             f"Runtimes: {runtimes}",
             f"Models: {models}",
         ]
+        note = core_devices.clock_note(detail.get("clock_offset_s"))
+        if note:
+            lines.append(html.escape(note[0].upper() + note[1:]))
         if detail.get("warning"):
             lines.append(f"<i>{detail['warning']}</i>")
         self.detail_label.setText("<br>".join(lines))

@@ -4,6 +4,7 @@ usage (device x model table), and on-device benchmarks of an export."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -92,9 +93,18 @@ def test_devices_show(
     ]
     assert detail["last_usage"] == []
 
+    assert abs(detail["clock_offset_s"]) < 5
     assert outpost(["devices", "show", device_id, "--workspace", str(ws.root)]) == 0
     text = capfd.readouterr().out
     assert "runtimes:" in text and "onnxruntime" in text and "shapes" in text
+    assert "clock:" not in text
+
+    # a device whose clock is 2 h 5 min behind (no NTP on the LAN): it still answers, and
+    # `devices show` says so
+    agent.service.replay_guard.clock = lambda: time.time() - 7500
+    assert outpost(["devices", "show", device_id, "--workspace", str(ws.root)]) == 0
+    captured = capfd.readouterr()
+    assert "clock: 2 h 5 min behind this desktop's" in captured.out, captured.err
 
     agent.stop()  # off: the last known details, with a warning
     offline = devices.device_detail(ws, device_id)

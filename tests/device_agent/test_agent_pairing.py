@@ -36,6 +36,7 @@ DISCOVERY_KEYS = {
     "fingerprint",
     "exchange_key",
     "paired",
+    "agent_time",
 }
 
 
@@ -232,6 +233,34 @@ def test_replayed_or_altered_requests_are_refused(agent: Any) -> None:
         altered.headers["Content-Length"] = "10"
         response = http.send(altered)
         assert response.status_code == 401 and "sha256" in response.json()["error"]
+
+
+def test_a_device_whose_clock_is_off_is_signed_for_with_its_own_clock(
+    agent: Any, package: Path
+) -> None:
+    """An offline LAN has no NTP, and a device without an RTC battery boots hours off: the
+    desktop signs with the agent's clock, taken from answers the agent signed (GET /v1/info,
+    or a 401 for the timestamp alone, after which the request is signed again, once)."""
+    ahead = 7200.0
+    agent.service.replay_guard.clock = lambda: time.time() + ahead
+    desktop = KeyPair.generate()
+    pinned = _pair(agent, _code(agent), desktop)  # GET /v1/info first: paired at once
+    with AgentClient(agent.url, key=desktop, agent_key=pinned) as client:
+        assert client.stats()["agent_id"] == agent.service.identity.agent_id  # refused, resent
+        assert abs(client.auth.clock_offset - ahead) < 5
+        assert client.upload_package(package, resumable=True)["version"] == "1"
+        assert client.infer(make_image_bytes())["detections"] == list(EXPECTED)
+    with AgentClient(agent.url, key=desktop, agent_key=pinned) as client:
+        # a one-request push is a stream that cannot be signed again: the clock is read first
+        assert client.put_package(package)["version"] == "1"
+        assert abs(client.auth.clock_offset - ahead) < 5
+    # a clock that moves again between the two: the second refusal is the error
+    drift = iter(range(2, 100))
+    agent.service.replay_guard.clock = lambda: time.time() + ahead * next(drift)
+    with AgentClient(agent.url, key=desktop, agent_key=pinned) as client:
+        with pytest.raises(AgentRejectedError) as off:
+            client.stats()
+    assert off.value.status == 401 and "off this agent's clock" in off.value.message
 
 
 def test_an_altered_answer_is_refused(agent: Any) -> None:
