@@ -6,10 +6,25 @@ import errno
 
 from runtimes.errors import OutpostError
 
+DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+# What the device's storage did, and what to do, for the failures that are the storage's own
+_STORAGE_FAILURES = {
+    errno.ENOSPC: ("ran out of disk space", "free some space (or roll back and remove old models)"),
+    errno.EDQUOT: ("ran out of disk quota", "free some space (or roll back and remove old models)"),
+    errno.EROFS: (
+        "found its storage read-only",
+        "check the disk (a failing SD card or disk is remounted read-only), restart the agent",
+    ),
+    errno.EIO: ("got an I/O error from its storage", "check the disk"),
+}
 
-def disk_full(exc: BaseException) -> bool:
-    """Whether ``exc`` is a write that failed for want of disk space (or of quota)."""
-    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+def storage_failure(exc: BaseException) -> tuple[str, str] | None:
+    """``(what happened, what to do)`` when ``exc`` is a failure of the storage itself (full,
+    read-only, an I/O error), else None."""
+    if not isinstance(exc, OSError) or exc.errno is None:
+        return None
+    return _STORAGE_FAILURES.get(exc.errno)
 
 
 def ascii_digits(text: str) -> bool:

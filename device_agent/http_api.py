@@ -59,14 +59,15 @@ from device_agent.auth import (
     verify,
 )
 from device_agent.errors import (
+    DISK_FULL,
     AmbiguousModelError,
     InstallError,
     ModelNotFoundError,
     NoModelError,
     RollbackError,
     ascii_digits,
-    disk_full,
     one_line,
+    storage_failure,
 )
 from device_agent.openapi import openapi_spec
 from device_agent.pairing import PairingError
@@ -182,12 +183,12 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         status = next(code for cls, code in ERROR_STATUS if isinstance(exc, cls))
         return error_response(status, str(exc))
     except OSError as exc:
-        if not disk_full(exc):
+        if storage_failure(exc) is None:
             log.exception("unexpected error on %s %s", request.method, request.path)
             return _internal_error(exc)
-        log.warning("%s %s: the disk is full (%s)", request.method, request.path, exc)
-        full = disk_full_error(request.app[SERVICE_KEY])
-        return error_response(full.status, full.message)
+        log.warning("%s %s: %s", request.method, request.path, exc)
+        failed = storage_error(request.app[SERVICE_KEY], exc)
+        return error_response(failed.status, failed.message)
     except Exception as exc:
         log.exception("unexpected error on %s %s", request.method, request.path)
         return _internal_error(exc)
@@ -199,16 +200,16 @@ def _internal_error(exc: Exception) -> web.Response:
     )
 
 
-def disk_full_error(service: AgentService, dropped: str = "") -> ApiError:
-    """507 for a write that found the device's disk full (``dropped``: what was removed)."""
+def storage_error(service: AgentService, exc: OSError, dropped: str = "") -> ApiError:
+    """507 for a write the device's storage failed: full, read-only or an I/O error (see
+    :func:`device_agent.errors.storage_failure`); ``dropped`` says what was removed."""
+    what, todo = storage_failure(exc) or ("could not write to its storage", "check the disk")
     try:
-        free = f"{_mib(service.free_space(service.data_dir))} free"
+        free = f"{_mib(service.free_space(service.data_dir))} free now"
     except OSError:
         free = "free space unknown"
     return ApiError(
-        507,
-        f"the device ran out of disk space in {service.data_dir} ({free} now){dropped}; free "
-        "some space (or roll back and remove old models) and retry",
+        507, f"the device {what} in {service.data_dir} ({free}){dropped}; {todo}, and retry"
     )
 
 
@@ -711,16 +712,16 @@ async def put_upload_chunk(request: web.Request) -> web.Response:
             return await _put_upload_chain(request, int(raw))
         return await _put_upload_bytes(request, int(raw))
     except OSError as exc:
-        if not disk_full(exc):
-            raise
+        if exc.errno not in DISK_FULL:
+            raise  # a read-only disk or an I/O error: the error middleware's 507
         # What the upload holds is given back: kept for a resume, it would leave the device
         # with no room for anything, this upload included.
         upload_id = request.match_info["id"]
         with contextlib.suppress(UploadError, OSError):
             await _blocking(functools.partial(request.app[UPLOADS_KEY].delete, upload_id))
-        log.warning("upload %s: the disk is full (%s); the upload was removed", upload_id, exc)
-        raise disk_full_error(
-            request.app[SERVICE_KEY], f"; upload {upload_id} was removed"
+        log.warning("upload %s: %s; the upload was removed", upload_id, exc)
+        raise storage_error(
+            request.app[SERVICE_KEY], exc, f"; upload {upload_id} was removed"
         ) from None
 
 

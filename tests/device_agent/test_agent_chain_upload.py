@@ -726,6 +726,16 @@ def test_a_disk_that_fills_up_answers_507_and_gives_back_what_the_upload_held(
         with pytest.raises(AgentRejectedError) as plain:
             client.upload_package(package, resumable=False)
         assert plain.value.status == 507 and "free some space" in plain.value.message
+        # a disk remounted read-only (a failing SD card): 507 that says so, not a 500
+        monkeypatch.setattr(
+            ChainWriter,
+            "_write",
+            lambda *_: (_ for _ in ()).throw(OSError(errno.EROFS, "Read-only file system")),
+        )
+        with pytest.raises(AgentRejectedError) as read_only:
+            client.upload_package(package, resumable=True, piece_size=PIECE)
+        assert read_only.value.status == 507
+        assert "found its storage read-only" in read_only.value.message
         monkeypatch.undo()
         assert client.upload_package(package, resumable=True)["version"] == "1"
         assert serving_version(client) == "1"
