@@ -302,7 +302,12 @@ def deploy(
         )
     dev, client = connect(ws, device_id, interfaces)
     model_name = exp.manifest.get("name", exp.id)
-    details: dict[str, Any] = {"activate": activate, "bytes": package.stat().st_size}
+    try:
+        size: int | None = package.stat().st_size
+    except OSError:  # gone since it was checked: the upload says so, and it is recorded
+        size = None
+    details: dict[str, Any] = {"activate": activate, "bytes": size}
+    refused = False
     try:
         with client:
             installed = client.upload_package(
@@ -326,8 +331,9 @@ def deploy(
                 )
             }
         )
-    except AgentRejectedError as exc:
+    except OutpostError as exc:  # refused, gone mid-push, package unreadable: all recorded
         installed, status, message = {}, "failed", str(exc)
+        refused = isinstance(exc, AgentRejectedError)
     with ws.session() as s:
         s.add(
             Deployment(
@@ -341,7 +347,9 @@ def deploy(
             )
         )
     if status == "failed":
-        raise DeviceError(f"device {dev.name} refused export {exp.id}: {message}")
+        if refused:
+            raise DeviceError(f"device {dev.name} refused export {exp.id}: {message}")
+        raise DeviceError(f"deploying export {exp.id} to device {dev.name} failed: {message}")
     return {
         "export": exp.id,
         "device": dev.id,
@@ -384,6 +392,7 @@ def model_action(
     if action not in MODEL_ACTIONS:
         raise DeviceError(f"unknown action {action!r}; use one of {', '.join(MODEL_ACTIONS)}")
     dev, client = connect(ws, device_id, interfaces)
+    refused = False
     try:
         with client:
             if action == "activate":
@@ -395,8 +404,9 @@ def model_action(
             else:
                 answer = client.rollback(model)
         status, message = ACTION_STATUS[action], None
-    except AgentRejectedError as exc:
+    except OutpostError as exc:  # refused, or gone since connect(): recorded either way
         answer, status, message = {}, "failed", str(exc)
+        refused = isinstance(exc, AgentRejectedError)
     details: dict[str, Any] = {
         k: answer.get(k) for k in ("version", "previous_version", "serving") if k in answer
     }
@@ -419,7 +429,9 @@ def model_action(
                 )
             )
     if status == "failed":
-        raise DeviceError(f"device {dev.name} refused to {action} {model}: {message}")
+        if refused:
+            raise DeviceError(f"device {dev.name} refused to {action} {model}: {message}")
+        raise DeviceError(f"{action} of {model} on device {dev.name} failed: {message}")
     return {
         "device": dev.id,
         "model": model,

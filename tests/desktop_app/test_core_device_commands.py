@@ -10,10 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 
 from desktop_app.cli import main as outpost
 from desktop_app.core import datasets, devices
 from desktop_app.core.dataset_sample import write_sample_dataset
+from desktop_app.core.devices import DeviceError
+from desktop_app.core.exports import get_export
 from desktop_app.core.models import Deployment, DeviceBenchmark
 from desktop_app.core.workspace import Workspace
 from device_agent.pairing import issue_code
@@ -185,3 +188,28 @@ def test_bench_records_a_device_benchmark(
     with pytest.raises(devices.DeviceError, match="--runs must be from 1"):
         devices.bench_export(ws, "exp1", device_id, runs=0)
     assert _run(["bench", "exp2"], ws, capfd) == []
+
+
+def test_a_deploy_that_fails_midway_is_recorded_as_failed(
+    ws: Workspace, paired: tuple[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not only a refusal: a push that breaks off for another reason (here the package is gone
+    once the device answered) is in the history as failed, with its reason."""
+    device_id, _ = paired
+    exp = get_export(ws, "exp2")
+    package = ws.resolve(str(exp.package_path))
+    real_connect = devices.connect
+
+    def connect_then_lose_the_package(*args: Any, **kwargs: Any) -> Any:
+        connected = real_connect(*args, **kwargs)
+        package.unlink()
+        return connected
+
+    monkeypatch.setattr(devices, "connect", connect_then_lose_the_package)
+    with pytest.raises(DeviceError, match="deploying export exp2 to device .* failed: cannot read"):
+        devices.deploy(ws, "exp2", device_id)
+    with ws.session() as s:
+        last = s.scalars(select(Deployment).order_by(Deployment.id.desc())).first()
+        assert last is not None
+        assert (last.action, last.status, last.export_id) == ("deploy", "failed", "exp2")
+        assert "cannot read" in str(last.message)
