@@ -251,7 +251,8 @@ class AgentClient:
             timeout=timeout,
             auth=self.auth,
             transport=transport or FileBodyTransport(),
-            headers=protocol_headers(),
+            # an agent never compresses; asking for it would let a stranger's gzip bomb in
+            headers={**protocol_headers(), "Accept-Encoding": "identity"},
             event_hooks={"response": [_capped_answer]},
         )
 
@@ -1091,6 +1092,12 @@ def _capped_answer(response: httpx.Response) -> None:
     declared = response.headers.get("Content-Length", "")
     if ascii_digits(declared) and int(declared) > MAX_ANSWER_BYTES:
         raise _too_large(response)
+    encoding = response.headers.get("Content-Encoding", "").strip().lower()
+    if encoding not in ("", "identity"):  # the cap counts what arrives, not what it inflates to
+        raise AgentAnswerError(
+            f"the answer from {response.request.url} is compressed ({encoding}), which no "
+            "outpost-agent sends; is another program listening there?"
+        )
     response.stream = _CappedStream(response)
 
 

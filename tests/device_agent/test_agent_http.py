@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gzip
 import http.server
 import socket
 import sys
@@ -264,11 +265,19 @@ def test_client_reports_an_unreachable_agent() -> None:
 
 
 class _Endless(http.server.BaseHTTPRequestHandler):
-    """Not an agent: /v1/health streams without end, /v1/info declares 100 GiB."""
+    """Not an agent: /v1/health streams without end, /v1/info declares 100 GiB, /v1/stats
+    sends a gzip bomb (a few KiB that inflate to 8 MiB, over the test's 1 MiB cap)."""
 
     def do_GET(self) -> None:  # noqa: N802
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
+        if self.path == "/v1/stats":
+            bomb = gzip.compress(b" " * (8 << 20))
+            self.send_header("Content-Encoding", "gzip")
+            self.send_header("Content-Length", str(len(bomb)))
+            self.end_headers()
+            self.wfile.write(bomb)
+            return
         if self.path == "/v1/info":
             self.send_header("Content-Length", str(100 << 30))
             self.end_headers()
@@ -296,6 +305,8 @@ def test_client_refuses_an_answer_no_agent_gives(monkeypatch: pytest.MonkeyPatch
             for call in (client.health, client.info):
                 with pytest.raises(AgentAnswerError, match="is larger than 1 MiB, which no"):
                     call()
+            with pytest.raises(AgentAnswerError, match=r"is compressed \(gzip\), which no"):
+                client.stats()
     finally:
         server.shutdown()
         server.server_close()
