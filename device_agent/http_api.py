@@ -337,6 +337,13 @@ def _multipart_field(content_type: str, body: bytes, name: str) -> bytes | None:
     return None
 
 
+def body_bytes(request: web.Request) -> int:
+    """What ``request``'s body will hold in memory: its length, or the route's limit when it
+    does not say (a chunked body)."""
+    declared = request.content_length
+    return MAX_IMAGE_BYTES if declared is None else min(declared, MAX_IMAGE_BYTES)
+
+
 async def _read_image(request: web.Request) -> bytes:
     body = await request.read()
     if request.content_type == "multipart/form-data":
@@ -592,15 +599,16 @@ async def post_infer(request: web.Request) -> web.Response:
     conf = _unit_float(request, "conf")
     iou = _unit_float(request, "iou")
     model = service.store.resolve(request.query.get("model") or None)
-    data = await _read_image(request)
-    async with service.limiter.slot():
-        try:
-            detections, timing = await service.run_inference(
-                functools.partial(model.predict_bytes, data, conf=conf, iou=iou)
-            )
-        except Exception:
-            service.stats.record_error(model.name, model.version)
-            raise
+    async with service.limiter.admit(body_bytes(request)):
+        data = await _read_image(request)
+        async with service.limiter.run():
+            try:
+                detections, timing = await service.run_inference(
+                    functools.partial(model.predict_bytes, data, conf=conf, iou=iou)
+                )
+            except Exception:
+                service.stats.record_error(model.name, model.version)
+                raise
     service.stats.record(model.name, timing.total_ms, model.version)
     result: dict[str, Any] = {
         "model": model.name,

@@ -22,7 +22,13 @@ import numpy as np
 from aiohttp import web
 
 from device_agent.apikeys import bearer_token
-from device_agent.http_api import PUBLIC_ROUTES, SERVICE_KEY, ApiError, _read_image
+from device_agent.http_api import (
+    PUBLIC_ROUTES,
+    SERVICE_KEY,
+    ApiError,
+    _read_image,
+    body_bytes,
+)
 from runtimes.errors import ImageDecodeError
 from runtimes.latency import percentiles
 from runtimes.preprocess import decode_image
@@ -34,6 +40,8 @@ if TYPE_CHECKING:
     from runtimes.predictor import Timing
 
 RETRY_AFTER_S = 1
+# The image bodies the admitted inference requests may hold in memory together.
+MAX_BODY_BYTES = 256 << 20
 MAX_BENCH_RUNS = 1000
 DEFAULT_BENCH_RUNS = 50
 BENCH_WARMUP = 3
@@ -53,22 +61,38 @@ DEPRECATED_ALIASES = {"class_name": "class", "confidence": "score"}
 
 
 class InferenceLimiter:
-    """Bounds the inferences in flight and the requests waiting for one. Event loop only.
+    """Bounds the requests admitted (their bodies read, waiting for a slot, running) and the
+    inferences in flight. Event loop only.
+
+    A request is admitted before its body is read, so the bound holds the memory too: at
+    most ``max_in_flight + max_queued`` bodies, and together no more than ``max_body_bytes``
+    (a lone request is admitted whatever its size, up to the route's own limit). One more is
+    refused with 503 and ``Retry-After``, before its body is read.
 
     Args:
         max_in_flight: inferences allowed to run at once (at least 1).
-        max_queued: requests allowed to wait for a slot; one more is refused (503).
+        max_queued: requests allowed to wait beside them (reading their bodies, or for a slot).
+        max_body_bytes: the request bodies the admitted requests may hold in memory together.
     """
 
-    def __init__(self, max_in_flight: int, max_queued: int) -> None:
+    def __init__(
+        self, max_in_flight: int, max_queued: int, max_body_bytes: int = MAX_BODY_BYTES
+    ) -> None:
         if max_in_flight < 1 or max_queued < 0:
             raise ValueError("max_in_flight must be >= 1 and max_queued >= 0")
         self.max_in_flight = max_in_flight
         self.max_queued = max_queued
+        self.max_body_bytes = max_body_bytes
+        self.admitted = 0
         self.in_flight = 0
-        self.queued = 0
         self.rejected = 0
+        self.body_bytes = 0
         self._free = asyncio.Semaphore(max_in_flight)
+
+    @property
+    def queued(self) -> int:
+        """Admitted requests not running yet (reading their bodies, or waiting for a slot)."""
+        return self.admitted - self.in_flight
 
     def counters(self) -> dict[str, int]:
         return {
@@ -80,9 +104,11 @@ class InferenceLimiter:
         }
 
     @contextlib.asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
-        """Hold one inference slot; raises a 503 :class:`ApiError` when the queue is full."""
-        if self._free.locked() and self.queued >= self.max_queued:
+    async def admit(self, body_bytes: int = 0) -> AsyncIterator[None]:
+        """Admit one request whose body holds ``body_bytes``; raises a 503 :class:`ApiError`
+        when the requests admitted, or their bodies, are at the bound."""
+        full = self.admitted >= self.max_in_flight + self.max_queued
+        if full or (self.admitted and self.body_bytes + body_bytes > self.max_body_bytes):
             self.rejected += 1
             raise ApiError(
                 503,
@@ -90,17 +116,30 @@ class InferenceLimiter:
                 f"waiting); retry after {RETRY_AFTER_S} s",
                 headers={"Retry-After": str(RETRY_AFTER_S)},
             )
-        self.queued += 1
+        self.admitted += 1
+        self.body_bytes += body_bytes
         try:
-            await self._free.acquire()
+            yield
         finally:
-            self.queued -= 1
+            self.admitted -= 1
+            self.body_bytes -= body_bytes
+
+    @contextlib.asynccontextmanager
+    async def run(self) -> AsyncIterator[None]:
+        """Hold one inference slot (inside :meth:`admit`), waiting for one."""
+        await self._free.acquire()
         self.in_flight += 1
         try:
             yield
         finally:
             self.in_flight -= 1
             self._free.release()
+
+    @contextlib.asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        """:meth:`admit` a request without a body, then :meth:`run` it."""
+        async with self.admit(), self.run():
+            yield
 
 
 def check_api_key(service: AgentService, request: web.Request, route: tuple[str, str]) -> bool:
@@ -203,18 +242,19 @@ async def post_model_infer(request: web.Request) -> web.Response:
     """Run one image through the named model (its active version)."""
     service = request.app[SERVICE_KEY]
     model = service.store.get(request.match_info["name"])
-    data, options = await _infer_input(request)
-    async with service.limiter.slot():
-        try:
-            detections, timing = await service.run_inference(
-                functools.partial(_predict, model, data, options)
-            )
-        except ImageDecodeError as exc:
-            service.stats.record_error(model.name, model.version)
-            raise ApiError(400, f"not a readable image ({exc})") from None
-        except Exception:
-            service.stats.record_error(model.name, model.version)
-            raise
+    async with service.limiter.admit(body_bytes(request)):
+        data, options = await _infer_input(request)
+        async with service.limiter.run():
+            try:
+                detections, timing = await service.run_inference(
+                    functools.partial(_predict, model, data, options)
+                )
+            except ImageDecodeError as exc:
+                service.stats.record_error(model.name, model.version)
+                raise ApiError(400, f"not a readable image ({exc})") from None
+            except Exception:
+                service.stats.record_error(model.name, model.version)
+                raise
     service.stats.record(model.name, timing.total_ms, model.version)
     return web.json_response(
         {

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import socket
 import stat
 import sys
 import threading
@@ -330,6 +331,63 @@ def test_limiter_counts_queue_and_rejects() -> None:
     assert (seen["in_flight"], seen["queued"], seen["rejected"]) == (1, 1, 1)
     with pytest.raises(ValueError):
         InferenceLimiter(0, 1)
+
+
+def test_limiter_bounds_the_bodies_held_in_memory() -> None:
+    async def scenario() -> None:
+        limiter = InferenceLimiter(2, 2, max_body_bytes=100)
+        async with limiter.admit(60):
+            with pytest.raises(ApiError) as over:
+                async with limiter.admit(60):
+                    pass
+            assert over.value.status == 503
+            async with limiter.admit(30):  # fits beside the first
+                assert (limiter.queued, limiter.body_bytes) == (2, 90)
+        async with limiter.admit(500):  # alone, any size (the route's own limit applies)
+            pass
+        assert (limiter.admitted, limiter.body_bytes, limiter.rejected) == (0, 0, 1)
+
+    asyncio.run(scenario())
+
+
+def test_a_busy_agent_refuses_before_it_reads_the_body(
+    start_agent: Any, package: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An application that opens more requests than the agent admits gets its 503 as soon as
+    the headers arrive: the body is not read into memory first (here it never comes)."""
+    running = start_agent(max_concurrency=1, max_queue=0)
+    with running.client() as client:
+        client.upload_package(package)
+    model = running.service.store.get("shapes")
+    release = threading.Event()
+    real = model.predictor.predict_bytes
+
+    def slow(data: bytes, **kwargs: Any) -> Any:
+        release.wait(60)
+        return real(data, **kwargs)
+
+    monkeypatch.setattr(model.predictor, "predict_bytes", slow)
+    _, secret = running.service.api_keys.create("camera")
+    with ThreadPoolExecutor(1) as pool:
+        first = pool.submit(
+            httpx.post,
+            f"{running.url}{INFER}",
+            headers={"Authorization": f"Bearer {secret}"},
+            content=make_image_bytes(),
+            timeout=60,
+        )
+        _wait_for(lambda: running.service.limiter.in_flight == 1, "the first inference")
+        host, port = running.url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            sock.sendall(
+                f"POST {INFER} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {secret}\r\n"
+                "Content-Type: image/jpeg\r\nContent-Length: 50000000\r\n\r\n".encode()
+            )
+            head = sock.recv(65536).decode("latin-1")  # times out if the agent waits for it
+        assert head.startswith("HTTP/1.1 503") and "Retry-After: 1" in head
+        release.set()
+        assert first.result().status_code == 200
+    assert running.service.limiter.counters()["rejected"] == 1
 
 
 def test_a_full_queue_answers_503_with_retry_after(
