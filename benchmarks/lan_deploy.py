@@ -19,7 +19,8 @@ Measures, side by side, in one run on one machine:
   (goal >= 0.9). With ``OUTPOST_UPLOAD_PROFILE=1`` both sides print their per-request
   timings on stderr;
 - discovery time: mDNS browse on the veth address only until the agent is found;
-- agent HTTP inference p50 (signed request, a 640x640 JPEG photo) vs raw runtime p50
+- agent HTTP inference p50 (the desktop's signed request, a 640x640 JPEG photo; and an
+  application's request with an API key, from a plain httpx client) vs raw runtime p50
   (``session.run`` on the same model in the desktop's process), and vs the same prediction
   (decode to NMS) in the desktop's process: what HTTP adds. Timed in alternating blocks;
   the model is a yolo11n at 640 px built from its YAML when Ultralytics is installed
@@ -51,6 +52,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -253,8 +255,10 @@ def timed_push(client: Any, package: Path, chunk: int | None) -> tuple[Any, floa
 
 def desktop_side(args: argparse.Namespace) -> None:
     """Runs inside the desktop namespace: discovery, pairing, push, GET, inference."""
+    import httpx
     import numpy as np
 
+    from device_agent.apikeys import ApiKeys
     from device_agent.auth import KeyPair
     from device_agent.client import AgentClient, pair_with_agent
     from device_agent.discovery import browse
@@ -309,18 +313,31 @@ def desktop_side(args: argparse.Namespace) -> None:
         jpeg, out["image"] = test_image_jpeg(int(w))
         name = installed["name"]
         predictor = Predictor.from_path(Path(spec.get("infer_package") or package))
+        # an application's request: its API key, a plain HTTP client (as a camera app sends)
+        _, secret = ApiKeys(Path(spec["data_dir"])).create("lan-benchmark")
+        app = httpx.Client(headers={"Authorization": f"Bearer {secret}"}, timeout=60.0)
+        app_url = f"{url}/v1/models/{quote(name, safe='')}/infer"
+
+        def app_infer() -> None:
+            app.post(
+                app_url, content=jpeg, headers={"Content-Type": "image/jpeg"}
+            ).raise_for_status()
+
         try:
             tensor = np.random.default_rng(0).random((1, 3, h, w), dtype=np.float32)
-            out["raw_p50_ms"], out["local_p50_ms"], out["agent_p50_ms"] = paired_p50s(
+            p50s = paired_p50s(
                 [
                     lambda: predictor.backend.run(tensor),
                     lambda: predictor.predict_bytes(jpeg),
                     lambda: client.infer_model(name, jpeg),
+                    app_infer,
                 ],
                 spec["runs"],
             )
+            out["raw_p50_ms"], out["local_p50_ms"], out["agent_p50_ms"], out["app_p50_ms"] = p50s
         finally:
             predictor.close()
+            app.close()
         out["input_size"] = f"{w}x{h}"
         timings = [client.infer_model(name, jpeg)["timing_ms"] for _ in range(10)]
         out["agent_timing_ms"] = {k: statistics.median(t[k] for t in timings) for k in timings[0]}
@@ -446,6 +463,13 @@ def main() -> int:
             raw_p50,
             infer_ratio,
             f"<= 1.10x: {'yes' if infer_ratio <= 1.10 else 'NO'}",
+        ),
+        (
+            "  an application's request, API key (ms)",
+            result["app_p50_ms"],
+            raw_p50,
+            result["app_p50_ms"] / raw_p50,
+            "(plain httpx, as a camera app sends)",
         ),
         (
             "  vs the same predict in-process (ms)",
