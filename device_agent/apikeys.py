@@ -28,7 +28,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from device_agent.errors import AgentError, one_line
+from device_agent.errors import AgentError, cannot_write, one_line
 from runtimes.fileio import atomic_write_text
 
 KEYS_FILE = "api-keys.json"
@@ -187,7 +187,7 @@ class ApiKeys:
             os.chmod(self.path, 0o600)
         except OSError as exc:
             raise ApiKeyError(
-                f"cannot write {self.path}: {one_line(exc.strerror)}; check the folder permissions"
+                cannot_write(self.path, exc, "check the folder permissions")
             ) from None
         self._keys = keys
         self._stamp = self._file_stamp()

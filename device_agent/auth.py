@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from device_agent.errors import IdentityError, ascii_digits, one_line
+from device_agent.errors import IdentityError, ascii_digits, cannot_write, one_line
 from runtimes.fileio import atomic_write_bytes
 
 # Request headers (desktop → agent) and response headers (agent → desktop).
@@ -160,9 +160,7 @@ def load_or_create_key(path: Path) -> tuple[KeyPair, bool]:
             atomic_write_bytes(path, key.to_pem())  # mkstemp: created 0600
             os.chmod(path, 0o600)
         except OSError as exc:
-            raise IdentityError(
-                f"cannot write {path}: {one_line(exc.strerror)}; check the folder permissions"
-            ) from None
+            raise IdentityError(cannot_write(path, exc, "check the folder permissions")) from None
         return key, True
     except OSError as exc:
         raise IdentityError(

@@ -27,6 +27,15 @@ def storage_failure(exc: BaseException) -> tuple[str, str] | None:
     return _STORAGE_FAILURES.get(exc.errno)
 
 
+def cannot_write(path: object, exc: OSError, advice: str) -> str:
+    """The one-line message for a write to ``path`` that failed: what to do about the storage
+    when it failed (full, read-only, an I/O error), else ``advice`` (permissions, the user)."""
+    failure = storage_failure(exc)
+    return (
+        f"cannot write {path}: {one_line(exc.strerror or exc)}; {failure[1] if failure else advice}"
+    )
+
+
 def ascii_digits(text: str) -> bool:
     """Whether ``text`` is a whole number in ASCII digits (``str.isdigit`` also takes "²" and
     other digits ``int`` refuses; headers arrive as Latin-1, which has some)."""

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from device_agent.auth import KeyPair, agent_id_for, load_or_create_key
-from device_agent.errors import IdentityError, one_line
+from device_agent.errors import IdentityError, cannot_write, one_line
 from runtimes.fileio import atomic_write_text
 
 IDENTITY_FILE = "agent.json"
@@ -80,6 +80,6 @@ def load_or_create_identity(data_dir: Path) -> Identity:
             atomic_write_text(path, json.dumps(new_record, indent=2) + "\n")
         except OSError as exc:
             raise IdentityError(
-                f"cannot write {path}: {one_line(exc.strerror)}; check the --data-dir permissions"
+                cannot_write(path, exc, "check the --data-dir permissions")
             ) from None
     return Identity(agent_id, name if isinstance(name, str) and name.strip() else _hostname(), key)

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from device_agent.auth import AuthError, fingerprint, unb64
-from device_agent.errors import AgentError, one_line
+from device_agent.errors import AgentError, cannot_write, one_line
 from runtimes.fileio import atomic_write_text
 
 CODE_FILE = "pairing-code.json"
@@ -59,9 +59,7 @@ def issue_code(data_dir: Path, clock: Clock = time.time) -> IssuedCode:
         atomic_write_text(path, json.dumps({"code": code, "expires_at": issued.expires_at}))
         os.chmod(path, 0o600)
     except OSError as exc:
-        raise AgentError(
-            f"cannot write {path}: {one_line(exc.strerror)}; run as the user the agent runs as"
-        ) from None
+        raise AgentError(cannot_write(path, exc, "run as the user the agent runs as")) from None
     return issued
 
 
@@ -196,8 +194,7 @@ class Pairing:
             except OSError as exc:
                 self.desktops = self._load()
                 raise AgentError(
-                    f"cannot write {self.paired_path}: {one_line(exc.strerror or exc)}; "
-                    "run as the user the agent runs as"
+                    cannot_write(self.paired_path, exc, "run as the user the agent runs as")
                 ) from None
         return dropped
 

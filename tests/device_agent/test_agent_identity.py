@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import os
 import re
 import stat
 import sys
@@ -11,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from device_agent import auth
 from device_agent.errors import IdentityError
 from device_agent.identity import load_or_create_identity
 from device_agent.paths import default_data_dir
@@ -61,6 +64,29 @@ def test_corrupt_identity_is_refused(tmp_path: Path, content: str) -> None:
     (tmp_path / "agent.json").write_text(content)
     with pytest.raises(IdentityError, match="agent.json is corrupt"):
         load_or_create_identity(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("err", "advice"),
+    [
+        (errno.ENOSPC, "free some space"),
+        (errno.EROFS, "check the disk (a failing SD card or disk is remounted read-only)"),
+        (errno.EACCES, "check the folder permissions"),
+    ],
+)
+def test_a_key_that_cannot_be_written_says_what_to_do(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, err: int, advice: str
+) -> None:
+    """A full or read-only disk is named as such, not as a permissions problem."""
+
+    def refuse(*_: object) -> None:
+        raise OSError(err, os.strerror(err))
+
+    monkeypatch.setattr(auth, "atomic_write_bytes", refuse)
+    with pytest.raises(
+        IdentityError, match=f"cannot write .*identity.key: .*; {re.escape(advice)}"
+    ):
+        load_or_create_identity(tmp_path / "agent")
 
 
 def test_default_data_dir_is_per_user(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
