@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from PySide6.QtCore import QPoint, Qt
-from PySide6.QtWidgets import QWizard
+from PySide6.QtWidgets import QApplication, QWizard
 
 from desktop_app.core import datasets
 from desktop_app.core.dataset_prelabel import store_proposals
@@ -36,8 +36,16 @@ def _open(qtbot: Any, page: Any, row: int) -> dict[str, Any]:
 
 
 def _settle(qtbot: Any, page: Any) -> None:
-    qtbot.waitUntil(lambda: page.images.pending_edits() == 0, timeout=WAIT)
-    page.ctx.wait()
+    """Wait until the page's edits are stored and what the background tasks sent back has
+    reached the page: a task's result arrives as a queued signal after the pool is idle, and
+    one that lands in the middle of the next drag would replace the boxes under the mouse."""
+    for _ in range(50):
+        qtbot.waitUntil(lambda: page.images.pending_edits() == 0, timeout=WAIT)
+        page.ctx.wait()
+        QApplication.processEvents()
+        if page.images.pending_edits() == 0 and page.ctx.pool.activeThreadCount() == 0:
+            return
+    raise AssertionError("the page kept starting background tasks")
 
 
 def test_import_wizard_imports_the_sample(qtbot: Any, studio: Any, sample_source: Path) -> None:
