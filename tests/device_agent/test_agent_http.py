@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import hashlib
 import http.server
 import socket
 import sys
@@ -349,3 +350,67 @@ def test_digits_that_are_not_a_number_are_refused_not_an_internal_error(agent: A
         headers={"Outpost-Protocol": odd.encode("latin-1"), "Outpost-Protocol-Min": b"1"},
     )
     assert protocol.status_code == 200
+
+
+MALFORMED_BODIES = (
+    (b"", "application/json"),
+    (b"{", "application/json"),
+    (b'[1, "x"]', "application/json"),
+    (
+        b'{"size": 1e309, "sha256": 5, "runs": -5, "image_base64": 7, "pieces": "x"}',
+        "application/json",
+    ),
+    (b"\xff\xfe not text", "application/octet-stream"),
+    (b"--x\r\n\r\n", "multipart/form-data; boundary=x"),
+    (b"garbage", "application/x-outpost-chain"),
+    (b"garbage", "application/x-outpost-pieces"),
+)
+MALFORMED_QUERIES = ("", "?minutes=-1&conf=nan&max_det=0", "?activate=2&force=maybe&provider=%00")
+MALFORMED_HEADERS = (
+    {},
+    {"Upload-Offset": "²", "Upload-Proof-From": "x"},
+    {"Upload-Offset": "0", "Upload-Length": "9" * 30, "Upload-Piece-Size": "0"},
+)
+
+
+def test_every_route_answers_malformed_input_with_a_reason_not_an_error(
+    agent: Any, package: Path
+) -> None:
+    """A paired desktop's signed requests with bodies, queries and headers no client of ours
+    sends, to every route of the table (models and uploads that exist, that do not, and
+    names that are paths): each gets a 4xx with a one-line reason, never a 500, and the agent
+    keeps serving."""
+    with agent.client() as client:
+        client.upload_package(package)
+        data = package.read_bytes()
+        upload = client.create_upload(len(data), hashlib.sha256(data).hexdigest())["id"]
+    names = {"{name}": ("shapes", "nope", "%2e%2e"), "{id}": (upload, "0" * 32, "..%2fx")}
+    sent = 0
+    with httpx.Client(auth=agent.auth(), timeout=30) as http:
+        for route in agent.service.app.router.routes():
+            canonical = route.resource.canonical
+            if route.method == "HEAD" or (route.method, canonical) == ("DELETE", "/v1/pair"):
+                continue  # (unpairing this desktop is what that route is for)
+            key = next((k for k in names if k in canonical), None)
+            for value in names[key] if key else ("",):
+                path = canonical.replace(key, value) if key else canonical
+                for i, (body, kind) in enumerate(MALFORMED_BODIES):
+                    query = MALFORMED_QUERIES[i % len(MALFORMED_QUERIES)]
+                    headers = {
+                        k: v.encode("latin-1")
+                        for k, v in MALFORMED_HEADERS[i % len(MALFORMED_HEADERS)].items()
+                    }
+                    headers["Content-Type"] = kind.encode()
+                    response = http.request(
+                        route.method, f"{agent.url}{path}{query}", content=body, headers=headers
+                    )
+                    sent += 1
+                    where = (route.method, path, query, kind, response.text[:200])
+                    assert response.status_code < 500, where
+                    if response.status_code >= 400:
+                        assert "\n" not in response.json()["error"], where
+    assert sent > 200
+    with agent.client() as client:
+        assert client.health()["status"] == "ok"
+        if any(m["name"] == "shapes" for m in client.models()):  # an uninstall may have gone
+            assert client.infer(make_image_bytes())["detections"] == list(EXPECTED)
