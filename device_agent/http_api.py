@@ -97,6 +97,7 @@ from runtimes.errors import ImageDecodeError, OutpostError, PackageError, Runtim
 
 if TYPE_CHECKING:
     from device_agent.service import AgentService
+    from runtimes.predictor import Timing
 
 log = logging.getLogger(__name__)
 
@@ -342,6 +343,14 @@ def body_bytes(request: web.Request) -> int:
     does not say (a chunked body)."""
     declared = request.content_length
     return MAX_IMAGE_BYTES if declared is None else min(declared, MAX_IMAGE_BYTES)
+
+
+def timing_json(timing: Timing, since: float) -> dict[str, float]:
+    """The prediction's own timing, plus ``wait``: the milliseconds from the image being read
+    to its prediction starting (a slot, the model, a worker thread), so that a loaded device's
+    queueing shows in each answer."""
+    elapsed_ms = (time.perf_counter() - since) * 1e3
+    return {**timing.as_dict(), "wait": round(max(0.0, elapsed_ms - timing.total_ms), 3)}
 
 
 async def _read_image(request: web.Request) -> bytes:
@@ -601,6 +610,7 @@ async def post_infer(request: web.Request) -> web.Response:
     model = service.store.resolve(request.query.get("model") or None)
     async with service.limiter.admit(body_bytes(request)):
         data = await _read_image(request)
+        t0 = time.perf_counter()
         async with service.limiter.run():
             try:
                 detections, timing = await service.run_inference(
@@ -616,7 +626,7 @@ async def post_infer(request: web.Request) -> web.Response:
         "format": model.format,
         "runtime": model.runtime,
         "detections": detections.to_list(),
-        "timing_ms": timing.as_dict(),
+        "timing_ms": timing_json(timing, t0),
     }
     return web.json_response(result)
 

@@ -28,6 +28,7 @@ from device_agent.http_api import (
     ApiError,
     _read_image,
     body_bytes,
+    timing_json,
 )
 from runtimes.errors import ImageDecodeError
 from runtimes.latency import percentiles
@@ -244,6 +245,7 @@ async def post_model_infer(request: web.Request) -> web.Response:
     model = service.store.get(request.match_info["name"])
     async with service.limiter.admit(body_bytes(request)):
         data, options = await _infer_input(request)
+        t0 = time.perf_counter()
         async with service.limiter.run():
             try:
                 detections, timing = await service.run_inference(
@@ -264,7 +266,7 @@ async def post_model_infer(request: web.Request) -> web.Response:
             "runtime": model.runtime,
             "task": model.manifest.model.task,
             "detections": detections_json(detections),
-            "timing_ms": timing.as_dict(),
+            "timing_ms": timing_json(timing, t0),
         }
     )
 

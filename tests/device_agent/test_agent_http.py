@@ -22,7 +22,7 @@ from device_agent.client import AgentClient, AgentRejectedError, AgentUnreachabl
 from device_agent.errors import AgentAnswerError
 from tests.fakes import EXPECTED, flip_last_byte, make_image_bytes, make_package, rewrite_package
 
-TIMING_KEYS = {"decode", "preprocess", "inference", "postprocess", "total"}
+TIMING_KEYS = {"decode", "preprocess", "inference", "postprocess", "total", "wait"}
 
 
 def _error(response: httpx.Response) -> str:

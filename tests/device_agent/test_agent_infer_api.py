@@ -24,7 +24,7 @@ from device_agent.http_api import ApiError
 from device_agent.inference import BEARER_ROUTES, InferenceLimiter
 from tests.fakes import EXPECTED, header_bomb, make_image_bytes
 
-TIMING_KEYS = {"decode", "preprocess", "inference", "postprocess", "total"}
+TIMING_KEYS = {"decode", "preprocess", "inference", "postprocess", "total", "wait"}
 INFER = "/v1/models/shapes/infer"
 
 
