@@ -183,6 +183,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except OutpostError as exc:
         status = next(code for cls, code in ERROR_STATUS if isinstance(exc, cls))
         return error_response(status, str(exc))
+    except ConnectionError as exc:  # the client went away before its request was read
+        log.info("%s %s: the client went away (%s)", request.method, request.path, exc)
+        return error_response(400, "the connection was lost before the request was read")
     except OSError as exc:
         if storage_failure(exc) is None:
             log.exception("unexpected error on %s %s", request.method, request.path)

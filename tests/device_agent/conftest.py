@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,16 @@ from device_agent.auth import KeyPair
 from device_agent.client import AgentClient, SignedAuth
 from device_agent.service import AgentService
 from tests.fakes import make_package
+
+
+def wait_for(condition: Callable[[], bool], what: str) -> None:
+    """Wait (bounded) for another thread's progress; fails with ``what`` if it never comes."""
+    event = threading.Event()
+    for _ in range(2000):
+        if condition():
+            return
+        event.wait(0.01)
+    raise AssertionError(f"timed out waiting for {what}")
 
 
 class AgentThread:

@@ -6,6 +6,7 @@ import contextlib
 import gzip
 import hashlib
 import http.server
+import logging
 import socket
 import sys
 import threading
@@ -20,6 +21,7 @@ from device_agent import PROTOCOL_VERSION, __version__
 from device_agent import client as client_module
 from device_agent.client import AgentClient, AgentRejectedError, AgentUnreachableError
 from device_agent.errors import AgentAnswerError
+from tests.device_agent.conftest import wait_for
 from tests.fakes import EXPECTED, flip_last_byte, make_image_bytes, make_package, rewrite_package
 
 TIMING_KEYS = {"decode", "preprocess", "inference", "postprocess", "total", "wait"}
@@ -414,3 +416,27 @@ def test_every_route_answers_malformed_input_with_a_reason_not_an_error(
         assert client.health()["status"] == "ok"
         if any(m["name"] == "shapes" for m in client.models()):  # an uninstall may have gone
             assert client.infer(make_image_bytes())["detections"] == list(EXPECTED)
+
+
+def test_a_client_that_goes_away_mid_body_is_not_an_error(
+    agent: Any, package: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A camera app that disconnects while its image is on the way is an everyday event: the
+    agent notes it, without an 'unexpected error' traceback, and keeps serving."""
+    with agent.client() as client:
+        client.upload_package(package)
+    secret = agent.service.api_keys.create("camera")[1]
+    host, port = agent.url.removeprefix("http://").split(":")
+    with caplog.at_level(logging.INFO, logger="device_agent"):
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            sock.sendall(
+                f"POST /v1/models/shapes/infer HTTP/1.1\r\nHost: {host}\r\n"
+                f"Authorization: Bearer {secret}\r\nContent-Type: image/png\r\n"
+                "Content-Length: 100000\r\n\r\n".encode()
+                + b"\x89PNG" * 16
+            )
+            wait_for(lambda: agent.service.limiter.admitted == 1, "the request to be admitted")
+        wait_for(lambda: "the client went away" in caplog.text, "the agent to note it")
+    assert "unexpected error" not in caplog.text
+    with agent.client() as client:
+        assert client.infer(make_image_bytes())["detections"] == list(EXPECTED)

@@ -9,7 +9,6 @@ import socket
 import stat
 import sys
 import threading
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from device_agent.cli import main as agent_cli
 from device_agent.client import AgentRejectedError
 from device_agent.http_api import ApiError
 from device_agent.inference import BEARER_ROUTES, InferenceLimiter
+from tests.device_agent.conftest import wait_for
 from tests.fakes import EXPECTED, header_bomb, make_image_bytes
 
 TIMING_KEYS = {"decode", "preprocess", "inference", "postprocess", "total", "wait"}
@@ -33,16 +33,6 @@ def _error(response: httpx.Response) -> str:
     assert set(body) == {"error"}
     assert "\n" not in body["error"]
     return str(body["error"])
-
-
-def _wait_for(condition: Callable[[], bool], what: str) -> None:
-    """Wait (bounded) for another thread's progress; fails with ``what`` if it never comes."""
-    event = threading.Event()
-    for _ in range(2000):
-        if condition():
-            return
-        event.wait(0.01)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _expected_renamed() -> list[dict[str, Any]]:
@@ -376,7 +366,7 @@ def test_a_busy_agent_refuses_before_it_reads_the_body(
             content=make_image_bytes(),
             timeout=60,
         )
-        _wait_for(lambda: running.service.limiter.in_flight == 1, "the first inference")
+        wait_for(lambda: running.service.limiter.in_flight == 1, "the first inference")
         host, port = running.url.removeprefix("http://").split(":")
         with socket.create_connection((host, int(port)), timeout=10) as sock:
             sock.sendall(
@@ -418,9 +408,9 @@ def test_a_full_queue_answers_503_with_retry_after(
 
     with ThreadPoolExecutor(2) as pool:
         first = pool.submit(infer)
-        _wait_for(lambda: limiter.in_flight == 1, "the first inference to start")
+        wait_for(lambda: limiter.in_flight == 1, "the first inference to start")
         second = pool.submit(infer)
-        _wait_for(lambda: limiter.queued == 1, "the second inference to queue")
+        wait_for(lambda: limiter.queued == 1, "the second inference to queue")
         refused = infer()
         assert refused.status_code == 503 and refused.headers["Retry-After"] == "1"
         assert "busy" in _error(refused)

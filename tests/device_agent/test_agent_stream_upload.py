@@ -28,6 +28,7 @@ from device_agent.uploads import (
     UploadError,
     UploadManager,
 )
+from tests.device_agent.conftest import wait_for
 from tests.device_agent.stream_faults import AlteredStream, serving_version
 from tests.fakes import EXPECTED, make_image_bytes
 
@@ -77,15 +78,6 @@ def _note_stream_closed(uploads: Any) -> threading.Event:
 
     uploads.open_stream = opening
     return closed
-
-
-def _wait_for(condition: Any, what: str) -> None:
-    event = threading.Event()
-    for _ in range(2000):
-        if condition():
-            return
-        event.wait(0.01)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 class StreamTransport(httpx.BaseTransport):
@@ -158,7 +150,7 @@ def test_a_broken_stream_resumes_from_the_last_verified_piece(agent: Any, packag
         # the agent keeps the verified, fsynced pieces and drops the partial one (bytes it
         # had not read yet when the connection broke are lost with it); its handler may start
         # after the client gave up, so wait for the stream it opened to be closed
-        _wait_for(closed.is_set, "the agent to finish the broken stream")
+        wait_for(closed.is_set, "the agent to finish the broken stream")
         kept = client.upload_status(upload["id"])["offset"]
         assert kept % PIECE == 0 and kept <= 3 * PIECE
         folder = Path(agent.service.data_dir) / "uploads" / upload["id"]
