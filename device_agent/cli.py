@@ -92,6 +92,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="inferences run at once (default: the CPU count); up to 4x as many wait, "
         "more are refused with 503",
     )
+    serve.add_argument(
+        "--max-queue",
+        type=_non_negative,
+        help="inference requests that may wait beside those running (default: 4x "
+        "--max-concurrency); more are refused with 503 and Retry-After",
+    )
     info = sub.add_parser("info", help="print this agent's id (created on first use)")
     info.add_argument("--data-dir", type=Path, help=f"state folder (default {default_data_dir()})")
     info.add_argument("--json", action="store_true", help="print id, name and data folder as JSON")
@@ -198,12 +204,20 @@ def _service(args: argparse.Namespace) -> int:
 
 
 def _positive(text: str) -> int:
+    return _at_least(text, 1)
+
+
+def _non_negative(text: str) -> int:
+    return _at_least(text, 0)
+
+
+def _at_least(text: str, low: int) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    if value < low:
+        raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
     return value
 
 
@@ -376,6 +390,7 @@ def _serve(args: argparse.Namespace) -> int:
         interfaces=[interface] if interface else None,
         advertise=not args.no_mdns,
         max_concurrency=args.max_concurrency,
+        max_queue=args.max_queue,
     )
     asyncio.run(_run_until_signalled(service))
     return 0

@@ -5,12 +5,17 @@ from __future__ import annotations
 import json
 import re
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from device_agent import __version__
+from device_agent.auth import KeyPair
 from device_agent.cli import main
+from device_agent.client import AgentClient, pair_with_agent
+from device_agent.pairing import issue_code
 
 
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
@@ -34,6 +39,8 @@ def test_info_prints_a_stable_id(tmp_path: Path, capsys: pytest.CaptureFixture[s
         (["serve", "--port", "99999"], "argument --port: must be 0..65535"),
         (["serve", "--port", "http"], "argument --port: must be a number"),
         (["serve", "--interface", "eth0"], "argument --interface: must be an IPv4 address"),
+        (["serve", "--max-queue", "-1"], "argument --max-queue: must be at least 0, got -1"),
+        (["serve", "--max-concurrency", "0"], "argument --max-concurrency: must be at least 1"),
         (["launch"], "invalid choice"),
     ],
 )
@@ -45,6 +52,26 @@ def test_bad_input_is_one_line_and_exit_2(
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert needle in err and err.count("\n") == 1
+
+
+def test_serve_sizes_the_inference_limiter(tmp_path: Path) -> None:
+    """--max-concurrency and --max-queue reach the running agent: its /v1/info counters."""
+    argv = ["serve", "--interface", "127.0.0.1", "--port", "0", "--data-dir", str(tmp_path)]
+    argv += ["--no-mdns", "--max-concurrency", "2", "--max-queue", "3"]
+    proc = subprocess.Popen(  # noqa: S603
+        [sys.executable, "-m", "device_agent", *argv], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None
+        ready = json.loads(proc.stdout.readline())
+        key = KeyPair.generate()
+        pinned = pair_with_agent(ready["url"], key, ready["agent_id"], issue_code(tmp_path).code)
+        with AgentClient(ready["url"], key=key, agent_key=pinned) as client:
+            counters = client.info()["concurrency"]
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    assert (counters["max_in_flight"], counters["max_queued"]) == (2, 3)
 
 
 def test_no_command_prints_usage(capsys: pytest.CaptureFixture[str]) -> None:
