@@ -340,12 +340,9 @@ def test_limiter_bounds_the_bodies_held_in_memory() -> None:
     asyncio.run(scenario())
 
 
-def test_a_busy_agent_refuses_before_it_reads_the_body(
-    start_agent: Any, package: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """An application that opens more requests than the agent admits gets its 503 as soon as
-    the headers arrive: the body is not read into memory first (here it never comes)."""
-    running = start_agent(max_concurrency=1, max_queue=0)
+def _held_model(running: Any, package: Path, monkeypatch: pytest.MonkeyPatch) -> threading.Event:
+    """Install ``package`` on ``running`` and make its model a slow backend: each prediction
+    holds its slot until the returned event is set."""
     with running.client() as client:
         client.upload_package(package)
     model = running.service.store.get("shapes")
@@ -357,6 +354,16 @@ def test_a_busy_agent_refuses_before_it_reads_the_body(
         return real(data, **kwargs)
 
     monkeypatch.setattr(model.predictor, "predict_bytes", slow)
+    return release
+
+
+def test_a_busy_agent_refuses_before_it_reads_the_body(
+    start_agent: Any, package: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An application that opens more requests than the agent admits gets its 503 as soon as
+    the headers arrive: the body is not read into memory first (here it never comes)."""
+    running = start_agent(max_concurrency=1, max_queue=0)
+    release = _held_model(running, package, monkeypatch)
     _, secret = running.service.api_keys.create("camera")
     with ThreadPoolExecutor(1) as pool:
         first = pool.submit(
@@ -389,17 +396,7 @@ def test_a_full_queue_answers_503_with_retry_after(
     start_agent: Any, package: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     running = start_agent(max_concurrency=1, max_queue=1)
-    with running.client() as client:
-        client.upload_package(package)
-    model = running.service.store.get("shapes")
-    release = threading.Event()
-    real = model.predictor.predict_bytes
-
-    def slow(data: bytes, **kwargs: Any) -> Any:
-        release.wait(60)  # a slow backend: holds its slot until the test lets it go
-        return real(data, **kwargs)
-
-    monkeypatch.setattr(model.predictor, "predict_bytes", slow)
+    release = _held_model(running, package, monkeypatch)
     limiter = running.service.limiter
     image = make_image_bytes()
 
