@@ -646,7 +646,7 @@ class DevicesPage(QWidget):
         ]
         note = core_devices.clock_note(detail.get("clock_offset_s"))
         if note:
-            lines.append(html.escape(note[0].upper() + note[1:]))
+            lines.append(html.escape(note[0].upper() + note[1:], quote=False))
         if detail.get("warning"):
             lines.append(f"<i>{detail['warning']}</i>")
         self.detail_label.setText("<br>".join(lines))

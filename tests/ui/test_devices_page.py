@@ -150,3 +150,24 @@ def test_local_inference_refuses_a_non_image(qtbot: Any, s2_ctx: Any, tmp_path: 
     qtbot.waitUntil(lambda: s2_ctx.last_error is not None, timeout=10_000)
     assert "is not an image" in s2_ctx.last_error
     assert page.inference.run_button.isEnabled()
+
+
+def test_a_device_clock_that_is_off_is_named_in_its_details(qtbot: Any, s2_ctx: Any) -> None:
+    page = _page(qtbot, s2_ctx)
+    page._selected = "d1"
+    detail = {
+        "id": "d1",
+        "name": "jetson",
+        "address": "10.0.0.7",
+        "port": 8765,
+        "paired": True,
+        "runtimes": [],
+        "models": [],
+        "accelerators": [],
+        "clock_offset_s": -7500.0,
+        "warning": None,
+    }
+    page._show_device({"detail": detail, "history": [], "latency": [], "bench_history": []})
+    assert "Clock: 2 h 5 min behind this desktop's" in page.detail_label.text()
+    page._show_device({"detail": {**detail, "clock_offset_s": 2.0}, "history": [], "latency": []})
+    assert "Clock:" not in page.detail_label.text()
