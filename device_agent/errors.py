@@ -8,9 +8,10 @@ from runtimes.errors import OutpostError
 
 DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 # What the device's storage did, and what to do, for the failures that are the storage's own
+_FREE_SPACE = "free some space (or roll back and remove old models)"
 _STORAGE_FAILURES = {
-    errno.ENOSPC: ("ran out of disk space", "free some space (or roll back and remove old models)"),
-    errno.EDQUOT: ("ran out of disk quota", "free some space (or roll back and remove old models)"),
+    errno.ENOSPC: ("ran out of disk space", _FREE_SPACE),
+    errno.EDQUOT: ("ran out of disk quota", _FREE_SPACE),
     errno.EROFS: (
         "found its storage read-only",
         "check the disk (a failing SD card or disk is remounted read-only), restart the agent",

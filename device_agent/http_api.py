@@ -31,7 +31,7 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import unquote
 
 from aiohttp import web
@@ -97,9 +97,12 @@ from runtimes.errors import ImageDecodeError, OutpostError, PackageError, Runtim
 
 if TYPE_CHECKING:
     from device_agent.service import AgentService
+    from device_agent.store import InstalledModel
+    from runtimes.detections import Detections
     from runtimes.predictor import Timing
 
 log = logging.getLogger(__name__)
+Input = TypeVar("Input")
 
 MAX_PACKAGE_BYTES = 2 << 30  # 2 GiB, streamed to disk
 MAX_IMAGE_BYTES = 64 << 20  # 64 MiB, read into memory (also the multipart limit)
@@ -348,12 +351,31 @@ def body_bytes(request: web.Request) -> int:
     return MAX_IMAGE_BYTES if declared is None else min(declared, MAX_IMAGE_BYTES)
 
 
-def timing_json(timing: Timing, since: float) -> dict[str, float]:
-    """The prediction's own timing, plus ``wait``: the milliseconds from the image being read
-    to its prediction starting (a slot, the model, a worker thread), so that a loaded device's
-    queueing shows in each answer."""
-    elapsed_ms = (time.perf_counter() - since) * 1e3
-    return {**timing.as_dict(), "wait": round(max(0.0, elapsed_ms - timing.total_ms), 3)}
+async def serve_inference(
+    request: web.Request,
+    model: InstalledModel,
+    read: Callable[[], Awaitable[Input]],
+    predict: Callable[[Input], tuple[Detections, Timing]],
+) -> tuple[Detections, dict[str, float]]:
+    """One inference request: admitted before its body is ``read``, then ``predict`` in an
+    inference slot (a failure counts as the model's error); the detections and the answer's
+    ``timing_ms``: the prediction's own timing plus ``wait``, the milliseconds from the input
+    being read to its prediction starting (a slot, the model, a worker thread), so that a
+    loaded device's queueing shows in each answer."""
+    service = request.app[SERVICE_KEY]
+    async with service.limiter.admit(body_bytes(request)):
+        inputs = await read()
+        t0 = time.perf_counter()
+        async with service.limiter.run():
+            try:
+                detections, timing = await service.run_inference(functools.partial(predict, inputs))
+            except Exception:
+                service.stats.record_error(model.name, model.version)
+                raise
+    service.stats.record(model.name, timing.total_ms, model.version)
+    elapsed_ms = (time.perf_counter() - t0) * 1e3
+    wait_ms = round(max(0.0, elapsed_ms - timing.total_ms), 3)
+    return detections, {**timing.as_dict(), "wait": wait_ms}
 
 
 async def _read_image(request: web.Request) -> bytes:
@@ -611,25 +633,19 @@ async def post_infer(request: web.Request) -> web.Response:
     conf = _unit_float(request, "conf")
     iou = _unit_float(request, "iou")
     model = service.store.resolve(request.query.get("model") or None)
-    async with service.limiter.admit(body_bytes(request)):
-        data = await _read_image(request)
-        t0 = time.perf_counter()
-        async with service.limiter.run():
-            try:
-                detections, timing = await service.run_inference(
-                    functools.partial(model.predict_bytes, data, conf=conf, iou=iou)
-                )
-            except Exception:
-                service.stats.record_error(model.name, model.version)
-                raise
-    service.stats.record(model.name, timing.total_ms, model.version)
+    detections, timing = await serve_inference(
+        request,
+        model,
+        functools.partial(_read_image, request),
+        functools.partial(model.predict_bytes, conf=conf, iou=iou),
+    )
     result: dict[str, Any] = {
         "model": model.name,
         "version": model.version,
         "format": model.format,
         "runtime": model.runtime,
         "detections": detections.to_list(),
-        "timing_ms": timing_json(timing, t0),
+        "timing_ms": timing,
     }
     return web.json_response(result)
 

@@ -27,8 +27,7 @@ from device_agent.http_api import (
     SERVICE_KEY,
     ApiError,
     _read_image,
-    body_bytes,
-    timing_json,
+    serve_inference,
 )
 from runtimes.errors import ImageDecodeError
 from runtimes.latency import percentiles
@@ -243,21 +242,15 @@ async def post_model_infer(request: web.Request) -> web.Response:
     """Run one image through the named model (its active version)."""
     service = request.app[SERVICE_KEY]
     model = service.store.get(request.match_info["name"])
-    async with service.limiter.admit(body_bytes(request)):
-        data, options = await _infer_input(request)
-        t0 = time.perf_counter()
-        async with service.limiter.run():
-            try:
-                detections, timing = await service.run_inference(
-                    functools.partial(_predict, model, data, options)
-                )
-            except ImageDecodeError as exc:
-                service.stats.record_error(model.name, model.version)
-                raise ApiError(400, f"not a readable image ({exc})") from None
-            except Exception:
-                service.stats.record_error(model.name, model.version)
-                raise
-    service.stats.record(model.name, timing.total_ms, model.version)
+    try:
+        detections, timing = await serve_inference(
+            request,
+            model,
+            functools.partial(_infer_input, request),
+            lambda given: _predict(model, *given),
+        )
+    except ImageDecodeError as exc:
+        raise ApiError(400, f"not a readable image ({exc})") from None
     return web.json_response(
         {
             "model": model.name,
@@ -266,7 +259,7 @@ async def post_model_infer(request: web.Request) -> web.Response:
             "runtime": model.runtime,
             "task": model.manifest.model.task,
             "detections": detections_json(detections),
-            "timing_ms": timing_json(timing, t0),
+            "timing_ms": timing,
         }
     )
 
