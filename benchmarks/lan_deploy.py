@@ -29,7 +29,9 @@ Measures, side by side, in one run on one machine:
 
 Without ``--workspace`` the model is the fake ONNX detector at 640 px, padded with a random
 file to ``--size-mb`` (random bytes: zip cannot shrink them); with ``--workspace WS`` it is
-that workspace's export (``--export ID``, default the newest), as it is.
+that workspace's export (``--export ID``, default the newest), as it is. ``--infer-package P``
+times inference with the package ``P`` (a yolo11n built elsewhere by ``runtime_overhead.py
+--build-into``, say) on a machine that has no Ultralytics to build one.
 
 Needs root and ``ip netns`` (see the "simulated LAN" recipe in the environment notes):
 
@@ -352,6 +354,12 @@ def main() -> int:
     parser.add_argument("--workspace", type=Path, help="use this workspace's export instead")
     parser.add_argument("--export", default="latest", help="export id with --workspace")
     parser.add_argument(
+        "--infer-package",
+        type=Path,
+        help="time inference with this package (installed beside the pushed one) instead of "
+        "a yolo11n built here; for a machine without Ultralytics",
+    )
+    parser.add_argument(
         "--chunk-mib", type=int, default=0, help="upload chunk size (default: the agent's)"
     )
     parser.add_argument(
@@ -380,10 +388,14 @@ def main() -> int:
             if args.workspace
             else build_fake_package(work, args.size_mb)
         )
-        infer_package = None if args.workspace else build_inference_package(work)
-        infer_model = (
-            "yolo11n (random weights)" if infer_package else f"the model of {package.name}"
-        )
+        if args.infer_package:
+            infer_package = args.infer_package.resolve()
+            infer_model = f"the model of {infer_package.name}"
+        else:
+            infer_package = None if args.workspace else build_inference_package(work)
+            infer_model = (
+                "yolo11n (random weights)" if infer_package else f"the model of {package.name}"
+            )
         agent, ready = start_agent(lan, agent_host, work / "agent", work / "agent.log")
         files = lan.popen(
             agent_host,
