@@ -974,11 +974,12 @@ class AgentClient:
         model: str | None = None,
         conf: float | None = None,
         iou: float | None = None,
+        top_k: int | None = None,
     ) -> dict[str, Any]:
-        """Run one encoded image (JPEG/PNG bytes) through a model on the agent."""
-        params = {
-            k: str(v) for k, v in (("model", model), ("conf", conf), ("iou", iou)) if v is not None
-        }
+        """Run one encoded image (JPEG/PNG bytes) through a model on the agent (a classifier's
+        answer lists its ``top_k`` classes)."""
+        given = (("model", model), ("conf", conf), ("iou", iou), ("top_k", top_k))
+        params = {k: str(v) for k, v in given if v is not None}
         return self._request(
             "POST",
             "/v1/infer",
@@ -995,13 +996,12 @@ class AgentClient:
         conf: float | None = None,
         iou: float | None = None,
         max_det: int | None = None,
+        top_k: int | None = None,
     ) -> dict[str, Any]:
-        """Run one encoded image through ``model`` (``POST /v1/models/{name}/infer``)."""
-        params = {
-            k: str(v)
-            for k, v in (("conf", conf), ("iou", iou), ("max_det", max_det))
-            if v is not None
-        }
+        """Run one encoded image through ``model`` (``POST /v1/models/{name}/infer``; a
+        classifier's answer lists its ``top_k`` classes)."""
+        given = (("conf", conf), ("iou", iou), ("max_det", max_det), ("top_k", top_k))
+        params = {k: str(v) for k, v in given if v is not None}
         return self._request(
             "POST",
             f"/v1/models/{quote(model, safe='')}/infer",

@@ -93,6 +93,7 @@ from device_agent.uploads import (
     profile_line,
     profiling,
 )
+from runtimes.detections import MAX_TOP_K
 from runtimes.errors import ImageDecodeError, OutpostError, PackageError, RuntimeUnavailableError
 
 if TYPE_CHECKING:
@@ -351,17 +352,46 @@ def body_bytes(request: web.Request) -> int:
     return MAX_IMAGE_BYTES if declared is None else min(declared, MAX_IMAGE_BYTES)
 
 
+def whole_param(value: object, key: str, limit: int) -> int | None:
+    """A whole number from 1 to ``limit`` (query text or JSON), None when not given."""
+    if value is None or value == "":
+        return None
+    try:
+        number = int(str(value))
+    except ValueError:
+        number = 0
+    if isinstance(value, bool) or not 1 <= number <= limit:
+        raise ApiError(400, f"{key} must be a whole number from 1 to {limit}, got {value!r}")
+    return number
+
+
+def top_k_param(value: object) -> int | None:
+    """A classifier's ``top_k``: how many classes to answer (1 to :data:`MAX_TOP_K`)."""
+    return whole_param(value, "top_k", MAX_TOP_K)
+
+
+def classification_json(
+    model: InstalledModel, detections: Detections, top_k: int | None
+) -> dict[str, Any]:
+    """A classifier's answer: ``{"classification": [{class_id, class_name, confidence}, ...]}``,
+    the ``top_k`` most probable classes (default: the package's ``postprocessing.top_k``),
+    most probable first; ``{}`` for every other task (they answer ``detections``)."""
+    if detections.probs is None:
+        return {}
+    return {"classification": detections.top_k(top_k or model.manifest.model.postprocessing.top_k)}
+
+
 async def serve_inference(
     request: web.Request,
     model: InstalledModel,
     read: Callable[[], Awaitable[Input]],
     predict: Callable[[Input], tuple[Detections, Timing]],
-) -> tuple[Detections, dict[str, float]]:
+) -> tuple[Input, Detections, dict[str, float]]:
     """One inference request: admitted before its body is ``read``, then ``predict`` in an
-    inference slot (a failure counts as the model's error); the detections and the answer's
-    ``timing_ms``: the prediction's own timing plus ``wait``, the milliseconds from the input
-    being read to its prediction starting (a slot, the model, a worker thread), so that a
-    loaded device's queueing shows in each answer."""
+    inference slot (a failure counts as the model's error); the input read, the detections and
+    the answer's ``timing_ms``: the prediction's own timing plus ``wait``, the milliseconds
+    from the input being read to its prediction starting (a slot, the model, a worker thread),
+    so that a loaded device's queueing shows in each answer."""
     service = request.app[SERVICE_KEY]
     async with service.limiter.admit(body_bytes(request)):
         inputs = await read()
@@ -375,7 +405,7 @@ async def serve_inference(
     service.stats.record(model.name, timing.total_ms, model.version)
     elapsed_ms = (time.perf_counter() - t0) * 1e3
     wait_ms = round(max(0.0, elapsed_ms - timing.total_ms), 3)
-    return detections, {**timing.as_dict(), "wait": wait_ms}
+    return inputs, detections, {**timing.as_dict(), "wait": wait_ms}
 
 
 async def _read_image(request: web.Request) -> bytes:
@@ -632,8 +662,9 @@ async def post_infer(request: web.Request) -> web.Response:
     service = request.app[SERVICE_KEY]
     conf = _unit_float(request, "conf")
     iou = _unit_float(request, "iou")
+    top_k = top_k_param(request.query.get("top_k"))
     model = service.store.resolve(request.query.get("model") or None)
-    detections, timing = await serve_inference(
+    _, detections, timing = await serve_inference(
         request,
         model,
         functools.partial(_read_image, request),
@@ -644,7 +675,9 @@ async def post_infer(request: web.Request) -> web.Response:
         "version": model.version,
         "format": model.format,
         "runtime": model.runtime,
+        "task": model.manifest.model.task,
         "detections": detections.to_list(),
+        **classification_json(model, detections, top_k),
         "timing_ms": timing,
     }
     return web.json_response(result)

@@ -27,7 +27,10 @@ from device_agent.http_api import (
     SERVICE_KEY,
     ApiError,
     _read_image,
+    classification_json,
     serve_inference,
+    top_k_param,
+    whole_param,
 )
 from runtimes.errors import ImageDecodeError
 from runtimes.latency import percentiles
@@ -179,22 +182,9 @@ def _unit(value: object, key: str) -> float | None:
     return number
 
 
-def _max_det(value: object) -> int | None:
-    if value is None or value == "":
-        return None
-    try:
-        number = int(str(value))
-    except ValueError:
-        number = 0
-    if isinstance(value, bool) or not 1 <= number <= MAX_DET_LIMIT:
-        raise ApiError(
-            400, f"max_det must be a whole number from 1 to {MAX_DET_LIMIT}, got {value!r}"
-        )
-    return number
-
-
-async def _infer_input(request: web.Request) -> tuple[bytes, dict[str, Any]]:
-    """The image bytes and the thresholds of one request (JSON body, or image + query)."""
+async def _infer_input(request: web.Request) -> tuple[bytes, dict[str, Any], int | None]:
+    """The image bytes, the thresholds and the ``top_k`` of one request (JSON body, or image +
+    query)."""
     if request.content_type == "application/json":
         try:
             body = json.loads(await request.read())
@@ -203,7 +193,8 @@ async def _infer_input(request: web.Request) -> tuple[bytes, dict[str, Any]]:
         if not isinstance(body, dict) or not isinstance(body.get("image_base64"), str):
             raise ApiError(
                 400,
-                'a JSON request needs {"image_base64": "..."} (with optional conf, iou, max_det)',
+                'a JSON request needs {"image_base64": "..."} '
+                "(with optional conf, iou, max_det, top_k)",
             )
         try:
             data = base64.b64decode(body["image_base64"], validate=True)
@@ -213,11 +204,15 @@ async def _infer_input(request: web.Request) -> tuple[bytes, dict[str, Any]]:
     else:
         data = await _read_image(request)
         params = dict(request.query)
-    return data, {
-        "conf": _unit(params.get("conf"), "conf"),
-        "iou": _unit(params.get("iou"), "iou"),
-        "max_det": _max_det(params.get("max_det")),
-    }
+    return (
+        data,
+        {
+            "conf": _unit(params.get("conf"), "conf"),
+            "iou": _unit(params.get("iou"), "iou"),
+            "max_det": whole_param(params.get("max_det"), "max_det", MAX_DET_LIMIT),
+        },
+        top_k_param(params.get("top_k")),
+    )
 
 
 def _predict(
@@ -243,11 +238,11 @@ async def post_model_infer(request: web.Request) -> web.Response:
     service = request.app[SERVICE_KEY]
     model = service.store.get(request.match_info["name"])
     try:
-        detections, timing = await serve_inference(
+        given, detections, timing = await serve_inference(
             request,
             model,
             functools.partial(_infer_input, request),
-            lambda given: _predict(model, *given),
+            lambda given: _predict(model, given[0], given[1]),
         )
     except ImageDecodeError as exc:
         raise ApiError(400, f"not a readable image ({exc})") from None
@@ -259,6 +254,7 @@ async def post_model_infer(request: web.Request) -> web.Response:
             "runtime": model.runtime,
             "task": model.manifest.model.task,
             "detections": detections_json(detections),
+            **classification_json(model, detections, given[2]),
             "timing_ms": timing,
         }
     )

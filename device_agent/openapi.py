@@ -11,6 +11,7 @@ from device_agent.protocol_version import (
     PROTOCOL_MIN_HEADER,
     UPGRADE_STATUS,
 )
+from runtimes.detections import MAX_TOP_K
 
 _ERROR = {
     "description": "refused",
@@ -56,6 +57,7 @@ def openapi_spec() -> dict[str, Any]:
 
 def _spec() -> dict[str, Any]:
     unit = {"type": "number", "minimum": 0, "maximum": 1}
+    top_k = _top_k_parameter()
     return {
         "openapi": "3.0.3",
         "info": {
@@ -161,13 +163,17 @@ def _spec() -> dict[str, Any]:
             },
             "/v1/infer": {
                 "post": _op(
-                    "detect objects in one image (raw JPEG/PNG body, or multipart field "
-                    "'image'); detections [{class_id, class_name, confidence, xyxy}]",
+                    "run one image through the default (or ?model=) model (raw JPEG/PNG body, "
+                    "or multipart field 'image'); task, detections [{class_id, class_name, "
+                    "confidence, xyxy}] (plus mask or keypoints for segment and pose models), "
+                    "and for a classifier classification [{class_id, class_name, confidence}], "
+                    "the top_k most probable classes",
                     errors=("400", "404", "409", "413"),
                     parameters=[
                         {"name": "model", "in": "query", "schema": {"type": "string"}},
                         {"name": "conf", "in": "query", "schema": unit},
                         {"name": "iou", "in": "query", "schema": unit},
+                        top_k,
                     ],
                     requestBody={
                         "required": True,
@@ -230,18 +236,32 @@ def _spec() -> dict[str, Any]:
     }
 
 
+def _top_k_parameter() -> dict[str, Any]:
+    """A classifier's ``top_k`` (query parameter; its schema also in JSON bodies)."""
+    return {
+        "name": "top_k",
+        "in": "query",
+        "description": "a classifier: how many classes to answer (default: the package's)",
+        "schema": {"type": "integer", "minimum": 1, "maximum": MAX_TOP_K},
+    }
+
+
 def _inference_paths(unit: dict[str, Any]) -> dict[str, Any]:
     """The inference API's routes (device_agent/inference.py)."""
+    top_k = _top_k_parameter()
     name = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
     image = {"type": "string", "format": "binary"}
     return {
         "/v1/models/{name}/infer": {
             "post": _op(
                 "run one image through the named model; the image as multipart field 'image', "
-                'a raw JPEG/PNG body, or JSON {"image_base64", "conf", "iou", "max_det"}; '
-                "answers model, version, runtime, detections [{class_id, class_name, "
-                "confidence, xyxy}] (the keys of /v1/infer, plus 'class' and 'score': the same "
-                "values under their protocol-1 names, deprecated) and timing_ms; also open to an application's API key (Authorization: Bearer); "
+                'a raw JPEG/PNG body, or JSON {"image_base64", "conf", "iou", "max_det", '
+                '"top_k"}; answers model, version, runtime, task, detections [{class_id, '
+                "class_name, confidence, xyxy}] (the keys of /v1/infer, plus 'class' and "
+                "'score': the same values under their protocol-1 names, deprecated; mask or "
+                "keypoints for segment and pose models), for a classifier classification "
+                "[{class_id, class_name, confidence}] (the top_k most probable classes), and "
+                "timing_ms; also open to an application's API key (Authorization: Bearer); "
                 "503 with Retry-After when the inference queue is full",
                 errors=("400", "401", "404", "409", "413", "503"),
                 parameters=[
@@ -253,6 +273,7 @@ def _inference_paths(unit: dict[str, Any]) -> dict[str, Any]:
                         "in": "query",
                         "schema": {"type": "integer", "minimum": 1},
                     },
+                    top_k,
                 ],
                 requestBody={
                     "required": True,
@@ -272,6 +293,7 @@ def _inference_paths(unit: dict[str, Any]) -> dict[str, Any]:
                                     "conf": unit,
                                     "iou": unit,
                                     "max_det": {"type": "integer", "minimum": 1},
+                                    "top_k": top_k["schema"],
                                 },
                             }
                         },

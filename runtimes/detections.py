@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+MAX_TOP_K = 1000  # the most classes an answer lists (Detections.top_k's k, asked by a client)
+
 
 def mask_to_rle(mask: np.ndarray) -> dict[str, Any]:
     """A binary ``(H, W)`` mask as COCO's uncompressed RLE: ``{"size": [H, W], "counts": [...]}``.

@@ -182,8 +182,11 @@ def infer_on_device(
     """Run one image on a paired device's model (its active one when ``model`` is None).
 
     Returns:
-        ``{"where": "device", "device", "model", "detections": [...], "timing"}`` where each
-        detection has ``class_id``, ``class_name``, ``confidence`` and pixel ``xyxy``.
+        ``{"where": "device", "device", "model", "task", "detections": [...],
+        "classification": [...], "timing"}`` where each detection has ``class_id``,
+        ``class_name``, ``confidence`` and pixel ``xyxy`` (and ``mask`` or ``keypoints`` for
+        segment and pose models), and ``classification`` a classifier's most probable classes
+        (``class_id``, ``class_name``, ``confidence``; empty for other tasks).
 
     Raises:
         StudioOpError: the file is not an image.
@@ -203,7 +206,9 @@ def infer_on_device(
         "where": "device",
         "device": dev.id,
         "model": reply.get("model", model),
+        "task": reply.get("task"),
         "detections": [_same_keys(d) for d in reply.get("detections") or []],
+        "classification": list(reply.get("classification") or []),
         "timing": reply.get("timing") or reply.get("timing_ms"),
     }
 
@@ -211,7 +216,8 @@ def infer_on_device(
 def infer_locally(
     ws: Any, export_ref: str, image: Path | str, *, conf: float = 0.25
 ) -> dict[str, Any]:
-    """Run one image through an export's package on this machine (runtimes Predictor).
+    """Run one image through an export's package on this machine (runtimes Predictor); the
+    answer has the keys of :func:`infer_on_device`.
 
     Raises:
         StudioOpError: the file is not an image.
@@ -228,13 +234,16 @@ def infer_locally(
     predictor = Predictor.from_path(Path(package))
     try:
         dets, timing = predictor.predict_bytes(data, conf=conf)
+        spec = predictor.manifest.model
     finally:
         predictor.close()
     return {
         "where": "local",
         "export": exp.id,
         "model": str((exp.manifest or {}).get("name") or exp.id),
+        "task": spec.task,
         "detections": dets.to_list(),
+        "classification": dets.top_k(spec.postprocessing.top_k),
         "timing": timing.as_dict(),
     }
 

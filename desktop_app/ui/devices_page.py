@@ -259,14 +259,23 @@ class InferencePanel(QWidget):
         self.result_label.clear()
 
     def show_result(self, result: dict[str, Any]) -> None:
-        """Draw the detections of one run."""
+        """Draw the detections of one run; a classifier's classes are listed instead."""
         annotations = studio_ops.to_annotations(result["detections"])
         self.view.set_annotations(annotations)
         timing = result.get("timing") or {}
-        total = sum(float(v) for v in timing.values() if isinstance(v, (int, float)))
+        total = timing.get("total")
+        if not isinstance(total, (int, float)):
+            total = sum(float(v) for v in timing.values() if isinstance(v, (int, float)))
         where = f"device {result.get('device')}" if result["where"] == "device" else "this computer"
+        classes = result.get("classification") or []
+        what = (
+            "classes "
+            + ", ".join(f"{c['class_name']} {float(c['confidence']):.2f}" for c in classes)
+            if classes
+            else f"{len(annotations)} detections"
+        )
         self.result_label.setText(
-            f"{len(annotations)} detections from {result.get('model')} on {where}"
+            f"{what} from {result.get('model')} on {where}"
             + (f" in {total:.1f} ms" if total else "")
         )
 

@@ -9,6 +9,7 @@ prediction, deployment and inference run for real without training a model.
 from __future__ import annotations
 
 import json
+import shutil
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -77,11 +78,16 @@ def add_fake_export(
     *,
     details: dict[str, Any] | None = None,
     status: str = "completed",
+    package: Path | None = None,
 ) -> Path:
-    """Record an ONNX export of ``run_id`` whose package is the fake detector."""
+    """Record an ONNX export of ``run_id`` whose package is the fake detector (or a copy of
+    ``package``)."""
     folder = Path(ws.root) / "exports" / export_id
     folder.mkdir(parents=True)
-    package = make_package(folder / f"shapes-{export_id}.outpost.zip", name="shapes")
+    if package is None:
+        package = make_package(folder / f"shapes-{export_id}.outpost.zip", name="shapes")
+    else:
+        package = Path(shutil.copy2(package, folder / package.name))
     with zipfile.ZipFile(package) as zf:
         manifest = json.loads(zf.read("manifest.json"))
     with ws.session() as s:

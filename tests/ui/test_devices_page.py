@@ -171,3 +171,29 @@ def test_a_device_clock_that_is_off_is_named_in_its_details(qtbot: Any, s2_ctx: 
     assert "Clock: 2 h 5 min behind this desktop's" in page.detail_label.text()
     page._show_device({"detail": {**detail, "clock_offset_s": 2.0}, "history": [], "latency": []})
     assert "Clock:" not in page.detail_label.text()
+
+
+def test_the_inference_test_names_a_classifiers_classes_and_the_total_time(
+    qtbot: Any, s2_ctx: Any
+) -> None:
+    page = _page(qtbot, s2_ctx)
+    page.timer.stop()
+    timing = {"decode": 1.0, "preprocess": 0.5, "inference": 8.0, "postprocess": 0.5}
+    result = {
+        "where": "device",
+        "device": "d1",
+        "model": "fruit",
+        "task": "classify",
+        "detections": [],
+        "classification": [
+            {"class_id": 2, "class_name": "pear", "confidence": 0.81},
+            {"class_id": 0, "class_name": "apple", "confidence": 0.12},
+        ],
+        "timing": {**timing, "total": 10.0, "wait": 0.3},
+    }
+    page.inference.show_result(result)
+    assert page.inference.result_label.text() == (
+        "classes pear 0.81, apple 0.12 from fruit on device d1 in 10.0 ms"
+    )
+    page.inference.show_result({**result, "classification": [], "timing": timing})
+    assert page.inference.result_label.text() == "0 detections from fruit on device d1 in 10.0 ms"
