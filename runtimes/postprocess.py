@@ -225,15 +225,60 @@ def process_masks(
 
 def scale_masks(masks: np.ndarray, info: LetterboxInfo, threshold: float = 0.5) -> np.ndarray:
     """Model-input masks → ``(N, H0, W0)`` bool masks on the original image (Ultralytics
-    ``scale_masks``: the letterbox padding is cut off, the rest resized bilinearly)."""
+    ``scale_masks``: the letterbox padding is cut off, the rest resized bilinearly as
+    ``F.interpolate(align_corners=False)``, then thresholded).
+
+    Each mask is resized only where its pixels can reach: the output rows and columns whose
+    two source taps touch the mask's nonzero box (everywhere else the bilinear value is 0).
+    The rest of the array stays as ``np.zeros`` left it, so a 12-megapixel photo's masks cost
+    the area of their boxes, not N full-size planes. (A mask whose box covers over a third of
+    the image is resized whole by OpenCV, faster at that size.)
+    """
     h0, w0 = info.orig_hw
+    out = np.zeros((len(masks), h0, w0), bool)
     if not len(masks):
-        return np.zeros((0, h0, w0), bool)
+        return out
     left, top = info.pad_xy
     bottom = top + max(round(h0 * info.gain_xy[1]), 1)
     right = left + max(round(w0 * info.gain_xy[0]), 1)
-    content = masks[:, top:bottom, left:right].astype(np.float32)
-    return np.stack([_bilinear(m, (h0, w0)) > threshold for m in content])
+    content = masks[:, top:bottom, left:right]
+    if content.shape[1:] == (h0, w0):
+        return np.asarray(content > threshold)
+    rows_i0, rows_i1, rows_w = _bilinear_taps(content.shape[1], h0)
+    cols_i0, cols_i1, cols_w = _bilinear_taps(content.shape[2], w0)
+    for k, mask in enumerate(content):
+        rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+        if not rows.size:
+            continue
+        ys = _reach(rows_i0, rows_i1, rows[0], rows[-1])
+        xs = _reach(cols_i0, cols_i1, cols[0], cols[-1])
+        plane = mask.astype(np.float32)
+        if 3 * (ys.stop - ys.start) * (xs.stop - xs.start) > h0 * w0:
+            out[k] = _bilinear(plane, (h0, w0)) > threshold  # OpenCV's resize is faster there
+            continue
+        wx = cols_w[xs]
+        across = plane[:, cols_i0[xs]] * (1 - wx) + plane[:, cols_i1[xs]] * wx
+        wy = rows_w[ys][:, None]
+        values = across[rows_i0[ys]] * (1 - wy) + across[rows_i1[ys]] * wy
+        out[k, ys, xs] = values > threshold
+    return out
+
+
+def _bilinear_taps(size_in: int, size_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For each output index of a bilinear resize (``align_corners=False``, as
+    ``F.interpolate`` and OpenCV's ``INTER_LINEAR``): its two source indices and the second's
+    weight (float32)."""
+    scale = np.float32(size_in / size_out)
+    src = np.maximum((np.arange(size_out, dtype=np.float32) + np.float32(0.5)) * scale - 0.5, 0)
+    i0 = np.minimum(np.floor(src).astype(np.int64), size_in - 1)
+    i1 = np.minimum(i0 + 1, size_in - 1)
+    return i0, i1, (src - i0).astype(np.float32)
+
+
+def _reach(i0: np.ndarray, i1: np.ndarray, first: int, last: int) -> slice:
+    """The output indices whose taps ``i0``/``i1`` touch source indices ``first..last``."""
+    hit = np.flatnonzero((i0 <= last) & (i1 >= first))
+    return slice(int(hit[0]), int(hit[-1]) + 1)
 
 
 def scale_keypoints(keypoints: np.ndarray, info: LetterboxInfo) -> np.ndarray:

@@ -3,6 +3,8 @@ JSON-able masks (COCO RLE), and the additive manifest fields."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 
@@ -55,7 +57,7 @@ def test_decode_with_extra_columns_matches_ultralytics_nms(extra: int) -> None:
         assert all(np.array_equal(a, b) for a, b in zip(plain, (boxes, scores, cls), strict=True))
 
 
-@pytest.mark.parametrize("orig_hw", [(48, 80), (100, 60), (64, 64)])
+@pytest.mark.parametrize("orig_hw", [(48, 80), (100, 60), (64, 64), (20, 30), (1080, 1920)])
 def test_masks_match_ultralytics_process_and_scale(orig_hw: tuple[int, int]) -> None:
     from ultralytics.utils.ops import process_mask
     from ultralytics.utils.ops import scale_masks as u_scale_masks
@@ -159,6 +161,37 @@ def test_rle_round_trip_matches_pycocotools() -> None:
         assert np.array_equal(rle_to_mask(rle), mask)
         coco = mask_utils.frPyObjects(rle, *rle["size"])
         assert np.array_equal(mask_utils.decode(coco).astype(bool), mask)
+
+
+def _column_major_rle(mask: np.ndarray) -> dict[str, Any]:
+    """The RLE read straight off the whole mask in column-major order (the reference)."""
+    flat = mask.ravel(order="F")
+    if not flat.size:
+        return {"size": list(mask.shape), "counts": []}
+    change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+    counts = np.diff(np.concatenate(([0], change, [flat.size]))).tolist()
+    return {"size": list(mask.shape), "counts": [0, *counts] if flat[0] else counts}
+
+
+def test_rle_of_the_masks_box_equals_the_whole_masks() -> None:
+    """mask_to_rle reads only the box around a mask's pixels: runs that touch the top or bottom
+    row, span whole columns, or start the mask or end it come out as over the whole mask."""
+    rng = np.random.default_rng(6)
+    for _ in range(3000):
+        pixels = rng.uniform(0, 1, (int(rng.integers(0, 7)), int(rng.integers(0, 7))))
+        pixels = pixels < rng.uniform()
+        if pixels.size and rng.uniform() < 0.3:  # a solid corner block: whole columns
+            pixels[:] = False
+            pixels[rng.integers(0, pixels.shape[0]) :, rng.integers(0, pixels.shape[1]) :] = True
+        # on a canvas up to 4x its size (a small box is read alone), touching its edges or not
+        top, left = (int(v) for v in rng.integers(0, 4, 2) * rng.integers(0, 2, 2))
+        bottom, right = (int(v) for v in rng.integers(0, 4, 2) * rng.integers(0, 2, 2))
+        mask = np.zeros((top + pixels.shape[0] + bottom, left + pixels.shape[1] + right), bool)
+        mask[top : top + pixels.shape[0], left : left + pixels.shape[1]] = pixels
+        assert mask_to_rle(mask) == _column_major_rle(mask), mask.astype(int)
+    big = np.zeros((3000, 4000), bool)
+    big[1000:1200, 500:800] = rng.uniform(0, 1, (200, 300)) < 0.9
+    assert mask_to_rle(big) == _column_major_rle(big)
 
 
 def test_detections_check_task_field_shapes() -> None:
