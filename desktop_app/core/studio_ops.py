@@ -250,7 +250,8 @@ def infer_locally(
 
 def to_annotations(detections: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Detections (agent, Predictor or prediction-set records) as boxes a view draws:
-    ``{"xyxy", "class_id", "class_name", "score"}``."""
+    ``{"xyxy", "class_id", "class_name", "score"}``, with a segmentation ``mask`` (COCO RLE)
+    and pose ``keypoints`` where the detection has them."""
     out = []
     for d in detections:
         xyxy = d.get("xyxy")
@@ -264,6 +265,7 @@ def to_annotations(detections: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "class_id": cid,
                 "class_name": str(d.get("class_name", d.get("class", cid))),
                 "score": float(score) if score is not None else None,
+                **{k: d[k] for k in ("mask", "keypoints") if d.get(k)},
             }
         )
     return out

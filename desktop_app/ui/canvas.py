@@ -1,7 +1,7 @@
 """An image with its annotations drawn on top, and a box editor.
 
 :class:`AnnotatedImageView` shows one image and its boxes (each with its class name, in the
-class's colour). In edit mode a person draws a new box (drag on empty space), moves a box
+class's colour; a prediction's segmentation mask and pose keypoints are drawn with its box). In edit mode a person draws a new box (drag on empty space), moves a box
 (drag it), resizes it (drag one of the selected box's corner handles), deletes it (Del) or
 changes its class (:meth:`AnnotatedImageView.set_selected_class`). The view changes nothing
 itself: each edit is a signal with pixel coordinates, and whoever owns the data (the
@@ -16,11 +16,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from PySide6.QtCore import QPointF, QRectF, Qt, Signal
 from PySide6.QtGui import (
     QBrush,
     QColor,
     QFont,
+    QImage,
     QImageReader,
     QKeyEvent,
     QMouseEvent,
@@ -32,6 +34,7 @@ from PySide6.QtGui import (
     QWheelEvent,
 )
 from PySide6.QtWidgets import (
+    QGraphicsEllipseItem,
     QGraphicsItem,
     QGraphicsPixmapItem,
     QGraphicsRectItem,
@@ -43,6 +46,9 @@ from PySide6.QtWidgets import (
 
 HANDLE_PX = 8  # corner handle size on screen
 MIN_BOX_PX = 2.0  # a drawn box smaller than this (image pixels) is ignored
+MASK_ALPHA = 110  # a segmentation mask's opacity (0-255) over the image
+KEYPOINT_PX = 6  # a keypoint's dot on screen
+KEYPOINT_MIN_VISIBILITY = 0.5  # keypoints the model is less sure of are not drawn
 
 
 def class_color(class_id: int) -> QColor:
@@ -90,6 +96,49 @@ class BoxItem(QGraphicsRectItem):
         self.label_bg.setZValue(-0.1)
         self.label.setZValue(0.1)
         self._place_label()
+        self.mask_item: QGraphicsPixmapItem | None = None
+        self.keypoint_items: list[QGraphicsEllipseItem] = []
+        if annotation.get("mask"):
+            self._add_mask(annotation["mask"])
+        if annotation.get("keypoints"):
+            self._add_keypoints(annotation["keypoints"])
+
+    def _add_mask(self, rle: Mapping[str, Any]) -> None:
+        """A prediction's mask (COCO RLE at the image's size), translucent in the class's
+        colour, as an image of the mask's own box."""
+        from runtimes.detections import rle_to_mask
+
+        try:
+            mask = rle_to_mask(dict(rle))
+        except (KeyError, TypeError, ValueError):
+            return  # a malformed mask is left out; the box still shows
+        rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+        if not rows.size:
+            return
+        part = mask[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+        rgba = np.zeros((*part.shape, 4), np.uint8)
+        rgba[part] = (self.color.red(), self.color.green(), self.color.blue(), MASK_ALPHA)
+        height, width = part.shape
+        image = QImage(rgba.data, width, height, 4 * width, QImage.Format.Format_RGBA8888).copy()
+        self.mask_item = QGraphicsPixmapItem(QPixmap.fromImage(image), self)
+        self.mask_item.setPos(float(cols[0]), float(rows[0]))
+        self.mask_item.setZValue(-0.5)
+
+    def _add_keypoints(self, keypoints: Sequence[Sequence[float]]) -> None:
+        """A pose prediction's keypoints (``[x, y]`` or ``[x, y, visibility]`` in image
+        pixels) as dots in the class's colour; those below
+        :data:`KEYPOINT_MIN_VISIBILITY` are left out."""
+        for point in keypoints:
+            if len(point) < 2 or (len(point) > 2 and float(point[2]) < KEYPOINT_MIN_VISIBILITY):
+                continue
+            half = KEYPOINT_PX / 2
+            dot = QGraphicsEllipseItem(-half, -half, KEYPOINT_PX, KEYPOINT_PX, self)
+            dot.setFlag(QGraphicsItem.GraphicsItemFlag.ItemIgnoresTransformations, True)
+            dot.setPos(float(point[0]), float(point[1]))
+            dot.setBrush(QBrush(self.color))
+            dot.setPen(QPen(QColor("white"), 1))
+            dot.setZValue(0.2)
+            self.keypoint_items.append(dot)
 
     def _place_label(self) -> None:
         r = self.rect()

@@ -197,3 +197,38 @@ def test_the_inference_test_names_a_classifiers_classes_and_the_total_time(
     )
     page.inference.show_result({**result, "classification": [], "timing": timing})
     assert page.inference.result_label.text() == "0 detections from fruit on device d1 in 10.0 ms"
+
+
+def test_the_inference_test_draws_masks_and_keypoints(
+    qtbot: Any, s2_ctx: Any, tmp_path: Path
+) -> None:
+    import numpy as np
+
+    from runtimes.detections import mask_to_rle
+
+    page = _page(qtbot, s2_ctx)
+    page.timer.stop()
+    page.inference.set_image(write_image(tmp_path / "probe.png"))  # 64 x 64
+    mask = np.zeros((64, 64), bool)
+    mask[10:30, 20:50] = True
+    mask[12, 20] = False
+    keypoints = [[22.0, 14.0, 0.9], [40.0, 20.0, 0.2], [30.0, 25.0, 0.8]]  # one barely seen
+    detections = [
+        {"class_id": 1, "class_name": "square", "confidence": 0.8, "xyxy": [20, 10, 50, 30],
+         "mask": mask_to_rle(mask)},
+        {"class_id": 0, "class_name": "person", "confidence": 0.7, "xyxy": [15, 8, 45, 30],
+         "keypoints": keypoints},
+        {"class_id": 0, "class_name": "odd", "confidence": 0.6, "xyxy": [1, 1, 5, 5],
+         "mask": {"size": [64, 64], "counts": [5]}},  # malformed: the box alone is drawn
+    ]  # fmt: skip
+    page.inference.show_result({"where": "local", "model": "m", "detections": detections})
+    segment, pose, odd = page.inference.view.box_items()
+    assert segment.mask_item is not None and not segment.keypoint_items
+    assert (segment.mask_item.pos().x(), segment.mask_item.pos().y()) == (20.0, 10.0)
+    drawn = segment.mask_item.pixmap().toImage()
+    assert (drawn.width(), drawn.height()) == (30, 20)
+    assert drawn.pixelColor(0, 2).alpha() == 0 and drawn.pixelColor(5, 5).alpha() > 0
+    assert pose.mask_item is None
+    assert [(d.pos().x(), d.pos().y()) for d in pose.keypoint_items] == [(22.0, 14.0), (30.0, 25.0)]
+    assert odd.mask_item is None and odd.xyxy() == (1.0, 1.0, 5.0, 5.0)
+    assert page.inference.result_label.text() == "3 detections from m on this computer"
