@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import argparse
 import functools
-import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -35,6 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from runtimes.detections import mask_to_rle  # noqa: E402
+from runtimes.latency import benchmark  # noqa: E402
 from runtimes.postprocess import crop_to_boxes, scale_masks  # noqa: E402
 from runtimes.preprocess import LetterboxInfo, letterbox  # noqa: E402
 
@@ -94,13 +93,7 @@ def reference(masks: np.ndarray, hw: tuple[int, int]) -> list[object]:
 
 
 def p50_ms(fn: Callable[[], object], runs: int) -> float:
-    fn()
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1000)
-    return statistics.median(times)
+    return benchmark(fn, warmup=1, runs=runs)["p50"]
 
 
 def main() -> int:

@@ -72,14 +72,27 @@ def image_of(built: dict[str, dict[str, Any]], task: str) -> tuple[bytes, tuple[
     return built[task]["images"][1].read_bytes(), (56, 80)
 
 
+def both_answers(
+    agent: AgentThread, built: dict[str, dict[str, Any]], task: str
+) -> tuple[dict[str, Any], dict[str, Any], Detections]:
+    """The agent's answer on each route (conf 0.25) and the package's own prediction here."""
+    image, _ = image_of(built, task)
+    with agent.client() as client:
+        named = client.infer_model(task, image, conf=0.25)
+        default_route = client.infer(image, model=task, conf=0.25)
+    assert named["task"] == default_route["task"] == task
+    return named, default_route, local(built[task]["package"], image, conf=0.25)[0]
+
+
 def test_a_segment_model_answers_a_mask_per_detection_at_the_image_size(
     agent: AgentThread, built: dict[str, dict[str, Any]]
 ) -> None:
-    image, hw = image_of(built, "segment")
-    with agent.client() as client:
-        answer = client.infer_model("segment", image, conf=0.25)
-    want, _ = local(built["segment"]["package"], image, conf=0.25)
-    assert answer["task"] == "segment" and "classification" not in answer
+    _, hw = image_of(built, "segment")
+    answer, default_route, want = both_answers(agent, built, "segment")
+    assert "classification" not in answer and "classification" not in default_route
+    assert [d["mask"] for d in default_route["detections"]] == [
+        d["mask"] for d in answer["detections"]
+    ]
     got = answer["detections"]
     assert want.masks is not None and len(got) == len(want) > 0
     for item, box, mask in zip(got, want.xyxy, want.masks, strict=True):
@@ -94,12 +107,7 @@ def test_a_segment_model_answers_a_mask_per_detection_at_the_image_size(
 def test_a_pose_model_answers_keypoints_in_image_pixels(
     agent: AgentThread, built: dict[str, dict[str, Any]]
 ) -> None:
-    image, _ = image_of(built, "pose")
-    with agent.client() as client:
-        answer = client.infer_model("pose", image, conf=0.25)
-        default_route = client.infer(image, model="pose", conf=0.25)
-    want, _ = local(built["pose"]["package"], image, conf=0.25)
-    assert answer["task"] == "pose" and default_route["task"] == "pose"
+    answer, default_route, want = both_answers(agent, built, "pose")
     assert want.keypoints is not None and len(answer["detections"]) == len(want) > 0
     for item, other, points in zip(
         answer["detections"], default_route["detections"], want.keypoints, strict=True
