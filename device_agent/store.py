@@ -168,13 +168,27 @@ def _iou(a: list[float], b: list[float]) -> float:
     return inter / union if union > 0 else 0.0
 
 
-def compare_self_test(spec: SelfTest, got: Detections, conf_threshold: float) -> dict[str, Any]:
+NMS_MARGIN = 0.05  # how close to the NMS IoU threshold two boxes may be for NMS to go either way
+
+
+def compare_self_test(
+    spec: SelfTest,
+    got: Detections,
+    conf_threshold: float,
+    nms_iou: float | None = None,
+    agnostic: bool = False,
+) -> dict[str, Any]:
     """Match ``got`` against the expected detections of ``spec``; a report with ``passed``.
 
     Detections pair up by class, greedily by IoU. A pair must overlap by at least
     ``tolerance.iou`` with scores within ``tolerance.score``. A detection left without a
     partner only fails the test when it is clearly above the confidence threshold (within
-    the score tolerance of it, another device may legitimately keep or drop it).
+    the score tolerance of it, another device may legitimately keep or drop it), and, given
+    ``nms_iou`` (the package's NMS IoU threshold), when no box of its class on the other side
+    overlaps it by nearly that much (``nms_iou - NMS_MARGIN``): two boxes that close are
+    near-duplicates that NMS keeps or merges on a hair's difference in their scores or
+    corners, as a GPU's or another runtime's arithmetic gives (counted as ``nms_swaps``).
+    A model that answers something else (boxes elsewhere, other scores) still fails.
     """
     tol = spec.tolerance
     borderline = conf_threshold + tol.score
@@ -185,10 +199,19 @@ def compare_self_test(spec: SelfTest, got: Detections, conf_threshold: float) ->
             got.xyxy.tolist(), got.confidence.tolist(), got.class_id.tolist(), strict=True
         )
     ]
+
+    def near_duplicate(cls: int, box: list[float], others: list[tuple[int, list[float]]]) -> bool:
+        if nms_iou is None:
+            return False
+        return any(
+            (agnostic or c == cls) and _iou(box, other) >= nms_iou - NMS_MARGIN
+            for c, other in others
+        )
+
     unmatched = set(range(len(found)))
     max_iou_dev = 0.0
     max_score_dev = 0.0
-    failures = 0
+    failures = swaps = 0
     for exp in expected:
         best, best_iou = -1, 0.0
         for j in unmatched:
@@ -198,7 +221,11 @@ def compare_self_test(spec: SelfTest, got: Detections, conf_threshold: float) ->
             if overlap > best_iou:
                 best, best_iou = j, overlap
         if best < 0 or best_iou < tol.iou:
-            if exp.score >= borderline:
+            if exp.score < borderline:
+                continue
+            if near_duplicate(exp.class_id, exp.xyxy, [(c, box) for c, _, box in found]):
+                swaps += 1
+            else:
                 failures += 1
                 max_iou_dev = max(max_iou_dev, 1.0 - best_iou)
             continue
@@ -208,12 +235,34 @@ def compare_self_test(spec: SelfTest, got: Detections, conf_threshold: float) ->
         max_score_dev = max(max_score_dev, score_dev)
         if score_dev > tol.score:
             failures += 1
-    failures += sum(1 for j in unmatched if found[j][1] >= borderline)
+    for j in unmatched:
+        cls, score, box = found[j]
+        if score < borderline:
+            continue
+        if near_duplicate(cls, box, [(e.class_id, e.xyxy) for e in expected]):
+            swaps += 1
+        else:
+            failures += 1
+    classes: dict[str, int] = {}
+    if spec.expected_classes is not None:  # a classifier: each class's probability
+        probs = got.probs
+        classes = {"classes": len(spec.expected_classes), "class_mismatches": 0}
+        for want in spec.expected_classes:
+            if probs is None or want.class_id >= len(probs):
+                deviation = 1.0
+            else:
+                deviation = abs(float(probs[want.class_id]) - want.score)
+            max_score_dev = max(max_score_dev, deviation)
+            if deviation > tol.score:
+                classes["class_mismatches"] += 1
+        failures += classes["class_mismatches"]
     return {
         "passed": failures == 0,
         "expected": len(spec.expected),
         "got": len(found),
+        **classes,
         "mismatches": failures,
+        "nms_swaps": swaps,
         "max_iou_deviation": round(max_iou_dev, 4),
         "max_score_deviation": round(max_score_dev, 4),
         "tolerance": tol.model_dump(mode="json"),
@@ -919,15 +968,27 @@ class ModelStore:
                     f"self-test failed: the runtime ({where}) raised: {one_line(exc)}; "
                     "the previous version keeps serving"
                 ) from None
-            conf = manifest.model.postprocessing.conf_threshold
-            self_test = compare_self_test(spec, got, conf)
+            post = manifest.model.postprocessing
+            self_test = compare_self_test(
+                spec, got, post.conf_threshold, post.iou_threshold, post.agnostic_nms
+            )
             if not self_test["passed"]:
+                if self_test.get("classes"):
+                    what = (
+                        f"{self_test['class_mismatches']} of the export's top "
+                        f"{self_test['classes']} classes scored differently (max score "
+                        f"deviation {self_test['max_score_deviation']:.3f})"
+                    )
+                else:
+                    what = (
+                        f"expected {self_test['expected']} detections, got {self_test['got']} "
+                        f"({self_test['mismatches']} outside tolerance, max IoU deviation "
+                        f"{self_test['max_iou_deviation']:.3f}, max score deviation "
+                        f"{self_test['max_score_deviation']:.3f})"
+                    )
                 raise InstallError(
-                    f"self-test failed: expected {self_test['expected']} detections, got "
-                    f"{self_test['got']} ({self_test['mismatches']} outside tolerance, max IoU "
-                    f"deviation {self_test['max_iou_deviation']:.3f}, max score deviation "
-                    f"{self_test['max_score_deviation']:.3f}) with {where}; the previous "
-                    "version keeps serving; re-export the model or pick another provider"
+                    f"self-test failed: {what} with {where}; the previous version keeps "
+                    "serving; re-export the model or pick another provider"
                 )
         if choice.fallback:
             fb = choice.fallback

@@ -206,10 +206,10 @@ def build_package(
     manifest = write_package(out_path, fields, files)
     sample = build / "selftest-input.png"
     _write_sample(sample, sample_image, manifest.model.input.height, manifest.model.input.width)
-    expected = expected_detections(out_path, sample)
+    expected = expected_outputs(out_path, sample)
     if expected is None:
         return manifest
-    self_test = {"input": SELF_TEST_INPUT, "expected": expected, "tolerance": SELF_TEST_TOLERANCE}
+    self_test = {"input": SELF_TEST_INPUT, **expected, "tolerance": SELF_TEST_TOLERANCE}
     return write_package(
         out_path, {**fields, "self_test": self_test}, {**files, SELF_TEST_INPUT: sample}
     )
@@ -241,12 +241,15 @@ def _write_sample(dest: Path, source: Path | None, height: int, width: int) -> N
     dest.write_bytes(buf.tobytes())
 
 
-def expected_detections(package: Path, sample: Path) -> list[dict[str, Any]] | None:
-    """What ``package`` detects in ``sample`` with its own runtime (None when none runs here)."""
+def expected_outputs(package: Path, sample: Path) -> dict[str, Any] | None:
+    """What ``package`` answers on ``sample`` with its own runtime, as a self-test's
+    ``expected`` detections (and a classifier's ``expected_classes``: its ``top_k`` most
+    probable); None when its runtime does not run here."""
     try:
         predictor = Predictor.from_path(package)
         try:
             detections, _ = predictor.predict(read_image(sample))
+            top_k = predictor.manifest.model.postprocessing.top_k
         finally:
             predictor.close()
     except Exception as exc:  # a runtime missing here, or its own error types
@@ -256,12 +259,23 @@ def expected_detections(package: Path, sample: Path) -> list[dict[str, Any]] | N
             " ".join(str(exc).split())[:200],
         )
         return None
-    return [
-        {"class_id": int(c), "score": round(float(s), 6), "xyxy": [round(float(v), 3) for v in box]}
-        for box, s, c in zip(
-            detections.xyxy.tolist(),
-            detections.confidence.tolist(),
-            detections.class_id.tolist(),
-            strict=True,
-        )
-    ]
+    out: dict[str, Any] = {
+        "expected": [
+            {
+                "class_id": int(c),
+                "score": round(float(s), 6),
+                "xyxy": [round(float(v), 3) for v in box],
+            }
+            for box, s, c in zip(
+                detections.xyxy.tolist(),
+                detections.confidence.tolist(),
+                detections.class_id.tolist(),
+                strict=True,
+            )
+        ]
+    }
+    if detections.probs is not None:
+        out["expected_classes"] = [
+            {"class_id": c["class_id"], "score": c["confidence"]} for c in detections.top_k(top_k)
+        ]
+    return out

@@ -157,15 +157,26 @@ class SelfTestTolerance(_Model):
     score: float = Field(0.05, ge=0.0, le=1.0)
 
 
+class SelfTestClass(_Model):
+    """One of the classes a classifier ranked highest on the self-test input at export time."""
+
+    class_id: int = Field(ge=0)
+    score: float = Field(ge=0.0, le=1.0)
+
+
 class SelfTest(_Model):
-    """A sample input (a file listed in ``files``) and the detections expected on it.
+    """A sample input (a file listed in ``files``) and the detections expected on it; for a
+    classifier (no detections) ``expected_classes``: its most probable classes, most probable
+    first.
 
     Optional in schema v1: packages without it still read; an agent installs them with a
     warning instead of checking the model's answers before switching to it.
+    ``expected_classes`` is absent from packages of other tasks and older exports.
     """
 
     input: str = Field(min_length=1)
     expected: list[SelfTestDetection]
+    expected_classes: list[SelfTestClass] | None = Field(None, max_length=1000)
     tolerance: SelfTestTolerance = Field(default_factory=SelfTestTolerance)
 
 
@@ -200,6 +211,8 @@ class Manifest(_Model):
         # A package without a self-test or alternates writes no such key, exactly as before.
         exclude = {k for k in ("self_test", "alternates") if not getattr(self, k)} or None
         data = self.model_dump(mode="json", exclude=exclude)
+        if "self_test" in data and data["self_test"].get("expected_classes") is None:
+            del data["self_test"]["expected_classes"]  # as before, for every other task
         return json.dumps(data, indent=2, sort_keys=True) + "\n"
 
     @classmethod

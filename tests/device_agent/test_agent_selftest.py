@@ -179,6 +179,73 @@ def test_compare_self_test_tolerances() -> None:
     assert not extra["passed"] and extra["got"] == 2
 
 
+def test_compare_self_test_forgives_nms_going_either_way_between_near_duplicates() -> None:
+    """Two boxes of a class that overlap by about the NMS threshold (0.7) are kept or merged
+    on a hair's difference in score or corner, as a GPU's arithmetic gives; that passes
+    (counted as ``nms_swaps``), a box missing or added anywhere else does not."""
+    a, b = [0.0, 0.0, 20.0, 20.0], [0.0, 3.0, 20.0, 23.0]  # IoU 17/23 = 0.74
+    spec = SelfTest.model_validate(
+        {
+            "input": "selftest/input.png",
+            "expected": [
+                {"class_id": 0, "score": 0.8, "xyxy": a},
+                {"class_id": 0, "score": 0.79, "xyxy": b},
+                {"class_id": 1, "score": 0.9, "xyxy": [40, 40, 60, 60]},
+            ],
+        }
+    )
+    far = (1, 0.9, [40.0, 40.0, 60.0, 60.0])
+    merged = _dets([(0, 0.8, a), far])  # the device's NMS merged b into a
+    report = compare_self_test(spec, merged, 0.25, nms_iou=0.7)
+    assert report["passed"] and report["nms_swaps"] == 1
+    assert not compare_self_test(spec, merged, 0.25)["passed"]  # without the NMS threshold
+    swapped = _dets([(0, 0.79, b), far])  # the device kept b, not a
+    assert compare_self_test(spec, swapped, 0.25, nms_iou=0.7)["passed"]
+    split = SelfTest.model_validate(
+        {**spec.model_dump(), "expected": spec.model_dump()["expected"][::2]}
+    )
+    extra = _dets([(0, 0.8, a), (0, 0.79, b), far])  # the device kept both
+    assert compare_self_test(split, extra, 0.25, nms_iou=0.7)["passed"]
+    lost = _dets([(0, 0.8, a), (0, 0.79, b)])  # the class-1 box is gone: nothing near it
+    report = compare_self_test(spec, lost, 0.25, nms_iou=0.7)
+    assert not report["passed"] and report["mismatches"] == 1
+    elsewhere = _dets([(0, 0.8, a), (0, 0.79, b), far, (0, 0.6, [60, 0, 80, 20])])
+    assert not compare_self_test(spec, elsewhere, 0.25, nms_iou=0.7)["passed"]
+    other_class = _dets([(0, 0.8, a), (1, 0.79, b), far])  # NMS is per class here
+    assert not compare_self_test(spec, other_class, 0.25, nms_iou=0.7)["passed"]
+    assert compare_self_test(spec, other_class, 0.25, nms_iou=0.7, agnostic=True)["passed"]
+
+
+def test_compare_self_test_checks_a_classifiers_classes() -> None:
+    spec = SelfTest.model_validate(
+        {
+            "input": "selftest/input.png",
+            "expected": [],
+            "expected_classes": [
+                {"class_id": 2, "score": 0.6},
+                {"class_id": 0, "score": 0.3},
+            ],
+        }
+    )
+
+    def probs(*values: float) -> Detections:
+        return Detections(
+            *(_dets([]).xyxy, _dets([]).confidence, _dets([]).class_id),
+            class_names=("a", "b", "c"),
+            probs=np.array(values, np.float32),
+        )
+
+    same = compare_self_test(spec, probs(0.32, 0.1, 0.58), 0.25)
+    assert same["passed"] and same["classes"] == 2 and same["class_mismatches"] == 0
+    assert same["max_score_deviation"] == pytest.approx(0.02, abs=1e-6)
+    other = compare_self_test(spec, probs(0.05, 0.9, 0.05), 0.25)
+    assert not other["passed"] and other["class_mismatches"] == 2
+    assert not compare_self_test(spec, _dets([]), 0.25)["passed"]  # no probabilities at all
+    assert "classes" not in compare_self_test(
+        SelfTest.model_validate({"input": "x.png", "expected": []}), _dets([]), 0.25
+    )
+
+
 # --- the agent ------------------------------------------------------------------------------
 
 

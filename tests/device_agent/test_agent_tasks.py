@@ -22,10 +22,12 @@ from desktop_app.core.models import Device
 from desktop_app.core.workspace import Workspace
 from device_agent.apikeys import ApiKeys
 from device_agent.auth import b64
+from device_agent.client import AgentRejectedError
 from runtimes.detections import Detections, rle_to_mask
 from runtimes.predictor import Predictor
 from tests.device_agent.conftest import AgentThread
 from tests.device_agent.desktop_helpers import record_device
+from tests.fakes import rewrite_package
 from tests.ui.fixtures_s2 import add_fake_export, seed_runs
 
 pytest.importorskip("torch")
@@ -53,6 +55,8 @@ def agent(
             for task in TASKS:
                 installed = client.upload_package(built[task]["package"])
                 assert installed["name"] == task and installed["self_test"]["passed"], installed
+                # a classifier's self-test checks its top classes' probabilities
+                assert installed["self_test"].get("classes") == (5 if task == "classify" else None)
         yield running
     finally:
         running.stop()
@@ -208,3 +212,28 @@ def test_the_studio_inference_test_lists_a_classifiers_classes(
         ]
     finally:
         ws.close()
+
+
+def test_a_classifier_that_answers_other_classes_fails_its_self_test(
+    agent: AgentThread, built: dict[str, dict[str, Any]], tmp_path: Path
+) -> None:
+    """The export recorded the classifier's top classes on the sample; a package whose model
+    ranks them otherwise on this device (here: the record says so) is not switched to."""
+
+    def other_ranking(manifest: dict[str, Any]) -> dict[str, Any]:
+        classes = manifest["self_test"]["expected_classes"]
+        assert len(classes) == 5 and classes[0]["score"] >= classes[1]["score"]
+        manifest["version"] = "2"
+        for item in classes:
+            item["score"] = round(1.0 - item["score"], 6)
+        return manifest
+
+    changed = rewrite_package(
+        built["classify"]["package"], tmp_path / "classify-2.outpost.zip", manifest=other_ranking
+    )
+    with agent.client() as client:
+        with pytest.raises(AgentRejectedError) as refused:
+            client.upload_package(changed)
+        assert "self-test failed: " in str(refused.value)
+        assert "of the export's top 5 classes scored differently" in str(refused.value)
+        assert client.infer_model("classify", image_of(built, "classify")[0])["version"] == "1"

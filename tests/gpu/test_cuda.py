@@ -115,3 +115,62 @@ def test_the_agent_serves_torchscript_on_cuda_with_the_cpu_detections(
         reference.close()
     cuda = TorchScriptBackend(Path(store.get(model.name).folder) / "model.torchscript")
     assert cuda.active_providers == ["cpu"]  # no providers asked: the CPU, whatever the machine
+
+
+@pytest.mark.parametrize("task", ["segment", "pose", "classify"])
+def test_the_agent_serves_segment_pose_and_classify_on_cuda_like_the_cpu(
+    task: str, tmp_path: Path
+) -> None:
+    """Tiny random-weight models of each task, exported to TorchScript, installed on the agent
+    with the ``cuda`` provider (self-test included): boxes, masks, keypoints and classes as the
+    CPU gives them. Their many near-duplicate boxes make NMS go either way on TF32's rounding,
+    so boxes are compared as the self-test does (near-duplicate swaps forgiven)."""
+    pytest.importorskip("ultralytics")
+    from device_agent.store import ModelStore, compare_self_test
+    from runtimes.package import SelfTest
+    from tests.exporters.test_tasks_export import export_built
+
+    built = export_built(task, "torchscript", tmp_path)
+    registry = BackendRegistry()
+    registry.register(TorchScriptBackend)
+    store = ModelStore(tmp_path / "data", registry=registry)
+    model = store.install(built["package"], provider="cuda")
+    assert model.providers == ["cuda"] and model.fallback is None, model.describe()
+    reference = Predictor.from_path(built["package"])  # the CPU
+    post = reference.manifest.model.postprocessing
+    try:
+        for image in built["images"]:
+            data = image.read_bytes()
+            want, _ = reference.predict_bytes(data, conf=0.25)
+            got, _ = model.predict_bytes(data, conf=0.25)
+            if task == "classify":
+                assert want.probs is not None and got.probs is not None
+                np.testing.assert_allclose(got.probs, want.probs, atol=2e-3)
+                continue
+            spec = SelfTest.model_validate(
+                {
+                    "input": image.name,
+                    "expected": [
+                        {"class_id": d["class_id"], "score": d["confidence"], "xyxy": d["xyxy"]}
+                        for d in want.to_list()
+                    ],
+                }
+            )
+            report = compare_self_test(spec, got, 0.25, post.iou_threshold, post.agnostic_nms)
+            assert report["passed"] and len(got) > 0, (image.name, report)
+            if task == "segment":
+                assert want.masks is not None and got.masks is not None
+                union_want, union_got = want.masks.any(axis=0), got.masks.any(axis=0)
+                assert (union_want != union_got).mean() < 0.01, image.name
+            else:
+                assert want.keypoints is not None and got.keypoints is not None
+        # the raw outputs (boxes, scores, mask coefficients and prototypes, keypoints) on CUDA
+        # are the CPU's within TF32's rounding; the post-processing is the same code
+        tensor = np.random.default_rng(0).random((1, 3, 64, 64), dtype=np.float32)
+        cpu = TorchScriptBackend(Path(store.get(task).folder) / "model.torchscript", threads=2)
+        for on_gpu, on_cpu in zip(
+            model.predictor.backend.run_all(tensor), cpu.run_all(tensor), strict=True
+        ):
+            np.testing.assert_allclose(on_gpu, on_cpu, rtol=1e-2, atol=1e-2)
+    finally:
+        reference.close()
