@@ -54,10 +54,17 @@ from device_agent.errors import (
 )
 from runtimes.backends import Backend, BackendRegistry, default_registry
 from runtimes.backends.onnxruntime import PROVIDER_PREFERENCE
-from runtimes.detections import Detections
+from runtimes.detections import Detections, rle_to_mask
 from runtimes.errors import OutpostError, PackageError, RuntimeUnavailableError
 from runtimes.fileio import atomic_write_text, sha256_bytes, sha256_file
-from runtimes.package import Manifest, PackageReader, SelfTest, read_manifest_dir
+from runtimes.package import (
+    SELF_TEST_OUTPUTS,
+    Manifest,
+    PackageReader,
+    SelfTest,
+    SelfTestOutputs,
+    read_manifest_dir,
+)
 from runtimes.predictor import Predictor, Timing
 from runtimes.preprocess import read_image
 
@@ -169,6 +176,9 @@ def _iou(a: list[float], b: list[float]) -> float:
 
 
 NMS_MARGIN = 0.05  # how close to the NMS IoU threshold two boxes may be for NMS to go either way
+SELF_TEST_MASK_IOU = 0.8  # the least mean IoU of a self-test's masks with the export's
+SELF_TEST_KEYPOINT_PX = 2.0  # keypoints may move this far, or 2 % of the sample's larger side
+KEYPOINT_SEEN = 0.5  # keypoints less visible than this (on either side) are not compared
 
 
 def compare_self_test(
@@ -177,6 +187,8 @@ def compare_self_test(
     conf_threshold: float,
     nms_iou: float | None = None,
     agnostic: bool = False,
+    outputs: SelfTestOutputs | None = None,
+    image_hw: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
     """Match ``got`` against the expected detections of ``spec``; a report with ``passed``.
 
@@ -189,6 +201,13 @@ def compare_self_test(
     near-duplicates that NMS keeps or merges on a hair's difference in their scores or
     corners, as a GPU's or another runtime's arithmetic gives (counted as ``nms_swaps``).
     A model that answers something else (boxes elsewhere, other scores) still fails.
+
+    ``outputs`` (the package's ``selftest/outputs.json``) adds what the task gives beyond
+    boxes: a classifier's top classes (each probability within ``tolerance.score``), the
+    masks of the expected detections (their mean IoU at least :data:`SELF_TEST_MASK_IOU`)
+    and their keypoints (each seen point within :data:`SELF_TEST_KEYPOINT_PX` pixels, or 2 %
+    of the larger side of the sample, ``image_hw``, for at least half of the detections),
+    each against the nearest of the answers whose boxes match its own.
     """
     tol = spec.tolerance
     borderline = conf_threshold + tol.score
@@ -209,12 +228,23 @@ def compare_self_test(
         )
 
     unmatched = set(range(len(found)))
+    # every answer of the expected detection's class whose box is that close: its mask and
+    # keypoints are compared with the nearest of them, as boxes alike (clipped to the image,
+    # say) pair up one way here and another there
+    alike = {
+        index: [
+            j
+            for j, (c, _, box) in enumerate(found)
+            if c == exp.class_id and _iou(exp.xyxy, box) >= tol.iou
+        ]
+        for index, exp in enumerate(spec.expected)
+    }
     max_iou_dev = 0.0
     max_score_dev = 0.0
     failures = swaps = 0
     for exp in expected:
         best, best_iou = -1, 0.0
-        for j in unmatched:
+        for j in sorted(unmatched):
             if found[j][0] != exp.class_id:
                 continue
             overlap = _iou(exp.xyxy, found[j][2])
@@ -243,30 +273,153 @@ def compare_self_test(
             swaps += 1
         else:
             failures += 1
-    classes: dict[str, int] = {}
-    if spec.expected_classes is not None:  # a classifier: each class's probability
-        probs = got.probs
-        classes = {"classes": len(spec.expected_classes), "class_mismatches": 0}
-        for want in spec.expected_classes:
-            if probs is None or want.class_id >= len(probs):
-                deviation = 1.0
-            else:
-                deviation = abs(float(probs[want.class_id]) - want.score)
-            max_score_dev = max(max_score_dev, deviation)
-            if deviation > tol.score:
-                classes["class_mismatches"] += 1
-        failures += classes["class_mismatches"]
-    return {
-        "passed": failures == 0,
+    report: dict[str, Any] = {
+        "passed": False,
         "expected": len(spec.expected),
         "got": len(found),
-        **classes,
         "mismatches": failures,
         "nms_swaps": swaps,
         "max_iou_deviation": round(max_iou_dev, 4),
         "max_score_deviation": round(max_score_dev, 4),
         "tolerance": tol.model_dump(mode="json"),
     }
+    if outputs is not None:
+        report.update(_compare_task_outputs(outputs, got, alike, tol.score, image_hw))
+        report["max_score_deviation"] = max(
+            report["max_score_deviation"], report.pop("class_score_deviation", 0.0)
+        )
+    report["passed"] = (
+        failures == 0
+        and not report.get("class_mismatches")
+        and not report.get("mask_mismatch")
+        and not report.get("keypoint_mismatch")
+    )
+    return report
+
+
+def _compare_task_outputs(
+    outputs: SelfTestOutputs,
+    got: Detections,
+    alike: dict[int, list[int]],
+    score_tol: float,
+    image_hw: tuple[int, int] | None,
+) -> dict[str, Any]:
+    """The part of the self-test report that :class:`SelfTestOutputs` adds (see
+    :func:`compare_self_test`); ``alike`` maps each expected detection to the answers whose
+    boxes match it."""
+    out: dict[str, Any] = {}
+    if outputs.classes is not None:  # a classifier: each class's probability
+        probs = got.probs
+        deviations = [
+            1.0
+            if probs is None or want.class_id >= len(probs)
+            else abs(float(probs[want.class_id]) - want.score)
+            for want in outputs.classes
+        ]
+        out["classes"] = len(outputs.classes)
+        out["class_mismatches"] = sum(d > score_tol for d in deviations)
+        out["class_score_deviation"] = round(max(deviations, default=0.0), 4)
+    if outputs.masks is not None:
+        ious = []
+        for index, rle in enumerate(outputs.masks):
+            if rle is None or not alike.get(index):
+                continue  # not recorded, or its box came out otherwise (judged above)
+            if got.masks is None or list(got.masks.shape[1:]) != rle.size:
+                ious.append(0.0)
+                continue
+            mask = rle_to_mask(rle.model_dump())
+            ious.append(max(_mask_iou(mask, got.masks[j]) for j in alike[index]))
+        out["masks"] = len(ious)
+        out["mean_mask_iou"] = round(float(np.mean(ious)), 4) if ious else None
+        out["mask_mismatch"] = bool(ious) and float(np.mean(ious)) < SELF_TEST_MASK_IOU
+    if outputs.keypoints is not None:
+        allowed = max(SELF_TEST_KEYPOINT_PX, 0.02 * max(image_hw or (0, 0)))
+        moved = []
+        for index, points in enumerate(outputs.keypoints):
+            if points is None or not alike.get(index):
+                continue
+            moved.append(
+                min(
+                    _keypoints_moved(points, got.keypoints[j].tolist())
+                    if got.keypoints is not None
+                    else float("inf")
+                    for j in alike[index]
+                )
+            )
+        out["keypoints"] = len(moved)
+        out["keypoints_moved"] = sum(m > allowed for m in moved)
+        # a runtime that decodes keypoints wrong moves them all; a few may be compared with
+        # a near-duplicate that NMS kept instead of their own (see compare_self_test)
+        out["keypoint_mismatch"] = 2 * out["keypoints_moved"] > len(moved)
+        worst = max(moved, default=0.0)
+        out["max_keypoint_deviation_px"] = round(worst, 3) if np.isfinite(worst) else None
+    return out
+
+
+def _mask_iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = int(np.logical_or(a, b).sum())
+    return float(np.logical_and(a, b).sum() / union) if union else 1.0
+
+
+def _keypoints_moved(want: list[list[float]], have: list[list[float]]) -> float:
+    """How far (px, the larger of x and y) the keypoints seen on both sides moved; infinite
+    when the two lists differ in length."""
+    if len(want) != len(have):
+        return float("inf")
+    seen = [
+        max(abs(w[0] - h[0]), abs(w[1] - h[1]))
+        for w, h in zip(want, have, strict=True)
+        if len(w) < 3 or len(h) < 3 or (w[2] >= KEYPOINT_SEEN and h[2] >= KEYPOINT_SEEN)
+    ]
+    return max(seen, default=0.0)
+
+
+def _self_test_outputs(folder: Path, manifest: Manifest) -> SelfTestOutputs | None:
+    """The package's ``selftest/outputs.json`` (listed in its files, so its digest was
+    checked), or None when it has none (a detector, or an older export)."""
+    if SELF_TEST_OUTPUTS not in manifest.files:
+        return None
+    try:
+        raw = (folder / Path(*PurePosixPath(SELF_TEST_OUTPUTS).parts)).read_bytes()
+        return SelfTestOutputs.model_validate_json(raw)
+    except OSError as exc:
+        raise InstallError(f"cannot read {SELF_TEST_OUTPUTS}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise PackageError(
+            f"{SELF_TEST_OUTPUTS} is malformed ({one_line(exc)}); re-export the package"
+        ) from None
+
+
+def _self_test_failure(report: dict[str, Any]) -> str:
+    """What a failed self-test's report says, in one clause."""
+    parts = []
+    if report["mismatches"] or not any(
+        report.get(k) for k in ("class_mismatches", "mask_mismatch", "keypoint_mismatch")
+    ):
+        parts.append(
+            f"expected {report['expected']} detections, got {report['got']} "
+            f"({report['mismatches']} outside tolerance, max IoU deviation "
+            f"{report['max_iou_deviation']:.3f}, max score deviation "
+            f"{report['max_score_deviation']:.3f})"
+        )
+    if report.get("class_mismatches"):
+        parts.append(
+            f"{report['class_mismatches']} of the export's top {report['classes']} classes "
+            f"scored differently (max score deviation {report['max_score_deviation']:.3f})"
+        )
+    if report.get("mask_mismatch"):
+        parts.append(
+            f"the masks differ from the export's (mean IoU {report['mean_mask_iou']:.3f} over "
+            f"{report['masks']} detections, at least {SELF_TEST_MASK_IOU} needed)"
+        )
+    if report.get("keypoint_mismatch"):
+        worst = report["max_keypoint_deviation_px"]
+        parts.append(
+            f"the keypoints of {report['keypoints_moved']} of {report['keypoints']} "
+            "detections moved "
+            + ("(another number of them)" if worst is None else f"(up to {worst:.1f} px)")
+        )
+    return "; ".join(parts)
 
 
 def _pinned_backend(cls: type[Backend], providers: list[str]) -> type[Backend]:
@@ -970,22 +1123,16 @@ class ModelStore:
                 ) from None
             post = manifest.model.postprocessing
             self_test = compare_self_test(
-                spec, got, post.conf_threshold, post.iou_threshold, post.agnostic_nms
+                spec,
+                got,
+                post.conf_threshold,
+                post.iou_threshold,
+                post.agnostic_nms,
+                _self_test_outputs(folder, manifest),
+                (sample.shape[0], sample.shape[1]),
             )
             if not self_test["passed"]:
-                if self_test.get("classes"):
-                    what = (
-                        f"{self_test['class_mismatches']} of the export's top "
-                        f"{self_test['classes']} classes scored differently (max score "
-                        f"deviation {self_test['max_score_deviation']:.3f})"
-                    )
-                else:
-                    what = (
-                        f"expected {self_test['expected']} detections, got {self_test['got']} "
-                        f"({self_test['mismatches']} outside tolerance, max IoU deviation "
-                        f"{self_test['max_iou_deviation']:.3f}, max score deviation "
-                        f"{self_test['max_score_deviation']:.3f})"
-                    )
+                what = _self_test_failure(self_test)
                 raise InstallError(
                     f"self-test failed: {what} with {where}; the previous version keeps "
                     "serving; re-export the model or pick another provider"

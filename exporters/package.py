@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,13 @@ import numpy as np
 
 from exporters.base import ExportArtifact, ExportError
 from runtimes.errors import OutpostError
-from runtimes.package import Manifest, utc_now, write_package
+from runtimes.package import (
+    SELF_TEST_OUTPUTS,
+    SELF_TEST_TASK_DETECTIONS,
+    Manifest,
+    utc_now,
+    write_package,
+)
 from runtimes.predictor import Predictor
 from runtimes.preprocess import read_image
 
@@ -206,13 +213,16 @@ def build_package(
     manifest = write_package(out_path, fields, files)
     sample = build / "selftest-input.png"
     _write_sample(sample, sample_image, manifest.model.input.height, manifest.model.input.width)
-    expected = expected_outputs(out_path, sample)
-    if expected is None:
+    answered = expected_outputs(out_path, sample)
+    if answered is None:
         return manifest
-    self_test = {"input": SELF_TEST_INPUT, **expected, "tolerance": SELF_TEST_TOLERANCE}
-    return write_package(
-        out_path, {**fields, "self_test": self_test}, {**files, SELF_TEST_INPUT: sample}
-    )
+    expected, outputs = answered
+    self_test = {"input": SELF_TEST_INPUT, "expected": expected, "tolerance": SELF_TEST_TOLERANCE}
+    files = {**files, SELF_TEST_INPUT: sample}
+    if outputs is not None:
+        files[SELF_TEST_OUTPUTS] = build / "selftest-outputs.json"
+        files[SELF_TEST_OUTPUTS].write_text(json.dumps(outputs), encoding="utf-8")
+    return write_package(out_path, {**fields, "self_test": self_test}, files)
 
 
 def _write_sample(dest: Path, source: Path | None, height: int, width: int) -> None:
@@ -241,10 +251,14 @@ def _write_sample(dest: Path, source: Path | None, height: int, width: int) -> N
     dest.write_bytes(buf.tobytes())
 
 
-def expected_outputs(package: Path, sample: Path) -> dict[str, Any] | None:
-    """What ``package`` answers on ``sample`` with its own runtime, as a self-test's
-    ``expected`` detections (and a classifier's ``expected_classes``: its ``top_k`` most
-    probable); None when its runtime does not run here."""
+def expected_outputs(
+    package: Path, sample: Path
+) -> tuple[list[dict[str, Any]], dict[str, Any] | None] | None:
+    """What ``package`` answers on ``sample`` with its own runtime: the self-test's expected
+    detections, and what its task gives beyond boxes (``selftest/outputs.json``: a
+    classifier's ``top_k`` most probable classes; the masks or keypoints of the first
+    :data:`SELF_TEST_TASK_DETECTIONS` detections), or None for a detector; None when its
+    runtime does not run here."""
     try:
         predictor = Predictor.from_path(package)
         try:
@@ -259,23 +273,22 @@ def expected_outputs(package: Path, sample: Path) -> dict[str, Any] | None:
             " ".join(str(exc).split())[:200],
         )
         return None
-    out: dict[str, Any] = {
-        "expected": [
-            {
-                "class_id": int(c),
-                "score": round(float(s), 6),
-                "xyxy": [round(float(v), 3) for v in box],
-            }
-            for box, s, c in zip(
-                detections.xyxy.tolist(),
-                detections.confidence.tolist(),
-                detections.class_id.tolist(),
-                strict=True,
-            )
-        ]
-    }
+    items = detections.to_list()
+    expected = [
+        {"class_id": d["class_id"], "score": d["confidence"], "xyxy": d["xyxy"]} for d in items
+    ]
+    first = slice(0, SELF_TEST_TASK_DETECTIONS)
     if detections.probs is not None:
-        out["expected_classes"] = [
-            {"class_id": c["class_id"], "score": c["confidence"]} for c in detections.top_k(top_k)
-        ]
-    return out
+        classes = detections.top_k(top_k)
+        outputs: dict[str, Any] | None = {
+            "classes": [{"class_id": c["class_id"], "score": c["confidence"]} for c in classes]
+        }
+    elif detections.masks is not None:
+        outputs = {"masks": [d["mask"] for d in items[first]] + [None] * len(items[first.stop :])}
+    elif detections.keypoints is not None:
+        outputs = {
+            "keypoints": [d["keypoints"] for d in items[first]] + [None] * len(items[first.stop :])
+        }
+    else:
+        outputs = None
+    return expected, outputs

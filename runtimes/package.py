@@ -157,6 +157,24 @@ class SelfTestTolerance(_Model):
     score: float = Field(0.05, ge=0.0, le=1.0)
 
 
+class SelfTest(_Model):
+    """A sample input (a file listed in ``files``) and the detections expected on it.
+
+    Optional in schema v1: packages without it still read; an agent installs them with a
+    warning instead of checking the model's answers before switching to it. What a task
+    gives beyond boxes (a classifier's classes, masks, keypoints) is in the listed file
+    :data:`SELF_TEST_OUTPUTS` (:class:`SelfTestOutputs`), which agents before it ignore.
+    """
+
+    input: str = Field(min_length=1)
+    expected: list[SelfTestDetection]
+    tolerance: SelfTestTolerance = Field(default_factory=SelfTestTolerance)
+
+
+SELF_TEST_OUTPUTS = "selftest/outputs.json"
+SELF_TEST_TASK_DETECTIONS = 20  # the most detections whose mask or keypoints are recorded
+
+
 class SelfTestClass(_Model):
     """One of the classes a classifier ranked highest on the self-test input at export time."""
 
@@ -164,20 +182,25 @@ class SelfTestClass(_Model):
     score: float = Field(ge=0.0, le=1.0)
 
 
-class SelfTest(_Model):
-    """A sample input (a file listed in ``files``) and the detections expected on it; for a
-    classifier (no detections) ``expected_classes``: its most probable classes, most probable
-    first.
+class SelfTestMask(_Model):
+    """A detection's mask on the self-test input: COCO uncompressed RLE (column-major)."""
 
-    Optional in schema v1: packages without it still read; an agent installs them with a
-    warning instead of checking the model's answers before switching to it.
-    ``expected_classes`` is absent from packages of other tasks and older exports.
+    size: list[int] = Field(min_length=2, max_length=2)
+    counts: list[int] = Field(max_length=1 << 16)
+
+
+class SelfTestOutputs(_Model):
+    """``selftest/outputs.json``: what the model gave on the self-test input beyond boxes.
+
+    ``classes``: a classifier's ``top_k`` most probable classes, most probable first.
+    ``masks`` / ``keypoints``: per detection of ``self_test.expected`` (same order), its mask
+    or its ``[[x, y, visibility], ...]`` keypoints, None past the first
+    :data:`SELF_TEST_TASK_DETECTIONS`.
     """
 
-    input: str = Field(min_length=1)
-    expected: list[SelfTestDetection]
-    expected_classes: list[SelfTestClass] | None = Field(None, max_length=1000)
-    tolerance: SelfTestTolerance = Field(default_factory=SelfTestTolerance)
+    classes: list[SelfTestClass] | None = Field(None, max_length=1000)
+    masks: list[SelfTestMask | None] | None = Field(None, max_length=10_000)
+    keypoints: list[list[list[float]] | None] | None = Field(None, max_length=10_000)
 
 
 class Manifest(_Model):
@@ -211,8 +234,6 @@ class Manifest(_Model):
         # A package without a self-test or alternates writes no such key, exactly as before.
         exclude = {k for k in ("self_test", "alternates") if not getattr(self, k)} or None
         data = self.model_dump(mode="json", exclude=exclude)
-        if "self_test" in data and data["self_test"].get("expected_classes") is None:
-            del data["self_test"]["expected_classes"]  # as before, for every other task
         return json.dumps(data, indent=2, sort_keys=True) + "\n"
 
     @classmethod

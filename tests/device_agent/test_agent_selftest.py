@@ -22,8 +22,8 @@ from exporters.base import ExportArtifact
 from exporters.package import SELF_TEST_INPUT, build_package
 from runtimes.backends import BackendRegistry, OnnxRuntimeBackend
 from runtimes.backends.base import BackendInfo
-from runtimes.detections import Detections
-from runtimes.package import PackageReader, SelfTest, write_package
+from runtimes.detections import Detections, mask_to_rle
+from runtimes.package import PackageReader, SelfTest, SelfTestOutputs, write_package
 from runtimes.predictor import Predictor
 from tests.fakes import (
     CLASS_NAMES,
@@ -216,34 +216,124 @@ def test_compare_self_test_forgives_nms_going_either_way_between_near_duplicates
     assert compare_self_test(spec, other_class, 0.25, nms_iou=0.7, agnostic=True)["passed"]
 
 
+def _probs(*values: float) -> Detections:
+    none = _dets([])
+    return Detections(
+        none.xyxy, none.confidence, none.class_id, CLASS_NAMES, probs=np.array(values, np.float32)
+    )
+
+
 def test_compare_self_test_checks_a_classifiers_classes() -> None:
+    spec = SelfTest.model_validate({"input": "selftest/input.png", "expected": []})
+    outputs = SelfTestOutputs.model_validate(
+        {"classes": [{"class_id": 2, "score": 0.6}, {"class_id": 0, "score": 0.3}]}
+    )
+    same = compare_self_test(spec, _probs(0.32, 0.1, 0.58), 0.25, outputs=outputs)
+    assert same["passed"] and same["classes"] == 2 and same["class_mismatches"] == 0
+    assert same["max_score_deviation"] == pytest.approx(0.02, abs=1e-6)
+    other = compare_self_test(spec, _probs(0.05, 0.9, 0.05), 0.25, outputs=outputs)
+    assert not other["passed"] and other["class_mismatches"] == 2
+    assert not compare_self_test(spec, _dets([]), 0.25, outputs=outputs)["passed"]  # no probs
+    assert "classes" not in compare_self_test(spec, _dets([]), 0.25)
+
+
+def test_compare_self_test_checks_masks_and_keypoints_of_the_paired_detections() -> None:
     spec = SelfTest.model_validate(
         {
             "input": "selftest/input.png",
-            "expected": [],
-            "expected_classes": [
-                {"class_id": 2, "score": 0.6},
-                {"class_id": 0, "score": 0.3},
+            "expected": [
+                {"class_id": 0, "score": 0.9, "xyxy": [8, 8, 24, 24]},
+                {"class_id": 1, "score": 0.8, "xyxy": [30, 30, 50, 50]},
             ],
         }
     )
+    rows = [(0, 0.9, [8.0, 8.0, 24.0, 24.0]), (1, 0.8, [30.0, 30.0, 50.0, 50.0])]
+    boxes = _dets(rows)
+    masks = np.zeros((2, 64, 64), bool)
+    masks[0, 8:24, 8:24] = True
+    masks[1, 30:50, 30:50] = True
+    recorded = SelfTestOutputs.model_validate({"masks": [mask_to_rle(m) for m in masks]})
 
-    def probs(*values: float) -> Detections:
+    def with_masks(m: np.ndarray) -> Detections:
+        return Detections(boxes.xyxy, boxes.confidence, boxes.class_id, CLASS_NAMES, masks=m)
+
+    same = compare_self_test(spec, with_masks(masks), 0.25, outputs=recorded)
+    assert same["passed"] and same["masks"] == 2 and same["mean_mask_iou"] == 1.0
+    edge = masks.copy()
+    edge[0, 8, 8:24] = False  # one row of 16 lost: IoU 0.94
+    assert compare_self_test(spec, with_masks(edge), 0.25, outputs=recorded)["passed"]
+    garbage = np.roll(masks, 12, axis=2)  # the masks off their objects
+    report = compare_self_test(spec, with_masks(garbage), 0.25, outputs=recorded)
+    assert not report["passed"] and report["mask_mismatch"] and report["mismatches"] == 0
+    assert report["mean_mask_iou"] < 0.5
+
+    points = [[[10.0, 10.0, 0.9], [20.0, 20.0, 0.3]], [[35.0, 40.0, 0.8], [45.0, 45.0, 0.9]]]
+    recorded = SelfTestOutputs.model_validate({"keypoints": [points[0], None]})
+
+    def with_points(p: list[list[list[float]]]) -> Detections:
+        kp = np.array(p, np.float32)
+        return Detections(boxes.xyxy, boxes.confidence, boxes.class_id, CLASS_NAMES, keypoints=kp)
+
+    same = compare_self_test(spec, with_points(points), 0.25, outputs=recorded, image_hw=(64, 64))
+    assert same["passed"] and same["keypoints"] == 1 and same["keypoints_moved"] == 0
+    unseen_moved = [[[10.5, 10.0, 0.9], [2.0, 60.0, 0.3]], points[1]]  # barely seen: ignored
+    assert compare_self_test(spec, with_points(unseen_moved), 0.25, outputs=recorded)["passed"]
+    moved = [[[16.0, 10.0, 0.9], [20.0, 20.0, 0.3]], points[1]]
+    report = compare_self_test(spec, with_points(moved), 0.25, outputs=recorded, image_hw=(64, 64))
+    assert not report["passed"] and report["keypoints_moved"] == 1 and report["keypoint_mismatch"]
+    assert report["max_keypoint_deviation_px"] == 6.0
+    # boxes alike (clipped to the image) whose scores came out in another order on the
+    # device (TF32 on an NVIDIA H200 did this): each keypoint set is still found
+    alike = SelfTest.model_validate(
+        {
+            "input": "selftest/input.png",
+            "expected": [
+                {"class_id": 0, "score": 0.7301, "xyxy": [0, 0, 64, 64]},
+                {"class_id": 0, "score": 0.7300, "xyxy": [0, 0, 64, 64]},
+            ],
+        }
+    )
+    both = SelfTestOutputs.model_validate({"keypoints": [points[0], points[1]]})
+    reordered = Detections(
+        np.array([[0, 0, 64, 64]] * 2, np.float32),
+        np.array([0.7302, 0.7299], np.float32),
+        np.zeros(2, np.int64),
+        CLASS_NAMES,
+        keypoints=np.array([points[1], points[0]], np.float32),
+    )
+    report = compare_self_test(alike, reordered, 0.25, 0.7, outputs=both, image_hw=(64, 64))
+    assert report["passed"] and report["keypoints"] == 2, report
+    # a runtime that decodes keypoints wrong moves most of them; one of three may be
+    # compared with a near-duplicate's (NMS kept it instead of its own) and the test passes
+    three = SelfTest.model_validate(
+        {
+            "input": "selftest/input.png",
+            "expected": [
+                {"class_id": 0, "score": 0.9 - i / 10, "xyxy": [20 * i, 0, 20 * i + 15, 15]}
+                for i in range(3)
+            ],
+        }
+    )
+    spots = [[[20.0 * i + 5, 5.0, 0.9]] for i in range(3)]
+    recorded3 = SelfTestOutputs.model_validate({"keypoints": spots})
+
+    def answer(shift: list[float]) -> Detections:
+        kp = np.array([[[x + d, y, v] for x, y, v in p] for p, d in zip(spots, shift, strict=True)])
         return Detections(
-            *(_dets([]).xyxy, _dets([]).confidence, _dets([]).class_id),
-            class_names=("a", "b", "c"),
-            probs=np.array(values, np.float32),
+            np.array([[20 * i, 0, 20 * i + 15, 15] for i in range(3)], np.float32),
+            np.array([0.9, 0.8, 0.7], np.float32),
+            np.zeros(3, np.int64),
+            CLASS_NAMES,
+            keypoints=kp.astype(np.float32),
         )
 
-    same = compare_self_test(spec, probs(0.32, 0.1, 0.58), 0.25)
-    assert same["passed"] and same["classes"] == 2 and same["class_mismatches"] == 0
-    assert same["max_score_deviation"] == pytest.approx(0.02, abs=1e-6)
-    other = compare_self_test(spec, probs(0.05, 0.9, 0.05), 0.25)
-    assert not other["passed"] and other["class_mismatches"] == 2
-    assert not compare_self_test(spec, _dets([]), 0.25)["passed"]  # no probabilities at all
-    assert "classes" not in compare_self_test(
-        SelfTest.model_validate({"input": "x.png", "expected": []}), _dets([]), 0.25
-    )
+    one = compare_self_test(three, answer([0, 9, 0]), 0.25, outputs=recorded3, image_hw=(64, 64))
+    assert one["passed"] and one["keypoints_moved"] == 1
+    two = compare_self_test(three, answer([9, 9, 0]), 0.25, outputs=recorded3, image_hw=(64, 64))
+    assert not two["passed"] and two["keypoints_moved"] == 2
+    # 2 % of a 640 px sample's side allows 12.8 px
+    big = compare_self_test(spec, with_points(moved), 0.25, outputs=recorded, image_hw=(640, 480))
+    assert big["passed"]
 
 
 # --- the agent ------------------------------------------------------------------------------

@@ -7,7 +7,9 @@ key too, and in the Studio's inference test."""
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterator
+import json
+import zipfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,8 @@ from device_agent.apikeys import ApiKeys
 from device_agent.auth import b64
 from device_agent.client import AgentRejectedError
 from runtimes.detections import Detections, rle_to_mask
+from runtimes.fileio import sha256_bytes
+from runtimes.package import SELF_TEST_OUTPUTS
 from runtimes.predictor import Predictor
 from tests.device_agent.conftest import AgentThread
 from tests.device_agent.desktop_helpers import record_device
@@ -55,8 +59,10 @@ def agent(
             for task in TASKS:
                 installed = client.upload_package(built[task]["package"])
                 assert installed["name"] == task and installed["self_test"]["passed"], installed
-                # a classifier's self-test checks its top classes' probabilities
-                assert installed["self_test"].get("classes") == (5 if task == "classify" else None)
+                # beyond boxes: a classifier's top classes, the masks, the keypoints
+                report = installed["self_test"]
+                checked = {"classify": "classes", "segment": "masks", "pose": "keypoints"}[task]
+                assert report[checked] > 0 and report.get("mean_mask_iou") in (None, 1.0), report
         yield running
     finally:
         running.stop()
@@ -214,26 +220,58 @@ def test_the_studio_inference_test_lists_a_classifiers_classes(
         ws.close()
 
 
-def test_a_classifier_that_answers_other_classes_fails_its_self_test(
-    agent: AgentThread, built: dict[str, dict[str, Any]], tmp_path: Path
-) -> None:
-    """The export recorded the classifier's top classes on the sample; a package whose model
-    ranks them otherwise on this device (here: the record says so) is not switched to."""
+def _with_outputs(package: Path, dst: Path, edit: Callable[[dict[str, Any]], None]) -> Path:
+    """``package`` as version 2 with its ``selftest/outputs.json`` edited (and re-listed)."""
+    with zipfile.ZipFile(package) as zf:
+        outputs = json.loads(zf.read(SELF_TEST_OUTPUTS))
+    edit(outputs)
+    data = json.dumps(outputs).encode()
 
-    def other_ranking(manifest: dict[str, Any]) -> dict[str, Any]:
-        classes = manifest["self_test"]["expected_classes"]
-        assert len(classes) == 5 and classes[0]["score"] >= classes[1]["score"]
-        manifest["version"] = "2"
-        for item in classes:
-            item["score"] = round(1.0 - item["score"], 6)
-        return manifest
+    def manifest(m: dict[str, Any]) -> dict[str, Any]:
+        m["version"] = "2"
+        m["files"][SELF_TEST_OUTPUTS] = {"sha256": sha256_bytes(data), "size": len(data)}
+        return m
 
-    changed = rewrite_package(
-        built["classify"]["package"], tmp_path / "classify-2.outpost.zip", manifest=other_ranking
+    return rewrite_package(
+        package,
+        dst,
+        manifest=manifest,
+        files=lambda name, old: data if name == SELF_TEST_OUTPUTS else old,
     )
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_a_model_that_answers_otherwise_fails_its_self_test(
+    agent: AgentThread, built: dict[str, dict[str, Any]], tmp_path: Path, task: str
+) -> None:
+    """The export recorded what the model gave on its sample beyond boxes; a package whose
+    model answers otherwise on this device (here: the record says so) is not switched to."""
+
+    def other_answer(outputs: dict[str, Any]) -> None:
+        if task == "classify":
+            assert len(outputs["classes"]) == 5
+            for item in outputs["classes"]:
+                item["score"] = round(1.0 - item["score"], 6)
+        elif task == "segment":
+            for rle in outputs["masks"]:
+                if rle is not None:  # the mask's runs of ones and zeros trade places
+                    rle["counts"] = [0, *rle["counts"]]
+        else:
+            for points in outputs["keypoints"]:
+                for point in points or []:
+                    point[0] += 10.0  # every point 10 px to the right
+                    point[2] = 1.0
+
+    changed = _with_outputs(
+        built[task]["package"], tmp_path / f"{task}-2.outpost.zip", other_answer
+    )
+    expected = {
+        "classify": "of the export's top 5 classes scored differently",
+        "segment": "the masks differ from the export's (mean IoU",
+        "pose": "detections moved (up to 10.0 px)",
+    }[task]
     with agent.client() as client:
         with pytest.raises(AgentRejectedError) as refused:
             client.upload_package(changed)
-        assert "self-test failed: " in str(refused.value)
-        assert "of the export's top 5 classes scored differently" in str(refused.value)
-        assert client.infer_model("classify", image_of(built, "classify")[0])["version"] == "1"
+        assert "self-test failed: " in str(refused.value) and expected in str(refused.value)
+        assert client.infer_model(task, image_of(built, task)[0])["version"] == "1"
