@@ -17,7 +17,7 @@ import tempfile
 import zipfile
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -26,6 +26,7 @@ from pydantic import (
     SerializerFunctionWrapHandler,
     ValidationError,
     model_serializer,
+    model_validator,
 )
 
 from runtimes.errors import PackageError
@@ -188,6 +189,15 @@ class SelfTestMask(_Model):
     size: list[int] = Field(min_length=2, max_length=2)
     counts: list[int] = Field(max_length=1 << 16)
 
+    @model_validator(mode="after")
+    def _covers_the_image(self) -> SelfTestMask:
+        height, width = self.size
+        if min(self.size) < 0 or height * width > 1 << 26:
+            raise ValueError(f"a mask of {height} x {width} pixels")
+        if any(c < 0 for c in self.counts) or sum(self.counts) != height * width:
+            raise ValueError(f"the mask's counts do not cover its {height} x {width} pixels")
+        return self
+
 
 class SelfTestOutputs(_Model):
     """``selftest/outputs.json``: what the model gave on the self-test input beyond boxes.
@@ -200,7 +210,9 @@ class SelfTestOutputs(_Model):
 
     classes: list[SelfTestClass] | None = Field(None, max_length=1000)
     masks: list[SelfTestMask | None] | None = Field(None, max_length=10_000)
-    keypoints: list[list[list[float]] | None] | None = Field(None, max_length=10_000)
+    keypoints: (
+        list[list[Annotated[list[float], Field(min_length=2, max_length=3)]] | None] | None
+    ) = Field(None, max_length=10_000)
 
 
 class Manifest(_Model):
@@ -255,11 +267,26 @@ class Manifest(_Model):
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"])
             raise PackageError(
-                f"manifest.json is invalid at {where}: {first['msg']}; re-export the model"
+                f"manifest.json is invalid at {_first_error(exc)}; re-export the model"
             ) from None
+
+
+def read_self_test_outputs(raw: bytes) -> SelfTestOutputs:
+    """Parse a package's ``selftest/outputs.json``; PackageError with the first problem."""
+    try:
+        return SelfTestOutputs.model_validate_json(raw)
+    except ValidationError as exc:
+        raise PackageError(
+            f"{SELF_TEST_OUTPUTS} is malformed ({_first_error(exc)}); re-export the package"
+        ) from None
+
+
+def _first_error(exc: ValidationError) -> str:
+    """``where: what`` of a validation's first error, on one line."""
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "the top"
+    return " ".join(f"{where}: {first['msg']}".split())
 
 
 def utc_now() -> str:

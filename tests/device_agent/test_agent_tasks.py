@@ -220,12 +220,12 @@ def test_the_studio_inference_test_lists_a_classifiers_classes(
         ws.close()
 
 
-def _with_outputs(package: Path, dst: Path, edit: Callable[[dict[str, Any]], None]) -> Path:
-    """``package`` as version 2 with its ``selftest/outputs.json`` edited (and re-listed)."""
+def _with_outputs(package: Path, dst: Path, edit: Callable[[dict[str, Any]], bytes | None]) -> Path:
+    """``package`` as version 2 with its ``selftest/outputs.json`` edited in place (or replaced
+    by the bytes ``edit`` returns), and listed with its new digest."""
     with zipfile.ZipFile(package) as zf:
         outputs = json.loads(zf.read(SELF_TEST_OUTPUTS))
-    edit(outputs)
-    data = json.dumps(outputs).encode()
+    data = edit(outputs) or json.dumps(outputs).encode()
 
     def manifest(m: dict[str, Any]) -> dict[str, Any]:
         m["version"] = "2"
@@ -274,4 +274,31 @@ def test_a_model_that_answers_otherwise_fails_its_self_test(
         with pytest.raises(AgentRejectedError) as refused:
             client.upload_package(changed)
         assert "self-test failed: " in str(refused.value) and expected in str(refused.value)
+        assert client.infer_model(task, image_of(built, task)[0])["version"] == "1"
+
+
+@pytest.mark.parametrize(
+    ("task", "edit"),
+    [
+        ("segment", lambda o: o["masks"][0].update(counts=[1, 2, 3])),  # not the image's pixels
+        ("segment", lambda o: o["masks"][0].update(size=[-1, 4])),
+        ("pose", lambda o: o["keypoints"][0].__setitem__(0, [5.0])),  # a point without its y
+        ("classify", lambda o: o.update(classes=[{"class_id": -1, "score": 0.5}])),
+        ("classify", lambda o: b"{not json"),
+    ],
+)
+def test_a_malformed_outputs_file_is_refused_with_its_reason(
+    agent: AgentThread,
+    built: dict[str, dict[str, Any]],
+    tmp_path: Path,
+    task: str,
+    edit: Callable[[dict[str, Any]], bytes | None],
+) -> None:
+    broken = _with_outputs(built[task]["package"], tmp_path / f"{task}-2.outpost.zip", edit)
+    with agent.client() as client:
+        with pytest.raises(AgentRejectedError) as refused:
+            client.upload_package(broken)
+        message = str(refused.value)
+        assert "selftest/outputs.json is malformed (" in message and "re-export" in message
+        assert "\n" not in message
         assert client.infer_model(task, image_of(built, task)[0])["version"] == "1"
