@@ -319,17 +319,17 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     return await handler(request)
 
 
-def _unit_float(request: web.Request, key: str) -> float | None:
-    raw = request.query.get(key)
-    if raw is None or raw == "":
+def unit_param(value: object, key: str) -> float | None:
+    """A threshold from 0 to 1 (query text or JSON), None when not given."""
+    if value is None or value == "":
         return None
     try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if not 0.0 <= value <= 1.0:
-        raise ApiError(400, f"{key} must be a number between 0 and 1, got {raw!r}")
-    return value
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        number = -1.0
+    if isinstance(value, bool) or not 0.0 <= number <= 1.0:
+        raise ApiError(400, f"{key} must be a number between 0 and 1, got {value!r}")
+    return number
 
 
 def _multipart_field(content_type: str, body: bytes, name: str) -> bytes | None:
@@ -660,8 +660,8 @@ async def _receive_to_file(request: web.Request, folder: Path) -> Path:
 
 async def post_infer(request: web.Request) -> web.Response:
     service = request.app[SERVICE_KEY]
-    conf = _unit_float(request, "conf")
-    iou = _unit_float(request, "iou")
+    conf = unit_param(request.query.get("conf"), "conf")
+    iou = unit_param(request.query.get("iou"), "iou")
     top_k = top_k_param(request.query.get("top_k"))
     model = service.store.resolve(request.query.get("model") or None)
     _, detections, timing = await serve_inference(

@@ -30,6 +30,7 @@ from device_agent.http_api import (
     classification_json,
     serve_inference,
     top_k_param,
+    unit_param,
     whole_param,
 )
 from runtimes.errors import ImageDecodeError
@@ -170,18 +171,6 @@ def check_api_key(service: AgentService, request: web.Request, route: tuple[str,
     return True
 
 
-def _unit(value: object, key: str) -> float | None:
-    if value is None or value == "":
-        return None
-    try:
-        number = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        number = -1.0
-    if isinstance(value, bool) or not 0.0 <= number <= 1.0:
-        raise ApiError(400, f"{key} must be a number between 0 and 1, got {value!r}")
-    return number
-
-
 async def _infer_input(request: web.Request) -> tuple[bytes, dict[str, Any], int | None]:
     """The image bytes, the thresholds and the ``top_k`` of one request (JSON body, or image +
     query)."""
@@ -207,8 +196,8 @@ async def _infer_input(request: web.Request) -> tuple[bytes, dict[str, Any], int
     return (
         data,
         {
-            "conf": _unit(params.get("conf"), "conf"),
-            "iou": _unit(params.get("iou"), "iou"),
+            "conf": unit_param(params.get("conf"), "conf"),
+            "iou": unit_param(params.get("iou"), "iou"),
             "max_det": whole_param(params.get("max_det"), "max_det", MAX_DET_LIMIT),
         },
         top_k_param(params.get("top_k")),

@@ -277,18 +277,15 @@ def expected_outputs(
     expected = [
         {"class_id": d["class_id"], "score": d["confidence"], "xyxy": d["xyxy"]} for d in items
     ]
-    first = slice(0, SELF_TEST_TASK_DETECTIONS)
     if detections.probs is not None:
         classes = detections.top_k(top_k)
         outputs: dict[str, Any] | None = {
             "classes": [{"class_id": c["class_id"], "score": c["confidence"]} for c in classes]
         }
-    elif detections.masks is not None:
-        outputs = {"masks": [d["mask"] for d in items[first]] + [None] * len(items[first.stop :])}
-    elif detections.keypoints is not None:
-        outputs = {
-            "keypoints": [d["keypoints"] for d in items[first]] + [None] * len(items[first.stop :])
-        }
+    elif detections.masks is not None or detections.keypoints is not None:
+        key = "mask" if detections.masks is not None else "keypoints"
+        per = [d[key] if i < SELF_TEST_TASK_DETECTIONS else None for i, d in enumerate(items)]
+        outputs = {"masks" if key == "mask" else "keypoints": per}
     else:
         outputs = None
     return expected, outputs
