@@ -7,9 +7,9 @@ Measures, side by side, in one run on one machine:
   link (``python -m http.server`` on the agent's host), like for like: curl writes the file
   to disk (the same filesystem as the agent's data folder) as the agent writes the upload,
   neither fsyncs, and both are timed from the first request to the last byte on disk
-  (``transfer``: the signed chained stream, which opens its upload (protocol 3; the desktop
-  reads the protocol from ``/v1/info`` first, as ``outpost deploy`` does), its proof checked
-  and the agent's answer; curl's ``time_total``): three pushes and three GETs in turn,
+  (``transfer``: the signed stream, which opens its upload and ends with its seal (protocol 4;
+  the desktop reads the protocol from ``/v1/info`` first, as ``outpost deploy`` does), the
+  seal checked and the agent's answer; curl's ``time_total``): three pushes and three GETs in turn,
   the median of each. The package comes with its digests file, as every package Outpost
   writes does (``runtimes.package_digests``): the desktop sends it without hashing it. The
   same pushes of a copy without that file (hashed while it is sent) have a row of their own.

@@ -360,19 +360,48 @@ PROOF_DIGEST_BYTES = 32  # raw sha256, one per piece in a chained stream's proof
 PROOF_SIGNATURE_BYTES = 64  # Ed25519, at the end of the proof
 
 
-def chain_body_digest(upload_id: str, offset: int, proof_from: int) -> str:
+def chain_body_digest(upload_id: str, offset: int, proof_from: int, sealed: bool = False) -> str:
     """The body digest a chained upload stream signs (protocol 2): its bytes are not known
     when the request is signed, so the signature binds the request to the upload and its
-    offsets, and the stream ends with a proof signed on its own (:func:`proof_message`)."""
-    text = f"outpost-chain-v1\n{upload_id}\n{offset}\n{proof_from}"
+    offsets, and the stream ends with a proof signed on its own (:func:`proof_message`; a
+    ``sealed`` stream, protocol 4, with a seal: :func:`seal_message`)."""
+    tag = "outpost-sealed-v1" if sealed else "outpost-chain-v1"
+    text = f"{tag}\n{upload_id}\n{offset}\n{proof_from}"
     return hashlib.sha256(text.encode("ascii")).hexdigest()
 
 
-def chain_open_digest(upload_id: str, size: int, piece_size: int, head: str, name: str) -> str:
-    """The body digest of a chained stream that opens its own upload (protocol 3): binds the
-    request to the id the desktop chose and to everything the upload is opened with."""
-    text = f"outpost-chain-open-v1\n{upload_id}\n{size}\n{piece_size}\n{head}\n{name}"
+def chain_open_digest(
+    upload_id: str, size: int, piece_size: int, head: str, name: str, sealed: bool = False
+) -> str:
+    """The body digest of a chained stream that opens its own upload (protocol 3; ``sealed``:
+    protocol 4): binds the request to the id the desktop chose and to everything the upload
+    is opened with."""
+    tag = "outpost-sealed-open-v1" if sealed else "outpost-chain-open-v1"
+    text = f"{tag}\n{upload_id}\n{size}\n{piece_size}\n{head}\n{name}"
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+SEAL_BYTES = 32 + 32 + PROOF_SIGNATURE_BYTES  # protocol 4: two raw sha256, then Ed25519
+
+
+def seal_message(
+    agent_id: str, upload_id: str, nonce: str, size: int, package_sha: bytes, manifest_sha: bytes
+) -> bytes:
+    """What a desktop signs at the end of a sealed stream (protocol 4): the package's sha256
+    (its name for it) and the sha256 of its ``manifest.json``, which lists every file's
+    sha256, bound to the agent, the upload, its size and the request's nonce. The agent
+    hashes no byte on the way: at the commit it checks the manifest against this digest and
+    every file it extracts against the manifest."""
+    fields = (
+        "outpost-seal-v1",
+        agent_id,
+        upload_id,
+        nonce,
+        str(size),
+        package_sha.hex(),
+        manifest_sha.hex(),
+    )
+    return "\n".join(fields).encode("ascii")
 
 
 def proof_message(

@@ -35,6 +35,7 @@ from device_agent.auth import (
     NONCE_HEADER,
     PROOF_DIGEST_BYTES,
     PROOF_SIGNATURE_BYTES,
+    SEAL_BYTES,
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
     AuthError,
@@ -51,6 +52,7 @@ from device_agent.auth import (
     proof_message,
     request_message,
     response_message,
+    seal_message,
     sha256_hex,
     unb64,
     valid_nonce,
@@ -78,10 +80,12 @@ from device_agent.uploads import (
     OPEN_NAME_HEADER,
     OPEN_PIECE_HEADER,
     PIECES_CONTENT_TYPE,
+    SEALED_CONTENT_TYPE,
     profile_line,
 )
 from runtimes.errors import PackageError
 from runtimes.fileio import sha256_file
+from runtimes.package import manifest_digest
 from runtimes.package_digests import hash_piece_ends, piece_size_for, read_digests
 
 __all__ = [
@@ -102,6 +106,7 @@ UPLOAD_RETRIES = 5  # connection errors in a row before a resumable upload gives
 STREAM_BLOCK = 1 << 20  # a streamed upload reads and sends the file in blocks of this size
 CHAIN_PROTOCOL = 2  # the first protocol whose agents take chained streams
 OPEN_IN_STREAM_PROTOCOL = 3  # the first whose chained streams may open their upload
+SEAL_PROTOCOL = 4  # the first whose agents take sealed streams (nothing hashed on the way)
 OPEN_IN_STREAM_BYTES = 256 << 20  # larger packages open their upload first (it may resume)
 
 
@@ -331,9 +336,12 @@ class AgentClient:
     ) -> dict[str, Any]:
         """Install a ``.outpost.zip`` on the agent as a resumable upload; returns the result.
 
-        To an agent that speaks protocol 2 the package goes at once as a chained stream
-        (:meth:`put_chain`): it is read and hashed once, while it is sent, and the agent
-        checks the signed running sha256 after every piece. To an older agent:
+        To an agent that speaks protocol 4 the package goes at once as a sealed stream
+        (:meth:`put_chain`): the desktop signs the package's sha256 (from its digests file,
+        else hashed while it is sent) and its manifest's, and the agent hashes nothing on the
+        way: the commit holds the manifest to the seal and every file to the manifest. To an
+        agent that speaks protocol 2 or 3 it goes as a chained stream: the agent checks the
+        signed running sha256 after every piece. To an older agent:
         the file is read once to hash it: its sha256 and the sha256 of each piece (4 MiB, or
         more for packages over 32 GiB: see :func:`piece_size_for`). The upload is opened
         with that piece list, then the package goes as one streamed request that the agent
@@ -467,6 +475,11 @@ class AgentClient:
         if self.auth.key is not None and not self.auth.clock_known:
             self.info()
 
+    def _seals(self) -> bool:
+        """Whether chained streams go sealed: the agent speaks protocol 4 (its ``/v1/info``
+        said so)."""
+        return self.protocol is not None and self.protocol >= SEAL_PROTOCOL
+
     def _speaks_chain(self) -> bool:
         """Whether to try a chained stream: the agent speaks protocol 2, or its protocol is not
         known yet (an older agent refuses the chained create with 400: see
@@ -488,6 +501,9 @@ class AgentClient:
         # The running sha256 at each piece end this client knows (where a stream may start):
         # all of them when the package's digests file is current, else hashed on the way.
         marks = _known_marks(path, piece)
+        # A sealed stream (protocol 4) signs the manifest's sha256; a file without a readable
+        # manifest goes as a chained stream, for the agent to refuse with its reason.
+        seal = manifest_digest(path) if self._seals() else None
         with open(path, "rb") as fh:
             first = min(piece, size)
             head = (
@@ -527,7 +543,16 @@ class AgentClient:
                 before = verified
                 try:
                     answer = self.put_chain(
-                        upload_id, fh, verified, received, size, piece, marks, on_progress, opening
+                        upload_id,
+                        fh,
+                        verified,
+                        received,
+                        size,
+                        piece,
+                        marks,
+                        on_progress,
+                        opening,
+                        seal,
                     )
                     opening = None
                     verified = int(answer["offset"])
@@ -749,11 +774,14 @@ class AgentClient:
         marks: dict[int, Any],
         on_progress: Callable[[int, int], None] | None = None,
         opening: dict[str, Any] | None = None,
+        seal: bytes | None = None,
     ) -> dict[str, Any]:
         """Send the package from ``offset`` (a piece boundary) to the end as a chained stream,
         then the proof of every piece after ``proof_from`` (where the agent is verified).
         With ``opening`` (``size``, ``piece_size``, ``head``, ``name``; protocol 3) the stream
-        opens the upload ``upload_id``, an id the desktop chose, from byte 0.
+        opens the upload ``upload_id``, an id the desktop chose, from byte 0. With ``seal``
+        (the sha256 of the package's manifest; protocol 4) the stream ends with a seal
+        instead: the package's sha256 and ``seal``, signed.
 
         The bytes go from the page cache to the socket (:class:`FileBody`: ``sendfile``);
         the proof is the running sha256 at each piece end and the desktop's signature over
@@ -767,15 +795,18 @@ class AgentClient:
         if key is None or agent_id is None:
             raise AuthError("a chained upload needs the desktop's key and the agent's id")
         nonce = new_nonce()
-        ends = [*range(proof_from + piece_size, size, piece_size), size]
-        proof_bytes = len(ends) * PROOF_DIGEST_BYTES + PROOF_SIGNATURE_BYTES
+        sealed = seal is not None
+        ends = [size] if sealed else [*range(proof_from + piece_size, size, piece_size), size]
+        proof_bytes = (
+            SEAL_BYTES if sealed else len(ends) * PROOF_DIGEST_BYTES + PROOF_SIGNATURE_BYTES
+        )
         headers = {
-            "Content-Type": CHAIN_CONTENT_TYPE,
+            "Content-Type": SEALED_CONTENT_TYPE if sealed else CHAIN_CONTENT_TYPE,
             "Upload-Offset": str(offset),
             "Upload-Proof-From": str(proof_from),
             "Content-Length": str(size - offset + proof_bytes),
             NONCE_HEADER: nonce,
-            BODY_HASH_HEADER: chain_body_digest(upload_id, offset, proof_from),
+            BODY_HASH_HEADER: chain_body_digest(upload_id, offset, proof_from, sealed),
         }
         if opening is not None:
             name = str(opening.get("name") or "")
@@ -784,7 +815,12 @@ class AgentClient:
             headers[OPEN_HEAD_HEADER] = str(opening["head"])
             headers[OPEN_NAME_HEADER] = quote(name, safe="")
             headers[BODY_HASH_HEADER] = chain_open_digest(
-                upload_id, int(opening["size"]), int(opening["piece_size"]), opening["head"], name
+                upload_id,
+                int(opening["size"]),
+                int(opening["piece_size"]),
+                opening["head"],
+                name,
+                sealed,
             )
         hashing = ThreadPoolExecutor(1, "outpost-upload-hash")
         stop = threading.Event()  # the stream failed: the digests are not needed
@@ -802,6 +838,9 @@ class AgentClient:
             finally:
                 body.timings["hash_wait_s"] = time.perf_counter() - t0
             digests = b"".join(marks[end].digest() for end in ends)
+            if seal is not None:
+                message = seal_message(agent_id, upload_id, nonce, size, digests, seal)
+                return digests + seal + key.sign(message)
             return digests + key.sign(
                 proof_message(agent_id, upload_id, nonce, proof_from, digests)
             )

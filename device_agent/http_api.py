@@ -53,6 +53,7 @@ from device_agent.auth import (
     proof_message,
     request_message,
     response_message,
+    seal_message,
     sha256_hex,
     unb64,
     valid_nonce,
@@ -86,6 +87,7 @@ from device_agent.uploads import (
     OPEN_NAME_HEADER,
     OPEN_PIECE_HEADER,
     PIECES_CONTENT_TYPE,
+    SEALED_CONTENT_TYPE,
     ChainWriter,
     PieceWriter,
     UploadError,
@@ -778,8 +780,9 @@ async def put_upload_chunk(request: web.Request) -> web.Response:
     try:
         if request.content_type == PIECES_CONTENT_TYPE:
             return await _put_upload_stream(request, int(raw))
-        if request.content_type == CHAIN_CONTENT_TYPE:
-            return await _put_upload_chain(request, int(raw))
+        if request.content_type in (CHAIN_CONTENT_TYPE, SEALED_CONTENT_TYPE):
+            sealed = request.content_type == SEALED_CONTENT_TYPE
+            return await _put_upload_chain(request, int(raw), sealed)
         return await _put_upload_bytes(request, int(raw))
     except OSError as exc:
         if exc.errno not in DISK_FULL:
@@ -988,9 +991,10 @@ def _open_fields(request: web.Request, offset: int, proof_from: int) -> tuple[in
     return int(size), int(piece), head, name
 
 
-async def _put_upload_chain(request: web.Request, offset: int) -> web.Response:
+async def _put_upload_chain(request: web.Request, offset: int, sealed: bool) -> web.Response:
     """Receive a chained stream (protocol 2): the package's bytes from ``offset``, then the
-    proof of every piece after ``Upload-Proof-From`` (see ``device_agent.uploads``).
+    proof of every piece after ``Upload-Proof-From`` (see ``device_agent.uploads``); a
+    ``sealed`` one (protocol 4): the bytes, then the desktop's signed seal.
 
     The socket is read on the event loop while the writer's threads hash and write the
     pieces before (at most :data:`CHAIN_BACKLOG` pieces in memory). However the request
@@ -1012,7 +1016,7 @@ async def _put_upload_chain(request: web.Request, offset: int) -> web.Response:
         raise ApiError(401, "a chained upload stream must be signed by a paired desktop")
     if OPEN_LENGTH_HEADER in request.headers:  # protocol 3: the stream opens its upload
         size, piece_size, head, name = _open_fields(request, offset, proof_from)
-        check_body(signed, chain_open_digest(upload_id, size, piece_size, head, name))
+        check_body(signed, chain_open_digest(upload_id, size, piece_size, head, name, sealed))
         check_disk_space(service, size)
         try:
             await _blocking(
@@ -1021,16 +1025,20 @@ async def _put_upload_chain(request: web.Request, offset: int) -> web.Response:
         except UploadError as exc:
             return _upload_refused(exc)
     else:
-        check_body(signed, chain_body_digest(upload_id, offset, proof_from))
+        check_body(signed, chain_body_digest(upload_id, offset, proof_from, sealed))
     agent_id, nonce, key = service.identity.agent_id, signed.nonce, public_raw
 
     def authentic(start: int, digests: bytes, signature: bytes) -> bool:
-        return verify(key, signature, proof_message(agent_id, upload_id, nonce, start, digests))
+        if sealed:  # ``start`` is the package's size, ``digests`` its and its manifest's sha256
+            message = seal_message(agent_id, upload_id, nonce, start, digests[:32], digests[32:])
+        else:
+            message = proof_message(agent_id, upload_id, nonce, start, digests)
+        return verify(key, signature, message)
 
     loop = asyncio.get_running_loop()
     try:
         writer: ChainWriter = await _blocking(
-            functools.partial(uploads.open_chain, upload_id, proof_from, offset, authentic)
+            functools.partial(uploads.open_chain, upload_id, proof_from, offset, authentic, sealed)
         )
     except UploadError as exc:
         return _upload_refused(exc)
@@ -1148,7 +1156,7 @@ async def post_upload_commit(request: web.Request) -> web.Response:
             if saved is not None:
                 return web.json_response(saved, status=201)
             path = await _blocking(functools.partial(uploads.complete_path, upload_id))
-            package_sha = (await _blocking(functools.partial(uploads.state, upload_id))).sha256
+            state = await _blocking(functools.partial(uploads.state, upload_id))
             try:
                 model = await service.run_install(
                     functools.partial(
@@ -1156,7 +1164,8 @@ async def post_upload_commit(request: web.Request) -> web.Response:
                         path,
                         activate=activate,
                         provider=provider or None,
-                        package_sha=package_sha,
+                        package_sha=state.sha256,
+                        manifest_sha=state.manifest_sha256,
                     )
                 )
             except OutpostError:

@@ -370,7 +370,12 @@ def _install_paths() -> dict[str, Any]:
                 "desktop's Ed25519 signature over them, the agent, the upload, V and the "
                 "request's nonce; pieces count as verified up to the first digest that does "
                 "not match (the file is cut there: 422 with 'offset'); the last digest is the "
-                "whole package's sha256. 409 with the agent's 'offset' when N differs; 507 "
+                "whole package's sha256; or, with Content-Type application/x-outpost-sealed "
+                "(protocol 4), the same stream ending with a 128-byte seal instead: the "
+                "package's sha256, its manifest.json's sha256 and the desktop's signature over "
+                "both, the agent, the upload, its size and the nonce (422 when it does not "
+                "verify; the commit holds the manifest to it and every file to the manifest). "
+                "409 with the agent's 'offset' when N differs; 507 "
                 "when the disk fills up while it is written (the upload is removed)",
                 errors=("400", "404", "409", "422", "507"),
                 parameters=[
@@ -395,6 +400,7 @@ def _install_paths() -> dict[str, Any]:
                         "application/octet-stream": {},
                         "application/x-outpost-pieces": {},
                         "application/x-outpost-chain": {},
+                        "application/x-outpost-sealed": {},
                     },
                 },
             ),

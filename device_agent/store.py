@@ -736,6 +736,7 @@ class ModelStore:
         activate: bool = True,
         provider: str | None = None,
         package_sha: str | None = None,
+        manifest_sha: str | None = None,
     ) -> InstalledModel:
         """Verify, extract, load, warm up and self-test a package, then make it the active version.
 
@@ -747,6 +748,9 @@ class ModelStore:
                 is missing or fails, the result's ``fallback`` says what runs instead.
             package_sha: the whole package's sha256 when the caller has just verified it
                 (a committed upload), so it is not read once more; computed when None.
+            manifest_sha: the sha256 its ``manifest.json`` must have (a sealed upload: the
+                desktop signed it, and ``package_sha`` is the desktop's word); every file
+                is then held to the manifest as it is extracted.
 
         Raises:
             PackageError: the package cannot be read or verified (the reason is in the message).
@@ -760,6 +764,11 @@ class ModelStore:
                         sha256_bytes(package)
                         if isinstance(package, bytes)
                         else sha256_file(Path(package))
+                    )
+                if manifest_sha is not None and reader.manifest_sha256 != manifest_sha:
+                    raise PackageError(
+                        "the package's manifest is not the one the desktop sealed: it was "
+                        "altered on the way; deploy it again"
                     )
                 manifest = reader.manifest
                 model_dir = self.root / manifest.name

@@ -37,6 +37,12 @@ Two ways to send the bytes:
   kernel's boot id; a killed agent finds its writes in the page cache, while after a restart
   of the machine (another boot id) the upload starts again from byte 0. The last digest of
   the proof is the whole package's sha256, so commit does not read the file again.
+- **A sealed stream** (protocol 4, ``open_chain(..., sealed=True)``): the same stream, written
+  unhashed, ending with a seal: the package's sha256, its ``manifest.json``'s sha256 and the
+  desktop's signature over them (:func:`device_agent.auth.seal_message`). Both digests go to
+  ``meta.json`` (``sha256``, ``manifest_sha256``), then ``progress.json`` says ``sealed``; the
+  commit does not hash the package but holds its manifest to the sealed digest and every
+  file to the manifest as it is extracted (``DeviceStore.install(manifest_sha=...)``).
 
 The total sha256 is checked at commit (or on the way, as above). Uploads idle for longer
 than the time-to-live are removed, and only a bounded number may be open at once.
@@ -63,7 +69,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from device_agent.auth import PROOF_DIGEST_BYTES, PROOF_SIGNATURE_BYTES, pieces_digest
+from device_agent.auth import PROOF_DIGEST_BYTES, PROOF_SIGNATURE_BYTES, SEAL_BYTES, pieces_digest
 from device_agent.errors import AgentError, one_line
 from runtimes.fileio import CHUNK, atomic_write_text, fsync_dir
 from runtimes.package_digests import MAX_PIECES
@@ -78,6 +84,7 @@ PROGRESS_FILE = "progress.json"
 VOLATILE_FILE = "unsynced.json"  # {"boot"}: data.part holds bytes not fsynced in that boot
 PIECES_CONTENT_TYPE = "application/x-outpost-pieces"  # a streamed PUT: the rest, piece by piece
 CHAIN_CONTENT_TYPE = "application/x-outpost-chain"  # protocol 2: pieces with signed digests
+SEALED_CONTENT_TYPE = "application/x-outpost-sealed"  # protocol 4: pieces, then a signed seal
 # Protocol 3: a chained stream from byte 0 that opens its upload says what with (the name is
 # percent-encoded UTF-8); its signed body digest is ``device_agent.auth.chain_open_digest``.
 OPEN_LENGTH_HEADER = "Upload-Length"
@@ -138,6 +145,7 @@ class UploadState:
     sha256_verified: bool = False
     head: str | None = None  # a chained upload's first-piece sha256 (``sha256`` is "" until done)
     received: int = 0  # whole pieces past ``offset`` on disk, not verified yet (chained streams)
+    manifest_sha256: str | None = None  # a sealed upload's signed manifest digest (protocol 4)
 
     def as_dict(self, ttl_s: float, chunk_size: int) -> dict[str, Any]:
         streamed = (
@@ -216,7 +224,7 @@ class UploadManager:
         marked = _volatile_boot(folder)
         if marked is not None and marked != boot_id():
             self._forget_unsynced(upload_id, folder)
-        verified, sha_ok = _progress(folder)
+        verified, sha_ok, sealed = _progress(folder)
         data = folder / DATA_FILE
         committed = (folder / RESULT_FILE).exists()
         received = 0
@@ -248,6 +256,13 @@ class UploadManager:
             sha_ok and verified == size and bool(sha256),
             head if isinstance(head := meta.get("head_sha256"), str) else None,
             received,
+            manifest
+            if sealed
+            and verified == size
+            and bool(sha256)
+            and isinstance(manifest := meta.get("manifest_sha256"), str)
+            and _SHA256.match(manifest)
+            else None,
         )
 
     def _forget_unsynced(self, upload_id: str, folder: Path) -> None:
@@ -257,7 +272,7 @@ class UploadManager:
             marked = _volatile_boot(folder)
             if marked is None or marked == boot_id():  # another thread did it meanwhile
                 return
-            _record_progress(folder, 0, False)  # first: never trust more than before
+            _record_progress(folder, 0)  # first: never trust more than before
             with contextlib.suppress(FileNotFoundError):
                 os.truncate(folder / DATA_FILE, 0)
             (folder / VOLATILE_FILE).unlink(missing_ok=True)
@@ -583,13 +598,16 @@ class UploadManager:
         proof_from: int,
         offset: int,
         authentic: Callable[[int, bytes, bytes], bool],
+        sealed: bool = False,
     ) -> ChainWriter:
         """A writer for a chained stream (protocol 2) of the rest of the upload from
         ``offset`` whose proof covers the pieces after ``proof_from`` (where it is verified).
 
         ``offset`` may be past ``proof_from``, up to what earlier streams left received.
         ``authentic(proof_from, digests, signature)`` says whether the desktop signed those
-        digests. Holds the upload until :meth:`ChainWriter.close`. Raises
+        digests. A ``sealed`` stream (protocol 4) ends with a seal instead:
+        ``authentic(size, package_sha + manifest_sha, signature)`` says whether the desktop
+        signed it, and nothing is hashed. Holds the upload until :meth:`ChainWriter.close`. Raises
         :class:`UploadError`: 409 (with the agent's offset) when ``proof_from`` is not where
         the upload is verified or ``offset`` is not a received piece boundary, 400 when the
         upload was opened without a piece size.
@@ -614,7 +632,9 @@ class UploadManager:
                     f"{offset}; resume from {received}",
                     state.offset,
                 )
-            running, digests = self._prefix(upload_id, state.offset, offset)
+            running, digests = (
+                (None, {}) if sealed else self._prefix(upload_id, state.offset, offset)
+            )
             folder = self._folder(upload_id)
             return ChainWriter(self, folder, state, offset, lock, running, digests, authentic)
         except BaseException:
@@ -637,6 +657,8 @@ class UploadManager:
                 )
             path = self._folder(upload_id) / DATA_FILE
             if state.sha256_verified:  # one stream carried it all and hashed it on the way
+                return path
+            if state.manifest_sha256:  # sealed: the install checks every file (protocol 4)
                 return path
             digest = hashlib.sha256()
             with open(path, "rb") as fh:
@@ -877,6 +899,10 @@ class ChainWriter:
     :meth:`prove` checks the desktop's signed digests and records the verified offset. The
     data is not fsynced (see the module notes); where the kernel's boot id cannot be read,
     the verified offset is recorded only after an fsync instead.
+
+    Without a running sha256 (``running`` None) the stream is *sealed* (protocol 4): the
+    pieces are written unhashed and :meth:`prove` checks the desktop's signed seal, the
+    package's sha256 and its manifest's, which the commit then holds every file to.
     """
 
     def __init__(
@@ -924,8 +950,15 @@ class ChainWriter:
         return self.size - self.offset
 
     @property
+    def sealed(self) -> bool:
+        return self._running is None
+
+    @property
     def proof_length(self) -> int:
-        """The bytes of the proof that ends the stream: a digest per piece, then a signature."""
+        """The bytes of the proof that ends the stream: a digest per piece, then a signature
+        (a sealed stream: its seal)."""
+        if self.sealed:
+            return SEAL_BYTES
         pieces = -(-(self.size - self.verified) // self.piece_size)
         return pieces * PROOF_DIGEST_BYTES + PROOF_SIGNATURE_BYTES
 
@@ -945,6 +978,12 @@ class ChainWriter:
                 f"not {self.next_piece_length(self.offset)}; resume from {self.verified}",
                 self.verified,
             )
+        if self._running is None:  # sealed: nothing to hash
+            t1 = time.perf_counter()
+            self._write(parts)
+            self.offset += length
+            self.timings["write_wait_s"] += time.perf_counter() - t1
+            return self.offset
         writing = self._io.submit(self._write, parts)
         try:
             for part in parts:
@@ -979,6 +1018,10 @@ class ChainWriter:
                 f"and a proof of {self.proof_length} bytes; resume from {self.verified}",
                 self.verified,
             )
+        if self.sealed:
+            self._seal(proof)
+            self.timings["prove_s"] += time.perf_counter() - t0
+            return self.size
         digests = proof[:-PROOF_SIGNATURE_BYTES]
         if not self._authentic(self.verified, digests, proof[-PROOF_SIGNATURE_BYTES:]):
             raise UploadError(
@@ -1014,6 +1057,36 @@ class ChainWriter:
         self.timings["prove_s"] += time.perf_counter() - t0
         return self.size
 
+    def _seal(self, seal: bytes) -> None:
+        """Check a sealed stream's seal and record the package as received whole: the package's
+        sha256 and its manifest's in meta.json first, then the offset (422 when the seal does
+        not verify, or names another package than the upload was opened for)."""
+        signed = seal[:-PROOF_SIGNATURE_BYTES]
+        package_sha, manifest_sha = signed[:32].hex(), signed[32:].hex()
+        if not self._authentic(self.size, signed, seal[-PROOF_SIGNATURE_BYTES:]):
+            raise UploadError(
+                422,
+                f"upload {self.upload_id}: the seal of the stream does not verify; it was "
+                f"altered on the way, resume from {self.verified}",
+                self.verified,
+            )
+        if self.declared and self.declared != package_sha:
+            raise UploadError(
+                422,
+                f"upload {self.upload_id} was opened for another package than the one its "
+                "stream seals; delete it and deploy again",
+                self.verified,
+            )
+        meta_path = self.folder / META_FILE
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        meta.update(sha256=package_sha, manifest_sha256=manifest_sha)
+        atomic_write_text(meta_path, json.dumps(meta) + "\n", sync=self._boot is None)
+        if self._boot is None:
+            os.fsync(self._fd)
+        _record_progress(self.folder, self.size, sealed=True, sync=self._boot is None)
+        self.verified = self.size
+        self.declared = package_sha
+
     def _cut(self, at: int) -> None:
         """Keep only the bytes before ``at`` (a piece that did not match starts there)."""
         if at > self.verified:
@@ -1041,7 +1114,8 @@ class ChainWriter:
             self._worker.shutdown(wait=True)
             self._io.shutdown(wait=True)
             os.close(self._fd)
-            if self.offset > self.verified:  # received, to be proven by the next stream
+            if self.offset > self.verified and self._running is not None:  # received, to be
+                # proven by the next stream
                 self.manager._chains[self.upload_id] = (
                     self.offset,
                     self._running.copy(),
@@ -1172,22 +1246,36 @@ def _pieces_of(meta: dict[str, Any]) -> tuple[int | None, tuple[str, ...]]:
     return None, ()
 
 
-def _progress(folder: Path) -> tuple[int | None, bool]:
-    """The recorded verified offset of a streamed upload (None for a chunked one)."""
+def _progress(folder: Path) -> tuple[int | None, bool, bool]:
+    """The recorded verified offset of a streamed upload (None for a chunked one), whether the
+    whole sha256 was checked on the way, and whether a seal (protocol 4) closed it."""
     try:
         data = json.loads((folder / PROGRESS_FILE).read_text(encoding="utf-8"))
-        return int(data["offset"]), bool(data.get("sha256_verified", False))
+        return (
+            int(data["offset"]),
+            data.get("sha256_verified", False) is True,
+            data.get("sealed", False) is True,
+        )
     except FileNotFoundError:
-        return None, False
+        return None, False, False
     except (OSError, ValueError, KeyError, TypeError):
-        return 0, False  # unreadable: trust nothing, the upload restarts from byte 0
+        return 0, False, False  # unreadable: trust nothing, the upload restarts from byte 0
 
 
 def _record_progress(
-    folder: Path, offset: int, sha256_verified: bool, *, sync: bool = True
+    folder: Path,
+    offset: int,
+    sha256_verified: bool = False,
+    *,
+    sealed: bool = False,
+    sync: bool = True,
 ) -> None:
-    atomic_write_text(folder / PROGRESS_FILE, _progress_text(offset, sha256_verified), sync=sync)
+    text = _progress_text(offset, sha256_verified, sealed)
+    atomic_write_text(folder / PROGRESS_FILE, text, sync=sync)
 
 
-def _progress_text(offset: int, sha256_verified: bool) -> str:
-    return json.dumps({"offset": offset, "sha256_verified": sha256_verified}) + "\n"
+def _progress_text(offset: int, sha256_verified: bool, sealed: bool = False) -> str:
+    record: dict[str, Any] = {"offset": offset, "sha256_verified": sha256_verified}
+    if sealed:
+        record["sealed"] = True
+    return json.dumps(record) + "\n"

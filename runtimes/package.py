@@ -7,6 +7,8 @@ whose digest differs, an entry outside the package root, a link, or sizes beyond
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import io
 import json
 import logging
@@ -15,6 +17,8 @@ import shutil
 import stat
 import tempfile
 import zipfile
+import zlib
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal
@@ -40,6 +44,7 @@ MANIFEST_NAME = "manifest.json"
 PACKAGE_SUFFIX = ".outpost.zip"
 MAX_TOTAL_BYTES = 8 << 30  # 8 GiB uncompressed
 MAX_ENTRIES = 10_000
+MAX_MANIFEST_BYTES = 4 << 20
 MAX_RATIO = 200  # uncompressed / compressed, per entry
 
 
@@ -335,6 +340,32 @@ def write_package(
     return manifest
 
 
+@contextlib.contextmanager
+def _member_damage(name: str) -> Iterator[None]:
+    """Reading member ``name``: a damaged entry (its header, its compressed bytes or its
+    CRC-32; zipfile's own errors) is a :class:`PackageError` with one line."""
+    try:
+        yield
+    except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
+        why = " ".join(str(exc).split())[:200] or type(exc).__name__
+        raise PackageError(
+            f"{name} is damaged in the package ({why}): it is corrupt or altered; deploy it again"
+        ) from None
+
+
+def manifest_digest(path: Path) -> bytes | None:
+    """The sha256 of a package's ``manifest.json`` (raw), which a sealed upload signs; None
+    when the file is no zip or has no manifest (the agent refuses it with its reason)."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            info = zf.getinfo(MANIFEST_NAME)
+            if info.file_size > MAX_MANIFEST_BYTES:
+                return None
+            return hashlib.sha256(zf.read(info)).digest()
+    except (zipfile.BadZipFile, KeyError, OSError, RuntimeError, ValueError):
+        return None
+
+
 class PackageReader:
     """Opens a package zip (path or bytes) and verifies it before anything is used."""
 
@@ -363,9 +394,12 @@ class PackageReader:
             raise PackageError(
                 "package has no manifest.json; it is not an Outpost package"
             ) from None
-        if info.file_size > 4 << 20:
+        if info.file_size > MAX_MANIFEST_BYTES:
             raise PackageError("manifest.json is larger than 4 MiB; refusing the package")
-        return Manifest.parse(self._zip.read(info))
+        with _member_damage(MANIFEST_NAME):
+            raw = self._zip.read(info)
+        self.manifest_sha256 = sha256_bytes(raw)  # a sealed upload's check (device_agent)
+        return Manifest.parse(raw)
 
     def _check_entries(self) -> None:
         infos = self._zip.infolist()
@@ -431,11 +465,9 @@ class PackageReader:
 
     def verify(self) -> None:
         """Check every listed file against its sha256 (streamed, no extraction)."""
-        import hashlib
-
         for name, entry in self.manifest.files.items():
             digest = hashlib.sha256()
-            with self._zip.open(name) as fh:
+            with _member_damage(name), self._zip.open(name) as fh:
                 while chunk := fh.read(CHUNK):
                     digest.update(chunk)
             if digest.hexdigest() != entry.sha256:
@@ -455,10 +487,8 @@ class PackageReader:
                 if not target.resolve().is_relative_to(tmp.resolve()):
                     raise PackageError(f"package entry {name!r} points outside the package")
                 target.parent.mkdir(parents=True, exist_ok=True)
-                import hashlib
-
                 digest = hashlib.sha256()
-                with self._zip.open(name) as src, open(target, "wb") as out:
+                with _member_damage(name), self._zip.open(name) as src, open(target, "wb") as out:
                     while chunk := src.read(CHUNK):
                         written += len(chunk)
                         if written > self.max_total_bytes:

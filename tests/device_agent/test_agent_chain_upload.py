@@ -1,5 +1,6 @@
 """Chained upload streams (protocol 2): the package goes at once, hashed once on each side,
-and a signed proof at the end of the stream verifies every piece before it counts."""
+and a signed proof at the end of the stream verifies every piece before it counts. (Sealed
+streams, protocol 4, are in ``test_agent_sealed_upload``.)"""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from device_agent.uploads import (
     META_FILE,
     PIECES_CONTENT_TYPE,
     PROGRESS_FILE,
+    SEALED_CONTENT_TYPE,
     VOLATILE_FILE,
     ChainWriter,
     UploadError,
@@ -113,11 +115,11 @@ def _chain_put(
     )
 
 
-def test_the_agent_speaks_protocol_3_and_still_accepts_1(agent: Any) -> None:
-    assert (PROTOCOL, PROTOCOL_MIN) == (3, 1)
+def test_the_agent_speaks_protocol_4_and_still_accepts_1(agent: Any) -> None:
+    assert (PROTOCOL, PROTOCOL_MIN) == (4, 1)
     with agent.client() as client:
         info = client.info()
-        assert (info["protocol"], info["protocol_min"]) == (3, 1) and client.protocol == 3
+        assert (info["protocol"], info["protocol_min"]) == (4, 1) and client.protocol == 4
 
 
 def test_a_chained_upload_sends_at_once_and_verifies_every_piece(agent: Any, package: Path) -> None:
@@ -546,17 +548,23 @@ def test_a_stream_is_read_in_large_blocks_then_the_transport_is_put_back() -> No
     _large_reads(SimpleNamespace(transport=None))()  # type: ignore[arg-type]  # closed
 
 
-def test_a_stream_opens_its_upload_when_the_agent_speaks_3(agent: Any, package: Path) -> None:
-    """No round trip before the bytes go: the stream carries what the upload is opened with."""
+@pytest.mark.parametrize("protocol", [3, 4])
+def test_a_stream_opens_its_upload_when_the_agent_speaks_3(
+    agent: Any, package: Path, protocol: int
+) -> None:
+    """No round trip before the bytes go: the stream carries what the upload is opened with
+    (a chained stream to an agent that speaks 3, a sealed one from 4 on)."""
     data = package.read_bytes()
     transport = Recorder()
     with agent.client(transport=transport) as client:
-        client.info()  # as outpost deploy does: the protocol is known (3)
+        client.info()  # as outpost deploy does: the protocol is known
+        client.protocol = protocol  # as agreed with an agent of that protocol
         result = client.upload_package(package, resumable=True, piece_size=PIECE)
         assert result["version"] == "1" and serving_version(client) == "1"
     stream, commit = [s for s in transport.seen if s["method"] != "GET"]
     assert (stream["method"], stream["opens"], stream["status"]) == ("PUT", str(len(data)), 200)
     assert (stream["offset"], stream["proof_from"]) == ("0", "0") and commit["status"] == 201
+    assert stream["type"] == (SEALED_CONTENT_TYPE if protocol == 4 else CHAIN_CONTENT_TYPE)
 
 
 def test_a_stream_that_could_not_open_its_upload_opens_it_again(agent: Any, package: Path) -> None:
@@ -577,6 +585,7 @@ def test_a_stream_that_broke_after_opening_its_upload_resumes_it(agent: Any, pac
         assert result["version"] == "1" and serving_version(client) == "1"
     first, *rest = [s for s in transport.seen if s["method"] == "PUT"]
     assert first["opens"] and rest and not any(s["opens"] for s in rest)
+    assert {s["type"] for s in [first, *rest]} == {SEALED_CONTENT_TYPE}  # protocol 4
     # it resumes the upload the first stream opened, after the pieces received by then
     assert rest[-1]["status"] == 200
     assert all(int(s["offset"]) % PIECE == 0 and int(s["offset"]) <= 3 * PIECE for s in rest)

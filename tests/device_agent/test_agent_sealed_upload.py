@@ -1,0 +1,240 @@
+"""Sealed upload streams (protocol 4): the package goes at once and no side hashes it on the
+way; the desktop signs the package's sha256 and its manifest's, and the commit holds the
+manifest to that seal and every file to the manifest before anything is installed."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from device_agent.auth import KeyPair, chain_body_digest, new_nonce, seal_message
+from device_agent.client import AgentRejectedError
+from device_agent.store import INSTALL_RECORD
+from device_agent.uploads import (
+    CHAIN_CONTENT_TYPE,
+    META_FILE,
+    PROGRESS_FILE,
+    SEALED_CONTENT_TYPE,
+    UploadError,
+    UploadManager,
+)
+from runtimes.errors import PackageError
+from runtimes.package import MANIFEST_NAME, manifest_digest
+from tests.device_agent.stream_faults import serving_version
+from tests.device_agent.test_agent_chain_upload import PIECE, Recorder
+from tests.fakes import make_package
+
+
+def _manifest_sha(package: Path) -> bytes:
+    with zipfile.ZipFile(package) as zf:
+        return hashlib.sha256(zf.read(MANIFEST_NAME)).digest()
+
+
+def _seal(
+    key: KeyPair, agent_id: str, upload_id: str, nonce: str, data: bytes, manifest: bytes
+) -> bytes:
+    whole = hashlib.sha256(data).digest()
+    return whole + manifest + key.sign(
+        seal_message(agent_id, upload_id, nonce, len(data), whole, manifest)
+    )
+
+
+def _sealed_put(agent: Any, upload_id: str, body: bytes, offset: int, nonce: str) -> httpx.Response:
+    """A sealed stream of ``body`` from ``offset``, sent chunked (it may end before its seal)."""
+    return httpx.put(
+        f"{agent.url}/v1/uploads/{upload_id}",
+        auth=agent.auth(),
+        content=iter([body]),
+        headers={
+            "Content-Type": SEALED_CONTENT_TYPE,
+            "Upload-Offset": str(offset),
+            "Upload-Proof-From": "0",
+            "X-Outpost-Nonce": nonce,
+            "X-Outpost-Content-SHA256": chain_body_digest(upload_id, offset, 0, sealed=True),
+        },
+    )
+
+
+def _member_data_offset(package: Path, name: str) -> int:
+    """Where member ``name``'s (compressed) bytes start in the zip."""
+    with zipfile.ZipFile(package) as zf:
+        info = zf.getinfo(name)
+    raw = package.read_bytes()
+    header = info.header_offset
+    name_len = int.from_bytes(raw[header + 26 : header + 28], "little")
+    extra_len = int.from_bytes(raw[header + 28 : header + 30], "little")
+    return header + 30 + name_len + extra_len
+
+
+def test_a_sealed_stream_is_hashed_by_no_one_and_the_commit_checks_the_manifest(
+    agent: Any, package: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from device_agent import client as client_module
+
+    def no_hashing(*args: object) -> None:
+        raise AssertionError("the package was hashed on the way")
+
+    # the desktop has the package's digests file; the agent keeps no running sha256
+    monkeypatch.setattr(client_module, "_hash_range", no_hashing)
+    monkeypatch.setattr(client_module, "_hash_prefix", no_hashing)
+    monkeypatch.setattr(UploadManager, "_prefix", no_hashing)
+    data = package.read_bytes()
+    transport = Recorder()
+    with agent.client(transport=transport) as client:
+        assert client.info()["protocol"] == 4 and client.protocol == 4
+        result = client.upload_package(package, resumable=True)
+        assert result["version"] == "1" and serving_version(client) == "1"
+    stream, commit = [s for s in transport.seen if s["method"] != "GET"]
+    assert (stream["type"], stream["opens"], stream["status"]) == (
+        SEALED_CONTENT_TYPE,
+        str(len(data)),
+        200,
+    )
+    assert commit["status"] == 201
+    (folder,) = list((Path(agent.service.data_dir) / "uploads").iterdir())
+    assert json.loads((folder / PROGRESS_FILE).read_text()) == {
+        "offset": len(data),
+        "sha256_verified": False,  # nothing hashed the stream: the seal stands for it
+        "sealed": True,
+    }
+    meta = json.loads((folder / META_FILE).read_text())
+    assert meta["sha256"] == hashlib.sha256(data).hexdigest()
+    assert meta["manifest_sha256"] == _manifest_sha(package).hex()
+    record = json.loads(
+        (Path(agent.service.data_dir) / "models" / "shapes" / "1" / INSTALL_RECORD).read_text()
+    )
+    assert record["package_sha256"] == hashlib.sha256(data).hexdigest()
+
+
+def test_a_forged_seal_is_refused_and_the_true_one_alone_finishes_the_upload(
+    agent: Any, package: Path
+) -> None:
+    data = package.read_bytes()
+    manifest = _manifest_sha(package)
+    with agent.client() as client:
+        upload = client.create_chained(
+            len(data), hashlib.sha256(data[:PIECE]).hexdigest(), None, PIECE
+        )
+    upload_id, agent_id = upload["id"], agent.service.identity.agent_id
+    # signed by a key that is not paired
+    nonce = new_nonce()
+    body = data + _seal(KeyPair.generate(), agent_id, upload_id, nonce, data, manifest)
+    refused = _sealed_put(agent, upload_id, body, 0, nonce)
+    assert refused.status_code == 422 and "seal of the stream does not verify" in refused.text
+    # signed for another request (its nonce), or sealing another manifest
+    body = data + _seal(agent.desktop_key, agent_id, upload_id, new_nonce(), data, manifest)
+    assert _sealed_put(agent, upload_id, body, 0, new_nonce()).status_code == 422
+    nonce = new_nonce()
+    seal = _seal(agent.desktop_key, agent_id, upload_id, nonce, data, manifest)
+    forged = seal[:32] + bytes(32) + seal[64:]
+    assert _sealed_put(agent, upload_id, data + forged, 0, nonce).status_code == 422
+    with agent.client() as client:
+        status = client.upload_status(upload_id)
+        assert (status["offset"], status["received"]) == (0, len(data))  # kept, not sealed
+        with pytest.raises(AgentRejectedError) as early:
+            client.commit_upload(upload_id)
+        assert early.value.status == 409
+    # a chain proof is no seal: the stream's type says which one ends it
+    nonce = new_nonce()
+    as_chain = httpx.put(
+        f"{agent.url}/v1/uploads/{upload_id}",
+        auth=agent.auth(),
+        content=_seal(agent.desktop_key, agent_id, upload_id, nonce, data, manifest),
+        headers={
+            "Content-Type": CHAIN_CONTENT_TYPE,
+            "Upload-Offset": str(len(data)),
+            "Upload-Proof-From": "0",
+            "X-Outpost-Nonce": nonce,
+            "X-Outpost-Content-SHA256": chain_body_digest(upload_id, len(data), 0, sealed=True),
+        },
+    )
+    assert as_chain.status_code == 401  # the signed body digest names a sealed stream
+    # the pieces received stay: the true seal alone finishes the upload
+    nonce = new_nonce()
+    seal = _seal(agent.desktop_key, agent_id, upload_id, nonce, data, manifest)
+    done = _sealed_put(agent, upload_id, seal, len(data), nonce)
+    assert done.status_code == 200 and done.json()["offset"] == len(data)
+    with agent.client() as client:
+        assert client.commit_upload(upload_id)["version"] == "1" and serving_version(client) == "1"
+
+
+@pytest.mark.parametrize("member", ["model.onnx", MANIFEST_NAME])
+def test_bytes_altered_on_the_way_fail_the_commit_and_the_old_version_keeps_serving(
+    agent: Any, package: Path, tmp_path: Path, member: str
+) -> None:
+    newer = make_package(tmp_path / "pkgs" / "shapes-2.outpost.zip", version="2")
+    flip = _member_data_offset(newer, member) + 5
+    uploads = Path(agent.service.data_dir) / "uploads"
+    with agent.client() as client:
+        client.info()
+        assert client.upload_package(package, resumable=True)["version"] == "1"
+    committed = set(uploads.iterdir())  # the first upload's result, kept for an hour
+    transport = Recorder(flip=(1, flip))
+    with agent.client(transport=transport) as client:
+        client.info()
+        with pytest.raises(AgentRejectedError) as refused:
+            client.upload_package(newer, resumable=True, piece_size=PIECE)
+        assert "corrupt or altered" in str(refused.value) and "\n" not in str(refused.value)
+        assert member in str(refused.value) or "manifest" in str(refused.value)
+        assert serving_version(client) == "1"
+    stream = next(s for s in transport.seen if s["method"] == "PUT")
+    assert (stream["type"], stream["status"]) == (SEALED_CONTENT_TYPE, 200)
+    assert set(uploads.iterdir()) == committed  # the refused upload was removed
+    with agent.client() as client:  # sent again, whole, it installs
+        client.info()
+        assert client.upload_package(newer, resumable=True)["version"] == "2"
+        assert serving_version(client) == "2"
+
+
+def test_a_manifest_other_than_the_sealed_one_is_refused_before_anything_is_written(
+    agent: Any, package: Path
+) -> None:
+    store = agent.service.store
+    with pytest.raises(PackageError) as refused:
+        store.install(package, package_sha="ab" * 32, manifest_sha="00" * 32)
+    assert "not the one the desktop sealed" in str(refused.value)
+    assert not (Path(agent.service.data_dir) / "models" / "shapes").exists()
+    sealed = _manifest_sha(package).hex()
+    assert store.install(package, package_sha="ab" * 32, manifest_sha=sealed).version == "1"
+
+
+def test_a_seal_recorded_without_its_manifest_digest_does_not_count(tmp_path: Path) -> None:
+    """The seal writes meta.json (both digests) before progress.json: if only the second
+    reached the disk, commit hashes the file against a sha256 it does not have and refuses."""
+    data = bytes(range(256)) * 3
+    manager = UploadManager(tmp_path / "uploads")
+    upload = manager.create(
+        len(data), None, None, PIECE, None, hashlib.sha256(data[:PIECE]).hexdigest()
+    )
+    folder = tmp_path / "uploads" / upload["id"]
+    (folder / "data.part").write_bytes(data)
+    (folder / PROGRESS_FILE).write_text(
+        json.dumps({"offset": len(data), "sha256_verified": False, "sealed": True})
+    )
+    state = manager.state(upload["id"])
+    assert (state.offset, state.sha256, state.manifest_sha256) == (len(data), "", None)
+    with pytest.raises(UploadError) as refused:
+        manager.complete_path(upload["id"])
+    assert refused.value.status == 422 and not folder.exists()
+
+
+def test_a_file_that_is_no_package_goes_as_a_chained_stream_for_the_agent_to_refuse(
+    agent: Any, tmp_path: Path
+) -> None:
+    junk = tmp_path / "junk.outpost.zip"
+    junk.write_bytes(b"not a zip at all " * 100_000)
+    assert manifest_digest(junk) is None
+    transport = Recorder()
+    with agent.client(transport=transport) as client:
+        client.info()
+        with pytest.raises(AgentRejectedError) as refused:
+            client.upload_package(junk, resumable=True)
+    assert "not a package zip" in str(refused.value)
+    stream = next(s for s in transport.seen if s["method"] == "PUT")
+    assert stream["type"] == CHAIN_CONTENT_TYPE
