@@ -6,8 +6,12 @@ hashing the whole package. :func:`write_digests` does it once, when the package 
 (``runtimes.package.write_package``), so that every push of it, to every device, sends the
 file without hashing it. The file records the package's size and modification time: a
 package changed since is hashed again while it is sent (:func:`read_digests` answers None).
-Nothing rests on the file alone: the agent hashes every byte it receives and refuses a proof
-that does not match, and the desktop then hashes the package itself.
+Nothing installed rests on the file alone. A chained push: the agent hashes every byte it
+receives and refuses a proof that does not match, and the desktop then hashes the package
+itself. A sealed push (protocol 4): the file's last digest is the package's sha256 the desktop
+signs, the name the agent records the package under, while every byte installed is checked
+file by file against the package's manifest, whose own sha256 the desktop reads from the
+package as it pushes.
 """
 
 from __future__ import annotations

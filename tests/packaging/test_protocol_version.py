@@ -88,15 +88,16 @@ def test_info_and_txt_carry_the_versions(agent: AgentThread) -> None:
 def test_the_agent_refuses_a_newer_desktop_with_426(agent: AgentThread) -> None:
     with agent.client() as client:
         assert client.info()["paired"] is True and client.protocol == pv.PROTOCOL
-        client._http.headers.update(pv.protocol_headers(R(5, 4)))
+        newer = R(pv.PROTOCOL + 2, pv.PROTOCOL + 1)
+        client._http.headers.update(pv.protocol_headers(newer))
         with pytest.raises(IncompatibleProtocolError) as exc:
             client.models()
     assert exc.value.status == 426
     assert str(exc.value).startswith(
-        f"desktop speaks protocol 4..5, this agent {pv.LOCAL}: update the agent"
+        f"desktop speaks protocol {newer}, this agent {pv.LOCAL}: update the agent"
     )
     # /v1/info still answers, so a desktop can read the agent's range.
-    raw = httpx.get(agent.url + "/v1/info", headers=pv.protocol_headers(R(5, 4)), timeout=10)
+    raw = httpx.get(agent.url + "/v1/info", headers=pv.protocol_headers(newer), timeout=10)
     assert raw.status_code == 200
 
 
