@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import math
 import secrets
 import threading
@@ -85,8 +86,10 @@ from device_agent.uploads import (
 )
 from runtimes.errors import PackageError
 from runtimes.fileio import sha256_file
-from runtimes.package import manifest_digest
+from runtimes.package import manifest_digest, package_is_sound
 from runtimes.package_digests import hash_piece_ends, piece_size_for, read_digests
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "AgentClient",
@@ -381,8 +384,26 @@ class AgentClient:
         streamed = chunk_size is None
         piece = chunk_size or piece_size or piece_size_for(size)
         if streamed and self.auth.key is not None and self._speaks_chain():
+            sealed = self._seals()
             try:
-                chained = self._upload_chain(path, size, piece, on_progress, retries, backoff_s)
+                chained = self._upload_chain(
+                    path, size, piece, on_progress, retries, backoff_s, sealed
+                )
+                if chained is not None:
+                    try:
+                        return self._commit(
+                            chained, activate, provider, timeout, retries, backoff_s
+                        )
+                    except AgentRejectedError as exc:
+                        if not (exc.fields.get("sealed") is True and package_is_sound(path)):
+                            raise
+                    # The agent found a file that does not match the sealed manifest, and ours
+                    # do: the package was altered on the way. Sent again as a chained stream,
+                    # every piece is proven as it arrives and a damaged one is sent again.
+                    log.warning("%s was altered on the way; sending it again, proven", path.name)
+                    chained = self._upload_chain(
+                        path, size, piece, on_progress, retries, backoff_s, False
+                    )
             except OSError as exc:
                 raise PackageError(
                     f"cannot read {path}: {exc.strerror}; check the package path"
@@ -494,16 +515,18 @@ class AgentClient:
         on_progress: Callable[[int, int], None] | None,
         retries: int,
         backoff_s: float,
+        sealed: bool,
     ) -> str | None:
-        """Send the package as a chained stream; the upload's id, or None when the agent
-        answered without a piece size (it cannot take one: the caller uses the older way)."""
+        """Send the package as a chained stream (``sealed``: a sealed one); the upload's id, or
+        None when the agent answered without a piece size (it cannot take one: the caller
+        uses the older way)."""
         t0 = time.perf_counter()
         # The running sha256 at each piece end this client knows (where a stream may start):
         # all of them when the package's digests file is current, else hashed on the way.
         marks = _known_marks(path, piece)
         # A sealed stream (protocol 4) signs the manifest's sha256; a file without a readable
         # manifest goes as a chained stream, for the agent to refuse with its reason.
-        seal = manifest_digest(path) if self._seals() else None
+        seal = manifest_digest(path) if sealed else None
         with open(path, "rb") as fh:
             first = min(piece, size)
             head = (
@@ -1103,7 +1126,9 @@ class AgentClient:
             if response.status_code == UPGRADE_STATUS and message:
                 raise IncompatibleProtocolError(one_line(message))
             raise AgentRejectedError(
-                response.status_code, one_line(message or response.text or response.reason_phrase)
+                response.status_code,
+                one_line(message or response.text or response.reason_phrase),
+                {k: v for k, v in body.items() if k != "error"} if isinstance(body, dict) else {},
             )
         return response
 

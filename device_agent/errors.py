@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+from typing import Any
 
 from runtimes.errors import OutpostError
 
@@ -82,12 +83,14 @@ class AgentUnreachableError(OutpostError):
 
 
 class AgentRejectedError(OutpostError):
-    """The agent answered with an error; ``message`` is the agent's own one-line reason."""
+    """The agent answered with an error; ``message`` is the agent's own one-line reason and
+    ``fields`` the other fields of its answer (e.g. ``offset``)."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, fields: dict[str, Any] | None = None) -> None:
         super().__init__(f"agent refused the request (HTTP {status}): {message}")
         self.status = status
         self.message = message
+        self.fields = fields or {}
 
 
 class AgentAnswerError(OutpostError):

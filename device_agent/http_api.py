@@ -1168,9 +1168,13 @@ async def post_upload_commit(request: web.Request) -> web.Response:
                         manifest_sha=state.manifest_sha256,
                     )
                 )
-            except OutpostError:
+            except OutpostError as exc:
                 with contextlib.suppress(UploadError):
                     await _blocking(functools.partial(uploads.delete, upload_id))
+                if isinstance(exc, PackageError) and state.manifest_sha256:
+                    # a sealed upload: the desktop checks its own copy and, when that is
+                    # sound, sends it again as a chained stream (altered on the way)
+                    raise ApiError(422, str(exc), fields={"sealed": True}) from None
                 raise
             result = model.install_result()
             await _blocking(functools.partial(uploads.finish, upload_id, result))

@@ -353,6 +353,16 @@ def _member_damage(name: str) -> Iterator[None]:
         ) from None
 
 
+def package_is_sound(path: Path) -> bool:
+    """Whether the package at ``path`` opens and every file matches its manifest's sha256."""
+    try:
+        with PackageReader(path) as reader:
+            reader.verify()
+    except PackageError:
+        return False
+    return True
+
+
 def manifest_digest(path: Path) -> bytes | None:
     """The sha256 of a package's ``manifest.json`` (raw), which a sealed upload signs; None
     when the file is no zip or has no manifest (the agent refuses it with its reason)."""

@@ -165,7 +165,7 @@ def test_a_forged_seal_is_refused_and_the_true_one_alone_finishes_the_upload(
 
 
 @pytest.mark.parametrize("member", ["model.onnx", MANIFEST_NAME])
-def test_bytes_altered_on_the_way_fail_the_commit_and_the_old_version_keeps_serving(
+def test_bytes_altered_on_the_way_are_refused_at_the_commit_then_sent_again_proven(
     agent: Any, package: Path, tmp_path: Path, member: str
 ) -> None:
     newer = make_package(tmp_path / "pkgs" / "shapes-2.outpost.zip", version="2")
@@ -174,22 +174,69 @@ def test_bytes_altered_on_the_way_fail_the_commit_and_the_old_version_keeps_serv
     with agent.client() as client:
         client.info()
         assert client.upload_package(package, resumable=True)["version"] == "1"
-    committed = set(uploads.iterdir())  # the first upload's result, kept for an hour
-    transport = Recorder(flip=(1, flip))
+    transport = Recorder(flip=(1, flip))  # the first stream's byte at ``flip`` is inverted
+    with agent.client(transport=transport) as client:
+        client.info()
+        assert client.upload_package(newer, resumable=True, piece_size=PIECE)["version"] == "2"
+        assert serving_version(client) == "2"
+    seen = [(s["method"], s["type"], s["status"]) for s in transport.seen if s["method"] != "GET"]
+    assert seen == [
+        ("PUT", SEALED_CONTENT_TYPE, 200),  # every byte received, the seal verified
+        ("POST", "application/json", 422),  # a file does not match the sealed manifest: refused, removed
+        ("PUT", CHAIN_CONTENT_TYPE, 200),  # our copy is sound: sent again, every piece proven
+        ("POST", "application/json", 201),
+    ]
+    assert len([f for f in uploads.iterdir() if (f / "result.json").exists()]) == 2
+
+
+def test_the_agent_refuses_a_sealed_package_altered_on_the_way_with_one_line(
+    agent: Any, package: Path, tmp_path: Path
+) -> None:
+    """What the desktop reads when the agent refuses the commit (and the old version serves)."""
+    newer = make_package(tmp_path / "pkgs" / "shapes-2.outpost.zip", version="2")
+    with agent.client() as client:
+        client.info()
+        assert client.upload_package(package, resumable=True)["version"] == "1"
+    data = bytearray(newer.read_bytes())
+    data[_member_data_offset(newer, "model.onnx") + 5] ^= 0xFF
+    with agent.client() as client:
+        upload = client.create_chained(
+            len(data), hashlib.sha256(data[:PIECE]).hexdigest(), None, PIECE
+        )
+    upload_id, agent_id = upload["id"], agent.service.identity.agent_id
+    nonce = new_nonce()
+    body = bytes(data) + _seal(
+        agent.desktop_key, agent_id, upload_id, nonce, bytes(data), _manifest_sha(newer)
+    )
+    assert _sealed_put(agent, upload_id, body, 0, nonce).status_code == 200
+    with agent.client() as client:
+        with pytest.raises(AgentRejectedError) as refused:
+            client.commit_upload(upload_id)
+        assert refused.value.status == 422 and refused.value.fields == {"sealed": True}
+        assert "model.onnx is damaged in the package" in refused.value.message
+        assert "corrupt or altered" in refused.value.message and "\n" not in str(refused.value)
+        assert serving_version(client) == "1"
+    assert not (Path(agent.service.data_dir) / "uploads" / upload_id).exists()
+
+
+def test_a_package_that_is_itself_broken_is_not_sent_twice(
+    agent: Any, package: Path, tmp_path: Path
+) -> None:
+    from tests.fakes import rewrite_package
+
+    liar = rewrite_package(
+        package,
+        tmp_path / "liar.outpost.zip",
+        files=lambda name, data: data + b"\0" if name == "model.onnx" else data,
+    )
+    transport = Recorder()
     with agent.client(transport=transport) as client:
         client.info()
         with pytest.raises(AgentRejectedError) as refused:
-            client.upload_package(newer, resumable=True, piece_size=PIECE)
-        assert "corrupt or altered" in str(refused.value) and "\n" not in str(refused.value)
-        assert member in str(refused.value) or "manifest" in str(refused.value)
-        assert serving_version(client) == "1"
-    stream = next(s for s in transport.seen if s["method"] == "PUT")
-    assert (stream["type"], stream["status"]) == (SEALED_CONTENT_TYPE, 200)
-    assert set(uploads.iterdir()) == committed  # the refused upload was removed
-    with agent.client() as client:  # sent again, whole, it installs
-        client.info()
-        assert client.upload_package(newer, resumable=True)["version"] == "2"
-        assert serving_version(client) == "2"
+            client.upload_package(liar, resumable=True)
+        assert "model.onnx" in str(refused.value)
+    puts = [s["type"] for s in transport.seen if s["method"] == "PUT"]
+    assert puts == [SEALED_CONTENT_TYPE]  # our own copy does not verify: no second push
 
 
 def test_a_manifest_other_than_the_sealed_one_is_refused_before_anything_is_written(
