@@ -98,19 +98,26 @@ def _proof(
 
 
 def _chain_put(
-    agent: Any, upload_id: str, body: bytes, offset: int, start: int, nonce: str
+    agent: Any,
+    upload_id: str,
+    body: bytes,
+    offset: int,
+    start: int,
+    nonce: str,
+    sealed: bool = False,
 ) -> httpx.Response:
-    """A chained stream of ``body``, sent chunked (no length: it may end before its proof)."""
+    """A chained stream of ``body`` (``sealed``: a sealed one), sent chunked (no length: it
+    may end before its proof)."""
     return httpx.put(
         f"{agent.url}/v1/uploads/{upload_id}",
         auth=agent.auth(),
         content=iter([body]),
         headers={
-            "Content-Type": CHAIN_CONTENT_TYPE,
+            "Content-Type": SEALED_CONTENT_TYPE if sealed else CHAIN_CONTENT_TYPE,
             "Upload-Offset": str(offset),
             "Upload-Proof-From": str(start),
             "X-Outpost-Nonce": nonce,
-            "X-Outpost-Content-SHA256": chain_body_digest(upload_id, offset, start),
+            "X-Outpost-Content-SHA256": chain_body_digest(upload_id, offset, start, sealed),
         },
     )
 
@@ -438,9 +445,15 @@ def test_a_stream_that_lost_only_its_proof_is_finished_by_a_proof_alone(
     assert (stream["offset"], stream["proof_from"], stream["status"]) == (str(len(data)), "0", 200)
 
 
-def test_a_verified_offset_without_the_sha256_in_meta_does_not_count(tmp_path: Path) -> None:
-    """The proof writes meta.json (the sha256) and progress.json at once: if only the second
-    reached the disk, commit hashes the file against a sha256 it does not have and refuses."""
+@pytest.mark.parametrize(
+    "progress", [{"sha256_verified": True}, {"sha256_verified": False, "sealed": True}]
+)
+def test_a_verified_offset_without_the_sha256_in_meta_does_not_count(
+    tmp_path: Path, progress: dict[str, bool]
+) -> None:
+    """The proof (or a seal, protocol 4) writes meta.json (the digests) and progress.json at
+    once: if only the second reached the disk, commit hashes the file against a sha256 it
+    does not have and refuses."""
     data = os.urandom(3 * PIECE)
     manager = UploadManager(tmp_path / "uploads")
     upload = manager.create(
@@ -448,9 +461,10 @@ def test_a_verified_offset_without_the_sha256_in_meta_does_not_count(tmp_path: P
     )
     folder = tmp_path / "uploads" / upload["id"]
     (folder / DATA_FILE).write_bytes(data)
-    (folder / PROGRESS_FILE).write_text(json.dumps({"offset": len(data), "sha256_verified": True}))
+    (folder / PROGRESS_FILE).write_text(json.dumps({"offset": len(data), **progress}))
     state = manager.state(upload["id"])
     assert (state.offset, state.sha256, state.sha256_verified) == (len(data), "", False)
+    assert state.manifest_sha256 is None
     with pytest.raises(UploadError) as refused:
         manager.complete_path(upload["id"])
     assert refused.value.status == 422 and not folder.exists()
@@ -477,16 +491,23 @@ def test_a_data_file_of_the_right_length_is_not_truncated(
     assert calls == [256] and data.stat().st_size == 256
 
 
-def test_a_package_with_its_digests_file_goes_without_being_hashed(
-    agent: Any, package: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from device_agent import client as client_module
+def no_hashing(*args: object) -> None:
+    raise AssertionError("the package was hashed although its digests file is current")
 
-    def no_hashing(*args: object) -> None:
-        raise AssertionError("the package was hashed although its digests file is current")
+
+@pytest.fixture
+def no_desktop_hashing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The desktop must not hash the package (its digests file says it all)."""
+    from device_agent import client as client_module
 
     monkeypatch.setattr(client_module, "_hash_range", no_hashing)
     monkeypatch.setattr(client_module, "_hash_prefix", no_hashing)
+
+
+@pytest.mark.usefixtures("no_desktop_hashing")
+def test_a_package_with_its_digests_file_goes_without_being_hashed(
+    agent: Any, package: Path
+) -> None:
     data = package.read_bytes()
     transport = Recorder()
     with agent.client(transport=transport) as client:

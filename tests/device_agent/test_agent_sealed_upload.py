@@ -21,13 +21,18 @@ from device_agent.uploads import (
     META_FILE,
     PROGRESS_FILE,
     SEALED_CONTENT_TYPE,
-    UploadError,
     UploadManager,
 )
 from runtimes.errors import PackageError
 from runtimes.package import MANIFEST_NAME, manifest_digest
 from tests.device_agent.stream_faults import serving_version
-from tests.device_agent.test_agent_chain_upload import PIECE, Recorder
+from tests.device_agent.test_agent_chain_upload import (  # noqa: F401 (a fixture)
+    PIECE,
+    Recorder,
+    _chain_put,
+    no_desktop_hashing,
+    no_hashing,
+)
 from tests.fakes import make_package
 
 
@@ -40,25 +45,27 @@ def _seal(
     key: KeyPair, agent_id: str, upload_id: str, nonce: str, data: bytes, manifest: bytes
 ) -> bytes:
     whole = hashlib.sha256(data).digest()
-    return whole + manifest + key.sign(
-        seal_message(agent_id, upload_id, nonce, len(data), whole, manifest)
+    return (
+        whole
+        + manifest
+        + key.sign(seal_message(agent_id, upload_id, nonce, len(data), whole, manifest))
     )
 
 
 def _sealed_put(agent: Any, upload_id: str, body: bytes, offset: int, nonce: str) -> httpx.Response:
     """A sealed stream of ``body`` from ``offset``, sent chunked (it may end before its seal)."""
-    return httpx.put(
-        f"{agent.url}/v1/uploads/{upload_id}",
-        auth=agent.auth(),
-        content=iter([body]),
-        headers={
-            "Content-Type": SEALED_CONTENT_TYPE,
-            "Upload-Offset": str(offset),
-            "Upload-Proof-From": "0",
-            "X-Outpost-Nonce": nonce,
-            "X-Outpost-Content-SHA256": chain_body_digest(upload_id, offset, 0, sealed=True),
-        },
-    )
+    return _chain_put(agent, upload_id, body, offset, 0, nonce, sealed=True)
+
+
+def _refused_push(agent: Any, package: Path) -> tuple[AgentRejectedError, list[str | None]]:
+    """Deploy ``package`` as ``outpost deploy`` does, expecting a refusal: the error and the
+    content type of each stream sent."""
+    transport = Recorder()
+    with agent.client(transport=transport) as client:
+        client.info()
+        with pytest.raises(AgentRejectedError) as refused:
+            client.upload_package(package, resumable=True)
+    return refused.value, [s["type"] for s in transport.seen if s["method"] == "PUT"]
 
 
 def _member_data_offset(package: Path, name: str) -> int:
@@ -72,18 +79,11 @@ def _member_data_offset(package: Path, name: str) -> int:
     return header + 30 + name_len + extra_len
 
 
+@pytest.mark.usefixtures("no_desktop_hashing")  # the package's digests file says it all
 def test_a_sealed_stream_is_hashed_by_no_one_and_the_commit_checks_the_manifest(
     agent: Any, package: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from device_agent import client as client_module
-
-    def no_hashing(*args: object) -> None:
-        raise AssertionError("the package was hashed on the way")
-
-    # the desktop has the package's digests file; the agent keeps no running sha256
-    monkeypatch.setattr(client_module, "_hash_range", no_hashing)
-    monkeypatch.setattr(client_module, "_hash_prefix", no_hashing)
-    monkeypatch.setattr(UploadManager, "_prefix", no_hashing)
+    monkeypatch.setattr(UploadManager, "_prefix", no_hashing)  # no running sha256 either
     data = package.read_bytes()
     transport = Recorder()
     with agent.client(transport=transport) as client:
@@ -182,7 +182,11 @@ def test_bytes_altered_on_the_way_are_refused_at_the_commit_then_sent_again_prov
     seen = [(s["method"], s["type"], s["status"]) for s in transport.seen if s["method"] != "GET"]
     assert seen == [
         ("PUT", SEALED_CONTENT_TYPE, 200),  # every byte received, the seal verified
-        ("POST", "application/json", 422),  # a file does not match the sealed manifest: refused, removed
+        (
+            "POST",
+            "application/json",
+            422,
+        ),  # a file does not match the sealed manifest: refused, removed
         ("PUT", CHAIN_CONTENT_TYPE, 200),  # our copy is sound: sent again, every piece proven
         ("POST", "application/json", 201),
     ]
@@ -229,13 +233,8 @@ def test_a_package_that_is_itself_broken_is_not_sent_twice(
         tmp_path / "liar.outpost.zip",
         files=lambda name, data: data + b"\0" if name == "model.onnx" else data,
     )
-    transport = Recorder()
-    with agent.client(transport=transport) as client:
-        client.info()
-        with pytest.raises(AgentRejectedError) as refused:
-            client.upload_package(liar, resumable=True)
-        assert "model.onnx" in str(refused.value)
-    puts = [s["type"] for s in transport.seen if s["method"] == "PUT"]
+    refused, puts = _refused_push(agent, liar)
+    assert "model.onnx" in str(refused)
     assert puts == [SEALED_CONTENT_TYPE]  # our own copy does not verify: no second push
 
 
@@ -251,37 +250,11 @@ def test_a_manifest_other_than_the_sealed_one_is_refused_before_anything_is_writ
     assert store.install(package, package_sha="ab" * 32, manifest_sha=sealed).version == "1"
 
 
-def test_a_seal_recorded_without_its_manifest_digest_does_not_count(tmp_path: Path) -> None:
-    """The seal writes meta.json (both digests) before progress.json: if only the second
-    reached the disk, commit hashes the file against a sha256 it does not have and refuses."""
-    data = bytes(range(256)) * 3
-    manager = UploadManager(tmp_path / "uploads")
-    upload = manager.create(
-        len(data), None, None, PIECE, None, hashlib.sha256(data[:PIECE]).hexdigest()
-    )
-    folder = tmp_path / "uploads" / upload["id"]
-    (folder / "data.part").write_bytes(data)
-    (folder / PROGRESS_FILE).write_text(
-        json.dumps({"offset": len(data), "sha256_verified": False, "sealed": True})
-    )
-    state = manager.state(upload["id"])
-    assert (state.offset, state.sha256, state.manifest_sha256) == (len(data), "", None)
-    with pytest.raises(UploadError) as refused:
-        manager.complete_path(upload["id"])
-    assert refused.value.status == 422 and not folder.exists()
-
-
 def test_a_file_that_is_no_package_goes_as_a_chained_stream_for_the_agent_to_refuse(
     agent: Any, tmp_path: Path
 ) -> None:
     junk = tmp_path / "junk.outpost.zip"
     junk.write_bytes(b"not a zip at all " * 100_000)
     assert manifest_digest(junk) is None
-    transport = Recorder()
-    with agent.client(transport=transport) as client:
-        client.info()
-        with pytest.raises(AgentRejectedError) as refused:
-            client.upload_package(junk, resumable=True)
-    assert "not a package zip" in str(refused.value)
-    stream = next(s for s in transport.seen if s["method"] == "PUT")
-    assert stream["type"] == CHAIN_CONTENT_TYPE
+    refused, puts = _refused_push(agent, junk)
+    assert "not a package zip" in str(refused) and puts == [CHAIN_CONTENT_TYPE]
