@@ -42,7 +42,7 @@ Two ways to send the bytes:
   desktop's signature over them (:func:`device_agent.auth.seal_message`). Both digests go to
   ``meta.json`` (``sha256``, ``manifest_sha256``), then ``progress.json`` says ``sealed``; the
   commit does not hash the package but holds its manifest to the sealed digest and every
-  file to the manifest as it is extracted (``DeviceStore.install(manifest_sha=...)``).
+  file to the manifest as it is extracted (``ModelStore.install(manifest_sha=...)``).
 
 The total sha256 is checked at commit (or on the way, as above). Uploads idle for longer
 than the time-to-live are removed, and only a bounded number may be open at once.
