@@ -64,13 +64,15 @@ def push(spec: dict[str, Any]) -> dict[str, Any]:
     pinned = pair_with_agent(spec["url"], key, spec["agent_id"], spec["code"], "netns desktop")
     with AgentClient(spec["url"], key=key, agent_key=pinned, timeout=120.0) as client:
         t0 = time.perf_counter()
-        result = client.upload_package(
-            package, chunk_size=int(spec["chunk_size"]), resumable=True, retries=20
-        )
+        chunk = int(spec["chunk_size"]) or None
+        if chunk is None:  # as ``outpost deploy`` does: the protocol is known (a sealed stream)
+            client.info()
+        result = client.upload_package(package, chunk_size=chunk, resumable=True, retries=20)
         push_s = time.perf_counter() - t0
         detections = client.infer(make_image_bytes())["detections"]
     return {
         "result": result,
+        "protocol": client.protocol,
         "push_s": push_s,
         "sha256": sha256_file(package),
         "detections": detections,

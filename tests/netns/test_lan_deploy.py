@@ -161,8 +161,9 @@ def test_three_agents_discovered_paired_deployed_and_usage_pulled(lan: Lan, tmp_
 
 
 @pytest.mark.skipif(preflight(impair=True) is not None, reason=f"{preflight(impair=True)}")
+@pytest.mark.parametrize("chunk_size", [1 << 20, 0], ids=["chunks", "sealed-stream"])
 def test_push_over_a_lossy_rate_limited_link_completes_and_verifies(
-    lan: Lan, tmp_path: Path
+    lan: Lan, tmp_path: Path, chunk_size: int
 ) -> None:
     desk = lan.add_host("desk")
     agent = lan.add_host("agent1")
@@ -190,13 +191,15 @@ def test_push_over_a_lossy_rate_limited_link_completes_and_verifies(
             "agent_id": ready["agent_id"],
             "code": code,
             "package": str(package),
-            "chunk_size": 1 << 20,
+            "chunk_size": chunk_size,  # 0: one stream, as outpost deploy sends it
         },
     )
 
     assert answer["result"]["name"] == "shapes" and answer["result"]["activated"] is True
     assert answer["detections"] == list(EXPECTED)
-    # the agent verified the whole package against this sha256 before installing it
+    assert answer["protocol"] == (4 if chunk_size == 0 else None)  # read only for the stream
+    # chunks: the agent verified the whole package against this sha256 before installing it;
+    # a sealed stream: it is the desktop's signed name for it, and every file was checked
     folder = tmp_path / agent.name / "models" / "shapes" / "1"
     record = json.loads((folder / ".outpost-install.json").read_text())
     assert record["package_sha256"] == answer["sha256"]
