@@ -978,7 +978,7 @@ class ChainWriter:
                 f"not {self.next_piece_length(self.offset)}; resume from {self.verified}",
                 self.verified,
             )
-        if self._running is None:  # sealed: nothing to hash
+        if self.sealed:  # nothing to hash
             t1 = time.perf_counter()
             self._write(parts)
             self.offset += length
@@ -1114,8 +1114,7 @@ class ChainWriter:
             self._worker.shutdown(wait=True)
             self._io.shutdown(wait=True)
             os.close(self._fd)
-            if self.offset > self.verified and self._running is not None:  # received, to be
-                # proven by the next stream
+            if self.offset > self.verified and not self.sealed:  # to be proven next stream
                 self.manager._chains[self.upload_id] = (
                     self.offset,
                     self._running.copy(),

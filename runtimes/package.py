@@ -368,12 +368,22 @@ def manifest_digest(path: Path) -> bytes | None:
     when the file is no zip or has no manifest (the agent refuses it with its reason)."""
     try:
         with zipfile.ZipFile(path) as zf:
-            info = zf.getinfo(MANIFEST_NAME)
-            if info.file_size > MAX_MANIFEST_BYTES:
-                return None
-            return hashlib.sha256(zf.read(info)).digest()
-    except (zipfile.BadZipFile, KeyError, OSError, RuntimeError, ValueError):
+            return hashlib.sha256(_manifest_bytes(zf)).digest()
+    except (PackageError, zipfile.BadZipFile, OSError, RuntimeError, ValueError):
         return None
+
+
+def _manifest_bytes(zf: zipfile.ZipFile) -> bytes:
+    """The raw ``manifest.json`` of a package zip (PackageError when missing, too large or
+    damaged)."""
+    try:
+        info = zf.getinfo(MANIFEST_NAME)
+    except KeyError:
+        raise PackageError("package has no manifest.json; it is not an Outpost package") from None
+    if info.file_size > MAX_MANIFEST_BYTES:
+        raise PackageError("manifest.json is larger than 4 MiB; refusing the package")
+    with _member_damage(MANIFEST_NAME):
+        return zf.read(info)
 
 
 class PackageReader:
@@ -385,7 +395,9 @@ class PackageReader:
         except (zipfile.BadZipFile, OSError) as exc:
             raise PackageError(f"not a package zip ({exc}); export the model again") from None
         self.max_total_bytes = max_total_bytes
-        self.manifest = self._read_manifest()
+        raw = _manifest_bytes(self._zip)
+        self.manifest_sha256 = sha256_bytes(raw)  # what a sealed upload's seal names
+        self.manifest = Manifest.parse(raw)
         self._check_entries()
 
     def close(self) -> None:
@@ -396,20 +408,6 @@ class PackageReader:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    def _read_manifest(self) -> Manifest:
-        try:
-            info = self._zip.getinfo(MANIFEST_NAME)
-        except KeyError:
-            raise PackageError(
-                "package has no manifest.json; it is not an Outpost package"
-            ) from None
-        if info.file_size > MAX_MANIFEST_BYTES:
-            raise PackageError("manifest.json is larger than 4 MiB; refusing the package")
-        with _member_damage(MANIFEST_NAME):
-            raw = self._zip.read(info)
-        self.manifest_sha256 = sha256_bytes(raw)  # a sealed upload's check (device_agent)
-        return Manifest.parse(raw)
 
     def _check_entries(self) -> None:
         infos = self._zip.infolist()
