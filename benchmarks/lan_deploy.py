@@ -255,12 +255,82 @@ def timed_push(client: Any, package: Path, chunk: int | None) -> tuple[Any, floa
     return installed, (sent[-1] - t0 if sent else push), push
 
 
-def desktop_side(args: argparse.Namespace) -> None:
-    """Runs inside the desktop namespace: discovery, pairing, push, GET, inference."""
-    import httpx
+class AppClient:
+    """An application's requests to the agent's model ``name``: its own API key, a plain httpx
+    client (as a camera app sends), the JPEG as it is, or its decoded frame as ``.npy``
+    (serialised per request, as the app would)."""
+
+    def __init__(self, url: str, data_dir: Path, name: str, jpeg: bytes) -> None:
+        import cv2
+        import httpx
+        import numpy as np
+
+        from device_agent.apikeys import ApiKeys
+        from runtimes.preprocess import NPY_CONTENT_TYPE, encode_frame
+
+        _, secret = ApiKeys(data_dir).create(f"lan-benchmark-{os.getpid()}")
+        self.http = httpx.Client(headers={"Authorization": f"Bearer {secret}"}, timeout=60.0)
+        self.url = f"{url}/v1/models/{quote(name, safe='')}/infer"
+        self.jpeg = jpeg
+        self.frame = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+        self.encode_frame, self.npy_type = encode_frame, NPY_CONTENT_TYPE
+
+    def infer_jpeg(self) -> Any:
+        reply = self.http.post(self.url, content=self.jpeg, headers={"Content-Type": "image/jpeg"})
+        return reply.raise_for_status().json()
+
+    def infer_frame(self) -> Any:
+        body = self.encode_frame(self.frame)
+        reply = self.http.post(self.url, content=body, headers={"Content-Type": self.npy_type})
+        return reply.raise_for_status().json()
+
+    def close(self) -> None:
+        self.http.close()
+
+
+def device_side(args: argparse.Namespace) -> None:
+    """Runs inside the agent's namespace once the desktop side is done: an application on the
+    device itself (a camera app beside the agent, over the host's own address: loopback) sends
+    the JPEG and its decoded frame, timed in alternating blocks with raw ``session.run`` here."""
     import numpy as np
 
-    from device_agent.apikeys import ApiKeys
+    from runtimes.predictor import Predictor
+
+    spec = json.loads(args.device_side)
+    h, w = spec["model_hw"]
+    jpeg, _ = test_image_jpeg(w)
+    predictor = Predictor.from_path(Path(spec["infer_package"]))
+    app = AppClient(
+        f"http://{spec['agent_ip']}:{AGENT_PORT}", Path(spec["data_dir"]), spec["model"], jpeg
+    )
+    try:
+        tensor = np.random.default_rng(0).random((1, 3, h, w), dtype=np.float32)
+        raw, app_jpeg, app_frame = paired_p50s(
+            [lambda: predictor.backend.run(tensor), app.infer_jpeg, app.infer_frame], spec["runs"]
+        )
+        timings = {
+            kind: [fn()["timing_ms"] for _ in range(10)]
+            for kind, fn in (("jpeg", app.infer_jpeg), ("frame", app.infer_frame))
+        }
+    finally:
+        predictor.close()
+        app.close()
+    out = {
+        "raw_p50_ms": raw,
+        "app_p50_ms": app_jpeg,
+        "app_frame_p50_ms": app_frame,
+        "timing_ms": {
+            kind: {k: statistics.median(t[k] for t in ts) for k in ts[0]}
+            for kind, ts in timings.items()
+        },
+    }
+    print(json.dumps(out), flush=True)
+
+
+def desktop_side(args: argparse.Namespace) -> None:
+    """Runs inside the desktop namespace: discovery, pairing, push, GET, inference."""
+    import numpy as np
+
     from device_agent.auth import KeyPair
     from device_agent.client import AgentClient, pair_with_agent
     from device_agent.discovery import browse
@@ -315,16 +385,7 @@ def desktop_side(args: argparse.Namespace) -> None:
         jpeg, out["image"] = test_image_jpeg(int(w))
         name = installed["name"]
         predictor = Predictor.from_path(Path(spec.get("infer_package") or package))
-        # an application's request: its API key, a plain HTTP client (as a camera app sends)
-        _, secret = ApiKeys(Path(spec["data_dir"])).create("lan-benchmark")
-        app = httpx.Client(headers={"Authorization": f"Bearer {secret}"}, timeout=60.0)
-        app_url = f"{url}/v1/models/{quote(name, safe='')}/infer"
-
-        def app_infer() -> None:
-            app.post(
-                app_url, content=jpeg, headers={"Content-Type": "image/jpeg"}
-            ).raise_for_status()
-
+        app = AppClient(url, Path(spec["data_dir"]), installed["name"], jpeg)
         try:
             tensor = np.random.default_rng(0).random((1, 3, h, w), dtype=np.float32)
             p50s = paired_p50s(
@@ -332,14 +393,18 @@ def desktop_side(args: argparse.Namespace) -> None:
                     lambda: predictor.backend.run(tensor),
                     lambda: predictor.predict_bytes(jpeg),
                     lambda: client.infer_model(name, jpeg),
-                    app_infer,
+                    app.infer_jpeg,
+                    lambda: client.infer_model(name, app.frame),
+                    app.infer_frame,
                 ],
                 spec["runs"],
             )
-            out["raw_p50_ms"], out["local_p50_ms"], out["agent_p50_ms"], out["app_p50_ms"] = p50s
+            keys = ("raw", "local", "agent", "app", "frame", "app_frame")
+            out.update({f"{key}_p50_ms": p50 for key, p50 in zip(keys, p50s, strict=True)})
         finally:
             predictor.close()
             app.close()
+        out["model"], out["model_hw"] = name, [int(h), int(w)]
         out["input_size"] = f"{w}x{h}"
         timings = [client.infer_model(name, jpeg)["timing_ms"] for _ in range(10)]
         out["agent_timing_ms"] = {k: statistics.median(t[k] for t in timings) for k in timings[0]}
@@ -369,9 +434,13 @@ def main() -> int:
         "default: the bare veth, a memory copy",
     )
     parser.add_argument("--desktop-side", help=argparse.SUPPRESS)
+    parser.add_argument("--device-side", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.desktop_side:
         desktop_side(args)
+        return 0
+    if args.device_side:
+        device_side(args)
         return 0
     why = preflight()
     if why:
@@ -436,6 +505,23 @@ def main() -> int:
             result = json.loads(stdout.strip().splitlines()[-1])
             time.sleep(1.0)
             idle_loaded = rss_mib(agent.pid)
+            local = {
+                **spec,
+                "model": result["model"],
+                "model_hw": result["model_hw"],
+                "infer_package": spec["infer_package"] or spec["package"],
+            }
+            beside = lan.popen(
+                agent_host,
+                [sys.executable, str(Path(__file__).resolve()), "--device-side", json.dumps(local)],
+                stdout=subprocess.PIPE,
+                cwd=ROOT,
+                text=True,
+            )
+            stdout, _ = beside.communicate(timeout=900)
+            if beside.returncode != 0:
+                raise SystemExit("lan_deploy: the device side failed (see above)")
+            on_device = json.loads(stdout.strip().splitlines()[-1])
         finally:
             for proc in (files, agent):
                 proc.terminate()
@@ -450,6 +536,8 @@ def main() -> int:
     push_ratio = push_mbs / get_mbs
     raw_p50, input_size = result["raw_p50_ms"], result["input_size"]
     infer_ratio = result["agent_p50_ms"] / raw_p50
+    height, width = result["model_hw"]
+    frame_mb = height * width * 3 / 1e6
     link = f"capped at {args.link_rate} each way" if args.link_rate else "no rate cap"
     print(f"package: {package.name}, {mib:.1f} MiB; link: veth pairs on a bridge ({link})")
     print(f"{'measure':<40}{'outpost':>10}{'reference':>11}{'ratio':>8}  goal")
@@ -484,6 +572,20 @@ def main() -> int:
             "(plain httpx, as a camera app sends)",
         ),
         (
+            "  its decoded frame (.npy), API key (ms)",
+            result["app_frame_p50_ms"],
+            raw_p50,
+            result["app_frame_p50_ms"] / raw_p50,
+            f"({frame_mb:.1f} MB of pixels on the link, no decode)",
+        ),
+        (
+            "  its decoded frame (.npy), signed (ms)",
+            result["frame_p50_ms"],
+            raw_p50,
+            result["frame_p50_ms"] / raw_p50,
+            "",
+        ),
+        (
             "  vs the same predict in-process (ms)",
             result["agent_p50_ms"],
             result["local_p50_ms"],
@@ -497,6 +599,18 @@ def main() -> int:
         print(f"{label:<40}{ours:>10.2f}{ref:>11.2f}{shown}  {goal}")
     parts = ", ".join(f"{k} {v:.2f}" for k, v in result["agent_timing_ms"].items())
     print(f"  the agent's own timing (ms, p50 of 10): {parts}")
+    device_raw = on_device["raw_p50_ms"]
+    print("inference by an app on the device (beside the agent: the host's own address), API key")
+    for label, key, note in (
+        ("  the JPEG (ms) vs raw", "app_p50_ms", ""),
+        ("  its decoded frame (.npy) (ms) vs raw", "app_frame_p50_ms", ""),
+    ):
+        ratio = on_device[key] / device_raw
+        goal = f"<= 1.10x: {'yes' if ratio <= 1.10 else 'NO'}{note}"
+        print(f"{label:<40}{on_device[key]:>10.2f}{device_raw:>11.2f}{ratio:>7.2f}x  {goal}")
+    for kind, timing in on_device["timing_ms"].items():
+        parts = ", ".join(f"{k} {v:.2f}" for k, v in timing.items())
+        print(f"  the agent's own timing, {kind} (ms, p50 of 10): {parts}")
     print(f"{'commit + install (s), after the transfer':<40}{result['commit_s']:>10.2f}")
     print(f"{'push incl. install (s)':<40}{result['push_s']:>10.2f}")
     print(f"{'curl GET to /dev/null (s), for scale':<40}{'':>10}{result['get_null_s']:>11.2f}")

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 from urllib.parse import quote
 
 import httpx
@@ -89,6 +89,9 @@ from runtimes.fileio import sha256_file
 from runtimes.package import manifest_digest, package_is_sound
 from runtimes.package_digests import hash_piece_ends, piece_size_for, read_digests
 
+if TYPE_CHECKING:
+    import numpy as np
+
 log = logging.getLogger(__name__)
 
 __all__ = [
@@ -110,6 +113,7 @@ STREAM_BLOCK = 1 << 20  # a streamed upload reads and sends the file in blocks o
 CHAIN_PROTOCOL = 2  # the first protocol whose agents take chained streams
 OPEN_IN_STREAM_PROTOCOL = 3  # the first whose chained streams may open their upload
 SEAL_PROTOCOL = 4  # the first whose agents take sealed streams (nothing hashed on the way)
+FRAME_PROTOCOL = 5  # the first whose agents take decoded frames (.npy) to infer on
 OPEN_IN_STREAM_BYTES = 256 << 20  # larger packages open their upload first (it may resume)
 
 
@@ -1032,44 +1036,66 @@ class AgentClient:
 
     def infer(
         self,
-        image_bytes: bytes,
+        image: bytes | np.ndarray,
         model: str | None = None,
         conf: float | None = None,
         iou: float | None = None,
         top_k: int | None = None,
+        *,
+        channels: str = "bgr",
     ) -> dict[str, Any]:
-        """Run one encoded image (JPEG/PNG bytes) through a model on the agent (a classifier's
-        answer lists its ``top_k`` classes)."""
+        """Run one image through a model on the agent (a classifier's answer lists its
+        ``top_k`` classes): encoded bytes (JPEG, PNG, ...) or a decoded uint8 frame
+        (``HxWx3`` in ``channels`` order; see :meth:`infer_model`)."""
         given = (("model", model), ("conf", conf), ("iou", iou), ("top_k", top_k))
-        params = {k: str(v) for k, v in given if v is not None}
-        return self._request(
-            "POST",
-            "/v1/infer",
-            content=image_bytes,
-            params=params,
-            headers={"Content-Type": "application/octet-stream"},
-        )
+        return self._infer("/v1/infer", image, channels, given)
 
     def infer_model(
         self,
         model: str,
-        image_bytes: bytes,
+        image: bytes | np.ndarray,
         *,
         conf: float | None = None,
         iou: float | None = None,
         max_det: int | None = None,
         top_k: int | None = None,
+        channels: str = "bgr",
     ) -> dict[str, Any]:
-        """Run one encoded image through ``model`` (``POST /v1/models/{name}/infer``; a
-        classifier's answer lists its ``top_k`` classes)."""
+        """Run one image through ``model`` (``POST /v1/models/{name}/infer``; a classifier's
+        answer lists its ``top_k`` classes).
+
+        ``image``: encoded bytes (JPEG, PNG, ...), or a decoded uint8 frame (``HxW``,
+        ``HxWx1``, ``HxWx3`` or ``HxWx4``) with its channels in ``channels`` order (``bgr``, as
+        OpenCV holds frames, or ``rgb``). A frame goes as ``.npy`` bytes (nothing encoded
+        here nor decoded there) to an agent that speaks protocol 5, as a PNG (lossless: the
+        same detections) to an older one.
+        """
         given = (("conf", conf), ("iou", iou), ("max_det", max_det), ("top_k", top_k))
+        return self._infer(f"/v1/models/{quote(model, safe='')}/infer", image, channels, given)
+
+    def _infer(
+        self,
+        path: str,
+        image: bytes | np.ndarray,
+        channels: str,
+        given: Iterable[tuple[str, object]],
+    ) -> dict[str, Any]:
         params = {k: str(v) for k, v in given if v is not None}
+        content_type = "application/octet-stream"
+        if isinstance(image, (bytes, bytearray, memoryview)):
+            body = bytes(image)
+        else:
+            from runtimes.preprocess import NPY_CONTENT_TYPE, encode_frame, encode_frame_png
+
+            if self.protocol is None:
+                self.info()  # which protocol the agent speaks
+            if self.protocol is not None and self.protocol >= FRAME_PROTOCOL:
+                body, content_type = encode_frame(image), NPY_CONTENT_TYPE
+                params["channels"] = channels
+            else:
+                body = encode_frame_png(image, channels)
         return self._request(
-            "POST",
-            f"/v1/models/{quote(model, safe='')}/infer",
-            content=image_bytes,
-            params=params,
-            headers={"Content-Type": "application/octet-stream"},
+            "POST", path, content=body, params=params, headers={"Content-Type": content_type}
         )
 
     def bench(self, model: str, runs: int = 50, *, timeout: float | None = None) -> dict[str, Any]:

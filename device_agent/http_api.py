@@ -29,7 +29,7 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import unquote
@@ -97,6 +97,7 @@ from device_agent.uploads import (
 )
 from runtimes.detections import MAX_TOP_K
 from runtimes.errors import ImageDecodeError, OutpostError, PackageError, RuntimeUnavailableError
+from runtimes.preprocess import FRAME_CHANNELS, NPY_CONTENT_TYPE
 
 if TYPE_CHECKING:
     from device_agent.service import AgentService
@@ -410,6 +411,25 @@ async def serve_inference(
     return inputs, detections, {**timing.as_dict(), "wait": wait_ms}
 
 
+def frame_channels(request: web.Request, params: Mapping[str, Any]) -> str | None:
+    """The channel order of a decoded frame (``Content-Type: application/x-npy``; ``channels``
+    ``bgr``, the default, or ``rgb``), None for an encoded image, which says its own."""
+    value = params.get("channels")
+    given = value is not None and value != ""
+    if request.content_type != NPY_CONTENT_TYPE:
+        if given:
+            raise ApiError(
+                400,
+                f"channels applies to a decoded frame only (Content-Type: {NPY_CONTENT_TYPE}); "
+                "a JPEG or PNG says its own",
+            )
+        return None
+    order = str(value).lower() if given else "bgr"
+    if order not in FRAME_CHANNELS:
+        raise ApiError(400, f"channels must be bgr or rgb, got {value!r}")
+    return order
+
+
 async def _read_image(request: web.Request) -> bytes:
     body = await request.read()
     if request.content_type == "multipart/form-data":
@@ -665,12 +685,13 @@ async def post_infer(request: web.Request) -> web.Response:
     conf = unit_param(request.query.get("conf"), "conf")
     iou = unit_param(request.query.get("iou"), "iou")
     top_k = top_k_param(request.query.get("top_k"))
+    channels = frame_channels(request, request.query)
     model = service.store.resolve(request.query.get("model") or None)
     _, detections, timing = await serve_inference(
         request,
         model,
         functools.partial(_read_image, request),
-        functools.partial(model.predict_bytes, conf=conf, iou=iou),
+        functools.partial(model.predict_bytes, channels=channels, conf=conf, iou=iou),
     )
     result: dict[str, Any] = {
         "model": model.name,

@@ -16,6 +16,7 @@ import functools
 import json
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -28,6 +29,7 @@ from device_agent.http_api import (
     ApiError,
     _read_image,
     classification_json,
+    frame_channels,
     serve_inference,
     top_k_param,
     unit_param,
@@ -41,7 +43,6 @@ if TYPE_CHECKING:
     from device_agent.service import AgentService
     from device_agent.store import InstalledModel
     from runtimes.detections import Detections
-    from runtimes.predictor import Timing
 
 RETRY_AFTER_S = 1
 # The image bodies the admitted inference requests may hold in memory together.
@@ -171,9 +172,20 @@ def check_api_key(service: AgentService, request: web.Request, route: tuple[str,
     return True
 
 
-async def _infer_input(request: web.Request) -> tuple[bytes, dict[str, Any], int | None]:
-    """The image bytes, the thresholds and the ``top_k`` of one request (JSON body, or image +
-    query)."""
+@dataclass(frozen=True)
+class InferInput:
+    """One inference request's input: the image bytes (encoded, or a decoded ``.npy`` frame
+    when ``channels`` names its channel order), the thresholds and the ``top_k``."""
+
+    data: bytes
+    options: dict[str, Any]
+    top_k: int | None
+    channels: str | None = None
+
+
+async def _infer_input(request: web.Request) -> InferInput:
+    """The input of one request: a JSON body (``image_base64``), or the image (or decoded
+    frame) as the body with its options in the query."""
     if request.content_type == "application/json":
         try:
             body = json.loads(await request.read())
@@ -191,9 +203,9 @@ async def _infer_input(request: web.Request) -> tuple[bytes, dict[str, Any], int
             raise ApiError(400, "image_base64 is not valid base64") from None
         params: dict[str, Any] = body
     else:
-        data = await _read_image(request)
         params = dict(request.query)
-    return (
+        data = await _read_image(request)
+    return InferInput(
         data,
         {
             "conf": unit_param(params.get("conf"), "conf"),
@@ -201,14 +213,8 @@ async def _infer_input(request: web.Request) -> tuple[bytes, dict[str, Any], int
             "max_det": whole_param(params.get("max_det"), "max_det", MAX_DET_LIMIT),
         },
         top_k_param(params.get("top_k")),
+        frame_channels(request, params),
     )
-
-
-def _predict(
-    model: InstalledModel, data: bytes, options: dict[str, Any]
-) -> tuple[Detections, Timing]:
-    with model.lock:  # one call at a time per loaded predictor
-        return model.predictor.predict_bytes(data, **options)
 
 
 def detections_json(detections: Detections) -> list[dict[str, Any]]:
@@ -231,7 +237,7 @@ async def post_model_infer(request: web.Request) -> web.Response:
             request,
             model,
             functools.partial(_infer_input, request),
-            lambda given: _predict(model, given[0], given[1]),
+            lambda given: model.predict_bytes(given.data, channels=given.channels, **given.options),
         )
     except ImageDecodeError as exc:
         raise ApiError(400, f"not a readable image ({exc})") from None
@@ -243,7 +249,7 @@ async def post_model_infer(request: web.Request) -> web.Response:
             "runtime": model.runtime,
             "task": model.manifest.model.task,
             "detections": detections_json(detections),
-            **classification_json(model, detections, given[2]),
+            **classification_json(model, detections, given.top_k),
             "timing_ms": timing,
         }
     )

@@ -12,6 +12,7 @@ from device_agent.protocol_version import (
     UPGRADE_STATUS,
 )
 from runtimes.detections import MAX_TOP_K
+from runtimes.preprocess import FRAME_CHANNELS, NPY_CONTENT_TYPE
 
 _ERROR = {
     "description": "refused",
@@ -174,6 +175,7 @@ def _spec() -> dict[str, Any]:
                         {"name": "conf", "in": "query", "schema": unit},
                         {"name": "iou", "in": "query", "schema": unit},
                         top_k,
+                        _channels_parameter(),
                     ],
                     requestBody={
                         "required": True,
@@ -181,6 +183,7 @@ def _spec() -> dict[str, Any]:
                             "image/jpeg": {},
                             "image/png": {},
                             "application/octet-stream": {},
+                            NPY_CONTENT_TYPE: {"schema": {"type": "string", "format": "binary"}},
                             "multipart/form-data": {
                                 "schema": {
                                     "type": "object",
@@ -246,6 +249,16 @@ def _top_k_parameter() -> dict[str, Any]:
     }
 
 
+def _channels_parameter() -> dict[str, Any]:
+    """``channels``: the channel order of a decoded frame (``application/x-npy`` bodies only)."""
+    return {
+        "name": "channels",
+        "in": "query",
+        "description": "a decoded frame's channel order (application/x-npy only; default bgr)",
+        "schema": {"type": "string", "enum": list(FRAME_CHANNELS)},
+    }
+
+
 def _inference_paths(unit: dict[str, Any]) -> dict[str, Any]:
     """The inference API's routes (device_agent/inference.py)."""
     top_k = _top_k_parameter()
@@ -255,8 +268,10 @@ def _inference_paths(unit: dict[str, Any]) -> dict[str, Any]:
         "/v1/models/{name}/infer": {
             "post": _op(
                 "run one image through the named model; the image as multipart field 'image', "
-                'a raw JPEG/PNG body, or JSON {"image_base64", "conf", "iou", "max_det", '
-                '"top_k"}; answers model, version, runtime, task, detections [{class_id, '
+                'a raw JPEG/PNG body, JSON {"image_base64", "conf", "iou", "max_det", "top_k"}, '
+                "or a decoded frame as application/x-npy (np.save of uint8 HxWx3, channels bgr "
+                "or rgb; protocol 5); answers model, version, runtime, task, detections "
+                "[{class_id, "
                 "class_name, confidence, xyxy}] (the keys of /v1/infer, plus 'class' and "
                 "'score': the same values under their protocol-1 names, deprecated; mask or "
                 "keypoints for segment and pose models), for a classifier classification "
@@ -274,6 +289,7 @@ def _inference_paths(unit: dict[str, Any]) -> dict[str, Any]:
                         "schema": {"type": "integer", "minimum": 1},
                     },
                     top_k,
+                    _channels_parameter(),
                 ],
                 requestBody={
                     "required": True,
@@ -281,6 +297,7 @@ def _inference_paths(unit: dict[str, Any]) -> dict[str, Any]:
                         "image/jpeg": {},
                         "image/png": {},
                         "application/octet-stream": {},
+                        NPY_CONTENT_TYPE: {"schema": image},
                         "multipart/form-data": {
                             "schema": {"type": "object", "properties": {"image": image}}
                         },

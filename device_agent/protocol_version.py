@@ -28,8 +28,8 @@ from typing import Any
 from device_agent.errors import AgentRejectedError, ascii_digits
 
 DISTRIBUTION = "outpost"
-PROTOCOL = 4  # what this build speaks (2: chained upload streams; 3: a stream may open its
-# upload; 4: sealed streams, hashed by no one on the way)
+PROTOCOL = 5  # what this build speaks (2: chained upload streams; 3: a stream may open its
+# upload; 4: sealed streams, hashed by no one on the way; 5: decoded frames (.npy) to infer on)
 PROTOCOL_MIN = 1  # the oldest peer protocol this build still accepts
 PROTOCOL_HEADER = "Outpost-Protocol"
 PROTOCOL_MIN_HEADER = "Outpost-Protocol-Min"

@@ -152,10 +152,14 @@ class InstalledModel:
         }
 
     def predict_bytes(
-        self, data: bytes, *, conf: float | None = None, iou: float | None = None
+        self, data: bytes, *, channels: str | None = None, **options: float | int | None
     ) -> tuple[Detections, Timing]:
+        """One encoded image (JPEG, PNG, ...), or with ``channels`` (``bgr``/``rgb``) one
+        decoded frame as ``.npy`` bytes; ``options``: conf, iou, max_det."""
         with self.lock:
-            return self.predictor.predict_bytes(data, conf=conf, iou=iou)
+            if channels is None:
+                return self.predictor.predict_bytes(data, **options)
+            return self.predictor.predict_frame_bytes(data, channels=channels, **options)
 
 
 @dataclass(frozen=True)

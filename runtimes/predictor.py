@@ -20,7 +20,14 @@ from runtimes.postprocess import (
     postprocess_pose,
     postprocess_segment,
 )
-from runtimes.preprocess import LetterboxInfo, decode_image, letterbox, to_tensor
+from runtimes.preprocess import (
+    FRAME_CHANNELS,
+    LetterboxInfo,
+    decode_frame,
+    decode_image,
+    letterbox,
+    to_tensor,
+)
 
 
 def center_crop(img: np.ndarray, new_hw: tuple[int, int]) -> tuple[np.ndarray, LetterboxInfo]:
@@ -149,8 +156,11 @@ class Predictor:
         for _ in range(runs):
             self.backend.run(tensor)
 
-    def prepare(self, img_bgr: np.ndarray) -> tuple[np.ndarray, LetterboxInfo]:
-        """The model input tensor for one BGR image, and how the image was placed on it."""
+    def prepare(
+        self, img_bgr: np.ndarray, *, rgb_input: bool = False
+    ) -> tuple[np.ndarray, LetterboxInfo]:
+        """The model input tensor for one BGR image (RGB with ``rgb_input``: the channels are
+        swapped in the tensor, not before), and how the image was placed on it."""
         pre = self.manifest.model.preprocessing
         if pre.resize == "center_crop":
             placed, info = center_crop(img_bgr, self.input_hw)
@@ -159,7 +169,11 @@ class Predictor:
                 img_bgr, self.input_hw, pre.pad_value, interpolation=pre.interpolation
             )
         tensor = to_tensor(
-            placed, rgb=pre.color == "RGB", scale=pre.scale, mean=pre.mean, std=pre.std
+            placed,
+            rgb=(pre.color == "RGB") != rgb_input,
+            scale=pre.scale,
+            mean=pre.mean,
+            std=pre.std,
         )
         return tensor.astype(self.dtype, copy=False), info
 
@@ -225,9 +239,10 @@ class Predictor:
         iou: float | None = None,
         max_det: int | None = None,
         decode_ms: float = 0.0,
+        rgb_input: bool = False,
     ) -> tuple[Detections, Timing]:
         t0 = time.perf_counter()
-        tensor, info = self.prepare(img_bgr)
+        tensor, info = self.prepare(img_bgr, rgb_input=rgb_input)
         t1 = time.perf_counter()
         needs_all = self.manifest.model.postprocessing.kind == "yolo_segment"
         outputs = self.backend.run_all(tensor) if needs_all else [self.backend.run(tensor)]
@@ -241,3 +256,16 @@ class Predictor:
         t0 = time.perf_counter()
         img = decode_image(data)
         return self.predict(img, decode_ms=(time.perf_counter() - t0) * 1e3, **kwargs)  # type: ignore[arg-type]
+
+    def predict_frame_bytes(
+        self, data: bytes, *, channels: str = "bgr", **kwargs: float | int | None
+    ) -> tuple[Detections, Timing]:
+        """One decoded frame, sent as ``.npy`` bytes (:func:`runtimes.preprocess.decode_frame`)
+        with its channels in ``channels`` order (``bgr``, as OpenCV holds frames, or ``rgb``):
+        the same detections as :meth:`predict_bytes` of a lossless encoding of it."""
+        if channels not in FRAME_CHANNELS:
+            raise ValueError(f"channels must be one of {FRAME_CHANNELS}, got {channels!r}")
+        t0 = time.perf_counter()
+        frame = decode_frame(data)
+        decode_ms = (time.perf_counter() - t0) * 1e3
+        return self.predict(frame, decode_ms=decode_ms, rgb_input=channels == "rgb", **kwargs)  # type: ignore[arg-type]

@@ -122,11 +122,11 @@ def _chain_put(
     )
 
 
-def test_the_agent_speaks_protocol_4_and_still_accepts_1(agent: Any) -> None:
-    assert (PROTOCOL, PROTOCOL_MIN) == (4, 1)
+def test_the_agent_speaks_protocol_5_and_still_accepts_1(agent: Any) -> None:
+    assert (PROTOCOL, PROTOCOL_MIN) == (5, 1)
     with agent.client() as client:
         info = client.info()
-        assert (info["protocol"], info["protocol_min"]) == (4, 1) and client.protocol == 4
+        assert (info["protocol"], info["protocol_min"]) == (5, 1) and client.protocol == 5
 
 
 def test_a_chained_upload_sends_at_once_and_verifies_every_piece(agent: Any, package: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import io
 import json
 import socket
 import stat
@@ -13,7 +14,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import cv2
 import httpx
+import numpy as np
 import pytest
 
 from device_agent.apikeys import ApiKeyError, ApiKeys, bearer_token, key_hash
@@ -21,6 +24,7 @@ from device_agent.cli import main as agent_cli
 from device_agent.client import AgentRejectedError
 from device_agent.http_api import ApiError
 from device_agent.inference import BEARER_ROUTES, InferenceLimiter
+from runtimes.preprocess import NPY_CONTENT_TYPE
 from tests.device_agent.conftest import wait_for
 from tests.fakes import EXPECTED, header_bomb, make_image_bytes
 
@@ -33,6 +37,12 @@ def _error(response: httpx.Response) -> str:
     assert set(body) == {"error"}
     assert "\n" not in body["error"]
     return str(body["error"])
+
+
+def encode_npy(array: Any) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
 
 
 def _expected_renamed() -> list[dict[str, Any]]:
@@ -149,6 +159,52 @@ def test_infer_bad_image_unknown_model_and_error_counts(served: Any) -> None:
         shapes = client.stats()["models"]["shapes"]
     assert (shapes["requests"], shapes["errors"]) == (4, 3)
     assert (shapes["versions"]["1"]["requests"], shapes["versions"]["1"]["errors"]) == (4, 3)
+
+
+@pytest.mark.parametrize("route", [INFER, "/v1/infer"])
+@pytest.mark.parametrize(
+    ("content_type", "body", "params", "message"),
+    [
+        (NPY_CONTENT_TYPE, "float", {}, "the frame's pixels are float32, not uint8"),
+        (NPY_CONTENT_TYPE, "cut", {}, "of pixels where its header says (64, 64, 3)"),
+        (NPY_CONTENT_TYPE, "png", {}, "the frame is not NumPy .npy bytes"),
+        (
+            NPY_CONTENT_TYPE,
+            "frame",
+            {"channels": "bgra"},
+            "channels must be bgr or rgb, got 'bgra'",
+        ),
+        ("image/png", "png", {"channels": "rgb"}, "channels applies to a decoded frame only"),
+    ],
+)
+def test_a_bad_frame_is_refused_with_one_line(
+    served: Any, route: str, content_type: str, body: str, params: dict[str, str], message: str
+) -> None:
+    frame = cv2.imdecode(np.frombuffer(make_image_bytes(), np.uint8), cv2.IMREAD_COLOR)
+    content = {
+        "float": encode_npy(frame.astype(np.float32)),
+        "cut": encode_npy(frame)[:-3],
+        "png": make_image_bytes(),
+        "frame": encode_npy(frame),
+    }[body]
+    response = httpx.post(
+        f"{served.url}{route}",
+        auth=served.auth(),
+        params=params,
+        content=content,
+        headers={"Content-Type": content_type},
+    )
+    assert response.status_code == 400, response.text
+    assert message in _error(response)
+    with served.client() as client:  # still serving, frames too
+        assert client.infer_model("shapes", frame)["detections"] == _expected_renamed()
+
+
+def test_a_json_request_has_no_channels(served: Any) -> None:
+    body = {"image_base64": base64.b64encode(make_image_bytes()).decode(), "channels": "rgb"}
+    response = httpx.post(f"{served.url}{INFER}", auth=served.auth(), json=body)
+    assert response.status_code == 400
+    assert "channels applies to a decoded frame only" in _error(response)
 
 
 # --- POST /v1/models/{name}/bench ------------------------------------------------------------

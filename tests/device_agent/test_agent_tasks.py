@@ -7,12 +7,14 @@ key too, and in the Studio's inference test."""
 from __future__ import annotations
 
 import base64
+import io
 import json
 import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import cv2
 import httpx
 import numpy as np
 import pytest
@@ -302,3 +304,58 @@ def test_a_malformed_outputs_file_is_refused_with_its_reason(
         assert "selftest/outputs.json is malformed (" in message and "re-export" in message
         assert "\n" not in message
         assert client.infer_model(task, image_of(built, task)[0])["version"] == "1"
+
+
+class WireLog(httpx.BaseTransport):
+    """Passes every request on and records each inference request's content type."""
+
+    def __init__(self) -> None:
+        self.inner = httpx.HTTPTransport()
+        self.types: list[str | None] = []
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/infer"):
+            self.types.append(request.headers.get("Content-Type"))
+        return self.inner.handle_request(request)
+
+
+def answer_of(reply: dict[str, Any]) -> dict[str, Any]:
+    """An inference answer without its timing (the rest must be equal)."""
+    return {k: v for k, v in reply.items() if k != "timing_ms"}
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_a_decoded_frame_gets_the_answer_its_image_gets(
+    agent: AgentThread, built: dict[str, dict[str, Any]], task: str
+) -> None:
+    """A camera app's decoded frame (.npy, BGR or RGB, from the desktop or with an API key)
+    gets exactly the answer of the image it was decoded from, masks, keypoints and classes
+    included; to an agent of protocol 4 the desktop sends it as a PNG, with the same answer."""
+    image, hw = image_of(built, task)
+    frame = cv2.imdecode(np.frombuffer(image, np.uint8), cv2.IMREAD_COLOR)
+    assert frame.shape[:2] == hw
+    wire = WireLog()
+    with agent.client(transport=wire) as client:
+        want = answer_of(client.infer_model(task, image, conf=0.25))
+        assert answer_of(client.infer_model(task, frame, conf=0.25)) == want
+        rgb = np.ascontiguousarray(frame[:, :, ::-1])
+        assert answer_of(client.infer_model(task, rgb, conf=0.25, channels="rgb")) == want
+        default_route = answer_of(client.infer(image, model=task, conf=0.25))
+        assert answer_of(client.infer(frame, model=task, conf=0.25)) == default_route
+        assert answer_of(client.infer_model(task, frame, conf=0.25)) == want
+        client.protocol = 4  # an agent that does not take frames yet
+        assert answer_of(client.infer_model(task, rgb, conf=0.25, channels="rgb")) == want
+    npy, octet = "application/x-npy", "application/octet-stream"
+    assert wire.types == [octet, npy, npy, octet, npy, npy, octet]
+
+    secret = ApiKeys(agent.service.data_dir).create(f"camera-{task}")[1]
+    buffer = io.BytesIO()
+    np.save(buffer, rgb)
+    app = httpx.post(
+        f"{agent.url}/v1/models/{task}/infer",
+        headers={"Authorization": f"Bearer {secret}", "Content-Type": npy},
+        params={"channels": "rgb", "conf": "0.25"},
+        content=buffer.getvalue(),
+    )
+    assert app.status_code == 200, app.text
+    assert answer_of(app.json()) == want
