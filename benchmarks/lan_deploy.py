@@ -20,9 +20,12 @@ Measures, side by side, in one run on one machine:
   timings on stderr;
 - discovery time: mDNS browse on the veth address only until the agent is found;
 - agent HTTP inference p50 (the desktop's signed request, a 640x640 JPEG photo; and an
-  application's request with an API key, from a plain httpx client) vs raw runtime p50
-  (``session.run`` on the same model in the desktop's process), and vs the same prediction
-  (decode to NMS) in the desktop's process: what HTTP adds. Timed in alternating blocks;
+  application's request with an API key, from a plain httpx client; each also with the JPEG's
+  decoded frame as ``.npy``) vs raw runtime p50 (``session.run`` on the same model in the
+  desktop's process), and vs the same prediction (decode to NMS) in the desktop's process:
+  what HTTP adds. Then an app on the device itself (a process in the agent's namespace, over
+  the host's own address) sends the JPEG and the frame, from httpx and from ``http.client``,
+  against raw ``session.run`` in that process. Timed in alternating blocks;
   the model is a yolo11n at 640 px built from its YAML when Ultralytics is installed
   (installed beside the pushed package), else the pushed package's own;
 - the agent's resident memory when idle (before and after the model is installed).
@@ -256,11 +259,17 @@ def timed_push(client: Any, package: Path, chunk: int | None) -> tuple[Any, floa
 
 
 class AppClient:
-    """An application's requests to the agent's model ``name``: its own API key, a plain httpx
-    client (as a camera app sends), the JPEG as it is, or its decoded frame as ``.npy``
-    (serialised per request, as the app would)."""
+    """An application's requests to the agent's model ``name``: its own API key, the JPEG as it
+    is or its decoded frame as ``.npy`` (serialised per request, as the app would); from a plain
+    httpx client (as a Python camera app sends), or with ``stdlib`` from the standard library's
+    ``http.client`` (a leaner client, nearer what curl or a C++ app costs)."""
 
-    def __init__(self, url: str, data_dir: Path, name: str, jpeg: bytes) -> None:
+    def __init__(
+        self, url: str, data_dir: Path, name: str, jpeg: bytes, *, stdlib: bool = False
+    ) -> None:
+        import http.client
+        from urllib.parse import urlsplit
+
         import cv2
         import httpx
         import numpy as np
@@ -268,24 +277,42 @@ class AppClient:
         from device_agent.apikeys import ApiKeys
         from runtimes.preprocess import NPY_CONTENT_TYPE, encode_frame
 
-        _, secret = ApiKeys(data_dir).create(f"lan-benchmark-{os.getpid()}")
-        self.http = httpx.Client(headers={"Authorization": f"Bearer {secret}"}, timeout=60.0)
-        self.url = f"{url}/v1/models/{quote(name, safe='')}/infer"
+        _, secret = ApiKeys(data_dir).create(f"lan-benchmark-{os.getpid()}-{int(stdlib)}")
+        self.auth = {"Authorization": f"Bearer {secret}"}
+        self.http = httpx.Client(headers=self.auth, timeout=60.0)
+        where = urlsplit(url)
+        self.conn = (
+            http.client.HTTPConnection(where.hostname or "", where.port, timeout=60.0)
+            if stdlib
+            else None
+        )
+        self.path = f"/v1/models/{quote(name, safe='')}/infer"
+        self.url = f"{url}{self.path}"
         self.jpeg = jpeg
         self.frame = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
         self.encode_frame, self.npy_type = encode_frame, NPY_CONTENT_TYPE
 
+    def post(self, body: bytes, content_type: str) -> Any:
+        if self.conn is None:
+            reply = self.http.post(self.url, content=body, headers={"Content-Type": content_type})
+            return reply.raise_for_status().json()
+        self.conn.request("POST", self.path, body, {**self.auth, "Content-Type": content_type})
+        answer = self.conn.getresponse()
+        data = answer.read()
+        if answer.status != 200:
+            raise SystemExit(f"lan_deploy: the agent answered {answer.status}: {data[:200]!r}")
+        return json.loads(data)
+
     def infer_jpeg(self) -> Any:
-        reply = self.http.post(self.url, content=self.jpeg, headers={"Content-Type": "image/jpeg"})
-        return reply.raise_for_status().json()
+        return self.post(self.jpeg, "image/jpeg")
 
     def infer_frame(self) -> Any:
-        body = self.encode_frame(self.frame)
-        reply = self.http.post(self.url, content=body, headers={"Content-Type": self.npy_type})
-        return reply.raise_for_status().json()
+        return self.post(self.encode_frame(self.frame), self.npy_type)
 
     def close(self) -> None:
         self.http.close()
+        if self.conn is not None:
+            self.conn.close()
 
 
 def device_side(args: argparse.Namespace) -> None:
@@ -300,14 +327,18 @@ def device_side(args: argparse.Namespace) -> None:
     h, w = spec["model_hw"]
     jpeg, _ = test_image_jpeg(w)
     predictor = Predictor.from_path(Path(spec["infer_package"]))
-    app = AppClient(
-        f"http://{spec['agent_ip']}:{AGENT_PORT}", Path(spec["data_dir"]), spec["model"], jpeg
-    )
+    url, data_dir = f"http://{spec['agent_ip']}:{AGENT_PORT}", Path(spec["data_dir"])
+    app = AppClient(url, data_dir, spec["model"], jpeg)
+    lean = AppClient(url, data_dir, spec["model"], jpeg, stdlib=True)
+    paths = {
+        "app": app.infer_jpeg,
+        "app_frame": app.infer_frame,
+        "stdlib": lean.infer_jpeg,
+        "stdlib_frame": lean.infer_frame,
+    }
     try:
         tensor = np.random.default_rng(0).random((1, 3, h, w), dtype=np.float32)
-        raw, app_jpeg, app_frame = paired_p50s(
-            [lambda: predictor.backend.run(tensor), app.infer_jpeg, app.infer_frame], spec["runs"]
-        )
+        p50s = paired_p50s([lambda: predictor.backend.run(tensor), *paths.values()], spec["runs"])
         timings = {
             kind: [fn()["timing_ms"] for _ in range(10)]
             for kind, fn in (("jpeg", app.infer_jpeg), ("frame", app.infer_frame))
@@ -315,10 +346,10 @@ def device_side(args: argparse.Namespace) -> None:
     finally:
         predictor.close()
         app.close()
-    out = {
-        "raw_p50_ms": raw,
-        "app_p50_ms": app_jpeg,
-        "app_frame_p50_ms": app_frame,
+        lean.close()
+    out: dict[str, Any] = {
+        "raw_p50_ms": p50s[0],
+        **{f"{key}_p50_ms": p50 for key, p50 in zip(paths, p50s[1:], strict=True)},
         "timing_ms": {
             kind: {k: statistics.median(t[k] for t in ts) for k in ts[0]}
             for kind, ts in timings.items()
@@ -412,6 +443,22 @@ def desktop_side(args: argparse.Namespace) -> None:
     print(json.dumps(out), flush=True)
 
 
+def run_side(lan: Lan, host: Host, side: str, spec: dict[str, Any]) -> dict[str, Any]:
+    """Run this script's ``--desktop-side`` or ``--device-side`` step on ``host``: its result."""
+    proc = lan.popen(
+        host,
+        [sys.executable, str(Path(__file__).resolve()), f"--{side}-side", json.dumps(spec)],
+        stdout=subprocess.PIPE,
+        cwd=ROOT,
+        text=True,
+    )
+    stdout, _ = proc.communicate(timeout=900)
+    if proc.returncode != 0:
+        raise SystemExit(f"lan_deploy: the {side} side failed (see above)")
+    result: dict[str, Any] = json.loads(stdout.strip().splitlines()[-1])
+    return result
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=30, help="timed inferences per path (30)")
@@ -492,17 +539,7 @@ def main() -> int:
                 "infer_package": str(infer_package) if infer_package else None,
             }
             (work / "curl").mkdir()
-            desk = lan.popen(
-                desk_host,
-                [sys.executable, str(Path(__file__).resolve()), "--desktop-side", json.dumps(spec)],
-                stdout=subprocess.PIPE,
-                cwd=ROOT,
-                text=True,
-            )
-            stdout, _ = desk.communicate(timeout=900)
-            if desk.returncode != 0:
-                raise SystemExit("lan_deploy: the desktop side failed (see above)")
-            result = json.loads(stdout.strip().splitlines()[-1])
+            result = run_side(lan, desk_host, "desktop", spec)
             time.sleep(1.0)
             idle_loaded = rss_mib(agent.pid)
             local = {
@@ -511,17 +548,7 @@ def main() -> int:
                 "model_hw": result["model_hw"],
                 "infer_package": spec["infer_package"] or spec["package"],
             }
-            beside = lan.popen(
-                agent_host,
-                [sys.executable, str(Path(__file__).resolve()), "--device-side", json.dumps(local)],
-                stdout=subprocess.PIPE,
-                cwd=ROOT,
-                text=True,
-            )
-            stdout, _ = beside.communicate(timeout=900)
-            if beside.returncode != 0:
-                raise SystemExit("lan_deploy: the device side failed (see above)")
-            on_device = json.loads(stdout.strip().splitlines()[-1])
+            on_device = run_side(lan, agent_host, "device", local)
         finally:
             for proc in (files, agent):
                 proc.terminate()
@@ -602,8 +629,10 @@ def main() -> int:
     device_raw = on_device["raw_p50_ms"]
     print("inference by an app on the device (beside the agent: the host's own address), API key")
     for label, key, note in (
-        ("  the JPEG (ms) vs raw", "app_p50_ms", ""),
-        ("  its decoded frame (.npy) (ms) vs raw", "app_frame_p50_ms", ""),
+        ("  the JPEG (ms) vs raw", "app_p50_ms", " (httpx)"),
+        ("  its decoded frame (.npy) (ms) vs raw", "app_frame_p50_ms", " (httpx)"),
+        ("  the JPEG (ms) vs raw", "stdlib_p50_ms", " (http.client)"),
+        ("  its decoded frame (.npy) (ms) vs raw", "stdlib_frame_p50_ms", " (http.client)"),
     ):
         ratio = on_device[key] / device_raw
         goal = f"<= 1.10x: {'yes' if ratio <= 1.10 else 'NO'}{note}"

@@ -29,6 +29,7 @@ from desktop_app.core import datasets
 from desktop_app.core.dataset_sample import write_sample_dataset
 from desktop_app.core.models import Deployment, UsageSample
 from desktop_app.core.workspace import Workspace
+from device_agent.protocol_version import PROTOCOL
 from runtimes.package import write_package
 from tests.fakes import EXPECTED, make_detect_onnx, make_package, manifest_fields
 from tests.netns_lan import Host, Lan, preflight
@@ -197,7 +198,7 @@ def test_push_over_a_lossy_rate_limited_link_completes_and_verifies(
 
     assert answer["result"]["name"] == "shapes" and answer["result"]["activated"] is True
     assert answer["detections"] == list(EXPECTED)
-    assert answer["protocol"] == (4 if chunk_size == 0 else None)  # read only for the stream
+    assert answer["protocol"] == (PROTOCOL if chunk_size == 0 else None)  # read for the stream only
     # chunks: the agent verified the whole package against this sha256 before installing it;
     # a sealed stream: it is the desktop's signed name for it, and every file was checked
     folder = tmp_path / agent.name / "models" / "shapes" / "1"
