@@ -1042,7 +1042,7 @@ class AgentClient:
         iou: float | None = None,
         top_k: int | None = None,
         *,
-        channels: str = "bgr",
+        channels: str | None = None,
     ) -> dict[str, Any]:
         """Run one image through a model on the agent (a classifier's answer lists its
         ``top_k`` classes): encoded bytes (JPEG, PNG, ...) or a decoded uint8 frame
@@ -1059,14 +1059,14 @@ class AgentClient:
         iou: float | None = None,
         max_det: int | None = None,
         top_k: int | None = None,
-        channels: str = "bgr",
+        channels: str | None = None,
     ) -> dict[str, Any]:
         """Run one image through ``model`` (``POST /v1/models/{name}/infer``; a classifier's
         answer lists its ``top_k`` classes).
 
         ``image``: encoded bytes (JPEG, PNG, ...), or a decoded uint8 frame (``HxW``,
-        ``HxWx1``, ``HxWx3`` or ``HxWx4``) with its channels in ``channels`` order (``bgr``, as
-        OpenCV holds frames, or ``rgb``). A frame goes as ``.npy`` bytes (nothing encoded
+        ``HxWx1``, ``HxWx3`` or ``HxWx4``) with its channels in ``channels`` order (``bgr``, the
+        default, as OpenCV holds frames, or ``rgb``; bytes say their own). A frame goes as ``.npy`` bytes (nothing encoded
         here nor decoded there) to an agent that speaks protocol 5, as a PNG (lossless: the
         same detections) to an older one.
         """
@@ -1077,16 +1077,26 @@ class AgentClient:
         self,
         path: str,
         image: bytes | np.ndarray,
-        channels: str,
+        channels: str | None,
         given: Iterable[tuple[str, object]],
     ) -> dict[str, Any]:
         params = {k: str(v) for k, v in given if v is not None}
         content_type = "application/octet-stream"
         if isinstance(image, (bytes, bytearray, memoryview)):
+            if channels is not None:
+                raise ValueError("channels is for a decoded frame; encoded bytes say their own")
             body = bytes(image)
         else:
-            from runtimes.preprocess import NPY_CONTENT_TYPE, encode_frame, encode_frame_png
+            from runtimes.preprocess import (
+                FRAME_CHANNELS,
+                NPY_CONTENT_TYPE,
+                encode_frame,
+                encode_frame_png,
+            )
 
+            channels = channels or "bgr"
+            if channels not in FRAME_CHANNELS:
+                raise ValueError(f"channels must be one of {FRAME_CHANNELS}, got {channels!r}")
             if self.protocol is None:
                 self.info()  # which protocol the agent speaks
             if self.protocol is not None and self.protocol >= FRAME_PROTOCOL:

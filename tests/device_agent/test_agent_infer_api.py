@@ -200,6 +200,16 @@ def test_a_bad_frame_is_refused_with_one_line(
         assert client.infer_model("shapes", frame)["detections"] == _expected_renamed()
 
 
+def test_the_client_checks_channels_before_it_sends(served: Any) -> None:
+    frame = cv2.imdecode(np.frombuffer(make_image_bytes(), np.uint8), cv2.IMREAD_COLOR)
+    with served.client() as client:
+        with pytest.raises(ValueError, match="encoded bytes say their own"):
+            client.infer_model("shapes", make_image_bytes(), channels="rgb")
+        with pytest.raises(ValueError, match="channels must be one of"):
+            client.infer_model("shapes", frame, channels="bgra")
+        assert client.infer(frame, channels="rgb")["detections"] == list(EXPECTED)
+
+
 def test_a_json_request_has_no_channels(served: Any) -> None:
     body = {"image_base64": base64.b64encode(make_image_bytes()).decode(), "channels": "rgb"}
     response = httpx.post(f"{served.url}{INFER}", auth=served.auth(), json=body)
