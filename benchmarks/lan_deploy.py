@@ -279,12 +279,11 @@ class AppClient:
 
         _, secret = ApiKeys(data_dir).create(f"lan-benchmark-{os.getpid()}-{int(stdlib)}")
         self.auth = {"Authorization": f"Bearer {secret}"}
-        self.http = httpx.Client(headers=self.auth, timeout=60.0)
         where = urlsplit(url)
-        self.conn = (
-            http.client.HTTPConnection(where.hostname or "", where.port, timeout=60.0)
+        self.http, self.conn = (
+            (None, http.client.HTTPConnection(where.hostname or "", where.port, timeout=60.0))
             if stdlib
-            else None
+            else (httpx.Client(headers=self.auth, timeout=60.0), None)
         )
         self.path = f"/v1/models/{quote(name, safe='')}/infer"
         self.url = f"{url}{self.path}"
@@ -293,7 +292,7 @@ class AppClient:
         self.encode_frame, self.npy_type = encode_frame, NPY_CONTENT_TYPE
 
     def post(self, body: bytes, content_type: str) -> Any:
-        if self.conn is None:
+        if self.http is not None:
             reply = self.http.post(self.url, content=body, headers={"Content-Type": content_type})
             return reply.raise_for_status().json()
         self.conn.request("POST", self.path, body, {**self.auth, "Content-Type": content_type})
@@ -310,9 +309,9 @@ class AppClient:
         return self.post(self.encode_frame(self.frame), self.npy_type)
 
     def close(self) -> None:
-        self.http.close()
-        if self.conn is not None:
-            self.conn.close()
+        for client in (self.http, self.conn):
+            if client is not None:
+                client.close()
 
 
 def device_side(args: argparse.Namespace) -> None:

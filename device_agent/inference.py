@@ -202,8 +202,10 @@ async def _infer_input(request: web.Request) -> InferInput:
         except (binascii.Error, ValueError):
             raise ApiError(400, "image_base64 is not valid base64") from None
         params: dict[str, Any] = body
+        channels = frame_channels(request, params)
     else:
         params = dict(request.query)
+        channels = frame_channels(request, params)  # refused before the body is read
         data = await _read_image(request)
     return InferInput(
         data,
@@ -213,7 +215,7 @@ async def _infer_input(request: web.Request) -> InferInput:
             "max_det": whole_param(params.get("max_det"), "max_det", MAX_DET_LIMIT),
         },
         top_k_param(params.get("top_k")),
-        frame_channels(request, params),
+        channels,
     )
 
 
