@@ -393,8 +393,9 @@ async def serve_inference(
     """One inference request: admitted before its body is ``read``, then ``predict`` in an
     inference slot (a failure counts as the model's error); the input read, the detections and
     the answer's ``timing_ms``: the prediction's own timing plus ``wait``, the milliseconds
-    from the input being read to its prediction starting (a slot, the model, a worker thread),
-    so that a loaded device's queueing shows in each answer."""
+    after the input was read that are in no stage (waiting for a slot, a worker thread, or the
+    model's runtime while another request's runtime call holds it), so that a loaded device's
+    queueing shows in each answer."""
     service = request.app[SERVICE_KEY]
     async with service.limiter.admit(body_bytes(request)):
         inputs = await read()

@@ -90,7 +90,7 @@ def _now() -> str:
 
 @dataclass(frozen=True, eq=False)
 class InstalledModel:
-    """One loaded model version. ``predict_bytes`` lets one call at a time use the predictor.
+    """One loaded model version. ``lock`` lets one call at a time run the predictor's backend.
 
     ``benchmark`` (ms per provider, or per ``format/provider`` when several formats of the
     package can run here), ``formats`` (each format: its runtime and timings, or why it cannot
@@ -155,11 +155,16 @@ class InstalledModel:
         self, data: bytes, *, channels: str | None = None, **options: float | int | None
     ) -> tuple[Detections, Timing]:
         """One encoded image (JPEG, PNG, ...), or with ``channels`` (``bgr``/``rgb``) one
-        decoded frame as ``.npy`` bytes; ``options``: conf, iou, max_det."""
-        with self.lock:
-            if channels is None:
-                return self.predictor.predict_bytes(data, **options)
-            return self.predictor.predict_frame_bytes(data, channels=channels, **options)
+        decoded frame as ``.npy`` bytes; ``options``: conf, iou, max_det.
+
+        Only the runtime call holds :attr:`lock`: concurrent requests decode, build their
+        tensors and run NMS while another's runtime call is in flight (on a device whose
+        accelerator runs the model, the CPU work of the next request overlaps it)."""
+        if channels is None:
+            return self.predictor.predict_bytes(data, hold=self.lock, **options)
+        return self.predictor.predict_frame_bytes(
+            data, channels=channels, hold=self.lock, **options
+        )
 
 
 @dataclass(frozen=True)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -240,25 +242,36 @@ class Predictor:
         max_det: int | None = None,
         decode_ms: float = 0.0,
         rgb_input: bool = False,
+        hold: contextlib.AbstractContextManager[Any] | None = None,
     ) -> tuple[Detections, Timing]:
+        """Detections for one BGR image (RGB with ``rgb_input``) and the time of each stage.
+
+        ``hold`` (a lock, say) is held around the runtime call only: callers that share this
+        predictor across threads serialise its backend, while the decode, the tensor and the
+        post-processing of other requests run beside it. The time spent waiting for ``hold``
+        is in no stage.
+        """
         t0 = time.perf_counter()
         tensor, info = self.prepare(img_bgr, rgb_input=rgb_input)
-        t1 = time.perf_counter()
+        prepared = time.perf_counter()
         needs_all = self.manifest.model.postprocessing.kind == "yolo_segment"
-        outputs = self.backend.run_all(tensor) if needs_all else [self.backend.run(tensor)]
-        t2 = time.perf_counter()
+        with hold if hold is not None else contextlib.nullcontext():
+            t1 = time.perf_counter()
+            outputs = self.backend.run_all(tensor) if needs_all else [self.backend.run(tensor)]
+            t2 = time.perf_counter()
         dets = self.decode(outputs, info, conf=conf, iou=iou, max_det=max_det)
         t3 = time.perf_counter()
-        timing = Timing(decode_ms, (t1 - t0) * 1e3, (t2 - t1) * 1e3, (t3 - t2) * 1e3)
+        timing = Timing(decode_ms, (prepared - t0) * 1e3, (t2 - t1) * 1e3, (t3 - t2) * 1e3)
         return dets, timing
 
-    def predict_bytes(self, data: bytes, **kwargs: float | int | None) -> tuple[Detections, Timing]:
+    def predict_bytes(self, data: bytes, **kwargs: Any) -> tuple[Detections, Timing]:
+        """One encoded image (JPEG, PNG, ...); ``kwargs`` as for :meth:`predict`."""
         t0 = time.perf_counter()
         img = decode_image(data)
-        return self.predict(img, decode_ms=(time.perf_counter() - t0) * 1e3, **kwargs)  # type: ignore[arg-type]
+        return self.predict(img, decode_ms=(time.perf_counter() - t0) * 1e3, **kwargs)
 
     def predict_frame_bytes(
-        self, data: bytes, *, channels: str = "bgr", **kwargs: float | int | None
+        self, data: bytes, *, channels: str = "bgr", **kwargs: Any
     ) -> tuple[Detections, Timing]:
         """One decoded frame, sent as ``.npy`` bytes (:func:`runtimes.preprocess.decode_frame`)
         with its channels in ``channels`` order (``bgr``, as OpenCV holds frames, or ``rgb``):
@@ -268,4 +281,4 @@ class Predictor:
         t0 = time.perf_counter()
         frame = decode_frame(data)
         decode_ms = (time.perf_counter() - t0) * 1e3
-        return self.predict(frame, decode_ms=decode_ms, rgb_input=channels == "rgb", **kwargs)  # type: ignore[arg-type]
+        return self.predict(frame, decode_ms=decode_ms, rgb_input=channels == "rgb", **kwargs)

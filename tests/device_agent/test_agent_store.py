@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +37,50 @@ def _serves(store: ModelStore, name: str = "shapes") -> str:
     assert detections.to_list() == list(EXPECTED)
     assert timing.total_ms >= 0
     return model.version
+
+
+def test_concurrent_requests_share_the_model_but_not_its_runtime_call(
+    tmp_path: Path, package: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only the runtime call holds the model: while one request's call is in flight, another
+    decodes its image and builds its tensor, then waits; the calls never overlap and both
+    answers are right."""
+    model = ModelStore(tmp_path / "data").install(package.read_bytes())
+    predictor, backend = model.predictor, model.predictor.backend
+    real_run, real_prepare = backend.run, predictor.prepare
+    first_running, second_prepared = threading.Event(), threading.Event()
+    calls: list[int] = []
+    running = [0]
+
+    def run(tensor: Any) -> Any:
+        running[0] += 1
+        calls.append(running[0])  # how many calls are in flight, this one included
+        try:
+            if len(calls) == 1:
+                first_running.set()
+                assert second_prepared.wait(30), "the second request waited for the first"
+            return real_run(tensor)
+        finally:
+            running[0] -= 1
+
+    def prepare(img: Any, **kwargs: Any) -> Any:
+        prepared = real_prepare(img, **kwargs)
+        if first_running.is_set():
+            second_prepared.set()
+        return prepared
+
+    monkeypatch.setattr(backend, "run", run)
+    monkeypatch.setattr(predictor, "prepare", prepare)
+    image = make_image_bytes()
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(model.predict_bytes, image)
+        assert first_running.wait(30)
+        second = pool.submit(model.predict_bytes, image)
+        answers = [first.result(60), second.result(60)]
+    assert calls == [1, 1]
+    for detections, timing in answers:
+        assert detections.to_list() == list(EXPECTED)
+        assert timing.inference_ms >= 0
 
 
 def _model_dir_entries(data_dir: Path, name: str = "shapes") -> list[str]:
