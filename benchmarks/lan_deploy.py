@@ -25,7 +25,9 @@ Measures, side by side, in one run on one machine:
   desktop's process), and vs the same prediction (decode to NMS) in the desktop's process:
   what HTTP adds. Then an app on the device itself (a process in the agent's namespace, over
   the host's own address) sends the JPEG and the frame, from httpx and from ``http.client``,
-  against raw ``session.run`` in that process. Timed in alternating blocks;
+  against raw ``session.run`` in that process, and the requests per second 1, 2 and 4 such
+  apps get together (each sending the JPEG and waiting for its answer) against raw
+  ``session.run`` back to back. Timed in alternating blocks;
   the model is a yolo11n at 640 px built from its YAML when Ultralytics is installed
   (installed beside the pushed package), else the pushed package's own;
 - the agent's resident memory when idle (before and after the model is installed).
@@ -45,6 +47,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import os
 import shutil
@@ -65,6 +68,8 @@ sys.path.insert(0, str(ROOT))
 from tests.netns_lan import Host, Lan  # noqa: E402 (after the path is set)
 
 AGENT_PORT, FILE_PORT = 8765, 8800
+APP_IDS = itertools.count()  # each app's API key has a name of its own
+CONCURRENT_APPS = (1, 2, 4)  # apps on the device sending at once, for the throughput rows
 REPEATS = 3  # pushes and curl GETs per figure (their medians)
 
 
@@ -277,7 +282,7 @@ class AppClient:
         from device_agent.apikeys import ApiKeys
         from runtimes.preprocess import NPY_CONTENT_TYPE, encode_frame
 
-        _, secret = ApiKeys(data_dir).create(f"lan-benchmark-{os.getpid()}-{int(stdlib)}")
+        _, secret = ApiKeys(data_dir).create(f"lan-benchmark-{os.getpid()}-{next(APP_IDS)}")
         self.auth = {"Authorization": f"Bearer {secret}"}
         where = urlsplit(url)
         self.http, self.conn = (
@@ -314,6 +319,36 @@ class AppClient:
                 client.close()
 
 
+def throughput(clients: Sequence[AppClient], per_client: int) -> float:
+    """Requests per second when ``clients`` send their JPEG ``per_client`` times each, all at
+    once, every one waiting for its answer before sending again."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    start = threading.Barrier(len(clients) + 1)
+
+    def send(client: AppClient) -> None:
+        start.wait()
+        for _ in range(per_client):
+            client.infer_jpeg()
+
+    with ThreadPoolExecutor(len(clients)) as pool:
+        sent = [pool.submit(send, client) for client in clients]
+        start.wait()
+        t0 = time.perf_counter()
+        for future in sent:
+            future.result()  # an app's failure ends the benchmark with its reason
+        elapsed = time.perf_counter() - t0
+    return len(clients) * per_client / elapsed
+
+
+def back_to_back(fn: Callable[[], object], runs: int) -> float:
+    """Calls of ``fn`` per second, ``runs`` of them one after another."""
+    t0 = time.perf_counter()
+    for _ in range(runs):
+        fn()
+    return runs / (time.perf_counter() - t0)
+
+
 def device_side(args: argparse.Namespace) -> None:
     """Runs inside the agent's namespace once the desktop side is done: an application on the
     device itself (a camera app beside the agent, over the host's own address: loopback) sends
@@ -342,6 +377,18 @@ def device_side(args: argparse.Namespace) -> None:
             kind: [fn()["timing_ms"] for _ in range(10)]
             for kind, fn in (("jpeg", app.infer_jpeg), ("frame", app.infer_frame))
         }
+        per_client = max(5, spec["runs"] // 2)
+        rates: dict[str, list[float]] = {}
+        for count in CONCURRENT_APPS:
+            more = [
+                AppClient(url, data_dir, spec["model"], jpeg, stdlib=True) for _ in range(count)
+            ]
+            try:
+                raw_rate = back_to_back(lambda: predictor.backend.run(tensor), per_client * 2)
+                rates[str(count)] = [throughput(more, per_client), raw_rate]
+            finally:
+                for client in more:
+                    client.close()
     finally:
         predictor.close()
         app.close()
@@ -353,6 +400,7 @@ def device_side(args: argparse.Namespace) -> None:
             kind: {k: statistics.median(t[k] for t in ts) for k in ts[0]}
             for kind, ts in timings.items()
         },
+        "throughput": rates,
     }
     print(json.dumps(out), flush=True)
 
@@ -639,6 +687,10 @@ def main() -> int:
     for kind, timing in on_device["timing_ms"].items():
         parts = ", ".join(f"{k} {v:.2f}" for k, v in timing.items())
         print(f"  the agent's own timing, {kind} (ms, p50 of 10): {parts}")
+    print("throughput of apps on the device, JPEG (req/s) vs raw session.run back to back (/s)")
+    for count, (ours, raw_rate) in on_device["throughput"].items():
+        label = f"  {count} app{'s' if count != '1' else ''} at once (http.client)"
+        print(f"{label:<40}{ours:>10.2f}{raw_rate:>11.2f}{ours / raw_rate:>7.2f}x")
     print(f"{'commit + install (s), after the transfer':<40}{result['commit_s']:>10.2f}")
     print(f"{'push incl. install (s)':<40}{result['push_s']:>10.2f}")
     print(f"{'curl GET to /dev/null (s), for scale':<40}{'':>10}{result['get_null_s']:>11.2f}")
