@@ -88,9 +88,15 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+# Requests of one model in its pipeline at once: one in the runtime call, one beside it
+# (decoding, building its tensor, or running NMS).
+PIPELINE_DEPTH = 2
+
+
 @dataclass(frozen=True, eq=False)
 class InstalledModel:
-    """One loaded model version. ``lock`` lets one call at a time run the predictor's backend.
+    """One loaded model version. ``lock`` lets one call at a time run the predictor's backend;
+    ``stages`` lets :data:`PIPELINE_DEPTH` requests at a time into :meth:`predict_bytes`.
 
     ``benchmark`` (ms per provider, or per ``format/provider`` when several formats of the
     package can run here), ``formats`` (each format: its runtime and timings, or why it cannot
@@ -110,6 +116,9 @@ class InstalledModel:
     report: dict[str, Any] = field(default_factory=dict)
     formats: list[dict[str, Any]] | None = None
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    stages: threading.BoundedSemaphore = field(
+        default_factory=lambda: threading.BoundedSemaphore(PIPELINE_DEPTH), repr=False
+    )
 
     @property
     def format(self) -> str:
@@ -157,14 +166,17 @@ class InstalledModel:
         """One encoded image (JPEG, PNG, ...), or with ``channels`` (``bgr``/``rgb``) one
         decoded frame as ``.npy`` bytes; ``options``: conf, iou, max_det.
 
-        Only the runtime call holds :attr:`lock`: concurrent requests decode, build their
-        tensors and run NMS while another's runtime call is in flight (on a device whose
-        accelerator runs the model, the CPU work of the next request overlaps it)."""
-        if channels is None:
-            return self.predictor.predict_bytes(data, hold=self.lock, **options)
-        return self.predictor.predict_frame_bytes(
-            data, channels=channels, hold=self.lock, **options
-        )
+        Only the runtime call holds :attr:`lock`: the next request decodes, builds its tensor
+        and runs NMS while another's runtime call is in flight (on a device whose accelerator
+        runs the model, that CPU work overlaps it). At most :data:`PIPELINE_DEPTH` requests
+        are in here at once, so a many-core CPU's runtime threads do not compete with a crowd
+        of decodes."""
+        with self.stages:
+            if channels is None:
+                return self.predictor.predict_bytes(data, hold=self.lock, **options)
+            return self.predictor.predict_frame_bytes(
+                data, channels=channels, hold=self.lock, **options
+            )
 
 
 @dataclass(frozen=True)

@@ -42,14 +42,16 @@ def _serves(store: ModelStore, name: str = "shapes") -> str:
 def test_concurrent_requests_share_the_model_but_not_its_runtime_call(
     tmp_path: Path, package: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Only the runtime call holds the model: while one request's call is in flight, another
-    decodes its image and builds its tensor, then waits; the calls never overlap and both
-    answers are right."""
+    """Only the runtime call holds the model: while one request's call is in flight, the next
+    decodes its image and builds its tensor, then waits; a third waits before decoding (two in
+    the pipeline at once). The calls never overlap and every answer is right."""
     model = ModelStore(tmp_path / "data").install(package.read_bytes())
     predictor, backend = model.predictor, model.predictor.backend
     real_run, real_prepare = backend.run, predictor.prepare
     first_running, second_prepared = threading.Event(), threading.Event()
+    third_prepared = threading.Event()
     calls: list[int] = []
+    prepared_meanwhile: list[bool] = []
     running = [0]
 
     def run(tensor: Any) -> Any:
@@ -59,25 +61,32 @@ def test_concurrent_requests_share_the_model_but_not_its_runtime_call(
             if len(calls) == 1:
                 first_running.set()
                 assert second_prepared.wait(30), "the second request waited for the first"
+                # the third stays out of the pipeline while two are in it
+                prepared_meanwhile.append(third_prepared.wait(0.5))
             return real_run(tensor)
         finally:
             running[0] -= 1
 
+    prepares = [0]
+
     def prepare(img: Any, **kwargs: Any) -> Any:
         prepared = real_prepare(img, **kwargs)
-        if first_running.is_set():
+        prepares[0] += 1
+        if prepares[0] == 2:
             second_prepared.set()
+        elif prepares[0] == 3:
+            third_prepared.set()
         return prepared
 
     monkeypatch.setattr(backend, "run", run)
     monkeypatch.setattr(predictor, "prepare", prepare)
     image = make_image_bytes()
-    with ThreadPoolExecutor(2) as pool:
+    with ThreadPoolExecutor(3) as pool:
         first = pool.submit(model.predict_bytes, image)
         assert first_running.wait(30)
-        second = pool.submit(model.predict_bytes, image)
-        answers = [first.result(60), second.result(60)]
-    assert calls == [1, 1]
+        later = [pool.submit(model.predict_bytes, image) for _ in range(2)]
+        answers = [first.result(60)] + [future.result(60) for future in later]
+    assert calls == [1, 1, 1] and prepared_meanwhile == [False]
     for detections, timing in answers:
         assert detections.to_list() == list(EXPECTED)
         assert timing.inference_ms >= 0
