@@ -58,6 +58,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -322,8 +323,6 @@ class AppClient:
 def throughput(clients: Sequence[AppClient], per_client: int) -> float:
     """Requests per second when ``clients`` send their JPEG ``per_client`` times each, all at
     once, every one waiting for its answer before sending again."""
-    from concurrent.futures import ThreadPoolExecutor
-
     start = threading.Barrier(len(clients) + 1)
 
     def send(client: AppClient) -> None:
