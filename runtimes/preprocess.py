@@ -9,6 +9,7 @@ mean and std after scaling.
 
 from __future__ import annotations
 
+import functools
 import io
 import tokenize
 from collections.abc import Sequence
@@ -276,6 +277,14 @@ def letterbox(
     return img, info
 
 
+@functools.lru_cache(maxsize=8)
+def _quotients(divisor: int) -> np.ndarray:
+    """Every uint8 value divided by ``divisor`` in float32, as a 256-entry lookup table."""
+    table = np.arange(256, dtype=np.float32) / np.float32(divisor)
+    table.flags.writeable = False
+    return table
+
+
 def to_tensor(
     img_bgr: np.ndarray,
     *,
@@ -290,15 +299,19 @@ def to_tensor(
     divisor = 1.0 / scale
     whole = abs(divisor - round(divisor)) < 1e-6
     if whole and img_bgr.ndim == 3 and img_bgr.dtype == np.uint8:
-        # Split the planes (OpenCV), then one division per plane into the tensor: the same
-        # float32 quotients as converting first and dividing after, in about half the time.
+        # Split the planes (OpenCV), then look each byte up in a table of its 256 quotients,
+        # straight into the tensor: the same float32s as converting first and dividing after
+        # (the table holds those very divisions), in about a third of the time.
         channels = img_bgr.shape[2]
-        planes = cv2.split(img_bgr) if channels in (3, 4) else list(np.moveaxis(img_bgr, 2, 0))
+        planes = (
+            cv2.split(img_bgr)
+            if channels in (3, 4)
+            else [np.ascontiguousarray(img_bgr[:, :, c]) for c in range(channels)]
+        )
         out = np.empty((1, channels, *img_bgr.shape[:2]), np.float32)
-        divide_by = np.float32(round(divisor))
+        table = _quotients(round(divisor))
         for c in range(channels):
-            plane = planes[channels - 1 - c if rgb else c]
-            np.divide(plane, divide_by, out=out[0, c], dtype=np.float32)
+            cv2.LUT(planes[channels - 1 - c if rgb else c], table, dst=out[0, c])
     else:
         chw = img_bgr[:, :, ::-1].transpose(2, 0, 1) if rgb else img_bgr.transpose(2, 0, 1)
         out = np.ascontiguousarray(chw[None], dtype=np.float32)

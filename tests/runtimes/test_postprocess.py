@@ -81,6 +81,17 @@ def test_to_tensor_plane_by_plane_is_bit_identical(channels: int, rgb: bool) -> 
         assert np.array_equal(half, _to_tensor_reference(img).astype(np.float16))
 
 
+def test_to_tensor_writes_every_value_of_a_fresh_tensor() -> None:
+    """Each tensor holds its own image's quotients, all 256 byte values included, never what a
+    freed tensor of the same size left in the memory it reuses."""
+    ramp = np.arange(256 * 3, dtype=np.uint16).reshape(16, 16, 3).astype(np.uint8)
+    for value in (0, 255, 17):
+        del_me = to_tensor(np.full((16, 16, 3), value, np.uint8))
+        assert np.all(del_me == np.float32(value) / np.float32(255))
+        del del_me
+        assert np.array_equal(to_tensor(ramp), _to_tensor_reference(ramp))
+
+
 @pytest.mark.parametrize("hw", [(480, 640), (1080, 810), (37, 1000)])
 def test_scale_boxes_matches_ultralytics(hw: tuple[int, int]) -> None:
     from ultralytics.utils.ops import scale_boxes as ul_scale_boxes
