@@ -2,7 +2,9 @@
 
 A client made with the desktop's ``key`` signs every request; one made with the agent's
 pinned public key (``agent_key``) or id (``agent_id``) refuses any answer that is not signed
-by that agent, with a "fingerprint mismatch" when another key answers.
+by that agent, with a "fingerprint mismatch" when another key answers. Images to infer on go
+through one kept-alive connection of their own (:mod:`device_agent.infer_line`), signed and
+checked the same way; everything else through httpx.
 
 Example:
     >>> client = AgentClient("http://192.168.1.20:8765", key=desktop, agent_key=pinned)  # doctest: +SKIP
@@ -24,10 +26,11 @@ from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import httpx
 
+from device_agent import infer_line
 from device_agent.auth import (
     AGENT_KEY_HEADER,
     AGENT_TIME_KEY,
@@ -61,13 +64,18 @@ from device_agent.auth import (
     verify,
 )
 from device_agent.errors import (
-    AgentAnswerError,
     AgentRejectedError,
     AgentUnreachableError,
-    ascii_digits,
     one_line,
 )
 from device_agent.file_body import FILE_BODY, FileBody, FileBodyTransport, shorter_while_sent
+from device_agent.infer_line import (
+    HeaderLookup,
+    InferLine,
+    refuse_unbounded,
+    too_large,
+    unreachable,
+)
 from device_agent.protocol_version import (
     UPGRADE_STATUS,
     IncompatibleProtocolError,
@@ -183,25 +191,42 @@ class SignedAuth(httpx.Auth):
                 self._check_response(request, response, nonce)
 
     def _sign(self, request: httpx.Request, nonce: str) -> None:
+        request.headers.update(
+            self.signature_headers(
+                request.method,
+                request.url.raw_path.decode("ascii"),
+                request.headers.get("Content-Type", ""),
+                request.headers[BODY_HASH_HEADER],
+                nonce,
+            )
+        )
+
+    def signature_headers(
+        self, method: str, path_qs: str, content_type: str, body_sha256: str, nonce: str
+    ) -> dict[str, str]:
+        """The key, timestamp (the agent's clock) and signature headers of one request."""
         assert self.key is not None and self.agent_id is not None
         timestamp = str(int(time.time() + self.clock_offset))
         message = request_message(
-            self.agent_id,
-            request.method,
-            request.url.raw_path.decode("ascii"),
-            request.headers.get("Content-Type", ""),
-            timestamp,
-            nonce,
-            request.headers[BODY_HASH_HEADER],
+            self.agent_id, method, path_qs, content_type, timestamp, nonce, body_sha256
         )
-        request.headers[KEY_HEADER] = self.key.fingerprint
-        request.headers[TIMESTAMP_HEADER] = timestamp
-        request.headers[SIGNATURE_HEADER] = b64(self.key.sign(message))
+        return {
+            KEY_HEADER: self.key.fingerprint,
+            TIMESTAMP_HEADER: timestamp,
+            SIGNATURE_HEADER: b64(self.key.sign(message)),
+        }
 
     def _check_response(self, request: httpx.Request, response: httpx.Response, nonce: str) -> None:
         where = f"{request.url.scheme}://{request.url.netloc.decode('ascii', 'replace')}"
-        claimed = response.headers.get(AGENT_KEY_HEADER)
-        signature = response.headers.get(SIGNATURE_HEADER)
+        self.check_answer(where, nonce, response.status_code, response.headers, response.content)
+
+    def check_answer(
+        self, where: str, nonce: str, status: int, headers: HeaderLookup, body: bytes
+    ) -> None:
+        """Refuse an answer (from ``where``) to the request signed with ``nonce`` unless the
+        pinned agent signed it: "fingerprint mismatch" for another key or none."""
+        claimed = headers.get(AGENT_KEY_HEADER)
+        signature = headers.get(SIGNATURE_HEADER)
         if claimed is None or signature is None:
             raise FingerprintMismatchError(
                 f"fingerprint mismatch: the answer from {where} is not signed by agent "
@@ -220,11 +245,7 @@ class SignedAuth(httpx.Auth):
                 f"not the pinned {expected}; if the device was reset, pair it again"
             )
         message = response_message(
-            str(self.agent_id),
-            nonce,
-            response.status_code,
-            response.headers.get("Content-Type", ""),
-            sha256_hex(response.content),
+            str(self.agent_id), nonce, status, headers.get("Content-Type") or "", sha256_hex(body)
         )
         if not verify(public_raw, unb64(signature, SIGNATURE_HEADER, 64), message):
             raise AuthError(
@@ -267,6 +288,15 @@ class AgentClient:
             headers={**protocol_headers(), "Accept-Encoding": "identity"},
             event_hooks={"response": [_capped_answer]},
         )
+        # Images to infer on go through one kept-alive connection of their own (see
+        # device_agent.infer_line); everything else through httpx.
+        self._line = (
+            InferLine(
+                self.base_url, self.auth, {**protocol_headers(), "Accept-Encoding": "identity"}
+            )
+            if transport is None and InferLine.fits(self.base_url, self.auth)
+            else None
+        )
 
     def __enter__(self) -> AgentClient:
         return self
@@ -275,6 +305,9 @@ class AgentClient:
         self.close()
 
     def close(self) -> None:
+        if self._line is not None:
+            with self._line.lock:  # not under a request another thread has in flight
+                self._line.close()
         self._http.close()
 
     def health(self) -> dict[str, Any]:
@@ -1104,6 +1137,20 @@ class AgentClient:
                 params["channels"] = channels
             else:
                 body = encode_frame_png(image, channels)
+        line = self._line
+        if line is not None and line.lock.acquire(blocking=False):
+            try:
+                answer = line.post(
+                    f"{path}?{urlencode(params)}" if params else path,
+                    body,
+                    content_type,
+                    self.timeout,
+                )
+            finally:
+                line.lock.release()
+            if answer.status >= 400:
+                raise _refusal(answer.status, answer.body, answer.reason)
+            return _json_object(self.base_url + path, answer.status, answer.body)
         return self._request(
             "POST", path, content=body, params=params, headers={"Content-Type": content_type}
         )
@@ -1130,16 +1177,7 @@ class AgentClient:
         self, method: str, path: str, *, timeout: float | None = None, **kwargs: Any
     ) -> dict[str, Any]:
         response = self._send(method, path, timeout=timeout, **kwargs)
-        try:
-            body = response.json()
-        except ValueError:
-            body = None
-        if not isinstance(body, dict):
-            raise AgentRejectedError(
-                response.status_code,
-                f"{self.base_url + path} did not answer with a JSON object; is this an outpost-agent?",
-            )
-        return body
+        return _json_object(self.base_url + path, response.status_code, response.content)
 
     def _send(
         self, method: str, path: str, *, timeout: float | None = None, **kwargs: Any
@@ -1149,24 +1187,38 @@ class AgentClient:
         try:
             response = self._http.request(method, path, timeout=timeout or self.timeout, **kwargs)
         except httpx.TransportError as exc:
-            raise AgentUnreachableError(
-                f"cannot reach agent at {url}: {one_line(exc) or type(exc).__name__}; "
-                "check that outpost-agent is running and the address is right"
-            ) from None
+            raise unreachable(url, exc) from None
         if response.status_code >= 400:
-            try:
-                body = response.json()
-            except ValueError:
-                body = None
-            message = body.get("error") if isinstance(body, dict) else None
-            if response.status_code == UPGRADE_STATUS and message:
-                raise IncompatibleProtocolError(one_line(message))
-            raise AgentRejectedError(
-                response.status_code,
-                one_line(message or response.text or response.reason_phrase),
-                {k: v for k, v in body.items() if k != "error"} if isinstance(body, dict) else {},
-            )
+            raise _refusal(response.status_code, response.content, response.reason_phrase)
         return response
+
+
+def _refusal(status: int, content: bytes, reason: str) -> AgentRejectedError:
+    """The typed error for an agent's answer with an error status (its JSON ``error``)."""
+    try:
+        body = json.loads(content)
+    except ValueError:
+        body = None
+    message = body.get("error") if isinstance(body, dict) else None
+    if status == UPGRADE_STATUS and message:
+        return IncompatibleProtocolError(one_line(message))
+    return AgentRejectedError(
+        status,
+        one_line(message or content.decode("utf-8", "replace") or reason),
+        {k: v for k, v in body.items() if k != "error"} if isinstance(body, dict) else {},
+    )
+
+
+def _json_object(url: str, status: int, content: bytes) -> dict[str, Any]:
+    try:
+        body = json.loads(content)
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        raise AgentRejectedError(
+            status, f"{url} did not answer with a JSON object; is this an outpost-agent?"
+        )
+    return body
 
 
 def _replayable(request: httpx.Request) -> bool:
@@ -1182,30 +1234,12 @@ def _answer_field(response: httpx.Response, key: str) -> object:
     return body.get(key) if isinstance(body, dict) else None
 
 
-MAX_ANSWER_BYTES = 64 << 20  # far above any agent answer (stats, OpenAPI: kilobytes)
-
-
 def _capped_answer(response: httpx.Response) -> None:
-    """Read the answer under :data:`MAX_ANSWER_BYTES`: an address that streams without end
+    """Read the answer under ``infer_line.MAX_ANSWER_BYTES``: an address that streams without end
     (not an agent: a device on the network the user was about to pair with, say) gets a typed
     error instead of the desktop's memory. Runs before httpx reads the body."""
-    declared = response.headers.get("Content-Length", "")
-    if ascii_digits(declared) and int(declared) > MAX_ANSWER_BYTES:
-        raise _too_large(response)
-    encoding = response.headers.get("Content-Encoding", "").strip().lower()
-    if encoding not in ("", "identity"):  # the cap counts what arrives, not what it inflates to
-        raise AgentAnswerError(
-            f"the answer from {response.request.url} is compressed ({encoding}), which no "
-            "outpost-agent sends; is another program listening there?"
-        )
+    refuse_unbounded(response.request.url, response.headers)
     response.stream = _CappedStream(response)
-
-
-def _too_large(response: httpx.Response) -> AgentAnswerError:
-    return AgentAnswerError(
-        f"the answer from {response.request.url} is larger than {MAX_ANSWER_BYTES >> 20} MiB, "
-        "which no outpost-agent sends; is another program listening there?"
-    )
 
 
 class _CappedStream(httpx.SyncByteStream):
@@ -1217,8 +1251,8 @@ class _CappedStream(httpx.SyncByteStream):
         got = 0
         for chunk in self.inner:  # type: ignore[union-attr]
             got += len(chunk)
-            if got > MAX_ANSWER_BYTES:
-                raise _too_large(self.response)
+            if got > infer_line.MAX_ANSWER_BYTES:
+                raise too_large(self.response.request.url)
             yield chunk
 
     def close(self) -> None:
