@@ -62,7 +62,9 @@ def before(masks: np.ndarray, info: LetterboxInfo) -> list[dict[str, object]]:
     bottom = top + max(round(h0 * info.gain_xy[1]), 1)
     right = left + max(round(w0 * info.gain_xy[0]), 1)
     content = masks[:, top:bottom, left:right].astype(np.float32)
-    full = np.stack([cv2.resize(m, (w0, h0), interpolation=cv2.INTER_LINEAR) > 0.5 for m in content])
+    full = np.stack(
+        [cv2.resize(m, (w0, h0), interpolation=cv2.INTER_LINEAR) > 0.5 for m in content]
+    )
     out = []
     for mask in full:
         flat = mask.ravel(order="F")

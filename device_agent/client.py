@@ -2,9 +2,9 @@
 
 A client made with the desktop's ``key`` signs every request; one made with the agent's
 pinned public key (``agent_key``) or id (``agent_id``) refuses any answer that is not signed
-by that agent, with a "fingerprint mismatch" when another key answers. Images to infer on go
-through one kept-alive connection of their own (:mod:`device_agent.infer_line`), signed and
-checked the same way; everything else through httpx.
+by that agent, with a "fingerprint mismatch" when another key answers. Reads and images to
+infer on go through one kept-alive connection of their own (:mod:`device_agent.line`), signed
+and checked the same way; everything else through httpx.
 
 Example:
     >>> client = AgentClient("http://192.168.1.20:8765", key=desktop, agent_key=pinned)  # doctest: +SKIP
@@ -30,7 +30,7 @@ from urllib.parse import quote, urlencode
 
 import httpx
 
-from device_agent import infer_line
+from device_agent import line as agent_line
 from device_agent.auth import (
     AGENT_KEY_HEADER,
     AGENT_TIME_KEY,
@@ -69,9 +69,9 @@ from device_agent.errors import (
     one_line,
 )
 from device_agent.file_body import FILE_BODY, FileBody, FileBodyTransport, shorter_while_sent
-from device_agent.infer_line import (
+from device_agent.line import (
+    AgentLine,
     HeaderLookup,
-    InferLine,
     refuse_unbounded,
     too_large,
     unreachable,
@@ -288,13 +288,13 @@ class AgentClient:
             headers={**protocol_headers(), "Accept-Encoding": "identity"},
             event_hooks={"response": [_capped_answer]},
         )
-        # Images to infer on go through one kept-alive connection of their own (see
-        # device_agent.infer_line); everything else through httpx.
+        # Reads and images to infer on go through one kept-alive connection of their own
+        # (see device_agent.line); everything else through httpx.
         self._line = (
-            InferLine(
+            AgentLine(
                 self.base_url, self.auth, {**protocol_headers(), "Accept-Encoding": "identity"}
             )
-            if transport is None and InferLine.fits(self.base_url, self.auth)
+            if transport is None and AgentLine.fits(self.base_url, self.auth)
             else None
         )
 
@@ -1137,20 +1137,9 @@ class AgentClient:
                 params["channels"] = channels
             else:
                 body = encode_frame_png(image, channels)
-        line = self._line
-        if line is not None and line.lock.acquire(blocking=False):
-            try:
-                answer = line.post(
-                    f"{path}?{urlencode(params)}" if params else path,
-                    body,
-                    content_type,
-                    self.timeout,
-                )
-            finally:
-                line.lock.release()
-            if answer.status >= 400:
-                raise _refusal(answer.status, answer.body, answer.reason)
-            return _json_object(self.base_url + path, answer.status, answer.body)
+        answer = self._over_line("POST", path, params, body, content_type)
+        if answer is not None:
+            return answer
         return self._request(
             "POST", path, content=body, params=params, headers={"Content-Type": content_type}
         )
@@ -1176,8 +1165,40 @@ class AgentClient:
     def _request(
         self, method: str, path: str, *, timeout: float | None = None, **kwargs: Any
     ) -> dict[str, Any]:
+        if method == "GET" and set(kwargs) <= {"params"}:
+            answer = self._over_line("GET", path, kwargs.get("params"), b"", "", timeout)
+            if answer is not None:
+                return answer
         response = self._send(method, path, timeout=timeout, **kwargs)
         return _json_object(self.base_url + path, response.status_code, response.content)
+
+    def _over_line(
+        self,
+        method: str,
+        path: str,
+        params: dict[str, str] | None,
+        body: bytes,
+        content_type: str,
+        timeout: float | None = None,
+    ) -> dict[str, Any] | None:
+        """The JSON answer to a request sent over the kept-alive line; None when this client
+        has no line or another thread's request holds it (then httpx sends it)."""
+        line = self._line
+        if line is None or not line.lock.acquire(blocking=False):
+            return None
+        try:
+            answer = line.send(
+                method,
+                f"{path}?{urlencode(params)}" if params else path,
+                body,
+                content_type,
+                timeout or self.timeout,
+            )
+        finally:
+            line.lock.release()
+        if answer.status >= 400:
+            raise _refusal(answer.status, answer.body, answer.reason)
+        return _json_object(self.base_url + path, answer.status, answer.body)
 
     def _send(
         self, method: str, path: str, *, timeout: float | None = None, **kwargs: Any
@@ -1235,7 +1256,7 @@ def _answer_field(response: httpx.Response, key: str) -> object:
 
 
 def _capped_answer(response: httpx.Response) -> None:
-    """Read the answer under ``infer_line.MAX_ANSWER_BYTES``: an address that streams without end
+    """Read the answer under ``agent_line.MAX_ANSWER_BYTES``: an address that streams without end
     (not an agent: a device on the network the user was about to pair with, say) gets a typed
     error instead of the desktop's memory. Runs before httpx reads the body."""
     refuse_unbounded(response.request.url, response.headers)
@@ -1251,7 +1272,7 @@ class _CappedStream(httpx.SyncByteStream):
         got = 0
         for chunk in self.inner:  # type: ignore[union-attr]
             got += len(chunk)
-            if got > infer_line.MAX_ANSWER_BYTES:
+            if got > agent_line.MAX_ANSWER_BYTES:
                 raise too_large(self.response.request.url)
             yield chunk
 

@@ -17,7 +17,8 @@ from typing import Any
 import httpx
 import pytest
 
-from device_agent import PROTOCOL_VERSION, __version__, infer_line
+from device_agent import PROTOCOL_VERSION, __version__
+from device_agent import line as agent_line
 from device_agent.client import AgentClient, AgentRejectedError, AgentUnreachableError
 from device_agent.errors import AgentAnswerError
 from tests.device_agent.conftest import wait_for
@@ -298,7 +299,7 @@ class _Endless(http.server.BaseHTTPRequestHandler):
 def test_client_refuses_an_answer_no_agent_gives(monkeypatch: pytest.MonkeyPatch) -> None:
     """An address that streams without end (or says it will) gets a typed error, not the
     desktop's memory."""
-    monkeypatch.setattr(infer_line, "MAX_ANSWER_BYTES", 1 << 20)
+    monkeypatch.setattr(agent_line, "MAX_ANSWER_BYTES", 1 << 20)
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Endless)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_address[1]}"

@@ -1,16 +1,18 @@
-"""One kept-alive connection for a desktop's inference requests.
+"""One kept-alive connection for a desktop's reads and images.
 
-:class:`~device_agent.client.AgentClient` sends its requests through httpx, except the images
-it asks an agent to infer on: those go through an :class:`InferLine`, one ``http.client``
-connection kept open to the agent, signed and checked by the client's own
+:class:`~device_agent.client.AgentClient` sends the images it asks an agent to infer on, and
+its ``GET`` requests (``/v1/info``, stats, health), through an :class:`AgentLine`: one
+``http.client`` connection kept open to the agent, signed and checked by the client's own
 :class:`~device_agent.client.SignedAuth` (the same headers, the same checks of the agent's
-signed answer, the same single re-signing when only the timestamp was refused). httpx's layers
-above the socket (request building, cookies, the auth flow, hooks, its connection pool) cost
-the desktop about 0.8 ms of CPU per request, as much as the rest of the exchange; a camera
-feed sent from the desktop pays that on every frame.
+signed answer, the same single re-signing when only the timestamp was refused). Everything
+else (uploads, installs, activations) goes through httpx. httpx's layers above the socket
+(request building, cookies, the auth flow, hooks, its connection pool) cost the desktop
+about 0.8 ms of CPU per signed image, as much as the rest of the exchange; a camera feed sent
+from the desktop pays that on every frame. Reads share the line so that connecting to a
+device (``/v1/info``) and sending it an image take one connection, not two.
 
-A line carries one request at a time: a request that finds it busy (another thread's image
-in flight) goes through httpx instead. It is not used through a proxy (httpx honours the
+A line carries one request at a time: a request that finds it busy (another thread's in
+flight) goes through httpx instead. It is not used through a proxy (httpx honours the
 environment's) nor for anything but ``http://`` agents.
 """
 
@@ -111,7 +113,7 @@ class _Stale(Exception):
     """The agent had closed the kept-alive connection when the request went out."""
 
 
-class InferLine:
+class AgentLine:
     """A kept-alive connection to the agent at ``base_url`` whose requests ``auth`` signs and
     whose answers it checks; ``headers`` go with every request.
 
@@ -144,8 +146,12 @@ class InferLine:
         proxied = "http" in proxies or "all" in proxies
         return not proxied or bool(urllib.request.proxy_bypass(parts.hostname))
 
-    def post(self, path_qs: str, body: bytes, content_type: str, timeout: float) -> Answer:
-        """POST ``body`` to ``path_qs``: the agent's answer, once its signature checked.
+    def send(
+        self, method: str, path_qs: str, body: bytes, content_type: str, timeout: float
+    ) -> Answer:
+        """Send a request without side effects (a read, an image to infer on: it may be sent
+        twice, see below) and return the agent's answer, once its signature checked.
+        ``content_type`` is empty for a request without a body.
 
         Raises:
             AgentUnreachableError: the connection failed or timed out.
@@ -158,14 +164,15 @@ class InferLine:
         while True:
             headers = {
                 **self.headers,
-                "Content-Type": content_type,
                 NONCE_HEADER: nonce,
                 BODY_HASH_HEADER: body_sha,
-                **self.auth.signature_headers("POST", path_qs, content_type, body_sha, nonce),
+                **self.auth.signature_headers(method, path_qs, content_type, body_sha, nonce),
             }
+            if content_type:
+                headers["Content-Type"] = content_type
             sent = time.time()
             try:
-                answer, answer_headers = self._exchange(path_qs, body, headers, timeout)
+                answer, answer_headers = self._exchange(method, path_qs, body, headers, timeout)
             except _Stale:
                 # Closed by the agent as the request left: sent again on a new connection,
                 # under a new nonce (the agent may have received the first).
@@ -205,12 +212,12 @@ class InferLine:
         return conn, False
 
     def _exchange(
-        self, path_qs: str, body: bytes, headers: dict[str, str], timeout: float
+        self, method: str, path_qs: str, body: bytes, headers: dict[str, str], timeout: float
     ) -> tuple[Answer, HeaderLookup]:
         url = self.base_url + path_qs.split("?", 1)[0]
         conn, reused = self._connection(url, timeout)
         try:
-            conn.request("POST", path_qs, body=body, headers=headers)
+            conn.request(method, path_qs, body=body or None, headers=headers)
             response = conn.getresponse()
             refuse_unbounded(url, response.msg)
             data = response.read(MAX_ANSWER_BYTES + 1)

@@ -1,4 +1,4 @@
-"""A desktop's inference requests go through one kept-alive connection (``InferLine``), signed
+"""A desktop's reads and images go through one kept-alive connection (``AgentLine``), signed
 and checked as every other request: the same answers, errors and identity checks as httpx's
 path, a connection the agent closed replaced, the agent's clock learnt, a busy line passed by."""
 
@@ -15,16 +15,16 @@ from typing import Any
 
 import pytest
 
-from device_agent import infer_line
+from device_agent import line as agent_line
 from device_agent.auth import FingerprintMismatchError, KeyPair
 from device_agent.client import AgentClient, AgentRejectedError, AgentUnreachableError
 from device_agent.errors import AgentAnswerError
 from tests.fakes import EXPECTED, make_image_bytes
 
 
-def _line(client: AgentClient) -> infer_line.InferLine:
+def _line(client: AgentClient) -> agent_line.AgentLine:
     line = client._line
-    assert line is not None, "a paired desktop's client has an inference line"
+    assert line is not None, "a paired desktop's client has a line"
     return line
 
 
@@ -41,10 +41,13 @@ def _close_agent_side(agent: Any) -> None:
     asyncio.run_coroutine_threadsafe(close(), agent.loop).result(10)
 
 
-def test_inference_requests_share_one_kept_alive_connection(agent: Any, package: Path) -> None:
+def test_reads_and_images_share_one_kept_alive_connection(agent: Any, package: Path) -> None:
     image = make_image_bytes()
     with agent.client() as client:
-        client.upload_package(package)
+        assert client.info()["paired"] is True  # connecting to a device: the line opens
+        client.upload_package(package)  # a stream: through httpx
+        assert client.models()[0]["name"] == "shapes"
+        assert client.ready()["models"] == ["shapes"]  # as a paired desktop
         for _ in range(5):
             assert client.infer(image)["detections"] == list(EXPECTED)
             found = client.infer_model("shapes", image, conf=0.85)["detections"]
@@ -66,7 +69,7 @@ def test_a_connection_the_agent_closed_is_replaced(
         # closed as the request leaves (not seen before): sent again on a new connection,
         # under a new nonce
         _close_agent_side(agent)
-        monkeypatch.setattr(infer_line, "_readable", lambda sock: False)
+        monkeypatch.setattr(agent_line, "_readable", lambda sock: False)
         assert client.infer(image)["detections"] == list(EXPECTED)
         assert _line(client).opened == 3
 
@@ -80,6 +83,9 @@ def test_the_line_signs_again_with_the_agents_clock(agent: Any, package: Path) -
         assert client.infer(make_image_bytes())["detections"] == list(EXPECTED)
         assert abs(client.auth.clock_offset - ahead) < 5
         assert _line(client).opened == 1
+    with agent.client() as client:  # and a read
+        assert client.stats()["agent_id"] == agent.service.identity.agent_id
+        assert abs(client.auth.clock_offset - ahead) < 5
 
 
 def test_the_lines_errors_are_the_clients(agent: Any, package: Path) -> None:
@@ -138,10 +144,13 @@ def test_no_line_through_a_proxy(agent: Any, monkeypatch: pytest.MonkeyPatch) ->
 
 
 class _NotAnAgent(http.server.BaseHTTPRequestHandler):
-    """Answers an image with 100 GiB declared (``huge``), or a gzip body (``gzip``)."""
+    """Answers with 100 GiB declared, or a gzip body (a path with ``/gzip/``)."""
+
+    def do_GET(self) -> None:  # noqa: N802
+        self.do_POST()
 
     def do_POST(self) -> None:  # noqa: N802
-        self.rfile.read(int(self.headers["Content-Length"]))
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         if "/gzip/" in self.path:
@@ -169,6 +178,8 @@ def test_the_line_refuses_an_answer_no_agent_gives() -> None:
                 client.infer_model("huge", make_image_bytes())
             with pytest.raises(AgentAnswerError, match=r"is compressed \(gzip\), which no"):
                 client.infer_model("gzip", make_image_bytes())
+            with pytest.raises(AgentAnswerError, match="is larger than 64 MiB, which no"):
+                client.stats()
     finally:
         server.shutdown()
         server.server_close()
