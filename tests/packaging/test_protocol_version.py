@@ -90,9 +90,14 @@ def test_the_agent_refuses_a_newer_desktop_with_426(agent: AgentThread) -> None:
         assert client.info()["paired"] is True and client.protocol == pv.PROTOCOL
         newer = R(pv.PROTOCOL + 2, pv.PROTOCOL + 1)
         client._http.headers.update(pv.protocol_headers(newer))
+        assert client._line is not None  # reads go over the kept-alive line, changes over httpx
+        client._line.headers.update(pv.protocol_headers(newer))
+        with pytest.raises(IncompatibleProtocolError) as over_httpx:
+            client.activate("shapes")
         with pytest.raises(IncompatibleProtocolError) as exc:
             client.models()
-    assert exc.value.status == 426
+    assert exc.value.status == over_httpx.value.status == 426
+    assert str(exc.value) == str(over_httpx.value)
     assert str(exc.value).startswith(
         f"desktop speaks protocol {newer}, this agent {pv.LOCAL}: update the agent"
     )
