@@ -72,6 +72,7 @@ from device_agent.file_body import FILE_BODY, FileBody, FileBodyTransport, short
 from device_agent.line import (
     AgentLine,
     HeaderLookup,
+    answer_field,
     refuse_unbounded,
     too_large,
     unreachable,
@@ -185,7 +186,7 @@ class SignedAuth(httpx.Auth):
         elif self.key is not None and _replayable(request):
             # Refused for its timestamp alone (the nonce was not spent): sign it again with
             # the clock the agent sent, once.
-            if self.learn_clock(_answer_field(response, AGENT_TIME_KEY), sent, time.time()):
+            if self.learn_clock(answer_field(response.content, AGENT_TIME_KEY), sent, time.time()):
                 self._sign(request, nonce)
                 response = yield request
                 self._check_response(request, response, nonce)
@@ -279,21 +280,20 @@ class AgentClient:
         self.timeout = timeout
         self.auth = SignedAuth(key, agent_key, agent_id)
         self.protocol: int | None = None  # agreed with the agent at the first info()
+        # an agent never compresses; asking for it would let a stranger's gzip bomb in
+        headers = {**protocol_headers(), "Accept-Encoding": "identity"}
         self._http = httpx.Client(
             base_url=self.base_url,
             timeout=timeout,
             auth=self.auth,
             transport=transport or FileBodyTransport(),
-            # an agent never compresses; asking for it would let a stranger's gzip bomb in
-            headers={**protocol_headers(), "Accept-Encoding": "identity"},
+            headers=headers,
             event_hooks={"response": [_capped_answer]},
         )
         # Reads and images to infer on go through one kept-alive connection of their own
         # (see device_agent.line); everything else through httpx.
         self._line = (
-            AgentLine(
-                self.base_url, self.auth, {**protocol_headers(), "Accept-Encoding": "identity"}
-            )
+            AgentLine(self.base_url, self.auth, headers)
             if transport is None and AgentLine.fits(self.base_url, self.auth)
             else None
         )
@@ -1245,14 +1245,6 @@ def _json_object(url: str, status: int, content: bytes) -> dict[str, Any]:
 def _replayable(request: httpx.Request) -> bool:
     """Whether ``request`` can be sent again as it is: its body in memory, not a stream."""
     return FILE_BODY not in request.extensions and isinstance(request.stream, httpx.ByteStream)
-
-
-def _answer_field(response: httpx.Response, key: str) -> object:
-    try:
-        body = response.json()
-    except ValueError:
-        return None
-    return body.get(key) if isinstance(body, dict) else None
 
 
 def _capped_answer(response: httpx.Response) -> None:

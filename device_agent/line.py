@@ -182,7 +182,7 @@ class AgentLine:
             if answer.status != 401:
                 self.auth.clock_known = True  # the agent took this timestamp
                 return answer
-            agent_time = _answer_field(answer.body, AGENT_TIME_KEY)
+            agent_time = answer_field(answer.body, AGENT_TIME_KEY)
             if signed_again or not self.auth.learn_clock(agent_time, sent, time.time()):
                 return answer
             signed_again = True  # refused for its timestamp alone: the nonce was not spent
@@ -252,7 +252,8 @@ def _readable(sock: socket.socket) -> bool:
         return True
 
 
-def _answer_field(body: bytes, key: str) -> object:
+def answer_field(body: bytes, key: str) -> object:
+    """``key`` of a JSON object answer; None when the answer is not one or lacks it."""
     try:
         data = json.loads(body)
     except ValueError:
