@@ -1513,12 +1513,35 @@ def cmd_devices_list(args: argparse.Namespace) -> Any:
         rows = list_devices(ws)
     else:
         rows = discover(ws, args.interface, timeout=args.timeout)
+        if not rows:
+            where = ", ".join(args.interface) if args.interface else "any interface"
+            print(
+                f"no agent answered on {where} within {args.timeout:g} s; is outpost-agent "
+                "serve running there? Where mDNS does not reach (another subnet, a VPN): "
+                "outpost devices add HOST:PORT",
+                file=sys.stderr,
+            )
     return (
         rows
         if args.json
         else _table(
             rows, ["id", "name", "address", "port", "platform", "arch", "version", "paired"]
         )
+    )
+
+
+def cmd_devices_add(args: argparse.Namespace) -> Any:
+    from desktop_app.core.devices import add_device
+
+    d = add_device(_open_ws(args), args.address, timeout=args.timeout)
+    if args.json:
+        return d
+    where = f"{d['name']} ({d['id']}) at {d['address']}:{d['port']}, agent {d['version']}"
+    if d["paired"]:
+        return f"{where}: recorded; already paired"
+    return (
+        f"{where}: recorded; its key {d['fingerprint']}\n"
+        f"next: run outpost-agent pair on it, then: outpost devices pair {d['id']} --code NNNNNN"
     )
 
 
@@ -2503,6 +2526,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--timeout", type=float, default=3.0)
     p.add_argument("--known", action="store_true", help="list recorded devices without browsing")
+    p = add(
+        dev,
+        "add",
+        cmd_devices_add,
+        "record an agent by its address, where mDNS does not reach (other subnets, VPNs)",
+    )
+    p.add_argument("address", help="HOST or HOST:PORT (default port 8765), e.g. 10.0.4.17:8765")
+    p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for it (5)")
     p = add(
         dev,
         "pair",

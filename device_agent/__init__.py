@@ -9,5 +9,6 @@ from device_agent.protocol_version import package_version
 
 __version__ = package_version()  # the installed distribution's (pyproject's) version
 SERVICE_TYPE = "_outpost._tcp.local."
+DEFAULT_PORT = 8765  # the agent's TCP port unless `outpost-agent serve --port` says otherwise
 
-__all__ = ["PROTOCOL_VERSION", "SERVICE_TYPE", "__version__"]
+__all__ = ["DEFAULT_PORT", "PROTOCOL_VERSION", "SERVICE_TYPE", "__version__"]

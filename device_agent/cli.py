@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
-from device_agent import __version__
+from device_agent import DEFAULT_PORT, __version__
 from device_agent.identity import load_or_create_identity
 from device_agent.pairing import CODE_TTL_S, Pairing, issue_code
 from device_agent.paths import default_data_dir
@@ -28,7 +28,6 @@ from runtimes.errors import OutpostError
 if TYPE_CHECKING:
     from device_agent.service import AgentService
 
-DEFAULT_PORT = 8765
 log = logging.getLogger("device_agent")
 
 

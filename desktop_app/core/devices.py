@@ -25,7 +25,8 @@ from desktop_app.core.models import (
     UsageSample,
     utcnow,
 )
-from device_agent.auth import KeyPair, b64, fingerprint, load_or_create_key, unb64
+from device_agent import DEFAULT_PORT as AGENT_PORT
+from device_agent.auth import KeyPair, agent_id_for, b64, fingerprint, load_or_create_key, unb64
 from device_agent.client import (
     AgentClient,
     AgentRejectedError,
@@ -118,6 +119,104 @@ def discover(
     ]
 
 
+ADD_TIMEOUT_S = 5.0
+_HOST = re.compile(r"^[A-Za-z0-9._%:-]+$")  # a name, an IPv4 or an IPv6 address (with a zone)
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """``HOST``, ``HOST:PORT``, ``[IPV6]``, ``[IPV6]:PORT`` or ``http://`` any of these →
+    ``(host, port)``; the agent's default port when none is given. A bare IPv6 address
+    (several colons, no brackets) is a host without a port."""
+    raw = text.strip()
+    rest = raw[len("http://") :] if raw.lower().startswith("http://") else raw
+    if "://" in rest:
+        raise DeviceError(
+            f"cannot use {text!r}: an agent is reached over http://HOST:PORT (it signs its "
+            "answers itself); give the device's address, e.g. 192.168.1.20:8765"
+        )
+    rest = rest.rstrip("/")
+    port_text = ""
+    if rest.startswith("["):
+        host, bracket, after = rest[1:].partition("]")
+        if not bracket or (after and not after.startswith(":")):
+            raise DeviceError(f"cannot read the address {text!r}; write [IPV6]:PORT")
+        port_text = after[1:]
+    elif rest.count(":") == 1:
+        host, _, port_text = rest.partition(":")
+    else:
+        host = rest
+    if not host or not _HOST.match(host):
+        raise DeviceError(
+            f"cannot read the address {text!r}; give HOST or HOST:PORT, e.g. 192.168.1.20:8765"
+        )
+    if not port_text:
+        return host, AGENT_PORT
+    if not port_text.isascii() or not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise DeviceError(f"the port in {text!r} must be a number from 1 to 65535")
+    return host, int(port_text)
+
+
+def add_device(ws: Any, address: str, timeout: float = ADD_TIMEOUT_S) -> dict[str, Any]:
+    """Record the agent at ``address`` (``HOST[:PORT]``) without mDNS: for networks that do
+    not carry multicast (other subnets, VPNs, guest Wi-Fi). Its ``/v1/info`` is read (what
+    an agent tells anyone: its id, name, key and protocol); the key must be the one its id
+    stands for. Nothing is trusted yet: pair it next. A device already known under that id
+    moves to this address, its pairing kept."""
+    host, port = parse_address(address)
+    url = device_url(host, port)
+    with AgentClient(url, timeout) as client:
+        try:
+            info = client.info()
+        except (AgentUnreachableError, IncompatibleProtocolError):
+            raise
+        except OutpostError as exc:
+            what = (
+                f"HTTP {exc.status} to /v1/info"
+                if isinstance(exc, AgentRejectedError) and exc.status >= 400
+                else "its /v1/info is not an agent's"
+            )
+            raise DeviceError(
+                f"{host}:{port} does not answer as an outpost-agent ({what}); check the port "
+                "(outpost-agent serve prints its address when it starts)"
+            ) from None
+    agent_id, public = info.get("agent_id"), info.get("public_key")
+    try:
+        key_raw = unb64(public, "the agent's key", 32) if isinstance(public, str) else None
+    except OutpostError:
+        key_raw = None
+    if not isinstance(agent_id, str) or key_raw is None:
+        raise DeviceError(
+            f"{host}:{port} does not answer as an outpost-agent (no id or key in its "
+            "/v1/info); check the address and port"
+        )
+    if agent_id_for(key_raw) != agent_id:
+        raise DeviceError(
+            f"the agent at {host}:{port} calls itself {agent_id} but its key stands for "
+            f"{agent_id_for(key_raw)}; it is not recorded: check what runs at that address"
+        )
+    name = info.get("name") if isinstance(info.get("name"), str) else agent_id
+    version = info.get("version") if isinstance(info.get("version"), str) else None
+    protocol = info.get("protocol") if isinstance(info.get("protocol"), int) else None
+    with ws.session() as s:
+        dev = s.get(Device, agent_id)
+        if dev is None:
+            dev = Device(id=agent_id, name=name, host=host, port=port)
+            s.add(dev)
+        dev.name, dev.host, dev.port, dev.agent_version = name, host, port, version
+        dev.info = {**(dev.info or {}), "protocol": protocol}
+        dev.last_seen = utcnow()
+        paired = isinstance(dev.info.get(PIN_KEY), str)
+    return {
+        "id": agent_id,
+        "name": name,
+        "address": host,
+        "port": port,
+        "version": version,
+        "fingerprint": fingerprint(key_raw),
+        "paired": paired,
+    }
+
+
 def get_device(ws: Any, device_id: str) -> Device:
     with ws.session() as s:
         dev = s.get(Device, device_id)
@@ -127,7 +226,8 @@ def get_device(ws: Any, device_id: str) -> Device:
                 dev = matches[0]
         if dev is None:
             raise NotFoundError(
-                f"no known device {device_id!r}; find agents first with: outpost devices list"
+                f"no known device {device_id!r}; find agents first with: outpost devices list "
+                "(or, where mDNS does not reach: outpost devices add HOST:PORT)"
             )
         s.expunge(dev)
         return cast(Device, dev)
@@ -563,6 +663,8 @@ def list_devices(ws: Any) -> list[dict[str, Any]]:
 # --- device detail, deployment history, usage and on-device benchmarks ---------------------
 
 DETAIL_TIMEOUT_S = 5.0
+# Device columns filled from a paired device's details: (column, key in /v1/info)
+COLUMN_DETAILS = (("platform", "platform"), ("arch", "arch"), ("agent_version", "version"))
 BENCH_MAX_RUNS = 1000
 
 
@@ -651,6 +753,11 @@ def device_detail(ws: Any, device_id: str, interfaces: list[str] | None = None) 
                 if row is not None:
                     row.info = {**(row.info or {}), DETAILS_KEY: details}
                     row.last_seen = utcnow()
+                    # what mDNS hints at, from the device itself (all a device added by
+                    # address has)
+                    for column, key in COLUMN_DETAILS:
+                        if isinstance(details.get(key), str) and details[key]:
+                            setattr(row, column, details[key])
         except OutpostError as exc:
             warning = f"{exc}; showing what was known"
     else:

@@ -44,6 +44,7 @@ from desktop_app.core.models import DeviceBenchmark
 from desktop_app.ui.canvas import AnnotatedImageView
 from desktop_app.ui.charts import BarChart, LineChart
 from desktop_app.ui.context import StudioContext, error_text
+from device_agent import DEFAULT_PORT
 
 DISCOVERY_MS = 4000
 DISCOVERY_TIMEOUT_S = 1.5
@@ -125,6 +126,47 @@ class PairDialog(QDialog):
         """Accept six digits; otherwise say what is wrong."""
         if len(self.code()) != 6 or not self.code().isdigit():
             self.error_label.setText("Enter the 6 digits shown on the device.")
+            return
+        self.accept()
+
+
+class AddDeviceDialog(QDialog):
+    """Enter an agent's address, for a device that mDNS does not reach."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setWindowTitle("Add a device by address")
+        self.address_edit = QLineEdit()
+        self.address_edit.setPlaceholderText(f"192.168.1.20:{DEFAULT_PORT}")
+        self.error_label = QLabel()
+        self.error_label.setStyleSheet("color: #d62728;")
+        help_text = QLabel(
+            "Where discovery does not find the device (another subnet, a VPN, a network that "
+            "drops multicast), give the address <b>outpost-agent serve</b> listens on: "
+            f"HOST or HOST:PORT (port {DEFAULT_PORT} when omitted). Pair it next."
+        )
+        help_text.setWordWrap(True)
+        self.buttons = QDialogButtonBox(
+            QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel
+        )
+        self.buttons.button(QDialogButtonBox.StandardButton.Ok).setText("Add")
+        self.buttons.accepted.connect(self.try_accept)
+        self.buttons.rejected.connect(self.reject)
+        layout = QVBoxLayout(self)
+        layout.addWidget(help_text)
+        layout.addWidget(self.address_edit)
+        layout.addWidget(self.error_label)
+        layout.addWidget(self.buttons)
+
+    def address(self) -> str:
+        return self.address_edit.text().strip()
+
+    def try_accept(self) -> None:
+        """Accept an address that reads as HOST[:PORT]; otherwise say what is wrong."""
+        try:
+            core_devices.parse_address(self.address())
+        except core_devices.DeviceError as exc:
+            self.error_label.setText(str(exc))
             return
         self.accept()
 
@@ -411,12 +453,14 @@ class DevicesPage(QWidget):
         self.detail: dict[str, Any] | None = None
         self.last_result: dict[str, Any] | None = None
         self.pair_dialog: PairDialog | None = None
+        self.add_dialog: AddDeviceDialog | None = None
         self.deploy_dialog: DeployDialog | None = None
         self._interfaces: list[str] | None = None
         self._discovering = False
         self._selected: str | None = None
 
         self.discover_button = QPushButton("Discover")
+        self.add_button = QPushButton("Add by address…")
         self.pair_button = QPushButton("Pair…")
         self.deploy_button = QPushButton("Deploy…")
         self.bench_button = QPushButton("Benchmark")
@@ -425,6 +469,7 @@ class DevicesPage(QWidget):
         bar = QHBoxLayout()
         for button in (
             self.discover_button,
+            self.add_button,
             self.pair_button,
             self.deploy_button,
             self.bench_button,
@@ -478,6 +523,7 @@ class DevicesPage(QWidget):
         self.timer.setInterval(DISCOVERY_MS)
         self.timer.timeout.connect(self.discover)
         self.discover_button.clicked.connect(self.discover)
+        self.add_button.clicked.connect(self.open_add)
         self.pair_button.clicked.connect(self.open_pair)
         self.deploy_button.clicked.connect(self.open_deploy)
         self.bench_button.clicked.connect(self.bench_selected)
@@ -700,6 +746,32 @@ class DevicesPage(QWidget):
         )
 
     # --- pairing and deployment -------------------------------------------------------------------
+
+    def open_add(self) -> AddDeviceDialog:
+        """Ask for a device's address, then record it (selected, ready to pair)."""
+        dialog = AddDeviceDialog(self)
+        dialog.accepted.connect(lambda: self.add_device(dialog.address()))
+        self.add_dialog = dialog
+        dialog.open()
+        return dialog
+
+    def add_device(self, address: str) -> None:
+        """Record the agent at ``address`` (off the UI thread) and select it."""
+        self.status_label.setText(f"asking {address} …")
+
+        def done(result: dict[str, Any]) -> None:
+            state = "paired" if result["paired"] else "not paired yet: Pair… next"
+            self.status_label.setText(f"added {result['name']} ({result['id'][:12]}); {state}")
+            self._selected = result["id"]
+            self.ctx.changed.emit("devices")
+
+        def failed(exc: BaseException) -> None:
+            self.status_label.setText(error_text(exc))
+            self.ctx.show_error(exc, self)
+
+        self.ctx.run(
+            core_devices.add_device, self.ctx.workspace, address, on_done=done, on_error=failed
+        )
 
     def open_pair(self) -> PairDialog | None:
         """Ask for the selected device's pairing code, then pair."""

@@ -129,6 +129,45 @@ def test_discover_pair_deploy_infer_on_a_real_agent(
     assert int(page.usage_table.item(0, 3).text()) >= 1  # requests: the inference above
 
 
+def test_a_device_added_by_address_appears_selected_and_pairs(
+    qtbot: Any, s2_ctx: Any, local_agent: Any
+) -> None:
+    agent_id, port = local_agent.ready["agent_id"], local_agent.ready["port"]
+    page = _page(qtbot, s2_ctx)
+    page.timer.stop()  # no discovery: the address alone finds it
+
+    dialog = page.open_add()
+    dialog.address_edit.setText("10.0.0.1:99999")
+    dialog.try_accept()
+    assert "from 1 to 65535" in dialog.error_label.text()
+    assert dialog.result() != dialog.DialogCode.Accepted
+    dialog.address_edit.setText(f"127.0.0.1:{port}")
+    dialog.try_accept()
+    qtbot.waitUntil(lambda: page.device(agent_id) is not None, timeout=20_000)
+    assert page._selected == agent_id
+    row = next(i for i, d in enumerate(page.devices) if d["id"] == agent_id)
+    assert page.device_table.item(row, 2).text() == f"127.0.0.1:{port}"
+    assert page.device_table.item(row, 6).text() == "no"
+    assert "Pair… next" in page.status_label.text()
+
+    pair = page.open_pair()
+    assert pair is not None
+    pair.code_edit.setText(local_agent.pairing_code())
+    pair.try_accept()
+    qtbot.waitUntil(
+        lambda: (page.device(agent_id) or {}).get("paired") is True, timeout=20_000
+    )
+
+
+def test_an_address_where_no_agent_answers_is_reported(qtbot: Any, s2_ctx: Any) -> None:
+    page = _page(qtbot, s2_ctx)
+    page.timer.stop()
+    page.add_device("127.0.0.1:9")  # the discard port: nothing listens there
+    qtbot.waitUntil(lambda: s2_ctx.last_error is not None, timeout=20_000)
+    assert "cannot reach agent at http://127.0.0.1:9" in s2_ctx.last_error
+    assert page.devices == []
+
+
 def test_inference_without_an_image_says_what_to_do(qtbot: Any, s2_ctx: Any) -> None:
     page = _page(qtbot, s2_ctx)
     page.timer.stop()
