@@ -598,9 +598,7 @@ def pull_usage(
                     "runtime": sample.runtime,
                     "requests": sample.requests,
                     "errors": sample.errors,
-                    "p50_ms": sample.p50_ms,
-                    "p90_ms": sample.p90_ms,
-                    "p99_ms": sample.p99_ms,
+                    **_latency(sample),
                     "throughput_rps": sample.throughput_rps,
                 }
             )
@@ -640,6 +638,17 @@ def sync_usage(ws: Any, interfaces: list[str] | None = None) -> list[dict[str, A
             row.update({"models": len(pulled), "requests": requests, "error": None})
         out.append(row)
     return out
+
+
+def _latency(sample: UsageSample) -> dict[str, float | None]:
+    """A usage sample's percentiles; None (no latency to speak of) for a model with no
+    requests yet, which the device reports as 0."""
+    served = sample.requests > 0
+    return {
+        "p50_ms": sample.p50_ms if served else None,
+        "p90_ms": sample.p90_ms if served else None,
+        "p99_ms": sample.p99_ms if served else None,
+    }
 
 
 def list_devices(ws: Any) -> list[dict[str, Any]]:
@@ -772,9 +781,7 @@ def device_detail(ws: Any, device_id: str, interfaces: list[str] | None = None) 
                 "runtime": u.runtime,
                 "requests": u.requests,
                 "errors": u.errors,
-                "p50_ms": u.p50_ms,
-                "p90_ms": u.p90_ms,
-                "p99_ms": u.p99_ms,
+                **_latency(u),
                 "collected_at": _iso(u.collected_at),
             }
             for u in _latest_usage(s, dev.id)
@@ -899,9 +906,7 @@ def usage_report(
                     "runtime": u.runtime,
                     "requests": u.requests,
                     "errors": u.errors,
-                    "p50_ms": u.p50_ms,
-                    "p90_ms": u.p90_ms,
-                    "p99_ms": u.p99_ms,
+                    **_latency(u),
                     "throughput_rps": u.throughput_rps,
                     "collected_at": _iso(u.collected_at),
                     "warning": warnings.get(u.device_id),

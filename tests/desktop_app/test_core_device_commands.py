@@ -159,6 +159,21 @@ def test_usage_table_pulls_and_stores(
     assert "throughput_rps" in capfd.readouterr().out
 
 
+def test_a_model_without_requests_has_no_latency_rather_than_zero(
+    ws: Workspace, paired: tuple[str, Path], capfd: pytest.CaptureFixture[str]
+) -> None:
+    device_id, _ = paired
+    (row,) = _run(["usage", "--pull"], ws, capfd)
+    assert (row["model"], row["requests"]) == ("shapes", 0)
+    assert (row["p50_ms"], row["p90_ms"], row["p99_ms"]) == (None, None, None)
+    (shown,) = devices.device_detail(ws, device_id)["last_usage"]
+    assert shown["p50_ms"] is None
+    assert outpost(["usage", "--workspace", str(ws.root)]) == 0
+    table = capfd.readouterr().out.splitlines()
+    header, line = table[0].split(), table[1].split()
+    assert "p50_ms" in header and line.count("0.000") == 1  # its throughput; latency blank
+
+
 def test_bench_records_a_device_benchmark(
     ws: Workspace, paired: tuple[str, Path], capfd: pytest.CaptureFixture[str]
 ) -> None:
