@@ -89,86 +89,97 @@ def _fill(table: QTableWidget, rows: list[list[Any]]) -> None:
             table.setItem(r, c, QTableWidgetItem(text))
 
 
-class PairDialog(QDialog):
+class _OneFieldDialog(QDialog):
+    """A help text, one line to fill in, a red line saying what is wrong with it, and
+    OK (named ``ok_text``) / Cancel; OK accepts only what :meth:`problem` finds no fault with."""
+
+    def __init__(self, title: str, help_html: str, ok_text: str, parent: QWidget | None) -> None:
+        super().__init__(parent)
+        self.setWindowTitle(title)
+        self.edit = QLineEdit()
+        self.error_label = QLabel()
+        self.error_label.setStyleSheet("color: #d62728;")
+        help_text = QLabel(help_html)
+        help_text.setWordWrap(True)
+        self.buttons = QDialogButtonBox(
+            QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel
+        )
+        self.buttons.button(QDialogButtonBox.StandardButton.Ok).setText(ok_text)
+        self.buttons.accepted.connect(self.try_accept)
+        self.buttons.rejected.connect(self.reject)
+        layout = QVBoxLayout(self)
+        for widget in (help_text, self.edit, self.error_label, self.buttons):
+            layout.addWidget(widget)
+
+    def text(self) -> str:
+        """What was entered, without surrounding blanks."""
+        return self.edit.text().strip()
+
+    def problem(self) -> str | None:
+        """What is wrong with :meth:`text`; None when it may be accepted."""
+        return None
+
+    def try_accept(self) -> None:
+        """Accept the entry; otherwise say what is wrong."""
+        problem = self.problem()
+        if problem is not None:
+            self.error_label.setText(problem)
+            return
+        self.accept()
+
+
+class PairDialog(_OneFieldDialog):
     """Enter the 6-digit code that ``outpost-agent pair`` shows on the device."""
 
     def __init__(self, device: dict[str, Any], parent: QWidget | None = None) -> None:
-        super().__init__(parent)
+        super().__init__(
+            f"Pair with {device['name']}",
+            "On the device run <b>outpost-agent pair</b> and enter the 6-digit code it shows "
+            f"(device id {device['id'][:16]}…).",
+            "Pair",
+            parent,
+        )
         self.device = device
-        self.setWindowTitle(f"Pair with {device['name']}")
-        self.code_edit = QLineEdit()
+        self.code_edit = self.edit
         self.code_edit.setInputMask("999999")
         self.code_edit.setPlaceholderText("123456")
-        self.error_label = QLabel()
-        self.error_label.setStyleSheet("color: #d62728;")
-        help_text = QLabel(
-            "On the device run <b>outpost-agent pair</b> and enter the 6-digit code it shows "
-            f"(device id {device['id'][:16]}…)."
-        )
-        help_text.setWordWrap(True)
-        self.buttons = QDialogButtonBox(
-            QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel
-        )
-        self.buttons.button(QDialogButtonBox.StandardButton.Ok).setText("Pair")
-        self.buttons.accepted.connect(self.try_accept)
-        self.buttons.rejected.connect(self.reject)
-        layout = QVBoxLayout(self)
-        layout.addWidget(help_text)
-        layout.addWidget(self.code_edit)
-        layout.addWidget(self.error_label)
-        layout.addWidget(self.buttons)
 
     def code(self) -> str:
         """The digits entered."""
-        return self.code_edit.text().strip()
+        return self.text()
 
-    def try_accept(self) -> None:
-        """Accept six digits; otherwise say what is wrong."""
-        if len(self.code()) != 6 or not self.code().isdigit():
-            self.error_label.setText("Enter the 6 digits shown on the device.")
-            return
-        self.accept()
+    def problem(self) -> str | None:
+        code = self.code()
+        return (
+            None if len(code) == 6 and code.isdigit() else "Enter the 6 digits shown on the device."
+        )
 
 
-class AddDeviceDialog(QDialog):
+class AddDeviceDialog(_OneFieldDialog):
     """Enter an agent's address, for a device that mDNS does not reach."""
 
     def __init__(self, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        self.setWindowTitle("Add a device by address")
-        self.address_edit = QLineEdit()
-        self.address_edit.setPlaceholderText(f"192.168.1.20:{DEFAULT_PORT}")
-        self.error_label = QLabel()
-        self.error_label.setStyleSheet("color: #d62728;")
-        help_text = QLabel(
+        super().__init__(
+            "Add a device by address",
             "Where discovery does not find the device (another subnet, a VPN, a network that "
             "drops multicast), give the address <b>outpost-agent serve</b> listens on: "
-            f"HOST or HOST:PORT (port {DEFAULT_PORT} when omitted). Pair it next."
+            f"HOST or HOST:PORT (port {DEFAULT_PORT} when omitted). Pair it next.",
+            "Add",
+            parent,
         )
-        help_text.setWordWrap(True)
-        self.buttons = QDialogButtonBox(
-            QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel
-        )
-        self.buttons.button(QDialogButtonBox.StandardButton.Ok).setText("Add")
-        self.buttons.accepted.connect(self.try_accept)
-        self.buttons.rejected.connect(self.reject)
-        layout = QVBoxLayout(self)
-        layout.addWidget(help_text)
-        layout.addWidget(self.address_edit)
-        layout.addWidget(self.error_label)
-        layout.addWidget(self.buttons)
+        self.address_edit = self.edit
+        self.address_edit.setPlaceholderText(f"192.168.1.20:{DEFAULT_PORT}")
 
     def address(self) -> str:
-        return self.address_edit.text().strip()
+        return self.text()
 
-    def try_accept(self) -> None:
-        """Accept an address that reads as HOST[:PORT]; otherwise say what is wrong."""
+    def problem(self) -> str | None:
+        """None for an address that reads as HOST[:PORT]; else what is wrong with it."""
         try:
             core_devices.parse_address(self.address())
         except core_devices.DeviceError as exc:
-            self.error_label.setText(str(exc))
-            return
-        self.accept()
+            return str(exc)
+        return None
 
 
 class DeployDialog(QDialog):
