@@ -48,6 +48,8 @@ PIN_KEY = "pinned_key"  # Device.info: base64 raw public key of the paired agent
 USAGE_KEY = "usage"  # Device.info: latest throughput and per-version usage per model
 DETAILS_KEY = "details"  # Device.info: the last /v1/info details (accelerators, runtimes, models)
 _CODE = re.compile(r"^\d{6}$")
+# The Device columns' sizes (desktop_app.core.models)
+NAME_CHARS, PLATFORM_CHARS, ARCH_CHARS, VERSION_CHARS = 128, 64, 32, 32
 
 
 def desktop_key(ws: Any) -> KeyPair:
@@ -69,18 +71,29 @@ def _address(info: DeviceInfo) -> str:
     return info.addresses[0] if info.addresses else info.host
 
 
+def shown(text: object, limit: int) -> str | None:
+    """What a device says of itself (a name, a version), as the workspace keeps it: printable
+    characters only, cut to its column's ``limit``. It comes unauthenticated (mDNS TXT records,
+    a public ``/v1/info``): it must not break a terminal or overflow a column."""
+    if not isinstance(text, str):
+        return None
+    cleaned = "".join(c for c in text if c.isprintable()).strip()
+    return cleaned[:limit] or None
+
+
 def _upsert(ws: Any, info: DeviceInfo) -> None:
+    name = shown(info.name, NAME_CHARS) or info.agent_id
     with ws.session() as s:
         dev = s.get(Device, info.agent_id)
         if dev is None:
-            dev = Device(id=info.agent_id, name=info.name, host=_address(info), port=info.port)
+            dev = Device(id=info.agent_id, name=name, host=_address(info), port=info.port)
             s.add(dev)
-        dev.name = info.name
+        dev.name = name
         dev.host = _address(info)  # a known device that comes back on a new address moves
         dev.port = info.port
-        dev.platform = info.platform
-        dev.arch = info.arch
-        dev.agent_version = info.version
+        dev.platform = shown(info.platform, PLATFORM_CHARS)
+        dev.arch = shown(info.arch, ARCH_CHARS)
+        dev.agent_version = shown(info.version, VERSION_CHARS)
         kept = (PIN_KEY, "paired_at", USAGE_KEY, DETAILS_KEY)
         pin = {k: v for k, v in (dev.info or {}).items() if k in kept}
         dev.info = {
@@ -194,8 +207,8 @@ def add_device(ws: Any, address: str, timeout: float = ADD_TIMEOUT_S) -> dict[st
             f"the agent at {host}:{port} calls itself {agent_id} but its key stands for "
             f"{agent_id_for(key_raw)}; it is not recorded: check what runs at that address"
         )
-    name = info.get("name") if isinstance(info.get("name"), str) else agent_id
-    version = info.get("version") if isinstance(info.get("version"), str) else None
+    name = shown(info.get("name"), NAME_CHARS) or agent_id
+    version = shown(info.get("version"), VERSION_CHARS)
     protocol = info.get("protocol") if isinstance(info.get("protocol"), int) else None
     with ws.session() as s:
         dev = s.get(Device, agent_id)
@@ -672,8 +685,12 @@ def list_devices(ws: Any) -> list[dict[str, Any]]:
 # --- device detail, deployment history, usage and on-device benchmarks ---------------------
 
 DETAIL_TIMEOUT_S = 5.0
-# Device columns filled from a paired device's details: (column, key in /v1/info)
-COLUMN_DETAILS = (("platform", "platform"), ("arch", "arch"), ("agent_version", "version"))
+# Device columns filled from a paired device's details: (column, key in /v1/info, size)
+COLUMN_DETAILS = (
+    ("platform", "platform", PLATFORM_CHARS),
+    ("arch", "arch", ARCH_CHARS),
+    ("agent_version", "version", VERSION_CHARS),
+)
 BENCH_MAX_RUNS = 1000
 
 
@@ -764,9 +781,10 @@ def device_detail(ws: Any, device_id: str, interfaces: list[str] | None = None) 
                     row.last_seen = utcnow()
                     # what mDNS hints at, from the device itself (all a device added by
                     # address has)
-                    for column, key in COLUMN_DETAILS:
-                        if isinstance(details.get(key), str) and details[key]:
-                            setattr(row, column, details[key])
+                    for column, key, limit in COLUMN_DETAILS:
+                        value = shown(details.get(key), limit)
+                        if value:
+                            setattr(row, column, value)
         except OutpostError as exc:
             warning = f"{exc}; showing what was known"
     else:

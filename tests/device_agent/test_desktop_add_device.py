@@ -16,9 +16,10 @@ import pytest
 from desktop_app.cli import main as outpost
 from desktop_app.core import devices
 from desktop_app.core.workspace import Workspace
-from device_agent import DEFAULT_PORT, __version__
-from device_agent.auth import KeyPair, b64
+from device_agent import DEFAULT_PORT, PROTOCOL_VERSION, __version__
+from device_agent.auth import KeyPair, agent_id_for, b64
 from device_agent.client import AgentUnreachableError
+from device_agent.discovery import DeviceInfo
 from device_agent.pairing import issue_code
 from tests.fakes import make_image_bytes
 
@@ -236,3 +237,44 @@ def test_a_browse_that_finds_nothing_points_at_add(
     assert captured.out.strip() == "(none)"
     assert "no agent answered on 127.0.0.1 within 0.5 s" in captured.err
     assert "outpost devices add HOST:PORT" in captured.err
+
+
+def test_what_a_device_says_of_itself_is_kept_printable_and_within_its_column(
+    ws: Workspace, serve: Callable[[Callable[[], tuple[int, str, bytes]]], _Server]
+) -> None:
+    key = KeyPair.generate()
+    agent_id = agent_id_for(key.public_raw)
+    hostile = "\x1b[2J\x1b[31mcam\r\n" + "x" * 500
+    server = serve(
+        lambda: _info(
+            agent_id=agent_id,
+            name=hostile,
+            version="1.0\x07" + "9" * 100,
+            public_key=key.public_b64,
+            protocol=PROTOCOL_VERSION,
+        )
+    )
+    added = devices.add_device(ws, f"127.0.0.1:{server.port}")
+    (row,) = devices.list_devices(ws)
+    for shown in (added, row):
+        assert shown["name"].startswith("[2J[31mcam") and len(shown["name"]) == 128
+        assert shown["name"].isprintable()
+        assert shown["version"].isprintable() and len(shown["version"]) == 32
+
+    # the same from mDNS TXT records (255 bytes each)
+    advertised = DeviceInfo(
+        agent_id=agent_id,
+        name="\x00" * 3 + "n" * 250,
+        host="127.0.0.1",
+        port=server.port,
+        addresses=("127.0.0.1",),
+        platform="p" * 250,
+        arch="a\n" * 100,
+        protocol=PROTOCOL_VERSION,
+        version="",
+        runtimes=(),
+    )
+    devices._upsert(ws, advertised)
+    (row,) = devices.list_devices(ws)
+    assert row["name"] == "n" * 128
+    assert (len(row["platform"]), row["arch"], row["version"]) == (64, "a" * 32, None)
