@@ -7,7 +7,8 @@ LAN (never on the root namespace's default interfaces).
 
 A link can be made worse with :meth:`Lan.impair`: nftables drops a share of the host's
 packets at random (``numgen random mod 100 < N drop``; ``tc netem`` is not in every kernel)
-and a ``tbf`` queue limits its sending rate.
+and a ``tbf`` queue limits its sending rate. :meth:`Lan.drop_multicast` keeps mDNS from a
+host (nftables too).
 
 Every name carries a tag unique to the run, and :meth:`Lan.close` (also on ``__exit__``)
 stops the processes started through the LAN, deletes the nftables tables and the
@@ -150,6 +151,22 @@ class Lan:
             "ip", "netns", "exec", host.ns, "tc", "qdisc", "add", "dev", "eth0", "root",
             "tbf", "rate", rate, "burst", "32kbit", "latency", "400ms",
         )  # fmt: skip
+
+    def drop_multicast(self, host: Host) -> None:
+        """Drop every multicast packet to and from ``host`` (mDNS among them), as guest Wi-Fi
+        or a managed switch may: it reaches the other hosts by unicast only."""
+        self._impaired.append(host)
+        drop = "meta pkttype multicast drop"
+        rules = (
+            f"table inet {NFT_TABLE} {{\n"
+            f"  chain in {{\n    type filter hook input priority 0; policy accept;\n    {drop}\n  }}\n"
+            "  chain out {\n    type filter hook output priority 0; policy accept;\n"
+            "    ip daddr 224.0.0.0/4 drop\n    ip6 daddr ff00::/8 drop\n  }\n"
+            "}\n"
+        )
+        subprocess.run(  # noqa: S603
+            host.argv(["nft", "-f", "-"]), input=rules, capture_output=True, text=True, check=True
+        )
 
     def shape(self, host: Host, rate: str) -> None:
         """Cap ``host``'s sending rate at ``rate`` (``tc`` units: ``1gbit``, ``100mbit``), no

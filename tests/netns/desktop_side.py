@@ -6,6 +6,8 @@
   on the desktop's address only (``browse_s`` is the browse deadline), pair each with the
   code its ``outpost-agent pair`` printed, deploy the export to each, run ``infer`` requests
   on each and pull the usage into the workspace.
+- ``{"mode": "address", ...}``: the same for one agent that mDNS does not reach: it is
+  added by its address (``outpost devices add``).
 - ``{"mode": "push", ...}``: pair with one agent, push a package in resumable chunks and
   report the install result and the package's sha256.
 """
@@ -58,6 +60,32 @@ def workspace_flow(spec: dict[str, Any]) -> dict[str, Any]:
         ws.close()
 
 
+def address_flow(spec: dict[str, Any]) -> dict[str, Any]:
+    """Where mDNS does not reach: a browse that finds nothing, then the agent added by its
+    address (``outpost devices add``), paired, deployed to, asked and its usage pulled."""
+    interfaces = [spec["interface"]]
+    ws = Workspace.open(Path(spec["workspace"]))
+    try:
+        found = devices.discover(ws, interfaces, timeout=float(spec["browse_s"]))
+        added = devices.add_device(ws, spec["address"])
+        agent_id = added["id"]
+        devices.pair(ws, agent_id, spec["code"], interfaces)
+        deployed = devices.deploy(ws, spec["export"], agent_id, interfaces)
+        _, client = devices.connect(ws, agent_id, interfaces)
+        with client:
+            answer = client.infer(make_image_bytes())
+        return {
+            "discovered": [d["id"] for d in found],
+            "added": added,
+            "status": deployed["status"],
+            "detections": answer["detections"],
+            "usage": devices.pull_usage(ws, agent_id, interfaces),
+            "known": devices.list_devices(ws),
+        }
+    finally:
+        ws.close()
+
+
 def push(spec: dict[str, Any]) -> dict[str, Any]:
     package = Path(spec["package"])
     key = KeyPair.generate()
@@ -81,7 +109,8 @@ def push(spec: dict[str, Any]) -> dict[str, Any]:
 
 def main(argv: list[str]) -> int:
     spec = json.loads(argv[0])
-    out = workspace_flow(spec) if spec["mode"] == "workspace" else push(spec)
+    flows = {"workspace": workspace_flow, "address": address_flow, "push": push}
+    out = flows[spec["mode"]](spec)
     print(json.dumps(out), flush=True)
     return 0
 

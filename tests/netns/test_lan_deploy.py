@@ -4,7 +4,8 @@ One desktop and three agents on a bridge: all three are discovered by the deskto
 browse on its own LAN address within a 2 s browse deadline, paired with the codes their
 ``outpost-agent pair`` printed, deployed to, asked for inferences, and their usage pulled
 into the workspace. Then the same push over a link that drops 1 % of the packets both ways
-and is rate limited completes, and the agent's copy matches the package's sha256.
+and is rate limited completes, and the agent's copy matches the package's sha256. And a desktop
+that hears no multicast (mDNS dropped) adds the agent by its address and uses it.
 
 Run with ``make test-netns`` (root and ``ip netns``; the lossy link also needs ``nft`` and
 ``tc``). Every name is unique to the run and the namespaces go away even when a test fails.
@@ -159,6 +160,48 @@ def test_three_agents_discovered_paired_deployed_and_usage_pulled(lan: Lan, tmp_
     for sample in samples.values():
         assert sample.requests == REQUESTS and sample.p50_ms > 0
         assert sample.throughput_rps > 0  # the requests fell in the agent's last minute
+
+
+@pytest.mark.skipif(preflight(impair=True) is not None, reason=f"{preflight(impair=True)}")
+def test_an_agent_mdns_does_not_reach_is_added_by_address_and_used(
+    lan: Lan, tmp_path: Path
+) -> None:
+    desk = lan.add_host("desk")
+    agent = lan.add_host("agent1")
+    lan.drop_multicast(desk)  # guest Wi-Fi, a managed switch: no mDNS to or from the desktop
+    (ready,) = start_agents(lan, [agent], tmp_path).values()
+    assert ready["mdns"] is True  # the agent advertises; the desktop never hears it
+    code = pairing_code(lan, agent, tmp_path / agent.name)
+    ws = workspace_with_export(tmp_path, make_package(tmp_path / "pkgs" / "shapes-1.outpost.zip"))
+    ws.close()
+
+    answer = desktop(
+        lan,
+        desk,
+        {
+            "mode": "address",
+            "workspace": str(tmp_path / "ws"),
+            "interface": desk.ip,
+            "browse_s": BROWSE_DEADLINE_S,
+            "address": f"{agent.ip}:{AGENT_PORT}",
+            "code": code,
+            "export": "exp1",
+        },
+    )
+
+    assert answer["discovered"] == []  # mDNS did not reach it
+    assert (answer["added"]["id"], answer["added"]["address"]) == (ready["agent_id"], agent.ip)
+    assert answer["status"] == "installed"
+    assert answer["detections"] == list(EXPECTED)
+    (usage,) = answer["usage"]
+    assert (usage["model"], usage["requests"]) == ("shapes", 1)
+    (known,) = answer["known"]
+    assert (known["id"], known["address"], known["port"], known["paired"]) == (
+        ready["agent_id"],
+        agent.ip,
+        AGENT_PORT,
+        True,
+    )
 
 
 @pytest.mark.skipif(preflight(impair=True) is not None, reason=f"{preflight(impair=True)}")
