@@ -1536,7 +1536,7 @@ def cmd_devices_add(args: argparse.Namespace) -> Any:
     d = add_device(_open_ws(args), args.address, timeout=args.timeout)
     if args.json:
         return d
-    where = f"{d['name']} ({d['id']}) at {d['address']}:{d['port']}, agent {d['version']}"
+    where = f"{d['name']} ({d['id']}) at {d['address']}:{d['port']}, agent {d['version'] or '?'}"
     if d["paired"]:
         return f"{where}: recorded; already paired"
     return (
