@@ -117,6 +117,19 @@ def workspace_with_export(root: Path, package: Path) -> Workspace:
     return ws
 
 
+def workspace_spec(tmp_path: Path, desk: Host, mode: str, **more: Any) -> dict[str, Any]:
+    """The desktop side's spec for a flow on the workspace ``workspace_with_export`` made:
+    export ``exp1``, browsing on the desktop's address with the 2 s deadline."""
+    return {
+        "mode": mode,
+        "workspace": str(tmp_path / "ws"),
+        "interface": desk.ip,
+        "browse_s": BROWSE_DEADLINE_S,
+        "export": "exp1",
+        **more,
+    }
+
+
 def test_three_agents_discovered_paired_deployed_and_usage_pulled(lan: Lan, tmp_path: Path) -> None:
     desk = lan.add_host("desk")
     agents = [lan.add_host(f"agent{i}") for i in range(1, 4)]
@@ -128,17 +141,7 @@ def test_three_agents_discovered_paired_deployed_and_usage_pulled(lan: Lan, tmp_
     ws.close()
 
     answer = desktop(
-        lan,
-        desk,
-        {
-            "mode": "workspace",
-            "workspace": str(tmp_path / "ws"),
-            "interface": desk.ip,
-            "browse_s": BROWSE_DEADLINE_S,
-            "codes": codes,
-            "export": "exp1",
-            "requests": REQUESTS,
-        },
+        lan, desk, workspace_spec(tmp_path, desk, "workspace", codes=codes, requests=REQUESTS)
     )
 
     # every agent answered the one browse, whose deadline was 2 s
@@ -175,18 +178,9 @@ def test_an_agent_mdns_does_not_reach_is_added_by_address_and_used(
     ws = workspace_with_export(tmp_path, make_package(tmp_path / "pkgs" / "shapes-1.outpost.zip"))
     ws.close()
 
+    address = f"{agent.ip}:{AGENT_PORT}"
     answer = desktop(
-        lan,
-        desk,
-        {
-            "mode": "address",
-            "workspace": str(tmp_path / "ws"),
-            "interface": desk.ip,
-            "browse_s": BROWSE_DEADLINE_S,
-            "address": f"{agent.ip}:{AGENT_PORT}",
-            "code": code,
-            "export": "exp1",
-        },
+        lan, desk, workspace_spec(tmp_path, desk, "address", address=address, code=code)
     )
 
     assert answer["discovered"] == []  # mDNS did not reach it
