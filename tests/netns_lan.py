@@ -136,17 +136,8 @@ class Lan:
 
     def impair(self, host: Host, *, loss_percent: int = 1, rate: str = "16mbit") -> None:
         """Drop ``loss_percent`` % of ``host``'s packets both ways and cap its sending rate."""
-        self._impaired.append(host)
         drop = f"numgen random mod 100 < {loss_percent} drop"
-        rules = (
-            f"table inet {NFT_TABLE} {{\n"
-            f"  chain in {{\n    type filter hook input priority 0; policy accept;\n    {drop}\n  }}\n"
-            f"  chain out {{\n    type filter hook output priority 0; policy accept;\n    {drop}\n  }}\n"
-            "}\n"
-        )
-        subprocess.run(  # noqa: S603
-            host.argv(["nft", "-f", "-"]), input=rules, capture_output=True, text=True, check=True
-        )
+        self._filter(host, drop, drop)
         sh(
             "ip", "netns", "exec", host.ns, "tc", "qdisc", "add", "dev", "eth0", "root",
             "tbf", "rate", rate, "burst", "32kbit", "latency", "400ms",
@@ -155,13 +146,20 @@ class Lan:
     def drop_multicast(self, host: Host) -> None:
         """Drop every multicast packet to and from ``host`` (mDNS among them), as guest Wi-Fi
         or a managed switch may: it reaches the other hosts by unicast only."""
+        self._filter(
+            host,
+            "meta pkttype multicast drop",
+            "ip daddr 224.0.0.0/4 drop\n    ip6 daddr ff00::/8 drop",
+        )
+
+    def _filter(self, host: Host, incoming: str, outgoing: str) -> None:
+        """``host``'s nftables table: the rules ``incoming`` on its input hook and ``outgoing``
+        on its output hook (deleted by :meth:`close`)."""
         self._impaired.append(host)
-        drop = "meta pkttype multicast drop"
         rules = (
             f"table inet {NFT_TABLE} {{\n"
-            f"  chain in {{\n    type filter hook input priority 0; policy accept;\n    {drop}\n  }}\n"
-            "  chain out {\n    type filter hook output priority 0; policy accept;\n"
-            "    ip daddr 224.0.0.0/4 drop\n    ip6 daddr ff00::/8 drop\n  }\n"
+            f"  chain in {{\n    type filter hook input priority 0; policy accept;\n    {incoming}\n  }}\n"
+            f"  chain out {{\n    type filter hook output priority 0; policy accept;\n    {outgoing}\n  }}\n"
             "}\n"
         )
         subprocess.run(  # noqa: S603
