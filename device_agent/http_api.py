@@ -18,14 +18,12 @@ import collections
 import contextlib
 import contextvars
 import ctypes
-import email.parser
-import email.policy
 import functools
 import hashlib
 import hmac
-import json
 import logging
 import os
+import re
 import sys
 import tempfile
 import time
@@ -34,7 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import unquote
 
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 
 from device_agent.auth import (
     AGENT_KEY_HEADER,
@@ -58,6 +56,14 @@ from device_agent.auth import (
     unb64,
     valid_nonce,
     verify,
+)
+from device_agent.bodies import (
+    BodyError,
+    BodyStalledError,
+    BodyWatch,
+    body_deadline,
+    json_body,
+    multipart_field,
 )
 from device_agent.errors import (
     DISK_FULL,
@@ -113,21 +119,41 @@ MAX_IMAGE_BYTES = 64 << 20  # 64 MiB, read into memory (also the multipart limit
 # A pairing request is a few hundred bytes, and anyone on the network may send one: its body
 # is read under this limit, not the image limit (64 MiB a connection, before any check).
 MAX_PAIR_BYTES = 16 << 10
+MULTIPART_INLINE = 1 << 20  # a multipart body under this is parsed on the event loop
+# A number in the query: ASCII digits, an optional point and exponent (no "_", no blanks).
+_DECIMAL = re.compile(r"[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?|[0-9]+\.", re.ASCII)
 SERVICE_KEY: web.AppKey[AgentService] = web.AppKey("outpost_agent_service")
 # Set by the auth middleware for the request being handled (aiohttp runs each in its own task).
 PEER: contextvars.ContextVar[str | None] = contextvars.ContextVar("outpost_peer", default=None)
 SIGNED: contextvars.ContextVar[SignedHeaders | None] = contextvars.ContextVar(
     "outpost_signed", default=None
 )
+# The request's body once read (and checked), and whether 100 Continue was sent for it.
+BODY: contextvars.ContextVar[bytes | None] = contextvars.ContextVar("outpost_body", default=None)
+CONTINUED: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "outpost_continued", default=False
+)
 # Open to anyone: discovery info, the pairing exchange, and readiness (status only, for local
 # supervisors such as systemd or a container healthcheck, which hold no key). Everything else
 # needs a paired key.
 PUBLIC_ROUTES = frozenset({("GET", "/v1/info"), ("POST", "/v1/pair"), ("GET", "/v1/ready")})
+# Routes an application may call with an API key (Authorization: Bearer ...).
+BEARER_ROUTES = frozenset(
+    {
+        ("POST", "/v1/infer"),
+        ("POST", "/v1/models/{name}/infer"),
+        ("GET", "/v1/health"),
+    }
+)
+INFERENCE_ROUTES = frozenset({("POST", "/v1/infer"), ("POST", "/v1/models/{name}/infer")})
 # An upload is stored, then staged and extracted: it needs about this many times its size free.
 DISK_FACTOR = 3
 # Routes whose handler checks the body against its signed sha256 itself: the package is
 # streamed to disk, an upload chunk is hashed in a worker thread (not on the event loop).
 STREAMED_ROUTES = frozenset({("PUT", "/v1/packages"), ("PUT", "/v1/uploads/{id}")})
+# Routes whose handler reads the body itself (and :func:`read_body` checks its signed
+# sha256): an inference request is admitted, or refused as busy, before its image is read.
+SELF_READ_ROUTES = STREAMED_ROUTES | INFERENCE_ROUTES
 
 # Typed errors → HTTP status. The first matching class wins.
 ERROR_STATUS: tuple[tuple[type[Exception], int], ...] = (
@@ -183,13 +209,18 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if exc.status == 405:
             return error_response(405, f"{request.method} is not allowed on {request.path}")
         if exc.status == 413:
-            return error_response(
-                413, f"the request body is too large (limit {MAX_IMAGE_BYTES} bytes)"
-            )
+            return error_response(413, too_large(request, MAX_IMAGE_BYTES).message)
         return error_response(exc.status, exc.reason)
     except OutpostError as exc:
         status = next(code for cls, code in ERROR_STATUS if isinstance(exc, cls))
         return error_response(status, str(exc))
+    except BodyError as exc:
+        return error_response(400, str(exc))
+    except BodyStalledError as exc:  # before ConnectionError: the client is still there
+        log.info("%s %s: %s", request.method, request.path, exc)
+        stalled = error_response(408, str(exc))
+        stalled.force_close()
+        return stalled
     except ConnectionError as exc:  # the client went away before its request was read
         log.info("%s %s: the client went away (%s)", request.method, request.path, exc)
         return error_response(400, "the connection was lost before the request was read")
@@ -225,8 +256,10 @@ def storage_error(service: AgentService, exc: OSError, dropped: str = "") -> Api
 
 
 def _route_key(request: web.Request) -> tuple[str, str]:
+    """The request's method and route pattern; HEAD is GET's (it answers the same)."""
     resource = request.match_info.route.resource
-    return request.method, resource.canonical if resource is not None else request.path
+    method = "GET" if request.method == "HEAD" else request.method
+    return method, resource.canonical if resource is not None else request.path
 
 
 def _not_paired(service: AgentService) -> str:
@@ -235,6 +268,89 @@ def _not_paired(service: AgentService) -> str:
         f"this client is not paired with agent {agent_id}; run outpost-agent pair on the device, "
         f"then outpost devices pair {agent_id} --code NNNNNN"
     )
+
+
+def _unauthorized(service: AgentService, route: tuple[str, str], signed: bool) -> str:
+    """Why an unpaired request is refused, and what to do: an application's route says how to
+    send an API key as well as how to pair."""
+    if signed or route not in BEARER_ROUTES:
+        return _not_paired(service)
+    agent_id = service.identity.agent_id
+    return (
+        f"this client is not paired with agent {agent_id} and sends no API key; an application "
+        "sends Authorization: Bearer KEY (make one on the device: outpost-agent keys create "
+        "--name NAME); a desktop pairs: outpost-agent pair on the device, then outpost devices "
+        f"pair {agent_id} --code NNNNNN"
+    )
+
+
+def too_large(request: web.Request, limit: int, size: int | None = None) -> ApiError:
+    """413 for a body over ``limit`` bytes (``size`` when its length says so)."""
+    what = f"{size} bytes" if size is not None else f"over {limit} bytes"
+    return ApiError(
+        413,
+        f"the request body is {what}; {request.method} {request.path} takes at most "
+        f"{_mib(limit)}: send a smaller image (resize or re-encode it) or file",
+    )
+
+
+async def expect_continue(request: web.Request) -> web.Response | None:
+    """Every route's ``Expect`` handler: ``100-continue`` is answered only when the handler
+    reads the body (:func:`continue_body`), so a request refused for its headers (not paired,
+    too large, the device busy) is answered at once and its body never invited."""
+    if request.headers.get("Expect", "").lower() != "100-continue":
+        return error_response(417, "the only Expect this agent meets is 100-continue")
+    return None
+
+
+async def continue_body(request: web.Request) -> None:
+    """Send ``100 Continue`` to a client that waits for it before its body (once)."""
+    if (
+        CONTINUED.get()
+        or request.version != HttpVersion11
+        or request.headers.get("Expect", "").lower() != "100-continue"
+    ):
+        return
+    CONTINUED.set(True)
+    await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    request.writer.output_size = 0  # as aiohttp's own handler: the answer has not begun
+
+
+async def read_body(
+    request: web.Request, limit: int = MAX_IMAGE_BYTES, *, check: bool = True
+) -> bytes:
+    """The request's body, read once (later calls get the same bytes): at most ``limit``
+    bytes (413 at once when its length says more), within the time
+    :func:`~device_agent.bodies.body_deadline` gives it (408 when it stalls); a paired
+    desktop's is checked against its signed sha256 unless ``check`` is False (the caller
+    hashes it off the event loop)."""
+    body = BODY.get()
+    if body is not None:
+        return body
+    if not request.body_exists:
+        body = b""
+    else:
+        declared = request.content_length
+        if declared is not None and declared > limit:
+            raise too_large(request, limit, declared)
+        await continue_body(request)
+        try:
+            body = await BodyWatch(request, deadline_s=body_deadline(declared, limit)).read(limit)
+        except web.HTTPRequestEntityTooLarge:
+            raise too_large(request, limit) from None
+    signed = SIGNED.get()
+    if check and signed is not None and PEER.get() is not None:
+        check_body(signed, sha256_hex(body))
+    BODY.set(body)
+    return body
+
+
+def add_route(app: web.Application, method: str, path: str, handler: Handler) -> None:
+    """Add a route with :func:`expect_continue` (a GET answers HEAD too)."""
+    if method == "GET":
+        app.router.add_get(path, handler, expect_handler=expect_continue)
+    else:
+        app.router.add_route(method, path, handler, expect_handler=expect_continue)
 
 
 def check_signature(
@@ -308,17 +424,19 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         raise ApiError(401, str(exc)) from None
     SIGNED.set(signed)
     PEER.set(None)
+    BODY.set(None)
+    CONTINUED.set(False)
     public_raw = service.pairing.public_key(signed.key_fingerprint) if signed else None
     if public_raw is None or signed is None:
         if signed is None and check_api_key(service, request, route):  # an application's key
             return await handler(request)
         if route in PUBLIC_ROUTES:
             return await handler(request)
-        raise ApiError(401, _not_paired(service))
+        raise ApiError(401, _unauthorized(service, route, signed is not None))
     check_signature(service, request, signed, public_raw)
-    if route not in STREAMED_ROUTES:
-        check_body(signed, sha256_hex(await request.read()))
     PEER.set(signed.key_fingerprint)
+    if route not in SELF_READ_ROUTES:
+        await read_body(request)  # and checked against the signed sha256
     return await handler(request)
 
 
@@ -330,22 +448,11 @@ def unit_param(value: object, key: str) -> float | None:
         number = float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
         number = -1.0
+    if isinstance(value, str) and not _DECIMAL.fullmatch(value):
+        number = -1.0  # float() also takes "1_0", other scripts' digits and blanks
     if isinstance(value, bool) or not 0.0 <= number <= 1.0:
         raise ApiError(400, f"{key} must be a number between 0 and 1, got {value!r}")
     return number
-
-
-def _multipart_field(content_type: str, body: bytes, name: str) -> bytes | None:
-    """One field of a multipart/form-data body (already read and checked against its hash)."""
-    head = f"Content-Type: {content_type}\r\nMIME-Version: 1.0\r\n\r\n".encode("latin-1")
-    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(head + body)
-    if not message.is_multipart():
-        raise ApiError(400, "the multipart body could not be parsed")
-    for part in message.iter_parts():
-        if part.get_param("name", header="content-disposition") == name:
-            payload = part.get_payload(decode=True)
-            return payload if isinstance(payload, bytes) else b""
-    return None
 
 
 def body_bytes(request: web.Request) -> int:
@@ -360,7 +467,7 @@ def whole_param(value: object, key: str, limit: int) -> int | None:
     if value is None or value == "":
         return None
     try:
-        number = int(str(value))
+        number = int(str(value)) if isinstance(value, int) or ascii_digits(str(value)) else 0
     except ValueError:
         number = 0
     if isinstance(value, bool) or not 1 <= number <= limit:
@@ -432,19 +539,29 @@ def frame_channels(request: web.Request, params: Mapping[str, Any]) -> str | Non
 
 
 async def _read_image(request: web.Request) -> bytes:
-    body = await request.read()
+    """The image (or decoded frame) of a request: its body, or its multipart field ``image``."""
+    body = await read_body(request)
     if request.content_type == "multipart/form-data":
-        field = _multipart_field(request.headers.get("Content-Type", ""), body, "image")
+        parse = functools.partial(
+            multipart_field, request.headers.get("Content-Type", ""), body, "image"
+        )
+        # A large body is parsed off the event loop (linear, but 0.2 s for 60 MiB).
+        field = parse() if len(body) < MULTIPART_INLINE else await _blocking(parse)
         if field is None:
             raise ApiError(
-                400, "the multipart body has no 'image' field; send the file as field 'image'"
+                400,
+                "the multipart body has no 'image' field; send the file as field 'image' "
+                "(e.g. curl -F image=@photo.jpg URL)",
             )
-        data = field
-    else:
-        data = body
-    if not data:
-        raise ApiError(400, "the request body is empty; send JPEG or PNG bytes")
-    return data
+        if not field:
+            raise ApiError(400, "the multipart field 'image' is empty; send the image file in it")
+        return field
+    if not body:
+        what = "the frame's np.save bytes" if request.content_type == NPY_CONTENT_TYPE else (
+            "JPEG or PNG bytes"
+        )
+        raise ApiError(400, f"the request body is empty; send {what}")
+    return body
 
 
 async def get_health(request: web.Request) -> web.Response:
@@ -577,12 +694,12 @@ async def post_pair(request: web.Request) -> web.Response:
         raise ApiError(400, "a pairing request must be signed by the desktop's key")
     body = await _pairing_body(request)
     try:
-        data = json.loads(body)
+        data = json_body(body, "the pairing fields")
         public_raw = unb64(data["desktop_key"], "desktop_key", 32)
         ephemeral_raw = unb64(data["exchange_key"], "exchange_key", 32)
         proof = str(data["proof"])
         name = str(data.get("name") or "desktop")
-    except (ValueError, KeyError, TypeError, AuthError) as exc:
+    except (ValueError, KeyError, TypeError, AuthError) as exc:  # BodyError included
         raise ApiError(
             400, f"bad pairing request ({one_line(exc)}); send desktop_key, exchange_key, proof"
         ) from None
@@ -617,16 +734,16 @@ async def _pairing_body(request: web.Request) -> bytes:
     """The body of a pairing request, read under :data:`MAX_PAIR_BYTES` unless a paired desktop
     sent it (the auth middleware read and checked it then)."""
     if PEER.get() is not None:
-        return await request.read()
-    too_large = ApiError(
-        413, f"a pairing request is at most {MAX_PAIR_BYTES} bytes; send only the pairing fields"
-    )
-    if request.content_length is not None and request.content_length > MAX_PAIR_BYTES:
-        raise too_large
+        return await read_body(request)
     try:
-        return await request.clone(client_max_size=MAX_PAIR_BYTES).read()
-    except web.HTTPRequestEntityTooLarge:  # a chunked body without a length
-        raise too_large from None
+        return await read_body(request, MAX_PAIR_BYTES)
+    except ApiError as exc:
+        if exc.status != 413:
+            raise
+        raise ApiError(
+            413,
+            f"a pairing request is at most {MAX_PAIR_BYTES} bytes; send only the pairing fields",
+        ) from None
 
 
 def hmac_equal(a: str, b: str) -> bool:
@@ -659,8 +776,9 @@ async def _receive_to_file(request: web.Request, folder: Path) -> Path:
     size = 0
     digest = hashlib.sha256()
     try:
+        await continue_body(request)
         with os.fdopen(fd, "wb") as fh:
-            async for chunk in request.content.iter_chunked(1 << 20):
+            async for chunk in BodyWatch(request).chunks(request.content.iter_chunked(1 << 20)):
                 size += len(chunk)
                 digest.update(chunk)
                 if size > MAX_PACKAGE_BYTES:
@@ -679,32 +797,6 @@ async def _receive_to_file(request: web.Request, folder: Path) -> Path:
         path.unlink()
         raise ApiError(400, "the request body is empty; send the .outpost.zip bytes")
     return path
-
-
-async def post_infer(request: web.Request) -> web.Response:
-    service = request.app[SERVICE_KEY]
-    conf = unit_param(request.query.get("conf"), "conf")
-    iou = unit_param(request.query.get("iou"), "iou")
-    top_k = top_k_param(request.query.get("top_k"))
-    channels = frame_channels(request, request.query)
-    model = service.store.resolve(request.query.get("model") or None)
-    _, detections, timing = await serve_inference(
-        request,
-        model,
-        functools.partial(_read_image, request),
-        functools.partial(model.predict_bytes, channels=channels, conf=conf, iou=iou),
-    )
-    result: dict[str, Any] = {
-        "model": model.name,
-        "version": model.version,
-        "format": model.format,
-        "runtime": model.runtime,
-        "task": model.manifest.model.task,
-        "detections": detections.to_list(),
-        **classification_json(model, detections, top_k),
-        "timing_ms": timing,
-    }
-    return web.json_response(result)
 
 
 async def post_rollback(request: web.Request) -> web.Response:
@@ -736,13 +828,10 @@ def _flag(request: web.Request, key: str, *, default: bool) -> bool:
 
 async def _json_object(request: web.Request) -> dict[str, Any]:
     """The request's JSON object body ({} when empty); already checked against its hash."""
-    body = await request.read()
+    body = await read_body(request)
     if not body.strip():
         return {}
-    try:
-        data = json.loads(body)
-    except ValueError:
-        data = None
+    data = json_body(body, "a JSON object")
     if not isinstance(data, dict):
         raise ApiError(400, "the body must be a JSON object")
     return data
@@ -823,7 +912,7 @@ async def put_upload_chunk(request: web.Request) -> web.Response:
 async def _put_upload_bytes(request: web.Request, offset: int) -> web.Response:
     """One chunk's bytes at ``offset`` (protocol 1)."""
     t0 = time.perf_counter()
-    data = await request.read()
+    data = await read_body(request, MAX_IMAGE_BYTES, check=False)
     t1 = time.perf_counter()
     signed = SIGNED.get()
     if signed is not None:  # hashed in a worker thread: the event loop keeps serving
@@ -883,7 +972,8 @@ async def _put_upload_stream(request: web.Request, offset: int) -> web.Response:
         need = writer.next_piece_length(at)
         parts: list[bytes | memoryview] = []
         have = 0
-        async for data in request.content.iter_any():
+        await continue_body(request)
+        async for data in BodyWatch(request).chunks(request.content.iter_any()):
             view = memoryview(data)
             while view:
                 if at >= writer.size:
@@ -1083,7 +1173,8 @@ async def _put_upload_chain(request: web.Request, offset: int, sealed: bool) -> 
         parts: list[bytes | memoryview] = []
         have = 0
         proof = bytearray()
-        async for data, _ in request.content.iter_chunks():
+        await continue_body(request)
+        async for data, _ in BodyWatch(request).chunks(request.content.iter_chunks()):
             view = memoryview(data)
             while view:
                 if at < writer.size:
@@ -1250,15 +1341,15 @@ def add_install_routes(app: web.Application, service: AgentService) -> None:
     uploads = UploadManager(service.data_dir / "uploads", max_size=MAX_PACKAGE_BYTES)
     uploads.purge_expired()
     app[UPLOADS_KEY] = uploads
-    app.router.add_post("/v1/uploads", post_upload)
-    app.router.add_get("/v1/uploads/{id}", get_upload)
-    app.router.add_put("/v1/uploads/{id}", put_upload_chunk)
-    app.router.add_delete("/v1/uploads/{id}", delete_upload)
-    app.router.add_post("/v1/uploads/{id}/commit", post_upload_commit)
-    app.router.add_get("/v1/models", get_models)
-    app.router.add_post("/v1/models/{name}/activate", post_activate)
-    app.router.add_post("/v1/models/{name}/deactivate", post_deactivate)
-    app.router.add_delete("/v1/models/{name}", delete_model)
+    add_route(app, "POST", "/v1/uploads", post_upload)
+    add_route(app, "GET", "/v1/uploads/{id}", get_upload)
+    add_route(app, "PUT", "/v1/uploads/{id}", put_upload_chunk)
+    add_route(app, "DELETE", "/v1/uploads/{id}", delete_upload)
+    add_route(app, "POST", "/v1/uploads/{id}/commit", post_upload_commit)
+    add_route(app, "GET", "/v1/models", get_models)
+    add_route(app, "POST", "/v1/models/{name}/activate", post_activate)
+    add_route(app, "POST", "/v1/models/{name}/deactivate", post_deactivate)
+    add_route(app, "DELETE", "/v1/models/{name}", delete_model)
 
 
 # --- end installs ---
@@ -1271,17 +1362,16 @@ def build_app(service: AgentService) -> web.Application:
     )
     app[SERVICE_KEY] = service
     app[RELEASE_KEY] = _MemoryRelease()
-    app.router.add_get("/v1/health", get_health)
-    app.router.add_get("/v1/ready", get_ready)
-    app.router.add_get("/v1/metrics", get_metrics)
-    app.router.add_get("/v1/info", get_info)
-    app.router.add_post("/v1/pair", post_pair)
-    app.router.add_delete("/v1/pair", delete_pair)
-    app.router.add_get("/v1/stats", get_stats)
-    app.router.add_get("/v1/openapi.json", get_openapi)
-    app.router.add_put("/v1/packages", put_package)
-    app.router.add_post("/v1/infer", post_infer)
-    app.router.add_post("/v1/models/{name}/rollback", post_rollback)
+    add_route(app, "GET", "/v1/health", get_health)
+    add_route(app, "GET", "/v1/ready", get_ready)
+    add_route(app, "GET", "/v1/metrics", get_metrics)
+    add_route(app, "GET", "/v1/info", get_info)
+    add_route(app, "POST", "/v1/pair", post_pair)
+    add_route(app, "DELETE", "/v1/pair", delete_pair)
+    add_route(app, "GET", "/v1/stats", get_stats)
+    add_route(app, "GET", "/v1/openapi.json", get_openapi)
+    add_route(app, "PUT", "/v1/packages", put_package)
+    add_route(app, "POST", "/v1/models/{name}/rollback", post_rollback)
     add_install_routes(app, service)  # chunked uploads, activate/deactivate/uninstall
     # --- inference API, API keys, bench (device_agent/inference.py) ---
     from device_agent.inference import add_routes as add_inference_routes

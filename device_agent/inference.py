@@ -9,11 +9,8 @@ beyond that the agent answers 503 with ``Retry-After`` at once rather than letti
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import contextlib
 import functools
-import json
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -23,13 +20,17 @@ import numpy as np
 from aiohttp import web
 
 from device_agent.apikeys import bearer_token
+from device_agent.bodies import base64_image, json_body
 from device_agent.http_api import (
+    BEARER_ROUTES,
     PUBLIC_ROUTES,
     SERVICE_KEY,
     ApiError,
     _read_image,
+    add_route,
     classification_json,
     frame_channels,
+    read_body,
     serve_inference,
     top_k_param,
     unit_param,
@@ -51,14 +52,9 @@ MAX_BENCH_RUNS = 1000
 DEFAULT_BENCH_RUNS = 50
 BENCH_WARMUP = 3
 MAX_DET_LIMIT = 10_000
-# Routes an application may call with an API key (Authorization: Bearer ...).
-BEARER_ROUTES = frozenset(
-    {
-        ("POST", "/v1/infer"),
-        ("POST", "/v1/models/{name}/infer"),
-        ("GET", "/v1/health"),
-    }
-)
+# The options an inference request takes in its query (or its JSON body).
+QUERY_OPTIONS = ("conf", "iou", "max_det", "top_k", "channels", "model")
+JSON_EXAMPLE = '{"image_base64": "..."} (with optional conf, iou, max_det, top_k)'
 # Protocol 1 answered /v1/models/{name}/infer with "class" and "score" where every other
 # result (/v1/infer, the Predictor) says "class_name" and "confidence". Both names are sent
 # while protocol 1 is spoken; the old ones are deprecated and go with protocol 2.
@@ -183,24 +179,24 @@ class InferInput:
     channels: str | None = None
 
 
+def check_single_options(request: web.Request) -> None:
+    """400 when the query gives one of :data:`QUERY_OPTIONS` more than once."""
+    for key in QUERY_OPTIONS:
+        given = request.query.getall(key, [])
+        if len(given) > 1:
+            raise ApiError(400, f"{key} is given {len(given)} times in the query; give it once")
+
+
 async def _infer_input(request: web.Request) -> InferInput:
     """The input of one request: a JSON body (``image_base64``), or the image (or decoded
-    frame) as the body with its options in the query."""
+    frame) as the body with its options in the query. An option given twice is refused (which
+    one was meant cannot be known)."""
+    check_single_options(request)
     if request.content_type == "application/json":
-        try:
-            body = json.loads(await request.read())
-        except ValueError:
-            raise ApiError(400, "the JSON body could not be parsed") from None
+        body = json_body(await read_body(request), JSON_EXAMPLE)
         if not isinstance(body, dict) or not isinstance(body.get("image_base64"), str):
-            raise ApiError(
-                400,
-                'a JSON request needs {"image_base64": "..."} '
-                "(with optional conf, iou, max_det, top_k)",
-            )
-        try:
-            data = base64.b64decode(body["image_base64"], validate=True)
-        except (binascii.Error, ValueError):
-            raise ApiError(400, "image_base64 is not valid base64") from None
+            raise ApiError(400, f"a JSON request needs {JSON_EXAMPLE}")
+        data = base64_image(body["image_base64"])
         params: dict[str, Any] = body
         channels = frame_channels(request, params)
     else:
@@ -230,10 +226,12 @@ def detections_json(detections: Detections) -> list[dict[str, Any]]:
     return out
 
 
-async def post_model_infer(request: web.Request) -> web.Response:
-    """Run one image through the named model (its active version)."""
-    service = request.app[SERVICE_KEY]
-    model = service.store.get(request.match_info["name"])
+async def answer_inference(
+    request: web.Request, model: InstalledModel, *, aliases: bool = False
+) -> web.Response:
+    """Run one request's image through ``model`` (its active version) and answer with the
+    detections (with the protocol-1 ``aliases`` on the named-model route), a classifier's
+    classes and the timing."""
     try:
         given, detections, timing = await serve_inference(
             request,
@@ -250,11 +248,26 @@ async def post_model_infer(request: web.Request) -> web.Response:
             "format": model.format,
             "runtime": model.runtime,
             "task": model.manifest.model.task,
-            "detections": detections_json(detections),
+            "detections": detections_json(detections) if aliases else detections.to_list(),
             **classification_json(model, detections, given.top_k),
             "timing_ms": timing,
         }
     )
+
+
+async def post_model_infer(request: web.Request) -> web.Response:
+    """Run one image through the named model (its active version)."""
+    service = request.app[SERVICE_KEY]
+    model = service.store.get(request.match_info["name"])
+    return await answer_inference(request, model, aliases=True)
+
+
+async def post_infer(request: web.Request) -> web.Response:
+    """Run one image through ``?model=`` (or the only model served)."""
+    service = request.app[SERVICE_KEY]
+    check_single_options(request)
+    model = service.store.resolve(request.query.get("model") or None)
+    return await answer_inference(request, model)
 
 
 def bench_input(model: InstalledModel) -> tuple[np.ndarray, str]:
@@ -307,11 +320,8 @@ async def post_model_bench(request: web.Request) -> web.Response:
     """Benchmark the named model on the device: ``{"runs": N}`` → latency percentiles."""
     service = request.app[SERVICE_KEY]
     model = service.store.get(request.match_info["name"])
-    raw = await request.read()
-    try:
-        body = json.loads(raw) if raw else {}
-    except ValueError:
-        raise ApiError(400, 'the body must be JSON like {"runs": 50}') from None
+    raw = await read_body(request)
+    body = json_body(raw, 'JSON like {"runs": 50}') if raw.strip() else {}
     runs = body.get("runs", DEFAULT_BENCH_RUNS) if isinstance(body, dict) else None
     if isinstance(runs, bool) or not isinstance(runs, int) or not 1 <= runs <= MAX_BENCH_RUNS:
         raise ApiError(400, f"runs must be a whole number from 1 to {MAX_BENCH_RUNS}, got {runs!r}")
@@ -322,5 +332,6 @@ async def post_model_bench(request: web.Request) -> web.Response:
 
 def add_routes(app: web.Application) -> None:
     """Register the inference API's routes."""
-    app.router.add_post("/v1/models/{name}/infer", post_model_infer)
-    app.router.add_post("/v1/models/{name}/bench", post_model_bench)
+    add_route(app, "POST", "/v1/infer", post_infer)
+    add_route(app, "POST", "/v1/models/{name}/infer", post_model_infer)
+    add_route(app, "POST", "/v1/models/{name}/bench", post_model_bench)

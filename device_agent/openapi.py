@@ -53,12 +53,14 @@ def openapi_spec() -> dict[str, Any]:
             operation["parameters"] = [*operation.get("parameters", []), *_PROTOCOL_PARAMS]
             if (method, path) != ("get", "/v1/info"):
                 operation["responses"][str(UPGRADE_STATUS)] = _UPGRADE
+            if "requestBody" in operation:  # too large from its length, or it stopped short
+                operation["responses"].setdefault("408", _ERROR)
+                operation["responses"].setdefault("413", _ERROR)
     return spec
 
 
 def _spec() -> dict[str, Any]:
     unit = {"type": "number", "minimum": 0, "maximum": 1}
-    top_k = _top_k_parameter()
     return {
         "openapi": "3.0.3",
         "info": {
@@ -162,38 +164,6 @@ def _spec() -> dict[str, Any]:
                     },
                 )
             },
-            "/v1/infer": {
-                "post": _op(
-                    "run one image through the default (or ?model=) model (raw JPEG/PNG body, "
-                    "or multipart field 'image'); task, detections [{class_id, class_name, "
-                    "confidence, xyxy}] (plus mask or keypoints for segment and pose models), "
-                    "and for a classifier classification [{class_id, class_name, confidence}], "
-                    "the top_k most probable classes",
-                    errors=("400", "404", "409", "413"),
-                    parameters=[
-                        {"name": "model", "in": "query", "schema": {"type": "string"}},
-                        {"name": "conf", "in": "query", "schema": unit},
-                        {"name": "iou", "in": "query", "schema": unit},
-                        top_k,
-                        _channels_parameter(),
-                    ],
-                    requestBody={
-                        "required": True,
-                        "content": {
-                            "image/jpeg": {},
-                            "image/png": {},
-                            "application/octet-stream": {},
-                            NPY_CONTENT_TYPE: {"schema": {"type": "string", "format": "binary"}},
-                            "multipart/form-data": {
-                                "schema": {
-                                    "type": "object",
-                                    "properties": {"image": {"type": "string", "format": "binary"}},
-                                }
-                            },
-                        },
-                    },
-                )
-            },
             **_inference_paths(unit),
             "/v1/models/{name}/rollback": {
                 "post": _op(
@@ -264,58 +234,68 @@ def _inference_paths(unit: dict[str, Any]) -> dict[str, Any]:
     top_k = _top_k_parameter()
     name = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
     image = {"type": "string", "format": "binary"}
+    options = [
+        {"name": "conf", "in": "query", "schema": unit},
+        {"name": "iou", "in": "query", "schema": unit},
+        {"name": "max_det", "in": "query", "schema": {"type": "integer", "minimum": 1}},
+        top_k,
+        _channels_parameter(),
+    ]
+    body = {
+        "required": True,
+        "content": {
+            "image/jpeg": {},
+            "image/png": {},
+            "application/octet-stream": {},
+            NPY_CONTENT_TYPE: {"schema": image},
+            "multipart/form-data": {"schema": {"type": "object", "properties": {"image": image}}},
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["image_base64"],
+                    "properties": {
+                        "image_base64": {"type": "string"},
+                        "conf": unit,
+                        "iou": unit,
+                        "max_det": {"type": "integer", "minimum": 1},
+                        "top_k": top_k["schema"],
+                    },
+                }
+            },
+        },
+    }
+    inputs = (
+        "the image as multipart field 'image', a raw JPEG/PNG body, JSON {\"image_base64\", "
+        '"conf", "iou", "max_det", "top_k"}, or a decoded frame as application/x-npy (np.save '
+        "of uint8 HxWx3, channels bgr or rgb; protocol 5)"
+    )
     return {
+        "/v1/infer": {
+            "post": _op(
+                f"run one image through ?model= (or the only model served); {inputs}; answers "
+                "task, detections [{class_id, class_name, confidence, xyxy}] (plus mask or "
+                "keypoints for segment and pose models), for a classifier classification "
+                "[{class_id, class_name, confidence}] (the top_k most probable classes), and "
+                "timing_ms; also open to an application's API key (Authorization: Bearer); "
+                "503 with Retry-After when the inference queue is full",
+                errors=("400", "401", "404", "409", "503"),
+                parameters=[{"name": "model", "in": "query", "schema": {"type": "string"}}, *options],
+                requestBody=body,
+            )
+        },
         "/v1/models/{name}/infer": {
             "post": _op(
-                "run one image through the named model; the image as multipart field 'image', "
-                'a raw JPEG/PNG body, JSON {"image_base64", "conf", "iou", "max_det", "top_k"}, '
-                "or a decoded frame as application/x-npy (np.save of uint8 HxWx3, channels bgr "
-                "or rgb; protocol 5); answers model, version, runtime, task, detections "
-                "[{class_id, "
+                f"run one image through the named model; {inputs}; answers model, version, "
+                "runtime, task, detections [{class_id, "
                 "class_name, confidence, xyxy}] (the keys of /v1/infer, plus 'class' and "
                 "'score': the same values under their protocol-1 names, deprecated; mask or "
                 "keypoints for segment and pose models), for a classifier classification "
                 "[{class_id, class_name, confidence}] (the top_k most probable classes), and "
                 "timing_ms; also open to an application's API key (Authorization: Bearer); "
                 "503 with Retry-After when the inference queue is full",
-                errors=("400", "401", "404", "409", "413", "503"),
-                parameters=[
-                    name,
-                    {"name": "conf", "in": "query", "schema": unit},
-                    {"name": "iou", "in": "query", "schema": unit},
-                    {
-                        "name": "max_det",
-                        "in": "query",
-                        "schema": {"type": "integer", "minimum": 1},
-                    },
-                    top_k,
-                    _channels_parameter(),
-                ],
-                requestBody={
-                    "required": True,
-                    "content": {
-                        "image/jpeg": {},
-                        "image/png": {},
-                        "application/octet-stream": {},
-                        NPY_CONTENT_TYPE: {"schema": image},
-                        "multipart/form-data": {
-                            "schema": {"type": "object", "properties": {"image": image}}
-                        },
-                        "application/json": {
-                            "schema": {
-                                "type": "object",
-                                "required": ["image_base64"],
-                                "properties": {
-                                    "image_base64": {"type": "string"},
-                                    "conf": unit,
-                                    "iou": unit,
-                                    "max_det": {"type": "integer", "minimum": 1},
-                                    "top_k": top_k["schema"],
-                                },
-                            }
-                        },
-                    },
-                },
+                errors=("400", "401", "404", "409", "503"),
+                parameters=[name, *options],
+                requestBody=body,
             )
         },
         "/v1/models/{name}/bench": {

@@ -88,8 +88,11 @@ def decode_frame(data: bytes, *, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarr
             shape, fortran, dtype = np.lib.format.read_array_header_2_0(stream)
         else:
             raise ValueError(f"unknown .npy format version {version}")
-    except (ValueError, SyntaxError, TypeError, tokenize.TokenError) as exc:  # numpy's parser
-        raise ImageDecodeError(f"the frame's .npy header does not parse ({exc})") from None
+    except (ValueError, SyntaxError, TypeError, tokenize.TokenError):  # numpy's parser
+        raise ImageDecodeError(
+            "the frame's .npy header does not parse; send the bytes np.save writes for a "
+            "uint8 height x width x 3 array"
+        ) from None
     channels = _frame_channels(dtype, shape)
     height, width = shape[:2]
     _check_pixels(width, height, max_pixels)
