@@ -1669,6 +1669,10 @@ def _add_packaging_parsers(sub: Any, add: Callable[..., argparse.ArgumentParser]
 def cmd_deploy(args: argparse.Namespace) -> Any:
     from desktop_app.core.devices import deploy
 
+    args.interrupt_hint = (
+        "the device serves what it did before unless it had the whole package already "
+        f"(outpost devices show {args.device} tells); run the same deploy again"
+    )
     result = deploy(
         _open_ws(args),
         args.export,
@@ -1749,6 +1753,30 @@ def cmd_usage(args: argparse.Namespace) -> Any:
     )
 
 
+def _seconds(text: str) -> float:
+    """An argparse type: a number of seconds above 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"give a number of seconds above 0, not {text!r}")
+    return value
+
+
+def _note_unsynced(args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
+    """Exit 1 (after the table) when a device could not be pulled, and say so on stderr."""
+    failed = [row for row in rows if row.get("error")]
+    if failed:
+        args.exit_code = 1
+        print(
+            f"{len(failed)} of {len(rows)} device(s) could not be pulled (see the error column); "
+            "their last samples are kept",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
 def cmd_devices_sync(args: argparse.Namespace) -> Any:
     import time
 
@@ -1758,6 +1786,7 @@ def cmd_devices_sync(args: argparse.Namespace) -> Any:
     columns = ["device_name", "models", "requests", "error"]
     if args.watch is None:
         rows = sync_usage(ws, args.interface)
+        _note_unsynced(args, rows)
         return rows if args.json else _table(rows, columns)
     # --json keeps stdout for one document: every round's rows, printed when the watch ends
     # (--rounds, or Ctrl-C); without it each round's table is printed as it comes.
@@ -1771,6 +1800,8 @@ def cmd_devices_sync(args: argparse.Namespace) -> Any:
                 time.sleep(args.watch)
     except KeyboardInterrupt:
         pass
+    if rounds:  # the last round says how the devices stand
+        _note_unsynced(args, rounds[-1])
     return rounds if args.json else f"synced {len(rounds)} time(s)"
 
 
@@ -2524,7 +2555,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="browse only on this interface address (repeatable)",
     )
-    p.add_argument("--timeout", type=float, default=3.0)
+    p.add_argument("--timeout", type=_seconds, default=3.0, help="seconds to listen for agents (3)")
     p.add_argument("--known", action="store_true", help="list recorded devices without browsing")
     p = add(
         dev,
@@ -2533,7 +2564,7 @@ def build_parser() -> argparse.ArgumentParser:
         "record an agent by its address, where mDNS does not reach (other subnets, VPNs)",
     )
     p.add_argument("address", help="HOST or HOST:PORT (default port 8765), e.g. 10.0.4.17:8765")
-    p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for it (5)")
+    p.add_argument("--timeout", type=_seconds, default=5.0, help="seconds to wait for it (5)")
     p = add(
         dev,
         "pair",
@@ -2608,7 +2639,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--interface", action="append", default=None)
     p.add_argument(
-        "--watch", type=float, default=None, metavar="SECONDS", help="pull again every SECONDS"
+        "--watch", type=_seconds, default=None, metavar="SECONDS", help="pull again every SECONDS"
     )
     p.add_argument("--rounds", type=int, default=None, help="with --watch: stop after N pulls")
     p = add(
@@ -2680,6 +2711,12 @@ def _stdout_reserved(reserve: bool) -> Iterator[Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from runtimes.pipes import quiet_on_closed_pipe
+
+    return quiet_on_closed_pipe(lambda: _main(argv))
+
+
+def _main(argv: list[str] | None) -> int:
     from runtimes import netaudit
 
     netaudit.install_from_env()
@@ -2696,7 +2733,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 1
         except KeyboardInterrupt:
-            print("interrupted", file=sys.stderr)
+            hint = getattr(args, "interrupt_hint", None)
+            print(f"interrupted; {hint}" if hint else "interrupted", file=sys.stderr)
             return 130
         if args.json:
             out.write(json.dumps(result, indent=2, default=str) + "\n")

@@ -82,8 +82,12 @@ def _iso(seconds: float) -> str:
 
 
 def new_secret() -> str:
-    """32 random bytes, base64url without padding (43 characters)."""
-    return base64.urlsafe_b64encode(secrets.token_bytes(KEY_BYTES)).rstrip(b"=").decode("ascii")
+    """32 random bytes, base64url without padding (43 characters), drawn again until it does
+    not start with ``-`` (which a shell command line would read as an option)."""
+    while True:
+        secret = base64.urlsafe_b64encode(secrets.token_bytes(KEY_BYTES)).rstrip(b"=")
+        if not secret.startswith(b"-"):
+            return secret.decode("ascii")
 
 
 def key_hash(secret: str) -> str:

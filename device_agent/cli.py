@@ -24,6 +24,7 @@ from device_agent.pairing import CODE_TTL_S, Pairing, issue_code
 from device_agent.paths import default_data_dir
 from device_agent.protocol_version import LOCAL as PROTOCOL_RANGE
 from runtimes.errors import OutpostError
+from runtimes.pipes import quiet_on_closed_pipe
 
 if TYPE_CHECKING:
     from device_agent.service import AgentService
@@ -277,6 +278,10 @@ def _keys(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    return quiet_on_closed_pipe(lambda: _main(argv))
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

@@ -26,7 +26,7 @@ from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
-from urllib.parse import quote, urlencode
+from urllib.parse import quote, urlencode, urlsplit
 
 import httpx
 
@@ -243,7 +243,9 @@ class SignedAuth(httpx.Auth):
             expected = fingerprint(self.agent_key) if self.agent_key else f"id {self.agent_id}"
             raise FingerprintMismatchError(
                 f"fingerprint mismatch: the agent at {where} has key {fingerprint(public_raw)}, "
-                f"not the pinned {expected}; if the device was reset, pair it again"
+                f"not the pinned {expected}; if the device was reset it has a new id: run "
+                f"outpost devices add {urlsplit(where).netloc or where}, pair the id it shows "
+                "and forget the old one; else another program answers there"
             )
         message = response_message(
             str(self.agent_id), nonce, status, headers.get("Content-Type") or "", sha256_hex(body)

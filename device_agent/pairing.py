@@ -244,12 +244,15 @@ class Pairing:
                 self._drop_code()
                 raise PairingError(
                     429,
-                    f"wrong pairing code; {MAX_WRONG_CODES} wrong codes lock pairing for "
-                    f"{LOCKOUT_S // 60} minutes",
+                    f"wrong pairing code; {MAX_WRONG_CODES} wrong codes in a row locked pairing "
+                    f"for {LOCKOUT_S // 60} minutes: wait, then run outpost-agent pair on the "
+                    "device for a fresh code",
                 )
             left = MAX_WRONG_CODES - self.wrong_codes
             raise PairingError(
-                403, f"wrong pairing code; {left} tries left before pairing locks for a while"
+                403,
+                f"wrong pairing code; {left} {'try' if left == 1 else 'tries'} left before "
+                "pairing locks for a while: check the code outpost-agent pair shows",
             )
         self._drop_code()  # single use
         self.wrong_codes = 0

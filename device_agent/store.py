@@ -952,7 +952,8 @@ class ModelStore:
             if serving and not others and not force:
                 raise UninstallError(
                     f"model {name} is the only model serving; uninstalling it leaves the agent "
-                    "with nothing to serve: deactivate it, or uninstall with force"
+                    "with nothing to serve: deactivate it, or uninstall it with force "
+                    "(outpost devices uninstall DEVICE MODEL --force; DELETE ?force=1)"
                 )
             trash = self.root / f".trash-{name}-{secrets.token_hex(4)}"
             try:

@@ -98,6 +98,9 @@ SYNC_BYTES = 16 << 20  # a stream is fsynced (and its offset recorded) at least 
 STREAM_LOCK_TIMEOUT_S = 30.0  # a second stream waits this long for the first one to end
 PROFILE_ENV = "OUTPOST_UPLOAD_PROFILE"  # "1": per-request timings on stderr (both sides)
 MAX_UPLOADS = 4  # open (uncommitted) uploads at once
+# With MAX_UPLOADS open, the one idle longest (at least this long, and no stream on it) is
+# dropped for a new one: deploys cut off by a restart or Ctrl-C must not lock out the next.
+EVICT_IDLE_S = 60.0
 TTL_S = 24 * 3600.0  # an upload untouched this long is removed
 COMMITTED_TTL_S = 3600.0  # a committed upload's result answers repeated commits this long
 _ID = re.compile(r"^[0-9a-f]{32}$")
@@ -366,13 +369,34 @@ class UploadManager:
         return size
 
     def _check_room(self, states: list[UploadState]) -> None:
-        """429 when as many uploads as allowed are open already."""
-        if len(states) >= self.max_uploads:
+        """Make room for one more upload (called with ``self._lock`` held): with as many open
+        as allowed, drop the one idle longest if it has been idle :data:`EVICT_IDLE_S` and no
+        stream holds it (a deploy cut off mid-way, whose desktop would resume it by now);
+        429 when every one is in use."""
+        if len(states) < self.max_uploads:
+            return
+        now = self.clock()
+        idle = [
+            state
+            for state in states
+            if now - state.updated_at >= EVICT_IDLE_S
+            and not (state.id in self._locks and self._locks[state.id].locked())
+        ]
+        if not idle:
             raise UploadError(
                 429,
-                f"{len(states)} uploads are already in progress (limit {self.max_uploads}); "
-                "finish one, or DELETE /v1/uploads/ID, and retry",
+                f"{len(states)} uploads are in progress (limit {self.max_uploads}), each sent "
+                f"to within the last {EVICT_IDLE_S:.0f} s; retry when one has finished",
             )
+        oldest = min(idle, key=lambda state: state.updated_at)
+        self._remove(oldest.id)
+        self._locks.pop(oldest.id, None)
+        self._chains.pop(oldest.id, None)
+        log.info(
+            "upload %s (idle %.0f s) was dropped to make room for a new one",
+            oldest.id,
+            now - oldest.updated_at,
+        )
 
     def _new(
         self,
@@ -684,6 +708,15 @@ class UploadManager:
         self._chains.pop(upload_id, None)
 
     def delete(self, upload_id: str) -> dict[str, Any]:
+        self._remove(upload_id)
+        with self._lock:
+            self._locks.pop(upload_id, None)
+            self._chains.pop(upload_id, None)
+        log.info("upload %s deleted", upload_id)
+        return {"id": upload_id, "deleted": True}
+
+    def _remove(self, upload_id: str) -> None:
+        """Take the upload's folder away at once (renamed, then removed); 404 when none."""
         folder = self._folder(upload_id)
         if not folder.is_dir():
             raise UploadError(404, f"upload {upload_id} does not exist; nothing to delete")
@@ -695,11 +728,6 @@ class UploadManager:
                 404, f"upload {upload_id} does not exist; nothing to delete"
             ) from None
         shutil.rmtree(trash, ignore_errors=True)
-        with self._lock:
-            self._locks.pop(upload_id, None)
-            self._chains.pop(upload_id, None)
-        log.info("upload %s deleted", upload_id)
-        return {"id": upload_id, "deleted": True}
 
     def purge_expired(self) -> list[str]:
         """Remove uploads idle past the time-to-live, and leftovers of interrupted changes."""

@@ -447,18 +447,12 @@ def deploy(
     except OutpostError as exc:  # refused, gone mid-push, package unreadable: all recorded
         installed, status, message = {}, "failed", str(exc)
         refused = isinstance(exc, AgentRejectedError)
-    with ws.session() as s:
-        s.add(
-            Deployment(
-                export_id=exp.id,
-                device_id=dev.id,
-                model_name=model_name,
-                status=status,
-                message=message,
-                action="deploy",
-                details=details,
-            )
+    except KeyboardInterrupt:  # Ctrl-C: recorded too, then the command ends
+        _record_deploy(
+            ws, exp.id, dev.id, model_name, "failed", "interrupted on the desktop", details
         )
+        raise
+    _record_deploy(ws, exp.id, dev.id, model_name, status, message, details)
     if status == "failed":
         if refused:
             raise DeviceError(f"device {dev.name} refused export {exp.id}: {message}")
@@ -498,9 +492,11 @@ def model_action(
     """Activate, deactivate, uninstall or roll back ``model`` on a device; recorded as a
     Deployment row with that action (failures too).
 
-    The row names the export last deployed as ``model`` on that device (or, when there is
-    none, the newest export whose package is ``model``); ``recorded`` says whether one was
-    found, since a Deployment must name an export.
+    The row names the export of the version the device serves after it (a package's version
+    is its export's id; for a failure, the version asked for), else the export last deployed as
+    ``model`` on that device (or, when there is none, the newest export whose package is
+    ``model``); ``recorded`` says whether one was found, since a Deployment must name an
+    export. The answer's format, runtime and providers go with it, as a deploy's do.
     """
     if action not in MODEL_ACTIONS:
         raise DeviceError(f"unknown action {action!r}; use one of {', '.join(MODEL_ACTIONS)}")
@@ -521,13 +517,15 @@ def model_action(
         answer, status, message = {}, "failed", str(exc)
         refused = isinstance(exc, AgentRejectedError)
     details: dict[str, Any] = {
-        k: answer.get(k) for k in ("version", "previous_version", "serving") if k in answer
+        k: answer.get(k)
+        for k in ("version", "previous_version", "serving", "format", "runtime", "providers")
+        if k in answer
     }
     if version:
         details["requested_version"] = version
     if force:
         details["force"] = True
-    export_id = _export_for(ws, dev.id, model)
+    export_id = _export_for(ws, dev.id, model, answer.get("version") or version)
     if export_id is not None:
         with ws.session() as s:
             s.add(
@@ -555,8 +553,33 @@ def model_action(
     }
 
 
-def _export_for(ws: Any, device_id: str, model: str) -> str | None:
+def _record_deploy(
+    ws: Any,
+    export_id: str,
+    device_id: str,
+    model_name: str,
+    status: str,
+    message: str | None,
+    details: dict[str, Any],
+) -> None:
     with ws.session() as s:
+        s.add(
+            Deployment(
+                export_id=export_id,
+                device_id=device_id,
+                model_name=model_name,
+                status=status,
+                message=message,
+                action="deploy",
+                details=details,
+            )
+        )
+
+
+def _export_for(ws: Any, device_id: str, model: str, version: str | None = None) -> str | None:
+    with ws.session() as s:
+        if version and s.get(Export, str(version)) is not None:  # the version is its export
+            return str(version)
         last = s.scalars(
             select(Deployment)
             .where(Deployment.device_id == device_id, Deployment.model_name == model)
@@ -977,9 +1000,16 @@ def bench_export(
         model = installed.get(model_name)
         if model is None or (want_version is not None and model.get("version") != want_version):
             have = f"version {model.get('version')}" if model else "nothing"
+            kept = model.get("previous_version") if model else None  # kept for a rollback
+            todo = (
+                f"it is on the device: outpost devices activate {dev.id} {model_name} "
+                f"--version {want_version}"
+                if want_version is not None and want_version == kept
+                else f"deploy it first: outpost deploy {exp.id} --device {dev.id}"
+            )
             raise DeviceError(
                 f"device {dev.name} runs {have} of model {model_name}, not export {exp.id} "
-                f"(version {want_version}); deploy it first: outpost deploy {exp.id} --device {dev.id}"
+                f"(version {want_version}); {todo}"
             )
         result = client.bench(model_name, runs)
     latency = result.get("latency_ms") or {}

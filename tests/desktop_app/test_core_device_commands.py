@@ -228,3 +228,66 @@ def test_a_deploy_that_fails_midway_is_recorded_as_failed(
         assert last is not None
         assert (last.action, last.status, last.export_id) == ("deploy", "failed", "exp2")
         assert "cannot read" in str(last.message)
+
+
+def test_an_action_names_the_export_the_device_serves_after_it(
+    ws: Workspace, paired: tuple[str, Path], tmp_path: Path
+) -> None:
+    """A package's version is its export's id: after a rollback or an activate, the history
+    names the export now serving (not the last one deployed), with its runtime."""
+    device_id, _ = paired
+    for export_id in ("expa", "expb"):
+        _add_export(ws, tmp_path, export_id, export_id)
+        devices.deploy(ws, export_id, device_id)
+    devices.model_action(ws, device_id, "shapes", "rollback")
+
+    def last() -> Deployment:
+        with ws.session() as s:
+            row = s.scalars(select(Deployment).order_by(Deployment.id.desc())).first()
+            assert row is not None
+            s.expunge(row)
+            return row
+
+    row = last()
+    assert (row.action, row.status, row.export_id) == ("rollback", "active", "expa")
+    assert row.details["version"] == "expa" and row.details["runtime"] == "onnxruntime"
+    assert row.details["format"] == "onnx"
+    devices.model_action(ws, device_id, "shapes", "activate", version="expb")
+    assert (last().action, last().export_id) == ("activate", "expb")
+    with pytest.raises(DeviceError):
+        devices.model_action(ws, device_id, "shapes", "activate", version="expa-gone")
+    assert (last().status, last().export_id) == ("failed", "expb")  # the last one deployed
+    # expa is kept on the device for a rollback: benching it needs no second upload
+    with pytest.raises(DeviceError, match="it is on the device: outpost devices activate .* expa"):
+        devices.bench_export(ws, "expa", device_id, runs=2)
+
+
+def test_a_deploy_cut_off_by_ctrl_c_is_recorded_and_says_what_to_do(
+    ws: Workspace,
+    paired: tuple[str, Path],
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    device_id, _ = paired
+    real_connect = devices.connect
+
+    def connect_then_ctrl_c(*args: Any, **kwargs: Any) -> Any:
+        dev, client = real_connect(*args, **kwargs)
+
+        def interrupted(*_args: Any, **_kwargs: Any) -> Any:
+            raise KeyboardInterrupt
+
+        client.upload_package = interrupted
+        return dev, client
+
+    monkeypatch.setattr(devices, "connect", connect_then_ctrl_c)
+    code = outpost(["deploy", "exp2", "--device", device_id, "--workspace", str(ws.root)])
+    assert code == 130
+    err = capfd.readouterr().err.strip()
+    assert err.startswith("interrupted; the device serves what it did before")
+    assert f"outpost devices show {device_id}" in err and "\n" not in err
+    with ws.session() as s:
+        row = s.scalars(select(Deployment).order_by(Deployment.id.desc())).first()
+        assert row is not None
+        assert (row.action, row.status, row.export_id) == ("deploy", "failed", "exp2")
+        assert row.message == "interrupted on the desktop"

@@ -138,7 +138,7 @@ def test_ten_wrong_codes_lock_pairing(agent: Any) -> None:
     for _ in range(MAX_WRONG_CODES - 1):
         assert _refused(agent, _wrong(code)).status == 403
     last = _refused(agent, _wrong(code))
-    assert last.status == 429 and "lock pairing" in last.message
+    assert last.status == 429 and "locked pairing for 10 minutes: wait, then run outpost-agent pair" in last.message
     # locked: even a fresh, right code is refused
     locked = _refused(agent, _code(agent))
     assert locked.status == 429 and "locked" in locked.message
@@ -204,8 +204,11 @@ def test_unknown_routes_answer_401_too(agent: Any) -> None:
 def test_pinned_key_mismatch_is_refused(agent: Any) -> None:
     impostor_pin = KeyPair.generate().public_raw
     with AgentClient(agent.url, key=agent.desktop_key, agent_key=impostor_pin) as client:
-        with pytest.raises(FingerprintMismatchError, match="fingerprint mismatch"):
+        with pytest.raises(FingerprintMismatchError, match="fingerprint mismatch") as err:
             client.stats()
+    # a reset device has a new id: pairing the old one again cannot work, so it says what does
+    hostport = agent.url.removeprefix("http://")
+    assert f"it has a new id: run outpost devices add {hostport}, pair the id" in str(err.value)
     # pairing with a device id the answering agent's key does not have
     with pytest.raises(FingerprintMismatchError, match="fingerprint mismatch"):
         pair_with_agent(agent.url, KeyPair.generate(), "0123456789abcdef", _code(agent))

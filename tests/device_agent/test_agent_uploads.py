@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from device_agent import uploads
 from device_agent.auth import KeyPair
 from device_agent.client import AgentRejectedError, SignedAuth
 from device_agent.uploads import UploadError, UploadManager
@@ -180,9 +182,10 @@ def test_upload_limits(start_agent: Any, package: Path) -> None:
         free["bytes"] = 1 << 40
         ids = [client.create_upload(10 + i, sha)["id"] for i in range(4)]
         assert len(set(ids)) == 4
-        with pytest.raises(AgentRejectedError) as busy:
+        with pytest.raises(AgentRejectedError) as busy:  # all four sent to just now
             client.create_upload(20, sha)
         assert busy.value.status == 429 and "limit 4" in busy.value.message
+        assert "retry when one has finished" in busy.value.message
         client.delete_upload(ids[0])
         assert client.create_upload(20, sha)["offset"] == 0
 
@@ -440,3 +443,34 @@ def test_openapi_describes_the_install_routes(agent: Any) -> None:
             if canonical.endswith(("/infer", "/bench")):
                 continue  # the inference API's routes are described by their own module
             assert route.method.lower() in spec["paths"][canonical], (route.method, canonical)
+
+
+def test_a_new_upload_drops_the_one_idle_longest_when_all_are_open(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Deploys cut off by a restart or Ctrl-C leave uploads behind; once four are open, the
+    next deploy drops the one idle longest (a minute at least, and no stream on it) instead of
+    being refused for a day."""
+    now = {"t": time.time()}  # an upload's age counts from its data file's mtime too
+    manager = UploadManager(tmp_path / "uploads", clock=lambda: now["t"])
+    sha = "0" * 64
+    ids = []
+    for i in range(4):
+        ids.append(manager.create(10 + i, sha)["id"])
+        now["t"] += 10
+    with pytest.raises(UploadError) as busy:  # the newest was sent to 10 s ago
+        manager.create(20, sha)
+    assert busy.value.status == 429
+    now["t"] += uploads.EVICT_IDLE_S
+    held = manager._lock_for(ids[0])  # a stream is on the oldest: it stays
+    held.acquire()
+    try:
+        fifth = manager.create(20, sha)["id"]
+    finally:
+        held.release()
+    assert {s.id for s in manager._scan()} == {ids[0], *ids[2:], fifth}
+    with pytest.raises(UploadError) as gone:
+        manager.state(ids[1])
+    assert gone.value.status == 404
+    sixth = manager.create(30, sha)["id"]  # the oldest, let go of by its stream, goes now
+    assert {s.id for s in manager._scan()} == {*ids[2:], fifth, sixth}

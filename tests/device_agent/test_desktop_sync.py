@@ -40,9 +40,11 @@ def test_sync_pulls_every_paired_device_and_reports_one_that_is_off(
         for _ in range(4):
             client.infer(make_image_bytes())
 
-    argv = ["devices", "sync", "--watch", "0", "--rounds", "2", "--workspace", str(ws.root)]
-    assert outpost([*argv, "--json"]) == 0, capfd.readouterr().err
-    rounds = json.loads(capfd.readouterr().out)
+    argv = ["devices", "sync", "--watch", "0.01", "--rounds", "2", "--workspace", str(ws.root)]
+    assert outpost([*argv, "--json"]) == 1  # a device could not be pulled: scripts see it
+    captured = capfd.readouterr()
+    assert "1 of 2 device(s) could not be pulled (see the error column)" in captured.err
+    rounds = json.loads(captured.out)
     assert len(rounds) == 2
     for rows in rounds:
         by_name = {r["device_name"]: r for r in rows}
@@ -54,3 +56,23 @@ def test_sync_pulls_every_paired_device_and_reports_one_that_is_off(
     assert all(u.requests == 4 and u.throughput_rps > 0 for u in samples)
     table = devices.usage_report(ws)
     assert table[0]["throughput_rps"] == samples[-1].throughput_rps
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["devices", "sync", "--watch", "0"],
+        ["devices", "sync", "--watch", "-5"],
+        ["devices", "list", "--timeout", "-1"],
+        ["devices", "add", "127.0.0.1:9", "--timeout", "0"],
+        ["devices", "add", "127.0.0.1:9", "--timeout", "nan"],
+    ],
+)
+def test_seconds_must_be_above_zero(
+    argv: list[str], ws: Workspace, capfd: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as done:
+        outpost([*argv, "--workspace", str(ws.root)])
+    assert done.value.code == 2
+    err = capfd.readouterr().err
+    assert "give a number of seconds above 0" in err and "Traceback" not in err
