@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import sys
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -1567,7 +1568,9 @@ def cmd_devices_forget(args: argparse.Namespace) -> Any:
     if not result["was_paired"]:
         return f"{result['name']} ({result['device']}) was not paired; nothing to forget"
     told = (
-        "the device dropped this desktop's key"
+        "the device had already dropped this desktop's key"
+        if result.get("agent_had_forgotten")
+        else "the device dropped this desktop's key"
         if result["agent_revoked"]
         else "the device was not told (see the warning)"
     )
@@ -1673,14 +1676,19 @@ def cmd_deploy(args: argparse.Namespace) -> Any:
         "the device serves what it did before unless it had the whole package already "
         f"(outpost devices show {args.device} tells); run the same deploy again"
     )
-    result = deploy(
-        _open_ws(args),
-        args.export,
-        args.device,
-        args.interface,
-        activate=args.activate,
-        provider=args.provider,
-    )
+    progress = TransferProgress(sys.stderr, "sent")
+    try:
+        result = deploy(
+            _open_ws(args),
+            args.export,
+            args.device,
+            args.interface,
+            activate=args.activate,
+            provider=args.provider,
+            on_progress=progress if progress.shown else None,
+        )
+    finally:
+        progress.end()
     fallback = result.get("fallback")
     if fallback:  # never silent: the device does not run on what was wanted
         print(
@@ -1751,6 +1759,35 @@ def cmd_usage(args: argparse.Namespace) -> Any:
             ],
         )
     )
+
+
+class TransferProgress:
+    """``on_progress(done, total)`` for a push, shown on a terminal only (a log or a pipe gets
+    nothing): one line, rewritten at most every half second, so a stall shows as a line that
+    stops moving rather than as silence."""
+
+    def __init__(self, stream: Any, verb: str, clock: Callable[[], float] = time.monotonic) -> None:
+        self.stream, self.verb, self.clock = stream, verb, clock
+        self.shown = bool(getattr(stream, "isatty", lambda: False)())
+        self._last = -1.0
+        self._drawn = False
+
+    def __call__(self, done: int, total: int) -> None:
+        now = self.clock()
+        if done < total and now - self._last < 0.5:
+            return
+        self._last = now
+        share = f" ({100 * done / total:.0f} %)" if total else ""
+        self.stream.write(f"\r{self.verb} {done / 2**20:.1f} of {total / 2**20:.1f} MiB{share}")
+        self.stream.flush()
+        self._drawn = True
+
+    def end(self) -> None:
+        """Close the line, so what follows starts on its own."""
+        if self._drawn:
+            self.stream.write("\n")
+            self.stream.flush()
+            self._drawn = False
 
 
 def _seconds(text: str) -> float:

@@ -295,6 +295,7 @@ def forget(ws: Any, device_id: str) -> dict[str, Any]:
     agent_key = pinned_key(dev)
     was_paired = agent_key is not None
     revoked = False
+    already = False  # the agent had dropped this desktop before (outpost-agent unpair)
     warning: str | None = None
     if agent_key is not None:
         client = AgentClient(
@@ -313,7 +314,7 @@ def forget(ws: Any, device_id: str) -> dict[str, Any]:
             )
         except AgentRejectedError as exc:
             if exc.status == 401 and "not paired" in exc.message:
-                revoked = True  # it no longer knows this desktop
+                revoked = already = True  # it no longer knows this desktop
             else:
                 warning = (
                     f"the agent refused to forget this desktop ({exc.message}); forgotten here "
@@ -334,6 +335,7 @@ def forget(ws: Any, device_id: str) -> dict[str, Any]:
         "name": dev.name,
         "was_paired": was_paired,
         "agent_revoked": revoked,
+        "agent_had_forgotten": already,
         "warning": warning,
     }
 
@@ -808,6 +810,7 @@ def device_detail(ws: Any, device_id: str, interfaces: list[str] | None = None) 
                         value = shown(details.get(key), limit)
                         if value:
                             setattr(row, column, value)
+            dev = get_device(ws, dev.id)  # as just recorded: seen now
         except OutpostError as exc:
             warning = f"{exc}; showing what was known"
     else:

@@ -3,9 +3,11 @@ usage (device x model table), and on-device benchmarks of an export."""
 
 from __future__ import annotations
 
+import io
 import json
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,7 @@ from desktop_app.core import datasets, devices
 from desktop_app.core.dataset_sample import write_sample_dataset
 from desktop_app.core.devices import DeviceError
 from desktop_app.core.exports import get_export
-from desktop_app.core.models import Deployment, DeviceBenchmark
+from desktop_app.core.models import Deployment, Device, DeviceBenchmark
 from desktop_app.core.workspace import Workspace
 from device_agent.pairing import issue_code
 from tests.device_agent.conftest import AgentThread
@@ -85,8 +87,16 @@ def test_devices_show(
     ws: Workspace, agent: AgentThread, paired: tuple[str, Path], capfd: pytest.CaptureFixture[str]
 ) -> None:
     device_id, _ = paired
+    with ws.session() as s:  # seen long ago: the answer below refreshes it
+        row = s.get(Device, device_id)
+        assert row is not None
+        row.last_seen = datetime(2020, 1, 1)
     detail = _run(["devices", "show", device_id[:6]], ws, capfd)
     assert (detail["id"], detail["paired"], detail["warning"]) == (device_id, True, None)
+    with ws.session() as s:
+        seen = s.get(Device, device_id).last_seen  # type: ignore[union-attr]
+    assert not detail["last_seen"].startswith("2020") and seen.year > 2020
+    assert detail["last_seen"] == devices._iso(seen)
     assert detail["cpu_count"] >= 1 and detail["ram_bytes"] > 0 and detail["os"]
     assert isinstance(detail["accelerators"], list)
     ort = next(r for r in detail["runtimes"] if r["key"] == "onnxruntime")
@@ -291,3 +301,33 @@ def test_a_deploy_cut_off_by_ctrl_c_is_recorded_and_says_what_to_do(
         assert row is not None
         assert (row.action, row.status, row.export_id) == ("deploy", "failed", "exp2")
         assert row.message == "interrupted on the desktop"
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_a_push_shows_its_progress_on_a_terminal_only() -> None:
+    from desktop_app.cli import TransferProgress
+
+    now = {"t": 0.0}
+    terminal = _Terminal()
+    progress = TransferProgress(terminal, "sent", clock=lambda: now["t"])
+    assert progress.shown
+    mib = 1 << 20
+    progress(0, 40 * mib)
+    progress(mib, 40 * mib)  # within half a second: not redrawn
+    now["t"] = 0.6
+    progress(10 * mib, 40 * mib)
+    progress(40 * mib, 40 * mib)  # the end is always drawn
+    progress.end()
+    assert terminal.getvalue() == (
+        "\rsent 0.0 of 40.0 MiB (0 %)\rsent 10.0 of 40.0 MiB (25 %)"
+        "\rsent 40.0 of 40.0 MiB (100 %)\n"
+    )
+    log = io.StringIO()  # a log file or a pipe: nothing
+    quiet = TransferProgress(log, "sent")
+    assert not quiet.shown
+    quiet.end()
+    assert log.getvalue() == ""

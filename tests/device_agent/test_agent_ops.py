@@ -212,6 +212,10 @@ def test_forget_unpins_here_and_there(
     _, client = devices.connect(ws, device_id)
     with client:
         assert client.stats()["agent_id"] == device_id
+    # the device forgot this desktop first (outpost-agent unpair there): said as it happened
+    agent.service.pairing.remove([desktop.fingerprint])
+    assert outpost(["devices", "forget", device_id[:8], "--workspace", str(ws.root)]) == 0
+    assert "the device had already dropped this desktop's key" in capsys.readouterr().out
 
 
 def test_forget_an_unreachable_device_still_forgets_it_here(
