@@ -191,11 +191,8 @@ def _boundary(content_type: str) -> bytes:
 
 def _part(raw: bytes) -> tuple[str | None, bytes]:
     """One part (its headers and content): its form field name and its decoded content."""
-    end = raw.find(b"\r\n\r\n", 0, MAX_PART_HEADER)
-    skip = 4
-    if end < 0:
-        end = raw.find(b"\n\n", 0, MAX_PART_HEADER)
-        skip = 2
+    crlf, lf = raw.find(b"\r\n\r\n", 0, MAX_PART_HEADER), raw.find(b"\n\n", 0, MAX_PART_HEADER)
+    end, skip = (crlf, 4) if crlf >= 0 and (lf < 0 or crlf < lf) else (lf, 2)
     if end < 0:
         raise BodyError(
             "a part of the multipart body has no end to its headers; send the file as "
@@ -209,7 +206,13 @@ def _part(raw: bytes) -> tuple[str | None, bytes]:
     encoding = str(headers.get("Content-Transfer-Encoding", "")).strip().lower()
     if encoding == "base64":
         core = _WHITESPACE.sub(b"", content).rstrip(b"=")
-        content = base64.b64decode(core + b"=" * (-len(core) % 4), validate=False)
+        try:
+            content = base64.b64decode(core + b"=" * (-len(core) % 4), validate=False)
+        except (binascii.Error, ValueError):
+            raise BodyError(
+                "a base64 part of the multipart body is not valid base64; send the file as it "
+                "is (e.g. curl -F image=@photo.jpg URL)"
+            ) from None
     elif encoding == "quoted-printable":
         content = quopri.decodestring(content)
     return (name if isinstance(name, str) else None), content

@@ -225,7 +225,9 @@ def _add_keys_parser(sub: argparse._SubParsersAction[_Parser]) -> None:
     keys = sub.add_parser(
         "keys", help="API keys for applications (inference routes only, Authorization: Bearer)"
     )
-    keys_sub = keys.add_subparsers(dest="keys_command", metavar="ACTION", parser_class=_Parser)
+    keys_sub = keys.add_subparsers(
+        dest="keys_command", metavar="ACTION", parser_class=_Parser, required=True
+    )
     create = keys_sub.add_parser(
         "create", help="make a key and print it once (only its hash is kept)"
     )

@@ -371,7 +371,8 @@ class UploadManager:
     def _check_room(self, states: list[UploadState]) -> None:
         """Make room for one more upload (called with ``self._lock`` held): with as many open
         as allowed, drop the one idle longest if it has been idle :data:`EVICT_IDLE_S` and no
-        stream holds it (a deploy cut off mid-way, whose desktop would resume it by now);
+        stream holds it and it is not whole (a deploy cut off mid-way: one whole may be in its
+        commit);
         429 when every one is in use."""
         if len(states) < self.max_uploads:
             return
@@ -380,6 +381,7 @@ class UploadManager:
             state
             for state in states
             if now - state.updated_at >= EVICT_IDLE_S
+            and state.offset < state.size  # a whole one may be waiting for, or in, its commit
             and not (state.id in self._locks and self._locks[state.id].locked())
         ]
         if not idle:

@@ -483,3 +483,18 @@ def test_body_deadline_grows_with_the_length() -> None:
     assert bodies.body_deadline(None, 64 << 10) == bodies.BODY_IDLE_S + 1
     assert bodies.body_deadline(128 << 10, 1) == bodies.BODY_IDLE_S + 2
 
+
+
+def test_multipart_edge_parts_are_read_or_refused_with_a_400_reason() -> None:
+    content_type = "multipart/form-data; boundary=b0und"
+    lf_headers = (
+        b'--b0und\nContent-Disposition: form-data; name="image"\n\n'
+        b"\xff\xd8JUNK\r\n\r\nREAL-TAIL\n--b0und--"
+    )  # headers end in LF only; the content holds CRLFCRLF
+    assert multipart_field(content_type, lf_headers, "image") == b"\xff\xd8JUNK\r\n\r\nREAL-TAIL"
+    broken = (
+        b'--b0und\r\nContent-Disposition: form-data; name="image"\r\n'
+        b"Content-Transfer-Encoding: base64\r\n\r\nAAAAA\r\n--b0und--"
+    )
+    with pytest.raises(BodyError, match="not valid base64"):
+        multipart_field(content_type, broken, "image")

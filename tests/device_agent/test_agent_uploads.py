@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -474,3 +475,19 @@ def test_a_new_upload_drops_the_one_idle_longest_when_all_are_open(
     assert gone.value.status == 404
     sixth = manager.create(30, sha)["id"]  # the oldest, let go of by its stream, goes now
     assert {s.id for s in manager._scan()} == {*ids[2:], fifth, sixth}
+
+
+def test_a_whole_upload_waiting_for_its_commit_is_not_dropped(tmp_path: Path) -> None:
+    """A package that arrived whole may wait behind another install: it is never the one
+    dropped to make room."""
+    now = {"t": time.time()}
+    manager = UploadManager(tmp_path / "uploads", clock=lambda: now["t"])
+    data = b"x" * 10
+    whole = manager.create(len(data), hashlib.sha256(data).hexdigest())["id"]
+    manager.write(whole, 0, data)
+    for i in range(3):  # three more, incomplete
+        manager.create(20 + i, "0" * 64)
+    now["t"] += uploads.EVICT_IDLE_S + 3600
+    fifth = manager.create(30, "0" * 64)["id"]
+    kept = {s.id for s in manager._scan()}
+    assert whole in kept and fifth in kept and len(kept) == 4
