@@ -1815,8 +1815,6 @@ def _note_unsynced(args: argparse.Namespace, rows: list[dict[str, Any]]) -> None
 
 
 def cmd_devices_sync(args: argparse.Namespace) -> Any:
-    import time
-
     from desktop_app.core.devices import sync_usage
 
     ws = _open_ws(args)

@@ -190,8 +190,8 @@ def check_single_options(request: web.Request) -> None:
 async def _infer_input(request: web.Request) -> InferInput:
     """The input of one request: a JSON body (``image_base64``), or the image (or decoded
     frame) as the body with its options in the query. An option given twice is refused (which
-    one was meant cannot be known)."""
-    check_single_options(request)
+    one was meant cannot be known: each route checks that first, with
+    :func:`check_single_options`)."""
     if request.content_type == "application/json":
         body = json_body(await read_body(request), JSON_EXAMPLE)
         if not isinstance(body, dict) or not isinstance(body.get("image_base64"), str):
@@ -258,6 +258,7 @@ async def answer_inference(
 async def post_model_infer(request: web.Request) -> web.Response:
     """Run one image through the named model (its active version)."""
     service = request.app[SERVICE_KEY]
+    check_single_options(request)
     model = service.store.get(request.match_info["name"])
     return await answer_inference(request, model, aliases=True)
 
