@@ -36,6 +36,7 @@ BODY_IDLE_S = 30.0  # a body that sends nothing for this long while it is awaite
 BODY_MIN_RATE = 64 << 10  # bytes per second
 CHECK_EVERY_S = 1.0
 MAX_PART_HEADER = 16 << 10  # bytes of one multipart part's headers
+MAX_PARTS = 64  # parts of one multipart body (an image and a few fields need a handful)
 _DATA_URL = re.compile(rb"\Adata:[\w.+-]+/[\w.+-]+(?:;[\w.+-]+=[\w.+-]+)*;base64,", re.ASCII)
 _WHITESPACE = re.compile(rb"[ \t\r\n\f\v]+")
 
@@ -234,7 +235,14 @@ def multipart_field(content_type: str, body: bytes, name: str) -> bytes | None:
         )
     found: bytes | None = None
     at = start + len(delimiter)
+    parts = 0
     while not body.startswith(b"--", at):  # the closing delimiter ends the body
+        parts += 1
+        if parts > MAX_PARTS:
+            raise BodyError(
+                f"the multipart body has more than {MAX_PARTS} parts; send the image as field "
+                f"'{name}' and the options in the query"
+            )
         line_end = body.find(b"\n", at)
         if line_end < 0:
             break  # a body cut after a delimiter: the parts before it stand

@@ -14,7 +14,7 @@ import json
 import logging
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
@@ -58,6 +58,18 @@ def _ipv4(text: str) -> str:
         ) from None
 
 
+def _data_dir(text: str) -> Path:
+    """A ``--data-dir``: a folder (made on first use), never "" (the current folder)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(
+            f"must name a folder, got {text!r}; leave --data-dir out for {default_data_dir()}"
+        )
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a file, not a folder; name a folder")
+    return path
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="outpost-agent",
@@ -79,7 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_PORT,
         help=f"TCP port (default {DEFAULT_PORT}; 0 = any free)",
     )
-    serve.add_argument("--data-dir", type=Path, help=f"state folder (default {default_data_dir()})")
+    serve.add_argument(
+        "--data-dir", type=_data_dir, help=f"state folder (default {default_data_dir()})"
+    )
     serve.add_argument(
         "--no-mdns",
         action="store_true",
@@ -99,13 +113,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-concurrency); more are refused with 503 and Retry-After",
     )
     info = sub.add_parser("info", help="print this agent's id (created on first use)")
-    info.add_argument("--data-dir", type=Path, help=f"state folder (default {default_data_dir()})")
+    info.add_argument(
+        "--data-dir", type=_data_dir, help=f"state folder (default {default_data_dir()})"
+    )
     info.add_argument("--json", action="store_true", help="print id, name and data folder as JSON")
     pair = sub.add_parser(
         "pair",
         help=f"print a one-time pairing code for a desktop (single use, valid {CODE_TTL_S // 60} min)",
     )
-    pair.add_argument("--data-dir", type=Path, help=f"state folder (default {default_data_dir()})")
+    pair.add_argument(
+        "--data-dir", type=_data_dir, help=f"state folder (default {default_data_dir()})"
+    )
     pair.add_argument("--json", action="store_true", help="print code, id and expiry as JSON")
     unpair = sub.add_parser(
         "unpair",
@@ -113,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
         "without --all or --key, list them",
     )
     unpair.add_argument(
-        "--data-dir", type=Path, help=f"state folder (default {default_data_dir()})"
+        "--data-dir", type=_data_dir, help=f"state folder (default {default_data_dir()})"
     )
     which = unpair.add_mutually_exclusive_group()
     which.add_argument("--all", action="store_true", help="revoke every paired desktop")
@@ -133,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     offline.add_argument("package", type=Path, help="the .outpost.zip")
     offline.add_argument(
-        "--data-dir", type=Path, help=f"state folder (default {default_data_dir()})"
+        "--data-dir", type=_data_dir, help=f"state folder (default {default_data_dir()})"
     )
     offline.add_argument("--inactive", action="store_true", help="stage it; keep serving the old")
     offline.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -141,18 +159,49 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _install_package(args: argparse.Namespace) -> int:
+    """Install a package file into the store, holding the data folder's lock (refused while
+    an agent serves from it: that agent would go on serving what it loaded)."""
+    from device_agent.lock import DataDirLock
     from device_agent.store import ModelStore
 
-    store = ModelStore(args.data_dir or default_data_dir())
-    store.load()
-    model = store.install(args.package.absolute(), activate=not args.inactive)
+    package = args.package.absolute()
+    if not package.is_file():
+        reason = "is a folder" if package.is_dir() else "does not exist"
+        raise OutpostError(f"{package} {reason}; pass the .outpost.zip file to install")
+    data_dir = args.data_dir or default_data_dir()
+    with DataDirLock(data_dir, "install-package"), _sigterm_as_interrupt():
+        store = ModelStore(data_dir)
+        store.load()
+        model = store.install(package, activate=not args.inactive)
     result = model.install_result()
     if args.json:
         print(json.dumps(result))
-    else:
-        state = "staged" if args.inactive else "active"
-        print(f"installed {model.name} {model.version} ({model.format}, {state})")
+        return 0
+    state = "staged" if args.inactive else "active"
+    print(f"installed {model.name} {model.version} ({model.format}, {state})")
+    for warning in result["warnings"]:
+        print(f"  warning: {warning}")
     return 0
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (``kill``, a service manager) ends the command with exit 143 by raising
+    SystemExit, so an install stopped that way removes its staging folder on the way out
+    (the default action would kill it on the spot)."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    try:
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread: leave the default
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _add_service_parsers(sub: argparse._SubParsersAction[_Parser]) -> None:
@@ -169,7 +218,7 @@ def _add_service_parsers(sub: argparse._SubParsersAction[_Parser]) -> None:
             "--dry-run", action="store_true", help="print the file and commands; change nothing"
         )
         p.add_argument("--kind", choices=["systemd", "launchd", "termux"], help="skip detection")
-        p.add_argument("--data-dir", type=Path, help="state folder (default: per platform)")
+        p.add_argument("--data-dir", type=_data_dir, help="state folder (default: per platform)")
         p.add_argument("--executable", type=Path, help="the outpost-agent to run")
         p.add_argument("--port", type=_port, help=f"TCP port (default {DEFAULT_PORT})")
         p.add_argument("--interface", type=_ipv4, help="listen and advertise on this address only")
@@ -189,8 +238,13 @@ def _service(args: argparse.Namespace) -> int:
         kind=args.kind,
     )
     removing = args.command == "uninstall-service"
+    if args.executable and not removing:
+        si.check_executable(args.executable)
     if args.dry_run:
-        print(plan.describe(uninstall=removing), end="")
+        if args.json:
+            print(json.dumps(plan.to_json(uninstall=removing)))
+        else:
+            print(plan.describe(uninstall=removing), end="")
         return 0
     result = si.uninstall(plan) if removing else si.install(plan)
     if args.json:
@@ -240,7 +294,7 @@ def _add_keys_parser(sub: argparse._SubParsersAction[_Parser]) -> None:
     revoke.add_argument("name", help="the key's name")
     for action in (create, listing, revoke):
         action.add_argument(
-            "--data-dir", type=Path, help=f"state folder (default {default_data_dir()})"
+            "--data-dir", type=_data_dir, help=f"state folder (default {default_data_dir()})"
         )
         action.add_argument("--json", action="store_true", help="print JSON")
 

@@ -62,6 +62,24 @@ class InstallError(AgentError):
     """A verified package could not be installed (it does not load, or the disk refused it)."""
 
 
+class StorageFullError(InstallError):
+    """An install, activation or removal the device's storage refused: full, read-only or an
+    I/O error (HTTP 507)."""
+
+
+def store_write_failed(action: str, exc: OSError, folder: object, free: int | None) -> InstallError:
+    """The error for a write to the model store that failed: StorageFullError (507) with what
+    to do when the storage itself failed, else InstallError naming the data folder."""
+    failure = storage_failure(exc)
+    if failure is None:
+        return InstallError(f"cannot {action}: {one_line(exc)}; check the data folder {folder}")
+    what, todo = failure
+    room = f"{free / (1 << 20):.1f} MiB free now" if free is not None else "free space unknown"
+    return StorageFullError(
+        f"cannot {action}: the device {what} in {folder} ({room}); {todo}, and retry"
+    )
+
+
 class NoModelError(AgentError):
     """Inference was asked of an agent that has no model installed."""
 

@@ -72,6 +72,7 @@ from device_agent.errors import (
     ModelNotFoundError,
     NoModelError,
     RollbackError,
+    StorageFullError,
     ascii_digits,
     one_line,
     storage_failure,
@@ -119,7 +120,7 @@ MAX_IMAGE_BYTES = 64 << 20  # 64 MiB, read into memory (also the multipart limit
 # A pairing request is a few hundred bytes, and anyone on the network may send one: its body
 # is read under this limit, not the image limit (64 MiB a connection, before any check).
 MAX_PAIR_BYTES = 16 << 10
-MULTIPART_INLINE = 1 << 20  # a multipart body under this is parsed on the event loop
+PARSE_INLINE_BYTES = 1 << 20  # a multipart or JSON body under this is parsed on the event loop
 # A number in the query: ASCII digits, an optional point and exponent (no "_", no blanks).
 _DECIMAL = re.compile(r"[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?|[0-9]+\.", re.ASCII)
 SERVICE_KEY: web.AppKey[AgentService] = web.AppKey("outpost_agent_service")
@@ -130,9 +131,7 @@ SIGNED: contextvars.ContextVar[SignedHeaders | None] = contextvars.ContextVar(
 )
 # The request's body once read (and checked), and whether 100 Continue was sent for it.
 BODY: contextvars.ContextVar[bytes | None] = contextvars.ContextVar("outpost_body", default=None)
-CONTINUED: contextvars.ContextVar[bool] = contextvars.ContextVar(
-    "outpost_continued", default=False
-)
+CONTINUED: contextvars.ContextVar[bool] = contextvars.ContextVar("outpost_continued", default=False)
 # Open to anyone: discovery info, the pairing exchange, and readiness (status only, for local
 # supervisors such as systemd or a container healthcheck, which hold no key). Everything else
 # needs a paired key.
@@ -163,6 +162,7 @@ ERROR_STATUS: tuple[tuple[type[Exception], int], ...] = (
     (RollbackError, 409),
     (ImageDecodeError, 400),
     (PackageError, 422),
+    (StorageFullError, 507),
     (InstallError, 422),
     (RuntimeUnavailableError, 422),
     (OutpostError, 400),
@@ -546,7 +546,7 @@ async def _read_image(request: web.Request) -> bytes:
             multipart_field, request.headers.get("Content-Type", ""), body, "image"
         )
         # A large body is parsed off the event loop (linear, but 0.2 s for 60 MiB).
-        field = parse() if len(body) < MULTIPART_INLINE else await _blocking(parse)
+        field = parse() if len(body) < PARSE_INLINE_BYTES else await _blocking(parse)
         if field is None:
             raise ApiError(
                 400,
@@ -557,8 +557,10 @@ async def _read_image(request: web.Request) -> bytes:
             raise ApiError(400, "the multipart field 'image' is empty; send the image file in it")
         return field
     if not body:
-        what = "the frame's np.save bytes" if request.content_type == NPY_CONTENT_TYPE else (
-            "JPEG or PNG bytes"
+        what = (
+            "the frame's np.save bytes"
+            if request.content_type == NPY_CONTENT_TYPE
+            else ("JPEG or PNG bytes")
         )
         raise ApiError(400, f"the request body is empty; send {what}")
     return body

@@ -23,9 +23,11 @@ from device_agent.apikeys import bearer_token
 from device_agent.bodies import base64_image, json_body
 from device_agent.http_api import (
     BEARER_ROUTES,
+    PARSE_INLINE_BYTES,
     PUBLIC_ROUTES,
     SERVICE_KEY,
     ApiError,
+    _blocking,
     _read_image,
     add_route,
     classification_json,
@@ -54,7 +56,7 @@ BENCH_WARMUP = 3
 MAX_DET_LIMIT = 10_000
 # The options an inference request takes in its query (or its JSON body).
 QUERY_OPTIONS = ("conf", "iou", "max_det", "top_k", "channels", "model")
-JSON_EXAMPLE = '{"image_base64": "..."} (with optional conf, iou, max_det, top_k)'
+JSON_EXAMPLE = '{"image_base64": "..."} (with optional conf, iou, max_det, top_k, model)'
 # Protocol 1 answered /v1/models/{name}/infer with "class" and "score" where every other
 # result (/v1/infer, the Predictor) says "class_name" and "confidence". Both names are sent
 # while protocol 1 is spoken; the old ones are deprecated and go with protocol 2.
@@ -187,16 +189,29 @@ def check_single_options(request: web.Request) -> None:
             raise ApiError(400, f"{key} is given {len(given)} times in the query; give it once")
 
 
-async def _infer_input(request: web.Request) -> InferInput:
-    """The input of one request: a JSON body (``image_base64``), or the image (or decoded
-    frame) as the body with its options in the query. An option given twice is refused (which
-    one was meant cannot be known: each route checks that first, with
-    :func:`check_single_options`)."""
+async def _infer_input(request: web.Request, model_name: str) -> InferInput:
+    """The input of one request for ``model_name``: a JSON body (``image_base64``), or the
+    image (or decoded frame) as the body with its options in the query. An option given twice
+    is refused (which one was meant cannot be known: each route checks that first, with
+    :func:`check_single_options`); so is a JSON ``model`` other than the one the route
+    serves (the model is chosen before the body is read: by the path, or ``?model=``)."""
     if request.content_type == "application/json":
-        body = json_body(await read_body(request), JSON_EXAMPLE)
-        if not isinstance(body, dict) or not isinstance(body.get("image_base64"), str):
-            raise ApiError(400, f"a JSON request needs {JSON_EXAMPLE}")
-        data = base64_image(body["image_base64"])
+        raw = await read_body(request)
+        # a large body (a 4K photo is 10-20 MB of base64) is decoded off the event loop
+        body, data = (
+            _json_input(raw)
+            if len(raw) < PARSE_INLINE_BYTES
+            else await _blocking(functools.partial(_json_input, raw))
+        )
+        named = body.get("model")
+        if named is not None and named != model_name:
+            raise ApiError(
+                400,
+                f"the JSON names model {named!r} but this request is for {model_name!r}; "
+                f"send it to POST /v1/models/{named}/infer (or ?model={named} on /v1/infer)"
+                if isinstance(named, str)
+                else "the JSON's 'model' must be a model's name; or leave it out",
+            )
         params: dict[str, Any] = body
         channels = frame_channels(request, params)
     else:
@@ -213,6 +228,14 @@ async def _infer_input(request: web.Request) -> InferInput:
         top_k_param(params.get("top_k")),
         channels,
     )
+
+
+def _json_input(raw: bytes) -> tuple[dict[str, Any], bytes]:
+    """A JSON inference body → its fields and the image bytes it carries (base64)."""
+    body = json_body(raw, JSON_EXAMPLE)
+    if not isinstance(body, dict) or not isinstance(body.get("image_base64"), str):
+        raise ApiError(400, f"a JSON request needs {JSON_EXAMPLE}")
+    return body, base64_image(body["image_base64"])
 
 
 def detections_json(detections: Detections) -> list[dict[str, Any]]:
@@ -236,7 +259,7 @@ async def answer_inference(
         given, detections, timing = await serve_inference(
             request,
             model,
-            functools.partial(_infer_input, request),
+            functools.partial(_infer_input, request, model.name),
             lambda given: model.predict_bytes(given.data, channels=given.channels, **given.options),
         )
     except ImageDecodeError as exc:

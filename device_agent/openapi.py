@@ -167,8 +167,9 @@ def _spec() -> dict[str, Any]:
             **_inference_paths(unit),
             "/v1/models/{name}/rollback": {
                 "post": _op(
-                    "make the previous version active again",
-                    errors=("404", "409", "422"),
+                    "make the previous version active again; 507 when the storage refuses "
+                    "the switch",
+                    errors=("404", "409", "422", "507"),
                     parameters=[
                         {
                             "name": "name",
@@ -279,7 +280,10 @@ def _inference_paths(unit: dict[str, Any]) -> dict[str, Any]:
                 "timing_ms; also open to an application's API key (Authorization: Bearer); "
                 "503 with Retry-After when the inference queue is full",
                 errors=("400", "401", "404", "409", "503"),
-                parameters=[{"name": "model", "in": "query", "schema": {"type": "string"}}, *options],
+                parameters=[
+                    {"name": "model", "in": "query", "schema": {"type": "string"}},
+                    *options,
+                ],
                 requestBody=body,
             )
         },
@@ -410,7 +414,7 @@ def _install_paths() -> dict[str, Any]:
                 "bool, provider?: str}; answers the model plus activated, self_test, "
                 "benchmark, fallback {wanted, using, reason} and warnings; repeatable",
                 ok="201",
-                errors=("404", "409", "422"),
+                errors=("404", "409", "422", "507"),
                 parameters=[upload_id],
                 requestBody={"required": False, "content": obj},
             )
@@ -421,7 +425,7 @@ def _install_paths() -> dict[str, Any]:
         "/v1/models/{name}": {
             "delete": _op(
                 "uninstall every version; 409 when it is the only model serving unless ?force=1",
-                errors=("404", "409"),
+                errors=("404", "409", "507"),
                 parameters=[name, {"name": "force", "in": "query", "schema": {"enum": ["1", "0"]}}],
             )
         },
@@ -429,14 +433,16 @@ def _install_paths() -> dict[str, Any]:
             "post": _op(
                 "serve the model again, or switch to JSON {version} (staged, active or "
                 "previous; default: the staged one)",
-                errors=("404", "422"),
+                errors=("404", "422", "507"),
                 parameters=[name],
                 requestBody={"required": False, "content": obj},
             )
         },
         "/v1/models/{name}/deactivate": {
             "post": _op(
-                "stop serving the model; its files stay", errors=("404",), parameters=[name]
+                "stop serving the model; its files stay",
+                errors=("404", "507"),
+                parameters=[name],
             )
         },
     }

@@ -21,6 +21,7 @@ from device_agent.errors import AdvertiseError, AgentError, one_line
 from device_agent.http_api import build_app
 from device_agent.identity import load_or_create_identity
 from device_agent.inference import InferenceLimiter
+from device_agent.lock import DataDirLock
 from device_agent.mdns import ADDRESS_POLL_S, ALL_HOSTS, Advertiser
 from device_agent.pairing import Pairing
 from device_agent.platform_info import device_details, host_facts, probe_runtimes
@@ -99,6 +100,7 @@ class AgentService:
         self._infer_executor = ThreadPoolExecutor(concurrency, thread_name_prefix="outpost-infer")
         self._runner: web.AppRunner | None = None
         self._advertiser: Advertiser | None = None
+        self._lock = DataDirLock(self.data_dir, "serve")
 
     @property
     def url(self) -> str:
@@ -142,20 +144,27 @@ class AgentService:
         self.loaded = True
 
     async def async_start(self) -> None:
-        """Load installed models, bind the HTTP server, then advertise the real port."""
-        await self.run_install(self._prepare_disk)
-        runner = web.AppRunner(self.app, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
-        await runner.setup()
+        """Take the data folder's lock (DataDirBusyError when another agent or an install
+        holds it), load installed models, bind the HTTP server, then advertise the real port."""
+        self._lock.acquire()
         try:
-            await web.TCPSite(runner, self.host, self.port).start()
-        except OSError as exc:
-            await runner.cleanup()
-            raise AgentError(
-                f"cannot listen on {self.host}:{self.port}: {one_line(exc.strerror or exc)}; "
-                "pick another --port or --interface"
-            ) from None
+            await self.run_install(self._prepare_disk)
+            runner = web.AppRunner(self.app, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
+            await runner.setup()
+            try:
+                await web.TCPSite(runner, self.host, self.port).start()
+            except OSError as exc:
+                await runner.cleanup()
+                raise AgentError(
+                    f"cannot listen on {self.host}:{self.port}: {one_line(exc.strerror or exc)}; "
+                    "pick another --port or --interface"
+                ) from None
+        except BaseException:
+            self._lock.release()
+            raise
         self._runner = runner
         self.port = int(runner.addresses[0][1])
+        self._lock.describe(self.url)
         log.info("agent %s listening on %s", self.identity.agent_id, self.url)
         if not self.advertise:
             return
@@ -185,4 +194,6 @@ class AgentService:
             await runner.cleanup()
         self._infer_executor.shutdown(wait=False, cancel_futures=True)
         self._install_executor.shutdown(wait=False, cancel_futures=True)
-        log.info("agent %s stopped", self.identity.agent_id)
+        self._lock.release()
+        if runner is not None:  # a start that failed has said why; nothing was serving
+            log.info("agent %s stopped", self.identity.agent_id)

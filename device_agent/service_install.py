@@ -124,6 +124,16 @@ def agent_executable() -> Path:
     )
 
 
+def check_executable(path: Path) -> None:
+    """ServiceInstallError unless ``path`` is an executable file (what the service will run)."""
+    if not (path.is_file() and os.access(path, os.X_OK)):
+        problem = "does not exist" if not path.exists() else "is not an executable file"
+        raise ServiceInstallError(
+            f"--executable {path} {problem}; pass the agent's outpost-agent (the bin/ of its "
+            "venv), or leave --executable out to use the one beside this Python"
+        )
+
+
 @dataclass(frozen=True)
 class ServicePlan:
     """A service file and the commands that enable (or remove) it."""
@@ -143,15 +153,35 @@ class ServicePlan:
     def describe(self, *, uninstall: bool = False) -> str:
         """The file and the commands, as ``--dry-run`` prints them."""
         lines: list[str] = []
-        if uninstall:
-            commands = [*self.disable, ["rm", "-f", str(self.path)], *self.after_remove]
-        else:
+        if not uninstall:
             lines += [f"# {self.path} (mode {self.mode:o})", self.content.rstrip("\n"), ""]
-            commands = [*self.before, ["write", str(self.path)], *self.enable]
         lines.append("# commands:")
-        lines += [shlex.join(c) for c in commands]
+        lines += [shlex.join(c) for c in self.commands(uninstall=uninstall)]
         lines += [f"# {n}" for n in self.notes]
         return "\n".join(lines) + "\n"
+
+    def commands(self, *, uninstall: bool = False) -> list[list[str]]:
+        """The commands install (or uninstall) runs, with ``write``/``rm`` for the file."""
+        if uninstall:
+            return [*self.disable, ["rm", "-f", str(self.path)], *self.after_remove]
+        return [*self.before, ["write", str(self.path)], *self.enable]
+
+    def to_json(self, *, uninstall: bool = False) -> dict[str, object]:
+        """What ``--dry-run --json`` prints: the file (to install), the commands and notes."""
+        record: dict[str, object] = {
+            "dry_run": True,
+            "action": "uninstall" if uninstall else "install",
+            "kind": self.kind,
+            "user": self.user_mode,
+            "path": str(self.path),
+            "data_dir": str(self.data_dir),
+            "commands": self.commands(uninstall=uninstall),
+            "notes": self.notes,
+        }
+        if not uninstall:
+            record["mode"] = f"{self.mode:o}"
+            record["content"] = self.content
+        return record
 
 
 def _serve_args(

@@ -172,6 +172,7 @@ class UsageStats:
         self._clock = clock
         self._models: dict[str, LatencyWindow] = {}
         self._versions: dict[tuple[str, str], VersionUsage] = {}
+        self._latency_sums: dict[str, float] = {}  # every successful request's, since start
         self.since = _iso(clock())
 
     def _get(self, name: str) -> LatencyWindow:
@@ -189,6 +190,7 @@ class UsageStats:
 
     def record(self, name: str, total_ms: float, version: str | None = None) -> None:
         self._get(name).add(total_ms)
+        self._latency_sums[name] = self._latency_sums.get(name, 0.0) + total_ms
         usage = self._version(name, version)
         if usage is not None:
             usage.record(self._clock(), total_ms)
@@ -234,6 +236,16 @@ class UsageStats:
 
     def window(self, name: str) -> LatencyWindow | None:
         return self._models.get(name)
+
+    def answered(self, name: str) -> tuple[int, float]:
+        """Successful requests to ``name`` since the agent started and their summed latency
+        (ms): cumulative, unlike the window the percentiles come from."""
+        window = self._models.get(name)
+        count = window.count - window.errors if window else 0
+        return count, self._latency_sums.get(name, 0.0)
+
+    def version_items(self) -> list[tuple[tuple[str, str], VersionUsage]]:
+        return sorted(self._versions.items())
 
     def version_usage(self, name: str, version: str) -> VersionUsage | None:
         return self._versions.get((name, version))
@@ -299,7 +311,8 @@ def prometheus_text(
     """The ``GET /v1/metrics`` body: Prometheus text exposition format 0.0.4.
 
     Per model (installed, or served since start): request and error counters and a latency
-    summary over the agent's bounded window of successful requests; plus the installed count
+    summary (quantiles over the agent's bounded window of successful requests; ``_sum`` and
+    ``_count`` over all of them); per model version, a latency histogram; plus the installed count
     and, given ``concurrency`` (``in_flight``, ``queued``, ``rejected``), the inference
     limiter's gauges and counter.
     """
@@ -339,11 +352,25 @@ def prometheus_text(
             lines.append(
                 f'outpost_inference_latency_ms{{model="{label}",quantile="{quantile}"}} {shown}'
             )
+        # _sum and _count are counters (every successful request since the agent started);
+        # only the quantiles come from the recent window
+        count, total = stats.answered(name)
         lines.append(
-            f'outpost_inference_latency_ms_sum{{model="{label}"}} '
-            f"{_number(round(float(samples.sum()), 3))}"
+            f'outpost_inference_latency_ms_sum{{model="{label}"}} {_number(round(total, 3))}'
         )
-        lines.append(f'outpost_inference_latency_ms_count{{model="{label}"}} {samples.size}')
+        lines.append(f'outpost_inference_latency_ms_count{{model="{label}"}} {count}')
+    lines += [
+        "# HELP outpost_request_latency_ms Server-side latency of successful inference "
+        "requests per model version since the agent started, milliseconds.",
+        "# TYPE outpost_request_latency_ms histogram",
+    ]
+    for (name, version), usage in stats.version_items():
+        labels = f'model="{_label(name)}",version="{_label(version)}"'
+        histogram = usage.histogram()
+        for bound, cumulative in histogram["buckets"].items():
+            lines.append(f'outpost_request_latency_ms_bucket{{{labels},le="{bound}"}} {cumulative}')
+        lines.append(f"outpost_request_latency_ms_sum{{{labels}}} {_number(histogram['sum_ms'])}")
+        lines.append(f"outpost_request_latency_ms_count{{{labels}}} {histogram['count']}")
     lines += [
         "# HELP outpost_models_installed Models with an active version loaded.",
         "# TYPE outpost_models_installed gauge",

@@ -51,6 +51,7 @@ from device_agent.errors import (
     NoModelError,
     RollbackError,
     one_line,
+    store_write_failed,
 )
 from runtimes.backends import Backend, BackendRegistry, default_registry
 from runtimes.backends.onnxruntime import PROVIDER_PREFERENCE
@@ -399,6 +400,19 @@ def _keypoints_moved(want: list[list[float]], have: list[list[float]]) -> float:
     return max(seen, default=0.0)
 
 
+def _now_serving(entry: Any, fmt: str | None, gone: str | None, fallback: dict[str, str]) -> Any:
+    """A ``formats`` report entry of an install once ``gone`` no longer runs here and ``fmt``
+    serves instead: which is chosen, and why ``gone`` is not runnable now."""
+    if not isinstance(entry, dict):
+        return entry
+    entry = {**entry}
+    if "chosen" in entry or entry.get("format") == fmt:
+        entry["chosen"] = entry.get("format") == fmt
+    if entry.get("format") == gone:
+        entry.update(runnable=False, reason=fallback.get("reason"))
+    return entry
+
+
 def _self_test_outputs(folder: Path, manifest: Manifest) -> SelfTestOutputs | None:
     """The package's ``selftest/outputs.json`` (listed in its files, so its digest was
     checked), or None when it has none (a detector, or an older export)."""
@@ -465,6 +479,31 @@ def _compute_providers(providers: tuple[str, ...] | list[str]) -> list[str]:
     rank = {p: i for i, p in enumerate(PROVIDER_PREFERENCE)}
     kept = [p for p in providers if p not in NOT_COMPUTE_PROVIDERS]
     return sorted(kept, key=lambda p: (p in CPU_PROVIDERS, rank.get(p, -1)))
+
+
+def _provider_named(
+    provider: str, runnable: list[tuple[str, type[Backend], list[str]]], registry: BackendRegistry
+) -> str:
+    """``provider`` as the runtimes here spell it (``cuda`` and ``CUDA`` are torch's ``cuda``),
+    or InstallError when no runtime knows the name at all (a typo would otherwise install on
+    the CPU with only a warning). A known name that is not available here is returned as
+    given: the install goes on and reports the fallback."""
+    usable = [p for _, _, ps in runnable for p in ps]
+    known = [
+        p
+        for key in registry.keys()
+        for p in registry.get(key).known_providers()
+        if p not in NOT_COMPUTE_PROVIDERS
+    ]
+    for names in (usable, known):
+        match = next((p for p in names if p.lower() == provider.strip().lower()), None)
+        if match is not None:
+            return match
+    raise InstallError(
+        f"no runtime knows an execution provider called {provider!r}; the ones here: "
+        f"{', '.join(dict.fromkeys(usable)) or 'none'} (or leave the provider out for the "
+        "fastest)"
+    )
 
 
 def _cpu_of(providers: list[str]) -> str | None:
@@ -630,6 +669,13 @@ class ModelStore:
         # A later install or rollback of that model clears its entry.
         self.not_loaded: dict[str, str] = {}
         self._install_lock = threading.Lock()
+
+    def _write_failed(self, action: str, exc: OSError) -> InstallError:
+        try:
+            free: int | None = shutil.disk_usage(self.root).free
+        except OSError:
+            free = None
+        return store_write_failed(action, exc, self.root, free)
 
     # -- reading ---------------------------------------------------------------------
 
@@ -811,8 +857,8 @@ class ModelStore:
                 except OutpostError:
                     raise
                 except OSError as exc:
-                    raise InstallError(
-                        f"cannot install {manifest.name} {manifest.version}: {one_line(exc)}; check free disk space"
+                    raise self._write_failed(
+                        f"install {manifest.name} {manifest.version}", exc
                     ) from None
                 finally:
                     shutil.rmtree(staging, ignore_errors=True)
@@ -841,9 +887,7 @@ class ModelStore:
                     model_dir, previous, record["active"], staged=record.get("staged")
                 )
             except OSError as exc:
-                raise InstallError(
-                    f"cannot roll {name} back: {one_line(exc)}; check the data folder"
-                ) from None
+                raise self._write_failed(f"roll {name} back", exc) from None
             model = replace(model, previous_version=current.version)
             with self._models_lock:
                 self._models[name] = model
@@ -894,9 +938,7 @@ class ModelStore:
             try:
                 self._write_active(model_dir, active, previous, staged=staged, enabled=True)
             except OSError as exc:
-                raise InstallError(
-                    f"cannot activate {name}: {one_line(exc)}; check the data folder"
-                ) from None
+                raise self._write_failed(f"activate {name}", exc) from None
             model = replace(
                 model,
                 previous_version=previous["version"] if previous else None,
@@ -922,9 +964,7 @@ class ModelStore:
                     enabled=False,
                 )
             except OSError as exc:
-                raise InstallError(
-                    f"cannot deactivate {name}: {one_line(exc)}; check the data folder"
-                ) from None
+                raise self._write_failed(f"deactivate {name}", exc) from None
             with self._models_lock:
                 self._models.pop(name, None)
             self.not_loaded.pop(name, None)
@@ -959,9 +999,7 @@ class ModelStore:
             try:
                 model_dir.rename(trash)
             except OSError as exc:
-                raise InstallError(
-                    f"cannot uninstall {name}: {one_line(exc)}; check the data folder"
-                ) from None
+                raise self._write_failed(f"uninstall {name}", exc) from None
             with self._models_lock:
                 self._models.pop(name, None)
             self.not_loaded.pop(name, None)
@@ -1014,9 +1052,17 @@ class ModelStore:
             reports[spec.key] = {"format": spec.key, "runtime": backend.key, "runnable": True}
             runnable.append((spec.key, backend, providers))
         if not runnable:
+            here = registry.runnable_formats()
+            advice = (
+                f"export it as {' or '.join(here)} (what this device runs), or install the "
+                "runtime the package needs"
+                if here
+                else "install a runtime for it (pip install 'outpost[agent]' brings ONNX Runtime)"
+            )
             raise InstallError(
                 f"no runtime here can run any format of {manifest.name}: "
                 + "; ".join(r["reason"] for r in reports.values())
+                + f"; {advice}"
             )
         multi = len(runnable) > 1
 
@@ -1043,10 +1089,13 @@ class ModelStore:
             return predictor, RuntimeChoice(None, formats=formats(fmt, None))
         everywhere = sorted({p for _, _, ps in runnable for p in ps})
         failures: dict[str, str] = {}
+        if provider is not None:
+            provider = _provider_named(provider, runnable, registry)
         if provider is not None and provider not in everywhere:
+            runtimes = ", ".join(backend.key for _, backend, _ in runnable)
             failures[provider] = (
-                f"{provider} is not available on this device "
-                f"(available: {', '.join(everywhere) or 'none'})"
+                f"{provider} is not available on this device to the runtime of this package "
+                f"({runtimes}, with {', '.join(everywhere) or 'no provider'})"
             )
         loaded: dict[str, tuple[str, Predictor]] = {}
         first_wanted: str | None = provider
@@ -1166,7 +1215,8 @@ class ModelStore:
                 what = _self_test_failure(self_test)
                 raise InstallError(
                     f"self-test failed: {what} with {where}; the previous version keeps "
-                    "serving; re-export the model or pick another provider"
+                    "serving; re-export the model, or deploy it asking for another execution provider "
+                    "(outpost deploy ... --provider NAME)"
                 )
         if choice.fallback:
             fb = choice.fallback
@@ -1191,11 +1241,16 @@ class ModelStore:
         fallback = record.get("fallback") if isinstance(record.get("fallback"), dict) else None
         providers: list[str] | None = None
         fmt = record.get("format") if isinstance(record.get("format"), str) else None
+        chosen_fmt = fmt
         try:
             if fmt is not None:
                 fmt, fallback = self._recorded_format(name, folder, fmt, fallback)
+            # another format now (its runtime went): the recorded providers were the other
+            # runtime's, and the fallback says why already
+            switched = chosen_fmt is not None and fmt != chosen_fmt
             if (
-                isinstance(recorded, list)
+                not switched
+                and isinstance(recorded, list)
                 and recorded
                 and all(isinstance(p, str) for p in recorded)
             ):
@@ -1228,6 +1283,8 @@ class ModelStore:
             fallback["using"] = ", ".join(predictor.backend.active_providers)
         benchmark = record.get("benchmark") if isinstance(record.get("benchmark"), dict) else None
         formats = record.get("formats") if isinstance(record.get("formats"), list) else None
+        if switched and formats is not None and fallback is not None:
+            formats = [_now_serving(entry, fmt, chosen_fmt, fallback) for entry in formats]
         return InstalledModel(
             manifest.name,
             manifest.version,
@@ -1320,7 +1377,11 @@ class ModelStore:
                 *report.get("warnings", []),
                 f"{model.name} {model.version} is already the active version; nothing to stage",
             ]
-            return replace(model, report=report)
+            with self._models_lock:
+                serving = self._models.get(model.name)
+            # the load just made is dropped: what serves (its runtime, any fallback) is the
+            # active version's, not this load's
+            return replace(serving or model, report=report)
         final = self._place(model_dir, staging, folder_name)
         entry = {"folder": folder_name, "version": model.version}
         try:

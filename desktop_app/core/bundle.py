@@ -235,7 +235,8 @@ Install (a virtualenv in ~/.local/share/outpost-agent/venv, the model in the age
 
 Add `--service` (as root: a system service) or `--user-service` to start the agent at boot;
 `--prefix DIR`, `--data-dir DIR` and `--python PATH` choose where. Running it again with a
-newer bundle upgrades the agent in place and keeps the installed models.
+newer bundle upgrades the agent in place and keeps the installed models; stop a running
+agent first (`sudo systemctl stop outpost-agent`), as the model is not installed beside it.
 
 Then pair it with a desktop: `outpost-agent pair` on the device, and on the desktop
 `outpost devices pair AGENT_ID --code NNNNNN`.

@@ -54,6 +54,14 @@ class BackendRegistry:
         detail = "; ".join(reasons) if reasons else "no backend is registered for it"
         raise RuntimeUnavailableError(f"no runtime here can run format {fmt!r} ({detail})")
 
+    def runnable_formats(self) -> list[str]:
+        """The formats some available backend here runs, in registration order."""
+        out: list[str] = []
+        for backend in self._backends.values():
+            if backend.probe().available:
+                out += [f for f in backend.formats if f not in out]
+        return out
+
     def probe_all(self) -> list[BackendInfo]:
         return [b.probe() for b in self._backends.values()]
 

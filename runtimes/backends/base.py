@@ -33,6 +33,12 @@ class Backend(ABC):
     def probe(cls) -> BackendInfo:
         """Report availability without raising (a missing library makes it unavailable)."""
 
+    @classmethod
+    def known_providers(cls) -> tuple[str, ...]:
+        """Every execution provider name this runtime knows, available here or not (a
+        provider asked for by another name is a typo, not a missing accelerator)."""
+        return cls.probe().providers
+
     @abstractmethod
     def __init__(
         self, model_path: Path, *, threads: int | None = None, providers: list[str] | None = None

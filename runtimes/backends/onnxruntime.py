@@ -103,6 +103,14 @@ class OnnxRuntimeBackend(Backend):
             providers=tuple(ort.get_available_providers()),
         )
 
+    @classmethod
+    def known_providers(cls) -> tuple[str, ...]:
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            return PROVIDER_PREFERENCE
+        return tuple(ort.get_all_providers())
+
     def __init__(
         self, model_path: Path, *, threads: int | None = None, providers: list[str] | None = None
     ) -> None:

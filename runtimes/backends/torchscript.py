@@ -84,6 +84,10 @@ class TorchScriptBackend(Backend):
         providers = (CUDA, CPU) if cuda_possible() else (CPU,)
         return BackendInfo(cls.key, cls.formats, True, version=torch_version, providers=providers)
 
+    @classmethod
+    def known_providers(cls) -> tuple[str, ...]:
+        return (CUDA, CPU)
+
     def __init__(
         self, model_path: Path, *, threads: int | None = None, providers: list[str] | None = None
     ) -> None:

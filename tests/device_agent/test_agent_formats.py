@@ -21,7 +21,12 @@ from desktop_app.core import devices
 from desktop_app.core.workspace import Workspace
 from device_agent.pairing import issue_code
 from device_agent.store import ModelStore
-from runtimes.backends import BackendRegistry, OnnxRuntimeBackend, TorchScriptBackend
+from runtimes.backends import (
+    BackendRegistry,
+    LiteRtBackend,
+    OnnxRuntimeBackend,
+    TorchScriptBackend,
+)
 from runtimes.errors import PackageError
 from runtimes.package import write_package
 from runtimes.predictor import Predictor
@@ -178,9 +183,16 @@ def test_only_unrunnable_formats_refuse_the_install_and_say_why(
     tmp_path: Path, two_formats: Path
 ) -> None:
     store = ModelStore(tmp_path / "data", registry=_registry())
-    with pytest.raises(Exception, match="no runtime here can run any format of shapes"):
+    with pytest.raises(Exception, match="no runtime here can run any format of shapes") as none:
         store.install(two_formats)
+    assert str(none.value).endswith(
+        "; install a runtime for it (pip install 'outpost[agent]' brings ONNX Runtime)"
+    )
     assert not (tmp_path / "data" / "models" / "shapes").exists()
+    # a device that runs other formats says which: the package can be exported as one
+    store = ModelStore(tmp_path / "data", registry=_registry(LiteRtBackend))
+    with pytest.raises(Exception, match="export it as tflite \\(what this device runs\\)"):
+        store.install(two_formats)
 
 
 def test_the_choice_reaches_v1_models_and_the_desktop_deployments(
@@ -216,3 +228,26 @@ def test_the_choice_reaches_v1_models_and_the_desktop_deployments(
     assert (
         listed["benchmark"] == row["benchmark"] and listed["details"]["formats"] == row["formats"]
     )
+
+
+def test_a_format_whose_runtime_went_is_replaced_and_reported_truthfully(
+    tmp_path: Path, two_formats: Path
+) -> None:
+    """TorchScript won at install; after torch is gone from the device the agent serves the
+    ONNX format, and says so: the fallback names the format and why (not a provider), and
+    the formats report marks what is chosen and what no longer runs."""
+    registry = _registry(_slow(OnnxRuntimeBackend, "SlowOrt"), TorchScriptBackend)
+    installed = ModelStore(tmp_path / "data", registry=registry).install(two_formats)
+    assert installed.format == "torchscript" and installed.fallback is None
+    store = ModelStore(tmp_path / "data", registry=_registry(OnnxRuntimeBackend))
+    store.load()
+    (model,) = store.models()
+    assert (model.format, model.runtime) == ("onnx", "onnxruntime")
+    assert model.fallback is not None
+    assert (model.fallback["wanted"], model.fallback["using"]) == ("torchscript", "onnx")
+    assert "torchscript" in model.fallback["reason"] and "provider" not in model.fallback["reason"]
+    report = {f["format"]: f for f in model.formats or []}
+    assert report["onnx"]["chosen"] is True
+    assert report["torchscript"]["chosen"] is False and report["torchscript"]["runnable"] is False
+    assert report["torchscript"]["reason"] == model.fallback["reason"]
+    assert model.predict_bytes(make_image_bytes())[0].to_list() == list(EXPECTED)

@@ -252,6 +252,38 @@ def test_series_is_a_bounded_ring_of_24_hours() -> None:
     assert stats.versions("m")["1"]["requests"] == SERIES_MINUTES + 100
 
 
+def test_metrics_sum_and_count_are_counters_beyond_the_window() -> None:
+    """Prometheus takes a summary's _sum and _count for counters: they cover every successful
+    request since start, never only the window the quantiles come from (which would make
+    them go down). Each version also has a cumulative histogram."""
+    stats = UsageStats(window=5)
+    seen = []
+    for latency in [1.0] * 4 + [100.0] * 4 + [1.0] * 4:
+        stats.record("m", latency, "1")
+        text = prometheus_text(stats, [])
+        values = dict(line.rsplit(" ", 1) for line in text.splitlines() if not line.startswith("#"))
+        seen.append(
+            (
+                float(values['outpost_inference_latency_ms_sum{model="m"}']),
+                int(values['outpost_inference_latency_ms_count{model="m"}']),
+            )
+        )
+    stats.record_error("m", "1")
+    assert seen[-1] == (408.0, 12)
+    assert all(a[0] <= b[0] and a[1] < b[1] for a, b in zip(seen, seen[1:], strict=False))
+    text = prometheus_text(stats, [])
+    assert "# TYPE outpost_request_latency_ms histogram" in text
+    buckets = [
+        line for line in text.splitlines() if line.startswith("outpost_request_latency_ms_bucket")
+    ]
+    assert buckets[0] == 'outpost_request_latency_ms_bucket{model="m",version="1",le="1"} 8'
+    assert buckets[-1] == 'outpost_request_latency_ms_bucket{model="m",version="1",le="+Inf"} 12'
+    counts = [int(b.rsplit(" ", 1)[1]) for b in buckets]
+    assert counts == sorted(counts) and len(buckets) == len(HISTOGRAM_BOUNDS_MS) + 1
+    assert 'outpost_request_latency_ms_sum{model="m",version="1"} 408' in text
+    assert 'outpost_request_latency_ms_count{model="m",version="1"} 12' in text
+
+
 def test_metrics_text_without_limiter_counters_is_unchanged() -> None:
     stats = UsageStats()
     assert "outpost_inference_in_flight" not in prometheus_text(stats, [])

@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from device_agent import bodies
+from device_agent import bodies, inference
 from device_agent.bodies import BodyError, base64_image, json_body, multipart_field
 from device_agent.http_api import MAX_IMAGE_BYTES
 from tests.device_agent.conftest import wait_for
@@ -238,9 +238,7 @@ def test_a_body_declared_over_the_limit_is_refused_before_it_is_sent(served: Any
     for auth in ({**_key(served)}, None):
         headers = {"Content-Type": "image/jpeg", "Content-Length": str(declared)}
         if auth is None:  # a paired desktop: signed for a body it never sends
-            request = httpx.Request(
-                "POST", f"{served.url}{INFER}", content=b"x", headers=headers
-            )
+            request = httpx.Request("POST", f"{served.url}{INFER}", content=b"x", headers=headers)
             signed = next(served.auth().auth_flow(request))
             skip = ("host", "content-length", "content-type")
             headers.update({k: v for k, v in signed.headers.items() if k.lower() not in skip})
@@ -343,6 +341,43 @@ def test_both_inference_routes_take_the_same_inputs_and_say_the_same(served: Any
         broken = httpx.post(url, headers=key, content=image[: len(image) // 3])
         assert broken.status_code == 400
         assert broken.json()["error"].startswith("not a readable image (")
+        # the JSON's "model" is the route's, or a 400 that says where to send it
+        same = httpx.post(url, headers=key, json={"image_base64": encoded, "model": "shapes"})
+        assert same.status_code == 200 and _found(same) == list(EXPECTED)
+        other = httpx.post(url, headers=key, json={"image_base64": encoded, "model": "cars"})
+        assert other.status_code == 400
+        assert other.json()["error"] == (
+            "the JSON names model 'cars' but this request is for 'shapes'; send it to "
+            "POST /v1/models/cars/infer (or ?model=cars on /v1/infer)"
+        )
+        odd = httpx.post(url, headers=key, json={"image_base64": encoded, "model": 3})
+        assert odd.status_code == 400 and "'model' must be a model's name" in odd.json()["error"]
+
+
+def test_a_large_json_body_is_read_off_the_event_loop(
+    served: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A JSON body over 1 MiB (here 3 MiB of blanks around the image) is decoded in a worker
+    thread; its answer is the same."""
+    threads: list[str] = []
+    real = inference._json_input
+
+    def recorded(raw: bytes) -> Any:
+        threads.append(threading.current_thread().name)
+        return real(raw)
+
+    monkeypatch.setattr(inference, "_json_input", recorded)
+    encoded = base64.b64encode(make_image_bytes()).decode()
+    body = b'{"image_base64": "' + encoded.encode() + b'",' + b" " * (3 << 20) + b'"iou": 0.5}'
+    answer = httpx.post(
+        f"{served.url}{INFER}",
+        headers={**_key(served), "Content-Type": "application/json"},
+        content=body,
+    )
+    assert answer.status_code == 200 and _found(answer) == list(EXPECTED)
+    small = httpx.post(f"{served.url}{INFER}", headers=_key(served), json={"image_base64": encoded})
+    assert small.status_code == 200
+    assert threads[0] != "agent-loop" and threads[1] == "agent-loop"
 
 
 @pytest.mark.parametrize(
@@ -385,7 +420,9 @@ def test_base64_as_clients_send_it_is_taken(served: Any) -> None:
 def _multipart(*parts: tuple[str, bytes], boundary: str = "b0und") -> tuple[bytes, str]:
     body = b"".join(
         f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="f"\r\n'
-        f"Content-Type: application/octet-stream\r\n\r\n".encode() + content + b"\r\n"
+        f"Content-Type: application/octet-stream\r\n\r\n".encode()
+        + content
+        + b"\r\n"
         for name, content in parts
     )
     return body + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
@@ -400,6 +437,12 @@ def test_multipart_bodies_and_their_refusals(served: Any) -> None:
         (_multipart(("image", image), ("image", image)), 400, "the field 'image' twice"),
         (_multipart(("other", image)), 400, "no 'image' field; send the file as field 'image'"),
         (_multipart(("image", b"")), 400, "the multipart field 'image' is empty"),
+        (
+            _multipart(*[("n", b"")] * bodies.MAX_PARTS, ("image", image)),
+            400,
+            f"more than {bodies.MAX_PARTS} parts; send the image as field 'image'",
+        ),
+        (_multipart(*[("n", b"")] * (bodies.MAX_PARTS - 1), ("image", image)), 200, ""),
         ((_multipart(("image", image))[0], "multipart/form-data"), 400, "no usable boundary"),
         (
             (_multipart(("image", image))[0], "multipart/form-data; boundary=other"),
@@ -482,7 +525,6 @@ def test_body_deadline_grows_with_the_length() -> None:
     assert bodies.body_deadline(0, 100) == bodies.BODY_IDLE_S
     assert bodies.body_deadline(None, 64 << 10) == bodies.BODY_IDLE_S + 1
     assert bodies.body_deadline(128 << 10, 1) == bodies.BODY_IDLE_S + 2
-
 
 
 def test_multipart_edge_parts_are_read_or_refused_with_a_400_reason() -> None:

@@ -493,3 +493,33 @@ def test_onnxruntime_listing_a_provider_it_cannot_start(
     assert model.fallback is not None and model.fallback["wanted"] == "CUDAExecutionProvider"
     assert "did not initialise" in model.fallback["reason"]
     assert model.install_result()["fallback"] == model.fallback
+
+
+def test_a_provider_no_runtime_knows_is_refused_and_case_is_forgiven(
+    agent: Any, tmp_path: Path
+) -> None:
+    """A typo would otherwise install on the CPU with only a warning: it is refused, naming
+    the providers here; a known name in another case is the provider itself (no fallback)."""
+    package = make_selftest_package(tmp_path / "v1.outpost.zip")
+    with agent.client() as client:
+        with pytest.raises(AgentRejectedError) as typo:
+            client.upload_package(package, provider="FooProvider")
+        assert typo.value.status == 422
+        assert "no runtime knows an execution provider called 'FooProvider'" in typo.value.message
+        assert CPU in typo.value.message and agent.service.store.models() == []
+        result = client.upload_package(package, provider=CPU.lower())
+    assert result["providers"] == [CPU] and result["fallback"] is None
+
+
+def test_staging_the_active_version_reports_what_serves(tmp_path: Path) -> None:
+    """Staging the package already active stages nothing: the answer describes the version
+    serving (no fallback), not the load that was dropped (which fell back to the CPU)."""
+    package = make_selftest_package(tmp_path / "v1.outpost.zip")
+    store = ModelStore(tmp_path / "data")
+    store.load()
+    store.install(package)
+    again = store.install(package, activate=False, provider="CUDAExecutionProvider")
+    result = again.install_result()
+    assert result["activated"] is False and result["fallback"] is None
+    assert any("already the active version; nothing to stage" in w for w in result["warnings"])
+    assert store.get("shapes").fallback is None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import plistlib
 import shutil
 import subprocess
@@ -216,6 +217,45 @@ def test_cli_dry_run_prints_file_and_commands(
     assert not (tmp_path / "home").exists()  # nothing written
     assert main(["uninstall-service", "--user", "--dry-run", "--executable", str(exe)]) == 0
     assert "systemctl --user disable --now outpost-agent.service" in capsys.readouterr().out
+
+
+def test_cli_dry_run_json_is_one_object(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(si, "probe_host", lambda: probe(tmp_path))
+    exe = fake_exe(tmp_path)
+    assert main(["install-service", "--user", "--dry-run", "--json", "--executable", str(exe)]) == 0
+    planned = json.loads(capsys.readouterr().out)
+    assert planned["dry_run"] is True and planned["action"] == "install"
+    assert planned["kind"] == "systemd" and planned["user"] is True
+    assert "Restart=on-failure" in planned["content"] and planned["mode"] == "644"
+    assert ["systemctl", "--user", "enable", "--now", "outpost-agent.service"] in planned[
+        "commands"
+    ]
+    assert ["write", planned["path"]] in planned["commands"]
+    assert not (tmp_path / "home").exists()  # nothing written
+    argv = ["uninstall-service", "--user", "--dry-run", "--json", "--executable", str(exe)]
+    assert main(argv) == 0
+    removal = json.loads(capsys.readouterr().out)
+    assert removal["action"] == "uninstall" and "content" not in removal
+    assert ["rm", "-f", planned["path"]] in removal["commands"]
+
+
+@pytest.mark.parametrize("what", ["missing", "not executable"])
+def test_cli_refuses_an_executable_it_could_not_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, what: str
+) -> None:
+    monkeypatch.setattr(si, "probe_host", lambda: probe(tmp_path))
+    exe = tmp_path / "outpost-agent"
+    if what == "not executable":
+        exe.write_text("#!/bin/sh\n")
+        exe.chmod(0o644)
+    argv = ["install-service", "--user", "--dry-run", "--executable", str(exe)]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    problem = "does not exist" if what == "missing" else "is not an executable file"
+    assert err.startswith(f"outpost-agent: --executable {exe} {problem}; pass the agent's")
+    assert err.count("\n") == 1
 
 
 def test_cli_refuses_a_system_service_without_root(
