@@ -1690,20 +1690,37 @@ def cmd_deploy(args: argparse.Namespace) -> Any:
     finally:
         progress.end()
     fallback = result.get("fallback")
-    if fallback:  # never silent: the device does not run on what was wanted
-        print(
-            f"WARNING: {result['device']} wanted {fallback['wanted']} but uses "
-            f"{fallback['using']}: {fallback['reason']}",
-            file=sys.stderr,
-            flush=True,
-        )
+    _warn_fallback(result["device"], fallback)
     for warning in result.get("warnings") or []:
         if not fallback or not warning.startswith(f"wanted {fallback['wanted']}"):
             print(f"WARNING: {warning}", file=sys.stderr, flush=True)
     if args.json:
         return result
     verb = "deployed" if result["activated"] else "staged (not serving; outpost devices activate)"
-    return f"{verb} {result['model']} ({result['export']}) to {result['device']}"
+    return (
+        f"{verb} {result['model']} ({result['export']}) to {result['device']}"
+        f"{_running_on(result['installed'])}"
+    )
+
+
+def _warn_fallback(device: str, fallback: dict[str, Any] | None) -> None:
+    """Never silent: a device that does not run a model on what was wanted says so."""
+    if fallback:
+        print(
+            f"WARNING: {device} wanted {fallback.get('wanted')} but uses "
+            f"{fallback.get('using')}: {fallback.get('reason')}",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+def _running_on(answer: dict[str, Any]) -> str:
+    """``": onnx on onnxruntime (CPUExecutionProvider)"`` from an agent's model answer."""
+    if not answer.get("format"):
+        return ""
+    providers = ", ".join(answer.get("providers") or [])
+    runtime = f" on {answer['runtime']}" if answer.get("runtime") else ""
+    return f": {answer['format']}{runtime}" + (f" ({providers})" if providers else "")
 
 
 def cmd_devices_model(args: argparse.Namespace) -> Any:
@@ -1725,11 +1742,16 @@ def cmd_devices_model(args: argparse.Namespace) -> Any:
             file=sys.stderr,
             flush=True,
         )
+    answer = result["result"]
+    if args.action in ("activate", "rollback"):
+        _warn_fallback(result["device"], answer.get("fallback"))
     if args.json:
         return result
-    answer = result["result"]
     version = f" {answer['version']}" if answer.get("version") else ""
-    return f"{args.action}: {args.model}{version} on {result['device']} ({result['status']})"
+    return (
+        f"{args.action}: {args.model}{version} on {result['device']} ({result['status']})"
+        f"{_running_on(answer) if args.action in ('activate', 'rollback') else ''}"
+    )
 
 
 def cmd_usage(args: argparse.Namespace) -> Any:
@@ -1737,15 +1759,35 @@ def cmd_usage(args: argparse.Namespace) -> Any:
 
     # Back-compatible: ``outpost usage --device ID`` always pulled; --no-pull shows stored rows.
     pull = args.pull if args.pull is not None else args.device is not None
-    rows = usage_report(_open_ws(args), args.device, pull=pull, interfaces=args.interface)
-    for warning in sorted({r["warning"] for r in rows if r.get("warning")}):
-        print(f"warning: {warning}", file=sys.stderr, flush=True)
+    failures: dict[str, str] = {}
+    rows = usage_report(
+        _open_ws(args), args.device, pull=pull, interfaces=args.interface, failures=failures
+    )
+    for device, reason in sorted(failures.items()):
+        kept = (
+            "its last pulled usage is shown"
+            if any(r["device"] == device for r in rows)
+            else ("nothing was pulled from it before")
+        )
+        print(f"warning: {reason}; {kept}", file=sys.stderr, flush=True)
+    if failures:  # as devices sync: a script sees that the figures may be stale
+        args.exit_code = 1
+    elif not rows and not args.json:
+        print(
+            "no usage pulled yet: pair a device, then outpost usage --pull "
+            "(or outpost devices sync --watch 60)",
+            file=sys.stderr,
+            flush=True,
+        )
+    names = [r["device_name"] for r in {r["device"]: r for r in rows}.values()]
+    same_name = len(names) != len(set(names))  # two devices called "raspberrypi"
     return (
         rows
         if args.json
         else _table(
             rows,
             [
+                *(["device"] if same_name else []),
                 "device_name",
                 "model",
                 "version",
@@ -1790,14 +1832,31 @@ class TransferProgress:
             self._drawn = False
 
 
+MIN_SECONDS, MAX_SECONDS = 0.1, 86_400.0  # a tenth of a second (no busy loop) to a day
+
+
 def _seconds(text: str) -> float:
-    """An argparse type: a number of seconds above 0."""
+    """An argparse type: a number of seconds from :data:`MIN_SECONDS` to :data:`MAX_SECONDS`."""
     try:
         value = float(text)
     except ValueError:
         value = float("nan")
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"give a number of seconds above 0, not {text!r}")
+    if not MIN_SECONDS <= value <= MAX_SECONDS:
+        raise argparse.ArgumentTypeError(
+            f"give a number of seconds above 0 (from {MIN_SECONDS:g} to {MAX_SECONDS:g}), "
+            f"not {text!r}"
+        )
+    return value
+
+
+def _rounds(text: str) -> int:
+    """An argparse type: a whole number of pulls, at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"give a whole number of pulls, 1 or more, not {text!r}")
     return value
 
 
@@ -1899,7 +1958,7 @@ def cmd_deployments_list(args: argparse.Namespace) -> Any:
         rows
         if args.json
         else _table(
-            rows,
+            _fallback_shown(rows),
             [
                 "created_at",
                 "device_name",
@@ -1909,10 +1968,21 @@ def cmd_deployments_list(args: argparse.Namespace) -> Any:
                 "status",
                 "format",
                 "runtime",
+                "fallback",
                 "message",
             ],
         )
     )
+
+
+def _fallback_shown(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Deployment rows for a table: a fallback as ``wanted -> using`` (a table cell)."""
+    return [
+        {**r, "fallback": f"{r['fallback'].get('wanted')} -> {r['fallback'].get('using')}"}
+        if isinstance(r.get("fallback"), dict)
+        else r
+        for r in rows
+    ]
 
 
 def cmd_deployments_history(args: argparse.Namespace) -> Any:
@@ -1922,7 +1992,20 @@ def cmd_deployments_history(args: argparse.Namespace) -> Any:
     return (
         rows
         if args.json
-        else _table(rows, ["created_at", "model", "export", "action", "status", "message"])
+        else _table(
+            _fallback_shown(rows),
+            [
+                "created_at",
+                "model",
+                "export",
+                "action",
+                "status",
+                "format",
+                "runtime",
+                "fallback",
+                "message",
+            ],
+        )
     )
 
 
@@ -2676,7 +2759,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--watch", type=_seconds, default=None, metavar="SECONDS", help="pull again every SECONDS"
     )
-    p.add_argument("--rounds", type=int, default=None, help="with --watch: stop after N pulls")
+    p.add_argument(
+        "--rounds", type=_rounds, default=None, help="with --watch: stop after N pulls (N >= 1)"
+    )
     p = add(
         dev,
         "show",
@@ -2757,6 +2842,8 @@ def _main(argv: list[str] | None) -> int:
     netaudit.install_from_env()
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "rounds", None) is not None and getattr(args, "watch", None) is None:
+        parser.error("devices sync: --rounds counts the pulls of --watch; add --watch SECONDS")
     args.exit_code = 0
     if getattr(args, "workspace", None) is None and args.global_workspace is not None:
         args.workspace = args.global_workspace

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
-from sqlalchemy import select
+from sqlalchemy import delete, func, select
 
 from desktop_app.core.errors import NotFoundError
 from desktop_app.core.exports import get_export
@@ -46,6 +46,8 @@ IDENTITY_DIR = "identity"
 DESKTOP_KEY_FILE = "desktop.key"
 PIN_KEY = "pinned_key"  # Device.info: base64 raw public key of the paired agent
 USAGE_KEY = "usage"  # Device.info: latest throughput and per-version usage per model
+USAGE_SINCE_KEY = "usage_since"  # Device.info: the agent start its pulled counts are from
+USAGE_HISTORY = 1000  # usage samples kept per device and model (the newest)
 DETAILS_KEY = "details"  # Device.info: the last /v1/info details (accelerators, runtimes, models)
 _CODE = re.compile(r"^\d{6}$")
 # The Device columns' sizes (desktop_app.core.models)
@@ -94,7 +96,7 @@ def _upsert(ws: Any, info: DeviceInfo) -> None:
         dev.platform = shown(info.platform, PLATFORM_CHARS)
         dev.arch = shown(info.arch, ARCH_CHARS)
         dev.agent_version = shown(info.version, VERSION_CHARS)
-        kept = (PIN_KEY, "paired_at", USAGE_KEY, DETAILS_KEY)
+        kept = (PIN_KEY, "paired_at", USAGE_KEY, USAGE_SINCE_KEY, DETAILS_KEY)
         pin = {k: v for k, v in (dev.info or {}).items() if k in kept}
         dev.info = {
             "runtimes": list(info.runtimes),
@@ -520,7 +522,16 @@ def model_action(
         refused = isinstance(exc, AgentRejectedError)
     details: dict[str, Any] = {
         k: answer.get(k)
-        for k in ("version", "previous_version", "serving", "format", "runtime", "providers")
+        for k in (
+            "version",
+            "previous_version",
+            "serving",
+            "format",
+            "runtime",
+            "providers",
+            "benchmark",
+            "fallback",
+        )
         if k in answer
     }
     if version:
@@ -580,8 +591,9 @@ def _record_deploy(
 
 def _export_for(ws: Any, device_id: str, model: str, version: str | None = None) -> str | None:
     with ws.session() as s:
-        if version and s.get(Export, str(version)) is not None:  # the version is its export
-            return str(version)
+        named = s.get(Export, str(version)) if version else None
+        if named is not None and (named.manifest or {}).get("name") in (model, None):
+            return str(version)  # the version is its export (of this model's package)
         last = s.scalars(
             select(Deployment)
             .where(Deployment.device_id == device_id, Deployment.model_name == model)
@@ -602,29 +614,42 @@ def pull_usage(
     """Fetch a device's latency and request counts per model and store them as usage samples.
 
     Each sample records the model's throughput (requests per second over the device's last
-    minute); per-version usage goes to ``Device.info["usage"]``.
+    minute); per-version usage goes to ``Device.info["usage"]``. The agent counts from its
+    start (``since``): when that changes (the agent restarted), the counts pulled last are
+    carried, so a sample's requests and errors are what the device served in every run the
+    desktop pulled from. At most :data:`USAGE_HISTORY` samples are kept per device and model.
     """
     dev, client = connect(ws, device_id, interfaces)
     with client:
         stats = client.stats()
     rows = []
     collected = utcnow().isoformat(timespec="seconds")
+    since = stats.get("since")
     latest: dict[str, Any] = {}
     with ws.session() as s:
+        row = s.get(Device, dev.id)
+        info = dict(row.info or {}) if row is not None else {}
+        carried = _carried_counts(info, since)
         for model_name, st in (stats.get("models") or {}).items():
             lat = st.get("latency_ms") or {}
+            counted = {
+                "requests": int(st.get("requests") or 0),
+                "errors": int(st.get("errors") or 0),
+            }
+            base = carried.pop(model_name, {"requests": 0, "errors": 0})
             sample = UsageSample(
                 device_id=dev.id,
                 model_name=model_name,
-                format=st.get("format", "?"),
+                # a model that served and was then deactivated or removed has no format now
+                format=st.get("format") or "-",
                 runtime=st.get("runtime"),
-                requests=int(st.get("requests", 0)),
-                errors=int(st.get("errors", 0)),
-                p50_ms=float(lat.get("p50", 0.0)),
-                p90_ms=float(lat.get("p90", 0.0)),
-                p99_ms=float(lat.get("p99", 0.0)),
-                mean_ms=float(lat.get("mean", 0.0)),
-                throughput_rps=float(st.get("throughput_rps", 0.0)),
+                requests=base["requests"] + counted["requests"],
+                errors=base["errors"] + counted["errors"],
+                p50_ms=float(lat.get("p50") or 0.0),
+                p90_ms=float(lat.get("p90") or 0.0),
+                p99_ms=float(lat.get("p99") or 0.0),
+                mean_ms=float(lat.get("mean") or 0.0),
+                throughput_rps=float(st.get("throughput_rps") or 0.0),
             )
             s.add(sample)
             rows.append(
@@ -636,23 +661,63 @@ def pull_usage(
                     "runtime": sample.runtime,
                     "requests": sample.requests,
                     "errors": sample.errors,
-                    **_latency(sample),
+                    **_latency(sample, counted["requests"] - counted["errors"]),
                     "throughput_rps": sample.throughput_rps,
                 }
             )
             latest[model_name] = {
                 "version": st.get("version"),
-                "throughput_rps": float(st.get("throughput_rps", 0.0)),
+                "throughput_rps": sample.throughput_rps,
                 "collected_at": collected,
+                "counted": counted,  # by the agent since it started
+                "carried": base,  # from its earlier runs
                 "versions": {
                     v: {k: u.get(k) for k in ("requests", "errors", "latency_ms", "throughput_rps")}
                     for v, u in (st.get("versions") or {}).items()
                 },
             }
-        row = s.get(Device, dev.id)
+        for model_name, base in carried.items():  # counted before a restart, not since
+            latest[model_name] = {"counted": {"requests": 0, "errors": 0}, "carried": base}
+        s.flush()
+        _prune_usage(s, dev.id)
         if row is not None:
-            row.info = {**(row.info or {}), USAGE_KEY: latest}
+            row.info = {**info, USAGE_KEY: latest, USAGE_SINCE_KEY: since}
     return rows
+
+
+def _carried_counts(info: dict[str, Any], since: str | None) -> dict[str, dict[str, int]]:
+    """Per model, the counts of the agent's earlier runs: those carried before, plus, when
+    the agent has restarted since the last pull (its ``since`` changed), what it had counted
+    by then."""
+    restarted = info.get(USAGE_SINCE_KEY) not in (None, since)
+    out: dict[str, dict[str, int]] = {}
+    for name, entry in (info.get(USAGE_KEY) or {}).items():
+        if not isinstance(entry, dict):
+            continue
+        carried = entry.get("carried") or {}
+        counted = (entry.get("counted") or {}) if restarted else {}
+        total = {
+            k: int(carried.get(k) or 0) + int(counted.get(k) or 0) for k in ("requests", "errors")
+        }
+        if total["requests"] or total["errors"]:
+            out[name] = total
+    return out
+
+
+def _prune_usage(s: Any, device_id: str) -> None:
+    """Keep the newest :data:`USAGE_HISTORY` samples of each of the device's models."""
+    ranked = (
+        select(
+            UsageSample.id,
+            func.row_number()
+            .over(partition_by=UsageSample.model_name, order_by=UsageSample.id.desc())
+            .label("rank"),
+        )
+        .where(UsageSample.device_id == device_id)
+        .subquery()
+    )
+    old = select(ranked.c.id).where(ranked.c.rank > USAGE_HISTORY)
+    s.execute(delete(UsageSample).where(UsageSample.id.in_(old)))
 
 
 def sync_usage(ws: Any, interfaces: list[str] | None = None) -> list[dict[str, Any]]:
@@ -678,15 +743,26 @@ def sync_usage(ws: Any, interfaces: list[str] | None = None) -> list[dict[str, A
     return out
 
 
-def _latency(sample: UsageSample) -> dict[str, float | None]:
-    """A usage sample's percentiles; None (no latency to speak of) for a model with no
-    requests yet, which the device reports as 0."""
-    served = sample.requests > 0
+def _latency(sample: UsageSample, answered: int | None = None) -> dict[str, float | None]:
+    """A usage sample's percentiles; None (no latency to speak of) for a model that has
+    answered no request yet (none, or all failed), which the device reports as 0.
+    ``answered``: the successful requests the percentiles cover, when known."""
+    served = (sample.requests - sample.errors if answered is None else answered) > 0
     return {
         "p50_ms": sample.p50_ms if served else None,
         "p90_ms": sample.p90_ms if served else None,
         "p99_ms": sample.p99_ms if served else None,
     }
+
+
+def _answered(dev: Device | None, model_name: str) -> int | None:
+    """The requests the device answered for ``model_name`` in its current run (what its
+    percentiles cover), as of the last pull; None when not recorded."""
+    entry = ((dev.info or {}).get(USAGE_KEY) or {}).get(model_name) if dev else None
+    counted = entry.get("counted") if isinstance(entry, dict) else None
+    if not isinstance(counted, dict):
+        return None
+    return int(counted.get("requests") or 0) - int(counted.get("errors") or 0)
 
 
 def list_devices(ws: Any) -> list[dict[str, Any]]:
@@ -724,17 +800,19 @@ def _iso(value: Any) -> str | None:
 
 
 def _latest_usage(s: Any, device_id: str | None = None) -> list[UsageSample]:
-    """The newest usage sample of each (device, model)."""
-    query = select(UsageSample).order_by(UsageSample.collected_at.desc(), UsageSample.id.desc())
+    """The newest usage sample of each (device, model), newest first (one query: the newest
+    is the highest id, as samples are only ever added)."""
+    newest = select(func.max(UsageSample.id)).group_by(
+        UsageSample.device_id, UsageSample.model_name
+    )
     if device_id is not None:
-        query = query.where(UsageSample.device_id == device_id)
-    seen: set[tuple[str, str]] = set()
-    out = []
-    for row in s.scalars(query):
-        if (row.device_id, row.model_name) not in seen:
-            seen.add((row.device_id, row.model_name))
-            out.append(row)
-    return out
+        newest = newest.where(UsageSample.device_id == device_id)
+    query = (
+        select(UsageSample)
+        .where(UsageSample.id.in_(newest))
+        .order_by(UsageSample.collected_at.desc(), UsageSample.id.desc())
+    )
+    return list(s.scalars(query))
 
 
 def _model_entry(model: dict[str, Any]) -> dict[str, Any]:
@@ -825,7 +903,7 @@ def device_detail(ws: Any, device_id: str, interfaces: list[str] | None = None) 
                 "runtime": u.runtime,
                 "requests": u.requests,
                 "errors": u.errors,
-                **_latency(u),
+                **_latency(u, _answered(dev, u.model_name)),
                 "collected_at": _iso(u.collected_at),
             }
             for u in _latest_usage(s, dev.id)
@@ -914,18 +992,27 @@ def usage_report(
     *,
     pull: bool = False,
     interfaces: list[str] | None = None,
+    failures: dict[str, str] | None = None,
 ) -> list[dict[str, Any]]:
     """The device x model usage table from the newest pulled samples.
 
     With ``pull`` the device (or, without ``device_id``, every paired device) is asked first;
     a device that does not answer keeps its last samples and is named in a ``warning`` row
     field. Throughput is the sample's own (requests per second over the device's last minute).
+
+    ``failures``, when given, receives each device that could not be pulled and why (rows or
+    not); without it, a named device that cannot be pulled raises.
     """
     device = get_device(ws, device_id).id if device_id else None
     warnings: dict[str, str] = {}
     if pull:
         if device is not None:
-            pull_usage(ws, device, interfaces)
+            try:
+                pull_usage(ws, device, interfaces)
+            except OutpostError as exc:
+                if failures is None:
+                    raise
+                warnings[device] = str(exc)
         else:
             for d in list_devices(ws):
                 if not d["paired"]:
@@ -950,13 +1037,15 @@ def usage_report(
                     "runtime": u.runtime,
                     "requests": u.requests,
                     "errors": u.errors,
-                    **_latency(u),
+                    **_latency(u, _answered(dev, u.model_name)),
                     "throughput_rps": u.throughput_rps,
                     "collected_at": _iso(u.collected_at),
                     "warning": warnings.get(u.device_id),
                 }
             )
-    rows.sort(key=lambda r: (r["device_name"], r["model"]))
+    rows.sort(key=lambda r: (r["device_name"], r["device"], r["model"]))
+    if failures is not None:
+        failures.update(warnings)
     return rows
 
 
@@ -1003,11 +1092,14 @@ def bench_export(
         model = installed.get(model_name)
         if model is None or (want_version is not None and model.get("version") != want_version):
             have = f"version {model.get('version')}" if model else "nothing"
-            kept = model.get("previous_version") if model else None  # kept for a rollback
+            # a version kept for a rollback, staged, or of a deactivated model is on the
+            # device already: activating it needs no second upload
+            on_disk = next((m for m in client.models() if m.get("name") == model_name), {})
+            kept = {on_disk.get(k) for k in ("active", "previous", "staged")} - {None}
             todo = (
                 f"it is on the device: outpost devices activate {dev.id} {model_name} "
                 f"--version {want_version}"
-                if want_version is not None and want_version == kept
+                if want_version is not None and want_version in kept
                 else f"deploy it first: outpost deploy {exp.id} --device {dev.id}"
             )
             raise DeviceError(

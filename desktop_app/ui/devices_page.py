@@ -62,7 +62,16 @@ USAGE_COLUMNS = (
     "req/s",
     "collected",
 )
-HISTORY_COLUMNS = ("when", "model", "export", "action", "status", "message")
+HISTORY_COLUMNS = ("when", "model", "export", "action", "status", "runtime", "fallback", "message")
+
+
+def fallback_text(fallback: Any) -> str:
+    """``"CUDAExecutionProvider → CPUExecutionProvider"`` for a device's runtime fallback
+    (one dict, or a list of them), or "" when it runs on what was wanted."""
+    items = fallback if isinstance(fallback, list) else [fallback]
+    return "; ".join(f"{f.get('wanted')} → {f.get('using')}" for f in items if isinstance(f, dict))
+
+
 LOCAL = "local"
 
 
@@ -695,7 +704,13 @@ class DevicesPage(QWidget):
         runtimes = ", ".join(runtime_text(r) for r in detail["runtimes"]) or "unknown"
         models = (
             ", ".join(
-                f"{m['name']} v{m.get('version')} ({m.get('runtime')})" for m in detail["models"]
+                f"{m['name']} v{m.get('version')} ({m.get('runtime')})"
+                + (
+                    f" <b>fallback: {html.escape(fallback_text(m.get('fallbacks')))}</b>"
+                    if fallback_text(m.get("fallbacks"))
+                    else ""
+                )
+                for m in detail["models"]
             )
             or "none"
         )
@@ -719,7 +734,16 @@ class DevicesPage(QWidget):
         _fill(
             self.history_table,
             [
-                [h["created_at"], h["model"], h["export"], h["action"], h["status"], h["message"]]
+                [
+                    h["created_at"],
+                    h["model"],
+                    h["export"],
+                    h["action"],
+                    h["status"],
+                    h.get("runtime"),
+                    fallback_text(h.get("fallback")),
+                    h["message"],
+                ]
                 for h in data["history"]
             ],
         )
@@ -835,9 +859,14 @@ class DevicesPage(QWidget):
 
         def done(result: dict[str, Any]) -> None:
             state = "active" if result["activated"] else "staged"
-            self.status_label.setText(
-                f"deployed {result['model']} to {result['device'][:12]} ({state})"
-            )
+            text = f"deployed {result['model']} to {result['device'][:12]} ({state})"
+            fallback = result.get("fallback")
+            if fallback:  # never silent: the device does not run it on what was wanted
+                text += (
+                    f" — WARNING: wanted {fallback.get('wanted')}, uses {fallback.get('using')}: "
+                    f"{fallback.get('reason')}"
+                )
+            self.status_label.setText(text)
             self.ctx.changed.emit("devices")
 
         def failed(exc: BaseException) -> None:
@@ -863,7 +892,10 @@ class DevicesPage(QWidget):
 
         def pick_and_bench(ctx: StudioContext) -> dict[str, Any]:
             deployments = core_devices.list_deployments(ctx.workspace, device_id)
-            installed = [d for d in deployments if d["status"] == "installed" and d["export"]]
+            # a deploy, or an activate or rollback (which name the export serving after it)
+            installed = [
+                d for d in deployments if d["status"] in ("installed", "active") and d["export"]
+            ]
             if not installed:
                 raise core_devices.DeviceError(
                     "nothing deployed on this device yet; deploy an export first"

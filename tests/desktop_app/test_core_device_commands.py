@@ -19,9 +19,11 @@ from desktop_app.core import datasets, devices
 from desktop_app.core.dataset_sample import write_sample_dataset
 from desktop_app.core.devices import DeviceError
 from desktop_app.core.exports import get_export
-from desktop_app.core.models import Deployment, Device, DeviceBenchmark
+from desktop_app.core.models import Deployment, Device, DeviceBenchmark, UsageSample
 from desktop_app.core.workspace import Workspace
+from device_agent.client import AgentRejectedError
 from device_agent.pairing import issue_code
+from device_agent.stats import UsageStats
 from tests.device_agent.conftest import AgentThread
 from tests.device_agent.desktop_helpers import record_device
 from tests.fakes import make_image_bytes, make_package
@@ -184,6 +186,66 @@ def test_a_model_without_requests_has_no_latency_rather_than_zero(
     assert "p50_ms" in header and line.count("0.000") == 1  # its throughput; latency blank
 
 
+def test_usage_survives_a_deactivated_model_and_an_agent_restart(
+    ws: Workspace, agent: AgentThread, paired: tuple[str, Path], capfd: pytest.CaptureFixture[str]
+) -> None:
+    """A model that served and was then deactivated is still pulled (its format is gone on
+    the device); counts pulled before an agent restart are carried into the totals."""
+    device_id, _ = paired
+    _, client = devices.connect(ws, device_id)
+    with client:
+        for _ in range(3):
+            client.infer_model("shapes", make_image_bytes())
+        with pytest.raises(AgentRejectedError):
+            client.infer_model("shapes", b"not an image")
+        client.deactivate("shapes")
+    (row,) = _run(["usage", "--pull"], ws, capfd)
+    assert (row["model"], row["format"], row["requests"], row["errors"]) == ("shapes", "-", 4, 1)
+    assert row["p50_ms"] is not None
+    # a restart: the agent counts from 0 again, since a new start time
+    agent.service.stats = UsageStats(clock=lambda: time.time() + 3600)
+    (row,) = _run(["usage", "--pull"], ws, capfd)
+    assert (row["requests"], row["errors"]) == (4, 1)  # carried, none served since
+    assert row["p50_ms"] is None  # no latency measured in this run
+    _, client = devices.connect(ws, device_id)
+    with client:
+        client.activate("shapes")
+        with pytest.raises(AgentRejectedError):
+            client.infer_model("shapes", b"still not an image")
+    for _ in range(2):  # pulls after the restart carry once, not each time
+        (row,) = _run(["usage", "--pull"], ws, capfd)
+        assert (row["requests"], row["errors"]) == (5, 2)
+        assert row["p50_ms"] is None  # the one request of this run failed: no latency
+
+
+def test_usage_history_is_bounded_per_device_and_model(
+    ws: Workspace, paired: tuple[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    device_id, _ = paired
+    monkeypatch.setattr(devices, "USAGE_HISTORY", 3)
+    for _ in range(5):
+        devices.pull_usage(ws, device_id)
+    with ws.session() as s:
+        kept = s.scalars(select(UsageSample).order_by(UsageSample.id)).all()
+        assert len(kept) == 3
+        assert len(devices._latest_usage(s, device_id)) == 1
+        assert devices._latest_usage(s, device_id)[0].id == kept[-1].id
+
+
+def test_usage_of_a_device_that_is_off_shows_what_was_pulled_and_exits_1(
+    ws: Workspace, agent: AgentThread, paired: tuple[str, Path], capfd: pytest.CaptureFixture[str]
+) -> None:
+    device_id, _ = paired
+    assert outpost(["usage", "--workspace", str(ws.root)]) == 0
+    assert "no usage pulled yet: pair a device, then outpost usage --pull" in capfd.readouterr().err
+    _run(["usage", "--pull"], ws, capfd)
+    agent.stop()
+    assert outpost(["usage", "--device", device_id, "--workspace", str(ws.root)]) == 1
+    out, err = capfd.readouterr()
+    assert "shapes" in out  # the last pulled figures
+    assert err.startswith("warning: cannot reach agent") and "its last pulled usage is shown" in err
+
+
 def test_bench_records_a_device_benchmark(
     ws: Workspace, paired: tuple[str, Path], capfd: pytest.CaptureFixture[str]
 ) -> None:
@@ -270,6 +332,34 @@ def test_an_action_names_the_export_the_device_serves_after_it(
     # expa is kept on the device for a rollback: benching it needs no second upload
     with pytest.raises(DeviceError, match="it is on the device: outpost devices activate .* expa"):
         devices.bench_export(ws, "expa", device_id, runs=2)
+
+
+def test_deploy_says_what_runs_it_and_bench_of_a_deactivated_model_says_activate(
+    ws: Workspace, paired: tuple[str, Path], capfd: pytest.CaptureFixture[str]
+) -> None:
+    device_id, _ = paired
+    assert outpost(["deploy", "exp2", "--device", device_id, "--workspace", str(ws.root)]) == 0
+    out = capfd.readouterr().out.strip()
+    assert (
+        out == f"deployed shapes (exp2) to {device_id}: onnx on onnxruntime (CPUExecutionProvider)"
+    )
+    devices.model_action(ws, device_id, "shapes", "deactivate")
+    with pytest.raises(DeviceError) as err:
+        devices.bench_export(ws, "exp2", device_id, runs=2)
+    assert f"it is on the device: outpost devices activate {device_id} shapes --version 2" in str(
+        err.value
+    )
+
+
+def test_a_version_names_its_export_only_when_the_export_is_of_that_model(
+    ws: Workspace, paired: tuple[str, Path], tmp_path: Path
+) -> None:
+    device_id, _ = paired
+    package = make_package(tmp_path / "pkgs" / "cars-1.outpost.zip", name="cars")
+    record_export(ws, package, export_id="carsexp", version="carsexp", model_name="cars")
+    assert devices._export_for(ws, device_id, "cars", "carsexp") == "carsexp"
+    # a shapes version that happens to read as the cars export's id is not that export
+    assert devices._export_for(ws, device_id, "shapes", "carsexp") == "exp1"
 
 
 def test_a_deploy_cut_off_by_ctrl_c_is_recorded_and_says_what_to_do(

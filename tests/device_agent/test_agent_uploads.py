@@ -411,7 +411,10 @@ def test_desktop_deploy_and_model_actions_are_recorded(
     assert run("devices", "activate", device, "shapes")[0]["result"]["version"] == "2"
     assert run("devices", "deactivate", device, "shapes")[0]["status"] == "inactive"
     assert run("devices", "activate", device, "shapes")[0]["result"]["version"] == "2"
-    assert run("devices", "rollback", device, "shapes")[0]["result"]["version"] == "1"
+    rolled, err = run("devices", "rollback", device, "shapes")
+    assert rolled["result"]["version"] == "1"
+    # back on the version that fell back at its deploy: said again, and recorded
+    assert f"WARNING: {device} wanted CUDAExecutionProvider but uses CPUExecutionProvider" in err
     code = outpost(["devices", "uninstall", device, "shapes", "--workspace", str(ws.root)])
     assert code != 0 and "only model serving" in capfd.readouterr().err
     assert run("devices", "uninstall", device, "shapes", "--force")[0]["status"] == "removed"
@@ -433,6 +436,14 @@ def test_desktop_deploy_and_model_actions_are_recorded(
     ]
     assert deploy_details["fallback"]["wanted"] == "CUDAExecutionProvider"
     assert deploy_details["providers"] == ["CPUExecutionProvider"]
+    with ws.session() as s:
+        rollback = s.scalars(select(Deployment).where(Deployment.action == "rollback")).one()
+        assert rollback.details["fallback"]["wanted"] == "CUDAExecutionProvider"
+    # the history table has the runtime and the fallback
+    assert outpost(["deployments", "history", "--device", device, "--workspace", str(ws.root)]) == 0
+    table = capfd.readouterr().out.splitlines()
+    assert "fallback" in table[0].split() and "runtime" in table[0].split()
+    assert any("CUDAExecutionProvider -> CPUExecutionProvider" in line for line in table[1:])
 
 
 def test_openapi_describes_the_install_routes(agent: Any) -> None:

@@ -40,7 +40,7 @@ def test_sync_pulls_every_paired_device_and_reports_one_that_is_off(
         for _ in range(4):
             client.infer(make_image_bytes())
 
-    argv = ["devices", "sync", "--watch", "0.01", "--rounds", "2", "--workspace", str(ws.root)]
+    argv = ["devices", "sync", "--watch", "0.1", "--rounds", "2", "--workspace", str(ws.root)]
     assert outpost([*argv, "--json"]) == 1  # a device could not be pulled: scripts see it
     captured = capfd.readouterr()
     assert "1 of 2 device(s) could not be pulled (see the error column)" in captured.err
@@ -66,6 +66,8 @@ def test_sync_pulls_every_paired_device_and_reports_one_that_is_off(
         ["devices", "list", "--timeout", "-1"],
         ["devices", "add", "127.0.0.1:9", "--timeout", "0"],
         ["devices", "add", "127.0.0.1:9", "--timeout", "nan"],
+        ["devices", "sync", "--watch", "1e-300"],  # a busy loop against every device
+        ["devices", "list", "--timeout", "1e300"],
     ],
 )
 def test_seconds_must_be_above_zero(

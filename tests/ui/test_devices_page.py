@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from desktop_app.core import devices as core_devices
-from desktop_app.ui.devices_page import DevicesPage
+from desktop_app.ui.devices_page import HISTORY_COLUMNS, DevicesPage
 from tests.fakes import EXPECTED
 from tests.ui.fixtures_s2 import (  # noqa: F401 - fixtures
     add_fake_export,
@@ -154,9 +154,7 @@ def test_a_device_added_by_address_appears_selected_and_pairs(
     assert pair is not None
     pair.code_edit.setText(local_agent.pairing_code())
     pair.try_accept()
-    qtbot.waitUntil(
-        lambda: (page.device(agent_id) or {}).get("paired") is True, timeout=20_000
-    )
+    qtbot.waitUntil(lambda: (page.device(agent_id) or {}).get("paired") is True, timeout=20_000)
 
 
 def test_an_address_where_no_agent_answers_is_reported(qtbot: Any, s2_ctx: Any) -> None:
@@ -210,6 +208,52 @@ def test_a_device_clock_that_is_off_is_named_in_its_details(qtbot: Any, s2_ctx: 
     assert "Clock: 2 h 5 min behind this desktop's" in page.detail_label.text()
     page._show_device({"detail": {**detail, "clock_offset_s": 2.0}, "history": [], "latency": []})
     assert "Clock:" not in page.detail_label.text()
+
+
+def test_a_runtime_fallback_is_shown_in_the_details_and_the_history(
+    qtbot: Any, s2_ctx: Any
+) -> None:
+    """Never silent in the Studio either: the model line and the history row say what the
+    device wanted and what it runs on."""
+    page = _page(qtbot, s2_ctx)
+    page._selected = "d1"
+    fallback = {
+        "wanted": "CUDAExecutionProvider",
+        "using": "CPUExecutionProvider",
+        "reason": "CUDAExecutionProvider is not available on this device",
+    }
+    detail = {
+        "id": "d1",
+        "name": "jetson",
+        "address": "10.0.0.7",
+        "port": 8765,
+        "paired": True,
+        "runtimes": [],
+        "models": [
+            {"name": "shapes", "version": "e1", "runtime": "onnxruntime", "fallbacks": fallback}
+        ],
+        "accelerators": [],
+        "warning": None,
+    }
+    history = [
+        {
+            "created_at": "2026-11-28T05:00:00+00:00",
+            "model": "shapes",
+            "export": "e1",
+            "action": "deploy",
+            "status": "installed",
+            "runtime": "onnxruntime",
+            "fallback": fallback,
+            "message": None,
+        }
+    ]
+    page._show_device({"detail": detail, "history": history, "latency": [], "bench_history": []})
+    assert "fallback: CUDAExecutionProvider → CPUExecutionProvider" in page.detail_label.text()
+    column = HISTORY_COLUMNS.index("fallback")
+    assert page.history_table.item(0, column).text() == (
+        "CUDAExecutionProvider → CPUExecutionProvider"
+    )
+    assert page.history_table.item(0, HISTORY_COLUMNS.index("runtime")).text() == "onnxruntime"
 
 
 def test_the_inference_test_names_a_classifiers_classes_and_the_total_time(
