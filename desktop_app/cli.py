@@ -1526,7 +1526,9 @@ def cmd_devices_list(args: argparse.Namespace) -> Any:
         rows
         if args.json
         else _table(
-            rows, ["id", "name", "address", "port", "platform", "arch", "version", "paired"]
+            rows,
+            ["id", "name", "address", "port", "platform", "arch", "version", "paired"]
+            + (["last_seen"] if args.known else []),  # a device gone since shows its age
         )
     )
 

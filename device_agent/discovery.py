@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import re
 from dataclasses import dataclass
 
 from zeroconf import InterfaceChoice, IPVersion, ServiceStateChange, Zeroconf
@@ -43,42 +44,77 @@ class DeviceInfo:
         return f"http://{host}:{self.port}"
 
 
-def device_from_service_info(info: AsyncServiceInfo) -> DeviceInfo | None:
-    """Turn a resolved service into a :class:`DeviceInfo`; None when it lacks what we need."""
+AGENT_ID = re.compile(r"[0-9a-f]{16}")  # the first 16 hex digits of the key's fingerprint
+# How much of each TXT hint is kept: they come from anyone on the LAN.
+TEXT_LIMITS = {"name": 128, "platform": 64, "arch": 32, "version": 32, "runtime": 32}
+MAX_RUNTIMES = 16
+
+
+def hint(text: object, limit: int) -> str:
+    """A TXT hint as it may be shown: printable characters only (no terminal escapes, line
+    breaks or tabs), cut to ``limit``."""
+    if not isinstance(text, str):
+        return ""
+    return "".join(c for c in text if c.isprintable()).strip()[:limit]
+
+
+def device_from_service_info(
+    info: AsyncServiceInfo, *, allow_loopback: bool = False
+) -> DeviceInfo | None:
+    """Turn a resolved service into a :class:`DeviceInfo`; None when it is not an agent's.
+
+    An agent's service is ``outpost-<id>`` with ``id`` (16 hex digits) also in its TXT; a
+    record that names another id, or none, or no port, is not one (it is dropped, not
+    stored). The text hints are made printable and cut to size; loopback addresses are
+    dropped unless ``allow_loopback`` (a browse on 127.0.0.1), since a device on the LAN
+    that advertises 127.0.0.1 cannot be reached there."""
     props = info.decoded_properties
     prefix, suffix = "outpost-", "." + SERVICE_TYPE
-    fallback_id = (
+    named = (
         info.name[len(prefix) : -len(suffix)]
         if info.name.startswith(prefix) and info.name.endswith(suffix)
         else ""
     )
-    agent_id = props.get("id") or fallback_id
-    if not agent_id or not info.port:
+    agent_id = props.get("id") or named
+    if not AGENT_ID.fullmatch(agent_id or "") or agent_id != named or not info.port:
+        log.debug("not an agent's service: %r (TXT id %r)", info.name, props.get("id"))
         return None
     v4 = info.parsed_scoped_addresses(IPVersion.V4Only)
     addresses = tuple(
-        v4 + [a for a in info.parsed_scoped_addresses(IPVersion.V6Only) if a not in v4]
+        a
+        for a in v4 + [a for a in info.parsed_scoped_addresses(IPVersion.V6Only) if a not in v4]
+        if allow_loopback or not _loopback(a)
     )
-    host = addresses[0] if addresses else (info.server or "").rstrip(".")
-    if not host:
+    if not addresses:
         return None
     try:
         protocol = int(props.get("proto") or 0)
     except ValueError:
         protocol = 0
-    runtimes = tuple(r for r in (props.get("runtimes") or "").split(",") if r)
+    runtimes = tuple(
+        r
+        for r in (hint(r, TEXT_LIMITS["runtime"]) for r in (props.get("runtimes") or "").split(","))
+        if r
+    )[:MAX_RUNTIMES]
     return DeviceInfo(
         agent_id=agent_id,
-        name=props.get("name") or agent_id,
-        host=host,
+        name=hint(props.get("name"), TEXT_LIMITS["name"]) or agent_id,
+        host=addresses[0],
         port=int(info.port),
         addresses=addresses,
-        platform=props.get("platform") or "",
-        arch=props.get("arch") or "",
+        platform=hint(props.get("platform"), TEXT_LIMITS["platform"]),
+        arch=hint(props.get("arch"), TEXT_LIMITS["arch"]),
         protocol=protocol,
-        version=props.get("version") or "",
+        version=hint(props.get("version"), TEXT_LIMITS["version"]),
         runtimes=runtimes,
     )
+
+
+def _loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address.split("%", 1)[0]).is_loopback
+    except ValueError:
+        return False
 
 
 def _check_interfaces(interfaces: list[str] | None) -> None:
@@ -102,6 +138,7 @@ async def async_browse(
         want_id: stop as soon as the agent with this id has been resolved.
     """
     _check_interfaces(interfaces)
+    allow_loopback = any(_loopback(ip) for ip in interfaces or [])
     found: dict[str, DeviceInfo] = {}
     wanted = asyncio.Event()
     tasks: set[asyncio.Task[None]] = set()
@@ -118,7 +155,7 @@ async def async_browse(
             info = AsyncServiceInfo(SERVICE_TYPE, name)
             if not await info.async_request(aiozc.zeroconf, RESOLVE_TIMEOUT_MS):
                 return
-            device = device_from_service_info(info)
+            device = device_from_service_info(info, allow_loopback=allow_loopback)
         except Exception as exc:  # one odd responder must not end the browse
             log.debug("could not resolve %s: %s", name, exc)
             return
@@ -135,6 +172,9 @@ async def async_browse(
             task = asyncio.get_running_loop().create_task(resolve(name))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
+        elif state_change is ServiceStateChange.Removed:  # withdrawn during the browse
+            gone = name.removeprefix("outpost-").removesuffix("." + SERVICE_TYPE)
+            found.pop(gone, None)
 
     browser = AsyncServiceBrowser(aiozc.zeroconf, [SERVICE_TYPE], handlers=[on_change])
     try:

@@ -18,7 +18,7 @@ import logging
 import socket
 from collections.abc import Callable
 
-from zeroconf import InterfaceChoice, ServiceInfo
+from zeroconf import InterfaceChoice, NonUniqueNameException, ServiceInfo
 from zeroconf.asyncio import AsyncZeroconf
 
 from device_agent import SERVICE_TYPE
@@ -36,7 +36,8 @@ def instance_name(agent_id: str) -> str:
 
 
 def machine_ipv4_addresses() -> list[str]:
-    """This machine's IPv4 addresses, loopback and link-local left out (loopback if nothing else)."""
+    """This machine's IPv4 addresses, loopback and link-local left out; none before the
+    network is up (advertising 127.0.0.1 would send desktops to themselves)."""
     import ifaddr  # a dependency of zeroconf
 
     found: set[str] = set()
@@ -47,7 +48,7 @@ def machine_ipv4_addresses() -> list[str]:
             addr = ipaddress.ip_address(ip.ip)
             if not (addr.is_loopback or addr.is_link_local):
                 found.add(ip.ip)
-    return sorted(found) or ["127.0.0.1"]
+    return sorted(found)
 
 
 def advertised_addresses(interfaces: list[str] | None) -> list[str]:
@@ -110,37 +111,63 @@ class Advertiser:
             return self.addresses
         return found or self.addresses
 
+    @property
+    def where(self) -> str:
+        return ", ".join(self.interfaces) if self.interfaces else "all interfaces"
+
     async def async_start(self) -> None:
-        addresses = self._current_addresses() or advertised_addresses(self.interfaces)
-        self.addresses = addresses
-        self._info = self._service_info(addresses)
-        where = ", ".join(self.interfaces) if self.interfaces else "all interfaces"
+        """Register the service (once probing says the name is ours), or, on a host with no
+        address yet (before DHCP), wait for one: the polling registers it when it comes."""
+        addresses = self._current_addresses()
         try:
             self._zc = AsyncZeroconf(interfaces=self.interfaces or InterfaceChoice.All)
-            # Returns once probing is done and the name is ours; announcements follow.
-            self._announce = await self._zc.async_register_service(self._info)
+            if addresses:
+                await self._register(addresses)
+        except NonUniqueNameException:
+            await self._close()
+            raise AdvertiseError(
+                f"another host on the network already advertises this agent's id "
+                f"({instance_name(self.agent_id)}): is a copy of this --data-dir (its identity "
+                "key) serving there? give each device its own data folder"
+            ) from None
         except Exception as exc:
             await self._close()
             raise AdvertiseError(
-                f"cannot advertise by mDNS on {where}: {one_line(exc)}; check --interface and that UDP 5353 is free"
+                f"cannot advertise by mDNS on {self.where}: "
+                f"{one_line(exc) or type(exc).__name__}; check --interface and that UDP 5353 "
+                "is free"
             ) from None
-        log.info(
-            "advertising %s on %s (port %d, addresses %s)",
-            self._info.name,
-            where,
-            self.port,
-            addresses,
-        )
+        if not addresses:
+            log.info("no IPv4 address on this host yet; advertising once one appears")
         if self.poll_interval_s > 0:
             self._poller = asyncio.create_task(self._poll(), name="outpost-mdns-addresses")
 
+    async def _register(self, addresses: list[str]) -> None:
+        assert self._zc is not None
+        info = self._service_info(addresses)
+        # Returns once probing is done and the name is ours; announcements follow.
+        self._announce = await self._zc.async_register_service(info)
+        self._info, self.addresses = info, addresses
+        log.info(
+            "advertising %s on %s (port %d, addresses %s)",
+            info.name,
+            self.where,
+            self.port,
+            addresses,
+        )
+
     async def refresh(self) -> bool:
-        """Re-announce with the host's current addresses if they changed; True if it did."""
-        if self._zc is None or self._info is None:
+        """Re-announce with the host's current addresses if they changed (register, if there
+        was none at start); True if it did."""
+        if self._zc is None:
             return False
         addresses = self._current_addresses()
-        if addresses == self.addresses:
+        if addresses == self.addresses or not addresses:
             return False
+        if self._info is None:
+            await self._register(addresses)
+            self.reannounced += 1
+            return True
         info = self._service_info(addresses)
         await self._zc.async_update_service(info)
         log.info("host addresses changed %s -> %s; re-announced", self.addresses, addresses)
@@ -163,6 +190,7 @@ class Advertiser:
             with contextlib.suppress(asyncio.CancelledError):
                 await poller
         if self._zc is None or self._info is None:
+            await self._close()  # never registered (no address came): nothing to withdraw
             return
         try:
             announce = self._announce

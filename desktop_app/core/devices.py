@@ -26,7 +26,15 @@ from desktop_app.core.models import (
     utcnow,
 )
 from device_agent import DEFAULT_PORT as AGENT_PORT
-from device_agent.auth import KeyPair, agent_id_for, b64, fingerprint, load_or_create_key, unb64
+from device_agent.auth import (
+    FingerprintMismatchError,
+    KeyPair,
+    agent_id_for,
+    b64,
+    fingerprint,
+    load_or_create_key,
+    unb64,
+)
 from device_agent.client import (
     AgentClient,
     AgentRejectedError,
@@ -35,6 +43,7 @@ from device_agent.client import (
     pair_with_agent,
 )
 from device_agent.discovery import DeviceInfo, browse
+from device_agent.errors import one_line
 from runtimes.errors import OutpostError
 
 
@@ -46,6 +55,9 @@ IDENTITY_DIR = "identity"
 DESKTOP_KEY_FILE = "desktop.key"
 PIN_KEY = "pinned_key"  # Device.info: base64 raw public key of the paired agent
 USAGE_KEY = "usage"  # Device.info: latest throughput and per-version usage per model
+# Device.info: where a paired device was last advertised when that is not where it was
+# reached; it moves there once the agent there answers with the pinned key.
+CANDIDATE_KEY = "candidate"
 USAGE_SINCE_KEY = "usage_since"  # Device.info: the agent start its pulled counts are from
 USAGE_HISTORY = 1000  # usage samples kept per device and model (the newest)
 DETAILS_KEY = "details"  # Device.info: the last /v1/info details (accelerators, runtimes, models)
@@ -84,14 +96,27 @@ def shown(text: object, limit: int) -> str | None:
 
 
 def _upsert(ws: Any, info: DeviceInfo) -> None:
+    """Record an advertised agent. An advertisement proves nothing (anyone on the LAN can
+    send one with a paired device's id): a paired device advertised at another address is
+    not moved there, nor its details replaced; the address is kept as a ``candidate`` that
+    :func:`connect` moves it to once the agent there answers with the pinned key."""
     name = shown(info.name, NAME_CHARS) or info.agent_id
+    address = _address(info)
     with ws.session() as s:
         dev = s.get(Device, info.agent_id)
         if dev is None:
-            dev = Device(id=info.agent_id, name=name, host=_address(info), port=info.port)
+            dev = Device(id=info.agent_id, name=name, host=address, port=info.port)
             s.add(dev)
+        paired = isinstance((dev.info or {}).get(PIN_KEY), str)
+        here = dev.port == info.port and dev.host in (address, *info.addresses)
+        if paired and not here:
+            dev.info = {
+                **(dev.info or {}),
+                CANDIDATE_KEY: {"host": address, "port": info.port},
+            }
+            return
         dev.name = name
-        dev.host = _address(info)  # a known device that comes back on a new address moves
+        dev.host = dev.host if paired else address  # an unpaired device moves with its advert
         dev.port = info.port
         dev.platform = shown(info.platform, PLATFORM_CHARS)
         dev.arch = shown(info.arch, ARCH_CHARS)
@@ -150,6 +175,11 @@ def parse_address(text: str) -> tuple[str, int]:
             "answers itself); give the device's address, e.g. 192.168.1.20:8765"
         )
     rest = rest.rstrip("/")
+    if "/" in rest:
+        raise DeviceError(
+            f"cannot use {text!r}: give the agent's address without a path, e.g. "
+            "192.168.1.20:8765"
+        )
     port_text = ""
     if rest.startswith("["):
         host, bracket, after = rest[1:].partition("]")
@@ -212,6 +242,7 @@ def add_device(ws: Any, address: str, timeout: float = ADD_TIMEOUT_S) -> dict[st
     name = shown(info.get("name"), NAME_CHARS) or agent_id
     version = shown(info.get("version"), VERSION_CHARS)
     protocol = info.get("protocol") if isinstance(info.get("protocol"), int) else None
+    _prove_paired_device(ws, agent_id, host, port)
     with ws.session() as s:
         dev = s.get(Device, agent_id)
         if dev is None:
@@ -246,6 +277,26 @@ def get_device(ws: Any, device_id: str) -> Device:
             )
         s.expunge(dev)
         return cast(Device, dev)
+
+
+def _prove_paired_device(ws: Any, agent_id: str, host: str, port: int) -> None:
+    """A paired device moves to a new address only when the agent there signs its answer
+    with the pinned key: its public ``/v1/info`` can be replayed by anything. DeviceError
+    when it does not."""
+    with ws.session() as s:
+        dev = s.get(Device, agent_id)
+        pinned = pinned_key(dev) if dev is not None else None
+        if pinned is None or (dev.host, dev.port) == (host, port):
+            return
+    try:
+        with AgentClient(device_url(host, port), key=desktop_key(ws), agent_key=pinned) as client:
+            client.info()
+    except OutpostError as exc:
+        raise DeviceError(
+            f"{host}:{port} shows the public details of paired device {agent_id} but did not "
+            f"answer with its key ({one_line(exc, 160)}); it is not moved there: check what "
+            "runs at that address"
+        ) from None
 
 
 def pair(ws: Any, device_id: str, code: str, interfaces: list[str] | None = None) -> dict[str, Any]:
@@ -366,17 +417,36 @@ def connect(
     try:
         try:
             info = client.info()
-        except AgentUnreachableError:
+        except (AgentUnreachableError, FingerprintMismatchError) as missed:
+            # gone from its address, or another agent answers there: look for it again,
+            # and move it only where it answers with the pinned key
             client.close()
-            if interfaces is None and not dev.info.get("addresses"):
-                raise
-            discover(ws, interfaces, timeout=5.0, want_id=dev.id)
+            if interfaces is not None or dev.info.get("addresses"):
+                discover(ws, interfaces, timeout=5.0, want_id=dev.id)
             dev = get_device(ws, dev.id)
-            client = _client(ws, dev, agent_key)
-            info = client.info()
+            candidate = (dev.info or {}).get(CANDIDATE_KEY)
+            if not isinstance(candidate, dict):
+                raise missed from None
+            client = AgentClient(
+                device_url(str(candidate["host"]), int(candidate["port"])),
+                key=desktop_key(ws),
+                agent_key=agent_key,
+            )
+            try:
+                info = client.info()
+            except (AgentUnreachableError, FingerprintMismatchError):
+                client.close()
+                raise missed from None
+            dev = _move(ws, dev.id, str(candidate["host"]), int(candidate["port"]))
     except IncompatibleProtocolError as exc:  # refused: the message says which side to update
         client.close()
         raise DeviceError(f"device {dev.name} ({dev.id}): {exc}") from None
+    except AgentUnreachableError as exc:  # a restart on another port looks the same
+        client.close()
+        raise AgentUnreachableError(
+            f"{exc}; if it moved to another address or port, find it again: outpost devices "
+            "list (or outpost devices add HOST:PORT)"
+        ) from None
     if info.get("agent_id") != dev.id or info.get("paired") is not True:
         client.close()
         raise DeviceError(
@@ -384,6 +454,17 @@ def connect(
             f"outpost devices pair {dev.id} --code NNNNNN"
         )
     return dev, client
+
+
+def _move(ws: Any, device_id: str, host: str, port: int) -> Device:
+    """Record that a paired device answers at ``host:port`` now (it proved its key there)."""
+    with ws.session() as s:
+        row = s.get(Device, device_id)
+        if row is not None:
+            row.host, row.port = host, port
+            row.info = {k: v for k, v in (row.info or {}).items() if k != CANDIDATE_KEY}
+            row.last_seen = utcnow()
+    return get_device(ws, device_id)
 
 
 def deploy(

@@ -244,6 +244,7 @@ def test_usage_of_a_device_that_is_off_shows_what_was_pulled_and_exits_1(
     out, err = capfd.readouterr()
     assert "shapes" in out  # the last pulled figures
     assert err.startswith("warning: cannot reach agent") and "its last pulled usage is shown" in err
+    assert "if it moved to another address or port, find it again" in err
 
 
 def test_bench_records_a_device_benchmark(

@@ -13,7 +13,9 @@ import pytest
 
 from device_agent import platform_info
 from device_agent.client import AgentRejectedError
-from device_agent.mdns import Advertiser
+from device_agent.discovery import async_browse
+from device_agent.errors import AdvertiseError
+from device_agent.mdns import Advertiser, machine_ipv4_addresses
 from device_agent.stats import HISTOGRAM_BOUNDS_MS, SERIES_MINUTES, UsageStats, prometheus_text
 from runtimes.backends import BackendInfo
 from tests.fakes import make_image_bytes
@@ -380,3 +382,71 @@ def test_advertiser_polls_the_addresses_in_the_background() -> None:
         return advertiser.reannounced
 
     assert asyncio.run(scenario()) >= 1
+
+
+def test_an_advertiser_with_no_address_yet_registers_when_one_comes() -> None:
+    """Before DHCP there is no address: nothing is advertised (not 127.0.0.1, which would
+    send desktops to themselves) until one appears."""
+
+    async def scenario() -> tuple[list[str] | None, Advertiser, list[str]]:
+        current: list[str] = []
+        advertiser = Advertiser(
+            agent_id="00ff00ff00ff00fd",
+            port=8765,
+            properties={"id": "00ff00ff00ff00fd"},
+            interfaces=LOOPBACK,
+            address_source=lambda: list(current),
+            poll_interval_s=0,
+        )
+        await advertiser.async_start()
+        try:
+            before = None if advertiser._info is None else advertiser.addresses
+            assert await advertiser.refresh() is False  # still none
+            current[:] = ["127.0.0.1"]
+            assert await advertiser.refresh() is True
+            found = await async_browse(LOOPBACK, timeout=10, want_id="00ff00ff00ff00fd")
+        finally:
+            await advertiser.async_stop()
+        return before, advertiser, [d.agent_id for d in found]
+
+    before, advertiser, found = asyncio.run(scenario())
+    assert before is None and advertiser.addresses == ["127.0.0.1"]
+    assert "00ff00ff00ff00fd" in found and advertiser._zc is None
+
+
+def test_no_loopback_fallback_in_the_machine_addresses(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ifaddr
+
+    loopback = ifaddr.Adapter("lo", "lo", [ifaddr.IP("127.0.0.1", 8, "lo")])
+    monkeypatch.setattr(ifaddr, "get_adapters", lambda: [loopback])
+    assert machine_ipv4_addresses() == []
+
+
+def test_a_second_host_with_the_same_id_is_named_as_a_copied_data_dir() -> None:
+    """A data folder copied to another device means two agents with one identity: the
+    second is told so, not given an empty reason."""
+
+    async def scenario() -> str:
+        first, second = (
+            Advertiser(
+                agent_id="00ff00ff00ff00fc",
+                port=port,
+                properties={"id": "00ff00ff00ff00fc"},
+                interfaces=LOOPBACK,
+                address_source=lambda: ["127.0.0.1"],
+                poll_interval_s=0,
+            )
+            for port in (8765, 8766)
+        )
+        await first.async_start()
+        try:
+            with pytest.raises(AdvertiseError) as clash:
+                await second.async_start()
+            return str(clash.value)
+        finally:
+            await second.async_stop()
+            await first.async_stop()
+
+    message = asyncio.run(scenario())
+    assert "another host on the network already advertises this agent's id" in message
+    assert "give each device its own data folder" in message

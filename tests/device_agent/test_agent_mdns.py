@@ -51,3 +51,54 @@ def test_addresses_and_names() -> None:
     assert advertised_addresses(LOOPBACK) == ["127.0.0.1"]
     assert all(not a.startswith("127.") or a == "127.0.0.1" for a in advertised_addresses(None))
     assert instance_name("00ff") == "outpost-00ff._outpost._tcp.local."
+
+
+def _record(
+    name_id: str, props: dict[str, str | bytes], addresses: tuple[str, ...] = ("10.0.0.7",)
+) -> Any:
+    import socket
+
+    from zeroconf import ServiceInfo
+
+    return ServiceInfo(
+        "_outpost._tcp.local.",
+        f"outpost-{name_id}._outpost._tcp.local.",
+        port=8765,
+        properties=props,
+        addresses=[socket.inet_aton(a) for a in addresses],
+    )
+
+
+def test_a_hostile_advertisement_is_dropped_or_made_printable() -> None:
+    """Anyone on the LAN can advertise: an id that is not 16 hex digits or not the service's
+    own, an advert of 127.0.0.1 only, are not agents; text hints lose control characters
+    (terminal escapes, line breaks) and are cut to size."""
+    from device_agent.discovery import device_from_service_info
+
+    good = "0123456789abcdef"
+    for name_id, props in (
+        ("%", {"id": "%"}),
+        ("Z" * 16, {}),
+        (good, {"id": "fedcba9876543210"}),  # another agent's id in this one's record
+        ("nohexid-missing", {}),
+    ):
+        assert device_from_service_info(_record(name_id, props)) is None
+    assert device_from_service_info(_record(good, {"id": good}, ("127.0.0.1",))) is None
+    assert (
+        device_from_service_info(_record(good, {"id": good}, ("127.0.0.1",)), allow_loopback=True)
+        is not None
+    )
+    hostile = {
+        "id": good,
+        "name": "\x1b[31mRED\x1b[0m\x1b]0;pwned\x07 evil\nline2\rX",
+        "platform": "linux\x1b[2J",
+        "version": "9" * 240,
+        "runtimes": "onnxruntime,\x1b[2Jx," + ",".join(["r"] * 40),
+    }
+    device = device_from_service_info(_record(good, hostile))
+    assert device is not None and device.agent_id == good
+    for text in (device.name, device.platform, device.version, *device.runtimes):
+        assert text.isprintable() and "\x1b" not in text
+    assert device.name == "[31mRED[0m]0;pwned evilline2X"
+    assert device.platform == "linux[2J" and len(device.version) == 32
+    assert device.runtimes[0] == "onnxruntime" and len(device.runtimes) == 16

@@ -44,7 +44,8 @@ def test_addresses_are_read_as_host_and_port(text: str, expected: tuple[str, int
     [
         ("", "cannot read the address"),
         ("a b:80", "cannot read the address"),
-        ("host/path:80", "cannot read the address"),
+        ("host/path:80", "without a path"),
+        ("10.0.0.1:8765/v1", "without a path"),
         ("[::1", "write \\[IPV6\\]:PORT"),
         ("[::1]x", "write \\[IPV6\\]:PORT"),
         ("10.0.0.1:0", "from 1 to 65535"),
@@ -120,6 +121,49 @@ def test_a_paired_device_that_moved_keeps_its_pairing(
     with client:
         assert client.info()["paired"] is True
     assert dev.port == _port(moved.url)
+
+
+def test_a_paired_device_moves_only_where_it_answers_with_its_key(
+    ws: Workspace,
+    start_agent: Callable[..., Any],
+    tmp_path: Path,
+    serve: Callable[[Callable[[], tuple[int, str, bytes]]], Any],
+) -> None:
+    """An advertisement or a public /v1/info proves nothing: anyone on the LAN can send a
+    paired device's. Neither moves the device; the agent signing with the pinned key does."""
+    first = start_agent(tmp_path / "device")
+    agent_id = first.service.identity.agent_id
+    devices.add_device(ws, f"127.0.0.1:{_port(first.url)}")
+    devices.pair(ws, agent_id, issue_code(first.service.data_dir).code)
+    public = first.service.identity.key
+    # a replay of its public /v1/info at another address
+    replay = serve(
+        lambda: _info(agent_id=agent_id, name="cam", public_key=public.public_b64, protocol=4)
+    )
+    with pytest.raises(devices.DeviceError, match="did not answer with its key"):
+        devices.add_device(ws, f"127.0.0.1:{replay.port}")
+    assert devices.get_device(ws, agent_id).port == _port(first.url)
+
+    def advertised(port: int, name: str = "spoof") -> DeviceInfo:
+        return DeviceInfo(agent_id, name, "127.0.0.1", port, ("127.0.0.1",), "", "", 4, "", ())
+
+    # an advertisement from another host: kept as a candidate, the device stays
+    other = start_agent(tmp_path / "other")  # another agent (another key) there
+    devices._upsert(ws, advertised(_port(other.url)))
+    dev = devices.get_device(ws, agent_id)
+    assert (dev.port, dev.name) == (_port(first.url), first.service.identity.name)
+    assert dev.info[devices.CANDIDATE_KEY]["port"] == _port(other.url)
+    first.stop()
+    with pytest.raises(AgentUnreachableError):  # the candidate does not hold the key
+        devices.connect(ws, agent_id)
+    assert devices.get_device(ws, agent_id).port == _port(first.url)
+    # the real device, restarted on another port and advertised there: moved on first use
+    moved = start_agent(tmp_path / "device")
+    devices._upsert(ws, advertised(_port(moved.url), "cam"))
+    dev, client = devices.connect(ws, agent_id)
+    with client:
+        assert client.info()["paired"] is True
+    assert dev.port == _port(moved.url) and devices.CANDIDATE_KEY not in dev.info
 
 
 class _Server:
