@@ -1979,12 +1979,9 @@ def cmd_deployments_list(args: argparse.Namespace) -> Any:
 
 def _fallback_shown(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Deployment rows for a table: a fallback as ``wanted -> using`` (a table cell)."""
-    return [
-        {**r, "fallback": f"{r['fallback'].get('wanted')} -> {r['fallback'].get('using')}"}
-        if isinstance(r.get("fallback"), dict)
-        else r
-        for r in rows
-    ]
+    from desktop_app.core.devices import fallback_summary
+
+    return [{**r, "fallback": fallback_summary(r.get("fallback")) or None} for r in rows]
 
 
 def cmd_deployments_history(args: argparse.Namespace) -> Any:

@@ -64,8 +64,8 @@ def device_from_service_info(
     """Turn a resolved service into a :class:`DeviceInfo`; None when it is not an agent's.
 
     An agent's service is ``outpost-<id>`` with ``id`` (16 hex digits) also in its TXT; a
-    record that names another id, or none, or no port, is not one (it is dropped, not
-    stored). The text hints are made printable and cut to size; loopback addresses are
+    record whose TXT names another id, or none, or that has no port, is not one (it is
+    dropped, not stored). The text hints are made printable and cut to size; loopback addresses are
     dropped unless ``allow_loopback`` (a browse on 127.0.0.1), since a device on the LAN
     that advertises 127.0.0.1 cannot be reached there."""
     props = info.decoded_properties
@@ -75,8 +75,8 @@ def device_from_service_info(
         if info.name.startswith(prefix) and info.name.endswith(suffix)
         else ""
     )
-    agent_id = props.get("id") or named
-    if not AGENT_ID.fullmatch(agent_id or "") or agent_id != named or not info.port:
+    agent_id = props.get("id") or ""
+    if not AGENT_ID.fullmatch(agent_id) or agent_id != named or not info.port:
         log.debug("not an agent's service: %r (TXT id %r)", info.name, props.get("id"))
         return None
     v4 = info.parsed_scoped_addresses(IPVersion.V4Only)
@@ -111,10 +111,14 @@ def device_from_service_info(
 
 
 def _loopback(address: str) -> bool:
+    """127.0.0.0/8, ::1, their IPv4-mapped forms, and the unspecified addresses: none of
+    them reaches a device on the LAN."""
     try:
-        return ipaddress.ip_address(address.split("%", 1)[0]).is_loopback
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
     except ValueError:
         return False
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return ip.is_loopback or ip.is_unspecified or bool(mapped and mapped.is_loopback)
 
 
 def _check_interfaces(interfaces: list[str] | None) -> None:
@@ -140,6 +144,7 @@ async def async_browse(
     _check_interfaces(interfaces)
     allow_loopback = any(_loopback(ip) for ip in interfaces or [])
     found: dict[str, DeviceInfo] = {}
+    removed: set[str] = set()  # withdrawn during the browse (a resolve may finish after)
     wanted = asyncio.Event()
     tasks: set[asyncio.Task[None]] = set()
     try:
@@ -159,7 +164,7 @@ async def async_browse(
         except Exception as exc:  # one odd responder must not end the browse
             log.debug("could not resolve %s: %s", name, exc)
             return
-        if device is None:
+        if device is None or name in removed:
             return
         found[device.agent_id] = device
         if want_id is not None and device.agent_id == want_id:
@@ -169,12 +174,13 @@ async def async_browse(
         zeroconf: Zeroconf, service_type: str, name: str, state_change: ServiceStateChange
     ) -> None:
         if state_change in (ServiceStateChange.Added, ServiceStateChange.Updated):
+            removed.discard(name)
             task = asyncio.get_running_loop().create_task(resolve(name))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
         elif state_change is ServiceStateChange.Removed:  # withdrawn during the browse
-            gone = name.removeprefix("outpost-").removesuffix("." + SERVICE_TYPE)
-            found.pop(gone, None)
+            removed.add(name)
+            found.pop(name.removeprefix("outpost-").removesuffix("." + SERVICE_TYPE), None)
 
     browser = AsyncServiceBrowser(aiozc.zeroconf, [SERVICE_TYPE], handlers=[on_change])
     try:

@@ -67,17 +67,24 @@ class StorageFullError(InstallError):
     I/O error (HTTP 507)."""
 
 
+def mib(size: int) -> str:
+    return f"{size / (1 << 20):.1f} MiB"
+
+
+def storage_message(exc: OSError, folder: object, free: int | None, dropped: str = "") -> str:
+    """``the device ran out of disk space in DIR (N MiB free now)[dropped]; what to do, and
+    retry``: what the storage did, for a write it refused (see :func:`storage_failure`)."""
+    what, todo = storage_failure(exc) or ("could not write to its storage", "check the disk")
+    room = f"{mib(free)} free now" if free is not None else "free space unknown"
+    return f"the device {what} in {folder} ({room}){dropped}; {todo}, and retry"
+
+
 def store_write_failed(action: str, exc: OSError, folder: object, free: int | None) -> InstallError:
     """The error for a write to the model store that failed: StorageFullError (507) with what
     to do when the storage itself failed, else InstallError naming the data folder."""
-    failure = storage_failure(exc)
-    if failure is None:
+    if storage_failure(exc) is None:
         return InstallError(f"cannot {action}: {one_line(exc)}; check the data folder {folder}")
-    what, todo = failure
-    room = f"{free / (1 << 20):.1f} MiB free now" if free is not None else "free space unknown"
-    return StorageFullError(
-        f"cannot {action}: the device {what} in {folder} ({room}); {todo}, and retry"
-    )
+    return StorageFullError(f"cannot {action}: {storage_message(exc, folder, free)}")
 
 
 class NoModelError(AgentError):

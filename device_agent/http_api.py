@@ -74,8 +74,10 @@ from device_agent.errors import (
     RollbackError,
     StorageFullError,
     ascii_digits,
+    mib,
     one_line,
     storage_failure,
+    storage_message,
 )
 from device_agent.openapi import openapi_spec
 from device_agent.pairing import PairingError
@@ -245,14 +247,11 @@ def _internal_error(exc: Exception) -> web.Response:
 def storage_error(service: AgentService, exc: OSError, dropped: str = "") -> ApiError:
     """507 for a write the device's storage failed: full, read-only or an I/O error (see
     :func:`device_agent.errors.storage_failure`); ``dropped`` says what was removed."""
-    what, todo = storage_failure(exc) or ("could not write to its storage", "check the disk")
     try:
-        free = f"{_mib(service.free_space(service.data_dir))} free now"
+        free: int | None = service.free_space(service.data_dir)
     except OSError:
-        free = "free space unknown"
-    return ApiError(
-        507, f"the device {what} in {service.data_dir} ({free}){dropped}; {todo}, and retry"
-    )
+        free = None
+    return ApiError(507, storage_message(exc, service.data_dir, free, dropped))
 
 
 def _route_key(request: web.Request) -> tuple[str, str]:
@@ -290,7 +289,7 @@ def too_large(request: web.Request, limit: int, size: int | None = None) -> ApiE
     return ApiError(
         413,
         f"the request body is {what}; {request.method} {request.path} takes at most "
-        f"{_mib(limit)}: send a smaller image (resize or re-encode it) or file",
+        f"{mib(limit)}: send a smaller image (resize or re-encode it) or file",
     )
 
 
@@ -632,14 +631,10 @@ def check_disk_space(service: AgentService, declared: int | None) -> None:
     if free < needed:
         raise ApiError(
             507,
-            f"not enough disk space on the device: a {_mib(declared)} package needs about "
-            f"{_mib(needed)} free in {service.data_dir}, only {_mib(free)} is free; "
+            f"not enough disk space on the device: a {mib(declared)} package needs about "
+            f"{mib(needed)} free in {service.data_dir}, only {mib(free)} is free; "
             "free some space (or roll back and remove old models) and retry",
         )
-
-
-def _mib(size: int) -> str:
-    return f"{size / (1 << 20):.1f} MiB"
 
 
 def _discovery_info(service: AgentService) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -23,6 +24,7 @@ from typing import Any
 from device_agent.errors import AgentError, cannot_write, one_line
 
 LOCK_FILE = "agent.lock"
+log = logging.getLogger(__name__)
 
 
 class DataDirBusyError(AgentError):
@@ -48,7 +50,7 @@ class DataDirLock:
 
     def acquire(self, url: str | None = None) -> None:
         """Take the lock, or raise DataDirBusyError naming its holder (AgentError when the
-        folder cannot be written or locked)."""
+        folder cannot be written; a file system without locks is a warning)."""
         if self._fd is not None:
             return
         try:
@@ -113,8 +115,9 @@ class DataDirLock:
         if self.what == "install-package":
             return (
                 f"an agent{who} is serving from {folder}{at}; deploy the package to it from "
-                "the desktop (outpost deploy EXPORT --device ID), or stop the agent "
-                "(a service: systemctl stop outpost-agent), run this again and start it"
+                "the desktop (outpost deploy EXPORT --device ID), or stop the agent (a "
+                "service: sudo systemctl stop outpost-agent, or systemctl --user stop "
+                "outpost-agent), run this again and start it"
             )
         return (
             f"another agent{who} is serving from {folder}{at}; stop it first, or give this "
@@ -134,8 +137,13 @@ def _read_holder(fd: int) -> dict[str, Any]:
 if sys.platform == "win32":  # pragma: no cover - exercised on Windows only
     import msvcrt
 
+    # Windows locks are mandatory: the byte locked lies past the holder record, which the
+    # refused process still reads.
+    _LOCKED_BYTE = 1 << 30
+
     def _try_lock(fd: int) -> bool:
         try:
+            os.lseek(fd, _LOCKED_BYTE, os.SEEK_SET)
             msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
         except OSError:
             return False
@@ -143,7 +151,7 @@ if sys.platform == "win32":  # pragma: no cover - exercised on Windows only
 
     def _unlock(fd: int) -> None:
         with contextlib.suppress(OSError):
-            os.lseek(fd, 0, os.SEEK_SET)
+            os.lseek(fd, _LOCKED_BYTE, os.SEEK_SET)
             msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
 
 else:
@@ -155,10 +163,12 @@ else:
         except BlockingIOError:
             return False
         except OSError as exc:  # a file system without locks (some network mounts)
-            raise AgentError(
-                f"cannot lock {LOCK_FILE} in the data folder: {one_line(exc.strerror or exc)}; "
-                "put --data-dir on a local disk"
-            ) from None
+            log.warning(
+                "cannot lock %s in the data folder (%s); a second agent on it would not be "
+                "refused: keep --data-dir on a local disk",
+                LOCK_FILE,
+                one_line(exc.strerror or exc),
+            )
         return True
 
     def _unlock(fd: int) -> None:

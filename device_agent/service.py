@@ -193,7 +193,9 @@ class AgentService:
         if runner is not None:
             await runner.cleanup()
         self._infer_executor.shutdown(wait=False, cancel_futures=True)
-        self._install_executor.shutdown(wait=False, cancel_futures=True)
+        # an install under way finishes (the process would wait for its thread anyway)
+        # before the folder is free for another agent
+        await asyncio.to_thread(self._install_executor.shutdown, wait=True, cancel_futures=True)
         self._lock.release()
         if runner is not None:  # a start that failed has said why; nothing was serving
             log.info("agent %s stopped", self.identity.agent_id)

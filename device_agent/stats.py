@@ -8,6 +8,7 @@ a ring buffer (:data:`SERIES_MINUTES` points, memory bounded whatever the uptime
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
@@ -174,6 +175,9 @@ class UsageStats:
         self._versions: dict[tuple[str, str], VersionUsage] = {}
         self._latency_sums: dict[str, float] = {}  # every successful request's, since start
         self.since = _iso(clock())
+        # This run's own id: a restart is a new one even within the second (or with a clock
+        # that starts from the same saved time), so a desktop never mistakes two runs for one.
+        self.run = secrets.token_hex(8)
 
     def _get(self, name: str) -> LatencyWindow:
         if name not in self._models:
@@ -285,6 +289,7 @@ class UsageStats:
         return {
             "agent_id": agent_id,
             "since": self.since,
+            "run": self.run,
             "histogram_bounds_ms": list(HISTOGRAM_BOUNDS_MS),
             "series_minutes": minutes,
             "models": out,
@@ -336,7 +341,7 @@ def prometheus_text(
     ]
     lines += [
         "# HELP outpost_inference_latency_ms Server-side latency of successful inference "
-        "requests (recent window), milliseconds.",
+        "requests, milliseconds (quantiles over the recent window).",
         "# TYPE outpost_inference_latency_ms summary",
     ]
     for name, window in windows.items():

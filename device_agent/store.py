@@ -495,8 +495,11 @@ def _provider_named(
         for p in registry.get(key).known_providers()
         if p not in NOT_COMPUTE_PROVIDERS
     ]
-    for names in (usable, known):
-        match = next((p for p in names if p.lower() == provider.strip().lower()), None)
+    wanted = provider.strip()
+    for names in (usable, known):  # the exact spelling first, then in any case
+        if wanted in names:
+            return wanted
+        match = next((p for p in names if p.lower() == wanted.lower()), None)
         if match is not None:
             return match
     raise InstallError(
@@ -1419,7 +1422,7 @@ class ModelStore:
             if final.exists():  # the very same package again: replace the copy on disk
                 final.rename(trash)
             staging.rename(final)
-        except OSError:
+        except BaseException:  # a disk error, or SIGTERM between the two renames
             with contextlib.suppress(OSError):  # put things back as they were
                 if trash.exists() and not final.exists():
                     trash.rename(final)

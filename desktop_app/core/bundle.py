@@ -214,6 +214,13 @@ if [ "$SERVICE" = system ] && [ -z "$DATA_DIR" ]; then DATA_DIR=/var/lib/outpost
 PIP_CONFIG_FILE=/dev/null "$PREFIX/bin/python" -m pip install --quiet --no-index \\
   --find-links "$HERE/wheels" --upgrade {requirement}
 if [ -n "$DATA_DIR" ]; then set -- --data-dir "$DATA_DIR"; else set --; fi
+# an upgrade: the running service lets go of its data folder (install-service starts it again)
+if command -v systemctl >/dev/null 2>&1; then
+  case "$SERVICE" in
+    system) systemctl stop outpost-agent 2>/dev/null || true ;;
+    user) systemctl --user stop outpost-agent 2>/dev/null || true ;;
+  esac
+fi
 "$PREFIX/bin/outpost-agent" install-package "$HERE/package/{package_file}" "$@"
 case "$SERVICE" in
   system) "$PREFIX/bin/outpost-agent" install-service "$@" ;;
@@ -235,8 +242,9 @@ Install (a virtualenv in ~/.local/share/outpost-agent/venv, the model in the age
 
 Add `--service` (as root: a system service) or `--user-service` to start the agent at boot;
 `--prefix DIR`, `--data-dir DIR` and `--python PATH` choose where. Running it again with a
-newer bundle upgrades the agent in place and keeps the installed models; stop a running
-agent first (`sudo systemctl stop outpost-agent`), as the model is not installed beside it.
+newer bundle upgrades the agent in place and keeps the installed models. The model is not
+installed beside a running agent: with `--service`/`--user-service` on systemd the script
+stops the service first (and starts it again); otherwise stop the agent first.
 
 Then pair it with a desktop: `outpost-agent pair` on the device, and on the desktop
 `outpost devices pair AGENT_ID --code NNNNNN`.

@@ -7,6 +7,7 @@ is signed with the desktop key and every answer must be signed by the pinned key
 
 from __future__ import annotations
 
+import logging
 import re
 import socket
 from collections.abc import Callable
@@ -42,9 +43,11 @@ from device_agent.client import (
     IncompatibleProtocolError,
     pair_with_agent,
 )
-from device_agent.discovery import DeviceInfo, browse
+from device_agent.discovery import DeviceInfo, browse, hint
 from device_agent.errors import one_line
 from runtimes.errors import OutpostError
+
+log = logging.getLogger(__name__)
 
 
 class DeviceError(OutpostError):
@@ -58,7 +61,9 @@ USAGE_KEY = "usage"  # Device.info: latest throughput and per-version usage per 
 # Device.info: where a paired device was last advertised when that is not where it was
 # reached; it moves there once the agent there answers with the pinned key.
 CANDIDATE_KEY = "candidate"
+MAX_CANDIDATES = 8  # advertised addresses of one device tried when it is not where it was
 USAGE_SINCE_KEY = "usage_since"  # Device.info: the agent start its pulled counts are from
+USAGE_RUN_KEY = "usage_run"  # Device.info: the id of that agent run
 USAGE_HISTORY = 1000  # usage samples kept per device and model (the newest)
 DETAILS_KEY = "details"  # Device.info: the last /v1/info details (accelerators, runtimes, models)
 _CODE = re.compile(r"^\d{6}$")
@@ -89,17 +94,24 @@ def shown(text: object, limit: int) -> str | None:
     """What a device says of itself (a name, a version), as the workspace keeps it: printable
     characters only, cut to its column's ``limit``. It comes unauthenticated (mDNS TXT records,
     a public ``/v1/info``): it must not break a terminal or overflow a column."""
-    if not isinstance(text, str):
-        return None
-    cleaned = "".join(c for c in text if c.isprintable()).strip()
-    return cleaned[:limit] or None
+    return hint(text, limit) or None
+
+
+def fallback_summary(fallback: Any, arrow: str = "->") -> str:
+    """``"CUDAExecutionProvider -> CPUExecutionProvider"`` for a device's runtime fallback (one
+    dict, or a list of them), or "" when it runs on what was wanted."""
+    items = fallback if isinstance(fallback, list) else [fallback]
+    return "; ".join(
+        f"{f.get('wanted')} {arrow} {f.get('using')}" for f in items if isinstance(f, dict)
+    )
 
 
 def _upsert(ws: Any, info: DeviceInfo) -> None:
     """Record an advertised agent. An advertisement proves nothing (anyone on the LAN can
-    send one with a paired device's id): a paired device advertised at another address is
-    not moved there, nor its details replaced; the address is kept as a ``candidate`` that
-    :func:`connect` moves it to once the agent there answers with the pinned key."""
+    send one with a paired device's id): a paired device's name and details are not taken
+    from it (``devices show`` reads them from the device itself), and when it is advertised
+    at another address it is not moved there: the addresses are kept as ``candidate`` ones
+    that :func:`connect` moves it to once the agent at one answers with the pinned key."""
     name = shown(info.name, NAME_CHARS) or info.agent_id
     address = _address(info)
     with ws.session() as s:
@@ -107,21 +119,23 @@ def _upsert(ws: Any, info: DeviceInfo) -> None:
         if dev is None:
             dev = Device(id=info.agent_id, name=name, host=address, port=info.port)
             s.add(dev)
-        paired = isinstance((dev.info or {}).get(PIN_KEY), str)
-        here = dev.port == info.port and dev.host in (address, *info.addresses)
-        if paired and not here:
-            dev.info = {
-                **(dev.info or {}),
-                CANDIDATE_KEY: {"host": address, "port": info.port},
-            }
+        if isinstance((dev.info or {}).get(PIN_KEY), str):
+            if dev.port != info.port or dev.host not in (address, *info.addresses):
+                dev.info = {
+                    **(dev.info or {}),
+                    CANDIDATE_KEY: {
+                        "addresses": list(info.addresses[:MAX_CANDIDATES]),
+                        "port": info.port,
+                    },
+                }
             return
         dev.name = name
-        dev.host = dev.host if paired else address  # an unpaired device moves with its advert
+        dev.host = address  # an unpaired device that comes back on a new address moves
         dev.port = info.port
         dev.platform = shown(info.platform, PLATFORM_CHARS)
         dev.arch = shown(info.arch, ARCH_CHARS)
         dev.agent_version = shown(info.version, VERSION_CHARS)
-        kept = (PIN_KEY, "paired_at", USAGE_KEY, USAGE_SINCE_KEY, DETAILS_KEY)
+        kept = (PIN_KEY, "paired_at", USAGE_KEY, USAGE_SINCE_KEY, USAGE_RUN_KEY, DETAILS_KEY)
         pin = {k: v for k, v in (dev.info or {}).items() if k in kept}
         dev.info = {
             "runtimes": list(info.runtimes),
@@ -177,8 +191,7 @@ def parse_address(text: str) -> tuple[str, int]:
     rest = rest.rstrip("/")
     if "/" in rest:
         raise DeviceError(
-            f"cannot use {text!r}: give the agent's address without a path, e.g. "
-            "192.168.1.20:8765"
+            f"cannot use {text!r}: give the agent's address without a path, e.g. 192.168.1.20:8765"
         )
     port_text = ""
     if rest.startswith("["):
@@ -289,7 +302,7 @@ def _prove_paired_device(ws: Any, agent_id: str, host: str, port: int) -> None:
         if pinned is None or (dev.host, dev.port) == (host, port):
             return
     try:
-        with AgentClient(device_url(host, port), key=desktop_key(ws), agent_key=pinned) as client:
+        with _client(ws, host, port, pinned) as client:
             client.info()
     except OutpostError as exc:
         raise DeviceError(
@@ -311,13 +324,24 @@ def pair(ws: Any, device_id: str, code: str, interfaces: list[str] | None = None
     key = desktop_key(ws)
     name = f"outpost desktop on {socket.gethostname().split('.')[0] or 'localhost'}"
     try:
-        agent_key = pair_with_agent(device_url(dev.host, dev.port), key, dev.id, code, name)
-    except AgentUnreachableError:
-        if interfaces is None and not dev.info.get("addresses"):
-            raise
-        discover(ws, interfaces, timeout=5.0, want_id=dev.id)
-        dev = get_device(ws, dev.id)
-        agent_key = pair_with_agent(device_url(dev.host, dev.port), key, dev.id, code, name)
+        try:
+            agent_key = pair_with_agent(device_url(dev.host, dev.port), key, dev.id, code, name)
+        except AgentUnreachableError as missed:
+            if interfaces is None and not dev.info.get("addresses"):
+                raise
+            discover(ws, interfaces, timeout=5.0, want_id=dev.id)
+            dev = get_device(ws, dev.id)
+            # an unpaired device has moved with its advert; a paired one (paired again) has
+            # candidates: pairing checks the id against the key, so trying them is safe
+            for host, port in [(dev.host, dev.port), *_candidates(dev)]:
+                try:
+                    agent_key = pair_with_agent(device_url(host, port), key, dev.id, code, name)
+                except AgentUnreachableError:
+                    continue
+                dev = _move(ws, dev.id, host, port)
+                break
+            else:
+                raise missed from None
     except AgentRejectedError as exc:
         raise DeviceError(f"device {dev.name} ({dev.id}) refused pairing: {exc.message}") from None
     paired_at = utcnow().isoformat(timespec="seconds")
@@ -393,8 +417,20 @@ def forget(ws: Any, device_id: str) -> dict[str, Any]:
     }
 
 
-def _client(ws: Any, dev: Device, agent_key: bytes) -> AgentClient:
-    return AgentClient(device_url(dev.host, dev.port), key=desktop_key(ws), agent_key=agent_key)
+def _client(ws: Any, host: str, port: int, agent_key: bytes) -> AgentClient:
+    return AgentClient(device_url(host, port), key=desktop_key(ws), agent_key=agent_key)
+
+
+def _candidates(dev: Device) -> list[tuple[str, int]]:
+    """The addresses a paired device was last advertised at, when not where it was reached."""
+    candidate = (dev.info or {}).get(CANDIDATE_KEY)
+    if not isinstance(candidate, dict) or not isinstance(candidate.get("port"), int):
+        return []
+    return [
+        (a, candidate["port"])
+        for a in candidate.get("addresses") or []
+        if isinstance(a, str) and (a, candidate["port"]) != (dev.host, dev.port)
+    ][:MAX_CANDIDATES]
 
 
 def connect(
@@ -413,7 +449,7 @@ def connect(
             f"device {dev.name} ({dev.id}) is not paired; run outpost-agent pair on it, then: "
             f"outpost devices pair {dev.id} --code NNNNNN"
         )
-    client = _client(ws, dev, agent_key)
+    client = _client(ws, dev.host, dev.port, agent_key)
     try:
         try:
             info = client.info()
@@ -424,20 +460,20 @@ def connect(
             if interfaces is not None or dev.info.get("addresses"):
                 discover(ws, interfaces, timeout=5.0, want_id=dev.id)
             dev = get_device(ws, dev.id)
-            candidate = (dev.info or {}).get(CANDIDATE_KEY)
-            if not isinstance(candidate, dict):
+            for host, port in _candidates(dev):
+                client = _client(ws, host, port, agent_key)
+                try:
+                    info = client.info()
+                except (AgentUnreachableError, FingerprintMismatchError):
+                    client.close()
+                    continue
+                except BaseException:
+                    client.close()
+                    raise
+                dev = _move(ws, dev.id, host, port)
+                break
+            else:
                 raise missed from None
-            client = AgentClient(
-                device_url(str(candidate["host"]), int(candidate["port"])),
-                key=desktop_key(ws),
-                agent_key=agent_key,
-            )
-            try:
-                info = client.info()
-            except (AgentUnreachableError, FingerprintMismatchError):
-                client.close()
-                raise missed from None
-            dev = _move(ws, dev.id, str(candidate["host"]), int(candidate["port"]))
     except IncompatibleProtocolError as exc:  # refused: the message says which side to update
         client.close()
         raise DeviceError(f"device {dev.name} ({dev.id}): {exc}") from None
@@ -703,14 +739,20 @@ def pull_usage(
     dev, client = connect(ws, device_id, interfaces)
     with client:
         stats = client.stats()
-    rows = []
+    rows: list[dict[str, Any]] = []
     collected = utcnow().isoformat(timespec="seconds")
-    since = stats.get("since")
+    since, run = stats.get("since"), stats.get("run")
     latest: dict[str, Any] = {}
     with ws.session() as s:
-        row = s.get(Device, dev.id)
+        row = s.get(Device, dev.id, with_for_update=True)  # one pull at a time (PostgreSQL)
         info = dict(row.info or {}) if row is not None else {}
-        carried = _carried_counts(info, since)
+        earlier = info.get(USAGE_SINCE_KEY)
+        if isinstance(since, str) and isinstance(earlier, str) and since < earlier:
+            # the answer of an earlier run that arrived after a newer one's (two pulls at
+            # once): it would count that run twice
+            log.info("usage of %s from an earlier agent run (%s) ignored", dev.id, since)
+            return rows
+        carried = _carried_counts(info, since, run)
         for model_name, st in (stats.get("models") or {}).items():
             lat = st.get("latency_ms") or {}
             counted = {
@@ -762,15 +804,20 @@ def pull_usage(
         s.flush()
         _prune_usage(s, dev.id)
         if row is not None:
-            row.info = {**info, USAGE_KEY: latest, USAGE_SINCE_KEY: since}
+            row.info = {**info, USAGE_KEY: latest, USAGE_SINCE_KEY: since, USAGE_RUN_KEY: run}
     return rows
 
 
-def _carried_counts(info: dict[str, Any], since: str | None) -> dict[str, dict[str, int]]:
+def _carried_counts(
+    info: dict[str, Any], since: str | None, run: str | None
+) -> dict[str, dict[str, int]]:
     """Per model, the counts of the agent's earlier runs: those carried before, plus, when
-    the agent has restarted since the last pull (its ``since`` changed), what it had counted
-    by then."""
-    restarted = info.get(USAGE_SINCE_KEY) not in (None, since)
+    the agent has restarted since the last pull (another ``run`` id; from agents without
+    one, another ``since``), what it had counted by then."""
+    if isinstance(run, str) and isinstance(info.get(USAGE_RUN_KEY), str):
+        restarted = info[USAGE_RUN_KEY] != run
+    else:
+        restarted = info.get(USAGE_SINCE_KEY) not in (None, since)
     out: dict[str, dict[str, int]] = {}
     for name, entry in (info.get(USAGE_KEY) or {}).items():
         if not isinstance(entry, dict):

@@ -66,10 +66,9 @@ HISTORY_COLUMNS = ("when", "model", "export", "action", "status", "runtime", "fa
 
 
 def fallback_text(fallback: Any) -> str:
-    """``"CUDAExecutionProvider → CPUExecutionProvider"`` for a device's runtime fallback
-    (one dict, or a list of them), or "" when it runs on what was wanted."""
-    items = fallback if isinstance(fallback, list) else [fallback]
-    return "; ".join(f"{f.get('wanted')} → {f.get('using')}" for f in items if isinstance(f, dict))
+    """A device's runtime fallback as ``wanted → using`` (see
+    :func:`desktop_app.core.devices.fallback_summary`), or ""."""
+    return core_devices.fallback_summary(fallback, "→")
 
 
 LOCAL = "local"

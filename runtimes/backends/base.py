@@ -27,6 +27,8 @@ class Backend(ABC):
 
     key: str = ""
     formats: tuple[str, ...] = ()
+    # Every provider (device) name the runtime knows, whether or not this machine has it.
+    provider_names: tuple[str, ...] = ()
 
     @classmethod
     @abstractmethod
@@ -37,7 +39,7 @@ class Backend(ABC):
     def known_providers(cls) -> tuple[str, ...]:
         """Every execution provider name this runtime knows, available here or not (a
         provider asked for by another name is a typo, not a missing accelerator)."""
-        return cls.probe().providers
+        return cls.provider_names or cls.probe().providers
 
     @abstractmethod
     def __init__(

@@ -79,6 +79,7 @@ def order_outputs(outputs: dict[str, Any], names: list[str]) -> list[np.ndarray]
 class CoreMlBackend(Backend):
     key = "coreml"
     formats = ("coreml",)
+    provider_names = ("ALL", "CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE")
 
     @classmethod
     def probe(cls) -> BackendInfo:

@@ -103,6 +103,7 @@ def order_outputs(outputs: list[np.ndarray], task: str | None) -> list[np.ndarra
 class LiteRtBackend(Backend):
     key = "litert"
     formats = ("tflite",)
+    provider_names = ("cpu",)
 
     @classmethod
     def probe(cls) -> BackendInfo:

@@ -25,6 +25,19 @@ PROVIDER_PREFERENCE = (
     "OpenVINOExecutionProvider",
     "CPUExecutionProvider",
 )
+# Providers of other ONNX Runtime builds, known by name where ONNX Runtime is not installed.
+OTHER_ORT_PROVIDERS = (
+    "DmlExecutionProvider",
+    "ROCMExecutionProvider",
+    "MIGraphXExecutionProvider",
+    "QNNExecutionProvider",
+    "NnapiExecutionProvider",
+    "XnnpackExecutionProvider",
+    "ACLExecutionProvider",
+    "ArmNNExecutionProvider",
+    "CANNExecutionProvider",
+    "WebGpuExecutionProvider",
+)
 TENSORRT = "TensorrtExecutionProvider"
 ENGINE_CACHE_DIR = "trt_cache"
 MANIFEST_NAME = "manifest.json"
@@ -108,7 +121,7 @@ class OnnxRuntimeBackend(Backend):
         try:
             import onnxruntime as ort
         except ImportError:
-            return PROVIDER_PREFERENCE
+            return (*PROVIDER_PREFERENCE, *OTHER_ORT_PROVIDERS)
         return tuple(ort.get_all_providers())
 
     def __init__(

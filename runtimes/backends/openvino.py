@@ -47,6 +47,7 @@ def _has_f16_weights(model: Any, ov: Any) -> bool:
 class OpenVinoBackend(Backend):
     key = "openvino"
     formats = ("openvino", "onnx")
+    provider_names = ("CPU", "GPU", "NPU", "AUTO")
 
     @classmethod
     def probe(cls) -> BackendInfo:

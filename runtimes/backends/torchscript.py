@@ -70,6 +70,7 @@ def first_output(out: Any) -> np.ndarray:
 class TorchScriptBackend(Backend):
     key = "torchscript"
     formats = ("torchscript",)
+    provider_names = (CUDA, CPU)
 
     @classmethod
     def probe(cls) -> BackendInfo:
@@ -83,10 +84,6 @@ class TorchScriptBackend(Backend):
             torch_version = None
         providers = (CUDA, CPU) if cuda_possible() else (CPU,)
         return BackendInfo(cls.key, cls.formats, True, version=torch_version, providers=providers)
-
-    @classmethod
-    def known_providers(cls) -> tuple[str, ...]:
-        return (CUDA, CPU)
 
     def __init__(
         self, model_path: Path, *, threads: int | None = None, providers: list[str] | None = None

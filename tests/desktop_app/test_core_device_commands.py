@@ -21,7 +21,7 @@ from desktop_app.core.devices import DeviceError
 from desktop_app.core.exports import get_export
 from desktop_app.core.models import Deployment, Device, DeviceBenchmark, UsageSample
 from desktop_app.core.workspace import Workspace
-from device_agent.client import AgentRejectedError
+from device_agent.client import AgentClient, AgentRejectedError
 from device_agent.pairing import issue_code
 from device_agent.stats import UsageStats
 from tests.device_agent.conftest import AgentThread
@@ -218,18 +218,66 @@ def test_usage_survives_a_deactivated_model_and_an_agent_restart(
         assert row["p50_ms"] is None  # the one request of this run failed: no latency
 
 
+def test_usage_counts_follow_agent_runs_not_their_start_times(
+    ws: Workspace, paired: tuple[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two runs started in the same second (or from the same saved clock) are two runs; an
+    answer of an earlier run that arrives after a newer one's is not counted again."""
+    device_id, _ = paired
+    answers: list[dict[str, Any]] = []
+
+    def stats(self: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        return answers.pop(0)
+
+    monkeypatch.setattr(AgentClient, "stats", stats)
+    latency = {"p50": 1.0, "p90": 1.0, "p99": 1.0, "mean": 1.0}
+    totals = []
+    for run, since, requests in (
+        ("r1", "2026-01-01T00:00:00+00:00", 10),
+        ("r2", "2026-01-01T00:00:00+00:00", 3),  # restarted within the same second
+        ("r3", "2026-01-01T00:05:00+00:00", 5),
+        ("r2", "2026-01-01T00:00:00+00:00", 4),  # a late answer of the run before
+        ("r3", "2026-01-01T00:05:00+00:00", 6),
+    ):
+        model = {"format": "onnx", "runtime": "onnxruntime", "requests": requests, "errors": 0}
+        answers.append(
+            {"since": since, "run": run, "models": {"shapes": {**model, "latency_ms": latency}}}
+        )
+        devices.pull_usage(ws, device_id)
+        (row,) = devices.usage_report(ws, device_id)
+        totals.append(row["requests"])
+    assert totals == [10, 13, 18, 18, 19]
+
+
 def test_usage_history_is_bounded_per_device_and_model(
     ws: Workspace, paired: tuple[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     device_id, _ = paired
     monkeypatch.setattr(devices, "USAGE_HISTORY", 3)
+    model = {"format": "onnx", "runtime": "onnxruntime", "errors": 0, "latency_ms": {}}
+    pulls = iter(range(1, 6))
+
+    def stats(self: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        n = next(pulls)
+        models = {"shapes": {**model, "requests": n}}
+        if n <= 2:  # a second model, pulled twice only: its two samples stay
+            models["cars"] = {**model, "requests": 10 * n}
+        return {"since": "2026-01-01T00:00:00+00:00", "run": "r1", "models": models}
+
+    monkeypatch.setattr(AgentClient, "stats", stats)
     for _ in range(5):
         devices.pull_usage(ws, device_id)
     with ws.session() as s:
         kept = s.scalars(select(UsageSample).order_by(UsageSample.id)).all()
-        assert len(kept) == 3
-        assert len(devices._latest_usage(s, device_id)) == 1
-        assert devices._latest_usage(s, device_id)[0].id == kept[-1].id
+        assert [(k.model_name, k.requests) for k in kept] == [
+            ("cars", 10),
+            ("cars", 20),
+            ("shapes", 3),
+            ("shapes", 4),
+            ("shapes", 5),
+        ]
+        latest = {u.model_name: u.requests for u in devices._latest_usage(s, device_id)}
+        assert latest == {"shapes": 5, "cars": 20}
 
 
 def test_usage_of_a_device_that_is_off_shows_what_was_pulled_and_exits_1(

@@ -251,3 +251,22 @@ def test_a_format_whose_runtime_went_is_replaced_and_reported_truthfully(
     assert report["torchscript"]["chosen"] is False and report["torchscript"]["runnable"] is False
     assert report["torchscript"]["reason"] == model.fallback["reason"]
     assert model.predict_bytes(make_image_bytes())[0].to_list() == list(EXPECTED)
+
+
+def test_provider_names_match_exactly_first_then_in_any_case() -> None:
+    """torch's ``cpu`` is not OpenVINO's ``CPU``; a name a runtime knows but this machine
+    lacks (DirectML, CoreML's compute units here on Linux) is a fallback, not a typo."""
+    from device_agent.errors import InstallError
+    from device_agent.store import _provider_named
+    from runtimes.backends import CoreMlBackend, OpenVinoBackend
+
+    registry = _registry(OnnxRuntimeBackend, OpenVinoBackend, TorchScriptBackend, CoreMlBackend)
+    runnable = [("onnx", OnnxRuntimeBackend, ["CPUExecutionProvider"])]
+    assert _provider_named("cpu", runnable, registry) == "cpu"
+    assert _provider_named("CPU", runnable, registry) == "CPU"
+    assert _provider_named("cpuexecutionprovider", runnable, registry) == "CPUExecutionProvider"
+    assert _provider_named("cuda", runnable, registry) == "cuda"
+    assert _provider_named("DmlExecutionProvider", runnable, registry) == "DmlExecutionProvider"
+    assert _provider_named("CPU_AND_NE", runnable, registry) == "CPU_AND_NE"
+    with pytest.raises(InstallError, match="no runtime knows an execution provider called"):
+        _provider_named("FooProvider", runnable, registry)

@@ -83,7 +83,10 @@ def test_a_hostile_advertisement_is_dropped_or_made_printable() -> None:
         ("nohexid-missing", {}),
     ):
         assert device_from_service_info(_record(name_id, props)) is None
-    assert device_from_service_info(_record(good, {"id": good}, ("127.0.0.1",))) is None
+    assert device_from_service_info(_record(good, {})) is None  # no id in its TXT
+    for local in (("127.0.0.1",), ("0.0.0.0",)):
+        assert device_from_service_info(_record(good, {"id": good}, local)) is None
+    assert device_from_service_info(_record(good, {"id": good})) is not None
     assert (
         device_from_service_info(_record(good, {"id": good}, ("127.0.0.1",)), allow_loopback=True)
         is not None

@@ -144,26 +144,30 @@ def test_a_paired_device_moves_only_where_it_answers_with_its_key(
         devices.add_device(ws, f"127.0.0.1:{replay.port}")
     assert devices.get_device(ws, agent_id).port == _port(first.url)
 
-    def advertised(port: int, name: str = "spoof") -> DeviceInfo:
-        return DeviceInfo(agent_id, name, "127.0.0.1", port, ("127.0.0.1",), "", "", 4, "", ())
+    def advertised(
+        port: int, name: str = "spoof", addresses: tuple[str, ...] = ("127.0.0.1",)
+    ) -> DeviceInfo:
+        return DeviceInfo(agent_id, name, addresses[0], port, addresses, "", "", 4, "", ())
 
     # an advertisement from another host: kept as a candidate, the device stays
     other = start_agent(tmp_path / "other")  # another agent (another key) there
     devices._upsert(ws, advertised(_port(other.url)))
     dev = devices.get_device(ws, agent_id)
     assert (dev.port, dev.name) == (_port(first.url), first.service.identity.name)
-    assert dev.info[devices.CANDIDATE_KEY]["port"] == _port(other.url)
+    assert dev.info[devices.CANDIDATE_KEY]["port"] == _port(other.url)  # and not renamed
     first.stop()
     with pytest.raises(AgentUnreachableError):  # the candidate does not hold the key
         devices.connect(ws, agent_id)
     assert devices.get_device(ws, agent_id).port == _port(first.url)
-    # the real device, restarted on another port and advertised there: moved on first use
+    # the real device, restarted on another port and advertised there, its first address
+    # one that does not reach it (a docker bridge sorts first): moved on first use
     moved = start_agent(tmp_path / "device")
-    devices._upsert(ws, advertised(_port(moved.url), "cam"))
+    devices._upsert(ws, advertised(_port(moved.url), "cam", ("127.0.0.2", "127.0.0.1")))
     dev, client = devices.connect(ws, agent_id)
     with client:
         assert client.info()["paired"] is True
-    assert dev.port == _port(moved.url) and devices.CANDIDATE_KEY not in dev.info
+    assert (dev.host, dev.port) == ("127.0.0.1", _port(moved.url))
+    assert devices.CANDIDATE_KEY not in dev.info
 
 
 class _Server:
@@ -262,7 +266,9 @@ def test_an_address_where_nothing_listens_is_unreachable(
     server = serve(lambda: _info())
     port = server.port
     server.close()
-    with pytest.raises(AgentUnreachableError, match=f"cannot reach agent at http://127.0.0.1:{port}"):
+    with pytest.raises(
+        AgentUnreachableError, match=f"cannot reach agent at http://127.0.0.1:{port}"
+    ):
         devices.add_device(ws, f"127.0.0.1:{port}", timeout=2.0)
     assert devices.list_devices(ws) == []
 
