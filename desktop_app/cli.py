@@ -1956,56 +1956,23 @@ def cmd_deployments_list(args: argparse.Namespace) -> Any:
     from desktop_app.core.devices import list_deployments
 
     rows = list_deployments(_open_ws(args), args.device)
-    return (
-        rows
-        if args.json
-        else _table(
-            _fallback_shown(rows),
-            [
-                "created_at",
-                "device_name",
-                "model",
-                "export",
-                "action",
-                "status",
-                "format",
-                "runtime",
-                "fallback",
-                "message",
-            ],
-        )
-    )
+    return rows if args.json else _deployments_table(rows, ["created_at", "device_name"])
 
 
-def _fallback_shown(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Deployment rows for a table: a fallback as ``wanted -> using`` (a table cell)."""
+def _deployments_table(rows: list[dict[str, Any]], first: list[str]) -> str:
+    """Deployment rows as a table, ``first`` columns first; a fallback as ``wanted -> using``."""
     from desktop_app.core.devices import fallback_summary
 
-    return [{**r, "fallback": fallback_summary(r.get("fallback")) or None} for r in rows]
+    shown = [{**r, "fallback": fallback_summary(r.get("fallback")) or None} for r in rows]
+    columns = ["model", "export", "action", "status", "format", "runtime", "fallback", "message"]
+    return _table(shown, [*first, *columns])
 
 
 def cmd_deployments_history(args: argparse.Namespace) -> Any:
     from desktop_app.core.devices import deployment_history
 
     rows = deployment_history(_open_ws(args), args.device, args.model)
-    return (
-        rows
-        if args.json
-        else _table(
-            _fallback_shown(rows),
-            [
-                "created_at",
-                "model",
-                "export",
-                "action",
-                "status",
-                "format",
-                "runtime",
-                "fallback",
-                "message",
-            ],
-        )
-    )
+    return rows if args.json else _deployments_table(rows, ["created_at"])
 
 
 def cmd_bench(args: argparse.Namespace) -> Any:

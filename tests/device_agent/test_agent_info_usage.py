@@ -318,17 +318,24 @@ def test_stats_route_reports_versions_series_and_throughput(agent: Any, package:
 # --- mDNS re-announce ------------------------------------------------------------------------
 
 
+def _advertiser(
+    agent_id: str, current: list[str], poll_s: float = 0, port: int = 8765
+) -> Advertiser:
+    """An advertiser on loopback whose host addresses are ``current`` (changed by the test)."""
+    return Advertiser(
+        agent_id=agent_id,
+        port=port,
+        properties={"id": agent_id},
+        interfaces=LOOPBACK,
+        address_source=lambda: list(current),
+        poll_interval_s=poll_s,
+    )
+
+
 def test_advertiser_reannounces_when_addresses_change() -> None:
     async def scenario() -> tuple[list[list[str]], Advertiser]:
         current = ["127.0.0.1"]
-        advertiser = Advertiser(
-            agent_id="00ff00ff00ff00ff",
-            port=8765,
-            properties={"id": "00ff00ff00ff00ff"},
-            interfaces=LOOPBACK,
-            address_source=lambda: list(current),
-            poll_interval_s=0,
-        )
+        advertiser = _advertiser("00ff00ff00ff00ff", current)
         await advertiser.async_start()
         updates: list[list[str]] = []
         zc = advertiser._zc
@@ -360,14 +367,7 @@ def test_advertiser_polls_the_addresses_in_the_background() -> None:
     async def scenario() -> int:
         changed = threading.Event()
         current = ["127.0.0.1"]
-        advertiser = Advertiser(
-            agent_id="00ff00ff00ff00fe",
-            port=8765,
-            properties={"id": "00ff00ff00ff00fe"},
-            interfaces=LOOPBACK,
-            address_source=lambda: list(current),
-            poll_interval_s=0.02,
-        )
+        advertiser = _advertiser("00ff00ff00ff00fe", current, 0.02)
         await advertiser.async_start()
         try:
             current.append("127.0.0.3")
@@ -390,14 +390,7 @@ def test_an_advertiser_with_no_address_yet_registers_when_one_comes() -> None:
 
     async def scenario() -> tuple[list[str] | None, Advertiser, list[str]]:
         current: list[str] = []
-        advertiser = Advertiser(
-            agent_id="00ff00ff00ff00fd",
-            port=8765,
-            properties={"id": "00ff00ff00ff00fd"},
-            interfaces=LOOPBACK,
-            address_source=lambda: list(current),
-            poll_interval_s=0,
-        )
+        advertiser = _advertiser("00ff00ff00ff00fd", current)
         await advertiser.async_start()
         try:
             before = None if advertiser._info is None else advertiser.addresses
@@ -428,15 +421,7 @@ def test_a_second_host_with_the_same_id_is_named_as_a_copied_data_dir() -> None:
 
     async def scenario() -> str:
         first, second = (
-            Advertiser(
-                agent_id="00ff00ff00ff00fc",
-                port=port,
-                properties={"id": "00ff00ff00ff00fc"},
-                interfaces=LOOPBACK,
-                address_source=lambda: ["127.0.0.1"],
-                poll_interval_s=0,
-            )
-            for port in (8765, 8766)
+            _advertiser("00ff00ff00ff00fc", ["127.0.0.1"], port=port) for port in (8765, 8766)
         )
         await first.async_start()
         try:

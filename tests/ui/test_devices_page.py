@@ -189,10 +189,9 @@ def test_local_inference_refuses_a_non_image(qtbot: Any, s2_ctx: Any, tmp_path: 
     assert page.inference.run_button.isEnabled()
 
 
-def test_a_device_clock_that_is_off_is_named_in_its_details(qtbot: Any, s2_ctx: Any) -> None:
-    page = _page(qtbot, s2_ctx)
-    page._selected = "d1"
-    detail = {
+def _detail(**fields: Any) -> dict[str, Any]:
+    """A device's details as the page gets them (``core_devices.device_detail``)."""
+    base = {
         "id": "d1",
         "name": "jetson",
         "address": "10.0.0.7",
@@ -201,9 +200,15 @@ def test_a_device_clock_that_is_off_is_named_in_its_details(qtbot: Any, s2_ctx: 
         "runtimes": [],
         "models": [],
         "accelerators": [],
-        "clock_offset_s": -7500.0,
         "warning": None,
     }
+    return {**base, **fields}
+
+
+def test_a_device_clock_that_is_off_is_named_in_its_details(qtbot: Any, s2_ctx: Any) -> None:
+    page = _page(qtbot, s2_ctx)
+    page._selected = "d1"
+    detail = _detail(clock_offset_s=-7500.0)
     page._show_device({"detail": detail, "history": [], "latency": [], "bench_history": []})
     assert "Clock: 2 h 5 min behind this desktop's" in page.detail_label.text()
     page._show_device({"detail": {**detail, "clock_offset_s": 2.0}, "history": [], "latency": []})
@@ -222,19 +227,11 @@ def test_a_runtime_fallback_is_shown_in_the_details_and_the_history(
         "using": "CPUExecutionProvider",
         "reason": "CUDAExecutionProvider is not available on this device",
     }
-    detail = {
-        "id": "d1",
-        "name": "jetson",
-        "address": "10.0.0.7",
-        "port": 8765,
-        "paired": True,
-        "runtimes": [],
-        "models": [
+    detail = _detail(
+        models=[
             {"name": "shapes", "version": "e1", "runtime": "onnxruntime", "fallbacks": fallback}
-        ],
-        "accelerators": [],
-        "warning": None,
-    }
+        ]
+    )
     history = [
         {
             "created_at": "2026-11-28T05:00:00+00:00",
