@@ -476,6 +476,8 @@ async def _run_until_signalled(service: AgentService) -> None:
             "port": service.port,
             "url": service.url,
             "mdns": service.advertised,
+            # empty while the host has no IPv4 address yet: it is advertised once one comes
+            "mdns_addresses": service.advertised_addresses,
             "data_dir": str(service.data_dir),
         }
         print(json.dumps(ready), flush=True)

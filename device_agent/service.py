@@ -183,6 +183,13 @@ class AgentService:
         self._advertiser = advertiser
         self.advertised = True
 
+    @property
+    def advertised_addresses(self) -> list[str]:
+        """The addresses the mDNS record names now (empty when not advertising, or while the
+        host has no IPv4 address yet)."""
+        advertiser = self._advertiser
+        return list(advertiser.addresses) if advertiser is not None else []
+
     async def async_stop(self) -> None:
         """Withdraw the advertisement, then close the HTTP server and the worker threads."""
         advertiser, self._advertiser = self._advertiser, None

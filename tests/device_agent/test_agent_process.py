@@ -73,6 +73,7 @@ def test_real_agent_process(tmp_path: Path, package: Path) -> None:
         except queue.Empty:
             pytest.fail(f"no ready line; agent stderr:\n{stderr_path.read_text()}")
         assert ready["event"] == "ready" and ready["host"] == "127.0.0.1" and ready["mdns"] is True
+        assert ready["mdns_addresses"] == ["127.0.0.1"]
         assert ready["url"] == f"http://127.0.0.1:{ready['port']}"
 
         found = browse(["127.0.0.1"], timeout=10, want_id=ready["agent_id"])
