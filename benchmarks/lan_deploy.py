@@ -9,7 +9,7 @@ Measures, side by side, in one run on one machine:
   neither fsyncs, and both are timed from the first request to the last byte on disk
   (``transfer``: the signed stream, which opens its upload and ends with its seal (protocol 4;
   the desktop reads the protocol from ``/v1/info`` first, as ``outpost deploy`` does), the
-  seal checked and the agent's answer; curl's ``time_total``): three pushes and three GETs in turn,
+  seal checked and the agent's answer; curl's ``time_total``): five pushes and five GETs in turn,
   the median of each. The package comes with its digests file, as every package Outpost
   writes does (``runtimes.package_digests``): the desktop sends it without hashing it. The
   same pushes of a copy without that file (hashed while it is sent) have a row of their own.
@@ -71,7 +71,7 @@ from tests.netns_lan import Host, Lan  # noqa: E402 (after the path is set)
 AGENT_PORT, FILE_PORT = 8765, 8800
 APP_IDS = itertools.count()  # each app's API key has a name of its own
 CONCURRENT_APPS = (1, 2, 4)  # apps on the device sending at once, for the throughput rows
-REPEATS = 3  # pushes and curl GETs per figure (their medians)
+REPEATS = 5  # pushes and curl GETs per figure (their medians; a 50 MB push is 0.1 s here)
 
 
 def curl_get(url: str, target: str) -> float:

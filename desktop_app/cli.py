@@ -2680,7 +2680,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--provider",
         default=None,
-        help="execution provider to ask for (e.g. CUDAExecutionProvider; default: the fastest)",
+        help="execution provider to ask for (e.g. CUDAExecutionProvider, or GPU for OpenVINO on "
+        "an Intel box; default: the fastest)",
     )
     for action, text in (
         ("activate", "serve a model again, or switch it to its staged (or another) version"),

@@ -509,6 +509,24 @@ def _provider_named(
     )
 
 
+def _start_fallback(name: str, wanted: str, predictor: Predictor) -> dict[str, str] | None:
+    """The fallback to report when the provider chosen at install no longer loads on this
+    start (a driver gone, a GPU taken): the runtime runs the model elsewhere; None when it
+    runs where it was installed to."""
+    active = predictor.backend.active_providers
+    if active and active[0] == wanted:
+        return None
+    error = predictor.backend.provider_errors.get(wanted)
+    using = ", ".join(active) or "nothing"
+    reason = (
+        f"{wanted} failed to initialise on this start: {error}"
+        if error
+        else f"{wanted} did not initialise on this start (the runtime runs on {using})"
+    )
+    log.warning("%s: %s", name, reason)
+    return {"wanted": wanted, "using": using, "reason": reason}
+
+
 def _cpu_of(providers: list[str]) -> str | None:
     return next((p for p in providers if p in CPU_PROVIDERS), None)
 
@@ -1120,8 +1138,14 @@ class ModelStore:
                     continue
                 active = predictor.backend.active_providers
                 if not active or active[0] != p:
-                    why = f"the runtime runs on {', '.join(active) or 'nothing'}"
-                    failures.setdefault(p, f"{p} did not initialise ({why})")
+                    error = predictor.backend.provider_errors.get(p)
+                    why = error or f"the runtime runs on {', '.join(active) or 'nothing'}"
+                    failures.setdefault(
+                        p,
+                        f"{p} failed to initialise: {error}"
+                        if error
+                        else f"{p} did not initialise ({why})",
+                    )
                     reports[fmt].setdefault("failed", {})[p] = why
                     continue
                 loaded[label(fmt, p)] = (fmt, predictor)
@@ -1270,6 +1294,8 @@ class ModelStore:
                 else:
                     providers = list(recorded)
             predictor = self._load_predictor(folder, providers, fmt)
+            if providers:
+                fallback = _start_fallback(name, providers[0], predictor) or fallback
             predictor.warmup(self._warmup_runs)
             h, w = predictor.input_hw
             predictor.predict(np.full((h, w, 3), 114, np.uint8))

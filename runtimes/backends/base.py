@@ -51,6 +51,12 @@ class Backend(ABC):
     def active_providers(self) -> list[str]:
         """The execution providers the loaded model actually runs on."""
 
+    @property
+    def provider_errors(self) -> dict[str, str]:
+        """Why each provider asked for ahead of the active one did not load, in the runtime's
+        own words; empty where the runtime does not say (ONNX Runtime falls back silently)."""
+        return {}
+
     @abstractmethod
     def run(self, tensor: np.ndarray) -> np.ndarray:
         """Run one input tensor; return the first output."""
