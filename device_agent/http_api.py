@@ -1266,31 +1266,50 @@ async def post_upload_commit(request: web.Request) -> web.Response:
             if saved is not None:
                 return web.json_response(saved, status=201)
             path = await _blocking(functools.partial(uploads.complete_path, upload_id))
-            state = await _blocking(functools.partial(uploads.state, upload_id))
             try:
-                model = await service.run_install(
-                    functools.partial(
-                        service.store.install,
-                        path,
-                        activate=activate,
-                        provider=provider or None,
-                        package_sha=state.sha256,
-                        manifest_sha=state.manifest_sha256,
-                    )
+                result = await _install_upload(
+                    service, uploads, upload_id, path, activate, provider
                 )
-            except OutpostError as exc:
-                with contextlib.suppress(UploadError):
-                    await _blocking(functools.partial(uploads.delete, upload_id))
-                if isinstance(exc, PackageError) and state.manifest_sha256:
-                    # a sealed upload: the desktop checks its own copy and, when that is
-                    # sound, sends it again as a chained stream (altered on the way)
-                    raise ApiError(422, str(exc), fields={"sealed": True}) from None
-                raise
-            result = model.install_result()
-            await _blocking(functools.partial(uploads.finish, upload_id, result))
+            finally:
+                uploads.commit_ended(upload_id)
     except UploadError as exc:
         return _upload_refused(exc)
     return web.json_response(result, status=201)
+
+
+async def _install_upload(
+    service: AgentService,
+    uploads: UploadManager,
+    upload_id: str,
+    path: Path,
+    activate: bool,
+    provider: str | None,
+) -> dict[str, Any]:
+    """Install a whole upload's package and record its result; a package the store refuses
+    is removed with its upload."""
+    state = await _blocking(functools.partial(uploads.state, upload_id))
+    try:
+        model = await service.run_install(
+            functools.partial(
+                service.store.install,
+                path,
+                activate=activate,
+                provider=provider or None,
+                package_sha=state.sha256,
+                manifest_sha=state.manifest_sha256,
+            )
+        )
+    except OutpostError as exc:
+        with contextlib.suppress(UploadError):
+            await _blocking(functools.partial(uploads.delete, upload_id))
+        if isinstance(exc, PackageError) and state.manifest_sha256:
+            # a sealed upload: the desktop checks its own copy and, when that is
+            # sound, sends it again as a chained stream (altered on the way)
+            raise ApiError(422, str(exc), fields={"sealed": True}) from None
+        raise
+    result = model.install_result()
+    await _blocking(functools.partial(uploads.finish, upload_id, result))
+    return result
 
 
 async def get_models(request: web.Request) -> web.Response:

@@ -200,7 +200,9 @@ class UploadManager:
         self.max_uploads = max_uploads
         self.ttl_s = ttl_s
         self.clock = clock
+        self.started_at = clock()  # uploads last written before it are no stream's now
         self._lock = threading.Lock()
+        self._committing: set[str] = set()  # ids whose package :meth:`complete_path` gave
         self._locks: dict[str, threading.Lock] = {}
         self._reset_lock = threading.Lock()
         # A chained upload's running sha256 where its last stream ended (saves re-reading).
@@ -345,7 +347,10 @@ class UploadManager:
         """Open a chained upload under the id the desktop chose (protocol 3: the stream that
         carries the package opens its upload, without a round trip before it). Unlike
         :meth:`create` it never answers an unfinished upload of the same package: the stream
-        is already on its way from byte 0. 409 when the id is taken."""
+        is already on its way from byte 0. Unfinished uploads of the same package left from
+        before the agent started (a deploy cut off by a crash and sent again) are dropped, so
+        a device that keeps failing mid-deploy does not fill its upload slots with copies of
+        one package. 409 when the id is taken."""
         if not _ID.match(upload_id):
             raise UploadError(400, "a new upload's id is 32 lowercase hex digits")
         size = self._check_size_name(size, name)
@@ -355,8 +360,49 @@ class UploadManager:
             states = self._scan()
             if (self.root / upload_id).exists():
                 raise UploadError(409, f"upload {upload_id} exists already; resume it")
+            states = self._drop_leftovers(states, size, piece, head)
             self._check_room(states)
             self._new(size, None, name, (piece, ()), head, upload_id)
+
+    def _drop_leftovers(
+        self, states: list[UploadState], size: int, piece: int, head: str
+    ) -> list[UploadState]:
+        """Remove the unfinished uploads of the package of ``size`` whose first ``piece``
+        bytes hash to ``head``, last written before this agent started, that no stream or
+        commit holds (called with ``self._lock`` held); the uploads that are left."""
+        kept = []
+        for state in states:
+            leftover = (
+                not self._may_commit(state)
+                and state.size == size
+                and state.piece_size == piece
+                and state.head == head
+                and state.updated_at < self.started_at
+                and not (state.id in self._locks and self._locks[state.id].locked())
+            )
+            if not leftover:
+                kept.append(state)
+                continue
+            with contextlib.suppress(UploadError):
+                self._remove(state.id)
+            self._locks.pop(state.id, None)
+            self._chains.pop(state.id, None)
+            log.info(
+                "upload %s (%d of %d bytes, from before the agent started) was dropped: "
+                "the same package is being sent again",
+                state.id,
+                state.received or state.offset,
+                state.size,
+            )
+        return kept
+
+    def _may_commit(self, state: UploadState) -> bool:
+        """Whether ``state`` is whole and in its commit, or may be soon: written since this
+        agent started (a whole one from before a restart whose commit is not running was cut
+        off with the agent)."""
+        return state.offset >= state.size and (
+            state.id in self._committing or state.updated_at >= self.started_at
+        )
 
     def _check_size_name(self, size: object, name: object) -> int:
         """``size`` as a whole number of bytes within the limit (and ``name`` a string)."""
@@ -372,7 +418,7 @@ class UploadManager:
         """Make room for one more upload (called with ``self._lock`` held): with as many open
         as allowed, drop the one idle longest if it has been idle :data:`EVICT_IDLE_S` and no
         stream holds it and it is not whole (a deploy cut off mid-way: one whole may be in its
-        commit);
+        commit) unless it is whole from before the agent started and no commit runs;
         429 when every one is in use."""
         if len(states) < self.max_uploads:
             return
@@ -381,7 +427,7 @@ class UploadManager:
             state
             for state in states
             if now - state.updated_at >= EVICT_IDLE_S
-            and state.offset < state.size  # a whole one may be waiting for, or in, its commit
+            and not self._may_commit(state)
             and not (state.id in self._locks and self._locks[state.id].locked())
         ]
         if not idle:
@@ -671,6 +717,8 @@ class UploadManager:
         """The received package, once every byte is in and its sha256 matches (else 409/422).
 
         A package whose digest does not match is removed: it can only be uploaded again.
+        The upload counts as in its commit until :meth:`finish`, :meth:`delete` or
+        :meth:`commit_ended`.
         """
         with self._lock_for(upload_id):
             state = self.state(upload_id)
@@ -682,6 +730,7 @@ class UploadManager:
                     state.offset,
                 )
             path = self._folder(upload_id) / DATA_FILE
+            self._committing.add(upload_id)
             if state.sha256_verified:  # one stream carried it all and hashed it on the way
                 return path
             if state.manifest_sha256:  # sealed: the install checks every file (protocol 4)
@@ -708,12 +757,18 @@ class UploadManager:
         with contextlib.suppress(OSError):
             (folder / VOLATILE_FILE).unlink()
         self._chains.pop(upload_id, None)
+        self._committing.discard(upload_id)
+
+    def commit_ended(self, upload_id: str) -> None:
+        """The commit that :meth:`complete_path` began is over, however it ended."""
+        self._committing.discard(upload_id)
 
     def delete(self, upload_id: str) -> dict[str, Any]:
         self._remove(upload_id)
         with self._lock:
             self._locks.pop(upload_id, None)
             self._chains.pop(upload_id, None)
+            self._committing.discard(upload_id)
         log.info("upload %s deleted", upload_id)
         return {"id": upload_id, "deleted": True}
 

@@ -678,6 +678,36 @@ def test_a_new_upload_id_must_be_free_and_well_formed(tmp_path: Path) -> None:
     assert bad.value.status == 400
 
 
+def _whole(root: Path, upload_id: str, size: int) -> None:
+    """Every byte of an open upload received and verified (its commit not run)."""
+    (root / upload_id / DATA_FILE).write_bytes(bytes(size))
+    (root / upload_id / PROGRESS_FILE).write_text(json.dumps({"offset": size}) + "\n")
+
+
+def test_a_package_sent_again_after_a_restart_replaces_its_cut_off_copies(tmp_path: Path) -> None:
+    """Deploys cut off by crashes (mid-stream or in the commit) leave copies of one package;
+    the next stream of it drops them, so they do not fill the upload slots. Other packages'
+    uploads, and copies written since the start (a deploy that may be live), stay."""
+    root = tmp_path / "uploads"
+    before = UploadManager(root, max_uploads=3)
+    head, other = "c" * 64, "e" * 64
+    before.open_new("a" * 32, 10, "p.zip", PIECE, head)
+    before.open_new("b" * 32, 10, "p.zip", PIECE, head)
+    _whole(root, "b" * 32, 10)  # the agent died in its commit
+    before.open_new("f" * 32, 10, "q.zip", PIECE, other)  # another package
+    time.sleep(0.02)
+    restarted = UploadManager(root, max_uploads=3)
+    assert restarted.state("b" * 32).offset == 10
+    restarted.open_new("d" * 32, 10, "p.zip", PIECE, head)
+    assert sorted(p.name for p in root.iterdir()) == ["d" * 32, "f" * 32]
+    _whole(root, "d" * 32, 10)  # whole since the start: its commit may come
+    restarted.open_new("0" * 32, 10, "p.zip", PIECE, head)
+    assert sorted(p.name for p in root.iterdir()) == ["0" * 32, "d" * 32, "f" * 32]
+    with pytest.raises(UploadError) as full:
+        restarted.open_new("1" * 32, 10, "p.zip", PIECE, head)
+    assert full.value.status == 429
+
+
 def test_a_stream_hands_the_memory_it_freed_back(
     agent: Any, package: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -3,7 +3,8 @@
 A real ``outpost-agent serve`` process receives a streamed 40 MiB upload (slowed down by the
 sender so the kill lands mid-stream) and is killed with SIGKILL after a random delay. After each
 restart the upload's offset is a piece boundary whose bytes on disk are the package's own,
-and sending the same package again resumes from there and installs it.
+and sending the same package again installs it (a stream that opens its own upload drops the
+copies cut off before the restart, so they do not take the agent's upload slots).
 """
 
 from __future__ import annotations
