@@ -161,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _install_package(args: argparse.Namespace) -> int:
     """Install a package file into the store, holding the data folder's lock (refused while
     an agent serves from it: that agent would go on serving what it loaded)."""
+    from device_agent.crashguard import enable_crash_log
     from device_agent.lock import DataDirLock
     from device_agent.store import ModelStore
 
@@ -170,6 +171,7 @@ def _install_package(args: argparse.Namespace) -> int:
         raise OutpostError(f"{package} {reason}; pass the .outpost.zip file to install")
     data_dir = args.data_dir or default_data_dir()
     with DataDirLock(data_dir, "install-package"), _sigterm_as_interrupt():
+        enable_crash_log(data_dir)  # as serve does: a crash in the load is known at the start
         store = ModelStore(data_dir)
         store.load()
         model = store.install(package, activate=not args.inactive)
@@ -437,6 +439,7 @@ def _serve(args: argparse.Namespace) -> int:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    from device_agent.crashguard import enable_crash_log
     from device_agent.service import AgentService  # aiohttp, zeroconf, onnxruntime: only to serve
     from runtimes.allocator import keep_large_buffers
 
@@ -452,6 +455,7 @@ def _serve(args: argparse.Namespace) -> int:
         max_concurrency=args.max_concurrency,
         max_queue=args.max_queue,
     )
+    enable_crash_log(service.data_dir)  # a runtime that kills the process says why there
     asyncio.run(_run_until_signalled(service))
     return 0
 

@@ -43,6 +43,7 @@ from typing import Any, cast
 
 import numpy as np
 
+from device_agent.crashguard import CrashGuard
 from device_agent.errors import (
     AgentError,
     AmbiguousModelError,
@@ -682,6 +683,8 @@ class ModelStore:
         self, data_dir: Path, *, registry: BackendRegistry | None = None, warmup_runs: int = 2
     ) -> None:
         self.root = Path(data_dir) / MODELS_DIR
+        # What is being loaded, so a runtime that kills the process is not loaded again.
+        self.guard = CrashGuard(Path(data_dir))
         self._registry = registry
         self._warmup_runs = warmup_runs
         self._models: dict[str, InstalledModel] = {}
@@ -773,7 +776,12 @@ class ModelStore:
         models stay unloaded.
         """
         problems: list[str] = []
+        died = self.guard.settle()
+        if died is not None:
+            problems.append(died)
         if not self.root.is_dir():
+            for line in problems:
+                log.warning("%s", line)
             return problems
         for leftover in self.root.iterdir():  # an uninstall cut short
             if leftover.name.startswith(".trash-") and leftover.is_dir():
@@ -867,7 +875,16 @@ class ModelStore:
                     # bytes) and keeps nothing when one does not match
                     reader.extract(staging)
                     check_onnx_external_data(staging, manifest)
-                    model = self._prepare(manifest.name, staging, provider)
+                    what = f"{manifest.name} {manifest.version}"
+                    crash = self.guard.crashed(package_sha)
+                    if crash is not None:
+                        raise InstallError(
+                            f"{what} crashed the agent when it was last loaded ({crash}); "
+                            "it is not loaded again with these runtimes: check the export on "
+                            "the desktop (outpost predict) or export it again"
+                        )
+                    with self.guard.loading(package_sha, f"{what} (install)"):
+                        model = self._prepare(manifest.name, staging, provider)
                     self._write_install_record(staging, package_sha, model)
                     if activate:
                         done = self._activate(model_dir, staging, model, package_sha)
@@ -1262,8 +1279,21 @@ class ModelStore:
         )
 
     def _open(self, name: str, folder: Path) -> InstalledModel:
-        """Load and smoke-test an installed version on the providers chosen at its install."""
+        """Load and smoke-test an installed version on the providers chosen at its install
+        (InstallError, without loading it, when it crashed the agent the last time)."""
         record = _read_json(folder / INSTALL_RECORD, strict=False)
+        sha = record.get("package_sha256")
+        key = sha if isinstance(sha, str) and sha else f"{name}/{folder.name}"
+        crash = self.guard.crashed(key)
+        if crash is not None:
+            raise InstallError(
+                f"{name} {folder.name} crashed the agent when it was last loaded ({crash}); "
+                "it is not loaded again with these runtimes"
+            )
+        with self.guard.loading(key, f"{name} {folder.name}"):
+            return self._open_recorded(name, folder, record)
+
+    def _open_recorded(self, name: str, folder: Path, record: dict[str, Any]) -> InstalledModel:
         recorded = record.get("providers")
         fallback = record.get("fallback") if isinstance(record.get("fallback"), dict) else None
         providers: list[str] | None = None

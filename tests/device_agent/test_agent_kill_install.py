@@ -62,14 +62,23 @@ def _read_lines(stream: IO[str], lines: queue.Queue[str]) -> None:
 class Agent:
     """One ``outpost-agent serve`` process on a free loopback port."""
 
-    def __init__(self, data_dir: Path, stderr: IO[str]) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        stderr: IO[str],
+        *,
+        wrapper: str = WRAPPER,
+        env: dict[str, str] | None = None,
+        wait: bool = True,
+    ) -> None:
         env = {
             **os.environ,
+            **(env or {}),
             "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
         }
         argv = ["serve", "--interface", "127.0.0.1", "--port", "0", "--no-mdns"]
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", WRAPPER, *argv, "--data-dir", str(data_dir)],
+            [sys.executable, "-c", wrapper, *argv, "--data-dir", str(data_dir)],
             cwd=ROOT,
             env=env,
             stdout=subprocess.PIPE,
@@ -79,6 +88,8 @@ class Agent:
         lines: queue.Queue[str] = queue.Queue()
         assert self.proc.stdout is not None
         threading.Thread(target=_read_lines, args=(self.proc.stdout, lines), daemon=True).start()
+        if not wait:  # the caller expects it to die before it is ready
+            return
         try:
             ready: dict[str, Any] = json.loads(lines.get(timeout=60))
         except queue.Empty:
