@@ -15,13 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from device_agent.auth import KeyPair
 from device_agent.client import AgentClient, AgentRejectedError, AgentUnreachableError
 from device_agent.crashguard import BUSY_FILE, CRASH_LOG, CRASHES_FILE, CrashGuard
-from device_agent.identity import load_or_create_identity
-from device_agent.pairing import Pairing
 from runtimes.package import write_package
-from tests.device_agent.test_agent_kill_install import HEAVY, Agent, _serving
+from tests.device_agent.test_agent_kill_install import HEAVY, Agent, _serving, paired_data
 from tests.fakes import EXPECTED, make_detect_onnx, make_image_bytes, manifest_fields
 
 CRASHING = f"""
@@ -64,10 +61,7 @@ def _died_of_sigsegv(agent: Agent) -> None:
 
 @pytest.mark.skipif(sys.platform == "win32", reason="faulthandler and SIGSEGV are POSIX")
 def test_a_model_that_crashes_the_runtime_is_not_loaded_again(tmp_path: Path) -> None:
-    data = tmp_path / "data"
-    identity = load_or_create_identity(data)
-    desktop = KeyPair.generate()
-    Pairing(data).add(desktop.public_raw, "crash test")
+    data, identity, desktop = paired_data(tmp_path, "crash test")
     pin = identity.key.public_raw
     good = _package(tmp_path, "1", crashes=False)
     bad = _package(tmp_path, "2", crashes=True)

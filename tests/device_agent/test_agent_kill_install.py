@@ -26,7 +26,7 @@ import pytest
 
 from device_agent.auth import KeyPair
 from device_agent.client import AgentClient, AgentRejectedError, AgentUnreachableError
-from device_agent.identity import load_or_create_identity
+from device_agent.identity import Identity, load_or_create_identity
 from device_agent.pairing import Pairing
 from runtimes.package import write_package
 from tests.fakes import EXPECTED, make_detect_onnx, make_image_bytes, manifest_fields
@@ -105,6 +105,16 @@ class Agent:
             self.proc.stdout.close()
 
 
+def paired_data(tmp_path: Path, who: str) -> tuple[Path, Identity, KeyPair]:
+    """A data folder with the agent's identity made and a desktop key paired with it: the
+    folder, the identity and the desktop's key."""
+    data = tmp_path / "data"
+    identity = load_or_create_identity(data)
+    desktop = KeyPair.generate()
+    Pairing(data).add(desktop.public_raw, who)
+    return data, identity, desktop
+
+
 def _serving(client: AgentClient) -> str:
     """Wait for readiness, then the version that answers inference (with valid detections)."""
     for _ in range(200):
@@ -124,10 +134,7 @@ def _serving(client: AgentClient) -> str:
 @pytest.mark.slow
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL is POSIX")
 def test_kill_9_during_installs_never_leaves_a_broken_agent(tmp_path: Path) -> None:
-    data = tmp_path / "data"
-    identity = load_or_create_identity(data)
-    desktop = KeyPair.generate()
-    Pairing(data).add(desktop.public_raw, "kill test")
+    data, identity, desktop = paired_data(tmp_path, "kill test")
     packages = {v: _package(tmp_path / f"v{v}.outpost.zip", v) for v in ("1", "2")}
     rng = random.Random(1234)
     outcomes = {"confirmed": 0, "switched": 0, "kept": 0}

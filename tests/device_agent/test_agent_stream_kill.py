@@ -17,13 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from device_agent.auth import KeyPair
 from device_agent.client import AgentClient, AgentRejectedError, AgentUnreachableError
-from device_agent.identity import load_or_create_identity
-from device_agent.pairing import Pairing
 from device_agent.uploads import DATA_FILE, RESULT_FILE, UPLOADS_DIR
 from runtimes.package import write_package
-from tests.device_agent.test_agent_kill_install import Agent, _serving
+from tests.device_agent.test_agent_kill_install import Agent, _serving, paired_data
 from tests.fakes import make_detect_onnx, manifest_fields
 
 TRIALS = 8
@@ -43,10 +40,7 @@ def _package(out: Path) -> Path:
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL is POSIX")
 @pytest.mark.parametrize("protocol", [3, 4])  # a chained stream, a sealed one
 def test_kill_9_during_a_stream_keeps_only_verified_pieces(tmp_path: Path, protocol: int) -> None:
-    data_dir = tmp_path / "data"
-    identity = load_or_create_identity(data_dir)
-    desktop = KeyPair.generate()
-    Pairing(data_dir).add(desktop.public_raw, "stream kill test")
+    data_dir, identity, desktop = paired_data(tmp_path, "stream kill test")
     package = _package(tmp_path / "v1.outpost.zip")
     content = package.read_bytes()
     rng = random.Random(7)
