@@ -11,11 +11,12 @@ from __future__ import annotations
 import json
 import signal
 import sys
+import threading
 from pathlib import Path
 
 import pytest
 
-from device_agent.client import AgentClient, AgentRejectedError, AgentUnreachableError
+from device_agent.client import AgentClient, AgentRejectedError
 from device_agent.crashguard import BUSY_FILE, CRASH_LOG, CRASHES_FILE, CrashGuard
 from runtimes.package import write_package
 from tests.device_agent.test_agent_kill_install import HEAVY, Agent, _serving, paired_data
@@ -67,26 +68,38 @@ def test_a_model_that_crashes_the_runtime_is_not_loaded_again(tmp_path: Path) ->
     bad = _package(tmp_path, "2", crashes=True)
     with open(tmp_path / "agent.stderr", "w") as stderr:
         agent = Agent(data, stderr, wrapper=CRASHING, env=CRASH)
+        port = int(agent.url.rsplit(":", 1)[1])
+        restarted: list[Agent] = []
+        busy_at_death: list[bool] = []
+
+        def service_manager() -> None:  # Restart=on-failure, as the systemd unit does
+            _died_of_sigsegv(agent)
+            busy_at_death.append((data / BUSY_FILE).exists())  # what it was loading
+            restarted.append(Agent(data, stderr, wrapper=CRASHING, env=CRASH, port=port))
+
         with AgentClient(agent.url, key=desktop, agent_key=pin) as client:
             client.upload_package(good)
             assert _serving(client) == "1"
-            with pytest.raises(AgentUnreachableError):  # the install took the process down
-                client.upload_package(bad, retries=0)
-        _died_of_sigsegv(agent)
+            manager = threading.Thread(target=service_manager)
+            manager.start()
+            # the install takes the process down; the commit, asked again once the agent is
+            # back, is refused with the crash's own line
+            with pytest.raises(AgentRejectedError) as first:
+                client.upload_package(bad, resumable=True, backoff_s=0.5)
+            manager.join(60)
+        assert busy_at_death == [True]
         assert "Segmentation fault" in (data / CRASH_LOG).read_text()
-        assert (data / BUSY_FILE).exists()  # what it was loading when it died
-
-        agent = Agent(data, stderr, wrapper=CRASHING, env=CRASH)
+        agent = restarted[0]
         try:
             assert not (data / BUSY_FILE).exists()
+            assert first.value.status == 422
+            assert "shapes 2 crashed the agent when it was last loaded" in str(first.value)
+            assert "Segmentation fault" in str(first.value)
             with AgentClient(agent.url, key=desktop, agent_key=pin) as client:
                 assert _serving(client) == "1"
-                with pytest.raises(AgentRejectedError) as refused:  # sent again: refused
+                with pytest.raises(AgentRejectedError) as again:  # sent again: refused
                     client.upload_package(bad, retries=0)
-                assert refused.value.status == 422
-                message = str(refused.value)
-                assert "shapes 2 crashed the agent when it was last loaded" in message
-                assert "Segmentation fault" in message
+                assert again.value.status == 422 and "Segmentation fault" in str(again.value)
                 assert _serving(client) == "1"  # and the agent still serves
         finally:
             agent.kill()

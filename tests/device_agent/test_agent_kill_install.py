@@ -70,13 +70,14 @@ class Agent:
         wrapper: str = WRAPPER,
         env: dict[str, str] | None = None,
         wait: bool = True,
+        port: int = 0,
     ) -> None:
         env = {
             **os.environ,
             **(env or {}),
             "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
         }
-        argv = ["serve", "--interface", "127.0.0.1", "--port", "0", "--no-mdns"]
+        argv = ["serve", "--interface", "127.0.0.1", "--port", str(port), "--no-mdns"]
         self.proc = subprocess.Popen(
             [sys.executable, "-c", wrapper, *argv, "--data-dir", str(data_dir)],
             cwd=ROOT,

@@ -90,11 +90,13 @@ def test_kill_9_during_a_stream_keeps_only_verified_pieces(tmp_path: Path, proto
                 assert on_disk[:received] == content[:received]
                 kept.append(offset)
         agent = Agent(data_dir, log)
-        with AgentClient(agent.url, key=desktop, agent_key=identity.key.public_raw) as client:
-            client.protocol = protocol
-            client.upload_package(package, resumable=True, piece_size=PIECE)
-            assert _serving(client) == "1"
-        agent.kill()
+        try:
+            with AgentClient(agent.url, key=desktop, agent_key=identity.key.public_raw) as c:
+                c.protocol = protocol
+                c.upload_package(package, resumable=True, piece_size=PIECE)
+                assert _serving(c) == "1"
+        finally:
+            agent.kill()
     finally:
         log.close()
     assert kept, "no kill landed while an upload was open"
