@@ -26,6 +26,8 @@ import faulthandler
 import json
 import logging
 import os
+import re
+import threading
 import time
 from collections.abc import Iterator
 from importlib import metadata
@@ -56,6 +58,9 @@ RUNTIME_DISTRIBUTIONS = (
 )
 
 _log_file: TextIO | None = None
+# faulthandler's line for the thread that took the signal (absent for a thread Python does
+# not know, e.g. a runtime's own worker thread)
+_CURRENT_THREAD = re.compile(r"^Current thread (0x[0-9a-fA-F]+)", re.MULTILINE)
 
 
 def runtimes_fingerprint() -> str:
@@ -69,12 +74,10 @@ def runtimes_fingerprint() -> str:
 
 def enable_crash_log(folder: Path) -> Path:
     """Have a fatal signal (SIGSEGV, SIGABRT, SIGBUS, SIGFPE, SIGILL) write its reason and the
-    threads' stacks to ``folder/crash.log`` (the process's own; call once, from ``serve``)."""
+    threads' stacks to ``folder/crash.log`` (the process's own; call once, from ``serve``).
+    The log is appended to; :meth:`CrashGuard.settle` cuts it when it grows long."""
     global _log_file
     path = Path(folder) / CRASH_LOG
-    with contextlib.suppress(OSError):  # cut, unless the last process may have died in a load
-        if path.stat().st_size > MAX_CRASH_LOG_BYTES and not (path.parent / BUSY_FILE).exists():
-            path.unlink()
     if _log_file is not None:
         _log_file.close()
     _log_file = open(path, "a", encoding="utf-8")  # noqa: SIM115 (open for the process's life)
@@ -88,6 +91,7 @@ class CrashGuard:
     def __init__(self, folder: Path, fingerprint: str | None = None) -> None:
         self.folder = Path(folder)
         self._fingerprint = fingerprint
+        self._settled: dict[str, Any] = {}  # what settle() found, held even if not written
 
     @property
     def fingerprint(self) -> str:
@@ -106,18 +110,33 @@ class CrashGuard:
             log_size = (self.folder / CRASH_LOG).stat().st_size
         except OSError:
             log_size = 0
-        record = {"key": key, "what": what, "crash_log_size": log_size, "at": time.time()}
-        self.folder.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(busy, json.dumps(record) + "\n")
+        record = {
+            "key": key,
+            "what": what,
+            "crash_log_size": log_size,
+            "thread": threading.get_ident(),
+            "runtimes": self.fingerprint,
+            "at": time.time(),
+        }
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            # not fsynced: a crashed process's writes stay in the page cache, and after a
+            # power cut a lost record is what an interrupted load gives anyway
+            atomic_write_text(busy, json.dumps(record) + "\n", sync=False)
+            written = True
+        except OSError as exc:  # a full or read-only disk must not stop the load itself
+            log.warning("cannot record the load of %s in %s: %s", what, busy, exc)
+            written = False  # and a record left from before stays for the next start
         try:
             yield
         finally:
-            with contextlib.suppress(OSError):
-                busy.unlink()
+            if written:
+                with contextlib.suppress(OSError):
+                    busy.unlink()
 
     def crashed(self, key: str) -> str | None:
         """The reason ``key`` crashed the agent with these runtimes, or None."""
-        entry = self._crashes().get(key)
+        entry = self._settled.get(key) or self._crashes().get(key)
         if entry is None or entry.get("runtimes") != self.fingerprint:
             return None
         return str(entry.get("reason") or "the process died")
@@ -131,47 +150,68 @@ class CrashGuard:
         try:
             record = json.loads(busy.read_text(encoding="utf-8"))
         except FileNotFoundError:
+            self._forget(busy)
             return None
         except (OSError, ValueError):
             record = None
-        with contextlib.suppress(OSError):
-            busy.unlink()
         if not isinstance(record, dict) or not isinstance(record.get("key"), str):
+            self._forget(busy)
             return None
         what = str(record.get("what") or record["key"])
         offset = record.get("crash_log_size")
-        reason = self._crash_text(offset if isinstance(offset, int) else 0)
+        text = self._crash_text(offset if isinstance(offset, int) else 0)
+        reason = next((line.strip()[:200] for line in text.splitlines() if line.strip()), None)
         if reason is None:
+            self._forget(busy)
             return (
                 f"the agent stopped while it loaded {what} (killed, out of memory or a power "
                 "cut); it will be tried again"
             )
+        current = _CURRENT_THREAD.search(text)
+        if current is not None and int(current.group(1), 16) != record.get("thread"):
+            self._forget(busy)
+            return (
+                f"the agent crashed ({reason}) in another thread than the one loading {what} "
+                "(an inference?); the load will be tried again"
+            )
         crashes = self._crashes()
         crashes.pop(record["key"], None)
-        crashes[record["key"]] = {
+        crashes[record["key"]] = self._settled[record["key"]] = {
             "reason": reason,
             "what": what,
-            "runtimes": self.fingerprint,
+            # the runtimes it crashed with, not those of this start (an upgrade in between
+            # is what may mend it)
+            "runtimes": record.get("runtimes", self.fingerprint),
             "at": record.get("at"),
         }
         while len(crashes) > MAX_CRASHES:
             crashes.pop(next(iter(crashes)))
-        atomic_write_text(self.folder / CRASHES_FILE, json.dumps(crashes, indent=2) + "\n")
+        try:  # remembered before the record goes: a failure here leaves both for next time
+            atomic_write_text(self.folder / CRASHES_FILE, json.dumps(crashes, indent=2) + "\n")
+        except OSError as exc:
+            log.warning("cannot remember the crash in %s: %s", CRASHES_FILE, exc)
+        else:
+            self._forget(busy)
         return f"the runtime crashed the agent while it loaded {what} ({reason})"
 
-    def _crash_text(self, offset: int) -> str | None:
-        """The first line faulthandler wrote past ``offset`` (``Fatal Python error: ...``)."""
+    def _forget(self, busy: Path) -> None:
+        """Remove the busy record, and cut ``crash.log`` once it is long (it was read)."""
+        with contextlib.suppress(OSError):
+            busy.unlink()
+        path = self.folder / CRASH_LOG
+        with contextlib.suppress(OSError):
+            if path.stat().st_size > MAX_CRASH_LOG_BYTES:
+                os.truncate(path, 0)  # faulthandler appends: it goes on at the new end
+
+    def _crash_text(self, offset: int) -> str:
+        """What faulthandler wrote past ``offset`` (``Fatal Python error: ...``, then the
+        threads' stacks); empty when nothing was."""
         try:
             with open(self.folder / CRASH_LOG, "rb") as fh:
                 fh.seek(offset if 0 <= offset <= os.fstat(fh.fileno()).st_size else 0)
-                text = fh.read(4096).decode("utf-8", errors="replace")
+                return fh.read(16384).decode("utf-8", errors="replace")
         except OSError:
-            return None
-        for line in text.splitlines():
-            line = line.strip()
-            if line:
-                return line[:200]
-        return None
+            return ""
 
     def _crashes(self) -> dict[str, Any]:
         try:

@@ -1260,20 +1260,18 @@ async def post_upload_commit(request: web.Request) -> web.Response:
     provider = options.get("provider")
     if not isinstance(activate, bool) or not (provider is None or isinstance(provider, str)):
         raise ApiError(400, "activate must be true or false and provider a string")
+    uploads.commit_began(upload_id)  # not dropped while it waits for another install
     try:
         async with service.install_lock:
             saved = await _blocking(functools.partial(uploads.result, upload_id))
             if saved is not None:
                 return web.json_response(saved, status=201)
             path = await _blocking(functools.partial(uploads.complete_path, upload_id))
-            try:
-                result = await _install_upload(
-                    service, uploads, upload_id, path, activate, provider
-                )
-            finally:
-                uploads.commit_ended(upload_id)
+            result = await _install_upload(service, uploads, upload_id, path, activate, provider)
     except UploadError as exc:
         return _upload_refused(exc)
+    finally:
+        uploads.commit_ended(upload_id)
     return web.json_response(result, status=201)
 
 

@@ -876,14 +876,17 @@ class ModelStore:
                     reader.extract(staging)
                     check_onnx_external_data(staging, manifest)
                     what = f"{manifest.name} {manifest.version}"
-                    crash = self.guard.crashed(package_sha)
+                    # a provider asked for is another try: the crash may be that provider's
+                    key = package_sha if provider is None else f"{package_sha}/{provider}"
+                    crash = self.guard.crashed(key)
                     if crash is not None:
                         raise InstallError(
                             f"{what} crashed the agent when it was last loaded ({crash}); "
                             "it is not loaded again with these runtimes: check the export on "
-                            "the desktop (outpost predict) or export it again"
+                            "the desktop (outpost predict), export it again, or deploy it "
+                            "with another --provider"
                         )
-                    with self.guard.loading(package_sha, f"{what} (install)"):
+                    with self.guard.loading(key, f"{what} (install)"):
                         model = self._prepare(manifest.name, staging, provider)
                     self._write_install_record(staging, package_sha, model)
                     if activate:

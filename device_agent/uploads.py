@@ -200,9 +200,15 @@ class UploadManager:
         self.max_uploads = max_uploads
         self.ttl_s = ttl_s
         self.clock = clock
-        self.started_at = clock()  # uploads last written before it are no stream's now
         self._lock = threading.Lock()
-        self._committing: set[str] = set()  # ids whose package :meth:`complete_path` gave
+        # The uploads found at the start that no request has used since: leftovers of the
+        # process before (known by id, not by file times: a board without a clock steps it).
+        self._from_before: set[str] = (
+            {p.name for p in self.root.iterdir() if _ID.match(p.name)}
+            if self.root.is_dir()
+            else set()
+        )
+        self._committing: set[str] = set()  # ids whose commit request is under way
         self._locks: dict[str, threading.Lock] = {}
         self._reset_lock = threading.Lock()
         # A chained upload's running sha256 where its last stream ended (saves re-reading).
@@ -348,7 +354,8 @@ class UploadManager:
         carries the package opens its upload, without a round trip before it). Unlike
         :meth:`create` it never answers an unfinished upload of the same package: the stream
         is already on its way from byte 0. Unfinished uploads of the same package left from
-        before the agent started (a deploy cut off by a crash and sent again) are dropped, so
+        before the agent started and unused since (a deploy cut off by a crash and sent
+        again) are dropped, so
         a device that keeps failing mid-deploy does not fill its upload slots with copies of
         one package. 409 when the id is taken."""
         if not _ID.match(upload_id):
@@ -368,8 +375,8 @@ class UploadManager:
         self, states: list[UploadState], size: int, piece: int, head: str
     ) -> list[UploadState]:
         """Remove the unfinished uploads of the package of ``size`` whose first ``piece``
-        bytes hash to ``head``, last written before this agent started, that no stream or
-        commit holds (called with ``self._lock`` held); the uploads that are left."""
+        bytes hash to ``head`` that were there when this agent started and that no request has
+        used since (called with ``self._lock`` held); the uploads that are left."""
         kept = []
         for state in states:
             leftover = (
@@ -377,7 +384,7 @@ class UploadManager:
                 and state.size == size
                 and state.piece_size == piece
                 and state.head == head
-                and state.updated_at < self.started_at
+                and state.id in self._from_before
                 and not (state.id in self._locks and self._locks[state.id].locked())
             )
             if not leftover:
@@ -397,11 +404,11 @@ class UploadManager:
         return kept
 
     def _may_commit(self, state: UploadState) -> bool:
-        """Whether ``state`` is whole and in its commit, or may be soon: written since this
-        agent started (a whole one from before a restart whose commit is not running was cut
-        off with the agent)."""
+        """Whether ``state`` is whole and in its commit, or may be soon: used since this agent
+        started (a whole one from before a restart whose commit is not running was cut off with
+        the agent)."""
         return state.offset >= state.size and (
-            state.id in self._committing or state.updated_at >= self.started_at
+            state.id in self._committing or state.id not in self._from_before
         )
 
     def _check_size_name(self, size: object, name: object) -> int:
@@ -717,8 +724,6 @@ class UploadManager:
         """The received package, once every byte is in and its sha256 matches (else 409/422).
 
         A package whose digest does not match is removed: it can only be uploaded again.
-        The upload counts as in its commit until :meth:`finish`, :meth:`delete` or
-        :meth:`commit_ended`.
         """
         with self._lock_for(upload_id):
             state = self.state(upload_id)
@@ -730,7 +735,6 @@ class UploadManager:
                     state.offset,
                 )
             path = self._folder(upload_id) / DATA_FILE
-            self._committing.add(upload_id)
             if state.sha256_verified:  # one stream carried it all and hashed it on the way
                 return path
             if state.manifest_sha256:  # sealed: the install checks every file (protocol 4)
@@ -757,18 +761,24 @@ class UploadManager:
         with contextlib.suppress(OSError):
             (folder / VOLATILE_FILE).unlink()
         self._chains.pop(upload_id, None)
-        self._committing.discard(upload_id)
+
+    def commit_began(self, upload_id: str) -> None:
+        """A commit request for ``upload_id`` arrived (it may wait for another install): the
+        upload is not dropped for room or as a leftover until :meth:`commit_ended`."""
+        with self._lock:
+            self._committing.add(upload_id)
+            self._from_before.discard(upload_id)
 
     def commit_ended(self, upload_id: str) -> None:
-        """The commit that :meth:`complete_path` began is over, however it ended."""
-        self._committing.discard(upload_id)
+        """The commit that :meth:`commit_began` announced is over, however it ended."""
+        with self._lock:
+            self._committing.discard(upload_id)
 
     def delete(self, upload_id: str) -> dict[str, Any]:
         self._remove(upload_id)
         with self._lock:
             self._locks.pop(upload_id, None)
             self._chains.pop(upload_id, None)
-            self._committing.discard(upload_id)
         log.info("upload %s deleted", upload_id)
         return {"id": upload_id, "deleted": True}
 
@@ -838,8 +848,10 @@ class UploadManager:
         return self.root / upload_id
 
     def _lock_for(self, upload_id: str) -> threading.Lock:
+        """The upload's own lock; the upload counts as used since the start from here on."""
         self._folder(upload_id)
         with self._lock:
+            self._from_before.discard(upload_id)
             return self._locks.setdefault(upload_id, threading.Lock())
 
 

@@ -695,7 +695,6 @@ def test_a_package_sent_again_after_a_restart_replaces_its_cut_off_copies(tmp_pa
     before.open_new("b" * 32, 10, "p.zip", PIECE, head)
     _whole(root, "b" * 32, 10)  # the agent died in its commit
     before.open_new("f" * 32, 10, "q.zip", PIECE, other)  # another package
-    time.sleep(0.02)
     restarted = UploadManager(root, max_uploads=3)
     assert restarted.state("b" * 32).offset == 10
     restarted.open_new("d" * 32, 10, "p.zip", PIECE, head)

@@ -8,6 +8,7 @@ fault is injected at the runtime's boundary only; the agent's own code runs unch
 
 from __future__ import annotations
 
+import errno
 import json
 import signal
 import sys
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from device_agent import crashguard
 from device_agent.client import AgentClient, AgentRejectedError
 from device_agent.crashguard import BUSY_FILE, CRASH_LOG, CRASHES_FILE, CrashGuard
 from runtimes.package import write_package
@@ -129,31 +131,71 @@ def test_a_model_that_crashes_the_runtime_is_not_loaded_again(tmp_path: Path) ->
             agent.kill()
 
 
+def _died_loading(guard: CrashGuard, key: str, fault: str) -> None:
+    """What a process that died in ``guard.loading(key, ...)`` leaves: the busy record, and
+    ``fault`` (faulthandler's text, or nothing) appended to the crash log."""
+    with guard.loading(key, "m 1"):
+        record = (guard.folder / BUSY_FILE).read_text()
+    (guard.folder / BUSY_FILE).write_text(record)
+    with open(guard.folder / CRASH_LOG, "a") as log:
+        log.write(fault)
+
+
+def _fault(thread: int) -> str:
+    return (
+        f"Fatal Python error: Aborted\n\nCurrent thread 0x{thread:016x} (most recent call first):\n"
+    )
+
+
 def test_a_load_cut_off_without_a_crash_is_tried_again(tmp_path: Path) -> None:
     """SIGKILL, the OOM killer or a power cut leave no fault in the log: nothing is held
-    against the version; a crash is held only for the runtimes it happened with."""
+    against the version. A fault in another thread (an inference) is not held either."""
     guard = CrashGuard(tmp_path, fingerprint="onnxruntime==1")
     with pytest.raises(KeyboardInterrupt), guard.loading("k", "m 1"):
-        raise KeyboardInterrupt  # the block's end removes the record...
+        raise KeyboardInterrupt  # the block's end removes the record
     assert not (tmp_path / BUSY_FILE).exists()
-    (tmp_path / BUSY_FILE).write_text(json.dumps({"key": "k", "what": "m 1", "crash_log_size": 0}))
+    (tmp_path / CRASH_LOG).write_text("an old fault\n")  # from before: not this load's
+    _died_loading(guard, "k", "")
     assert "killed, out of memory or a power cut" in (guard.settle() or "")
     assert guard.crashed("k") is None and not (tmp_path / BUSY_FILE).exists()
 
-    (tmp_path / CRASH_LOG).write_text("old fault\n")
-    with guard.loading("k", "m 1"):
-        pass
-    size = (tmp_path / CRASH_LOG).stat().st_size
-    (tmp_path / BUSY_FILE).write_text(
-        json.dumps({"key": "k", "what": "m 1", "crash_log_size": size})
-    )
-    with open(tmp_path / CRASH_LOG, "a") as log:
-        log.write("Fatal Python error: Aborted\n\nThread 0x1 (most recent call first):\n")
-    assert (
-        guard.settle()
-        == "the runtime crashed the agent while it loaded m 1 (Fatal Python error: Aborted)"
-    )
-    assert guard.crashed("k") == "Fatal Python error: Aborted"
-    assert CrashGuard(tmp_path, fingerprint="onnxruntime==2").crashed("k") is None
+    _died_loading(guard, "k", _fault(threading.get_ident() + 1))
+    assert "in another thread than the one loading m 1" in (guard.settle() or "")
+    assert guard.crashed("k") is None
     (tmp_path / BUSY_FILE).write_text("{not json")
     assert guard.settle() is None and not (tmp_path / BUSY_FILE).exists()
+
+
+def test_a_crash_is_held_for_the_runtimes_it_happened_with(tmp_path: Path) -> None:
+    old = CrashGuard(tmp_path, fingerprint="onnxruntime==1")
+    _died_loading(old, "k", _fault(threading.get_ident()))
+    upgraded = CrashGuard(tmp_path, fingerprint="onnxruntime==2")  # upgraded before the start
+    line = upgraded.settle()
+    assert line == "the runtime crashed the agent while it loaded m 1 (Fatal Python error: Aborted)"
+    assert upgraded.crashed("k") is None  # the upgrade may have mended it
+    assert old.crashed("k") == "Fatal Python error: Aborted"
+
+
+def test_a_disk_that_refuses_writes_does_not_stop_a_load(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    guard = CrashGuard(tmp_path, fingerprint="onnxruntime==1")
+    _died_loading(guard, "k", _fault(threading.get_ident()))
+    (tmp_path / CRASH_LOG).write_text((tmp_path / CRASH_LOG).read_text() + "x" * (2 << 20))
+
+    def refuse(*_args: object, **_kwargs: object) -> None:
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(crashguard, "atomic_write_text", refuse)
+    assert "crashed the agent" in (guard.settle() or "")
+    assert guard.crashed("k") == "Fatal Python error: Aborted"  # held in memory meanwhile
+    assert (tmp_path / BUSY_FILE).exists()  # kept: the crash is written once it can be
+    loaded = []
+    with guard.loading("other", "m 2"):
+        loaded.append(True)
+    assert loaded == [True]
+    monkeypatch.undo()
+    restarted = CrashGuard(tmp_path, fingerprint="onnxruntime==1")
+    restarted.settle()
+    assert restarted.crashed("k") == "Fatal Python error: Aborted"
+    assert (tmp_path / CRASH_LOG).stat().st_size == 0  # read, and cut once over 1 MiB
