@@ -15,6 +15,7 @@ import logging
 import signal
 import sys
 from collections.abc import Iterator, Sequence
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
@@ -144,6 +145,18 @@ def build_parser() -> argparse.ArgumentParser:
     unpair.add_argument("--json", action="store_true", help="print the desktops as JSON")
     _add_keys_parser(sub)
     _add_service_parsers(sub)
+    crashes = sub.add_parser(
+        "crashes",
+        help="list the packages that crashed the agent while it loaded them (not loaded again "
+        "with the same runtimes); --forget to try them again",
+    )
+    crashes.add_argument(
+        "--data-dir", type=_data_dir, help=f"state folder (default {default_data_dir()})"
+    )
+    crashes.add_argument(
+        "--forget", action="store_true", help="forget them all (the agent must be stopped)"
+    )
+    crashes.add_argument("--json", action="store_true", help="print them as JSON")
     offline = sub.add_parser(
         "install-package",
         help="install a .outpost.zip into the agent's store from a file (offline bundles); "
@@ -358,12 +371,47 @@ def _main(argv: Sequence[str] | None) -> int:
             return _service(args)
         if args.command == "install-package":
             return _install_package(args)
+        if args.command == "crashes":
+            return _crashes(args)
         return _info(args)
     except OutpostError as exc:
         print(f"outpost-agent: {exc}", file=sys.stderr, flush=True)
         return 1
     except KeyboardInterrupt:
         return 130
+
+
+def _crashes(args: argparse.Namespace) -> int:
+    """List the remembered crashes, or forget them (holding the data folder's lock)."""
+    from device_agent.crashguard import CrashGuard
+    from device_agent.lock import DataDirLock
+
+    data_dir = args.data_dir or default_data_dir()
+    guard = CrashGuard(data_dir)
+    if args.forget:
+        with DataDirLock(data_dir, "crashes"):
+            count = guard.forget()
+        if args.json:
+            print(json.dumps({"forgotten": count}))
+        else:
+            print(f"forgot {count} crash{'es' if count != 1 else ''}; they load again when sent")
+        return 0
+    crashes = guard.remembered()
+    if args.json:
+        print(json.dumps(crashes))
+        return 0
+    if not crashes:
+        print(f"no package has crashed the agent in {data_dir}")
+        return 0
+    for crash in crashes:
+        when = (
+            datetime.fromtimestamp(crash["at"], timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+            if isinstance(crash["at"], (int, float))
+            else "?"
+        )
+        state = "held" if crash["held"] else "not held: the runtimes changed since"
+        print(f"{when}  {crash['what']}: {crash['reason']} ({state})")
+    return 0
 
 
 def _info(args: argparse.Namespace) -> int:

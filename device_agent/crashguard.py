@@ -134,6 +134,32 @@ class CrashGuard:
                 with contextlib.suppress(OSError):
                     busy.unlink()
 
+    def remembered(self) -> list[dict[str, Any]]:
+        """The crashes remembered, oldest first: ``key``, ``what``, ``reason``, ``runtimes``
+        (the versions they crashed with), ``at`` (seconds since the epoch) and ``held``
+        (whether they still hold with the runtimes installed now)."""
+        return [
+            {
+                "key": key,
+                "what": entry.get("what"),
+                "reason": entry.get("reason"),
+                "runtimes": entry.get("runtimes"),
+                "at": entry.get("at"),
+                "held": entry.get("runtimes") == self.fingerprint,
+            }
+            for key, entry in self._crashes().items()
+            if isinstance(entry, dict)
+        ]
+
+    def forget(self) -> int:
+        """Forget every remembered crash (with the data folder's lock held: a running agent
+        holds what it found at its start); how many there were."""
+        count = len(self._crashes())
+        with contextlib.suppress(FileNotFoundError):
+            (self.folder / CRASHES_FILE).unlink()
+        self._settled.clear()
+        return count
+
     def crashed(self, key: str) -> str | None:
         """The reason ``key`` crashed the agent with these runtimes, or None."""
         entry = self._settled.get(key) or self._crashes().get(key)

@@ -119,6 +119,11 @@ class DataDirLock:
                 "service: sudo systemctl stop outpost-agent, or systemctl --user stop "
                 "outpost-agent), run this again and start it"
             )
+        if self.what == "crashes":
+            return (
+                f"an agent{who} is serving from {folder}{at}; stop it (a service: sudo "
+                "systemctl stop outpost-agent), run this again and start it"
+            )
         return (
             f"another agent{who} is serving from {folder}{at}; stop it first, or give this "
             "one its own --data-dir"

@@ -1291,7 +1291,7 @@ class ModelStore:
         if crash is not None:
             raise InstallError(
                 f"{name} {folder.name} crashed the agent when it was last loaded ({crash}); "
-                "it is not loaded again with these runtimes"
+                "it is not loaded again with these runtimes (outpost-agent crashes)"
             )
         with self.guard.loading(key, f"{name} {folder.name}"):
             return self._open_recorded(name, folder, record)

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from device_agent import crashguard
+from device_agent.cli import main
 from device_agent.client import AgentClient, AgentRejectedError
 from device_agent.crashguard import BUSY_FILE, CRASH_LOG, CRASHES_FILE, CrashGuard
 from runtimes.package import write_package
@@ -63,7 +64,9 @@ def _died_of_sigsegv(agent: Agent) -> None:
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="faulthandler and SIGSEGV are POSIX")
-def test_a_model_that_crashes_the_runtime_is_not_loaded_again(tmp_path: Path) -> None:
+def test_a_model_that_crashes_the_runtime_is_not_loaded_again(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     data, identity, desktop = paired_data(tmp_path, "crash test")
     pin = identity.key.public_raw
     good = _package(tmp_path, "1", crashes=False)
@@ -103,14 +106,22 @@ def test_a_model_that_crashes_the_runtime_is_not_loaded_again(tmp_path: Path) ->
                     client.upload_package(bad, retries=0)
                 assert again.value.status == 422 and "Segmentation fault" in str(again.value)
                 assert _serving(client) == "1"  # and the agent still serves
+            capsys.readouterr()
+            assert main(["crashes", "--forget", "--data-dir", str(data)]) == 1
+            assert "is serving from" in capsys.readouterr().err  # stop it first
         finally:
             agent.kill()
         crashes = json.loads((data / CRASHES_FILE).read_text())
         assert [entry["what"] for entry in crashes.values()] == ["shapes 2 (install)"]
+        assert main(["crashes", "--data-dir", str(data)]) == 0
+        listed = capsys.readouterr().out
+        assert "shapes 2 (install): Fatal Python error: Segmentation fault (held)" in listed
 
         # The same version installed where it loads, then a start where it crashes (a runtime
         # upgraded under it): the agent dies once, then starts on the previous version.
-        (data / CRASHES_FILE).unlink()  # forgotten (by hand: see the README)
+        assert main(["crashes", "--forget", "--data-dir", str(data)]) == 0
+        assert capsys.readouterr().out == "forgot 1 crash; they load again when sent\n"
+        assert not (data / CRASHES_FILE).exists()
         agent = Agent(data, stderr, wrapper=CRASHING)  # a runtime that loads it
         with AgentClient(agent.url, key=desktop, agent_key=pin) as client:
             client.upload_package(bad)
