@@ -71,6 +71,12 @@ def _data_dir(text: str) -> Path:
     return path
 
 
+def _add_data_dir(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--data-dir", type=_data_dir, help=f"state folder (default {default_data_dir()})"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="outpost-agent",
@@ -92,9 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_PORT,
         help=f"TCP port (default {DEFAULT_PORT}; 0 = any free)",
     )
-    serve.add_argument(
-        "--data-dir", type=_data_dir, help=f"state folder (default {default_data_dir()})"
-    )
+    _add_data_dir(serve)
     serve.add_argument(
         "--no-mdns",
         action="store_true",
@@ -114,26 +118,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-concurrency); more are refused with 503 and Retry-After",
     )
     info = sub.add_parser("info", help="print this agent's id (created on first use)")
-    info.add_argument(
-        "--data-dir", type=_data_dir, help=f"state folder (default {default_data_dir()})"
-    )
+    _add_data_dir(info)
     info.add_argument("--json", action="store_true", help="print id, name and data folder as JSON")
     pair = sub.add_parser(
         "pair",
         help=f"print a one-time pairing code for a desktop (single use, valid {CODE_TTL_S // 60} min)",
     )
-    pair.add_argument(
-        "--data-dir", type=_data_dir, help=f"state folder (default {default_data_dir()})"
-    )
+    _add_data_dir(pair)
     pair.add_argument("--json", action="store_true", help="print code, id and expiry as JSON")
     unpair = sub.add_parser(
         "unpair",
         help="revoke paired desktops (a running agent stops trusting them at once); "
         "without --all or --key, list them",
     )
-    unpair.add_argument(
-        "--data-dir", type=_data_dir, help=f"state folder (default {default_data_dir()})"
-    )
+    _add_data_dir(unpair)
     which = unpair.add_mutually_exclusive_group()
     which.add_argument("--all", action="store_true", help="revoke every paired desktop")
     which.add_argument(
@@ -150,9 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="list the packages that crashed the agent while it loaded them (not loaded again "
         "with the same runtimes); --forget to try them again",
     )
-    crashes.add_argument(
-        "--data-dir", type=_data_dir, help=f"state folder (default {default_data_dir()})"
-    )
+    _add_data_dir(crashes)
     crashes.add_argument(
         "--forget", action="store_true", help="forget them all (the agent must be stopped)"
     )
@@ -163,9 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
         "a running agent serves it after a restart",
     )
     offline.add_argument("package", type=Path, help="the .outpost.zip")
-    offline.add_argument(
-        "--data-dir", type=_data_dir, help=f"state folder (default {default_data_dir()})"
-    )
+    _add_data_dir(offline)
     offline.add_argument("--inactive", action="store_true", help="stage it; keep serving the old")
     offline.add_argument("--json", action="store_true", help="print the result as JSON")
     return parser
@@ -308,9 +302,7 @@ def _add_keys_parser(sub: argparse._SubParsersAction[_Parser]) -> None:
     revoke = keys_sub.add_parser("revoke", help="delete a key (a running agent refuses it at once)")
     revoke.add_argument("name", help="the key's name")
     for action in (create, listing, revoke):
-        action.add_argument(
-            "--data-dir", type=_data_dir, help=f"state folder (default {default_data_dir()})"
-        )
+        _add_data_dir(action)
         action.add_argument("--json", action="store_true", help="print JSON")
 
 

@@ -775,14 +775,16 @@ class ModelStore:
         one broken model never stops the agent from serving the others. Deactivated
         models stay unloaded.
         """
-        problems: list[str] = []
-        died = self.guard.settle()
-        if died is not None:
-            problems.append(died)
-        if not self.root.is_dir():
-            for line in problems:
-                log.warning("%s", line)
-            return problems
+        died = self.guard.settle()  # before any load: what the last process died loading
+        problems = [died] if died is not None else []
+        if self.root.is_dir():
+            self._load_models(problems)
+        for line in problems:
+            log.warning("%s", line)
+        return problems
+
+    def _load_models(self, problems: list[str]) -> None:
+        """:meth:`load`'s work on an existing store; each problem met goes to ``problems``."""
         for leftover in self.root.iterdir():  # an uninstall cut short
             if leftover.name.startswith(".trash-") and leftover.is_dir():
                 shutil.rmtree(leftover, ignore_errors=True)
@@ -819,9 +821,6 @@ class ModelStore:
                 break
             else:
                 self.not_loaded[model_dir.name] = problems[-1]
-        for line in problems:
-            log.warning("%s", line)
-        return problems
 
     # -- changes ---------------------------------------------------------------------
 
@@ -878,14 +877,12 @@ class ModelStore:
                     what = f"{manifest.name} {manifest.version}"
                     # a provider asked for is another try: the crash may be that provider's
                     key = package_sha if provider is None else f"{package_sha}/{provider}"
-                    crash = self.guard.crashed(key)
-                    if crash is not None:
-                        raise InstallError(
-                            f"{what} crashed the agent when it was last loaded ({crash}); "
-                            "it is not loaded again with these runtimes: check the export on "
-                            "the desktop (outpost predict), export it again, or deploy it "
-                            "with another --provider"
-                        )
+                    self._refuse_crashed(
+                        key,
+                        what,
+                        ": check the export on the desktop (outpost predict), export it "
+                        "again, or deploy it with another --provider",
+                    )
                     with self.guard.loading(key, f"{what} (install)"):
                         model = self._prepare(manifest.name, staging, provider)
                     self._write_install_record(staging, package_sha, model)
@@ -1287,14 +1284,18 @@ class ModelStore:
         record = _read_json(folder / INSTALL_RECORD, strict=False)
         sha = record.get("package_sha256")
         key = sha if isinstance(sha, str) and sha else f"{name}/{folder.name}"
+        self._refuse_crashed(key, f"{name} {folder.name}", " (outpost-agent crashes)")
+        with self.guard.loading(key, f"{name} {folder.name}"):
+            return self._open_recorded(name, folder, record)
+
+    def _refuse_crashed(self, key: str, what: str, advice: str) -> None:
+        """InstallError when ``key`` crashed the agent with these runtimes."""
         crash = self.guard.crashed(key)
         if crash is not None:
             raise InstallError(
-                f"{name} {folder.name} crashed the agent when it was last loaded ({crash}); "
-                "it is not loaded again with these runtimes (outpost-agent crashes)"
+                f"{what} crashed the agent when it was last loaded ({crash}); "
+                f"it is not loaded again with these runtimes{advice}"
             )
-        with self.guard.loading(key, f"{name} {folder.name}"):
-            return self._open_recorded(name, folder, record)
 
     def _open_recorded(self, name: str, folder: Path, record: dict[str, Any]) -> InstalledModel:
         recorded = record.get("providers")

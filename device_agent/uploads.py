@@ -355,9 +355,8 @@ class UploadManager:
         :meth:`create` it never answers an unfinished upload of the same package: the stream
         is already on its way from byte 0. Unfinished uploads of the same package left from
         before the agent started and unused since (a deploy cut off by a crash and sent
-        again) are dropped, so
-        a device that keeps failing mid-deploy does not fill its upload slots with copies of
-        one package. 409 when the id is taken."""
+        again) are dropped, so a device that keeps failing mid-deploy does not fill its
+        upload slots with copies of one package. 409 when the id is taken."""
         if not _ID.match(upload_id):
             raise UploadError(400, "a new upload's id is 32 lowercase hex digits")
         size = self._check_size_name(size, name)
@@ -385,15 +384,12 @@ class UploadManager:
                 and state.piece_size == piece
                 and state.head == head
                 and state.id in self._from_before
-                and not (state.id in self._locks and self._locks[state.id].locked())
+                and not self._streaming(state.id)
             )
             if not leftover:
                 kept.append(state)
                 continue
-            with contextlib.suppress(UploadError):
-                self._remove(state.id)
-            self._locks.pop(state.id, None)
-            self._chains.pop(state.id, None)
+            self._drop(state.id)
             log.info(
                 "upload %s (%d of %d bytes, from before the agent started) was dropped: "
                 "the same package is being sent again",
@@ -402,6 +398,18 @@ class UploadManager:
                 state.size,
             )
         return kept
+
+    def _streaming(self, upload_id: str) -> bool:
+        """Whether a stream holds the upload now (called with ``self._lock`` held)."""
+        lock = self._locks.get(upload_id)
+        return lock is not None and lock.locked()
+
+    def _drop(self, upload_id: str) -> None:
+        """Remove an upload and what is kept of it in memory (``self._lock`` held)."""
+        with contextlib.suppress(UploadError):
+            self._remove(upload_id)
+        self._locks.pop(upload_id, None)
+        self._chains.pop(upload_id, None)
 
     def _may_commit(self, state: UploadState) -> bool:
         """Whether ``state`` is whole and in its commit, or may be soon: used since this agent
@@ -435,7 +443,7 @@ class UploadManager:
             for state in states
             if now - state.updated_at >= EVICT_IDLE_S
             and not self._may_commit(state)
-            and not (state.id in self._locks and self._locks[state.id].locked())
+            and not self._streaming(state.id)
         ]
         if not idle:
             raise UploadError(
@@ -444,9 +452,7 @@ class UploadManager:
                 f"to within the last {EVICT_IDLE_S:.0f} s; retry when one has finished",
             )
         oldest = min(idle, key=lambda state: state.updated_at)
-        self._remove(oldest.id)
-        self._locks.pop(oldest.id, None)
-        self._chains.pop(oldest.id, None)
+        self._drop(oldest.id)
         log.info(
             "upload %s (idle %.0f s) was dropped to make room for a new one",
             oldest.id,
