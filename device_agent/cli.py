@@ -17,7 +17,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from device_agent import DEFAULT_PORT, __version__
 from device_agent.identity import load_or_create_identity
@@ -28,6 +28,7 @@ from runtimes.errors import OutpostError
 from runtimes.pipes import quiet_on_closed_pipe
 
 if TYPE_CHECKING:
+    from device_agent.crashguard import CrashGuard
     from device_agent.service import AgentService
 
 log = logging.getLogger("device_agent")
@@ -145,8 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_service_parsers(sub)
     crashes = sub.add_parser(
         "crashes",
-        help="list the packages that crashed the agent while it loaded them (not loaded again "
-        "with the same runtimes); --forget to try them again",
+        help="list the packages that crashed the agent while it loaded them, or in inferences "
+        "(not loaded again with the same runtimes); --forget to try them again",
     )
     _add_data_dir(crashes)
     crashes.add_argument(
@@ -401,9 +402,23 @@ def _crashes(args: argparse.Namespace) -> int:
             if isinstance(crash["at"], (int, float))
             else "?"
         )
-        state = "held" if crash["held"] else "not held: the runtimes changed since"
-        print(f"{when}  {crash['what']}: {crash['reason']} ({state})")
+        print(f"{when}  {crash['what']}: {crash['reason']} ({_crash_state(crash, guard)})")
     return 0
+
+
+def _crash_state(crash: dict[str, Any], guard: CrashGuard) -> str:
+    """Whether a remembered crash holds its version, and why not."""
+    from device_agent.crashguard import INFERENCE_CRASHES_HELD
+
+    if crash["held"]:
+        count = crash["count"]
+        return "held" if crash["kind"] != "inference" else f"held: {count} crashes"
+    if crash["runtimes"] != guard.fingerprint:
+        return "not held: the runtimes changed since"
+    return (
+        f"not held: {crash['count']} crash{'es' if crash['count'] != 1 else ''} in inferences; "
+        f"{INFERENCE_CRASHES_HELD} within an hour hold it"
+    )
 
 
 def _info(args: argparse.Namespace) -> int:

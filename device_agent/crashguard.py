@@ -15,6 +15,16 @@ At the next start a ``busy.json`` still there means the process died during that
 * without (SIGKILL, the OOM killer, a power cut) the load was only interrupted: nothing is
   remembered and it may be tried again.
 
+A runtime can also crash on a frame, in an inference, long after the version passed its
+self-test. ``serve`` marks each runtime call in ``inference.marks``, a small file mapped into
+memory: which thread runs which version. Marking is two stores into memory, no system call,
+and the kernel keeps the pages when the process dies. At the next start a crash in a marked
+thread (or, when the fault was in a runtime's own thread, while one version alone was running)
+is counted against that version; a second such crash within an hour holds it like a crash in
+its load: the agent starts on the previous version instead of dying at every frame, and the
+models beside it keep serving. One crash alone does not hold it: a version that served for
+weeks is not dropped for one fault.
+
 A remembered crash holds while the runtimes' versions stay the same: after an upgrade of the
 runtime the version is tried again.
 """
@@ -25,8 +35,10 @@ import contextlib
 import faulthandler
 import json
 import logging
+import mmap
 import os
 import re
+import struct
 import threading
 import time
 from collections.abc import Iterator
@@ -34,7 +46,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, TextIO
 
-from runtimes.fileio import atomic_write_text
+from runtimes.fileio import atomic_write_bytes, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +55,23 @@ CRASH_LOG = "crash.log"
 CRASHES_FILE = "crashes.json"
 MAX_CRASHES = 32  # remembered crashes, newest kept
 MAX_CRASH_LOG_BYTES = 1 << 20  # a longer log is cut at the start
+MARKS_FILE = "inference.marks"
+# Crashes in inferences of one version that hold it (with these runtimes), and how close
+# together they must come.
+INFERENCE_CRASHES_HELD = 2
+INFERENCE_CRASH_WINDOW_S = 3600.0
+KEPT_CRASH_TIMES = 8
+# inference.marks: a header (magic, the crash log's size at the start, the pid, the runtimes'
+# fingerprint), then one slot per thread that runs inferences: running (0/1), the thread's
+# ident, when the call began, and the version's key and name.
+MARKS_MAGIC = b"OUTPOSTIM1"
+MARKS_HEADER = struct.Struct("<10s6xQQH")
+MARKS_HEADER_BYTES = 512
+MARKS_SLOT = struct.Struct("<B7xQdHH")
+MARKS_SLOT_BYTES = 256
+MARKS_KEY_BYTES = 128
+MARKS_WHAT_BYTES = MARKS_SLOT_BYTES - MARKS_SLOT.size - MARKS_KEY_BYTES
+MARKS_SLOTS = 64  # threads beyond these run unmarked
 # The distributions whose native code loads models: a crash is remembered for their versions.
 RUNTIME_DISTRIBUTIONS = (
     "onnxruntime",
@@ -85,6 +114,103 @@ def enable_crash_log(folder: Path) -> Path:
     return path
 
 
+class InferenceMarks:
+    """Which version each thread is running an inference of, in ``inference.marks`` mapped
+    into memory (see the module's notes). Made new at each start of ``serve``."""
+
+    def __init__(self, path: Path, crash_log_size: int, fingerprint: str) -> None:
+        size = MARKS_HEADER_BYTES + MARKS_SLOTS * MARKS_SLOT_BYTES
+        runtimes = fingerprint.encode("utf-8")[: MARKS_HEADER_BYTES - MARKS_HEADER.size]
+        header = MARKS_HEADER.pack(MARKS_MAGIC, crash_log_size, os.getpid(), len(runtimes))
+        blank = bytearray(size)
+        blank[: MARKS_HEADER.size + len(runtimes)] = header + runtimes
+        atomic_write_bytes(path, bytes(blank), sync=False)
+        fd = os.open(path, os.O_RDWR)
+        try:
+            self._map = mmap.mmap(fd, size)
+        finally:
+            os.close(fd)
+        self._local = threading.local()
+        self._claimed = 0
+        self._claim_lock = threading.Lock()
+
+    def _slot(self) -> int | None:
+        """This thread's slot's offset (claimed at its first inference), None when all are
+        taken."""
+        offset: int | None = getattr(self._local, "offset", -1)
+        if offset == -1:
+            with self._claim_lock:
+                slot, self._claimed = self._claimed, self._claimed + 1
+            offset = MARKS_HEADER_BYTES + slot * MARKS_SLOT_BYTES if slot < MARKS_SLOTS else None
+            self._local.offset = offset
+        return offset
+
+    @contextlib.contextmanager
+    def running(self, key: str, what: str) -> Iterator[None]:
+        """Mark this thread as running an inference of ``what`` (known by ``key``)."""
+        offset = self._slot()
+        if offset is None:
+            yield
+            return
+        raw_key = key.encode("utf-8")[:MARKS_KEY_BYTES]
+        raw_what = what.encode("utf-8")[:MARKS_WHAT_BYTES]
+        start = offset + MARKS_SLOT.size
+        view = self._map
+        view[start : start + len(raw_key)] = raw_key
+        start += MARKS_KEY_BYTES
+        view[start : start + len(raw_what)] = raw_what
+        # the running flag is in the same store as the rest of the slot's fields, after the names
+        MARKS_SLOT.pack_into(
+            view, offset, 1, threading.get_ident(), time.time(), len(raw_key), len(raw_what)
+        )
+        try:
+            yield
+        finally:
+            view[offset] = 0
+
+
+def _take_marks(path: Path) -> tuple[int, str, list[dict[str, Any]]] | None:
+    """What a process left in its ``inference.marks`` (the file is removed): the crash log's
+    size at its start, its runtimes and the inferences it was running; None without a file."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return None
+    with contextlib.suppress(OSError):
+        path.unlink()
+    if len(data) < MARKS_HEADER_BYTES or not data.startswith(MARKS_MAGIC):
+        return None
+    _, log_size, _, runtimes_len = MARKS_HEADER.unpack_from(data)
+    runtimes = data[MARKS_HEADER.size : MARKS_HEADER.size + runtimes_len].decode("utf-8", "replace")
+    running = []
+    for offset in range(MARKS_HEADER_BYTES, len(data) - MARKS_SLOT_BYTES + 1, MARKS_SLOT_BYTES):
+        flag, thread, at, key_len, what_len = MARKS_SLOT.unpack_from(data, offset)
+        if flag != 1:
+            continue
+        start = offset + MARKS_SLOT.size
+        key = data[start : start + min(key_len, MARKS_KEY_BYTES)].decode("utf-8", "replace")
+        start += MARKS_KEY_BYTES
+        what = data[start : start + min(what_len, MARKS_WHAT_BYTES)].decode("utf-8", "replace")
+        if key:
+            running.append({"key": key, "what": what or key, "thread": thread, "at": at})
+    return log_size, runtimes, running
+
+
+def _first_line(text: str) -> str | None:
+    """The first line of a crash's text (``Fatal Python error: ...``), cut at 200 characters."""
+    return next((line.strip()[:200] for line in text.splitlines() if line.strip()), None)
+
+
+def _inference_held(entry: dict[str, Any]) -> bool:
+    """Whether an inference crash entry has :data:`INFERENCE_CRASHES_HELD` crashes within
+    :data:`INFERENCE_CRASH_WINDOW_S` of each other."""
+    times = sorted(t for t in entry.get("times", []) if isinstance(t, (int, float)))
+    need = INFERENCE_CRASHES_HELD - 1
+    return any(
+        times[i] - times[i - need] <= INFERENCE_CRASH_WINDOW_S for i in range(need, len(times))
+    )
+
+
 class CrashGuard:
     """The busy record and the remembered crashes of one data folder."""
 
@@ -92,6 +218,7 @@ class CrashGuard:
         self.folder = Path(folder)
         self._fingerprint = fingerprint
         self._settled: dict[str, Any] = {}  # what settle() found, held even if not written
+        self._marks: InferenceMarks | None = None
 
     @property
     def fingerprint(self) -> str:
@@ -134,10 +261,32 @@ class CrashGuard:
                 with contextlib.suppress(OSError):
                     busy.unlink()
 
+    # -- while serving ---------------------------------------------------------------
+
+    def watch_inferences(self) -> None:
+        """Start marking inferences in ``inference.marks`` (``serve``, after :meth:`settle`
+        read what the last process left there)."""
+        try:
+            log_size = (self.folder / CRASH_LOG).stat().st_size
+        except OSError:
+            log_size = 0
+        try:
+            self._marks = InferenceMarks(self.folder / MARKS_FILE, log_size, self.fingerprint)
+        except (OSError, ValueError) as exc:  # inferences then run unmarked
+            log.warning("cannot mark inferences in %s: %s", self.folder / MARKS_FILE, exc)
+
+    def running(self, key: str, what: str) -> contextlib.AbstractContextManager[None]:
+        """Mark one runtime call of ``what`` (known by ``key``) for as long as the block runs
+        (nothing before :meth:`watch_inferences`)."""
+        marks = self._marks
+        return contextlib.nullcontext() if marks is None or not key else marks.running(key, what)
+
     def remembered(self) -> list[dict[str, Any]]:
         """The crashes remembered, oldest first: ``key``, ``what``, ``reason``, ``runtimes``
-        (the versions they crashed with), ``at`` (seconds since the epoch) and ``held``
-        (whether they still hold with the runtimes installed now)."""
+        (the versions they crashed with), ``at`` (seconds since the epoch), ``held``
+        (whether they hold with the runtimes installed now), ``kind`` (``load`` or
+        ``inference``) and ``count`` (the crashes remembered: an inference crash holds from
+        the second within an hour)."""
         return [
             {
                 "key": key,
@@ -145,7 +294,9 @@ class CrashGuard:
                 "reason": entry.get("reason"),
                 "runtimes": entry.get("runtimes"),
                 "at": entry.get("at"),
-                "held": entry.get("runtimes") == self.fingerprint,
+                "held": self.crashed(key) is not None,
+                "kind": entry.get("kind", "load"),
+                "count": len(entry.get("times", [])) or 1,
             }
             for key, entry in self._crashes().items()
             if isinstance(entry, dict)
@@ -161,32 +312,37 @@ class CrashGuard:
         return count
 
     def crashed(self, key: str) -> str | None:
-        """The reason ``key`` crashed the agent with these runtimes, or None."""
+        """How ``key`` crashed the agent with these runtimes, when that holds it (e.g. ``when
+        it was last loaded (Fatal Python error: Segmentation fault)``), else None."""
         entry = self._settled.get(key) or self._crashes().get(key)
-        if entry is None or entry.get("runtimes") != self.fingerprint:
+        if not isinstance(entry, dict) or entry.get("runtimes") != self.fingerprint:
             return None
-        return str(entry.get("reason") or "the process died")
+        reason = str(entry.get("reason") or "the process died")
+        if entry.get("kind") != "inference":
+            return f"when it was last loaded ({reason})"
+        if not _inference_held(entry):
+            return None
+        return f"in {INFERENCE_CRASHES_HELD} inferences within an hour ({reason})"
 
     # -- at the start -----------------------------------------------------------------
 
     def settle(self) -> str | None:
         """Look at what the last process left (call once, before loading anything): the line
-        to log when it died loading a model, else None."""
+        to log when it died loading a model or running an inference, else None."""
+        marks = _take_marks(self.folder / MARKS_FILE)
         busy = self.folder / BUSY_FILE
         try:
             record = json.loads(busy.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            self._forget(busy)
-            return None
         except (OSError, ValueError):
             record = None
         if not isinstance(record, dict) or not isinstance(record.get("key"), str):
+            line = self._settle_inference(marks)  # the log is read before it may be cut
             self._forget(busy)
-            return None
+            return line
         what = str(record.get("what") or record["key"])
         offset = record.get("crash_log_size")
         text = self._crash_text(offset if isinstance(offset, int) else 0)
-        reason = next((line.strip()[:200] for line in text.splitlines() if line.strip()), None)
+        reason = _first_line(text)
         if reason is None:
             self._forget(busy)
             return (
@@ -195,14 +351,13 @@ class CrashGuard:
             )
         current = _CURRENT_THREAD.search(text)
         if current is not None and int(current.group(1), 16) != record.get("thread"):
-            self._forget(busy)
-            return (
-                f"the agent crashed ({reason}) in another thread than the one loading {what} "
-                "(an inference?); the load will be tried again"
+            line = self._settle_inference(marks) or (
+                f"the agent crashed ({reason}) in another thread than the one loading {what}; "
+                "the load will be tried again"
             )
-        crashes = self._crashes()
-        crashes.pop(record["key"], None)
-        crashes[record["key"]] = self._settled[record["key"]] = {
+            self._forget(busy)
+            return line
+        entry = {
             "reason": reason,
             "what": what,
             # the runtimes it crashed with, not those of this start (an upgrade in between
@@ -210,15 +365,70 @@ class CrashGuard:
             "runtimes": record.get("runtimes", self.fingerprint),
             "at": record.get("at"),
         }
+        if self._remember(record["key"], entry):  # else the record is left for next time
+            self._forget(busy)
+        return f"the runtime crashed the agent while it loaded {what} ({reason})"
+
+    def _settle_inference(self, marks: tuple[int, str, list[dict[str, Any]]] | None) -> str | None:
+        """:meth:`settle` for the inferences the last process was running: the line to log
+        when one of them crashed it, else None."""
+        if marks is None or not marks[2]:
+            return None
+        log_size, runtimes, running = marks
+        text = self._crash_text(log_size)
+        reason = _first_line(text)
+        if reason is None:
+            return None  # killed, out of memory or a power cut: not the version's doing
+        current = _CURRENT_THREAD.search(text)
+        if current is not None:
+            culprits = [mark for mark in running if mark["thread"] == int(current.group(1), 16)]
+        else:  # a runtime's own thread: known only when one version alone was running
+            culprits = running if len({mark["key"] for mark in running}) == 1 else []
+        if not culprits:
+            return None
+        mark = culprits[0]
+        what = f"{mark['what']} (inference)"
+        before = self._settled.get(mark["key"]) or self._crashes().get(mark["key"])
+        times = [mark["at"]]
+        if (
+            isinstance(before, dict)
+            and before.get("kind") == "inference"
+            and before.get("runtimes") == runtimes
+        ):
+            times = [*before.get("times", []), mark["at"]][-KEPT_CRASH_TIMES:]
+        entry = {
+            "reason": reason,
+            "what": what,
+            "runtimes": runtimes,
+            "at": mark["at"],
+            "kind": "inference",
+            "times": times,
+        }
+        self._remember(mark["key"], entry)
+        if _inference_held(entry):
+            return (
+                f"the runtime crashed the agent again while it ran {what} ({reason}): it is "
+                "not loaded again with these runtimes"
+            )
+        return (
+            f"the runtime crashed the agent while it ran {what} ({reason}); a second crash "
+            "within an hour stops it from being loaded"
+        )
+
+    def _remember(self, key: str, entry: dict[str, Any]) -> bool:
+        """Remember ``entry`` as ``key``'s crash (in memory at once, in ``crashes.json`` when
+        the disk allows: whether it did)."""
+        crashes = self._crashes()
+        crashes.pop(key, None)
+        crashes[key] = self._settled[key] = entry
         while len(crashes) > MAX_CRASHES:
             crashes.pop(next(iter(crashes)))
-        try:  # remembered before the record goes: a failure here leaves both for next time
+        try:
             atomic_write_text(self.folder / CRASHES_FILE, json.dumps(crashes, indent=2) + "\n")
         except OSError as exc:
             log.warning("cannot remember the crash in %s: %s", CRASHES_FILE, exc)
-        else:
-            self._forget(busy)
-        return f"the runtime crashed the agent while it loaded {what} ({reason})"
+            return False
+        return True
 
     def _forget(self, busy: Path) -> None:
         """Remove the busy record, and cut ``crash.log`` once it is long (it was read)."""

@@ -316,7 +316,7 @@ def run_bench(model: InstalledModel, runs: int, warmup: int = BENCH_WARMUP) -> d
     img, source = bench_input(model)
     totals: list[float] = []
     stages: dict[str, list[float]] = {"preprocess": [], "inference": [], "postprocess": []}
-    with model.lock:
+    with model.running():
         for _ in range(warmup):
             model.predictor.predict(img)
         for _ in range(runs):

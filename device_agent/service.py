@@ -141,6 +141,7 @@ class AgentService:
                 with contextlib.suppress(OSError):
                     leftover.unlink()
         self.store.load()
+        self.store.guard.watch_inferences()  # a runtime that crashes on a frame is known
         self.loaded = True
 
     async def async_start(self) -> None:

@@ -36,6 +36,7 @@ import shutil
 import statistics
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
@@ -121,6 +122,10 @@ class InstalledModel:
     stages: threading.BoundedSemaphore = field(
         default_factory=lambda: threading.BoundedSemaphore(PIPELINE_DEPTH), repr=False
     )
+    # what the crash guard knows this version by (its package's sha256), and the guard that
+    # marks its runtime calls, so a runtime that crashes on a frame is known at the next start
+    crash_key: str = ""
+    guard: CrashGuard | None = field(default=None, repr=False)
 
     @property
     def format(self) -> str:
@@ -162,22 +167,32 @@ class InstalledModel:
             "warnings": list(self.report.get("warnings", [])),
         }
 
+    @contextlib.contextmanager
+    def running(self) -> Iterator[None]:
+        """Hold :attr:`lock` for runtime calls, marked for the crash guard."""
+        with self.lock:
+            if self.guard is None:
+                yield
+            else:
+                with self.guard.running(self.crash_key, f"{self.name} {self.version}"):
+                    yield
+
     def predict_bytes(
         self, data: bytes, *, channels: str | None = None, **options: float | int | None
     ) -> tuple[Detections, Timing]:
         """One encoded image (JPEG, PNG, ...), or with ``channels`` (``bgr``/``rgb``) one
         decoded frame as ``.npy`` bytes; ``options``: conf, iou, max_det.
 
-        Only the runtime call holds :attr:`lock`: the next request decodes, builds its tensor
+        Only the runtime call holds :attr:`lock` (:meth:`running`): the next request decodes, builds its tensor
         and runs NMS while another's runtime call is in flight (on a device whose accelerator
         runs the model, that CPU work overlaps it). At most :data:`PIPELINE_DEPTH` requests
         are in here at once, so a many-core CPU's runtime threads do not compete with a crowd
         of decodes."""
         with self.stages:
             if channels is None:
-                return self.predictor.predict_bytes(data, hold=self.lock, **options)
+                return self.predictor.predict_bytes(data, hold=self.running(), **options)
             return self.predictor.predict_frame_bytes(
-                data, channels=channels, hold=self.lock, **options
+                data, channels=channels, hold=self.running(), **options
             )
 
 
@@ -885,6 +900,8 @@ class ModelStore:
                     )
                     with self.guard.loading(key, f"{what} (install)"):
                         model = self._prepare(manifest.name, staging, provider)
+                    # its inferences are known by the key its loads at a start will have
+                    model = replace(model, crash_key=package_sha, guard=self.guard)
                     self._write_install_record(staging, package_sha, model)
                     if activate:
                         done = self._activate(model_dir, staging, model, package_sha)
@@ -1286,15 +1303,16 @@ class ModelStore:
         key = sha if isinstance(sha, str) and sha else f"{name}/{folder.name}"
         self._refuse_crashed(key, f"{name} {folder.name}", " (outpost-agent crashes)")
         with self.guard.loading(key, f"{name} {folder.name}"):
-            return self._open_recorded(name, folder, record)
+            model = self._open_recorded(name, folder, record)
+        return replace(model, crash_key=key, guard=self.guard)
 
     def _refuse_crashed(self, key: str, what: str, advice: str) -> None:
         """InstallError when ``key`` crashed the agent with these runtimes."""
         crash = self.guard.crashed(key)
         if crash is not None:
             raise InstallError(
-                f"{what} crashed the agent when it was last loaded ({crash}); "
-                f"it is not loaded again with these runtimes{advice}"
+                f"{what} crashed the agent {crash}; it is not loaded again with these "
+                f"runtimes{advice}"
             )
 
     def _open_recorded(self, name: str, folder: Path, record: dict[str, Any]) -> InstalledModel:

@@ -1,9 +1,12 @@
-"""A runtime that kills the agent's process while it loads a model: the agent comes back on
-the version that worked and does not load the crashing one again.
+"""A runtime that kills the agent's process while it loads a model, or on a frame: the agent
+comes back on the version that worked and does not load the crashing one again (an inference
+crash holds a version from the second within an hour).
 
 Real ``outpost-agent serve`` processes whose ONNX Runtime backend segfaults (``ctypes``
-reads address 0) when the model folder holds ``crash.flag`` and ``CRASH_ON_FLAG`` is set: the
-fault is injected at the runtime's boundary only; the agent's own code runs unchanged.
+reads address 0) when the model folder holds ``crash.flag`` and ``CRASH_ON_FLAG`` is set (in
+its load), or holds ``frame-crash.flag`` and ``CRASH_ON_FRAME`` is set (in a runtime call on an
+inference worker, not in the install's self-test): the fault is injected at the runtime's
+boundary only; the agent's own code runs unchanged.
 """
 
 from __future__ import annotations
@@ -20,13 +23,21 @@ import pytest
 from device_agent import crashguard
 from device_agent.cli import main
 from device_agent.client import AgentClient, AgentRejectedError
-from device_agent.crashguard import BUSY_FILE, CRASH_LOG, CRASHES_FILE, CrashGuard
+from device_agent.crashguard import (
+    BUSY_FILE,
+    CRASH_LOG,
+    CRASHES_FILE,
+    INFERENCE_CRASH_WINDOW_S,
+    MARKS_FILE,
+    CrashGuard,
+)
+from device_agent.errors import AgentUnreachableError
 from runtimes.package import write_package
 from tests.device_agent.test_agent_kill_install import HEAVY, Agent, _serving, paired_data
 from tests.fakes import EXPECTED, make_detect_onnx, make_image_bytes, manifest_fields
 
 CRASHING = f"""
-import ctypes, os, sys
+import ctypes, os, sys, threading
 from pathlib import Path
 for name in {HEAVY!r}:
     sys.modules[name] = None
@@ -34,25 +45,37 @@ from runtimes.backends import onnxruntime as ort_backend
 
 real_init = ort_backend.OnnxRuntimeBackend.__init__
 
+real_run = ort_backend.OnnxRuntimeBackend.run
+
 def init(self, model_path, **kwargs):
     if os.environ.get("CRASH_ON_FLAG") and (Path(model_path).parent / "crash.flag").exists():
         ctypes.string_at(0)  # SIGSEGV inside the runtime's load
+    self.frame_crash = (Path(model_path).parent / "frame-crash.flag").exists()
     real_init(self, model_path, **kwargs)
 
+def run(self, tensor):
+    serving = threading.current_thread().name.startswith("outpost-infer")
+    if os.environ.get("CRASH_ON_FRAME") and self.frame_crash and serving:
+        ctypes.string_at(0)  # SIGSEGV inside the runtime's call, on a served frame
+    return real_run(self, tensor)
+
 ort_backend.OnnxRuntimeBackend.__init__ = init
+ort_backend.OnnxRuntimeBackend.run = run
 from device_agent.cli import main
 raise SystemExit(main(sys.argv[1:]))
 """
 CRASH = {"CRASH_ON_FLAG": "1"}
+FRAME_CRASH = {"CRASH_ON_FRAME": "1"}
+LOADED_ABORT = "when it was last loaded (Fatal Python error: Aborted)"
 
 
-def _package(tmp: Path, version: str, *, crashes: bool) -> Path:
+def _package(tmp: Path, version: str, *, crashes: bool, flag: str = "crash.flag") -> Path:
     folder = tmp / f"v{version}"
     folder.mkdir()
     files = {"model.onnx": make_detect_onnx(folder / "model.onnx")}
     if crashes:
-        (folder / "crash.flag").write_text("segfault on load\n")
-        files["crash.flag"] = folder / "crash.flag"
+        (folder / flag).write_text("segfault\n")
+        files[flag] = folder / flag
     out = tmp / f"v{version}.outpost.zip"
     write_package(out, manifest_fields(version=version), files)
     return out
@@ -142,6 +165,69 @@ def test_a_model_that_crashes_the_runtime_is_not_loaded_again(
             agent.kill()
 
 
+def _active(client: AgentClient) -> str | None:
+    return next(m["active"] for m in client.models() if m["name"] == "shapes")
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="faulthandler and SIGSEGV are POSIX")
+def test_a_version_that_crashes_on_frames_gives_way_to_the_one_before(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A version that passed its self-test but whose runtime segfaults on served frames: one
+    crash is counted (the agent comes back on it), the second holds it, and the agent comes
+    back on the version before, serving, instead of dying at every frame."""
+    data, identity, desktop = paired_data(tmp_path, "frame crash test")
+    pin = identity.key.public_raw
+    good = _package(tmp_path, "1", crashes=False)
+    bad = _package(tmp_path, "2", crashes=True, flag="frame-crash.flag")
+    with open(tmp_path / "agent.stderr", "w") as stderr:
+        agent = Agent(data, stderr, wrapper=CRASHING, env=FRAME_CRASH)
+        with AgentClient(agent.url, key=desktop, agent_key=pin) as client:
+            client.upload_package(good)
+            assert client.upload_package(bad)["version"] == "2"  # its warm-up: no crash there
+            assert (data / MARKS_FILE).is_file()
+            with pytest.raises(AgentUnreachableError):
+                client.infer(make_image_bytes())  # a frame: the runtime takes the agent down
+        _died_of_sigsegv(agent)
+
+        agent = Agent(data, stderr, wrapper=CRASHING, env=FRAME_CRASH)  # systemd's restart
+        with AgentClient(agent.url, key=desktop, agent_key=pin) as client:
+            assert client.ready()["status"] == "ready" and _active(client) == "2"  # one crash
+            capsys.readouterr()
+            assert main(["crashes", "--data-dir", str(data)]) == 0
+            assert (
+                "shapes 2 (inference): Fatal Python error: Segmentation fault (not held: 1 crash "
+                "in inferences; 2 within an hour hold it)" in capsys.readouterr().out
+            )
+            with pytest.raises(AgentUnreachableError):
+                client.infer(make_image_bytes())
+        _died_of_sigsegv(agent)
+
+        agent = Agent(data, stderr, wrapper=CRASHING, env=FRAME_CRASH)
+        try:
+            with AgentClient(agent.url, key=desktop, agent_key=pin) as client:
+                with pytest.raises(AgentRejectedError) as degraded:
+                    client.ready()  # loud: the active version is not the one serving
+                assert degraded.value.status == 503
+                assert "shapes 2 crashed the agent in 2 inferences within an hour" in str(
+                    degraded.value
+                )
+                assert "Segmentation fault" in str(degraded.value)
+                result = client.infer(make_image_bytes())
+                assert (result["version"], result["detections"]) == ("1", list(EXPECTED))
+                with pytest.raises(AgentRejectedError) as again:  # sent again: refused
+                    client.upload_package(bad, retries=0)
+                assert again.value.status == 422
+                assert "in 2 inferences within an hour" in str(again.value)
+                assert client.infer(make_image_bytes())["version"] == "1"
+        finally:
+            agent.kill()
+    assert main(["crashes", "--data-dir", str(data)]) == 0
+    assert "shapes 2 (inference): Fatal Python error: Segmentation fault (held: 2 crashes)" in (
+        capsys.readouterr().out
+    )
+
+
 def _died_loading(guard: CrashGuard, key: str, fault: str) -> None:
     """What a process that died in ``guard.loading(key, ...)`` leaves: the busy record, and
     ``fault`` (faulthandler's text, or nothing) appended to the crash log."""
@@ -184,7 +270,7 @@ def test_a_crash_is_held_for_the_runtimes_it_happened_with(tmp_path: Path) -> No
     line = upgraded.settle()
     assert line == "the runtime crashed the agent while it loaded m 1 (Fatal Python error: Aborted)"
     assert upgraded.crashed("k") is None  # the upgrade may have mended it
-    assert old.crashed("k") == "Fatal Python error: Aborted"
+    assert old.crashed("k") == LOADED_ABORT
 
 
 def test_a_disk_that_refuses_writes_does_not_stop_a_load(
@@ -199,7 +285,7 @@ def test_a_disk_that_refuses_writes_does_not_stop_a_load(
 
     monkeypatch.setattr(crashguard, "atomic_write_text", refuse)
     assert "crashed the agent" in (guard.settle() or "")
-    assert guard.crashed("k") == "Fatal Python error: Aborted"  # held in memory meanwhile
+    assert guard.crashed("k") == LOADED_ABORT  # held in memory meanwhile
     assert (tmp_path / BUSY_FILE).exists()  # kept: the crash is written once it can be
     loaded = []
     with guard.loading("other", "m 2"):
@@ -208,5 +294,142 @@ def test_a_disk_that_refuses_writes_does_not_stop_a_load(
     monkeypatch.undo()
     restarted = CrashGuard(tmp_path, fingerprint="onnxruntime==1")
     restarted.settle()
-    assert restarted.crashed("k") == "Fatal Python error: Aborted"
+    assert restarted.crashed("k") == LOADED_ABORT
     assert (tmp_path / CRASH_LOG).stat().st_size == 0  # read, and cut once over 1 MiB
+
+
+def _died_running(guard: CrashGuard, key: str, fault: str, *, at: float | None = None) -> None:
+    """What a process that died in ``guard.running(key, ...)`` leaves: its marks (taken
+    inside the block, with ``at`` as the call's start when given) and ``fault`` appended to
+    the crash log."""
+    guard.watch_inferences()
+    with guard.running(key, "m 2"):
+        marks = bytearray((guard.folder / MARKS_FILE).read_bytes())
+    if at is not None:
+        slot = crashguard.MARKS_HEADER_BYTES
+        crashguard.MARKS_SLOT.pack_into(marks, slot, 1, threading.get_ident(), at, len(key), 3)
+    (guard.folder / MARKS_FILE).write_bytes(marks)
+    with open(guard.folder / CRASH_LOG, "a") as log:
+        log.write(fault)
+
+
+def test_a_crash_in_an_inference_holds_its_version_from_the_second_within_an_hour(
+    tmp_path: Path,
+) -> None:
+    guard = CrashGuard(tmp_path, fingerprint="onnxruntime==1")
+    _died_running(guard, "k", _fault(threading.get_ident()), at=1000.0)
+    restarted = CrashGuard(tmp_path, fingerprint="onnxruntime==1")
+    assert restarted.settle() == (
+        "the runtime crashed the agent while it ran m 2 (inference) (Fatal Python error: "
+        "Aborted); a second crash within an hour stops it from being loaded"
+    )
+    assert restarted.crashed("k") is None  # one fault in weeks of frames does not drop it
+    assert not (tmp_path / MARKS_FILE).exists()  # read once
+    assert restarted.settle() is None
+
+    # the second, more than an hour later: still one at a time
+    _died_running(
+        restarted, "k", _fault(threading.get_ident()), at=1001.0 + INFERENCE_CRASH_WINDOW_S
+    )
+    restarted = CrashGuard(tmp_path, fingerprint="onnxruntime==1")
+    assert "a second crash within an hour" in (restarted.settle() or "")
+    assert restarted.crashed("k") is None
+    # a third, within the hour of the second: held
+    _died_running(
+        restarted, "k", _fault(threading.get_ident()), at=1002.0 + INFERENCE_CRASH_WINDOW_S
+    )
+    restarted = CrashGuard(tmp_path, fingerprint="onnxruntime==1")
+    assert restarted.settle() == (
+        "the runtime crashed the agent again while it ran m 2 (inference) (Fatal Python error: "
+        "Aborted): it is not loaded again with these runtimes"
+    )
+    assert restarted.crashed("k") == (
+        "in 2 inferences within an hour (Fatal Python error: Aborted)"
+    )
+    assert [(c["kind"], c["count"], c["held"]) for c in restarted.remembered()] == [
+        ("inference", 3, True)
+    ]
+    assert CrashGuard(tmp_path, fingerprint="onnxruntime==2").crashed("k") is None
+
+
+def test_only_a_crash_in_a_running_inference_counts_against_its_version(tmp_path: Path) -> None:
+    """Killed mid-inference (no fault), a fault in a thread that runs no inference, or a fault
+    in a runtime's own thread while two versions were running: nothing is counted. A fault
+    in a runtime's own thread while one version alone was running is that version's."""
+    guard = CrashGuard(tmp_path, fingerprint="onnxruntime==1")
+    _died_running(guard, "k", "")  # SIGKILL, the OOM killer
+    assert guard.settle() is None and guard.remembered() == []
+    _died_running(guard, "k", _fault(threading.get_ident() + 1))
+    assert guard.settle() is None and guard.remembered() == []
+
+    guard.watch_inferences()  # a finished inference leaves nothing running
+    with guard.running("k", "m 2"):
+        pass
+    (tmp_path / CRASH_LOG).write_text(_fault(threading.get_ident()))
+    assert guard.settle() is None and guard.remembered() == []
+
+    native = "Fatal Python error: Segmentation fault\n\n<no Python frame>\n"
+    _died_running(guard, "k", native)
+    assert "while it ran m 2 (inference)" in (guard.settle() or "")
+    assert [c["count"] for c in guard.remembered()] == [1]
+
+    guard.watch_inferences()
+    done = threading.Event()
+    inside = threading.Event()
+
+    def other_version() -> None:
+        with guard.running("j", "m 3"):
+            inside.set()
+            done.wait(10)
+
+    other = threading.Thread(target=other_version)
+    other.start()
+    inside.wait(10)
+    try:
+        with guard.running("k", "m 2"):
+            marks = (tmp_path / MARKS_FILE).read_bytes()
+    finally:
+        done.set()
+        other.join(10)
+    (tmp_path / MARKS_FILE).write_bytes(marks)
+    with open(tmp_path / CRASH_LOG, "a") as log:
+        log.write(native)
+    assert guard.settle() is None  # which of the two: not known
+    assert [c["count"] for c in guard.remembered()] == [1]
+
+
+def test_a_load_crash_is_told_apart_from_an_inference_crash_at_the_same_time(
+    tmp_path: Path,
+) -> None:
+    """A process that died with a load and an inference under way: the thread that took the
+    fault says which one crashed."""
+    guard = CrashGuard(tmp_path, fingerprint="onnxruntime==1")
+    guard.watch_inferences()
+    serving = threading.Event()
+    stop = threading.Event()
+    idents: list[int] = []
+
+    def inference() -> None:
+        idents.append(threading.get_ident())
+        with guard.running("served", "m 1"):
+            serving.set()
+            stop.wait(10)
+
+    worker = threading.Thread(target=inference)
+    worker.start()
+    serving.wait(10)
+    try:
+        with guard.loading("new", "m 2 (install)"):
+            busy = (tmp_path / BUSY_FILE).read_text()
+            marks = (tmp_path / MARKS_FILE).read_bytes()
+    finally:
+        stop.set()
+        worker.join(10)
+    (tmp_path / BUSY_FILE).write_text(busy)
+    (tmp_path / MARKS_FILE).write_bytes(marks)
+    with open(tmp_path / CRASH_LOG, "a") as log:
+        log.write(_fault(idents[0]))  # the inference's thread took it
+    line = CrashGuard(tmp_path, fingerprint="onnxruntime==1").settle()
+    assert line is not None and "while it ran m 1 (inference)" in line
+    assert not (tmp_path / BUSY_FILE).exists()
+    assert [c["key"] for c in guard.remembered()] == ["served"]
