@@ -1223,8 +1223,18 @@ def cmd_predict(args: argparse.Namespace) -> Any:
 
     keep_large_buffers()
     predictor = Predictor.from_path(
-        args.package, runtime=args.runtime, format_key=_predict_format(args)
+        args.package,
+        runtime=args.runtime,
+        format_key=_predict_format(args),
+        provider=getattr(args, "provider", None),
     )
+    fallback = predictor.fallback
+    if fallback is not None:  # never silent: the timings are not the wanted provider's
+        print(
+            f"WARNING: {fallback['wanted']} does not run this model here; running on "
+            f"{fallback['using']} ({fallback['reason']})",
+            file=sys.stderr,
+        )
     try:
         results = []
         for image in args.images:
@@ -1240,7 +1250,13 @@ def cmd_predict(args: argparse.Namespace) -> Any:
     finally:
         predictor.close()
     if args.json:
-        return {"package": str(args.package), "runtime": predictor.backend.key, "results": results}
+        return {
+            "package": str(args.package),
+            "runtime": predictor.backend.key,
+            "providers": predictor.backend.active_providers,
+            "fallback": fallback,
+            "results": results,
+        }
     lines = []
     for r in results:
         if "classification" in r:
@@ -2629,6 +2645,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="which format of a multi-format package to run (onnx, openvino, ...; default: "
         "the one whose runtime is --runtime, else the package's primary format)",
+    )
+    p.add_argument(
+        "--provider",
+        default=None,
+        help="execution provider (device) of the runtime to run it on: CUDAExecutionProvider, "
+        "or GPU with --runtime openvino on an Intel box, ... (default: the runtime's best); "
+        "one that does not run it here is a WARNING, not an error",
     )
 
     dev = sub.add_parser("devices", help="device agents").add_subparsers(dest="sub", required=True)

@@ -15,3 +15,7 @@ class RuntimeUnavailableError(OutpostError):
 
 class ImageDecodeError(OutpostError):
     """An input image could not be decoded."""
+
+
+class UnknownProviderError(OutpostError):
+    """An execution provider (device) name the chosen runtime does not know."""

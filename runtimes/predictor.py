@@ -14,7 +14,7 @@ import numpy as np
 
 from runtimes.backends import BackendRegistry, default_registry
 from runtimes.detections import Detections
-from runtimes.errors import PackageError
+from runtimes.errors import PackageError, UnknownProviderError
 from runtimes.package import FormatSpec, Manifest, PackageReader, read_manifest_dir
 from runtimes.postprocess import (
     postprocess_classify,
@@ -95,6 +95,10 @@ class Predictor:
             ``torchscript``, ``openvino``, ...; see ``Manifest.all_formats``). None picks the
             primary format, or, when ``runtime`` is given and cannot run the primary, the
             first of the package's formats that runtime runs.
+        provider: the execution provider (device) to run it on, in any case
+            (``CUDAExecutionProvider``, OpenVINO's ``GPU``, ...; UnknownProviderError when the
+            runtime knows no such name). One the machine lacks, or that fails to load the
+            model, leaves the runtime's own fallback, reported by :attr:`fallback`.
     """
 
     def __init__(
@@ -105,6 +109,7 @@ class Predictor:
         threads: int | None = None,
         registry: BackendRegistry | None = None,
         format_key: str | None = None,
+        provider: str | None = None,
     ) -> None:
         self.folder = Path(folder)
         self.manifest: Manifest = read_manifest_dir(self.folder)
@@ -124,12 +129,38 @@ class Predictor:
                 f"runtime {backend_cls.key} cannot run format {fmt.key}; pick another --runtime"
             )
         self.format: FormatSpec = fmt
-        self.backend = backend_cls(self.folder / fmt.file, threads=threads)
+        self.provider: str | None = None
+        if provider is not None:
+            self.provider = backend_cls.provider_named(provider)
+            if self.provider is None:
+                known = ", ".join(backend_cls.known_providers()) or "none"
+                raise UnknownProviderError(
+                    f"runtime {backend_cls.key} knows no provider {provider!r} (it knows: "
+                    f"{known}); name one of those, or pick the runtime with --runtime"
+                )
+        self.backend = backend_cls(
+            self.folder / fmt.file,
+            threads=threads,
+            providers=[self.provider] if self.provider is not None else None,
+        )
         spec = self.manifest.model
         self.class_names = tuple(spec.class_names)
         self.input_hw = (spec.input.height, spec.input.width)
         self.dtype = spec.input.dtype
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
+
+    @property
+    def fallback(self) -> dict[str, str] | None:
+        """When the provider asked for does not run the model (missing here, or it failed to
+        load it): ``{wanted, using, reason}``; None when it runs it, or none was asked for."""
+        wanted = self.provider
+        active = self.backend.active_providers
+        if wanted is None or (active and active[0] == wanted):
+            return None
+        using = ", ".join(active) or "nothing"
+        error = self.backend.provider_errors.get(wanted)
+        reason = error or f"{wanted} is not available here; {self.backend.key} runs on {using}"
+        return {"wanted": wanted, "using": using, "reason": reason}
 
     @classmethod
     def from_path(cls, path: Path, **kwargs: object) -> Predictor:

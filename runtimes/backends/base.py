@@ -41,6 +41,16 @@ class Backend(ABC):
         provider asked for by another name is a typo, not a missing accelerator)."""
         return cls.provider_names or cls.probe().providers
 
+    @classmethod
+    def provider_named(cls, name: str) -> str | None:
+        """``name`` as this runtime spells it (``gpu`` is OpenVINO's ``GPU``), or None when the
+        runtime knows no provider of that name."""
+        wanted = name.strip()
+        known = cls.known_providers()
+        if wanted in known:
+            return wanted
+        return next((p for p in known if p.lower() == wanted.lower()), None)
+
     @abstractmethod
     def __init__(
         self, model_path: Path, *, threads: int | None = None, providers: list[str] | None = None
