@@ -17,11 +17,11 @@ At the next start a ``busy.json`` still there means the process died during that
 
 A runtime can also crash on a frame, in an inference, long after the version passed its
 self-test. ``serve`` marks each runtime call in ``inference.marks``, a small file mapped into
-memory: which thread runs which version. Marking is two stores into memory, no system call,
+memory: which thread runs which version. Marking is a few stores into memory, no system call,
 and the kernel keeps the pages when the process dies. At the next start a crash in a marked
 thread (or, when the fault was in a runtime's own thread, while one version alone was running)
-is counted against that version; a second such crash within an hour holds it like a crash in
-its load: the agent starts on the previous version instead of dying at every frame, and the
+is counted against that version (by its package's sha256, and the ``--provider`` its install
+asked for); a second such crash within an hour holds it like a crash in its load: the agent starts on the previous version instead of dying at every frame, and the
 models beside it keep serving. One crash alone does not hold it: a version that served for
 weeks is not dropped for one fault.
 
@@ -115,8 +115,12 @@ def enable_crash_log(folder: Path) -> Path:
 
 
 class InferenceMarks:
-    """Which version each thread is running an inference of, in ``inference.marks`` mapped
-    into memory (see the module's notes). Made new at each start of ``serve``."""
+    """Which version is in a runtime call, on which thread, in ``inference.marks`` mapped into
+    memory (see the module's notes). Made new at each start of ``serve``.
+
+    One slot per version: a version's calls run one at a time (under its lock), so its slot
+    says which thread runs it now. A slot whose version is not in a call is given to another
+    once all are taken, so the slots bound the versions in calls at once, not the threads."""
 
     def __init__(self, path: Path, crash_log_size: int, fingerprint: str) -> None:
         size = MARKS_HEADER_BYTES + MARKS_SLOTS * MARKS_SLOT_BYTES
@@ -130,54 +134,59 @@ class InferenceMarks:
             self._map = mmap.mmap(fd, size)
         finally:
             os.close(fd)
-        self._local = threading.local()
-        self._claimed = 0
-        self._claim_lock = threading.Lock()
+        # key → (slot offset, key bytes, name bytes), the longest-held slot first
+        self._slots: dict[str, tuple[int, int, int]] = {}
+        self._lock = threading.Lock()
 
-    def _slot(self) -> int | None:
-        """This thread's slot's offset (claimed at its first inference), None when all are
-        taken."""
-        offset: int | None = getattr(self._local, "offset", -1)
-        if offset == -1:
-            with self._claim_lock:
-                slot, self._claimed = self._claimed, self._claimed + 1
-            offset = MARKS_HEADER_BYTES + slot * MARKS_SLOT_BYTES if slot < MARKS_SLOTS else None
-            self._local.offset = offset
-        return offset
+    def _claim(self, key: str, what: str) -> tuple[int, int, int] | None:
+        """``key``'s slot (with the lengths of its names), written on first use; None when
+        every slot's version is in a call. Called with the lock held."""
+        slot = self._slots.get(key)
+        if slot is not None:
+            return slot
+        if len(self._slots) < MARKS_SLOTS:
+            offset = MARKS_HEADER_BYTES + len(self._slots) * MARKS_SLOT_BYTES
+        else:
+            idle = next((k for k, (o, _, _) in self._slots.items() if self._map[o] == 0), None)
+            if idle is None:
+                return None
+            offset = self._slots.pop(idle)[0]
+        raw_key = key.encode("utf-8")[:MARKS_KEY_BYTES]
+        raw_what = what.encode("utf-8")[:MARKS_WHAT_BYTES]
+        names = offset + MARKS_SLOT.size
+        self._map[names : names + MARKS_KEY_BYTES + MARKS_WHAT_BYTES] = raw_key.ljust(
+            MARKS_KEY_BYTES, b"\0"
+        ) + raw_what.ljust(MARKS_WHAT_BYTES, b"\0")
+        slot = self._slots[key] = (offset, len(raw_key), len(raw_what))
+        return slot
 
     @contextlib.contextmanager
     def running(self, key: str, what: str) -> Iterator[None]:
-        """Mark this thread as running an inference of ``what`` (known by ``key``)."""
-        offset = self._slot()
-        if offset is None:
+        """Mark ``what`` (known by ``key``) as in a runtime call on this thread."""
+        with self._lock:
+            slot = self._claim(key, what)
+            if slot is not None:
+                offset, key_len, what_len = slot
+                # one store of the flag, the thread, the time and the names' lengths
+                MARKS_SLOT.pack_into(
+                    self._map, offset, 1, threading.get_ident(), time.time(), key_len, what_len
+                )
+        if slot is None:
             yield
             return
-        raw_key = key.encode("utf-8")[:MARKS_KEY_BYTES]
-        raw_what = what.encode("utf-8")[:MARKS_WHAT_BYTES]
-        start = offset + MARKS_SLOT.size
-        view = self._map
-        view[start : start + len(raw_key)] = raw_key
-        start += MARKS_KEY_BYTES
-        view[start : start + len(raw_what)] = raw_what
-        # the running flag is in the same store as the rest of the slot's fields, after the names
-        MARKS_SLOT.pack_into(
-            view, offset, 1, threading.get_ident(), time.time(), len(raw_key), len(raw_what)
-        )
         try:
             yield
         finally:
-            view[offset] = 0
+            self._map[offset] = 0
 
 
-def _take_marks(path: Path) -> tuple[int, str, list[dict[str, Any]]] | None:
-    """What a process left in its ``inference.marks`` (the file is removed): the crash log's
-    size at its start, its runtimes and the inferences it was running; None without a file."""
+def _read_marks(path: Path) -> tuple[int, str, list[dict[str, Any]]] | None:
+    """What a process left in its ``inference.marks``: the crash log's size at its start, its
+    runtimes and the runtime calls it was in; None without a (readable) file."""
     try:
         data = path.read_bytes()
     except OSError:
         return None
-    with contextlib.suppress(OSError):
-        path.unlink()
     if len(data) < MARKS_HEADER_BYTES or not data.startswith(MARKS_MAGIC):
         return None
     _, log_size, _, runtimes_len = MARKS_HEADER.unpack_from(data)
@@ -201,10 +210,18 @@ def _first_line(text: str) -> str | None:
     return next((line.strip()[:200] for line in text.splitlines() if line.strip()), None)
 
 
+def _crash_times(entry: dict[str, Any]) -> list[float]:
+    """The times an inference crash entry lists (none from a damaged file)."""
+    times = entry.get("times")
+    if not isinstance(times, list):
+        return []
+    return [t for t in times if isinstance(t, (int, float)) and not isinstance(t, bool)]
+
+
 def _inference_held(entry: dict[str, Any]) -> bool:
     """Whether an inference crash entry has :data:`INFERENCE_CRASHES_HELD` crashes within
     :data:`INFERENCE_CRASH_WINDOW_S` of each other."""
-    times = sorted(t for t in entry.get("times", []) if isinstance(t, (int, float)))
+    times = sorted(_crash_times(entry))
     need = INFERENCE_CRASHES_HELD - 1
     return any(
         times[i] - times[i - need] <= INFERENCE_CRASH_WINDOW_S for i in range(need, len(times))
@@ -296,7 +313,7 @@ class CrashGuard:
                 "at": entry.get("at"),
                 "held": self.crashed(key) is not None,
                 "kind": entry.get("kind", "load"),
-                "count": len(entry.get("times", [])) or 1,
+                "count": len(_crash_times(entry)) or 1,
             }
             for key, entry in self._crashes().items()
             if isinstance(entry, dict)
@@ -328,8 +345,8 @@ class CrashGuard:
 
     def settle(self) -> str | None:
         """Look at what the last process left (call once, before loading anything): the line
-        to log when it died loading a model or running an inference, else None."""
-        marks = _take_marks(self.folder / MARKS_FILE)
+        to log when it died loading a model or in a runtime call, else None."""
+        marks = _read_marks(self.folder / MARKS_FILE)
         busy = self.folder / BUSY_FILE
         try:
             record = json.loads(busy.read_text(encoding="utf-8"))
@@ -344,6 +361,7 @@ class CrashGuard:
         text = self._crash_text(offset if isinstance(offset, int) else 0)
         reason = _first_line(text)
         if reason is None:
+            self._drop_marks()
             self._forget(busy)
             return (
                 f"the agent stopped while it loaded {what} (killed, out of memory or a power "
@@ -357,6 +375,16 @@ class CrashGuard:
             )
             self._forget(busy)
             return line
+        in_calls = sorted({mark["what"] for mark in marks[2]}) if marks is not None else []
+        if current is None and in_calls:  # a runtime's own thread, in a load and in calls
+            self._drop_marks()
+            self._forget(busy)
+            return (
+                f"the agent crashed ({reason}) in a runtime's own thread while it loaded {what} "
+                f"and ran {', '.join(in_calls)}; which one did it is not known, so neither is "
+                "held"
+            )
+        self._drop_marks()
         entry = {
             "reason": reason,
             "what": what,
@@ -370,8 +398,48 @@ class CrashGuard:
         return f"the runtime crashed the agent while it loaded {what} ({reason})"
 
     def _settle_inference(self, marks: tuple[int, str, list[dict[str, Any]]] | None) -> str | None:
-        """:meth:`settle` for the inferences the last process was running: the line to log
-        when one of them crashed it, else None."""
+        """:meth:`settle` for the runtime calls the last process was in: the line to log when
+        one of them crashed it, else None. The marks are removed once read, or kept for the
+        next start when the crash cannot be written down."""
+        culprit = self._culprit(marks)
+        if culprit is None:
+            self._drop_marks()
+            return None
+        mark, reason, runtimes = culprit
+        what = f"{mark['what']} (inference)"
+        before = self._settled.get(mark["key"]) or self._crashes().get(mark["key"])
+        times = [mark["at"]]
+        if (
+            isinstance(before, dict)
+            and before.get("kind") == "inference"
+            and before.get("runtimes") == runtimes
+        ):
+            times = [*_crash_times(before), mark["at"]][-KEPT_CRASH_TIMES:]
+        entry = {
+            "reason": reason,
+            "what": what,
+            "runtimes": runtimes,
+            "at": mark["at"],
+            "kind": "inference",
+            "times": times,
+        }
+        if self._remember(mark["key"], entry):
+            self._drop_marks()
+        if _inference_held(entry):
+            return (
+                f"the runtime crashed the agent again while it ran {what} ({reason}): it is "
+                "not loaded again with these runtimes"
+            )
+        return (
+            f"the runtime crashed the agent while it ran {what} ({reason}); a second crash "
+            "within an hour stops it from being loaded"
+        )
+
+    def _culprit(
+        self, marks: tuple[int, str, list[dict[str, Any]]] | None
+    ) -> tuple[dict[str, Any], str, str] | None:
+        """The runtime call that took the last process down (its mark), the fault's first
+        line and the runtimes it ran with; None when no call did (or which is not known)."""
         if marks is None or not marks[2]:
             return None
         log_size, runtimes, running = marks
@@ -382,38 +450,13 @@ class CrashGuard:
         current = _CURRENT_THREAD.search(text)
         if current is not None:
             culprits = [mark for mark in running if mark["thread"] == int(current.group(1), 16)]
-        else:  # a runtime's own thread: known only when one version alone was running
+        else:  # a runtime's own thread: known only when one version alone was in a call
             culprits = running if len({mark["key"] for mark in running}) == 1 else []
-        if not culprits:
-            return None
-        mark = culprits[0]
-        what = f"{mark['what']} (inference)"
-        before = self._settled.get(mark["key"]) or self._crashes().get(mark["key"])
-        times = [mark["at"]]
-        if (
-            isinstance(before, dict)
-            and before.get("kind") == "inference"
-            and before.get("runtimes") == runtimes
-        ):
-            times = [*before.get("times", []), mark["at"]][-KEPT_CRASH_TIMES:]
-        entry = {
-            "reason": reason,
-            "what": what,
-            "runtimes": runtimes,
-            "at": mark["at"],
-            "kind": "inference",
-            "times": times,
-        }
-        self._remember(mark["key"], entry)
-        if _inference_held(entry):
-            return (
-                f"the runtime crashed the agent again while it ran {what} ({reason}): it is "
-                "not loaded again with these runtimes"
-            )
-        return (
-            f"the runtime crashed the agent while it ran {what} ({reason}); a second crash "
-            "within an hour stops it from being loaded"
-        )
+        return (culprits[0], reason, runtimes) if culprits else None
+
+    def _drop_marks(self) -> None:
+        with contextlib.suppress(OSError):
+            (self.folder / MARKS_FILE).unlink()
 
     def _remember(self, key: str, entry: dict[str, Any]) -> bool:
         """Remember ``entry`` as ``key``'s crash (in memory at once, in ``crashes.json`` when

@@ -316,12 +316,12 @@ def run_bench(model: InstalledModel, runs: int, warmup: int = BENCH_WARMUP) -> d
     img, source = bench_input(model)
     totals: list[float] = []
     stages: dict[str, list[float]] = {"preprocess": [], "inference": [], "postprocess": []}
-    with model.running():
+    with model.lock:  # held throughout; only the runtime calls are marked for the crash guard
         for _ in range(warmup):
-            model.predictor.predict(img)
+            model.predictor.predict(img, hold=model.marked())
         for _ in range(runs):
             t0 = time.perf_counter()
-            _, timing = model.predictor.predict(img)
+            _, timing = model.predictor.predict(img, hold=model.marked())
             totals.append((time.perf_counter() - t0) * 1e3)
             stages["preprocess"].append(timing.preprocess_ms)
             stages["inference"].append(timing.inference_ms)

@@ -167,15 +167,17 @@ class InstalledModel:
             "warnings": list(self.report.get("warnings", [])),
         }
 
+    def marked(self) -> contextlib.AbstractContextManager[None]:
+        """Mark a runtime call of this version for the crash guard (with :attr:`lock` held)."""
+        if self.guard is None:
+            return contextlib.nullcontext()
+        return self.guard.running(self.crash_key, f"{self.name} {self.version}")
+
     @contextlib.contextmanager
     def running(self) -> Iterator[None]:
-        """Hold :attr:`lock` for runtime calls, marked for the crash guard."""
-        with self.lock:
-            if self.guard is None:
-                yield
-            else:
-                with self.guard.running(self.crash_key, f"{self.name} {self.version}"):
-                    yield
+        """Hold :attr:`lock` for one runtime call, marked for the crash guard."""
+        with self.lock, self.marked():
+            yield
 
     def predict_bytes(
         self, data: bytes, *, channels: str | None = None, **options: float | int | None
@@ -891,7 +893,12 @@ class ModelStore:
                     check_onnx_external_data(staging, manifest)
                     what = f"{manifest.name} {manifest.version}"
                     # a provider asked for is another try: the crash may be that provider's
-                    key = package_sha if provider is None else f"{package_sha}/{provider}"
+                    # (named in any case: CUDAExecutionProvider and cudaexecutionprovider are one)
+                    key = (
+                        package_sha
+                        if provider is None
+                        else f"{package_sha}/{provider.strip().lower()}"
+                    )
                     self._refuse_crashed(
                         key,
                         what,
@@ -900,8 +907,8 @@ class ModelStore:
                     )
                     with self.guard.loading(key, f"{what} (install)"):
                         model = self._prepare(manifest.name, staging, provider)
-                    # its inferences are known by the key its loads at a start will have
-                    model = replace(model, crash_key=package_sha, guard=self.guard)
+                    # its inferences, and its loads at later starts, are known by that key
+                    model = replace(model, crash_key=key, guard=self.guard)
                     self._write_install_record(staging, package_sha, model)
                     if activate:
                         done = self._activate(model_dir, staging, model, package_sha)
@@ -1299,8 +1306,9 @@ class ModelStore:
         """Load and smoke-test an installed version on the providers chosen at its install
         (InstallError, without loading it, when it crashed the agent the last time)."""
         record = _read_json(folder / INSTALL_RECORD, strict=False)
-        sha = record.get("package_sha256")
-        key = sha if isinstance(sha, str) and sha else f"{name}/{folder.name}"
+        sha, key = record.get("package_sha256"), record.get("crash_key")
+        if not isinstance(key, str) or not key:  # installed before crash keys were recorded
+            key = sha if isinstance(sha, str) and sha else f"{name}/{folder.name}"
         self._refuse_crashed(key, f"{name} {folder.name}", " (outpost-agent crashes)")
         with self.guard.loading(key, f"{name} {folder.name}"):
             model = self._open_recorded(name, folder, record)
@@ -1545,6 +1553,7 @@ class ModelStore:
     def _write_install_record(folder: Path, package_sha: str, model: InstalledModel) -> None:
         record = {
             "package_sha256": package_sha,
+            "crash_key": model.crash_key,  # with the provider the install asked for, if any
             "installed_at": model.installed_at,
             "providers": model.providers,
             "benchmark": model.benchmark,

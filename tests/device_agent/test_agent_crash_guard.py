@@ -12,6 +12,7 @@ boundary only; the agent's own code runs unchanged.
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import signal
 import sys
@@ -31,7 +32,8 @@ from device_agent.crashguard import (
     MARKS_FILE,
     CrashGuard,
 )
-from device_agent.errors import AgentUnreachableError
+from device_agent.errors import AgentUnreachableError, InstallError
+from device_agent.store import InstalledModel, ModelStore
 from runtimes.package import write_package
 from tests.device_agent.test_agent_kill_install import HEAVY, Agent, _serving, paired_data
 from tests.fakes import EXPECTED, make_detect_onnx, make_image_bytes, manifest_fields
@@ -433,3 +435,103 @@ def test_a_load_crash_is_told_apart_from_an_inference_crash_at_the_same_time(
     assert line is not None and "while it ran m 1 (inference)" in line
     assert not (tmp_path / BUSY_FILE).exists()
     assert [c["key"] for c in guard.remembered()] == ["served"]
+
+
+def _crash_in_a_call(model: InstalledModel, fault: str) -> None:
+    """What a process that died in one of ``model``'s runtime calls leaves."""
+    folder = model.guard.folder if model.guard is not None else None
+    assert folder is not None
+    with model.running():
+        marks = (folder / MARKS_FILE).read_bytes()
+    (folder / MARKS_FILE).write_bytes(marks)
+    with open(folder / CRASH_LOG, "a") as log:
+        log.write(fault)
+
+
+def test_a_version_installed_for_a_provider_is_held_for_that_provider(tmp_path: Path) -> None:
+    """Its calls are marked with the key its install checked (the package and the provider
+    asked for, in any case), as are its loads at a start: after two crashes on frames the
+    next start serves the version before; the same package for the same provider is refused,
+    without one (the fastest) it is another try."""
+    good, bad = _package(tmp_path, "1", crashes=False), _package(tmp_path, "2", crashes=False)
+    data = tmp_path / "data"
+    store = ModelStore(data)
+    store.load()
+    store.install(good)
+    model = store.install(bad, provider="CPUExecutionProvider")
+    assert model.crash_key == f"{hashlib.sha256(bad.read_bytes()).hexdigest()}/cpuexecutionprovider"
+    for serving_after in ("2", "1"):
+        store.guard.watch_inferences()  # as serve does
+        _crash_in_a_call(store.get("shapes"), _fault(threading.get_ident()))
+        store = ModelStore(data)
+        store.load()
+        assert store.get("shapes").version == serving_after
+    assert "crashed the agent in 2 inferences within an hour" in store.not_loaded["shapes"]
+    with pytest.raises(InstallError, match="in 2 inferences within an hour"):
+        store.install(bad, provider="cpuExecutionProvider")
+    assert store.get("shapes").version == "1"
+    assert store.install(bad).version == "2"  # the fastest provider: another try
+    assert store.get("shapes").version == "2"
+
+
+def test_slots_go_to_versions_not_threads(tmp_path: Path) -> None:
+    """More versions than slots over a run: a slot not in a call is given to the next, so the
+    one in a call now is always marked."""
+    guard = CrashGuard(tmp_path, fingerprint="onnxruntime==1")
+    guard.watch_inferences()
+    for i in range(crashguard.MARKS_SLOTS + 6):
+        with guard.running(f"key-{i}", f"m {i}"):
+            pass
+    with guard.running("last", "m last"):
+        marks = crashguard._read_marks(tmp_path / MARKS_FILE)
+    assert marks is not None
+    assert [(m["key"], m["what"]) for m in marks[2]] == [("last", "m last")]
+
+
+def test_a_damaged_crash_list_does_not_stop_a_start(tmp_path: Path) -> None:
+    (tmp_path / CRASHES_FILE).write_text(
+        json.dumps({"k": {"kind": "inference", "times": None, "runtimes": "onnxruntime==1"}})
+    )
+    guard = CrashGuard(tmp_path, fingerprint="onnxruntime==1")
+    assert guard.crashed("k") is None
+    assert [(c["kind"], c["count"], c["held"]) for c in guard.remembered()] == [
+        ("inference", 1, False)
+    ]
+
+
+def test_a_fault_in_a_runtimes_own_thread_during_a_load_and_calls_holds_neither(
+    tmp_path: Path,
+) -> None:
+    guard = CrashGuard(tmp_path, fingerprint="onnxruntime==1")
+    guard.watch_inferences()
+    with guard.running("served", "m 1"), guard.loading("new", "m 2 (install)"):
+        busy = (tmp_path / BUSY_FILE).read_text()
+        marks = (tmp_path / MARKS_FILE).read_bytes()
+    (tmp_path / BUSY_FILE).write_text(busy)
+    (tmp_path / MARKS_FILE).write_bytes(marks)
+    with open(tmp_path / CRASH_LOG, "a") as log:
+        log.write("Fatal Python error: Segmentation fault\n\n<no Python frame>\n")
+    line = CrashGuard(tmp_path, fingerprint="onnxruntime==1").settle()
+    assert line is not None and "which one did it is not known, so neither is held" in line
+    assert guard.remembered() == []
+    assert not (tmp_path / BUSY_FILE).exists() and not (tmp_path / MARKS_FILE).exists()
+
+
+def test_an_inference_crash_that_cannot_be_written_is_read_again_at_the_next_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    guard = CrashGuard(tmp_path, fingerprint="onnxruntime==1")
+    _died_running(guard, "k", _fault(threading.get_ident()))
+
+    def refuse(*_args: object, **_kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(crashguard, "atomic_write_text", refuse)
+    full = CrashGuard(tmp_path, fingerprint="onnxruntime==1")
+    assert "while it ran m 2 (inference)" in (full.settle() or "")
+    assert (tmp_path / MARKS_FILE).exists()  # kept: nothing else holds the crash
+    monkeypatch.undo()
+    restarted = CrashGuard(tmp_path, fingerprint="onnxruntime==1")
+    assert "while it ran m 2 (inference)" in (restarted.settle() or "")
+    assert [c["count"] for c in restarted.remembered()] == [1]
+    assert not (tmp_path / MARKS_FILE).exists()
