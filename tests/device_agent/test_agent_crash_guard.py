@@ -11,12 +11,14 @@ boundary only; the agent's own code runs unchanged.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
 import signal
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -315,6 +317,29 @@ def _died_running(guard: CrashGuard, key: str, fault: str, *, at: float | None =
         log.write(fault)
 
 
+@contextlib.contextmanager
+def _call_in_another_thread(guard: CrashGuard, key: str, what: str) -> Iterator[int]:
+    """A runtime call of ``what`` on another thread for as long as the block runs; that
+    thread's ident."""
+    inside, done = threading.Event(), threading.Event()
+    idents: list[int] = []
+
+    def call() -> None:
+        idents.append(threading.get_ident())
+        with guard.running(key, what):
+            inside.set()
+            done.wait(10)
+
+    worker = threading.Thread(target=call)
+    worker.start()
+    inside.wait(10)
+    try:
+        yield idents[0]
+    finally:
+        done.set()
+        worker.join(10)
+
+
 def test_a_crash_in_an_inference_holds_its_version_from_the_second_within_an_hour(
     tmp_path: Path,
 ) -> None:
@@ -376,23 +401,8 @@ def test_only_a_crash_in_a_running_inference_counts_against_its_version(tmp_path
     assert [c["count"] for c in guard.remembered()] == [1]
 
     guard.watch_inferences()
-    done = threading.Event()
-    inside = threading.Event()
-
-    def other_version() -> None:
-        with guard.running("j", "m 3"):
-            inside.set()
-            done.wait(10)
-
-    other = threading.Thread(target=other_version)
-    other.start()
-    inside.wait(10)
-    try:
-        with guard.running("k", "m 2"):
-            marks = (tmp_path / MARKS_FILE).read_bytes()
-    finally:
-        done.set()
-        other.join(10)
+    with _call_in_another_thread(guard, "j", "m 3"), guard.running("k", "m 2"):
+        marks = (tmp_path / MARKS_FILE).read_bytes()
     (tmp_path / MARKS_FILE).write_bytes(marks)
     with open(tmp_path / CRASH_LOG, "a") as log:
         log.write(native)
@@ -407,30 +417,16 @@ def test_a_load_crash_is_told_apart_from_an_inference_crash_at_the_same_time(
     fault says which one crashed."""
     guard = CrashGuard(tmp_path, fingerprint="onnxruntime==1")
     guard.watch_inferences()
-    serving = threading.Event()
-    stop = threading.Event()
-    idents: list[int] = []
-
-    def inference() -> None:
-        idents.append(threading.get_ident())
-        with guard.running("served", "m 1"):
-            serving.set()
-            stop.wait(10)
-
-    worker = threading.Thread(target=inference)
-    worker.start()
-    serving.wait(10)
-    try:
-        with guard.loading("new", "m 2 (install)"):
-            busy = (tmp_path / BUSY_FILE).read_text()
-            marks = (tmp_path / MARKS_FILE).read_bytes()
-    finally:
-        stop.set()
-        worker.join(10)
+    with (
+        _call_in_another_thread(guard, "served", "m 1") as serving,
+        guard.loading("new", "m 2 (install)"),
+    ):
+        busy = (tmp_path / BUSY_FILE).read_text()
+        marks = (tmp_path / MARKS_FILE).read_bytes()
     (tmp_path / BUSY_FILE).write_text(busy)
     (tmp_path / MARKS_FILE).write_bytes(marks)
     with open(tmp_path / CRASH_LOG, "a") as log:
-        log.write(_fault(idents[0]))  # the inference's thread took it
+        log.write(_fault(serving))  # the inference's thread took it
     line = CrashGuard(tmp_path, fingerprint="onnxruntime==1").settle()
     assert line is not None and "while it ran m 1 (inference)" in line
     assert not (tmp_path / BUSY_FILE).exists()
