@@ -1965,6 +1965,14 @@ def cmd_devices_show(args: argparse.Namespace) -> Any:
             d["last_usage"], ["model", "requests", "errors", "p50_ms", "p99_ms", "collected_at"]
         ),
     ]
+    if d["not_loaded"]:
+        lines.append("not served (GET /v1/ready says why):")
+        lines += [f"  {name}: {why}" for name, why in d["not_loaded"].items()]
+    if d["crashes"]:
+        from device_agent.crashguard import crash_line
+
+        lines.append("runtime crashes (on the device: outpost-agent crashes):")
+        lines += [f"  {crash_line(c)}" for c in d["crashes"]]
     return "\n".join(lines)
 
 

@@ -15,9 +15,8 @@ import logging
 import signal
 import sys
 from collections.abc import Iterator, Sequence
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from device_agent import DEFAULT_PORT, __version__
 from device_agent.identity import load_or_create_identity
@@ -28,7 +27,6 @@ from runtimes.errors import OutpostError
 from runtimes.pipes import quiet_on_closed_pipe
 
 if TYPE_CHECKING:
-    from device_agent.crashguard import CrashGuard
     from device_agent.service import AgentService
 
 log = logging.getLogger("device_agent")
@@ -376,7 +374,7 @@ def _main(argv: Sequence[str] | None) -> int:
 
 def _crashes(args: argparse.Namespace) -> int:
     """List the remembered crashes, or forget them (holding the data folder's lock)."""
-    from device_agent.crashguard import CrashGuard
+    from device_agent.crashguard import CrashGuard, crash_line
     from device_agent.lock import DataDirLock
 
     data_dir = args.data_dir or default_data_dir()
@@ -397,28 +395,8 @@ def _crashes(args: argparse.Namespace) -> int:
         print(f"no package has crashed the agent in {data_dir}")
         return 0
     for crash in crashes:
-        when = (
-            datetime.fromtimestamp(crash["at"], timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
-            if isinstance(crash["at"], (int, float))
-            else "?"
-        )
-        print(f"{when}  {crash['what']}: {crash['reason']} ({_crash_state(crash, guard)})")
+        print(crash_line(crash))
     return 0
-
-
-def _crash_state(crash: dict[str, Any], guard: CrashGuard) -> str:
-    """Whether a remembered crash holds its version, and why not."""
-    from device_agent.crashguard import INFERENCE_CRASHES_HELD
-
-    if crash["held"]:
-        count = crash["count"]
-        return "held" if crash["kind"] != "inference" else f"held: {count} crashes"
-    if crash["runtimes"] != guard.fingerprint:
-        return "not held: the runtimes changed since"
-    return (
-        f"not held: {crash['count']} crash{'es' if crash['count'] != 1 else ''} in inferences; "
-        f"{INFERENCE_CRASHES_HELD} within an hour hold it"
-    )
 
 
 def _info(args: argparse.Namespace) -> int:

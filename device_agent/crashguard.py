@@ -42,6 +42,7 @@ import struct
 import threading
 import time
 from collections.abc import Iterator
+from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 from typing import Any, TextIO
@@ -205,6 +206,18 @@ def _read_marks(path: Path) -> tuple[int, str, list[dict[str, Any]]] | None:
     return log_size, runtimes, running
 
 
+def crash_line(crash: dict[str, Any]) -> str:
+    """One remembered crash (from :meth:`CrashGuard.remembered`) as a line: ``2026-11-29
+    03:40:12 UTC  shapes 2 (install): Fatal Python error: Segmentation fault (held)``."""
+    at = crash.get("at")
+    when = (
+        datetime.fromtimestamp(at, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+        if isinstance(at, (int, float)) and not isinstance(at, bool)
+        else "?"
+    )
+    return f"{when}  {crash.get('what')}: {crash.get('reason')} ({crash.get('state')})"
+
+
 def _first_line(text: str) -> str | None:
     """The first line of a crash's text (``Fatal Python error: ...``), cut at 200 characters."""
     return next((line.strip()[:200] for line in text.splitlines() if line.strip()), None)
@@ -302,10 +315,13 @@ class CrashGuard:
         """The crashes remembered, oldest first: ``key``, ``what``, ``reason``, ``runtimes``
         (the versions they crashed with), ``at`` (seconds since the epoch), ``held``
         (whether they hold with the runtimes installed now), ``kind`` (``load`` or
-        ``inference``) and ``count`` (the crashes remembered: an inference crash holds from
-        the second within an hour)."""
-        return [
-            {
+        ``inference``), ``count`` (the crashes remembered: an inference crash holds from
+        the second within an hour) and ``state`` (held or not, and why, in words)."""
+        out = []
+        for key, entry in self._crashes().items():
+            if not isinstance(entry, dict):
+                continue
+            crash = {
                 "key": key,
                 "what": entry.get("what"),
                 "reason": entry.get("reason"),
@@ -315,9 +331,21 @@ class CrashGuard:
                 "kind": entry.get("kind", "load"),
                 "count": len(_crash_times(entry)) or 1,
             }
-            for key, entry in self._crashes().items()
-            if isinstance(entry, dict)
-        ]
+            crash["state"] = self._state(crash)
+            out.append(crash)
+        return out
+
+    def _state(self, crash: dict[str, Any]) -> str:
+        """Whether a remembered crash holds its version, and why not."""
+        count = crash["count"]
+        if crash["held"]:
+            return "held" if crash["kind"] != "inference" else f"held: {count} crashes"
+        if crash["runtimes"] != self.fingerprint:
+            return "not held: the runtimes changed since"
+        return (
+            f"not held: {count} crash{'es' if count != 1 else ''} in inferences; "
+            f"{INFERENCE_CRASHES_HELD} within an hour hold it"
+        )
 
     def forget(self) -> int:
         """Forget every remembered crash (with the data folder's lock held: a running agent

@@ -663,6 +663,10 @@ async def get_info(request: web.Request) -> web.Response:
             **details,
             "concurrency": service.limiter.counters(),
             "models": [m.describe() for m in service.store.models()],
+            # what went wrong at the start, and the packages that crashed the runtime: what
+            # outpost-agent crashes lists on the device, for the desktop to show
+            "not_loaded": dict(service.store.not_loaded),
+            "crashes": await _blocking(service.store.guard.remembered),
         }
     )
 

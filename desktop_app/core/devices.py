@@ -1000,6 +1000,8 @@ def device_detail(ws: Any, device_id: str, interfaces: list[str] | None = None) 
                     "models",
                     "version",
                     "protocol",
+                    "not_loaded",
+                    "crashes",
                 )
             }
             details["fetched_at"] = utcnow().isoformat(timespec="seconds")
@@ -1053,10 +1055,41 @@ def device_detail(ws: Any, device_id: str, interfaces: list[str] | None = None) 
         "accelerators": list(details.get("accelerators") or []),
         "runtimes": [r for r in details.get("runtimes") or [] if r.get("available")],
         "models": [_model_entry(m) for m in details.get("models") or []],
+        **_problems(details),
         "details_fetched_at": details.get("fetched_at"),
         "clock_offset_s": details.get("clock_offset_s"),
         "last_usage": usage,
         "warning": warning,
+    }
+
+
+MAX_SHOWN_CRASHES = 32  # as many as an agent remembers
+
+
+def _problems(details: dict[str, Any]) -> dict[str, Any]:
+    """What the device said went wrong: ``not_loaded`` (model → why its active version is
+    not served) and ``crashes`` (the packages that crashed its runtime, as ``outpost-agent
+    crashes`` lists them), printable and cut: they come from the device."""
+    not_loaded = details.get("not_loaded")
+    crashes = details.get("crashes")
+    return {
+        "not_loaded": {
+            shown(name, 100) or "?": one_line(str(why), 1000)
+            for name, why in (not_loaded.items() if isinstance(not_loaded, dict) else [])
+        },
+        "crashes": [
+            {
+                "what": shown(c.get("what"), 200),
+                "reason": shown(c.get("reason"), 200),
+                "kind": shown(c.get("kind"), 20),
+                "count": c.get("count") if isinstance(c.get("count"), int) else None,
+                "held": c.get("held") is True,
+                "state": shown(c.get("state"), 200),
+                "at": c.get("at") if isinstance(c.get("at"), (int, float)) else None,
+            }
+            for c in (crashes if isinstance(crashes, list) else [])[-MAX_SHOWN_CRASHES:]
+            if isinstance(c, dict)
+        ],
     }
 
 

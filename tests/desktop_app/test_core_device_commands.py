@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import threading
 import time
 from collections.abc import Iterator
 from datetime import datetime
@@ -22,6 +23,7 @@ from desktop_app.core.exports import get_export
 from desktop_app.core.models import Deployment, Device, DeviceBenchmark, UsageSample
 from desktop_app.core.workspace import Workspace
 from device_agent.client import AgentClient, AgentRejectedError
+from device_agent.crashguard import CRASH_LOG, MARKS_FILE, CrashGuard
 from device_agent.pairing import issue_code
 from device_agent.stats import UsageStats
 from tests.device_agent.conftest import AgentThread
@@ -125,6 +127,39 @@ def test_devices_show(
     offline = devices.device_detail(ws, device_id)
     assert "cannot reach agent" in str(offline["warning"])
     assert [m["name"] for m in offline["models"]] == ["shapes"]
+
+
+def test_devices_show_lists_the_runtime_crashes_the_device_remembers(
+    ws: Workspace, agent: AgentThread, paired: tuple[str, Path], capfd: pytest.CaptureFixture[str]
+) -> None:
+    """A crash the agent found at a start (its runtime died in a call of shapes 2) is shown
+    by the desktop as the device's ``outpost-agent crashes`` lists it."""
+    device_id, _ = paired
+    data = agent.service.data_dir
+    previous = CrashGuard(data)
+    previous.watch_inferences()  # a process that died in a runtime call of shapes 2
+    with previous.running("f" * 64, "shapes 2"):
+        marks = (data / MARKS_FILE).read_bytes()
+    (data / MARKS_FILE).write_bytes(marks)
+    with open(data / CRASH_LOG, "a") as log:
+        log.write(
+            "Fatal Python error: Segmentation fault\n\n"
+            f"Current thread 0x{threading.get_ident():016x} (most recent call first):\n"
+        )
+    assert "while it ran shapes 2 (inference)" in (CrashGuard(data).settle() or "")
+
+    detail = _run(["devices", "show", device_id], ws, capfd)
+    assert detail["not_loaded"] == {}
+    assert [(c["what"], c["kind"], c["count"], c["held"]) for c in detail["crashes"]] == [
+        ("shapes 2 (inference)", "inference", 1, False)
+    ]
+    assert outpost(["devices", "show", device_id, "--workspace", str(ws.root)]) == 0
+    text = capfd.readouterr().out
+    assert "runtime crashes (on the device: outpost-agent crashes):" in text
+    assert (
+        "shapes 2 (inference): Fatal Python error: Segmentation fault (not held: 1 crash in "
+        "inferences; 2 within an hour hold it)" in text
+    )
 
 
 def test_deployments_list_and_history(

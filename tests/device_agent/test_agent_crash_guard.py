@@ -219,6 +219,11 @@ def test_a_version_that_crashes_on_frames_gives_way_to_the_one_before(
                 assert "Segmentation fault" in str(degraded.value)
                 result = client.infer(make_image_bytes())
                 assert (result["version"], result["detections"]) == ("1", list(EXPECTED))
+                info = client.info()  # what the desktop's `devices show` prints
+                assert "in 2 inferences within an hour" in info["not_loaded"]["shapes"]
+                assert [(c["what"], c["state"]) for c in info["crashes"]] == [
+                    ("shapes 2 (inference)", "held: 2 crashes")
+                ]
                 with pytest.raises(AgentRejectedError) as again:  # sent again: refused
                     client.upload_package(bad, retries=0)
                 assert again.value.status == 422
