@@ -45,6 +45,7 @@ from desktop_app.ui.canvas import AnnotatedImageView
 from desktop_app.ui.charts import BarChart, LineChart
 from desktop_app.ui.context import StudioContext, error_text
 from device_agent import DEFAULT_PORT
+from device_agent.crashguard import crash_line
 
 DISCOVERY_MS = 4000
 DISCOVERY_TIMEOUT_S = 1.5
@@ -727,6 +728,10 @@ class DevicesPage(QWidget):
         note = core_devices.clock_note(detail.get("clock_offset_s"))
         if note:
             lines.append(html.escape(note[0].upper() + note[1:], quote=False))
+        for name, why in (detail.get("not_loaded") or {}).items():
+            lines.append(f"<b>Not served: {html.escape(name)}</b> — {html.escape(why)}")
+        for crash in detail.get("crashes") or []:  # as outpost-agent crashes lists them
+            lines.append(f"<b>Runtime crash:</b> {html.escape(crash_line(crash))}")
         if detail.get("warning"):
             lines.append(f"<i>{detail['warning']}</i>")
         self.detail_label.setText("<br>".join(lines))

@@ -215,6 +215,32 @@ def test_a_device_clock_that_is_off_is_named_in_its_details(qtbot: Any, s2_ctx: 
     assert "Clock:" not in page.detail_label.text()
 
 
+def test_a_model_not_served_and_a_runtime_crash_are_shown_in_the_details(
+    qtbot: Any, s2_ctx: Any
+) -> None:
+    page = _page(qtbot, s2_ctx)
+    page._selected = "d1"
+    detail = _detail(
+        not_loaded={"shapes": "shapes 2 crashed the agent in 2 inferences within an hour <x>"},
+        crashes=[
+            {
+                "what": "shapes 2 (inference)",
+                "reason": "Fatal Python error: Segmentation fault",
+                "state": "held: 2 crashes",
+                "at": 1_796_000_000.0,
+            }
+        ],
+    )
+    page._show_device({"detail": detail, "history": [], "latency": [], "bench_history": []})
+    text = page.detail_label.text()
+    assert "<b>Not served: shapes</b> — shapes 2 crashed the agent in 2 inferences" in text
+    assert "&lt;x&gt;" in text  # the device's words, escaped
+    assert (
+        "<b>Runtime crash:</b> 2026-11-30 00:53:20 UTC  shapes 2 (inference): Fatal Python "
+        "error: Segmentation fault (held: 2 crashes)" in text
+    )
+
+
 def test_a_runtime_fallback_is_shown_in_the_details_and_the_history(
     qtbot: Any, s2_ctx: Any
 ) -> None:
