@@ -210,12 +210,12 @@ def crash_line(crash: dict[str, Any]) -> str:
     """One remembered crash (from :meth:`CrashGuard.remembered`) as a line: ``2026-11-29
     03:40:12 UTC  shapes 2 (install): Fatal Python error: Segmentation fault (held)``."""
     at = crash.get("at")
-    when = (
-        datetime.fromtimestamp(at, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
-        if isinstance(at, (int, float)) and not isinstance(at, bool)
-        else "?"
-    )
-    return f"{when}  {crash.get('what')}: {crash.get('reason')} ({crash.get('state')})"
+    when = "?"
+    if isinstance(at, (int, float)) and not isinstance(at, bool):
+        with contextlib.suppress(OverflowError, ValueError, OSError):  # NaN, out of range
+            when = datetime.fromtimestamp(at, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    what, reason, state = (crash.get(k) or "?" for k in ("what", "reason", "state"))
+    return f"{when}  {what}: {reason} ({state})"
 
 
 def _first_line(text: str) -> str | None:

@@ -56,6 +56,7 @@ from device_agent.errors import (
     store_write_failed,
 )
 from runtimes.backends import Backend, BackendRegistry, default_registry
+from runtimes.backends.base import CPU_PROVIDERS, NOT_COMPUTE_PROVIDERS
 from runtimes.backends.onnxruntime import PROVIDER_PREFERENCE
 from runtimes.detections import Detections, rle_to_mask
 from runtimes.errors import OutpostError, PackageError, RuntimeUnavailableError
@@ -78,8 +79,6 @@ MODELS_DIR = "models"
 ACTIVE_FILE = "active.json"
 INSTALL_RECORD = ".outpost-install.json"
 _SAFE_FOLDER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-CPU_PROVIDERS = ("CPUExecutionProvider", "CPU", "cpu")
-NOT_COMPUTE_PROVIDERS = frozenset({"AzureExecutionProvider"})  # remote endpoints, not a device
 BENCHMARK_RUNS = 5  # timed runs per provider, after the warm-up runs
 
 

@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 
 from runtimes.backends import BackendRegistry, default_registry
+from runtimes.backends.base import CPU_PROVIDERS, NOT_COMPUTE_PROVIDERS, Backend
 from runtimes.detections import Detections
 from runtimes.errors import PackageError, UnknownProviderError
 from runtimes.package import FormatSpec, Manifest, PackageReader, read_manifest_dir
@@ -82,6 +83,30 @@ class Timing:
         }
 
 
+def _provider_of(backend_cls: type[Backend], provider: str) -> str:
+    """``provider`` as ``backend_cls``'s runtime spells it, or UnknownProviderError."""
+    named = backend_cls.provider_named(provider)
+    if named is None or named in NOT_COMPUTE_PROVIDERS:
+        known = ", ".join(
+            p for p in backend_cls.known_providers() if p not in NOT_COMPUTE_PROVIDERS
+        )
+        what = (
+            f"runtime {backend_cls.key}'s {named} is a remote endpoint, not a device"
+            if named
+            else f"runtime {backend_cls.key} knows no provider {provider!r}"
+        )
+        raise UnknownProviderError(
+            f"{what} (it knows: {known or 'none'}); name one of those, or pick the runtime "
+            "with --runtime"
+        )
+    return named
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
 class Predictor:
     """A loaded model ready to answer. Thread-compatible: one call at a time per instance.
 
@@ -130,19 +155,23 @@ class Predictor:
             )
         self.format: FormatSpec = fmt
         self.provider: str | None = None
-        if provider is not None:
-            self.provider = backend_cls.provider_named(provider)
-            if self.provider is None:
-                known = ", ".join(backend_cls.known_providers()) or "none"
-                raise UnknownProviderError(
-                    f"runtime {backend_cls.key} knows no provider {provider!r} (it knows: "
-                    f"{known}); name one of those, or pick the runtime with --runtime"
+        self._provider_error: str | None = None
+        model_path = self.folder / fmt.file
+        if provider is None:
+            self.backend = backend_cls(model_path, threads=threads)
+        else:
+            self.provider = _provider_of(backend_cls, provider)
+            known = backend_cls.known_providers()
+            cpu = next((p for p in known if p in CPU_PROVIDERS and p != self.provider), None)
+            try:  # the wanted provider, then the CPU, as the agent loads a deploy
+                self.backend = backend_cls(
+                    model_path, threads=threads, providers=[self.provider, *([cpu] if cpu else [])]
                 )
-        self.backend = backend_cls(
-            self.folder / fmt.file,
-            threads=threads,
-            providers=[self.provider] if self.provider is not None else None,
-        )
+            except Exception as exc:  # each runtime raises its own types
+                if cpu is None:
+                    raise
+                self._provider_error = f"{self.provider} failed to load it: {_one_line(exc)}"
+                self.backend = backend_cls(model_path, threads=threads, providers=[cpu])
         spec = self.manifest.model
         self.class_names = tuple(spec.class_names)
         self.input_hw = (spec.input.height, spec.input.width)
@@ -158,7 +187,7 @@ class Predictor:
         if wanted is None or (active and active[0] == wanted):
             return None
         using = ", ".join(active) or "nothing"
-        error = self.backend.provider_errors.get(wanted)
+        error = self._provider_error or self.backend.provider_errors.get(wanted)
         reason = error or f"{wanted} is not available here; {self.backend.key} runs on {using}"
         return {"wanted": wanted, "using": using, "reason": reason}
 

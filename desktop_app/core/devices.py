@@ -1004,6 +1004,7 @@ def device_detail(ws: Any, device_id: str, interfaces: list[str] | None = None) 
                     "crashes",
                 )
             }
+            details.update(_problems(details))  # kept as shown: printable, cut, bounded
             details["fetched_at"] = utcnow().isoformat(timespec="seconds")
             # the device's clock minus this desktop's: requests are signed with its clock
             details["clock_offset_s"] = round(client.auth.clock_offset, 1)
@@ -1064,32 +1065,44 @@ def device_detail(ws: Any, device_id: str, interfaces: list[str] | None = None) 
 
 
 MAX_SHOWN_CRASHES = 32  # as many as an agent remembers
+MAX_SHOWN_NOT_LOADED = 64
+LATEST_CRASH_TIME = 32503680000.0  # the year 3000: a later "crash time" is not one
 
 
 def _problems(details: dict[str, Any]) -> dict[str, Any]:
     """What the device said went wrong: ``not_loaded`` (model → why its active version is
     not served) and ``crashes`` (the packages that crashed its runtime, as ``outpost-agent
-    crashes`` lists them), printable and cut: they come from the device."""
+    crashes`` lists them): printable, cut and bounded, as they come from the device."""
     not_loaded = details.get("not_loaded")
     crashes = details.get("crashes")
+    models = list(not_loaded.items()) if isinstance(not_loaded, dict) else []
     return {
         "not_loaded": {
-            shown(name, 100) or "?": one_line(str(why), 1000)
-            for name, why in (not_loaded.items() if isinstance(not_loaded, dict) else [])
+            shown(name, 100) or "?": shown(why, 1000) or "?"
+            for name, why in models[:MAX_SHOWN_NOT_LOADED]
         },
         "crashes": [
-            {
-                "what": shown(c.get("what"), 200),
-                "reason": shown(c.get("reason"), 200),
-                "kind": shown(c.get("kind"), 20),
-                "count": c.get("count") if isinstance(c.get("count"), int) else None,
-                "held": c.get("held") is True,
-                "state": shown(c.get("state"), 200),
-                "at": c.get("at") if isinstance(c.get("at"), (int, float)) else None,
-            }
+            _shown_crash(c)
             for c in (crashes if isinstance(crashes, list) else [])[-MAX_SHOWN_CRASHES:]
             if isinstance(c, dict)
         ],
+    }
+
+
+def _shown_crash(crash: dict[str, Any]) -> dict[str, Any]:
+    count, at = crash.get("count"), crash.get("at")
+    return {
+        "what": shown(crash.get("what"), 200),
+        "reason": shown(crash.get("reason"), 200),
+        "kind": shown(crash.get("kind"), 20),
+        "count": count if isinstance(count, int) and not isinstance(count, bool) else None,
+        "held": crash.get("held") is True,
+        "state": shown(crash.get("state"), 200),
+        "at": float(at)
+        if isinstance(at, (int, float))
+        and not isinstance(at, bool)
+        and 0 <= at <= LATEST_CRASH_TIME  # NaN fails both
+        else None,
     }
 
 

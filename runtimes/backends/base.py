@@ -8,6 +8,11 @@ from pathlib import Path
 
 import numpy as np
 
+# Each runtime's own name for the CPU, the provider a wanted one falls back to.
+CPU_PROVIDERS = ("CPUExecutionProvider", "CPU", "cpu", "CPU_ONLY")
+# Providers that are remote endpoints, not a device of this machine.
+NOT_COMPUTE_PROVIDERS = frozenset({"AzureExecutionProvider"})
+
 
 @dataclass(frozen=True)
 class BackendInfo:

@@ -114,16 +114,23 @@ class CoreMlBackend(Backend):
         import coremltools as ct
 
         folder = unpack_mlpackage(Path(model_path))
-        self.model: Any = ct.models.MLModel(
-            str(folder), compute_units=getattr(ct.ComputeUnit, COMPUTE_UNITS)
+        # the compute units asked for (CPU_ONLY, CPU_AND_GPU, CPU_AND_NE), else ALL
+        self.compute_units = next(
+            (p for p in providers or [] if p in self.provider_names), COMPUTE_UNITS
         )
+        units = getattr(ct.ComputeUnit, self.compute_units, None)
+        if units is None:  # an older coremltools (CPU_AND_NE came with 6.0)
+            raise RuntimeUnavailableError(
+                f"this coremltools has no compute units {self.compute_units}; upgrade it"
+            )
+        self.model: Any = ct.models.MLModel(str(folder), compute_units=units)
         spec = self.model.get_spec()
         self.input_name = str(spec.description.input[0].name)
         self.output_names = [str(o.name) for o in spec.description.output]
 
     @property
     def active_providers(self) -> list[str]:
-        return [COMPUTE_UNITS]
+        return [self.compute_units]
 
     def run_all(self, tensor: np.ndarray) -> list[np.ndarray]:
         from PIL import Image

@@ -7,8 +7,11 @@ device and caches it in the model folder (``trt_cache/``), so later loads reuse 
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -150,13 +153,37 @@ class OnnxRuntimeBackend(Backend):
             if isinstance(entry, tuple):  # the engine cache must exist before the build
                 Path(entry[1]["trt_engine_cache_path"]).mkdir(parents=True, exist_ok=True)
         self.tensorrt_build = trt_build
-        self.session = ort.InferenceSession(str(model_path), sess_options=opts, providers=chosen)
+        # ONNX Runtime prints why a provider failed ("EP Error: ...", then its retry on the
+        # CPU) to stdout, where it would break a caller's JSON: it goes to stderr, and is
+        # kept as that provider's error.
+        said = io.StringIO()
+        with contextlib.redirect_stdout(said):
+            self.session = ort.InferenceSession(
+                str(model_path), sess_options=opts, providers=chosen
+            )
+        if said.getvalue():
+            sys.stderr.write(said.getvalue())
         self.input_name = self.session.get_inputs()[0].name
         self.output_names = [o.name for o in self.session.get_outputs()]
+        active = set(self.session.get_providers())
+        error = next(
+            (line.strip()[:300] for line in said.getvalue().splitlines() if "EP Error" in line),
+            "listed by this ONNX Runtime build, but it did not initialise (its libraries, driver "
+            "or device are missing?)",
+        )
+        self._provider_errors: dict[str, str] = {
+            name: error
+            for name in (e[0] if isinstance(e, tuple) else e for e in chosen)
+            if name not in active
+        }
 
     @property
     def active_providers(self) -> list[str]:
         return list(self.session.get_providers())
+
+    @property
+    def provider_errors(self) -> dict[str, str]:
+        return dict(self._provider_errors)
 
     def run(self, tensor: np.ndarray) -> np.ndarray:
         out: np.ndarray = self.session.run(self.output_names[:1], {self.input_name: tensor})[0]

@@ -23,7 +23,7 @@ from desktop_app.core.exports import get_export
 from desktop_app.core.models import Deployment, Device, DeviceBenchmark, UsageSample
 from desktop_app.core.workspace import Workspace
 from device_agent.client import AgentClient, AgentRejectedError
-from device_agent.crashguard import CRASH_LOG, MARKS_FILE, CrashGuard
+from device_agent.crashguard import CRASH_LOG, MARKS_FILE, CrashGuard, crash_line
 from device_agent.pairing import issue_code
 from device_agent.stats import UsageStats
 from tests.device_agent.conftest import AgentThread
@@ -160,6 +160,26 @@ def test_devices_show_lists_the_runtime_crashes_the_device_remembers(
         "shapes 2 (inference): Fatal Python error: Segmentation fault (not held: 1 crash in "
         "inferences; 2 within an hour hold it)" in text
     )
+
+
+def test_a_devices_troubles_are_shown_printable_cut_and_bounded() -> None:
+    """What a device says went wrong reaches a terminal and the Studio: no escape codes, no
+    endless lists, and a crash time that is not a time does not stop the command."""
+    shown = devices._problems(
+        {
+            "not_loaded": {f"m{i}": "why \x1b[31mred\x07 \x9b2J" + "x" * 5000 for i in range(100)},
+            "crashes": [{"what": "m 1\x1b[2J", "reason": "Fatal", "state": "held", "count": True}]
+            + [{"what": "m", "at": at} for at in (1e20, -1.0, float("nan"), float("inf"), True)],
+        }
+    )
+    assert len(shown["not_loaded"]) == devices.MAX_SHOWN_NOT_LOADED
+    why = shown["not_loaded"]["m0"]
+    assert why.startswith("why [31mred 2J") and len(why) == 1000
+    first, *odd = shown["crashes"]
+    assert (first["what"], first["count"]) == ("m 1[2J", None)
+    assert [c["at"] for c in odd] == [None] * 5
+    assert crash_line({"what": "m", "at": 1e20}) == "?  m: ? (?)"
+    assert crash_line({"what": "m", "at": float("nan")}).startswith("?  m")
 
 
 def test_deployments_list_and_history(

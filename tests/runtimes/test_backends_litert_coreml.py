@@ -112,10 +112,12 @@ class _FakeMLModel:
     Ultralytics head, plus a prototype output listed first for a segmentation model."""
 
     loaded: list[str] = []
+    units: list[Any] = []
 
     def __init__(self, path: str, compute_units: Any = None) -> None:
         assert Path(path).name == "model.mlpackage" and (Path(path) / "Manifest.json").is_file()
         type(self).loaded.append(path)
+        type(self).units.append(compute_units)
 
     def get_spec(self) -> Any:
         desc = types.SimpleNamespace(
@@ -138,7 +140,9 @@ class _FakeMLModel:
 def fake_macos(monkeypatch: pytest.MonkeyPatch) -> None:
     fake_ct = types.ModuleType("coremltools")
     fake_ct.models = types.SimpleNamespace(MLModel=_FakeMLModel)  # type: ignore[attr-defined]
-    fake_ct.ComputeUnit = types.SimpleNamespace(ALL="ALL")  # type: ignore[attr-defined]
+    fake_ct.ComputeUnit = types.SimpleNamespace(  # type: ignore[attr-defined]
+        ALL="units.ALL", CPU_ONLY="units.CPU_ONLY", CPU_AND_NE="units.CPU_AND_NE"
+    )
     monkeypatch.setitem(sys.modules, "coremltools", fake_ct)
     monkeypatch.setattr(coreml_backend.platform, "system", lambda: "Darwin")
     monkeypatch.setattr(coreml_backend, "coremltools_installed", lambda: True)
@@ -183,6 +187,23 @@ def test_coreml_runs_through_the_predictor_when_available(fake_macos: None, tmp_
     assert outputs[0].shape == (1, 6, 3) and outputs[1].shape == (1, 32, 16, 16)
     Predictor(folder)  # a second load reuses the unpacked folder
     assert len(_FakeMLModel.loaded) == 2
+
+
+def test_coreml_loads_with_the_compute_units_asked_for(fake_macos: None, tmp_path: Path) -> None:
+    folder = _coreml_package(tmp_path)
+    _FakeMLModel.units = []
+    assert Predictor(folder).backend.active_providers == ["ALL"]
+    on_ne = Predictor(folder, provider="cpu_and_ne")
+    assert on_ne.backend.active_providers == ["CPU_AND_NE"] and on_ne.fallback is None
+    assert _FakeMLModel.units == ["units.ALL", "units.CPU_AND_NE"]
+    older = Predictor(folder, provider="CPU_AND_GPU")  # not in this (faked, older) coremltools
+    assert older.backend.active_providers == ["CPU_ONLY"]  # the CPU runs it, said loudly
+    assert older.fallback == {
+        "wanted": "CPU_AND_GPU",
+        "using": "CPU_ONLY",
+        "reason": "CPU_AND_GPU failed to load it: this coremltools has no compute units "
+        "CPU_AND_GPU; upgrade it",
+    }
 
 
 def test_unpack_refuses_unsafe_paths(tmp_path: Path) -> None:

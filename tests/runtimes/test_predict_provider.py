@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -92,7 +93,87 @@ def test_a_provider_the_runtime_does_not_know_is_refused(
 ) -> None:
     assert cli.main(["predict", str(package[0]), str(package[1]), "--provider", "CUDA"]) == 1
     err = capfd.readouterr().err
-    assert "runtime onnxruntime knows no provider 'CUDA'" in err
+    assert "runtime onnxruntime knows no provider 'CUDA' (it knows: " in err
     assert "CUDAExecutionProvider" in err  # what it does know
     with pytest.raises(UnknownProviderError, match="knows no provider 'GPU'"):
         Predictor.from_path(package[0], provider="GPU")  # OpenVINO's name, not ONNX Runtime's
+    with pytest.raises(UnknownProviderError, match="is a remote endpoint, not a device"):
+        Predictor.from_path(package[0], provider="azureexecutionprovider")  # runs on the CPU
+
+
+def test_a_provider_that_fails_to_load_the_model_falls_back_to_the_cpu(
+    package: tuple[Path, Path], capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """TorchScript's cuda without a GPU, say: the runtime raises for the wanted provider; the
+    CPU runs it, with the runtime's words as the reason (as the agent loads a deploy)."""
+    from runtimes.backends.onnxruntime import OnnxRuntimeBackend
+
+    real = OnnxRuntimeBackend.__init__
+
+    def init(self: OnnxRuntimeBackend, model_path: Path, **kwargs: Any) -> None:
+        if "CUDAExecutionProvider" in (kwargs.get("providers") or []):
+            raise RuntimeError("CUDA driver version is insufficient for CUDA runtime version")
+        real(self, model_path, **kwargs)
+
+    monkeypatch.setattr(OnnxRuntimeBackend, "__init__", init)
+    out, err = _predict(package, capfd, "--provider", "CUDAExecutionProvider")
+    assert out["providers"][0] == "CPUExecutionProvider"
+    assert out["fallback"]["reason"] == (
+        "CUDAExecutionProvider failed to load it: CUDA driver version is insufficient for CUDA "
+        "runtime version"
+    )
+    assert "WARNING: CUDAExecutionProvider does not run this model here" in err
+    assert out["results"][0]["detections"] == list(EXPECTED)
+
+
+def test_onnx_runtimes_own_words_on_a_provider_go_to_stderr_not_the_json(
+    package: tuple[Path, Path], capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ONNX Runtime prints "EP Error" to stdout when a listed provider fails and it retries on
+    the CPU: that text is the fallback's reason and goes to stderr, so --json stays JSON."""
+    import onnxruntime
+
+    real = onnxruntime.InferenceSession
+
+    def session(path: str, sess_options: Any = None, providers: Any = None) -> Any:
+        if "CUDAExecutionProvider" in (providers or []):
+            print("EP Error: CUDA_PATH is set but CUDA wasnt able to be loaded when using ['CUDA']")
+            print("Falling back to ['CPUExecutionProvider'] and retrying.")
+            providers = ["CPUExecutionProvider"]
+        return real(path, sess_options=sess_options, providers=providers)
+
+    monkeypatch.setattr(
+        onnxruntime,
+        "get_available_providers",
+        lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"],
+    )
+    monkeypatch.setattr(onnxruntime, "InferenceSession", session)
+    out, err = _predict(package, capfd, "--provider", "cudaexecutionprovider")
+    assert out["fallback"]["reason"].startswith("EP Error: CUDA_PATH is set but CUDA wasnt")
+    assert "Falling back to ['CPUExecutionProvider'] and retrying." in err
+
+
+def test_a_provider_onnx_runtime_lists_but_drops_silently_is_named_as_such(
+    package: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import onnxruntime
+
+    real = onnxruntime.InferenceSession
+
+    def session(path: str, sess_options: Any = None, providers: Any = None) -> Any:
+        return real(path, sess_options=sess_options, providers=["CPUExecutionProvider"])
+
+    monkeypatch.setattr(
+        onnxruntime,
+        "get_available_providers",
+        lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"],
+    )
+    monkeypatch.setattr(onnxruntime, "InferenceSession", session)
+    predictor = Predictor.from_path(package[0], provider="CUDAExecutionProvider")
+    try:
+        assert predictor.fallback is not None
+        assert predictor.fallback["reason"].startswith(
+            "listed by this ONNX Runtime build, but it did not initialise"
+        )
+    finally:
+        predictor.close()
