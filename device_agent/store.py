@@ -1160,7 +1160,7 @@ class ModelStore:
             )
         loaded: dict[str, tuple[str, Predictor]] = {}
         first_wanted: str | None = provider
-        for fmt, _backend, available in runnable:
+        for fmt, backend, available in runnable:
             cpu = _cpu_of(available)
             if provider is not None:
                 wanted = [provider] if provider in available else []
@@ -1169,8 +1169,8 @@ class ModelStore:
             if first_wanted is None and wanted:
                 first_wanted = wanted[0]
             for p in wanted:
-                try:
-                    extra = [cpu] if cpu and cpu != p else []
+                try:  # with what takes over the nodes it does not (TensorRT: CUDA, the CPU)
+                    extra = [q for q in backend.fallback_providers(p) if q in available]
                     predictor = self._load_predictor(folder, [p, *extra], fmt)
                 except Exception as exc:  # each runtime raises its own types
                     failures.setdefault(p, f"{p} failed to initialise: {one_line(exc, 200)}")

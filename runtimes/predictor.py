@@ -161,11 +161,11 @@ class Predictor:
             self.backend = backend_cls(model_path, threads=threads)
         else:
             self.provider = _provider_of(backend_cls, provider)
-            known = backend_cls.known_providers()
-            cpu = next((p for p in known if p in CPU_PROVIDERS and p != self.provider), None)
-            try:  # the wanted provider, then the CPU, as the agent loads a deploy
+            after = backend_cls.fallback_providers(self.provider)
+            cpu = next((p for p in after if p in CPU_PROVIDERS), None)
+            try:  # the wanted provider, then what takes over from it, as the agent loads one
                 self.backend = backend_cls(
-                    model_path, threads=threads, providers=[self.provider, *([cpu] if cpu else [])]
+                    model_path, threads=threads, providers=[self.provider, *after]
                 )
             except Exception as exc:  # each runtime raises its own types
                 if cpu is None:

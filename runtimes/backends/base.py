@@ -56,6 +56,12 @@ class Backend(ABC):
             return wanted
         return next((p for p in known if p.lower() == wanted.lower()), None)
 
+    @classmethod
+    def fallback_providers(cls, provider: str) -> list[str]:
+        """What runs the parts of a model ``provider`` does not take, or all of it when it does
+        not start, after it: the runtime's CPU."""
+        return [p for p in cls.known_providers() if p in CPU_PROVIDERS and p != provider][:1]
+
     @abstractmethod
     def __init__(
         self, model_path: Path, *, threads: int | None = None, providers: list[str] | None = None

@@ -42,6 +42,8 @@ OTHER_ORT_PROVIDERS = (
     "WebGpuExecutionProvider",
 )
 TENSORRT = "TensorrtExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
 ENGINE_CACHE_DIR = "trt_cache"
 MANIFEST_NAME = "manifest.json"
 FORCE_SPINNING_STOP = "session.force_spinning_stop"
@@ -126,6 +128,13 @@ class OnnxRuntimeBackend(Backend):
         except ImportError:
             return (*PROVIDER_PREFERENCE, *OTHER_ORT_PROVIDERS)
         return tuple(ort.get_all_providers())
+
+    @classmethod
+    def fallback_providers(cls, provider: str) -> list[str]:
+        """TensorRT leaves the nodes it cannot build to CUDA, then the CPU (as NVIDIA's set-up
+        for ONNX Runtime does); every other provider to the CPU."""
+        chain = [CUDA, CPU] if provider == TENSORRT else [CPU]
+        return [p for p in chain if p != provider]
 
     def __init__(
         self, model_path: Path, *, threads: int | None = None, providers: list[str] | None = None

@@ -124,3 +124,29 @@ def test_plain_onnx_package_is_untouched(tmp_path: Path, monkeypatch: pytest.Mon
     assert _RecordingSession.seen[0][0] == "TensorrtExecutionProvider"
     assert predictor.backend.tensorrt_build is None
     assert not (folder / "trt_cache").exists()
+
+
+def test_tensorrt_leaves_what_it_cannot_build_to_cuda_then_the_cpu(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Asked for TensorRT, `outpost predict --provider` and the agent's install both give ONNX
+    Runtime CUDA after it (the nodes TensorRT does not take run on the GPU, not the CPU);
+    any other provider is followed by the CPU only."""
+    from device_agent.store import ModelStore
+    from tests.fakes import make_package
+
+    folder = _package(tmp_path / "p", fp16=None)
+    monkeypatch.setattr(ort, "get_available_providers", lambda: list(TRT_AND_CPU))
+    monkeypatch.setattr(ort, "InferenceSession", _RecordingSession)
+    _RecordingSession.seen = []
+    Predictor(folder, provider="tensorrtexecutionprovider")
+    Predictor(folder, provider="CUDAExecutionProvider")
+    assert _RecordingSession.seen == [
+        TRT_AND_CPU,
+        ["CUDAExecutionProvider", "CPUExecutionProvider"],
+    ]
+
+    _RecordingSession.seen = []
+    store = ModelStore(tmp_path / "data")
+    store.install(make_package(tmp_path / "v1.outpost.zip"), provider="TensorrtExecutionProvider")
+    assert _RecordingSession.seen[0] == TRT_AND_CPU
