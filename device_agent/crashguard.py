@@ -181,7 +181,11 @@ class InferenceMarks:
             self._map[offset] = 0
 
 
-def _read_marks(path: Path) -> tuple[int, str, list[dict[str, Any]]] | None:
+# what inference.marks holds: the crash log's size at the start, the runtimes, the calls in flight
+Marks = tuple[int, str, list[dict[str, Any]]]
+
+
+def _read_marks(path: Path) -> Marks | None:
     """What a process left in its ``inference.marks``: the crash log's size at its start, its
     runtimes and the runtime calls it was in; None without a (readable) file."""
     try:
@@ -327,7 +331,7 @@ class CrashGuard:
                 "reason": entry.get("reason"),
                 "runtimes": entry.get("runtimes"),
                 "at": entry.get("at"),
-                "held": self.crashed(key) is not None,
+                "held": self._holds(self._settled.get(key) or entry) is not None,
                 "kind": entry.get("kind", "load"),
                 "count": len(_crash_times(entry)) or 1,
             }
@@ -359,7 +363,10 @@ class CrashGuard:
     def crashed(self, key: str) -> str | None:
         """How ``key`` crashed the agent with these runtimes, when that holds it (e.g. ``when
         it was last loaded (Fatal Python error: Segmentation fault)``), else None."""
-        entry = self._settled.get(key) or self._crashes().get(key)
+        return self._holds(self._settled.get(key) or self._crashes().get(key))
+
+    def _holds(self, entry: object) -> str | None:
+        """:meth:`crashed` for one remembered entry."""
         if not isinstance(entry, dict) or entry.get("runtimes") != self.fingerprint:
             return None
         reason = str(entry.get("reason") or "the process died")
@@ -373,46 +380,51 @@ class CrashGuard:
 
     def settle(self) -> str | None:
         """Look at what the last process left (call once, before loading anything): the line
-        to log when it died loading a model or in a runtime call, else None."""
-        marks = _read_marks(self.folder / MARKS_FILE)
+        to log when it died loading a model or in a runtime call, else None. The marks are
+        removed once read, or kept for the next start when the crash cannot be written down."""
+        line, keep_marks = self._settle(_read_marks(self.folder / MARKS_FILE))
+        if not keep_marks:
+            with contextlib.suppress(OSError):
+                (self.folder / MARKS_FILE).unlink()
+        return line
+
+    def _settle(self, marks: Marks | None) -> tuple[str | None, bool]:
+        """:meth:`settle`'s line, and whether to keep the marks."""
         busy = self.folder / BUSY_FILE
         try:
             record = json.loads(busy.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             record = None
         if not isinstance(record, dict) or not isinstance(record.get("key"), str):
-            line = self._settle_inference(marks)  # the log is read before it may be cut
+            settled = self._settle_inference(marks)  # the log is read before it may be cut
             self._forget(busy)
-            return line
+            return settled
         what = str(record.get("what") or record["key"])
         offset = record.get("crash_log_size")
         text = self._crash_text(offset if isinstance(offset, int) else 0)
         reason = _first_line(text)
         if reason is None:
-            self._drop_marks()
             self._forget(busy)
             return (
                 f"the agent stopped while it loaded {what} (killed, out of memory or a power "
                 "cut); it will be tried again"
-            )
+            ), False
         current = _CURRENT_THREAD.search(text)
         if current is not None and int(current.group(1), 16) != record.get("thread"):
-            line = self._settle_inference(marks) or (
+            line, keep_marks = self._settle_inference(marks)
+            self._forget(busy)
+            return line or (
                 f"the agent crashed ({reason}) in another thread than the one loading {what}; "
                 "the load will be tried again"
-            )
-            self._forget(busy)
-            return line
+            ), keep_marks
         in_calls = sorted({mark["what"] for mark in marks[2]}) if marks is not None else []
         if current is None and in_calls:  # a runtime's own thread, in a load and in calls
-            self._drop_marks()
             self._forget(busy)
             return (
                 f"the agent crashed ({reason}) in a runtime's own thread while it loaded {what} "
                 f"and ran {', '.join(in_calls)}; which one did it is not known, so neither is "
                 "held"
-            )
-        self._drop_marks()
+            ), False
         entry = {
             "reason": reason,
             "what": what,
@@ -423,16 +435,15 @@ class CrashGuard:
         }
         if self._remember(record["key"], entry):  # else the record is left for next time
             self._forget(busy)
-        return f"the runtime crashed the agent while it loaded {what} ({reason})"
+        return f"the runtime crashed the agent while it loaded {what} ({reason})", False
 
-    def _settle_inference(self, marks: tuple[int, str, list[dict[str, Any]]] | None) -> str | None:
+    def _settle_inference(self, marks: Marks | None) -> tuple[str | None, bool]:
         """:meth:`settle` for the runtime calls the last process was in: the line to log when
-        one of them crashed it, else None. The marks are removed once read, or kept for the
-        next start when the crash cannot be written down."""
+        one of them crashed it, else None; and whether to keep the marks (the crash could not
+        be written down)."""
         culprit = self._culprit(marks)
         if culprit is None:
-            self._drop_marks()
-            return None
+            return None, False
         mark, reason, runtimes = culprit
         what = f"{mark['what']} (inference)"
         before = self._settled.get(mark["key"]) or self._crashes().get(mark["key"])
@@ -451,21 +462,18 @@ class CrashGuard:
             "kind": "inference",
             "times": times,
         }
-        if self._remember(mark["key"], entry):
-            self._drop_marks()
+        written = self._remember(mark["key"], entry)
         if _inference_held(entry):
             return (
                 f"the runtime crashed the agent again while it ran {what} ({reason}): it is "
                 "not loaded again with these runtimes"
-            )
+            ), not written
         return (
             f"the runtime crashed the agent while it ran {what} ({reason}); a second crash "
             "within an hour stops it from being loaded"
-        )
+        ), not written
 
-    def _culprit(
-        self, marks: tuple[int, str, list[dict[str, Any]]] | None
-    ) -> tuple[dict[str, Any], str, str] | None:
+    def _culprit(self, marks: Marks | None) -> tuple[dict[str, Any], str, str] | None:
         """The runtime call that took the last process down (its mark), the fault's first
         line and the runtimes it ran with; None when no call did (or which is not known)."""
         if marks is None or not marks[2]:
@@ -481,10 +489,6 @@ class CrashGuard:
         else:  # a runtime's own thread: known only when one version alone was in a call
             culprits = running if len({mark["key"] for mark in running}) == 1 else []
         return (culprits[0], reason, runtimes) if culprits else None
-
-    def _drop_marks(self) -> None:
-        with contextlib.suppress(OSError):
-            (self.folder / MARKS_FILE).unlink()
 
     def _remember(self, key: str, entry: dict[str, Any]) -> bool:
         """Remember ``entry`` as ``key``'s crash (in memory at once, in ``crashes.json`` when

@@ -56,7 +56,7 @@ from device_agent.errors import (
     store_write_failed,
 )
 from runtimes.backends import Backend, BackendRegistry, default_registry
-from runtimes.backends.base import CPU_PROVIDERS, NOT_COMPUTE_PROVIDERS
+from runtimes.backends.base import CPU_PROVIDERS, NOT_COMPUTE_PROVIDERS, match_provider
 from runtimes.backends.onnxruntime import PROVIDER_PREFERENCE
 from runtimes.detections import Detections, rle_to_mask
 from runtimes.errors import OutpostError, PackageError, RuntimeUnavailableError
@@ -512,11 +512,8 @@ def _provider_named(
         for p in registry.get(key).known_providers()
         if p not in NOT_COMPUTE_PROVIDERS
     ]
-    wanted = provider.strip()
     for names in (usable, known):  # the exact spelling first, then in any case
-        if wanted in names:
-            return wanted
-        match = next((p for p in names if p.lower() == wanted.lower()), None)
+        match = match_provider(provider, names)
         if match is not None:
             return match
     raise InstallError(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,6 +13,15 @@ import numpy as np
 CPU_PROVIDERS = ("CPUExecutionProvider", "CPU", "cpu", "CPU_ONLY")
 # Providers that are remote endpoints, not a device of this machine.
 NOT_COMPUTE_PROVIDERS = frozenset({"AzureExecutionProvider"})
+
+
+def match_provider(name: str, names: Sequence[str]) -> str | None:
+    """``name`` as ``names`` spell it: the exact spelling first, then in any case; None when
+    none matches."""
+    wanted = name.strip()
+    if wanted in names:
+        return wanted
+    return next((p for p in names if p.lower() == wanted.lower()), None)
 
 
 @dataclass(frozen=True)
@@ -50,11 +60,7 @@ class Backend(ABC):
     def provider_named(cls, name: str) -> str | None:
         """``name`` as this runtime spells it (``gpu`` is OpenVINO's ``GPU``), or None when the
         runtime knows no provider of that name."""
-        wanted = name.strip()
-        known = cls.known_providers()
-        if wanted in known:
-            return wanted
-        return next((p for p in known if p.lower() == wanted.lower()), None)
+        return match_provider(name, cls.known_providers())
 
     @classmethod
     def fallback_providers(cls, provider: str) -> list[str]:
