@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import unquote
 
 from aiohttp import HttpVersion11, web
+from aiohttp.http_exceptions import LineTooLong
 
 from device_agent.auth import (
     AGENT_KEY_HEADER,
@@ -242,6 +243,72 @@ def _internal_error(exc: Exception) -> web.Response:
     return error_response(
         500, f"internal error ({type(exc).__name__}: {one_line(exc)}); see the agent log"
     )
+
+
+def malformed_reason(exc: BaseException | None, message: str | None) -> str:
+    """What aiohttp's parser said of bytes it could not read as an HTTP request, as one line
+    without the sender's bytes (which its messages echo, after a colon or in quotes)."""
+    if isinstance(exc, LineTooLong):
+        return "a request line or header is too long; send a well-formed request"
+    said = (message or "").strip().splitlines()
+    first = re.split(r"[:'\"(]", said[0], maxsplit=1)[0] if said else ""
+    if first.startswith("Received HTTPS traffic"):
+        return (
+            "this port speaks plain HTTP, not TLS (the agent signs its requests and answers "
+            "instead); connect with http://"
+        )
+    what = one_line(first, 80).strip() or "unreadable request"
+    return f"not a valid HTTP/1.1 request ({what}); send a well-formed request"
+
+
+class JsonErrorHandler(web.RequestHandler):
+    """aiohttp's handler of one connection, answering what never reaches the application's
+    middlewares (bytes that are not HTTP, a header its parser refuses, TLS on this plain-HTTP
+    port) as :func:`error_middleware` answers every failure: JSON with a one-line reason. Such a
+    request is logged in one line at INFO, not with aiohttp's traceback at ERROR: anyone on the
+    network can send one, and they must not fill the device's log. The connection is closed,
+    as aiohttp does (its stream cannot be trusted after bytes it could not parse)."""
+
+    __slots__ = ()
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if request.writer.output_size > 0:  # as aiohttp: the answer has begun
+            raise ConnectionError("the answer has begun; the error cannot be sent")
+        if status >= 500:  # what escaped the application itself: a defect, with its traceback
+            log.error("unexpected error from %s", request.remote, exc_info=exc)
+            what = f"{type(exc).__name__}: {one_line(exc)}" if exc is not None else "no answer"
+            answer = error_response(status, f"internal error ({what}); see the agent log")
+        else:
+            reason = malformed_reason(exc, message)
+            log.info("a malformed request from %s: %s", request.remote, reason)
+            answer = error_response(status, reason)
+        answer.force_close()
+        return answer
+
+
+class JsonErrorServer(web.Server):
+    """aiohttp's low-level server whose connections are :class:`JsonErrorHandler`\\ s."""
+
+    def __call__(self) -> web.RequestHandler:
+        handler = super().__call__()
+        handler.__class__ = JsonErrorHandler  # the same object, its error page answered as JSON
+        return handler
+
+
+def answer_malformed_as_json(runner: web.AppRunner) -> None:
+    """Make ``runner`` (set up, not started) answer malformed requests as JSON. aiohttp has no
+    option for the handler class of its connections, so its server is made a
+    :class:`JsonErrorServer` (the same object, one method more)."""
+    server = runner.server
+    if server is None:
+        raise RuntimeError("set the runner up first")
+    server.__class__ = JsonErrorServer
 
 
 def storage_error(service: AgentService, exc: OSError, dropped: str = "") -> ApiError:

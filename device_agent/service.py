@@ -18,7 +18,7 @@ from device_agent import PROTOCOL_VERSION, __version__
 from device_agent.apikeys import ApiKeys
 from device_agent.auth import ReplayGuard
 from device_agent.errors import AdvertiseError, AgentError, one_line
-from device_agent.http_api import build_app
+from device_agent.http_api import answer_malformed_as_json, build_app
 from device_agent.identity import load_or_create_identity
 from device_agent.inference import InferenceLimiter
 from device_agent.lock import DataDirLock
@@ -152,6 +152,7 @@ class AgentService:
             await self.run_install(self._prepare_disk)
             runner = web.AppRunner(self.app, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
             await runner.setup()
+            answer_malformed_as_json(runner)
             try:
                 await web.TCPSite(runner, self.host, self.port).start()
             except OSError as exc:

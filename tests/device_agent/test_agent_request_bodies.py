@@ -5,20 +5,24 @@ send. Real agents on 127.0.0.1; the bodies go over real sockets."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import itertools
 import json
+import logging
 import socket
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
 import pytest
+from aiohttp import web
 
-from device_agent import bodies, inference
+from device_agent import bodies, http_api, inference
 from device_agent.bodies import BodyError, base64_image, json_body, multipart_field
 from device_agent.http_api import MAX_IMAGE_BYTES
 from tests.device_agent.conftest import wait_for
@@ -540,3 +544,69 @@ def test_multipart_edge_parts_are_read_or_refused_with_a_400_reason() -> None:
     )
     with pytest.raises(BodyError, match="not valid base64"):
         multipart_field(content_type, broken, "image")
+
+
+def _read_to_close(sock: socket.socket) -> bytes:
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data
+
+
+@pytest.mark.parametrize(
+    ("raw", "said"),
+    [
+        (b"FOO BAR\r\n\r\n", "Invalid method encountered"),
+        (b"GET /v1/health HTTP/1.1\r\nHost: a\r\nEvil Header\x1b[31m: x\r\n\r\n", "header"),
+        (b"POST /v1/infer HTTP/1.1\r\nHost: a\r\nContent-Length: 1e9\r\n\r\n", "Content-Length"),
+        (b"GET /" + b"a" * 20_000 + b" HTTP/1.1\r\nHost: a\r\n\r\n", "too long"),
+        (b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03" + b"\x00" * 40, "not TLS"),
+    ],
+    ids=["method", "header", "length", "line", "tls"],
+)
+def test_bytes_that_are_not_http_get_a_json_reason_and_no_traceback(
+    served: Any, caplog: pytest.LogCaptureFixture, raw: bytes, said: str
+) -> None:
+    """What aiohttp's parser refuses never reaches the application, and aiohttp answered it with
+    a multi-line text page (echoing the sender's bytes) and logged a traceback at ERROR: anyone
+    on the network could fill a device's log. The agent answers it as every other failure: JSON
+    with a one-line reason, the connection closed, one INFO line logged."""
+    with caplog.at_level(logging.INFO, logger="device_agent"), _connect(served) as sock:
+        sock.sendall(raw)
+        answer = _read_to_close(sock)  # the agent closes the connection after its answer
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.split(b"\r\n")[0].split()[1] == b"400", answer[:300]
+    assert b"content-type: application/json" in head.lower()
+    error = json.loads(body)["error"]
+    assert said in error and "\n" not in error and "\x1b" not in error, error
+    assert "Evil" not in error and "aaaa" not in error  # the sender's bytes are not echoed
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+    assert "a malformed request from 127.0.0.1" in caplog.text
+    with served.client() as client:
+        assert serving_version(client) == "1"  # and it goes on serving
+
+
+def test_what_escapes_the_application_is_a_json_500_with_its_traceback_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A failure outside every middleware (a defect) answers JSON too, and is logged whole."""
+
+    async def answer() -> web.StreamResponse:
+        handler = http_api.JsonErrorServer(lambda request: None)()  # type: ignore[arg-type,return-value]
+        request = SimpleNamespace(writer=SimpleNamespace(output_size=0), remote="10.0.0.9")
+        try:
+            raise RuntimeError("a defect\non two lines")
+        except RuntimeError as exc:
+            return handler.handle_error(request, 500, exc)  # type: ignore[arg-type]
+
+    with caplog.at_level(logging.INFO, logger="device_agent"):
+        response = asyncio.run(answer())
+    assert isinstance(response, web.Response) and response.status == 500
+    assert response.content_type == "application/json"
+    assert json.loads(response.text or "")["error"] == (
+        "internal error (RuntimeError: a defect on two lines); see the agent log"
+    )
+    assert "Traceback" in caplog.text and "unexpected error from 10.0.0.9" in caplog.text
+    assert http_api.malformed_reason(None, None).startswith(
+        "not a valid HTTP/1.1 request (unreadable"
+    )
