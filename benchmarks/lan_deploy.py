@@ -672,6 +672,15 @@ def main() -> int:
         print(f"{label:<40}{ours:>10.2f}{ref:>11.2f}{shown}  {goal}")
     parts = ", ".join(f"{k} {v:.2f}" for k, v in result["agent_timing_ms"].items())
     print(f"  the agent's own timing (ms, p50 of 10): {parts}")
+    # What any server does to a JPEG besides the runtime call, whatever its transport: with
+    # nothing else (no HTTP, no hand-off), the agent could be no nearer raw than this.
+    own = result["agent_timing_ms"]
+    floor_ms = own["decode"] + own["preprocess"] + own["postprocess"]
+    print(
+        f"  the image's own work (decode, letterbox, NMS): {floor_ms:.2f} ms, so no less than "
+        f"{(raw_p50 + floor_ms) / raw_p50:.2f}x raw before any HTTP; HTTP, signatures and "
+        f"hand-offs: {result['agent_p50_ms'] - own['total']:.2f} ms"
+    )
     device_raw = on_device["raw_p50_ms"]
     print("inference by an app on the device (beside the agent: the host's own address), API key")
     for label, key, note in (
