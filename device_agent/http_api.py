@@ -1331,7 +1331,8 @@ async def post_upload_commit(request: web.Request) -> web.Response:
     provider = options.get("provider")
     if not isinstance(activate, bool) or not (provider is None or isinstance(provider, str)):
         raise ApiError(400, "activate must be true or false and provider a string")
-    uploads.commit_began(upload_id)  # not dropped while it waits for another install
+    # not dropped while it waits for another install (the manager's lock: off the event loop)
+    await _blocking(functools.partial(uploads.commit_began, upload_id))
     try:
         async with service.install_lock:
             saved = await _blocking(functools.partial(uploads.result, upload_id))
@@ -1342,7 +1343,7 @@ async def post_upload_commit(request: web.Request) -> web.Response:
     except UploadError as exc:
         return _upload_refused(exc)
     finally:
-        uploads.commit_ended(upload_id)
+        await _blocking(functools.partial(uploads.commit_ended, upload_id))
     return web.json_response(result, status=201)
 
 
@@ -1369,16 +1370,33 @@ async def _install_upload(
             )
         )
     except OutpostError as exc:
-        with contextlib.suppress(UploadError):
-            await _blocking(functools.partial(uploads.delete, upload_id))
+        await _drop_upload(uploads, upload_id)
         if isinstance(exc, PackageError) and state.manifest_sha256:
             # a sealed upload: the desktop checks its own copy and, when that is
             # sound, sends it again as a chained stream (altered on the way)
             raise ApiError(422, str(exc), fields={"sealed": True}) from None
         raise
+    except Exception as exc:
+        # Full storage is worth a retry of the commit (the upload is kept for it); anything
+        # else would fail the same way again, and must not hold one of the upload slots.
+        if not (isinstance(exc, OSError) and storage_failure(exc) is not None):
+            await _drop_upload(uploads, upload_id)
+        raise
     result = model.install_result()
-    await _blocking(functools.partial(uploads.finish, upload_id, result))
+    try:
+        await _blocking(functools.partial(uploads.finish, upload_id, result))
+    except OSError as exc:
+        # The new version is in place and serving: the answer says so. Only a repeated
+        # commit's answer is lost (it would find no upload); its bytes are dropped.
+        log.warning("%s: installed, but its result could not be kept (%s)", upload_id, exc)
+        await _drop_upload(uploads, upload_id)
     return result
+
+
+async def _drop_upload(uploads: UploadManager, upload_id: str) -> None:
+    """Remove an upload and its bytes (best effort: one already gone is no error)."""
+    with contextlib.suppress(UploadError, OSError):
+        await _blocking(functools.partial(uploads.delete, upload_id))
 
 
 async def get_models(request: web.Request) -> web.Response:

@@ -78,6 +78,8 @@ log = logging.getLogger(__name__)
 MODELS_DIR = "models"
 ACTIVE_FILE = "active.json"
 INSTALL_RECORD = ".outpost-install.json"
+# where the same package's copy waits while it is installed again (see ModelStore._place)
+REPLACED_PREFIX = ".replaced-"
 _SAFE_FOLDER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 BENCHMARK_RUNS = 5  # timed runs per provider, after the warm-up runs
 
@@ -1416,7 +1418,7 @@ class ModelStore:
         staged = (record or {}).get("staged")
         if staged and staged["folder"] == folder_name:
             staged = None
-        final = self._place(model_dir, staging, folder_name)
+        final, replaced = self._place(model_dir, staging, folder_name)
         try:
             self._write_active(
                 model_dir,
@@ -1425,9 +1427,9 @@ class ModelStore:
                 staged=staged,
             )
         except OSError:
-            with contextlib.suppress(OSError):  # the caller removes the staging folder
-                final.rename(staging)
+            self._undo_place(final, staging, replaced)  # the caller removes the staging folder
             raise
+        self._settle(replaced)
         model.predictor.folder = final
         model = replace(
             model, folder=final, previous_version=previous["version"] if previous else None
@@ -1467,7 +1469,7 @@ class ModelStore:
             # the load just made is dropped: what serves (its runtime, any fallback) is the
             # active version's, not this load's
             return replace(serving or model, report=report)
-        final = self._place(model_dir, staging, folder_name)
+        final, replaced = self._place(model_dir, staging, folder_name)
         entry = {"folder": folder_name, "version": model.version}
         try:
             if record is None:  # a first install: the version waits, deactivated
@@ -1484,9 +1486,9 @@ class ModelStore:
                     enabled=record["enabled"],
                 )
         except OSError:
-            with contextlib.suppress(OSError):
-                final.rename(staging)
+            self._undo_place(final, staging, replaced)
             raise
+        self._settle(replaced)
         keep = {folder_name}
         if record is not None:
             keep |= {record["active"]["folder"], (record.get("previous") or {}).get("folder", "")}
@@ -1496,21 +1498,47 @@ class ModelStore:
         return replace(model, folder=final, report=report)
 
     @staticmethod
-    def _place(model_dir: Path, staging: Path, folder_name: str) -> Path:
-        """Rename the staging folder to ``folder_name`` (replacing the same package's copy)."""
+    def _place(model_dir: Path, staging: Path, folder_name: str) -> tuple[Path, Path | None]:
+        """Rename the staging folder to ``folder_name``: the new version's folder, and where the
+        same package's copy it replaces was put aside (None when there was none).
+
+        The copy put aside is ``.replaced-<folder_name>``: kept until the caller's record of the
+        switch is written (:meth:`_settle`), put back when that fails (:meth:`_undo_place`), and
+        put back by the next start when a kill left ``folder_name`` missing
+        (:meth:`_remove_leftovers`). Until then the folder the record names is never gone.
+        """
         final = model_dir / folder_name
-        trash = model_dir / f".trash-{secrets.token_hex(6)}"
+        replaced = model_dir / f"{REPLACED_PREFIX}{folder_name}"
+        moved = False
         try:
             if final.exists():  # the very same package again: replace the copy on disk
-                final.rename(trash)
+                if replaced.exists():  # an older copy that a kill left aside: final is whole
+                    shutil.rmtree(replaced)
+                final.rename(replaced)
+                moved = True
             staging.rename(final)
         except BaseException:  # a disk error, or SIGTERM between the two renames
             with contextlib.suppress(OSError):  # put things back as they were
-                if trash.exists() and not final.exists():
-                    trash.rename(final)
+                if moved and not final.exists():
+                    replaced.rename(final)
             raise
-        shutil.rmtree(trash, ignore_errors=True)
-        return final
+        return final, replaced if moved else None
+
+    @staticmethod
+    def _undo_place(final: Path, staging: Path, replaced: Path | None) -> None:
+        """Put back what :meth:`_place` moved, after the record of the switch failed: the new
+        folder back to staging (the caller removes it), the copy it replaced back in place."""
+        with contextlib.suppress(OSError):
+            final.rename(staging)
+        if replaced is not None:
+            with contextlib.suppress(OSError):
+                replaced.rename(final)
+
+    @staticmethod
+    def _settle(replaced: Path | None) -> None:
+        """The switch is recorded: the copy :meth:`_place` put aside can go."""
+        if replaced is not None:
+            shutil.rmtree(replaced, ignore_errors=True)
 
     def _read_active(self, model_dir: Path) -> dict[str, Any] | None:
         path = model_dir / ACTIVE_FILE
@@ -1561,7 +1589,14 @@ class ModelStore:
 
     @staticmethod
     def _remove_leftovers(model_dir: Path) -> None:
-        """Remove what an interrupted install left behind (staging, trash and temp files)."""
+        """Remove what an interrupted install left behind (staging, trash and temp files),
+        after putting back a version's copy that a kill left aside while the very same package
+        was installed again (:meth:`_place`) with its own folder still missing."""
+        for child in list(model_dir.iterdir()):
+            name = child.name.removeprefix(REPLACED_PREFIX)
+            if child.name.startswith(REPLACED_PREFIX) and name and not (model_dir / name).exists():
+                with contextlib.suppress(OSError):
+                    child.rename(model_dir / name)
         for child in model_dir.iterdir():
             if child.name.startswith("."):
                 if child.is_dir():

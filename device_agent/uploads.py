@@ -566,12 +566,15 @@ class UploadManager:
     def _relayout(self, state: UploadState, layout: tuple[int, tuple[str, ...]]) -> None:
         """Give an open upload a new piece layout; its offset drops to a piece boundary.
 
-        Called with ``self._lock`` held; waits a while for a stream that holds the upload.
+        Called with ``self._lock`` held, so it does not wait for a stream that holds the
+        upload (every other upload request, and the commits, would wait with it): 409 at once.
         """
         lock = self._locks.setdefault(state.id, threading.Lock())
-        if not lock.acquire(timeout=STREAM_LOCK_TIMEOUT_S):
+        if not lock.acquire(blocking=False):
             raise UploadError(
-                409, f"upload {state.id} is busy with another request; retry in a moment"
+                409,
+                f"upload {state.id} is being sent by another request; retry when it ends (a "
+                "deploy cut off a moment ago ends within a minute)",
             )
         try:
             state = self.state(state.id)

@@ -12,6 +12,7 @@ import hashlib
 import io
 import json
 import logging
+import lzma
 import os
 import shutil
 import stat
@@ -299,7 +300,11 @@ def utc_now() -> str:
 
 
 def _check_member_name(name: str) -> PurePosixPath:
+    """``name`` as a path inside the package, or PackageError when it could point outside it
+    or is not written the one way it is read (``./x``, ``a//b``: another name for ``x`` and
+    ``a/b``, which could replace a checked file on extraction)."""
     path = PurePosixPath(name)
+    written = name[:-1] if name.endswith("/") else name  # a folder's entry ends with "/"
     if (
         not name
         or name.startswith("/")
@@ -309,7 +314,35 @@ def _check_member_name(name: str) -> PurePosixPath:
         or ":" in path.parts[0]
     ):
         raise PackageError(f"package entry {name!r} points outside the package; refusing it")
+    if any(part in ("", ".") for part in written.split("/")):
+        raise PackageError(
+            f"package entry {name!r} is another spelling of {path.as_posix()!r}; refusing it"
+        )
     return path
+
+
+# The compressions a package's entries may use (zipfile reads these with the standard library).
+READABLE_COMPRESSIONS = {
+    zipfile.ZIP_STORED: "stored",
+    zipfile.ZIP_DEFLATED: "deflate",
+    zipfile.ZIP_BZIP2: "bzip2",
+    zipfile.ZIP_LZMA: "lzma",
+}
+
+
+def _check_readable(info: zipfile.ZipInfo) -> None:
+    """PackageError for an entry zipfile would refuse to read: encrypted, or compressed with a
+    method other than :data:`READABLE_COMPRESSIONS`."""
+    if info.flag_bits & 0x1:
+        raise PackageError(
+            f"package entry {info.filename!r} is encrypted; Outpost packages are not (export "
+            "the model again)"
+        )
+    if info.compress_type not in READABLE_COMPRESSIONS:
+        raise PackageError(
+            f"package entry {info.filename!r} uses compression method {info.compress_type}, "
+            "which Outpost does not read (stored, deflate, bzip2 or lzma); export the model again"
+        )
 
 
 def write_package(
@@ -346,7 +379,14 @@ def _member_damage(name: str) -> Iterator[None]:
     CRC-32; zipfile's own errors) is a :class:`PackageError` with one line."""
     try:
         yield
-    except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
+    except (
+        zipfile.BadZipFile,
+        zlib.error,
+        EOFError,
+        RuntimeError,  # encrypted: "password required" (refused before, by _check_readable)
+        NotImplementedError,  # a compression this Python cannot read (likewise)
+        lzma.LZMAError,
+    ) as exc:
         why = " ".join(str(exc).split())[:200] or type(exc).__name__
         raise PackageError(
             f"{name} is damaged in the package ({why}): it is corrupt or altered; deploy it again"
@@ -382,6 +422,7 @@ def _manifest_bytes(zf: zipfile.ZipFile) -> bytes:
         raise PackageError("package has no manifest.json; it is not an Outpost package") from None
     if info.file_size > MAX_MANIFEST_BYTES:
         raise PackageError("manifest.json is larger than 4 MiB; refusing the package")
+    _check_readable(info)
     with _member_damage(MANIFEST_NAME):
         return zf.read(info)
 
@@ -416,9 +457,11 @@ class PackageReader:
                 f"package has {len(infos)} entries (limit {MAX_ENTRIES}); refusing it"
             )
         total = 0
-        names = set()
+        names = set()  # the files
+        seen = set()  # every entry's name, a folder's without its "/"
         for info in infos:
             _check_member_name(info.filename)
+            _check_readable(info)
             mode = info.external_attr >> 16
             if stat.S_ISLNK(mode):
                 raise PackageError(f"package entry {info.filename!r} is a link; refusing it")
@@ -426,10 +469,12 @@ class PackageReader:
                 raise PackageError(
                     f"package entry {info.filename!r} is not a regular file; refusing it"
                 )
-            if info.filename in names:  # a second entry aliasing the first one's name
+            name = info.filename.rstrip("/")  # a folder "x/" and a file "x" are one name
+            if name in seen:  # a second entry aliasing the first one's name
                 raise PackageError(
                     f"package entry {info.filename!r} appears twice; refusing the package"
                 )
+            seen.add(name)
             if info.is_dir():
                 continue
             total += info.file_size
@@ -446,6 +491,13 @@ class PackageReader:
             raise PackageError(
                 f"package expands to {total} bytes (limit {self.max_total_bytes}); refusing it"
             )
+        for name in names:  # a file "x" beside "x/y": x cannot be both a file and a folder
+            for parent in PurePosixPath(name).parents:
+                if str(parent) in names:
+                    raise PackageError(
+                        f"package entry {name!r} lies under {str(parent)!r}, which is a file; "
+                        "refusing the package"
+                    )
         listed = set(self.manifest.files)
         missing = sorted(listed - names)
         if missing:
