@@ -1708,9 +1708,9 @@ def cmd_deploy(args: argparse.Namespace) -> Any:
     finally:
         progress.end()
     fallback = result.get("fallback")
-    _warn_fallback(result["device"], fallback)
+    said = _warn_fallback(result["device"], fallback)
     for warning in result.get("warnings") or []:
-        if not fallback or not warning.startswith(f"wanted {fallback['wanted']}"):
+        if not any(warning.startswith(f"wanted {wanted}") for wanted in said):
             print(f"WARNING: {warning}", file=sys.stderr, flush=True)
     if args.json:
         return result
@@ -1721,22 +1721,27 @@ def cmd_deploy(args: argparse.Namespace) -> Any:
     )
 
 
-def _warn_fallback(device: str, fallback: dict[str, Any] | None) -> None:
-    """Never silent: a device that does not run a model on what was wanted says so."""
-    if fallback:
-        print(
-            f"WARNING: {device} wanted {fallback.get('wanted')} but uses "
-            f"{fallback.get('using')}: {fallback.get('reason')}",
-            file=sys.stderr,
-            flush=True,
-        )
+def _warn_fallback(device: str, fallback: Any) -> list[str]:
+    """Never silent: a device that does not run a model on what was wanted says so (one
+    fallback, or a list of them); what was wanted, for each."""
+    wanted = []
+    for item in fallback if isinstance(fallback, list) else [fallback]:
+        if isinstance(item, dict) and item:
+            wanted.append(str(item.get("wanted")))
+            print(
+                f"WARNING: {device} wanted {item.get('wanted')} but uses "
+                f"{item.get('using')}: {item.get('reason')}",
+                file=sys.stderr,
+                flush=True,
+            )
+    return wanted
 
 
 def _running_on(answer: dict[str, Any]) -> str:
     """``": onnx on onnxruntime (CPUExecutionProvider)"`` from an agent's model answer."""
     if not answer.get("format"):
         return ""
-    providers = ", ".join(answer.get("providers") or [])
+    providers = ", ".join(str(p) for p in answer.get("providers") or [])
     runtime = f" on {answer['runtime']}" if answer.get("runtime") else ""
     return f": {answer['format']}{runtime}" + (f" ({providers})" if providers else "")
 
@@ -1933,7 +1938,7 @@ def cmd_devices_show(args: argparse.Namespace) -> Any:
         f"cpu: {d['cpu_model'] or '?'} x{d['cpu_count'] or '?'}  ram {ram}",
         *filter(None, [clock_note(d.get("clock_offset_s"))]),
         "accelerators: "
-        + (", ".join(a.get("name", a.get("kind", "?")) for a in d["accelerators"]) or "none"),
+        + (", ".join(str(a.get("name", a.get("kind", "?"))) for a in d["accelerators"]) or "none"),
         "runtimes:",
         _table(
             [
@@ -1941,7 +1946,11 @@ def cmd_devices_show(args: argparse.Namespace) -> Any:
                     "runtime": r.get("key"),
                     "version": r.get("version"),
                     "providers": ",".join(
-                        r.get("available_providers") or r.get("devices") or r.get("providers") or []
+                        str(p)
+                        for p in r.get("available_providers")
+                        or r.get("devices")
+                        or r.get("providers")
+                        or []
                     ),
                 }
                 for r in d["runtimes"]

@@ -64,6 +64,7 @@ from device_agent.auth import (
     verify,
 )
 from device_agent.errors import (
+    AgentAnswerError,
     AgentRejectedError,
     AgentUnreachableError,
     one_line,
@@ -116,6 +117,8 @@ __all__ = [
 UPLOAD_TIMEOUT_S = 600.0  # big packages, slow links, plus model loading on the device
 CHUNK_TIMEOUT_S = 120.0  # one chunk of a resumable upload
 DEFAULT_CHUNK = 4 << 20
+MAX_CHUNK = 64 << 20  # the most an agent may ask to be sent per request
+DEFAULT_TIMEOUT_S = 10.0  # seconds to connect, and between two reads of an answer
 SINGLE_SHOT_BYTES = 1 << 20  # packages up to this size go in one request by default
 UPLOAD_RETRIES = 5  # connection errors in a row before a resumable upload gives up
 STREAM_BLOCK = 1 << 20  # a streamed upload reads and sends the file in blocks of this size
@@ -256,6 +259,36 @@ class SignedAuth(httpx.Auth):
                 "it was altered on the way"
             )
         self.answered_key = public_raw
+
+
+def _position(
+    answer: dict[str, Any], key: str, size: int | None, default: int | None = None
+) -> int:
+    """A byte position in an agent's upload answer: a whole number from 0 to ``size``
+    (``default`` when the answer has none), else :class:`AgentAnswerError`: an answer no
+    agent gives (an old or broken one) must not end a deploy with a traceback."""
+    value = answer.get(key, default) if isinstance(answer, dict) else None
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or value < 0
+        or (size is not None and value > size)
+    ):
+        raise AgentAnswerError(
+            f"the agent answered an upload with {key} {str(value)[:40]!r}, not a byte position"
+            "; update outpost-agent on the device"
+        )
+    return value
+
+
+def _upload_id(answer: dict[str, Any]) -> str:
+    """An upload's id in the agent's answer (hex digits), else :class:`AgentAnswerError`."""
+    value = answer.get("id") if isinstance(answer, dict) else None
+    if not isinstance(value, str) or not value or len(value) > 64 or not value.isalnum():
+        raise AgentAnswerError(
+            "the agent answered an upload without a readable id; update outpost-agent on the device"
+        )
+    return value
 
 
 class AgentClient:
@@ -470,8 +503,8 @@ class AgentClient:
                 return self.put_package(path, timeout=timeout)  # an agent from before uploads
             raise
         profile_line("client-open", bytes=size, hash_s=t1 - t0, create_s=time.perf_counter() - t1)
-        upload_id = str(upload["id"])
-        offset = int(upload.get("offset", 0))
+        upload_id = _upload_id(upload)
+        offset = _position(upload, "offset", size, 0)
         try:
             with open(path, "rb") as fh:
                 if streamed and upload.get("piece_size") == piece:
@@ -479,7 +512,8 @@ class AgentClient:
                         upload_id, fh, offset, size, piece, pieces, on_progress, retries, backoff_s
                     )
                 else:  # chunks: asked for, or an agent without streamed uploads
-                    step = int(chunk_size or upload.get("chunk_size") or DEFAULT_CHUNK)
+                    asked = _position(upload, "chunk_size", MAX_CHUNK, DEFAULT_CHUNK)
+                    step = int(chunk_size or asked or DEFAULT_CHUNK)
                     known = (piece, pieces)
                     self._send_chunks(
                         upload_id, fh, offset, size, step, known, on_progress, retries, backoff_s
@@ -588,17 +622,17 @@ class AgentClient:
                     raise
                 if upload.get("piece_size") != piece or not upload.get("chain"):
                     with contextlib.suppress(AgentRejectedError, AgentUnreachableError):
-                        self.delete_upload(str(upload["id"]))
+                        self.delete_upload(_upload_id(upload))
                     return None
-                verified = int(upload.get("offset", 0))
-                received = int(upload.get("received", verified))
+                verified = _position(upload, "offset", size, 0)
+                received = _position(upload, "received", size, verified)
                 if received:  # the agent holds part of a package: resume only if it is this one
                     if received not in marks:
                         _hash_prefix(fh, received, piece, marks)
                     if marks[verified].hexdigest() != upload.get("sha256_prefix"):
                         upload = self.create_chained(size, head, path.name, piece, fresh=True)
-                        verified = received = int(upload.get("offset", 0))
-                upload_id = str(upload["id"])
+                        verified = received = _position(upload, "offset", size, 0)
+                upload_id = _upload_id(upload)
             profile_line("client-open", bytes=size, create_s=time.perf_counter() - t0)
             failures = 0
             while verified < size:
@@ -617,13 +651,13 @@ class AgentClient:
                         seal,
                     )
                     opening = None
-                    verified = int(answer["offset"])
+                    verified = _position(answer, "offset", size)
                     if verified <= before:  # nothing more was verified: count it as a failure
                         raise AgentRejectedError(
                             409, f"upload {upload_id} did not move past byte {before}"
                         )
                     failures = 0
-                    received = int(answer.get("received", verified))
+                    received = _position(answer, "received", size, verified)
                 except (AgentUnreachableError, AgentRejectedError) as exc:
                     if isinstance(exc, AgentRejectedError):
                         if exc.status not in (409, 422):
@@ -642,8 +676,8 @@ class AgentClient:
                         status = {"offset": 0}  # it broke before the upload opened: open it
                     else:
                         opening = None
-                    verified = int(status["offset"])
-                    received = int(status.get("received", verified))
+                    verified = _position(status, "offset", size)
+                    received = _position(status, "received", size, verified)
                 if received not in marks:
                     _hash_prefix(fh, received, piece, marks)
                 if on_progress is not None:
@@ -740,7 +774,12 @@ class AgentClient:
                     ahead = pool.submit(read, end)
                 t0 = time.perf_counter()
                 try:
-                    offset = int(self.put_chunk(upload_id, at, chunk, chunk_sha)["offset"])
+                    answer = self.put_chunk(upload_id, at, chunk, chunk_sha)
+                    offset = _position(answer, "offset", size)
+                    if offset <= at:  # nothing more was taken: count it as a failure
+                        raise AgentRejectedError(
+                            409, f"upload {upload_id} did not move past byte {at}"
+                        )
                     failures = 0
                 except (AgentUnreachableError, AgentRejectedError) as exc:
                     if isinstance(exc, AgentRejectedError) and exc.status != 409:
@@ -756,7 +795,7 @@ class AgentClient:
     ) -> int:
         """Where the agent's copy of an interrupted upload ends (waits and retries first)."""
         status = self._resume_status(upload_id, failures, retries, backoff_s, cause)
-        return int(status["offset"])
+        return _position(status, "offset", None)
 
     def put_package(
         self,
@@ -1258,9 +1297,17 @@ def _capped_answer(response: httpx.Response) -> None:
 
 
 class _CappedStream(httpx.SyncByteStream):
+    """An answer's body, refused past :data:`~device_agent.line.MAX_ANSWER_BYTES` or when it
+    comes too slowly (:class:`~device_agent.line.AnswerDeadline`)."""
+
     def __init__(self, response: httpx.Response) -> None:
         self.response = response
         self.inner = response.stream
+        read = (response.request.extensions.get("timeout") or {}).get("read")
+        self.deadline = agent_line.AnswerDeadline(
+            response.request.url,
+            read if isinstance(read, (int, float)) else DEFAULT_TIMEOUT_S,
+        )
 
     def __iter__(self) -> Iterator[bytes]:
         got = 0
@@ -1268,6 +1315,7 @@ class _CappedStream(httpx.SyncByteStream):
             got += len(chunk)
             if got > agent_line.MAX_ANSWER_BYTES:
                 raise too_large(self.response.request.url)
+            self.deadline.check(got)
             yield chunk
 
     def close(self) -> None:

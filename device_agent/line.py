@@ -87,6 +87,34 @@ def unreachable(url: str, exc: BaseException) -> AgentUnreachableError:
     )
 
 
+# An answer's body must come at least this fast once its headers are in (after the read
+# timeout's own allowance): a device that trickles its answer a byte at a time would
+# otherwise hold the desktop for as long as it likes, each byte within the read timeout.
+MIN_ANSWER_RATE = 64 << 10  # bytes per second
+
+
+class AnswerDeadline:
+    """When the body of an answer must have arrived: ``timeout`` seconds after its headers,
+    plus one second for each :data:`MIN_ANSWER_RATE` bytes of it that came."""
+
+    def __init__(self, url: object, timeout: float) -> None:
+        self.url = url
+        self.start = time.monotonic()
+        self.timeout = timeout
+
+    def check(self, received: int) -> None:
+        """Raise :class:`AgentUnreachableError` when ``received`` bytes came too slowly."""
+        allowed = self.timeout + received / MIN_ANSWER_RATE
+        if time.monotonic() - self.start > allowed:
+            raise unreachable(
+                str(self.url),
+                TimeoutError(
+                    f"its answer came too slowly ({received} bytes in "
+                    f"{time.monotonic() - self.start:.0f} s)"
+                ),
+            )
+
+
 def too_large(url: object) -> AgentAnswerError:
     return AgentAnswerError(
         f"the answer from {url} is larger than {MAX_ANSWER_BYTES >> 20} MiB, "
@@ -220,7 +248,7 @@ class AgentLine:
             conn.request(method, path_qs, body=body or None, headers=headers)
             response = conn.getresponse()
             refuse_unbounded(url, response.msg)
-            data = response.read(MAX_ANSWER_BYTES + 1)
+            data = _read_answer(response, AnswerDeadline(url, timeout))
         except STALE as exc:
             self.close()
             if reused:
@@ -259,3 +287,20 @@ def answer_field(body: bytes, key: str) -> object:
     except ValueError:
         return None
     return data.get(key) if isinstance(data, dict) else None
+
+
+def _read_answer(response: http.client.HTTPResponse, deadline: AnswerDeadline) -> bytes:
+    """The body of ``response``, at most :data:`MAX_ANSWER_BYTES` + 1 bytes, within
+    ``deadline``."""
+    parts: list[bytes] = []
+    got = 0
+    while got <= MAX_ANSWER_BYTES:
+        part = response.read1(min(1 << 16, MAX_ANSWER_BYTES + 1 - got))
+        if not part:
+            break
+        parts.append(part)
+        got += len(part)
+        deadline.check(got)
+    if got <= MAX_ANSWER_BYTES:
+        parts.append(response.read())  # nothing left: marks the answer read (keep-alive)
+    return b"".join(parts)

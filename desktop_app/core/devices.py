@@ -16,6 +16,8 @@ from typing import Any, cast
 
 from sqlalchemy import delete, func, select
 
+from desktop_app.core import device_answers as answers
+from desktop_app.core.device_answers import shown
 from desktop_app.core.errors import NotFoundError
 from desktop_app.core.exports import get_export
 from desktop_app.core.models import (
@@ -28,6 +30,7 @@ from desktop_app.core.models import (
 )
 from device_agent import DEFAULT_PORT as AGENT_PORT
 from device_agent.auth import (
+    AuthError,
     FingerprintMismatchError,
     KeyPair,
     agent_id_for,
@@ -43,7 +46,7 @@ from device_agent.client import (
     IncompatibleProtocolError,
     pair_with_agent,
 )
-from device_agent.discovery import DeviceInfo, browse, hint
+from device_agent.discovery import DeviceInfo, browse
 from device_agent.errors import one_line
 from runtimes.errors import OutpostError
 
@@ -64,11 +67,14 @@ CANDIDATE_KEY = "candidate"
 MAX_CANDIDATES = 8  # advertised addresses of one device tried when it is not where it was
 USAGE_SINCE_KEY = "usage_since"  # Device.info: the agent start its pulled counts are from
 USAGE_RUN_KEY = "usage_run"  # Device.info: the id of that agent run
+USAGE_RUNS_KEY = "usage_runs"  # Device.info: the agent runs replaced since (the newest last)
+MAX_REPLACED_RUNS = 32
 USAGE_HISTORY = 1000  # usage samples kept per device and model (the newest)
 DETAILS_KEY = "details"  # Device.info: the last /v1/info details (accelerators, runtimes, models)
 _CODE = re.compile(r"^\d{6}$")
 # The Device columns' sizes (desktop_app.core.models)
 NAME_CHARS, PLATFORM_CHARS, ARCH_CHARS, VERSION_CHARS = 128, 64, 32, 32
+FORMAT_CHARS, RUNTIME_CHARS = 32, 64  # a usage sample's and a benchmark's
 
 
 def desktop_key(ws: Any) -> KeyPair:
@@ -77,9 +83,25 @@ def desktop_key(ws: Any) -> KeyPair:
     return key
 
 
+class DamagedPinError(DeviceError):
+    """The pinned key of a device in this workspace cannot be read."""
+
+
 def pinned_key(dev: Device) -> bytes | None:
+    """The agent key pinned for ``dev`` (None: not paired); :class:`DamagedPinError` when the
+    workspace holds a pin that is not one (nothing is trusted then)."""
     text = (dev.info or {}).get(PIN_KEY)
-    return unb64(text, "the pinned key", 32) if isinstance(text, str) else None
+    if text is None:
+        return None
+    try:
+        if not isinstance(text, str):
+            raise AuthError("the pinned key is not text")
+        return unb64(text, "the pinned key", 32)
+    except AuthError as exc:
+        raise DamagedPinError(
+            f"the key pinned for device {dev.id} in this workspace is damaged ({exc}); run "
+            f"outpost devices forget {dev.id}, then pair it again"
+        ) from None
 
 
 def device_url(host: str, port: int) -> str:
@@ -88,13 +110,6 @@ def device_url(host: str, port: int) -> str:
 
 def _address(info: DeviceInfo) -> str:
     return info.addresses[0] if info.addresses else info.host
-
-
-def shown(text: object, limit: int) -> str | None:
-    """What a device says of itself (a name, a version), as the workspace keeps it: printable
-    characters only, cut to its column's ``limit``. It comes unauthenticated (mDNS TXT records,
-    a public ``/v1/info``): it must not break a terminal or overflow a column."""
-    return hint(text, limit) or None
 
 
 def fallback_summary(fallback: Any, arrow: str = "->") -> str:
@@ -135,7 +150,15 @@ def _upsert(ws: Any, info: DeviceInfo) -> None:
         dev.platform = shown(info.platform, PLATFORM_CHARS)
         dev.arch = shown(info.arch, ARCH_CHARS)
         dev.agent_version = shown(info.version, VERSION_CHARS)
-        kept = (PIN_KEY, "paired_at", USAGE_KEY, USAGE_SINCE_KEY, USAGE_RUN_KEY, DETAILS_KEY)
+        kept = (
+            PIN_KEY,
+            "paired_at",
+            USAGE_KEY,
+            USAGE_SINCE_KEY,
+            USAGE_RUN_KEY,
+            USAGE_RUNS_KEY,
+            DETAILS_KEY,
+        )
         pin = {k: v for k, v in (dev.info or {}).items() if k in kept}
         dev.info = {
             "runtimes": list(info.runtimes),
@@ -369,11 +392,18 @@ def forget(ws: Any, device_id: str) -> dict[str, Any]:
     device stays known and can be paired again with ``outpost devices pair``.
     """
     dev = get_device(ws, device_id)
-    agent_key = pinned_key(dev)
-    was_paired = agent_key is not None
+    warning: str | None = None
+    try:
+        agent_key = pinned_key(dev)
+        was_paired = agent_key is not None
+    except DamagedPinError as exc:  # paired, but the agent cannot be asked without its key
+        agent_key, was_paired = None, True
+        warning = (
+            f"{exc.args[0].split(';')[0]}; forgotten here only: run outpost-agent unpair on "
+            "the device"
+        )
     revoked = False
     already = False  # the agent had dropped this desktop before (outpost-agent unpair)
-    warning: str | None = None
     if agent_key is not None:
         client = AgentClient(
             device_url(dev.host, dev.port),
@@ -534,18 +564,25 @@ def deploy(
         raise NotFoundError(
             f"export {exp.id} has no package to deploy (status {exp.status}); export the run again"
         )
-    dev, client = connect(ws, device_id, interfaces)
     model_name = exp.manifest.get("name", exp.id)
     try:
         size: int | None = package.stat().st_size
     except OSError:  # gone since it was checked: the upload says so, and it is recorded
         size = None
     details: dict[str, Any] = {"activate": activate, "bytes": size}
+    dev = get_device(ws, device_id)  # an unknown device is no deployment
+    try:
+        dev, client = connect(ws, device_id, interfaces)
+    except OutpostError as exc:  # off, moved, another identity: a failed deployment too
+        _record_deploy(ws, exp.id, dev.id, model_name, "failed", str(exc), details)
+        raise
     refused = False
     try:
         with client:
-            installed = client.upload_package(
-                package, on_progress, activate=activate, provider=provider, resumable=True
+            installed = answers.install_answer(
+                client.upload_package(
+                    package, on_progress, activate=activate, provider=provider, resumable=True
+                )
             )
         status, message = "installed", None
         details.update(
@@ -583,7 +620,7 @@ def deploy(
         "device": dev.id,
         "model": model_name,
         "status": status,
-        "activated": bool(installed.get("activated", True)),
+        "activated": installed.get("activated") is not False,
         "fallback": installed.get("fallback"),
         "warnings": list(installed.get("warnings") or []),
         "installed": installed,
@@ -621,22 +658,29 @@ def model_action(
     """
     if action not in MODEL_ACTIONS:
         raise DeviceError(f"unknown action {action!r}; use one of {', '.join(MODEL_ACTIONS)}")
-    dev, client = connect(ws, device_id, interfaces)
+    dev = get_device(ws, device_id)  # an unknown device is no action on one
     refused = False
     try:
+        dev, client = connect(ws, device_id, interfaces)
         with client:
             if action == "activate":
-                answer = client.activate(model, version)
+                said = client.activate(model, version)
             elif action == "deactivate":
-                answer = client.deactivate(model)
+                said = client.deactivate(model)
             elif action == "uninstall":
-                answer = client.uninstall(model, force=force)
+                said = client.uninstall(model, force=force)
             else:
-                answer = client.rollback(model)
+                said = client.rollback(model)
+        answer = answers.install_answer(said)
         status, message = ACTION_STATUS[action], None
-    except OutpostError as exc:  # refused, or gone since connect(): recorded either way
+    except OutpostError as exc:  # refused, off, or gone since connect(): recorded either way
         answer, status, message = {}, "failed", str(exc)
         refused = isinstance(exc, AgentRejectedError)
+    except KeyboardInterrupt:  # Ctrl-C (an activation loads the model): recorded too
+        _record_action(
+            ws, dev.id, model, action, "failed", "interrupted on the desktop", {}, version
+        )
+        raise
     details: dict[str, Any] = {
         k: answer.get(k)
         for k in (
@@ -655,20 +699,9 @@ def model_action(
         details["requested_version"] = version
     if force:
         details["force"] = True
-    export_id = _export_for(ws, dev.id, model, answer.get("version") or version)
-    if export_id is not None:
-        with ws.session() as s:
-            s.add(
-                Deployment(
-                    export_id=export_id,
-                    device_id=dev.id,
-                    model_name=model,
-                    status=status,
-                    message=message,
-                    action=action,
-                    details=details,
-                )
-            )
+    export_id = _record_action(
+        ws, dev.id, model, action, status, message, details, answer.get("version") or version
+    )
     if status == "failed":
         if refused:
             raise DeviceError(f"device {dev.name} refused to {action} {model}: {message}")
@@ -681,6 +714,35 @@ def model_action(
         "recorded": export_id is not None,
         "result": answer,
     }
+
+
+def _record_action(
+    ws: Any,
+    device_id: str,
+    model: str,
+    action: str,
+    status: str,
+    message: str | None,
+    details: dict[str, Any],
+    version: str | None,
+) -> str | None:
+    """Record a model action as a Deployment row naming the export of ``version`` (see
+    :func:`model_action`); the export's id, or None when none could be named (not recorded)."""
+    export_id = _export_for(ws, device_id, model, version)
+    if export_id is not None:
+        with ws.session() as s:
+            s.add(
+                Deployment(
+                    export_id=export_id,
+                    device_id=device_id,
+                    model_name=model,
+                    status=status,
+                    message=message,
+                    action=action,
+                    details=details,
+                )
+            )
+    return export_id
 
 
 def _record_deploy(
@@ -732,47 +794,55 @@ def pull_usage(
 
     Each sample records the model's throughput (requests per second over the device's last
     minute); per-version usage goes to ``Device.info["usage"]``. The agent counts from its
-    start (``since``): when that changes (the agent restarted), the counts pulled last are
+    start (its ``run``): when that changes (the agent restarted), the counts pulled last are
     carried, so a sample's requests and errors are what the device served in every run the
-    desktop pulled from. At most :data:`USAGE_HISTORY` samples are kept per device and model.
+    desktop pulled from. An answer of a run already replaced (a late answer of two pulls at
+    once) is ignored; a new run counts whatever its clock says (a device without a clock
+    battery may start behind the last run). At most :data:`USAGE_HISTORY` samples are kept
+    per device and model. The whole answer is read before anything is stored: a count or a
+    latency that cannot be one refuses it (:class:`~desktop_app.core.device_answers.
+    UnreadableAnswerError`), and its texts are kept printable and cut to their columns.
     """
     dev, client = connect(ws, device_id, interfaces)
     with client:
-        stats = client.stats()
+        stats = answers.mapping(client.stats(), dev.name, "usage")
+    models = _usage_models(stats, dev.name)
     rows: list[dict[str, Any]] = []
     collected = utcnow().isoformat(timespec="seconds")
-    since, run = stats.get("since"), stats.get("run")
+    since, run = shown(stats.get("since"), 64), shown(stats.get("run"), 64)
     latest: dict[str, Any] = {}
     with ws.session() as s:
         row = s.get(Device, dev.id, with_for_update=True)  # one pull at a time (PostgreSQL)
         info = dict(row.info or {}) if row is not None else {}
-        earlier = info.get(USAGE_SINCE_KEY)
-        if isinstance(since, str) and isinstance(earlier, str) and since < earlier:
+        earlier, last_run = info.get(USAGE_SINCE_KEY), info.get(USAGE_RUN_KEY)
+        replaced = [r for r in info.get(USAGE_RUNS_KEY) or [] if isinstance(r, str)]
+        if run is not None and run in replaced:
             # the answer of an earlier run that arrived after a newer one's (two pulls at
             # once): it would count that run twice
-            log.info("usage of %s from an earlier agent run (%s) ignored", dev.id, since)
+            log.info("usage of %s from an earlier agent run (%s) ignored", dev.id, run)
             return rows
+        if run is None and since is not None and isinstance(earlier, str) and since < earlier:
+            log.info("usage of %s from an earlier agent run (%s) ignored", dev.id, since)
+            return rows  # an agent without run ids: its start time tells the runs apart
+        if run is not None and isinstance(last_run, str) and last_run != run:
+            replaced = [*replaced, last_run][-MAX_REPLACED_RUNS:]
         carried = _carried_counts(info, since, run)
-        for model_name, st in (stats.get("models") or {}).items():
-            lat = st.get("latency_ms") or {}
-            counted = {
-                "requests": int(st.get("requests") or 0),
-                "errors": int(st.get("errors") or 0),
-            }
+        for model_name, st in models.items():
+            counted = {"requests": st["requests"], "errors": st["errors"]}
             base = carried.pop(model_name, {"requests": 0, "errors": 0})
             sample = UsageSample(
                 device_id=dev.id,
                 model_name=model_name,
                 # a model that served and was then deactivated or removed has no format now
-                format=st.get("format") or "-",
-                runtime=st.get("runtime"),
+                format=st["format"] or "-",
+                runtime=st["runtime"],
                 requests=base["requests"] + counted["requests"],
                 errors=base["errors"] + counted["errors"],
-                p50_ms=float(lat.get("p50") or 0.0),
-                p90_ms=float(lat.get("p90") or 0.0),
-                p99_ms=float(lat.get("p99") or 0.0),
-                mean_ms=float(lat.get("mean") or 0.0),
-                throughput_rps=float(st.get("throughput_rps") or 0.0),
+                p50_ms=st["p50"],
+                p90_ms=st["p90"],
+                p99_ms=st["p99"],
+                mean_ms=st["mean"],
+                throughput_rps=st["throughput_rps"],
             )
             s.add(sample)
             rows.append(
@@ -789,23 +859,58 @@ def pull_usage(
                 }
             )
             latest[model_name] = {
-                "version": st.get("version"),
+                "version": st["version"],
                 "throughput_rps": sample.throughput_rps,
                 "collected_at": collected,
                 "counted": counted,  # by the agent since it started
                 "carried": base,  # from its earlier runs
-                "versions": {
-                    v: {k: u.get(k) for k in ("requests", "errors", "latency_ms", "throughput_rps")}
-                    for v, u in (st.get("versions") or {}).items()
-                },
+                "versions": st["versions"],
             }
         for model_name, base in carried.items():  # counted before a restart, not since
             latest[model_name] = {"counted": {"requests": 0, "errors": 0}, "carried": base}
         s.flush()
         _prune_usage(s, dev.id)
         if row is not None:
-            row.info = {**info, USAGE_KEY: latest, USAGE_SINCE_KEY: since, USAGE_RUN_KEY: run}
+            row.info = {
+                **info,
+                USAGE_KEY: latest,
+                USAGE_SINCE_KEY: since,
+                USAGE_RUN_KEY: run,
+                USAGE_RUNS_KEY: replaced,
+            }
     return rows
+
+
+def _usage_models(stats: dict[str, Any], device: str) -> dict[str, dict[str, Any]]:
+    """The per-model usage of a ``/v1/stats`` answer, every value checked (see
+    :mod:`desktop_app.core.device_answers`); a model name is kept printable and cut."""
+    out: dict[str, dict[str, Any]] = {}
+    for raw_name, raw in answers.mapping(stats.get("models"), device, "its models").items():
+        name = shown(raw_name, NAME_CHARS)
+        if name is None:
+            raise answers.unreadable(device, "a model name", raw_name)
+        what = f"usage of {name}"
+        st = answers.mapping(raw, device, what)
+        lat = answers.mapping(st.get("latency_ms"), device, f"latencies of {name}")
+        versions = answers.mapping(st.get("versions"), device, f"versions of {name}")
+        out[name] = {
+            "requests": answers.count(st.get("requests"), device, f"requests of {name}"),
+            "errors": answers.count(st.get("errors"), device, f"errors of {name}"),
+            **{q: answers.millis(lat.get(q), device, what) for q in ("p50", "p90", "p99", "mean")},
+            "throughput_rps": answers.millis(st.get("throughput_rps"), device, what),
+            "format": shown(st.get("format"), FORMAT_CHARS),
+            "runtime": shown(st.get("runtime"), RUNTIME_CHARS),
+            "version": shown(st.get("version"), VERSION_CHARS),
+            "versions": {
+                (shown(v, VERSION_CHARS) or "?"): {
+                    k: answers.bounded(u.get(k))
+                    for k in ("requests", "errors", "latency_ms", "throughput_rps")
+                }
+                for v, u in list(versions.items())[: answers.MAX_ITEMS]
+                if isinstance(u, dict)
+            },
+        }
+    return out
 
 
 def _carried_counts(
@@ -822,14 +927,23 @@ def _carried_counts(
     for name, entry in (info.get(USAGE_KEY) or {}).items():
         if not isinstance(entry, dict):
             continue
-        carried = entry.get("carried") or {}
-        counted = (entry.get("counted") or {}) if restarted else {}
-        total = {
-            k: int(carried.get(k) or 0) + int(counted.get(k) or 0) for k in ("requests", "errors")
-        }
+        carried = _counts(entry.get("carried"))
+        counted = _counts(entry.get("counted")) if restarted else {}
+        total = {k: carried.get(k, 0) + counted.get(k, 0) for k in ("requests", "errors")}
         if total["requests"] or total["errors"]:
             out[name] = total
     return out
+
+
+def _counts(value: object) -> dict[str, int]:
+    """``requests`` and ``errors`` as the workspace kept them (a damaged value counts 0)."""
+    if not isinstance(value, dict):
+        return {}
+    return {
+        k: v
+        for k in ("requests", "errors")
+        if isinstance(v := value.get(k), int) and not isinstance(v, bool) and v >= 0
+    }
 
 
 def _prune_usage(s: Any, device_id: str) -> None:
@@ -985,26 +1099,7 @@ def device_detail(ws: Any, device_id: str, interfaces: list[str] | None = None) 
             dev, client = connect(ws, dev.id, interfaces)
             with client:
                 info = client.info()
-            details = {
-                k: info.get(k)
-                for k in (
-                    "os",
-                    "platform",
-                    "arch",
-                    "python",
-                    "cpu_model",
-                    "cpu_count",
-                    "ram_bytes",
-                    "accelerators",
-                    "runtimes",
-                    "models",
-                    "version",
-                    "protocol",
-                    "not_loaded",
-                    "crashes",
-                )
-            }
-            details.update(_problems(details))  # kept as shown: printable, cut, bounded
+            details = _device_details(info)  # kept as shown: printable, cut, bounded
             details["fetched_at"] = utcnow().isoformat(timespec="seconds")
             # the device's clock minus this desktop's: requests are signed with its clock
             details["clock_offset_s"] = round(client.auth.clock_offset, 1)
@@ -1024,8 +1119,12 @@ def device_detail(ws: Any, device_id: str, interfaces: list[str] | None = None) 
             warning = f"{exc}; showing what was known"
     else:
         warning = f"device {dev.name} is not paired; pair it to see its runtimes and models"
-    if details is None:
-        details = dict((dev.info or {}).get(DETAILS_KEY) or {})
+    if details is None:  # as kept (by an older desktop, maybe: read as a fresh answer)
+        kept = (dev.info or {}).get(DETAILS_KEY)
+        details = {
+            **_device_details(kept),
+            **{k: kept.get(k) for k in ("fetched_at", "clock_offset_s") if isinstance(kept, dict)},
+        }
     with ws.session() as s:
         usage = [
             {
@@ -1062,6 +1161,28 @@ def device_detail(ws: Any, device_id: str, interfaces: list[str] | None = None) 
         "last_usage": usage,
         "warning": warning,
     }
+
+
+DETAIL_TEXTS = {"os": 200, "platform": 64, "arch": 32, "python": 64, "cpu_model": 200}
+DETAIL_NUMBERS = ("cpu_count", "ram_bytes", "protocol")
+
+
+def _device_details(info: object) -> dict[str, Any]:
+    """A device's ``/v1/info`` details as the workspace keeps and shows them: texts printable
+    and cut, numbers whole and not negative (else None), ``accelerators``, ``runtimes`` and
+    ``models`` lists of objects (:func:`~desktop_app.core.device_answers.bounded`), and its
+    troubles (:func:`_problems`). Whatever else the answer holds is dropped."""
+    info = info if isinstance(info, dict) else {}
+    out: dict[str, Any] = {k: shown(info.get(k), n) for k, n in DETAIL_TEXTS.items()}
+    out["version"] = shown(info.get("version"), VERSION_CHARS)
+    for key in DETAIL_NUMBERS:
+        value = info.get(key)
+        whole = isinstance(value, int) and not isinstance(value, bool)
+        out[key] = value if whole and 0 <= cast(int, value) <= answers.MAX_COUNT else None
+    for key in ("accelerators", "runtimes", "models"):
+        out[key] = answers.objects(info.get(key))
+    out.update(_problems(info))
+    return out
 
 
 MAX_SHOWN_CRASHES = 32  # as many as an agent remembers
@@ -1262,13 +1383,16 @@ def bench_export(
     want_version = exp.manifest.get("version")
     dev, client = connect(ws, device_id, interfaces)
     with client:
-        installed = {m.get("name"): m for m in client.info().get("models") or []}
+        info = answers.mapping(client.info(), dev.name, "its details")
+        installed = {m.get("name"): m for m in answers.objects(info.get("models"))}
         model = installed.get(model_name)
         if model is None or (want_version is not None and model.get("version") != want_version):
             have = f"version {model.get('version')}" if model else "nothing"
             # a version kept for a rollback, staged, or of a deactivated model is on the
             # device already: activating it needs no second upload
-            on_disk = next((m for m in client.models() if m.get("name") == model_name), {})
+            on_disk = next(
+                (m for m in answers.objects(client.models()) if m.get("name") == model_name), {}
+            )
             kept = {on_disk.get(k) for k in ("active", "previous", "staged")} - {None}
             todo = (
                 f"it is on the device: outpost devices activate {dev.id} {model_name} "
@@ -1280,22 +1404,31 @@ def bench_export(
                 f"device {dev.name} runs {have} of model {model_name}, not export {exp.id} "
                 f"(version {want_version}); {todo}"
             )
-        result = client.bench(model_name, runs)
-    latency = result.get("latency_ms") or {}
+        result = answers.mapping(client.bench(model_name, runs), dev.name, "a benchmark")
+    # read whole before anything is stored: a latency that is not one refuses the answer
+    latency = answers.mapping(result.get("latency_ms"), dev.name, "benchmark latencies")
+    timed = {}
+    for q in ("p50", "p90", "p99", "mean"):
+        if latency.get(q) is None:
+            raise answers.unreadable(dev.name, f"a benchmark without its {q}", latency)
+        timed[q] = answers.millis(latency[q], dev.name, f"a benchmark {q}")
+    done = answers.count(result.get("runs", runs), dev.name, "a benchmark's runs")
+    if not 1 <= done <= BENCH_MAX_RUNS:
+        raise answers.unreadable(dev.name, "a benchmark's runs", done)
     with ws.session() as s:
         row = DeviceBenchmark(
             device_id=dev.id,
             export_id=exp.id,
             model_name=model_name,
-            format=str(result.get("format") or exp.format),
-            runtime=result.get("runtime"),
-            runs=int(result.get("runs", runs)),
-            p50_ms=float(latency.get("p50", 0.0)),
-            p90_ms=float(latency.get("p90", 0.0)),
-            p99_ms=float(latency.get("p99", 0.0)),
-            mean_ms=float(latency.get("mean", 0.0)),
+            format=shown(result.get("format"), FORMAT_CHARS) or exp.format,
+            runtime=shown(result.get("runtime"), RUNTIME_CHARS),
+            runs=done,
+            p50_ms=timed["p50"],
+            p90_ms=timed["p90"],
+            p99_ms=timed["p99"],
+            mean_ms=timed["mean"],
             details={
-                k: result.get(k)
+                k: answers.bounded(result.get(k))
                 for k in ("version", "providers", "input", "warmup", "stages_ms", "latency_ms")
             },
         )

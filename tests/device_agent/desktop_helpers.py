@@ -16,3 +16,13 @@ def record_device(ws: Workspace, agent: Any) -> str:
     with ws.session() as s:
         s.add(Device(id=agent_id, name="bench", host=url.hostname, port=url.port, info={}))
     return agent_id
+
+
+def paired_device(ws: Workspace, agent: Any) -> str:
+    """Record the agent and pair this workspace with it, as `outpost devices pair` does."""
+    from desktop_app.core import devices
+    from device_agent.pairing import issue_code
+
+    device_id = record_device(ws, agent)
+    devices.pair(ws, device_id, issue_code(agent.service.data_dir).code)
+    return device_id
