@@ -730,18 +730,7 @@ def _record_action(
     :func:`model_action`); the export's id, or None when none could be named (not recorded)."""
     export_id = _export_for(ws, device_id, model, version)
     if export_id is not None:
-        with ws.session() as s:
-            s.add(
-                Deployment(
-                    export_id=export_id,
-                    device_id=device_id,
-                    model_name=model,
-                    status=status,
-                    message=message,
-                    action=action,
-                    details=details,
-                )
-            )
+        _add_deployment(ws, export_id, device_id, model, action, status, message, details)
     return export_id
 
 
@@ -754,6 +743,20 @@ def _record_deploy(
     message: str | None,
     details: dict[str, Any],
 ) -> None:
+    _add_deployment(ws, export_id, device_id, model_name, "deploy", status, message, details)
+
+
+def _add_deployment(
+    ws: Any,
+    export_id: str,
+    device_id: str,
+    model_name: str,
+    action: str,
+    status: str,
+    message: str | None,
+    details: dict[str, Any],
+) -> None:
+    """One row of the deployment history."""
     with ws.session() as s:
         s.add(
             Deployment(
@@ -762,7 +765,7 @@ def _record_deploy(
                 model_name=model_name,
                 status=status,
                 message=message,
-                action="deploy",
+                action=action,
                 details=details,
             )
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -26,3 +27,17 @@ def paired_device(ws: Workspace, agent: Any) -> str:
     device_id = record_device(ws, agent)
     devices.pair(ws, device_id, issue_code(agent.service.data_dir).code)
     return device_id
+
+
+def exported_and_paired(ws: Workspace, agent: Any, tmp_path: Path) -> str:
+    """A workspace with the sample dataset and export ``exp1`` (the fake ``shapes`` package,
+    version 1), paired with ``agent``: the device's id."""
+    from desktop_app.core import datasets
+    from desktop_app.core.dataset_sample import write_sample_dataset
+    from tests.fakes import make_package
+    from tests.records import record_export
+
+    write_sample_dataset(tmp_path / "sample", count=4, size=64)
+    datasets.import_yolo(ws, tmp_path / "sample", "shapes")
+    record_export(ws, make_package(tmp_path / "p" / "shapes-1.outpost.zip"))
+    return paired_device(ws, agent)

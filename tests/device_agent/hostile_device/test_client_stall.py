@@ -12,13 +12,10 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from desktop_app.core import datasets, devices
-from desktop_app.core.dataset_sample import write_sample_dataset
+from desktop_app.core import devices
 from desktop_app.core.workspace import Workspace
 from device_agent import http_api
-from tests.device_agent.desktop_helpers import paired_device
-from tests.fakes import make_package
-from tests.records import record_export
+from tests.device_agent.desktop_helpers import exported_and_paired
 
 
 def test_a_chunked_upload_the_device_never_advances_does_not_spin_forever(
@@ -51,10 +48,7 @@ def test_a_chunked_upload_the_device_never_advances_does_not_spin_forever(
     monkeypatch.setattr(http_api, "post_upload", post_upload)
     monkeypatch.setattr(http_api, "put_upload_chunk", put_upload_chunk)
     agent = start_agent()
-    write_sample_dataset(tmp_path / "sample", count=4, size=64)
-    datasets.import_yolo(ws, tmp_path / "sample", "shapes")
-    record_export(ws, make_package(tmp_path / "p" / "shapes-1.outpost.zip"))
-    device_id = paired_device(ws, agent)
+    device_id = exported_and_paired(ws, agent, tmp_path)
 
     done: dict[str, Any] = {}
 

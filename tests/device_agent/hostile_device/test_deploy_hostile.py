@@ -108,26 +108,24 @@ def test_bench_stores_device_text_bounded(
         assert row.runtime is None or (len(row.runtime) <= 64 and "\x1b" not in row.runtime)
 
 
-def test_a_deploy_to_a_device_that_is_off_is_recorded_as_failed(
+@pytest.mark.parametrize(
+    "command",
+    [["deploy", "exp2", "--device", "{id}"], ["devices", "deactivate", "{id}", "shapes"]],
+    ids=["deploy", "deactivate"],
+)
+def test_a_command_to_a_device_that_is_off_is_recorded_as_failed(
     ws: Workspace,
     agent: AgentThread,
     paired: tuple[str, Path],  # noqa: F811
+    command: list[str],
 ) -> None:
+    """The history keeps a deploy or a model action whatever its outcome: a device that is
+    off when it is attempted is a failed row too (connecting used to come before recording)."""
     device_id, _ = paired
     before = _deployments(ws)
     agent.stop()
-    assert outpost(["deploy", "exp2", "--device", device_id, "--workspace", str(ws.root)]) == 1
-    assert _deployments(ws) == before + 1  # "recorded (action deploy) whatever the outcome"
-
-
-def test_a_deactivate_on_a_device_that_is_off_is_recorded_as_failed(
-    ws: Workspace,
-    agent: AgentThread,
-    paired: tuple[str, Path],  # noqa: F811
-) -> None:
-    device_id, _ = paired
-    before = _deployments(ws)
-    agent.stop()
-    code = outpost(["devices", "deactivate", device_id, "shapes", "--workspace", str(ws.root)])
-    assert code == 1
+    argv = [part.format(id=device_id) for part in command]
+    assert outpost([*argv, "--workspace", str(ws.root)]) == 1
     assert _deployments(ws) == before + 1
+    history = devices.deployment_history(ws, device_id)
+    assert history[0]["status"] == "failed" and "cannot reach agent" in history[0]["message"]

@@ -9,13 +9,10 @@ import pytest
 from aiohttp import web
 
 from desktop_app.cli import main as outpost
-from desktop_app.core import datasets, devices
-from desktop_app.core.dataset_sample import write_sample_dataset
+from desktop_app.core import devices
 from desktop_app.core.workspace import Workspace
 from device_agent import http_api
-from tests.device_agent.desktop_helpers import paired_device
-from tests.fakes import make_package
-from tests.records import record_export
+from tests.device_agent.desktop_helpers import exported_and_paired
 
 
 @pytest.mark.parametrize("status", [{"size": 1}, {"offset": "zero"}, {"offset": None}])
@@ -37,10 +34,7 @@ def test_an_odd_upload_status_gives_a_typed_error(
     monkeypatch.setattr(http_api, "put_upload_chunk", put_upload_chunk)
     monkeypatch.setattr(http_api, "get_upload", get_upload)
     agent = start_agent()
-    write_sample_dataset(tmp_path / "sample", count=4, size=64)
-    datasets.import_yolo(ws, tmp_path / "sample", "shapes")
-    record_export(ws, make_package(tmp_path / "p" / "shapes-1.outpost.zip"))
-    device_id = paired_device(ws, agent)
+    device_id = exported_and_paired(ws, agent, tmp_path)
     monkeypatch.setattr("device_agent.client.time.sleep", lambda s: None)  # no backoff waits
     code = outpost(["deploy", "exp1", "--device", device_id, "--workspace", str(ws.root)])
     assert code == 1
