@@ -257,7 +257,7 @@ class AgentLine:
         except (OSError, http.client.HTTPException) as exc:
             self.close()
             raise unreachable(url, exc) from None
-        except AgentAnswerError:
+        except (AgentAnswerError, AgentUnreachableError):  # too large, or too slow: half read
             self.close()
             raise
         if len(data) > MAX_ANSWER_BYTES:

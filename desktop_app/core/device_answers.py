@@ -17,7 +17,8 @@ from device_agent.discovery import hint
 from runtimes.errors import OutpostError
 
 MAX_COUNT = 2**62  # a count the workspace's integer columns hold, with room to add runs
-MAX_ITEMS = 64  # items of a list or keys of an object kept from an answer
+MAX_ITEMS = 4096  # items of a list kept from an answer (a model's class names: thousands)
+MAX_KEYS = 256  # keys of an object kept from an answer
 MAX_TEXT = 300  # characters of a text kept from an answer
 MAX_DEPTH = 4  # levels of nesting kept from an answer
 
@@ -28,7 +29,10 @@ class UnreadableAnswerError(OutpostError):
 
 def shown(text: object, limit: int) -> str | None:
     """What a device says of itself (a name, a version), as the workspace keeps it: printable
-    characters only, cut to its column's ``limit``; None for nothing printable."""
+    characters only (line breaks and tabs read as one space), cut to its column's ``limit``;
+    None for nothing printable."""
+    if isinstance(text, str) and not text.isprintable():
+        text = " ".join(text.split())
     return hint(text, limit) or None
 
 
@@ -74,8 +78,9 @@ def mapping(value: object, device: str, what: str) -> dict[str, Any]:
 
 def bounded(value: object, depth: int = MAX_DEPTH) -> Any:
     """``value`` as the workspace may keep and a terminal may show it: texts printable and cut
-    to :data:`MAX_TEXT`, numbers finite and within :data:`MAX_COUNT` (else None), lists and
-    objects cut to :data:`MAX_ITEMS` and :data:`MAX_DEPTH` levels (object keys as texts)."""
+    to :data:`MAX_TEXT`, numbers finite and within :data:`MAX_COUNT` (else None), lists cut to
+    :data:`MAX_ITEMS` items, objects to :data:`MAX_KEYS` keys (as texts), both to
+    :data:`MAX_DEPTH` levels."""
     if value is None or isinstance(value, bool):
         return value
     if isinstance(value, int):
@@ -91,7 +96,7 @@ def bounded(value: object, depth: int = MAX_DEPTH) -> Any:
     if isinstance(value, dict):
         return {
             (hint(str(key), 64) or "?"): bounded(item, depth - 1)
-            for key, item in list(value.items())[:MAX_ITEMS]
+            for key, item in list(value.items())[:MAX_KEYS]
         }
     return None
 
@@ -138,7 +143,7 @@ def install_answer(answer: object) -> dict[str, Any]:
     if not isinstance(answer, dict):
         return {}
     out: dict[str, Any] = {}
-    for key, value in list(answer.items())[:MAX_ITEMS]:
+    for key, value in list(answer.items())[:MAX_KEYS]:
         if not isinstance(key, str):
             continue
         if key in _ANSWER_TEXTS:

@@ -75,6 +75,7 @@ _CODE = re.compile(r"^\d{6}$")
 # The Device columns' sizes (desktop_app.core.models)
 NAME_CHARS, PLATFORM_CHARS, ARCH_CHARS, VERSION_CHARS = 128, 64, 32, 32
 FORMAT_CHARS, RUNTIME_CHARS = 32, 64  # a usage sample's and a benchmark's
+MODEL_VERSION_CHARS = 64  # a package's version (runtimes.package.Manifest)
 
 
 def desktop_key(ws: Any) -> KeyPair:
@@ -903,13 +904,13 @@ def _usage_models(stats: dict[str, Any], device: str) -> dict[str, dict[str, Any
             "throughput_rps": answers.millis(st.get("throughput_rps"), device, what),
             "format": shown(st.get("format"), FORMAT_CHARS),
             "runtime": shown(st.get("runtime"), RUNTIME_CHARS),
-            "version": shown(st.get("version"), VERSION_CHARS),
+            "version": shown(st.get("version"), MODEL_VERSION_CHARS),
             "versions": {
-                (shown(v, VERSION_CHARS) or "?"): {
+                (shown(v, MODEL_VERSION_CHARS) or "?"): {
                     k: answers.bounded(u.get(k))
                     for k in ("requests", "errors", "latency_ms", "throughput_rps")
                 }
-                for v, u in list(versions.items())[: answers.MAX_ITEMS]
+                for v, u in list(versions.items())[: answers.MAX_KEYS]
                 if isinstance(u, dict)
             },
         }

@@ -29,9 +29,9 @@ def paired_device(ws: Workspace, agent: Any) -> str:
     return device_id
 
 
-def exported_and_paired(ws: Workspace, agent: Any, tmp_path: Path) -> str:
+def exported_and_paired(ws: Workspace, agent: Any, tmp_path: Path, **package: Any) -> str:
     """A workspace with the sample dataset and export ``exp1`` (the fake ``shapes`` package,
-    version 1), paired with ``agent``: the device's id."""
+    version 1, made with ``package``'s arguments), paired with ``agent``: the device's id."""
     from desktop_app.core import datasets
     from desktop_app.core.dataset_sample import write_sample_dataset
     from tests.fakes import make_package
@@ -39,5 +39,5 @@ def exported_and_paired(ws: Workspace, agent: Any, tmp_path: Path) -> str:
 
     write_sample_dataset(tmp_path / "sample", count=4, size=64)
     datasets.import_yolo(ws, tmp_path / "sample", "shapes")
-    record_export(ws, make_package(tmp_path / "p" / "shapes-1.outpost.zip"))
+    record_export(ws, make_package(tmp_path / "p" / "shapes-1.outpost.zip", **package))
     return paired_device(ws, agent)
