@@ -29,10 +29,8 @@ class UnreadableAnswerError(OutpostError):
 
 def shown(text: object, limit: int) -> str | None:
     """What a device says of itself (a name, a version), as the workspace keeps it: printable
-    characters only (line breaks and tabs read as one space), cut to its column's ``limit``;
-    None for nothing printable."""
-    if isinstance(text, str) and not text.isprintable():
-        text = " ".join(text.split())
+    characters only (as mDNS hints are kept), cut to its column's ``limit``; None for nothing
+    printable."""
     return hint(text, limit) or None
 
 
