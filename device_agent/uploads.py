@@ -341,6 +341,7 @@ class UploadManager:
                 if (same.sha256, same.size) == (sha256, size):
                     if layout is not None and (same.piece_size, same.pieces) != layout:
                         self._relayout(same, layout)
+                    self._touch(same.id)
                     log.info("upload %s resumed at byte %d", same.id, same.offset)
                     return self.describe(same.id)
             self._check_room(states)
@@ -518,6 +519,7 @@ class UploadManager:
             if same is not None:
                 if same.piece_size != piece:
                     self._relayout(same, (piece, ()))
+                self._touch(same.id)
                 upload_id = same.id
             else:
                 self._check_room(states)
@@ -562,6 +564,13 @@ class UploadManager:
         if end > start and end not in digests:
             digests[end] = digest.digest()  # the package's last, shorter piece
         return digest, digests
+
+    def _touch(self, upload_id: str) -> None:
+        """An upload handed back to a client that resumes it is in use again: it is neither
+        the idle one dropped to make room before its stream starts, nor expired a day later."""
+        now = self.clock()
+        with contextlib.suppress(OSError):
+            os.utime(self._folder(upload_id) / DATA_FILE, (now, now))
 
     def _relayout(self, state: UploadState, layout: tuple[int, tuple[str, ...]]) -> None:
         """Give an open upload a new piece layout; its offset drops to a piece boundary.

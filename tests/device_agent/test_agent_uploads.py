@@ -502,3 +502,21 @@ def test_a_whole_upload_waiting_for_its_commit_is_not_dropped(tmp_path: Path) ->
     fifth = manager.create(30, "0" * 64)["id"]
     kept = {s.id for s in manager._scan()}
     assert whole in kept and fifth in kept and len(kept) == 4
+
+
+def test_an_upload_handed_back_to_a_resuming_client_is_not_the_one_dropped(
+    tmp_path: Path,
+) -> None:
+    """A deploy run again resumes its upload; that upload is in use from then on, not the one
+    idle longest, so a fifth upload opened before its stream starts drops another."""
+    now = {"t": time.time()}
+    manager = UploadManager(tmp_path / "uploads", clock=lambda: now["t"])
+    shas = [f"{i}" * 64 for i in range(4)]
+    ids = []
+    for i, sha in enumerate(shas):
+        ids.append(manager.create(10 + i, sha)["id"])
+        now["t"] += 10
+    now["t"] += uploads.EVICT_IDLE_S + 60
+    assert manager.create(10, shas[0])["id"] == ids[0]  # resumed: in use again
+    fifth = manager.create(30, "9" * 64)["id"]
+    assert {s.id for s in manager._scan()} == {ids[0], *ids[2:], fifth}  # ids[1] went

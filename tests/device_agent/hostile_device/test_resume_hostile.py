@@ -15,7 +15,10 @@ from device_agent import http_api
 from tests.device_agent.desktop_helpers import exported_and_paired
 
 
-@pytest.mark.parametrize("status", [{"size": 1}, {"offset": "zero"}, {"offset": None}])
+@pytest.mark.parametrize(
+    "status",
+    [{"size": 1}, {"offset": "zero"}, {"offset": None}, {"offset": 3, "received": 5}],
+)
 def test_an_odd_upload_status_gives_a_typed_error(
     start_agent: Any,
     ws: Workspace,
