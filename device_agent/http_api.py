@@ -239,10 +239,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return _internal_error(exc)
 
 
-def _internal_error(exc: Exception) -> web.Response:
-    return error_response(
-        500, f"internal error ({type(exc).__name__}: {one_line(exc)}); see the agent log"
-    )
+def _internal_error(exc: BaseException | None, status: int = 500) -> web.Response:
+    what = f"{type(exc).__name__}: {one_line(exc)}" if exc is not None else "no answer"
+    return error_response(status, f"internal error ({what}); see the agent log")
 
 
 def malformed_reason(exc: BaseException | None, message: str | None) -> str:
@@ -282,8 +281,7 @@ class JsonErrorHandler(web.RequestHandler):
             raise ConnectionError("the answer has begun; the error cannot be sent")
         if status >= 500:  # what escaped the application itself: a defect, with its traceback
             log.error("unexpected error from %s", request.remote, exc_info=exc)
-            what = f"{type(exc).__name__}: {one_line(exc)}" if exc is not None else "no answer"
-            answer = error_response(status, f"internal error ({what}); see the agent log")
+            answer = _internal_error(exc, status)
         else:
             reason = malformed_reason(exc, message)
             log.info("a malformed request from %s: %s", request.remote, reason)

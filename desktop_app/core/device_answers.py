@@ -42,13 +42,21 @@ def unreadable(device: str, what: str, value: object) -> UnreadableAnswerError:
     )
 
 
+def whole(value: object) -> int | None:
+    """``value`` when it is a whole number from 0 to :data:`MAX_COUNT` (not a bool), else None."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_COUNT:
+        return None
+    return value
+
+
 def count(value: object, device: str, what: str) -> int:
     """A whole number from 0 to :data:`MAX_COUNT` (None: 0), or :class:`UnreadableAnswerError`."""
     if value is None:
         return 0
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_COUNT:
+    number = whole(value)
+    if number is None:
         raise unreadable(device, what, value)
-    return value
+    return number
 
 
 def millis(value: object, device: str, what: str) -> float:

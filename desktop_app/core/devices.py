@@ -943,11 +943,7 @@ def _counts(value: object) -> dict[str, int]:
     """``requests`` and ``errors`` as the workspace kept them (a damaged value counts 0)."""
     if not isinstance(value, dict):
         return {}
-    return {
-        k: v
-        for k in ("requests", "errors")
-        if isinstance(v := value.get(k), int) and not isinstance(v, bool) and v >= 0
-    }
+    return {k: v for k in ("requests", "errors") if (v := answers.whole(value.get(k))) is not None}
 
 
 def _prune_usage(s: Any, device_id: str) -> None:
@@ -1180,9 +1176,7 @@ def _device_details(info: object) -> dict[str, Any]:
     out: dict[str, Any] = {k: shown(info.get(k), n) for k, n in DETAIL_TEXTS.items()}
     out["version"] = shown(info.get("version"), VERSION_CHARS)
     for key in DETAIL_NUMBERS:
-        value = info.get(key)
-        whole = isinstance(value, int) and not isinstance(value, bool)
-        out[key] = value if whole and 0 <= cast(int, value) <= answers.MAX_COUNT else None
+        out[key] = answers.whole(info.get(key))
     for key in ("accelerators", "runtimes", "models"):
         out[key] = answers.objects(info.get(key))
     out.update(_problems(info))
